@@ -1,0 +1,126 @@
+/*
+ * hermetic.h: the C core's only header.
+ *
+ * The text between the cdef markers is also what build_ffi.py gives to
+ * ffi.cdef(), so it holds plain declarations only (no preprocessor logic).
+ *
+ * Model: Python builds a complete plan (every path formatted, every array
+ * allocated); hm_spawn() clones a child that executes the plan with raw
+ * system calls and nothing else.  Functions return 0 or -errno.
+ */
+#ifndef HERMETIC_H
+#define HERMETIC_H
+
+/* cdef-begin */
+
+/* Setup stages, in the order the child runs them.  A failure reports the
+ * stage, the op index (for HM_STAGE_OP) and the errno. */
+enum hm_stage {
+    HM_STAGE_NONE = 0,
+    HM_STAGE_FDS = 1,           /* moving stdio and the report pipe into place */
+    HM_STAGE_PARENT = 2,        /* parent-death signal; the caller already died */
+    HM_STAGE_SETGROUPS = 3,
+    HM_STAGE_UID_MAP = 4,
+    HM_STAGE_GID_MAP = 5,
+    HM_STAGE_MOUNT_PRIVATE = 6, /* stop mount propagation to the host */
+    HM_STAGE_ROOT_TMPFS = 7,
+    HM_STAGE_PIVOT_ROOT = 8,
+    HM_STAGE_OP = 9,            /* one entry of the op list: see op_index */
+    HM_STAGE_DETACH_OLDROOT = 10,
+    HM_STAGE_ROOT_READONLY = 11,
+    HM_STAGE_HOSTNAME = 12,
+    HM_STAGE_LOOPBACK = 13,
+    HM_STAGE_SPAWN = 14,        /* pid 1 starting the action's process */
+    HM_STAGE_SIGNALS = 15,
+    HM_STAGE_SETSID = 16,
+    HM_STAGE_CHDIR = 17,
+    HM_STAGE_RLIMIT = 18,
+    HM_STAGE_NO_NEW_PRIVS = 19,
+    HM_STAGE_CAPABILITIES = 20,
+    HM_STAGE_SECCOMP = 21,
+    HM_STAGE_EXEC = 22,
+    HM_STAGE_CLONE = 23         /* the parent's clone() itself */
+};
+
+/* Kinds of filesystem ops, executed in list order after pivot_root. */
+enum hm_op_kind {
+    HM_OP_MKDIR = 1,    /* dst, mode */
+    HM_OP_MKFILE = 2,   /* empty file as a mount point: dst, mode */
+    HM_OP_SYMLINK = 3,  /* src is the link's target text, dst the link */
+    HM_OP_BIND = 4,     /* src (under the old root) onto dst; flags HM_BIND_* */
+    HM_OP_TMPFS = 5,    /* dst, data = mount options, flags = MS_* */
+    HM_OP_PROC = 6      /* proc of the new pid namespace at dst */
+};
+
+/* HM_OP_BIND flags */
+#define HM_BIND_RDONLY 1   /* read-only, recursively */
+#define HM_BIND_DEVICES 2  /* keep device nodes usable (no nodev) */
+
+struct hm_op {
+    int kind;
+    int flags;
+    unsigned int mode;
+    const char *src;
+    const char *dst;
+    const char *data;
+};
+
+struct hm_rlimit {
+    int resource;
+    unsigned long long cur;
+    unsigned long long max;
+};
+
+struct hm_plan {
+    unsigned long long ns_flags;     /* CLONE_NEW* */
+    const char *uid_map;             /* text for /proc/self/uid_map */
+    const char *gid_map;
+    const char *staging;             /* host dir the new root is mounted on */
+    const char *oldroot;             /* where the old root sits after pivot_root */
+    const struct hm_op *ops;
+    int n_ops;
+    const char *hostname;            /* NULL: leave unchanged */
+    const char *domainname;
+    int loopback_up;
+    const char *cwd;
+    const char *const *exec_paths;   /* candidate executables, tried in order */
+    int n_exec_paths;
+    char *const *argv;
+    char *const *envp;
+    int stdin_fd;
+    int stdout_fd;
+    int stderr_fd;
+    const struct hm_rlimit *rlimits;
+    int n_rlimits;
+    const void *seccomp_filter;      /* struct sock_filter[]; NULL: none */
+    int seccomp_len;                 /* number of instructions */
+};
+
+/* A setup failure, sent once from the child over a close-on-exec pipe. */
+struct hm_error {
+    int stage;
+    int op_index;
+    int err;
+};
+
+/* One running sandbox.  pid 1 writes status and main_exited just before it
+ * exits; the caller reads them after reaping pid. */
+struct hm_proc {
+    int pid;
+    int pidfd;
+    int status;         /* wait status of the action's main process */
+    int main_exited;    /* 1 when status is valid */
+    void *stack;
+    unsigned long stack_size;
+};
+
+int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error);
+void hm_proc_release(struct hm_proc *proc);
+int hm_probe_clone(unsigned long long ns_flags);
+int hm_probe_landlock_abi(void);
+int hm_probe_clone3(void);
+int hm_probe_mount_setattr(void);
+
+/* cdef-end */
+
+#endif

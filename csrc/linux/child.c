@@ -1,0 +1,429 @@
+/*
+ * child.c: what runs inside the sandbox before the action's execve.
+ *
+ * Two processes run this code, both sharing the caller's memory:
+ *   pid 1     created by hm_spawn() with the namespace flags (CLONE_VM, no
+ *             CLONE_VFORK).  It builds the sandbox (ids, mounts, pivot_root,
+ *             hostname, loopback), starts the action, then stays as the
+ *             namespace's init: it reaps every orphan, forwards termination
+ *             signals, and when the action's main process ends it kills
+ *             whatever is left and exits.
+ *   action    cloned by pid 1 with CLONE_VM|CLONE_VFORK.  It lowers its own
+ *             privileges and execs the command.
+ *
+ * Because the memory (and the calling thread's TLS) is shared with a running
+ * Python interpreter, this file follows the rules of a vfork child: raw
+ * system calls over buffers the caller formatted (rawsys.h), no malloc, no
+ * stdio, no errno, no locks, no writes to memory the caller reads except
+ * struct hm_proc's status fields.  Failures go back as one struct hm_error
+ * on the close-on-exec report pipe, then the process exits.
+ */
+#define _GNU_SOURCE
+#include <errno.h> /* constants only: errno itself is never touched */
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "internal.h"
+#include "rawsys.h"
+
+/* <linux/mount.h> clashes with <sys/mount.h> in older libcs: the few names
+ * needed for mount_setattr(2) are spelled out here. */
+struct hm_mount_attr {
+    unsigned long long attr_set;
+    unsigned long long attr_clr;
+    unsigned long long propagation;
+    unsigned long long userns_fd;
+};
+#define HM_MOUNT_ATTR_RDONLY 0x1ULL
+#define HM_MOUNT_ATTR_NOSUID 0x2ULL
+#define HM_MOUNT_ATTR_NODEV 0x4ULL
+#define HM_AT_RECURSIVE 0x8000
+
+/* The kernel's struct sigaction (not libc's). */
+struct hm_ksigaction {
+    unsigned long handler;
+    unsigned long flags;
+    unsigned long restorer;
+    unsigned long mask;
+};
+#define HM_SIGSET_SIZE 8
+
+static unsigned long sigbit(int sig)
+{
+    return 1UL << (sig - 1);
+}
+
+static unsigned long hm_strlen(const char *s)
+{
+    unsigned long n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+__attribute__((noreturn)) static void hm_exit(int code)
+{
+    for (;;)
+        HM_SYS1(SYS_exit, code);
+}
+
+/* Send one error record and end this process.  err is -errno. */
+__attribute__((noreturn)) static void fail(int fd, int stage, int op_index, long err)
+{
+    struct hm_error rec;
+    rec.stage = stage;
+    rec.op_index = op_index;
+    rec.err = (int)-err;
+    HM_SYS3(SYS_write, fd, &rec, sizeof rec);
+    hm_exit(127);
+}
+
+static long write_file(const char *path, const char *text)
+{
+    long fd = HM_SYS4(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return fd;
+    long n = HM_SYS3(SYS_write, fd, text, hm_strlen(text));
+    HM_SYS1(SYS_close, fd);
+    return n < 0 ? n : 0;
+}
+
+/* Every disposition back to SIG_DFL: the inherited ones are the
+ * interpreter's, and its handlers must never run in a process that shares
+ * its memory.  SIG_IGN is reset too, as subprocess does with
+ * restore_signals (Python ignores SIGPIPE). */
+static void reset_signal_handlers(void)
+{
+    struct hm_ksigaction dfl = {0, 0, 0, 0};
+    for (int sig = 1; sig <= 64; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        HM_SYS4(SYS_rt_sigaction, sig, &dfl, 0, HM_SIGSET_SIZE);
+    }
+}
+
+/* Move the inherited descriptors to 0, 1, 2 (stdio), HM_FD_REPORT and
+ * HM_FD_PARENT, and close everything else the caller had open: pid 1 was
+ * cloned without CLONE_FILES, so this is a private copy of the caller's
+ * table, including descriptors other threads opened without O_CLOEXEC. */
+static void setup_fds(const struct hm_plan *p, int report_fd, int parent_pidfd)
+{
+    int src[5] = {p->stdin_fd, p->stdout_fd, p->stderr_fd, report_fd, parent_pidfd};
+    int tmp[5];
+    /* First above every target, so no dup3 below overwrites a source. */
+    for (int i = 0; i < 5; i++) {
+        tmp[i] = -1;
+        if (src[i] < 0)
+            continue;
+        long r = HM_SYS3(SYS_fcntl, src[i], F_DUPFD_CLOEXEC, 10);
+        if (r < 0)
+            fail(report_fd, HM_STAGE_FDS, i, r);
+        tmp[i] = (int)r;
+    }
+    for (int i = 0; i < 5; i++) {
+        if (tmp[i] < 0) {
+            HM_SYS1(SYS_close, i);
+            continue;
+        }
+        /* stdio stays open across exec, the rest closes on exec */
+        long r = HM_SYS3(SYS_dup3, tmp[i], i, i < 3 ? 0 : O_CLOEXEC);
+        if (r < 0)
+            fail(tmp[3] >= 0 ? tmp[3] : report_fd, HM_STAGE_FDS, i, r);
+    }
+    long r = HM_SYS3(SYS_close_range, HM_FD_FIRST_FREE, ~0U, 0);
+    if (r == -ENOSYS) {
+        struct rlimit lim;
+        unsigned long top = 65536;
+        if (HM_SYS4(SYS_prlimit64, 0, RLIMIT_NOFILE, 0, &lim) == 0 && lim.rlim_cur < top)
+            top = lim.rlim_cur;
+        for (unsigned long fd = HM_FD_FIRST_FREE; fd < top; fd++)
+            HM_SYS1(SYS_close, fd);
+    } else if (r < 0) {
+        fail(HM_FD_REPORT, HM_STAGE_FDS, -1, r);
+    }
+}
+
+static long run_op(const struct hm_op *op)
+{
+    long r;
+    switch ((enum hm_op_kind)op->kind) {
+    case HM_OP_MKDIR:
+        r = HM_SYS3(SYS_mkdirat, AT_FDCWD, op->dst, op->mode);
+        return r == -EEXIST ? 0 : r;
+    case HM_OP_MKFILE:
+        r = HM_SYS4(SYS_openat, AT_FDCWD, op->dst, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY,
+                    op->mode);
+        if (r < 0)
+            return r;
+        HM_SYS1(SYS_close, r);
+        return 0;
+    case HM_OP_SYMLINK:
+        return HM_SYS3(SYS_symlinkat, op->src, AT_FDCWD, op->dst);
+    case HM_OP_BIND: {
+        r = HM_SYS5(SYS_mount, op->src, op->dst, 0, MS_BIND | MS_REC, 0);
+        if (r < 0)
+            return r;
+        /* mount_setattr applies the flags to every mount of the bound tree
+         * at once; a plain MS_REMOUNT would leave submounts writable. */
+        struct hm_mount_attr attr = {HM_MOUNT_ATTR_NOSUID, 0, 0, 0};
+        if (!(op->flags & HM_BIND_DEVICES))
+            attr.attr_set |= HM_MOUNT_ATTR_NODEV;
+        if (op->flags & HM_BIND_RDONLY)
+            attr.attr_set |= HM_MOUNT_ATTR_RDONLY;
+        return HM_SYS5(SYS_mount_setattr, AT_FDCWD, op->dst, HM_AT_RECURSIVE, &attr, sizeof attr);
+    }
+    case HM_OP_TMPFS:
+        return HM_SYS5(SYS_mount, "tmpfs", op->dst, "tmpfs", (unsigned long)op->flags, op->data);
+    case HM_OP_PROC:
+        return HM_SYS5(SYS_mount, "proc", op->dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0);
+    }
+    return -EINVAL;
+}
+
+static long loopback_up(void)
+{
+    long s = HM_SYS3(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return s;
+    struct ifreq ifr;
+    char *b = (char *)&ifr;
+    for (unsigned long i = 0; i < sizeof ifr; i++)
+        b[i] = 0;
+    ifr.ifr_name[0] = 'l';
+    ifr.ifr_name[1] = 'o';
+    ifr.ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING;
+    long r = HM_SYS3(SYS_ioctl, s, SIOCSIFFLAGS, &ifr);
+    HM_SYS1(SYS_close, s);
+    return r;
+}
+
+static long drop_capabilities(void)
+{
+    /* The bounding set first: dropping from it needs CAP_SETPCAP, which
+     * the capset() below removes.  An empty bounding set also means that
+     * exec of anything as uid 0 inside gains nothing. */
+    for (long cap = 0; cap < 64; cap++) {
+        long r = HM_SYS2(SYS_prctl, PR_CAPBSET_DROP, cap);
+        if (r == -EINVAL)
+            break;
+        if (r < 0)
+            return r;
+    }
+    long r = HM_SYS5(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    if (r < 0 && r != -EINVAL)
+        return r;
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
+    return HM_SYS2(SYS_capset, &hdr, data);
+}
+
+/* The action's process: lower privileges, exec.  Runs on its own stack,
+ * pid 1 suspended until the execve succeeds or this process exits. */
+static int action_main(void *arg)
+{
+    const struct hm_plan *p = arg;
+    long r;
+
+    /* A new session: no controlling terminal to push input into (TIOCSTI). */
+    r = HM_SYS0(SYS_setsid);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_SETSID, -1, r);
+    r = HM_SYS1(SYS_chdir, p->cwd);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_CHDIR, -1, r);
+    for (int i = 0; i < p->n_rlimits; i++) {
+        struct rlimit lim = {p->rlimits[i].cur, p->rlimits[i].max};
+        r = HM_SYS4(SYS_prlimit64, 0, p->rlimits[i].resource, &lim, 0);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_RLIMIT, i, r);
+    }
+    /* no_new_privs before the capability drop is fine: it only stops exec
+     * from granting privileges, and is required by an unprivileged seccomp. */
+    r = HM_SYS5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_NO_NEW_PRIVS, -1, r);
+    r = drop_capabilities();
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_CAPABILITIES, -1, r);
+    /* Descriptors were closed by pid 1; only the report pipe (close-on-exec)
+     * is left beside stdio.  Seccomp is last so that it cannot block any
+     * setup step. */
+    if (p->seccomp_filter) {
+        struct sock_fprog prog = {(unsigned short)p->seccomp_len,
+                                  (struct sock_filter *)p->seccomp_filter};
+        r = HM_SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_SECCOMP, -1, r);
+    }
+    unsigned long none = 0;
+    r = HM_SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, HM_SIGSET_SIZE);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_SIGNALS, -1, r);
+    /* PATH search as execvp does it: skip missing candidates, remember a
+     * permission error, stop at any other error. */
+    long err = -ENOENT;
+    int failed_at = -1;
+    int seen_eacces = 0;
+    for (int i = 0; i < p->n_exec_paths; i++) {
+        r = HM_SYS3(SYS_execve, p->exec_paths[i], p->argv, p->envp);
+        if (r == -EACCES) {
+            seen_eacces = 1;
+            failed_at = i;
+            continue;
+        }
+        if (r == -ENOENT || r == -ENOTDIR)
+            continue;
+        err = r;
+        failed_at = i;
+        break;
+    }
+    if (err == -ENOENT && seen_eacces)
+        err = -EACCES;
+    fail(HM_FD_REPORT, HM_STAGE_EXEC, failed_at, err);
+}
+
+int hm__pid1_main(void *argp)
+{
+    const struct hm_child_args *a = argp;
+    const struct hm_plan *p = a->plan;
+    /* Copies: *a lives on the caller's stack, which is gone once the
+     * caller sees the report pipe close. */
+    struct hm_proc *proc = a->proc;
+    char *action_stack = a->action_stack_top;
+    long r;
+
+    reset_signal_handlers();
+    setup_fds(p, a->report_fd, a->parent_pidfd);
+    /* A name for ps inside the sandbox instead of the interpreter's. */
+    HM_SYS2(SYS_prctl, PR_SET_NAME, "hermetic-init");
+
+    /* Die with the caller.  The pidfd check closes the window in which the
+     * caller died before the parent-death signal was armed. */
+    r = HM_SYS2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_PARENT, -1, r);
+    if (a->parent_pidfd >= 0) {
+        struct pollfd pfd = {HM_FD_PARENT, POLLIN, 0};
+        struct timespec zero = {0, 0};
+        if (HM_SYS5(SYS_ppoll, &pfd, 1, &zero, 0, 0) > 0)
+            hm_exit(127);
+        HM_SYS1(SYS_close, HM_FD_PARENT);
+    }
+
+    /* Ids first: until the maps exist, files cannot be created in the new
+     * user namespace.  setgroups must be denied before an unprivileged
+     * gid_map write. */
+    if (p->uid_map) {
+        r = write_file("/proc/self/setgroups", "deny");
+        if (r < 0 && r != -ENOENT)
+            fail(HM_FD_REPORT, HM_STAGE_SETGROUPS, -1, r);
+        r = write_file("/proc/self/uid_map", p->uid_map);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_UID_MAP, -1, r);
+        r = write_file("/proc/self/gid_map", p->gid_map);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_GID_MAP, -1, r);
+    }
+
+    /* Mounts.  Private first, so nothing below propagates to the host. */
+    r = HM_SYS5(SYS_mount, 0, "/", 0, MS_REC | MS_PRIVATE, 0);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_MOUNT_PRIVATE, -1, r);
+    /* The new root is a tmpfs mounted on the staging directory, then made
+     * the root with the host's root kept at oldroot until every bind has
+     * taken its source from it.  pivot_root detaches the tmpfs from the
+     * staging directory, so sources under it stay reachable. */
+    r = HM_SYS5(SYS_mount, "tmpfs", p->staging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_ROOT_TMPFS, -1, r);
+    r = HM_SYS1(SYS_chdir, p->staging);
+    if (r == 0)
+        r = HM_SYS3(SYS_mkdirat, AT_FDCWD, p->oldroot + 1, 0700);
+    if (r == 0)
+        r = HM_SYS2(SYS_pivot_root, ".", p->oldroot + 1);
+    if (r == 0)
+        r = HM_SYS1(SYS_chdir, "/");
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_PIVOT_ROOT, -1, r);
+    for (int i = 0; i < p->n_ops; i++) {
+        r = run_op(&p->ops[i]);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_OP, i, r);
+    }
+    /* Only now is the host unreachable. */
+    r = HM_SYS2(SYS_umount2, p->oldroot, MNT_DETACH);
+    if (r == 0)
+        r = HM_SYS3(SYS_unlinkat, AT_FDCWD, p->oldroot, AT_REMOVEDIR);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_DETACH_OLDROOT, -1, r);
+    /* Read-only last: the ops above create mount points in the root. */
+    r = HM_SYS5(SYS_mount, 0, "/", 0, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, 0);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_ROOT_READONLY, -1, r);
+
+    if (p->hostname) {
+        r = HM_SYS2(SYS_sethostname, p->hostname, hm_strlen(p->hostname));
+        if (r == 0 && p->domainname)
+            r = HM_SYS2(SYS_setdomainname, p->domainname, hm_strlen(p->domainname));
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_HOSTNAME, -1, r);
+    }
+    if (p->loopback_up) {
+        r = loopback_up();
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_LOOPBACK, -1, r);
+    }
+
+    long action = hm_clone_run(CLONE_VM | CLONE_VFORK | SIGCHLD, action_stack, action_main,
+                               (void *)p);
+    if (action < 0)
+        fail(HM_FD_REPORT, HM_STAGE_SPAWN, -1, action);
+    /* The action has exec'd (its copy of the pipe closed) or failed and
+     * reported: closing ours lets the caller see EOF.  Nothing of *p or *a
+     * may be used after this. */
+    HM_SYS1(SYS_close, HM_FD_REPORT);
+
+    /* init: every signal stays blocked and is taken synchronously. */
+    unsigned long wanted = sigbit(SIGCHLD) | sigbit(SIGTERM) | sigbit(SIGINT) | sigbit(SIGHUP) |
+                           sigbit(SIGQUIT) | sigbit(SIGUSR1) | sigbit(SIGUSR2);
+    int status = 0, st;
+    int main_done = 0;
+    while (!main_done) {
+        long sig = HM_SYS4(SYS_rt_sigtimedwait, &wanted, 0, 0, HM_SIGSET_SIZE);
+        if (sig == SIGCHLD) {
+            for (;;) {
+                long pid = HM_SYS4(SYS_wait4, -1, &st, WNOHANG | __WALL, 0);
+                if (pid <= 0)
+                    break;
+                if (pid == action) {
+                    status = st;
+                    main_done = 1;
+                }
+            }
+        } else if (sig > 0) {
+            /* kill(-1) from init reaches every process of the namespace
+             * but init itself. */
+            HM_SYS2(SYS_kill, -1, sig);
+        }
+    }
+    /* The main process is done: nothing it started may outlive it. */
+    HM_SYS2(SYS_kill, -1, SIGKILL);
+    while (HM_SYS4(SYS_wait4, -1, &st, __WALL, 0) != -ECHILD)
+        ;
+    proc->status = status;
+    proc->main_exited = 1;
+    hm_exit(0);
+}

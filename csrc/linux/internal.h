@@ -1,0 +1,22 @@
+/* internal.h: what spawn.c hands to the child (child.c).  Not part of the API. */
+#ifndef HERMETIC_LINUX_INTERNAL_H
+#define HERMETIC_LINUX_INTERNAL_H
+
+#include "../hermetic.h"
+
+/* Descriptor numbers the child moves its inherited descriptors to. */
+#define HM_FD_REPORT 3  /* write end of the error pipe, close-on-exec */
+#define HM_FD_PARENT 4  /* pidfd of the caller, or -1 */
+#define HM_FD_FIRST_FREE 5
+
+struct hm_child_args {
+    const struct hm_plan *plan;
+    struct hm_proc *proc;  /* pid 1 writes the action's status here before it exits */
+    int report_fd;         /* caller's descriptor numbers, moved by the child */
+    int parent_pidfd;
+    char *action_stack_top;
+};
+
+int hm__pid1_main(void *arg);
+
+#endif

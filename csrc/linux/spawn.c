@@ -1,0 +1,184 @@
+/*
+ * spawn.c: the caller's side of a sandbox: clone pid 1, wait for its setup
+ * report, release the stacks after the caller reaped it.
+ *
+ * Called from Python through CFFI with the GIL released, possibly from
+ * several threads at once: no globals, everything lives in the arguments.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+/* Two stacks with a guard page below each: pid 1 at the top, the action's
+ * (used only until its execve) below.  The child code uses little stack. */
+#define HM_STACK 65536UL
+#define HM_GUARD 4096UL
+#define HM_STACK_REGION (2 * (HM_STACK + HM_GUARD))
+
+static int read_full(int fd, void *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, (char *)buf + got, len - got);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        got += (size_t)n;
+    }
+    return (int)got;
+}
+
+int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error)
+{
+    int e;
+    memset(error, 0, sizeof *error);
+    proc->pid = -1;
+    proc->pidfd = -1;
+    proc->status = 0;
+    proc->main_exited = 0;
+    proc->stack = NULL;
+    proc->stack_size = 0;
+
+    char *region = mmap(NULL, HM_STACK_REGION, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (region == MAP_FAILED)
+        return -errno;
+    /* [guard][action stack][guard][pid 1 stack] */
+    if (mprotect(region, HM_GUARD, PROT_NONE) < 0 ||
+        mprotect(region + HM_GUARD + HM_STACK, HM_GUARD, PROT_NONE) < 0) {
+        e = errno;
+        munmap(region, HM_STACK_REGION);
+        return -e;
+    }
+
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        e = errno;
+        munmap(region, HM_STACK_REGION);
+        return -e;
+    }
+    /* Lets pid 1 tell whether the caller died before it armed
+     * PR_SET_PDEATHSIG; absent on kernels without pidfds. */
+    int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
+
+    struct hm_child_args args;
+    args.plan = plan;
+    args.proc = proc;
+    args.report_fd = pipefd[1];
+    args.parent_pidfd = self;
+    args.action_stack_top = region + HM_GUARD + HM_STACK;
+
+    /* Every signal blocked across clone: until pid 1 has reset the
+     * inherited handlers, a signal would run the interpreter's handler in a
+     * process that shares its memory. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int pidfd = -1;
+    int flags = (int)plan->ns_flags | CLONE_VM | CLONE_PIDFD | SIGCHLD;
+    pid_t pid = clone(hm__pid1_main, region + HM_STACK_REGION, flags, &args, &pidfd);
+    e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    close(pipefd[1]);
+    if (self >= 0)
+        close(self);
+    if (pid < 0) {
+        close(pipefd[0]);
+        munmap(region, HM_STACK_REGION);
+        error->stage = HM_STAGE_CLONE;
+        error->op_index = -1;
+        error->err = e;
+        return -e;
+    }
+    proc->pid = pid;
+    proc->pidfd = pidfd;
+    proc->stack = region;
+    proc->stack_size = HM_STACK_REGION;
+
+    /* EOF: the action has exec'd.  A full record: setup failed, pid 1 is
+     * exiting; reap it here so the caller has nothing to clean up. */
+    struct hm_error rec;
+    int n = read_full(pipefd[0], &rec, sizeof rec);
+    close(pipefd[0]);
+    if (n == 0)
+        return 0;
+    if (n == (int)sizeof rec) {
+        *error = rec;
+    } else {
+        error->stage = HM_STAGE_NONE;
+        error->op_index = -1;
+        error->err = n < 0 ? -n : EPROTO;
+    }
+    int status;
+    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+        ;
+    proc->pid = -1;
+    hm_proc_release(proc);
+    return -(error->err ? error->err : EPROTO);
+}
+
+/* Only after pid 1 has been reaped: its stack is still in use until then. */
+void hm_proc_release(struct hm_proc *proc)
+{
+    if (proc->pidfd >= 0) {
+        close(proc->pidfd);
+        proc->pidfd = -1;
+    }
+    if (proc->stack) {
+        munmap(proc->stack, proc->stack_size);
+        proc->stack = NULL;
+        proc->stack_size = 0;
+    }
+}
+
+static int probe_child(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+/* Can this process create these namespaces?  0 or -errno. */
+int hm_probe_clone(unsigned long long ns_flags)
+{
+    char *region = mmap(NULL, HM_STACK, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (region == MAP_FAILED)
+        return -errno;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* The child runs nothing but a return: CLONE_VFORK keeps its stack
+     * alive until it has exited. */
+    pid_t pid = clone(probe_child, region + HM_STACK, (int)ns_flags | CLONE_VM | CLONE_VFORK | SIGCHLD,
+                      NULL);
+    int e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        munmap(region, HM_STACK);
+        return -e;
+    }
+    int status;
+    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+        ;
+    munmap(region, HM_STACK);
+    return 0;
+}

@@ -1,0 +1,113 @@
+"""What an execution produced: ExecutionResult and the Violation records."""
+
+from __future__ import annotations
+
+import enum
+import signal as _signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from hermetic.monitoring.usage import ResourceUsage
+
+
+class ViolationKind(str, enum.Enum):
+    """What kind of rule an action broke.  The value is the string form."""
+
+    FILESYSTEM = "filesystem"
+    NETWORK = "network"
+    PROCESS = "process"
+    RESOURCE = "resource"
+    TIMEOUT = "timeout"
+    SYSCALL = "syscall"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One violation that was stopped or seen.
+
+    ``attempted`` says what the action tried (a path, an address, a syscall,
+    a duration); ``decision`` what was done about it ("denied", "killed",
+    "discarded").  Never holds environment values.
+    """
+
+    kind: ViolationKind
+    attempted: str
+    decision: str
+    limit: str | None = None
+    observed: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "attempted": self.attempted,
+            "decision": self.decision,
+            "limit": self.limit,
+            "observed": self.observed,
+        }
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """The outcome of one action.
+
+    ``exit_code`` is the main process's exit status, or None when it was
+    killed by a signal (then ``signal`` holds the number).  ``hermetic`` is
+    True when every isolation layer the spec asks for was applied.
+    """
+
+    argv: tuple[str, ...]
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    duration: float
+    timed_out: bool = False
+    usage: ResourceUsage = field(default_factory=ResourceUsage)
+    violations: tuple[Violation, ...] = ()
+    hermetic: bool = True
+    unenforced_limits: tuple[str, ...] = ()
+
+    def success(self) -> bool:
+        """Exit status 0, no signal, no timeout."""
+        return self.exit_code == 0 and self.signal is None and not self.timed_out
+
+    @property
+    def returncode(self) -> int:
+        """subprocess's convention: the exit status, or -N for signal N."""
+        if self.signal is not None:
+            return -self.signal
+        return self.exit_code if self.exit_code is not None else -1
+
+    def shell_status(self) -> int:
+        """A shell's convention: the exit status, or 128+N for signal N."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exit_code if self.exit_code is not None else 1
+
+    def to_dict(self, *, text: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict; output is decoded (replacing bad bytes) when text is True."""
+
+        def out(b: bytes) -> Any:
+            return b.decode("utf-8", "replace") if text else list(b)
+
+        sig_name = None
+        if self.signal is not None:
+            try:
+                sig_name = _signal.Signals(self.signal).name
+            except ValueError:
+                sig_name = None
+        return {
+            "argv": list(self.argv),
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "signal_name": sig_name,
+            "success": self.success(),
+            "timed_out": self.timed_out,
+            "duration": self.duration,
+            "hermetic": self.hermetic,
+            "unenforced_limits": list(self.unenforced_limits),
+            "usage": self.usage.to_dict(),
+            "violations": [v.to_dict() for v in self.violations],
+            "stdout": out(self.stdout),
+            "stderr": out(self.stderr),
+        }

@@ -1,0 +1,5 @@
+"""Resource usage of executions."""
+
+from hermetic.monitoring.usage import ResourceUsage
+
+__all__ = ["ResourceUsage"]

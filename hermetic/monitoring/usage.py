@@ -1,0 +1,57 @@
+"""ResourceUsage: what one execution consumed, each figure with its source."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """Resources used by one execution (the whole sandbox, reaped children included).
+
+    A figure is None when it is not known; it is never a made-up zero.
+    ``sources`` maps each known figure to where it came from ("rusage",
+    "clock", and later "cgroup-v2", "cgroup-v1", "psutil").
+    """
+
+    wall_time: float | None = None
+    cpu_time: float | None = None
+    user_time: float | None = None
+    system_time: float | None = None
+    peak_memory: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    peak_processes: int | None = None
+    sources: tuple[tuple[str, str], ...] = field(default=())
+
+    def source(self, name: str) -> str | None:
+        """Where the figure ``name`` came from, or None when it is unknown."""
+        return dict(self.sources).get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sources"] = dict(self.sources)
+        return data
+
+    @classmethod
+    def from_rusage(cls, wall_time: float, ru: Any) -> ResourceUsage:
+        """From the rusage of a wait4() on a pid 1 that reaped every descendant.
+
+        ru_maxrss is the largest single process, not the sandbox's total, so
+        it is not reported as peak_memory.
+        """
+        user = float(ru.ru_utime)
+        system = float(ru.ru_stime)
+        return cls(
+            wall_time=wall_time,
+            cpu_time=user + system,
+            user_time=user,
+            system_time=system,
+            sources=(
+                ("wall_time", "clock"),
+                ("cpu_time", "rusage"),
+                ("user_time", "rusage"),
+                ("system_time", "rusage"),
+            ),
+        )

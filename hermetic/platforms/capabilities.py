@@ -1,0 +1,35 @@
+"""Capabilities: what this host can enforce, as probed once per process."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the host offers.  ``notes`` explains each missing feature."""
+
+    platform: str
+    backend: str
+    user_namespaces: bool = False
+    namespaces: tuple[str, ...] = ()
+    mount_setattr: bool = False
+    cgroup_v1_controllers: tuple[str, ...] = ()
+    cgroup_v2: bool = False
+    cgroup_v2_controllers: tuple[str, ...] = ()
+    seccomp: bool = False
+    seccomp_user_notif: bool = False
+    landlock_abi: int | None = None
+    pidfd: bool = False
+    clone3: bool = False
+    notes: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["notes"] = dict(self.notes)
+        return data
+
+    def can_sandbox(self) -> bool:
+        """Whether the full filesystem/process/network isolation can be applied."""
+        return self.user_namespaces and self.mount_setattr

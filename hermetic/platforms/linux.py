@@ -1,0 +1,361 @@
+"""The Linux backend: namespaces, a tmpfs root, pivot_root, rlimits.
+
+``prepare(spec)`` turns a validated spec into everything the C core needs
+that does not depend on the command (the op list, id maps, environment,
+rlimits), marshalled once into C memory.  ``execute(prepared, argv, ...)``
+adds the command, clones the sandbox's pid 1 from this process
+(csrc/linux/spawn.c), waits for it and collects the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
+from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
+from hermetic.core.paths import is_within
+from hermetic.core.spec import SandboxSpec
+from hermetic.monitoring.usage import ResourceUsage
+from hermetic.platforms import linux_plan
+from hermetic.platforms.capabilities import Capabilities
+from hermetic.platforms.linux_probe import ALL_NAMESPACES, probe
+from hermetic.security.timeout import DEFAULT_KILL_GRACE, wait_or_kill
+
+__all__ = ["BACKEND", "Prepared", "capabilities", "execute", "prepare"]
+
+BACKEND = "linux-namespaces"
+HOSTNAME = "localhost"
+DOMAINNAME = "localdomain"
+#: PATH searched for argv[0] when the spec's environment has none (execvp's).
+DEFAULT_SEARCH_PATH = "/bin:/usr/bin"
+
+_STAGES = {
+    1: "fds", 2: "parent", 3: "setgroups", 4: "uid_map", 5: "gid_map",
+    6: "mount-private", 7: "root-tmpfs", 8: "pivot_root", 9: "op",
+    10: "detach-oldroot", 11: "root-readonly", 12: "hostname", 13: "loopback",
+    14: "spawn", 15: "signals", 16: "setsid", 17: "chdir", 18: "rlimit",
+    19: "no_new_privs", 20: "capabilities", 21: "seccomp", 22: "exec", 23: "clone",
+}
+_OP_STAGES = {
+    linux_plan.OP_MKDIR: "mkdir", linux_plan.OP_MKFILE: "mkfile",
+    linux_plan.OP_SYMLINK: "symlink", linux_plan.OP_BIND: "bind",
+    linux_plan.OP_TMPFS: "tmpfs", linux_plan.OP_PROC: "proc",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def capabilities() -> Capabilities:
+    """What this host supports, probed once per process."""
+    return probe()
+
+
+def _native() -> Any:
+    from hermetic import _native
+
+    return _native
+
+
+class _CMemory:
+    """C strings and arrays that must outlive every spawn that uses them."""
+
+    def __init__(self) -> None:
+        self.ffi = _native().ffi
+        self.keep: list[Any] = []
+
+    def str(self, s: str | None) -> Any:
+        if s is None:
+            return self.ffi.NULL
+        c = self.ffi.new("char[]", os.fsencode(s))
+        self.keep.append(c)
+        return c
+
+    def strv(self, items: Sequence[str]) -> Any:
+        arr = self.ffi.new("char *[]", len(items) + 1)
+        for i, s in enumerate(items):
+            arr[i] = self.str(s)
+        arr[len(items)] = self.ffi.NULL
+        self.keep.append(arr)
+        return arr
+
+
+@dataclass(frozen=True)
+class _Rlimits:
+    values: tuple[tuple[int, int, int], ...]
+    unenforced: tuple[str, ...]
+
+
+def _rlimits(spec: SandboxSpec) -> _Rlimits:
+    """Resource limits that rlimits can enforce, and the ones they cannot.
+
+    RLIMIT_NPROC counts processes per user *namespace* and uid, and the
+    sandbox's user namespace is new, so it bounds the sandbox's processes
+    as a whole (+1 for pid 1).  The others apply per process.
+    """
+    r = spec.resources
+    values = [(resource.RLIMIT_CORE, 0, 0)]
+    unenforced: list[str] = []
+    if r.max_open_files:
+        values.append((resource.RLIMIT_NOFILE, r.max_open_files, r.max_open_files))
+    if r.max_file_size:
+        values.append((resource.RLIMIT_FSIZE, r.max_file_size, r.max_file_size))
+    if r.max_processes:
+        values.append((resource.RLIMIT_NPROC, r.max_processes + 1, r.max_processes + 1))
+    if r.max_cpu_time_ms:
+        secs = max(1, math.ceil(r.max_cpu_time_ms / 1000))
+        values.append((resource.RLIMIT_CPU, secs, secs + 1))
+        unenforced.append("max_cpu_time_ms: per process (RLIMIT_CPU), not summed over the sandbox")
+    if r.max_memory_bytes:
+        unenforced.append("max_memory_bytes: not enforced yet (needs a cgroup)")
+    if r.max_disk_io:
+        unenforced.append("max_disk_io: not enforced yet (needs a cgroup)")
+    if r.max_output_bytes:
+        unenforced.append("max_output_bytes: not enforced yet")
+    if r.cpu_shares != 1024:
+        unenforced.append("cpu_shares: not enforced yet (needs a cgroup)")
+    return _Rlimits(tuple(values), tuple(unenforced))
+
+
+def _environment(spec: SandboxSpec) -> dict[str, str]:
+    env = spec.environment.to_dict()
+    if spec.environment.inherit_path and "PATH" in os.environ:
+        env["PATH"] = os.environ["PATH"]
+    if spec.environment.inherit_home and "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
+    return env
+
+
+class Prepared:
+    """A spec made ready to run: validated, planned and marshalled once."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        caps = capabilities()
+        if not caps.user_namespaces:
+            raise UnsupportedError(
+                "namespaces", dict(caps.notes).get("user_namespaces", "user namespaces unavailable")
+            )
+        if not caps.mount_setattr:
+            raise UnsupportedError("read-only inputs", dict(caps.notes)["mount_setattr"])
+        if not spec.network.is_hermetic:
+            raise UnsupportedError(
+                "network", "only the hermetic (loopback-only) network policy is implemented"
+            )
+        if not os.path.isdir(linux_plan.STAGING):
+            raise UnsupportedError("root filesystem", f"{linux_plan.STAGING} is missing on the host")
+        for p in (*spec.outputs, *spec.temps):
+            if not os.path.exists(p):
+                raise SpecError(f"output or temp path does not exist: {p!r}", field="paths", value=p)
+        self.spec = spec
+        self.workdir = spec.workdir or "/"
+        self.ops = linux_plan.build_ops(spec, self.workdir)
+        self.env = _environment(spec)
+        self.rlimits = _rlimits(spec)
+        self._exec_cache: dict[str, tuple[str, ...]] = {}
+
+        mem = _CMemory()
+        ffi = mem.ffi
+        self._mem = mem
+        ops = ffi.new("struct hm_op[]", len(self.ops))
+        for i, op in enumerate(self.ops):
+            c = ops[i]
+            c.kind = op.kind
+            c.flags = op.flags
+            c.mode = op.mode
+            c.src = mem.str(op.src)
+            c.dst = mem.str(op.dst)
+            c.data = mem.str(op.data)
+        mem.keep.append(ops)
+        rl = ffi.new("struct hm_rlimit[]", len(self.rlimits.values))
+        for i, (res, cur, mx) in enumerate(self.rlimits.values):
+            rl[i].resource = res
+            rl[i].cur = cur
+            rl[i].max = mx
+        mem.keep.append(rl)
+        uid, gid = os.getuid(), os.getgid()
+        self._template = {
+            "ns_flags": ALL_NAMESPACES,
+            "uid_map": mem.str(f"{uid} {uid} 1\n"),
+            "gid_map": mem.str(f"{gid} {gid} 1\n"),
+            "staging": mem.str(linux_plan.STAGING),
+            "oldroot": mem.str(linux_plan.OLDROOT),
+            "ops": ops,
+            "n_ops": len(self.ops),
+            "hostname": mem.str(HOSTNAME),
+            "domainname": mem.str(DOMAINNAME),
+            "loopback_up": 1,
+            "envp": mem.strv([f"{k}={v}" for k, v in sorted(self.env.items())]),
+            "rlimits": rl,
+            "n_rlimits": len(self.rlimits.values),
+            "seccomp_filter": ffi.NULL,
+            "seccomp_len": 0,
+        }
+
+    def exec_candidates(self, arg0: str) -> tuple[str, ...]:
+        """Where execve looks for argv[0]: the spec's PATH, as inside the sandbox."""
+        found = self._exec_cache.get(arg0)
+        if found is None:
+            if "/" in arg0:
+                found = (arg0,)
+            else:
+                search = self.env.get("PATH", DEFAULT_SEARCH_PATH)
+                found = tuple(os.path.join(d or ".", arg0) for d in search.split(":"))
+            self._exec_cache[arg0] = found
+        return found
+
+
+def prepare(spec: SandboxSpec) -> Prepared:
+    return Prepared(spec)
+
+
+def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise SpecError("argv must be a non-empty sequence of strings", field="argv", value=argv)
+    out = []
+    for a in argv:
+        if not isinstance(a, str):
+            raise SpecError(f"argv entries must be str, got {a!r}", field="argv", value=a)
+        if "\0" in a:
+            raise SpecError(f"argv entry contains a NUL byte: {a!r}", field="argv", value=a)
+        out.append(a)
+    return tuple(out)
+
+
+def _stdin_fd(stdin: bytes | None) -> int:
+    if stdin is None:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.memfd_create("hermetic-stdin", os.MFD_CLOEXEC)
+    view = memoryview(stdin)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) -> SandboxError:
+    stage = _STAGES.get(err.stage, f"stage {err.stage}")
+    path = None
+    detail = None
+    idx = err.op_index
+    if err.stage == 9 and 0 <= idx < len(prepared.ops):
+        op = prepared.ops[idx]
+        stage = _OP_STAGES.get(op.kind, stage)
+        path = op.dst
+        detail = op.origin
+    elif stage == "exec":
+        cands = prepared.exec_candidates(argv[0])
+        path = cands[idx] if 0 <= idx < len(cands) else argv[0]
+        if err.err == 2:
+            detail = f"{argv[0]!r} not found in the sandbox (searched {':'.join(cands)})"
+    elif stage == "chdir":
+        path = cwd
+        detail = "working directory"
+    elif stage in ("uid_map", "gid_map", "setgroups"):
+        path = f"/proc/self/{stage}"
+    return SandboxError(err.err, stage=stage, path=path, op_index=idx if idx >= 0 else None,
+                        detail=detail)
+
+
+def execute(
+    prepared: Prepared,
+    argv: Sequence[str],
+    *,
+    cwd: str | None = None,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> ExecutionResult:
+    """Run one action in a fresh sandbox and return its result.
+
+    Raises SandboxError when setup fails (the action did not run).
+    """
+    nat = _native()
+    ffi, lib = nat.ffi, nat.lib
+    args = _check_argv(argv)
+    workdir = cwd or prepared.workdir
+    if "\0" in workdir or not workdir.startswith("/"):
+        raise SpecError(f"cwd must be an absolute path: {workdir!r}", field="cwd", value=workdir)
+    if cwd is not None and not (
+        is_within(cwd, prepared.workdir) or linux_plan.visible(prepared.spec, cwd) or cwd == "/"
+    ):
+        raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
+
+    mem = _CMemory()
+    cands = prepared.exec_candidates(args[0])
+    plan = ffi.new("struct hm_plan *", prepared._template)
+    plan.cwd = mem.str(workdir)
+    plan.argv = mem.strv(args)
+    plan.exec_paths = mem.strv(cands)
+    plan.n_exec_paths = len(cands)
+
+    stdin_fd = _stdin_fd(stdin)
+    out_fd = err_fd = -1
+    try:
+        out_fd = os.memfd_create("hermetic-stdout", os.MFD_CLOEXEC)
+        err_fd = os.memfd_create("hermetic-stderr", os.MFD_CLOEXEC)
+        plan.stdin_fd = stdin_fd
+        plan.stdout_fd = out_fd
+        plan.stderr_fd = err_fd
+        proc = ffi.new("struct hm_proc *")
+        error = ffi.new("struct hm_error *")
+        start = time.monotonic()
+        rc = lib.hm_spawn(plan, proc, error)
+        if rc < 0:
+            raise _setup_error(prepared, args, workdir, error)
+        try:
+            pidfd = proc.pidfd
+
+            def send(sig: int) -> None:
+                signal.pidfd_send_signal(pidfd, sig)
+
+            timed_out = wait_or_kill(pidfd, timeout, send, kill_grace)
+            _, status, ru = os.wait4(proc.pid, 0)
+        finally:
+            lib.hm_proc_release(proc)
+        duration = time.monotonic() - start
+        if proc.main_exited:
+            status = proc.status
+        exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        violations: tuple[Violation, ...] = ()
+        if timed_out:
+            violations = (
+                Violation(ViolationKind.TIMEOUT, attempted=f"ran longer than {timeout:g} s",
+                          decision="killed", limit=f"{timeout:g} s", observed=f"{duration:.3f} s"),
+            )
+        return ExecutionResult(
+            argv=args,
+            exit_code=exit_code,
+            signal=sig,
+            stdout=_read_all(out_fd),
+            stderr=_read_all(err_fd),
+            duration=duration,
+            timed_out=timed_out,
+            usage=ResourceUsage.from_rusage(duration, ru),
+            violations=violations,
+            hermetic=True,
+            unenforced_limits=prepared.rlimits.unenforced,
+        )
+    finally:
+        for fd in (stdin_fd, out_fd, err_fd):
+            if fd >= 0:
+                os.close(fd)

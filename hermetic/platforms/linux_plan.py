@@ -1,0 +1,230 @@
+"""The Linux sandbox's filesystem plan: a spec turned into an ordered op list.
+
+Everything the child does to the filesystem is decided here, before clone:
+which paths are bound where, read-only or not, which directories and mount
+points must be created in the new root's tmpfs, and in what order.  The child
+(csrc/linux/child.c) only walks the list.
+
+Layout of the sandbox's root (a tmpfs, read-only once set up):
+
+- every input bound read-only (recursively, nosuid, nodev) at its own path;
+- every output and temp bound read-write (nosuid, nodev) at its own path;
+- /proc of the new pid namespace;
+- /dev: a tmpfs with null, zero, full, random, urandom, tty bound from the
+  host, and the fd, stdin, stdout, stderr links;
+- /tmp: a private tmpfs, unless /tmp itself is declared;
+- the host root's top-level symlinks (/bin -> usr/bin on merged-/usr
+  systems) when their target is visible;
+- the working directory, created empty when nothing declared covers it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from hermetic.core.errors import SpecError
+from hermetic.core.paths import is_within
+from hermetic.core.spec import SandboxSpec
+
+# Kinds and flags: the values of enum hm_op_kind and HM_BIND_* in hermetic.h.
+OP_MKDIR = 1
+OP_MKFILE = 2
+OP_SYMLINK = 3
+OP_BIND = 4
+OP_TMPFS = 5
+OP_PROC = 6
+BIND_RDONLY = 1
+BIND_DEVICES = 2
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+
+#: Host directory the new root's tmpfs is first mounted on (only inside the
+#: sandbox's private mount namespace).  pivot_root moves it away again, so
+#: declared paths below it stay reachable.
+STAGING = "/tmp"
+#: Where the host's root sits between pivot_root and its detachment.
+OLDROOT = "/.hermetic-oldroot"
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
+_RESERVED = ("/proc", "/dev", OLDROOT)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One filesystem step.  ``origin`` says why it exists, for error messages."""
+
+    kind: int
+    dst: str
+    src: str | None = None
+    flags: int = 0
+    mode: int = 0
+    data: str | None = None
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: str
+    kind: str  # "bind" | "tmpfs" | "proc" | "symlink" | "dir"
+    origin: str
+    src: str | None = None
+    flags: int = 0
+    is_dir: bool = True
+    data: str | None = None
+    mount_flags: int = 0
+
+
+def _depth_key(path: str) -> tuple[str, ...]:
+    # Component order puts every directory before what lies below it.
+    return tuple(p for p in path.split("/") if p)
+
+
+def _collapse(paths: list[str]) -> list[str]:
+    """Drop paths that lie under another path of the same list."""
+    out: list[str] = []
+    for p in sorted(paths, key=_depth_key):
+        if not any(is_within(p, q) for q in out):
+            out.append(p)
+    return out
+
+
+def _declared(spec: SandboxSpec) -> list[_Entry]:
+    entries: list[_Entry] = []
+    for p in _collapse(list(spec.inputs)):
+        entries.append(_bind(p, BIND_RDONLY, f"input {p!r}"))
+    writable = {p: "output" for p in spec.outputs}
+    for p in spec.temps:
+        writable.setdefault(p, "temp")
+    for p in sorted(writable, key=_depth_key):
+        entries.append(_bind(p, 0, f"{writable[p]} {p!r}"))
+    for e in entries:
+        for r in _RESERVED:
+            if is_within(e.path, r):
+                raise SpecError(
+                    f"{e.origin} lies in {r}, which the sandbox provides itself",
+                    field="paths",
+                    value=e.path,
+                )
+    return entries
+
+
+def _bind(path: str, flags: int, origin: str) -> _Entry:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SpecError(f"{origin} does not exist", field="paths", value=path) from None
+    except OSError as e:
+        raise SpecError(f"{origin} cannot be used: {e.strerror}", field="paths", value=path) from e
+    is_dir = stat.S_ISDIR(st.st_mode)
+    return _Entry(path, "bind", origin, src=OLDROOT + path, flags=flags, is_dir=is_dir)
+
+
+def _system(declared: list[_Entry]) -> list[_Entry]:
+    entries = [
+        _Entry("/proc", "proc", "the sandbox's /proc"),
+        _Entry("/dev", "tmpfs", "the sandbox's /dev", data="mode=0755",
+               mount_flags=MS_NOSUID | MS_NOEXEC),
+    ]
+    for name in DEVICES:
+        host = "/dev/" + name
+        if os.path.exists(host):
+            entries.append(_Entry(host, "bind", f"device {host}", src=OLDROOT + host,
+                                  flags=BIND_DEVICES, is_dir=False))
+    for name, target in DEV_LINKS:
+        entries.append(_Entry("/dev/" + name, "symlink", f"link /dev/{name}", src=target))
+    if not any(e.path == "/tmp" for e in declared):
+        entries.append(_Entry("/tmp", "tmpfs", "the sandbox's private /tmp", data="mode=1777",
+                              mount_flags=MS_NOSUID | MS_NODEV))
+    return entries
+
+
+def _root_links(entries: list[_Entry]) -> list[_Entry]:
+    """The host root's top-level symlinks whose target the sandbox shows."""
+    links: list[_Entry] = []
+    try:
+        names = sorted(os.listdir("/"))
+    except OSError:
+        return links
+    taken = [e.path for e in entries]
+    for name in names:
+        path = "/" + name
+        if not os.path.islink(path) or any(is_within(t, path) for t in taken):
+            continue
+        target = os.path.realpath(path)
+        if any(e.kind in ("bind", "tmpfs") and is_within(target, e.path) for e in entries):
+            links.append(_Entry(path, "symlink", f"link {path}", src=os.readlink(path)))
+    return links
+
+
+def build_ops(spec: SandboxSpec, workdir: str | None = None) -> tuple[Op, ...]:
+    """The op list for ``spec``; raises SpecError naming the culprit path."""
+    declared = _declared(spec)
+    entries = declared + _system(declared)
+    entries += _root_links(entries)
+    if workdir and workdir != "/":
+        entries.append(_Entry(workdir, "dir", f"working directory {workdir!r}"))
+    entries.sort(key=lambda e: _depth_key(e.path))
+
+    ops: list[Op] = []
+    made: set[str] = {"/"}
+    placed: list[_Entry] = []
+    for e in entries:
+        cover = None
+        for p in placed:
+            if p.kind in ("bind", "tmpfs", "proc") and is_within(e.path, p.path) and e.path != p.path:
+                if cover is None or len(p.path) > len(cover.path):
+                    cover = p
+        if cover is not None and cover.kind != "tmpfs":
+            # Under a bind the host's own tree is what the sandbox shows: the
+            # mount point must already be there (nothing is created in a
+            # host directory, and inputs are read-only anyway).
+            if e.kind == "dir" and os.path.isdir(e.path):
+                continue
+            if e.kind == "symlink":
+                continue
+            if not os.path.exists(e.path) or os.path.isdir(e.path) != e.is_dir:
+                raise SpecError(
+                    f"{e.origin} needs a mount point inside {cover.origin}, "
+                    f"which has no {'directory' if e.is_dir else 'file'} at {e.path!r}",
+                    field="paths",
+                    value=e.path,
+                )
+        else:
+            parent = os.path.dirname(e.path)
+            chain: list[str] = []
+            while parent not in made and (cover is None or parent != cover.path):
+                chain.append(parent)
+                parent = os.path.dirname(parent)
+            for d in reversed(chain):
+                ops.append(Op(OP_MKDIR, d, mode=0o755, origin=f"directory {d!r} for {e.origin}"))
+                made.add(d)
+            if e.kind == "bind" and not e.is_dir:
+                ops.append(Op(OP_MKFILE, e.path, mode=0o644, origin=f"mount point for {e.origin}"))
+            elif e.kind in ("bind", "tmpfs", "proc", "dir"):
+                ops.append(Op(OP_MKDIR, e.path, mode=0o755, origin=f"mount point for {e.origin}"))
+            made.add(e.path)
+        if e.kind == "bind":
+            ops.append(Op(OP_BIND, e.path, src=e.src, flags=e.flags, origin=e.origin))
+        elif e.kind == "tmpfs":
+            ops.append(Op(OP_TMPFS, e.path, flags=e.mount_flags, data=e.data, origin=e.origin))
+        elif e.kind == "proc":
+            ops.append(Op(OP_PROC, e.path, origin=e.origin))
+        elif e.kind == "symlink":
+            ops.append(Op(OP_SYMLINK, e.path, src=e.src, origin=e.origin))
+        placed.append(e)
+    return tuple(ops)
+
+
+def visible(spec: SandboxSpec, path: str) -> bool:
+    """Whether ``path`` (canonical) is shown inside the sandbox by a declared path."""
+    return any(is_within(path, p) for p in (*spec.inputs, *spec.outputs, *spec.temps))

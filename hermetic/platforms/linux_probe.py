@@ -1,0 +1,108 @@
+"""Probing the Linux host: namespaces, cgroups, seccomp, Landlock, pidfd, clone3."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hermetic.platforms.capabilities import Capabilities
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+NAMESPACES = {
+    "user": CLONE_NEWUSER,
+    "mount": CLONE_NEWNS,
+    "pid": CLONE_NEWPID,
+    "network": CLONE_NEWNET,
+    "ipc": CLONE_NEWIPC,
+    "uts": CLONE_NEWUTS,
+    "cgroup": CLONE_NEWCGROUP,
+}
+ALL_NAMESPACES = sum(NAMESPACES.values())
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cgroups() -> tuple[tuple[str, ...], bool, tuple[str, ...]]:
+    v1: set[str] = set()
+    v2_root = None
+    for line in (_read("/proc/self/mounts") or "").splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        if parts[2] == "cgroup":
+            for opt in parts[3].split(","):
+                if opt in ("memory", "pids", "cpu", "cpuacct", "blkio", "cpuset", "freezer", "io"):
+                    v1.add(opt)
+        elif parts[2] == "cgroup2" and v2_root is None:
+            v2_root = parts[1]
+    controllers: tuple[str, ...] = ()
+    if v2_root is not None:
+        text = _read(os.path.join(v2_root, "cgroup.controllers")) or ""
+        controllers = tuple(sorted(text.split()))
+    return tuple(sorted(v1)), v2_root is not None, controllers
+
+
+def probe() -> Capabilities:
+    from hermetic._native import lib
+
+    notes: dict[str, str] = {}
+    r = lib.hm_probe_clone(ALL_NAMESPACES)
+    userns = r == 0
+    namespaces: list[str] = []
+    if userns:
+        namespaces = list(NAMESPACES)
+    else:
+        notes["user_namespaces"] = (
+            f"creating user+mount+pid+net+ipc+uts namespaces failed: {os.strerror(-r)}"
+            " (user namespaces disabled, or forbidden by a container's seccomp profile)"
+        )
+        for name, flag in NAMESPACES.items():
+            extra = CLONE_NEWUSER if name != "user" else 0
+            if lib.hm_probe_clone(flag | extra) == 0:
+                namespaces.append(name)
+    mount_setattr = lib.hm_probe_mount_setattr() == 0
+    if not mount_setattr:
+        notes["mount_setattr"] = "mount_setattr(2) is missing (Linux >= 5.12 needed)"
+    v1, v2, v2c = _cgroups()
+    status = _read("/proc/self/status") or ""
+    seccomp = "Seccomp:" in status
+    actions = _read("/proc/sys/kernel/seccomp/actions_avail") or ""
+    abi = lib.hm_probe_landlock_abi()
+    if abi < 0:
+        notes["landlock"] = f"Landlock unavailable: {os.strerror(-abi)}"
+    try:
+        fd = os.pidfd_open(os.getpid())
+        os.close(fd)
+        pidfd = True
+    except (OSError, AttributeError):
+        pidfd = False
+        notes["pidfd"] = "pidfd_open(2) is missing (Linux >= 5.3 needed)"
+    return Capabilities(
+        platform=sys.platform,
+        backend="linux-namespaces",
+        user_namespaces=userns,
+        namespaces=tuple(namespaces),
+        mount_setattr=mount_setattr,
+        cgroup_v1_controllers=v1,
+        cgroup_v2=v2,
+        cgroup_v2_controllers=v2c,
+        seccomp=seccomp,
+        seccomp_user_notif="user_notif" in actions.split(),
+        landlock_abi=abi if abi > 0 else None,
+        pidfd=pidfd,
+        clone3=lib.hm_probe_clone3() == 0,
+        notes=tuple(sorted(notes.items())),
+    )

@@ -1,0 +1,1 @@
+"""Timeout enforcement (and, as they land, seccomp policy, network policy, audit)."""
