@@ -1,0 +1,152 @@
+"""Canonical absolute paths and sets of them.
+
+Every decision about what a sandbox may see is made on canonical paths
+(lexically normalised, then symlinks resolved), so ``/w/src/../out`` and a
+symlink pointing into ``/w/out`` are recognised as the same place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeAlias, cast
+
+from hermetic.core.errors import SpecError
+
+__all__ = ["PathSet", "StrPath", "canonical", "is_within"]
+
+StrPath: TypeAlias = str | os.PathLike[str]
+
+
+def canonical(path: object, *, field: str | None = None) -> str:
+    """Return the canonical form of an absolute path.
+
+    ``..`` and repeated or trailing slashes are removed lexically first, then
+    symlinks are resolved (for a path that does not exist yet, the part that
+    exists is resolved).  Raises :class:`SpecError` for anything that is not
+    a non-empty absolute ``str`` path without NUL bytes; ``field`` names where
+    the path came from in that message.
+    """
+    label = field or "path"
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if isinstance(path, bytes):
+        raise SpecError(f"{label} must be a str, not bytes: {path!r}", field=field, value=path)
+    if not isinstance(path, str):
+        raise SpecError(
+            f"{label} must be a str or os.PathLike, got {type(path).__name__}: {path!r}",
+            field=field,
+            value=path,
+        )
+    if not path:
+        raise SpecError(f"{label} must not be empty", field=field, value=path)
+    if "\0" in path:
+        raise SpecError(f"{label} contains a NUL byte: {path!r}", field=field, value=path)
+    if not os.path.isabs(path):
+        raise SpecError(f"{label} is not absolute: {path!r}", field=field, value=path)
+    return os.path.realpath(os.path.normpath(path))
+
+
+def is_within(path: str, root: str) -> bool:
+    """True when canonical ``path`` equals ``root`` or lies below it.
+
+    Compares whole components: ``/a/bc`` is not within ``/a/b``.
+    """
+    if path == root or root == "/":
+        return True
+    return path.startswith(root + "/")
+
+
+@dataclass(frozen=True)
+class PathSet:
+    """An immutable, sorted set of canonical absolute paths.
+
+    Members are the declared roots: a path below another member is kept as
+    its own entry.  Whether a path is covered is answered by :meth:`contains`.
+    """
+
+    paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        raw: object = self.paths
+        if isinstance(raw, (str, bytes, os.PathLike)):
+            # Iterating a str would silently yield one "path" per character.
+            raise SpecError(
+                f"PathSet takes a sequence of paths, not a single path: {raw!r}"
+                " (use PathSet.of(path))",
+                field="paths",
+                value=raw,
+            )
+        if not isinstance(raw, Iterable):
+            raise SpecError(
+                f"PathSet takes a sequence of paths, got {type(raw).__name__}",
+                field="paths",
+                value=raw,
+            )
+        object.__setattr__(self, "paths", tuple(sorted({canonical(p) for p in raw})))
+
+    @classmethod
+    def of(cls, *paths: StrPath) -> PathSet:
+        """``PathSet.of("/a", "/b")``."""
+        # __post_init__ turns PathLike entries into canonical str.
+        return cls(cast("tuple[str, ...]", paths))
+
+    @classmethod
+    def _trusted(cls, paths: Iterable[str]) -> PathSet:
+        # For paths that are already canonical: skips re-resolving symlinks,
+        # which is both redundant and racy against a changing filesystem.
+        new = object.__new__(cls)
+        object.__setattr__(new, "paths", tuple(sorted(set(paths))))
+        return new
+
+    def contains(self, path: StrPath) -> bool:
+        """True when ``path`` (canonicalised) is a member or lies below one.
+
+        Raises :class:`SpecError` for a path :func:`canonical` rejects, so a
+        relative path is never silently judged "outside".
+        """
+        return self._covers(canonical(path))
+
+    def __contains__(self, path: object) -> bool:
+        return self._covers(canonical(path))
+
+    def _covers(self, target: str) -> bool:
+        return any(is_within(target, root) for root in self.paths)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+    def union(self, other: PathSet) -> PathSet:
+        """Every member of either set."""
+        return PathSet._trusted(self.paths + other.paths)
+
+    def intersection(self, other: PathSet) -> PathSet:
+        """The region covered by both sets.
+
+        For each overlapping pair the deeper path is the overlap, since it
+        is the part both cover.
+        """
+        found: set[str] = set()
+        for mine, theirs in self.overlaps(other):
+            found.add(mine if is_within(mine, theirs) else theirs)
+        return PathSet._trusted(found)
+
+    def disjoint(self, other: PathSet) -> bool:
+        """True when no path is covered by both sets."""
+        return not self.overlaps(other)
+
+    def overlaps(self, other: PathSet) -> list[tuple[str, str]]:
+        """Pairs ``(mine, theirs)`` where one path equals or contains the other."""
+        return [
+            (mine, theirs)
+            for mine in self.paths
+            for theirs in other.paths
+            if is_within(mine, theirs) or is_within(theirs, mine)
+        ]

@@ -1,0 +1,397 @@
+"""SandboxSpec: everything an action may see and do, in one immutable value.
+
+The model: declared inputs are visible read-only, outputs and temps are
+writable, nothing else of the host filesystem exists.  Network, environment,
+resources and process creation are each governed by their policy object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hermetic.core.errors import SpecError
+from hermetic.core.paths import PathSet, StrPath, canonical
+from hermetic.core.policies import EnvSet, NetworkPolicy, ProcessPolicy, ResourceLimits
+from hermetic.core.result import Err, Ok, Result
+
+__all__ = ["SPEC_VERSION", "SandboxSpec"]
+
+SPEC_VERSION = 1
+
+_PATH_FIELDS = ("inputs", "outputs", "temps")
+_TOP_KEYS = frozenset(
+    {"version", *_PATH_FIELDS, "network", "environment", "resources", "process", "workdir"}
+)
+_ENV_KEYS = frozenset({"vars", "inherit_path", "inherit_home"})
+
+
+def _nested(err: SpecError, prefix: str) -> SpecError:
+    """Re-raise a sub-object's error with the key path it sits at."""
+    message = str(err)
+    if err.field and message.startswith(err.field):
+        return SpecError(f"{prefix}.{message}", field=f"{prefix}.{err.field}", value=err.value)
+    where = f"{prefix}.{err.field}" if err.field else prefix
+    return SpecError(f"{prefix}: {message}", field=where, value=err.value)
+
+
+def _as_pathset(value: object, name: str) -> PathSet:
+    if isinstance(value, PathSet):
+        return value
+    if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, Iterable):
+        raise SpecError(
+            f"{name} must be a PathSet or a list of paths, got {type(value).__name__}: {value!r}",
+            field=name,
+            value=value,
+        )
+    try:
+        return PathSet(tuple(value))
+    except SpecError as err:
+        raise _nested(err, name) from None
+
+
+def _require_type(value: object, expected: type, name: str) -> None:
+    if not isinstance(value, expected):
+        raise SpecError(
+            f"{name} must be a {expected.__name__}, got {type(value).__name__}",
+            field=name,
+            value=value,
+        )
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """The complete, declarative description of one sandbox.
+
+    Construction canonicalises paths and type-checks every field; whether
+    the parts are consistent (no input/output overlap, inputs exist, ...) is
+    checked by :meth:`validate`, which builders and the executor call.
+    ``workdir`` is the action's working directory (None means ``/``).
+    """
+
+    inputs: PathSet = field(default_factory=PathSet)
+    outputs: PathSet = field(default_factory=PathSet)
+    temps: PathSet = field(default_factory=PathSet)
+    network: NetworkPolicy = field(default_factory=NetworkPolicy.hermetic)
+    environment: EnvSet = field(default_factory=EnvSet.minimal)
+    resources: ResourceLimits = field(default_factory=ResourceLimits.hermetic)
+    process: ProcessPolicy = field(default_factory=ProcessPolicy.hermetic)
+    workdir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in _PATH_FIELDS:
+            object.__setattr__(self, name, _as_pathset(getattr(self, name), name))
+        env: object = self.environment
+        if isinstance(env, Mapping):
+            try:
+                object.__setattr__(self, "environment", EnvSet(vars=tuple(env.items())))
+            except SpecError as err:
+                raise _nested(err, "environment") from None
+        _require_type(self.environment, EnvSet, "environment")
+        _require_type(self.network, NetworkPolicy, "network")
+        _require_type(self.resources, ResourceLimits, "resources")
+        _require_type(self.process, ProcessPolicy, "process")
+        if self.workdir is not None:
+            object.__setattr__(self, "workdir", canonical(self.workdir, field="workdir"))
+
+    # -- consistency ---------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise :class:`SpecError` unless the spec is consistent and its inputs exist.
+
+        Outputs and temps need not exist yet; outputs may overlap temps.
+        """
+        if self.workdir is not None and ("\0" in self.workdir or not os.path.isabs(self.workdir)):
+            raise SpecError(
+                f"workdir must be an absolute path without NUL bytes: {self.workdir!r}",
+                field="workdir",
+                value=self.workdir,
+            )
+        net = self.network
+        if net.is_hermetic:
+            granted = [n for n in ("allow_http", "allow_https", "allow_dns") if getattr(net, n)]
+            if net.allowed_hosts:
+                granted.append("allowed_hosts=" + ",".join(net.allowed_hosts))
+            if granted:
+                raise SpecError(
+                    "network policy is hermetic (is_hermetic=True) but also grants "
+                    + ", ".join(granted)
+                    + "; use NetworkPolicy.hermetic() or set is_hermetic=False",
+                    field="network",
+                    value=net,
+                )
+        for mine, theirs in self.inputs.overlaps(self.outputs):
+            raise SpecError(
+                f"input {mine!r} and output {theirs!r} overlap", field="outputs", value=theirs
+            )
+        for mine, theirs in self.inputs.overlaps(self.temps):
+            raise SpecError(
+                f"input {mine!r} and temp {theirs!r} overlap", field="temps", value=theirs
+            )
+        for path in self.inputs:
+            try:
+                os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise SpecError(
+                    f"input path does not exist: {path!r}", field="inputs", value=path
+                ) from None
+            except OSError as exc:
+                raise SpecError(
+                    f"input path cannot be accessed: {path!r} ({exc.strerror})",
+                    field="inputs",
+                    value=path,
+                ) from None
+
+    def checked(self) -> Result[SandboxSpec]:
+        """``Ok(self)`` if :meth:`validate` passes, else ``Err(SpecError)``."""
+        try:
+            self.validate()
+        except SpecError as err:
+            return Err(err)
+        return Ok(self)
+
+    # -- questions -----------------------------------------------------------
+
+    def can_read(self, path: StrPath) -> bool:
+        """True when ``path`` is visible inside the sandbox (input, output or temp)."""
+        target = canonical(path)
+        return any(s.contains(target) for s in (self.inputs, self.outputs, self.temps))
+
+    def can_write(self, path: StrPath) -> bool:
+        """True when ``path`` is writable inside the sandbox (output or temp)."""
+        target = canonical(path)
+        return self.outputs.contains(target) or self.temps.contains(target)
+
+    def can_network(self) -> bool:
+        return not self.network.is_hermetic
+
+    def has_env(self, key: str) -> bool:
+        return self.environment.has(key)
+
+    # -- serialisation -------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict holding every field (see :meth:`from_dict`)."""
+        net = self.network
+        env = self.environment
+        return {
+            "version": SPEC_VERSION,
+            "inputs": list(self.inputs.paths),
+            "outputs": list(self.outputs.paths),
+            "temps": list(self.temps.paths),
+            "network": {
+                "is_hermetic": net.is_hermetic,
+                "allow_http": net.allow_http,
+                "allow_https": net.allow_https,
+                "allow_dns": net.allow_dns,
+                "allowed_hosts": list(net.allowed_hosts),
+            },
+            "environment": {
+                "vars": env.to_dict(),
+                "inherit_path": env.inherit_path,
+                "inherit_home": env.inherit_home,
+            },
+            "resources": dataclasses.asdict(self.resources),
+            "process": dataclasses.asdict(self.process),
+            "workdir": self.workdir,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SandboxSpec:
+        """Build a spec from the :meth:`to_dict` format.
+
+        Strict about what is present (unknown keys and wrong types are
+        errors naming the key path) and lenient about what is absent: a
+        missing key, section or section entry takes the value of a default
+        ``SandboxSpec()``.  ``environment.vars``, when given, replaces the
+        default variables as a whole.
+        """
+        _check_keys(data, _TOP_KEYS, "")
+        version = data.get("version", SPEC_VERSION)
+        if isinstance(version, bool) or version != SPEC_VERSION:
+            raise SpecError(
+                f"version: unsupported spec version {version!r} (expected {SPEC_VERSION})",
+                field="version",
+                value=version,
+            )
+        base = cls()
+        kwargs: dict[str, Any] = {}
+        for name in _PATH_FIELDS:
+            if name in data:
+                kwargs[name] = _as_pathset(_str_list(data[name], name), name)
+        for name in ("network", "resources", "process"):
+            if name in data:
+                kwargs[name] = _section(getattr(base, name), data[name], name)
+        if "environment" in data:
+            kwargs["environment"] = _environment(base.environment, data["environment"])
+        if "workdir" in data:
+            workdir = data["workdir"]
+            if workdir is not None and not isinstance(workdir, str):
+                raise SpecError(
+                    f"workdir: expected a string or null, got {_json_type(workdir)}",
+                    field="workdir",
+                    value=workdir,
+                )
+            kwargs["workdir"] = workdir
+        return cls(**kwargs)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The spec as JSON text; :meth:`from_json` reads it back unchanged."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SandboxSpec:
+        """Parse JSON text (``str`` or UTF-8/16/32 ``bytes``); see :meth:`from_dict`."""
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except (ValueError, TypeError) as exc:
+            # JSONDecodeError and UnicodeDecodeError are both ValueErrors;
+            # our own duplicate-key SpecError is one too and passes through.
+            if isinstance(exc, SpecError):
+                raise
+            raise SpecError(f"malformed spec JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"spec JSON must be an object, got {_json_type(data)}")
+        return cls.from_dict(data)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the canonical serialisation.
+
+        Equal specs give equal digests in any process: the text is built
+        with sorted keys and fixed separators, never from hash order.
+        """
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # surrogatepass keeps undecodable file names (surrogate-escaped by
+        # os.fsdecode) hashable and distinct instead of raising.
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- parsing helpers ---------------------------------------------------------
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads silently keeps the last duplicate; in a security spec an
+    # ambiguous document must be rejected instead.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise SpecError(f"duplicate key {key!r} in spec JSON", field=key)
+        result[key] = value
+    return result
+
+
+def _check_keys(data: object, allowed: frozenset[str], where: str) -> None:
+    if not isinstance(data, Mapping):
+        label = where or "spec"
+        raise SpecError(
+            f"{label}: expected an object, got {_json_type(data)}", field=where or None, value=data
+        )
+    for key in data:
+        if key not in allowed:
+            path = f"{where}.{key}" if where else str(key)
+            raise SpecError(
+                f"unknown key {path!r} (expected one of: {', '.join(sorted(allowed))})",
+                field=path,
+                value=key,
+            )
+
+
+def _str_list(value: object, where: str) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(
+            f"{where}: expected an array of strings, got {_json_type(value)}",
+            field=where,
+            value=value,
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise SpecError(
+                f"{where}[{i}]: expected a string, got {_json_type(item)}",
+                field=f"{where}[{i}]",
+                value=item,
+            )
+    return list(value)
+
+
+def _section(default: Any, data: object, where: str) -> Any:
+    """Override the fields of a policy dataclass ``default`` from ``data``."""
+    names = {f.name for f in dataclasses.fields(default)}
+    _check_keys(data, frozenset(names), where)
+    assert isinstance(data, Mapping)
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}"
+        current = getattr(default, key)
+        # The default value's type is the field's type (bool, int or tuple of str).
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise SpecError(
+                    f"{path}: expected a boolean, got {_json_type(value)}", field=path, value=value
+                )
+        elif isinstance(current, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpecError(
+                    f"{path}: expected an integer, got {_json_type(value)}", field=path, value=value
+                )
+        elif isinstance(current, tuple):
+            value = tuple(_str_list(value, path))
+        changes[key] = value
+    try:
+        return dataclasses.replace(default, **changes)
+    except SpecError as err:
+        raise _nested(err, where) from None
+
+
+def _environment(default: EnvSet, data: object) -> EnvSet:
+    where = "environment"
+    _check_keys(data, _ENV_KEYS, where)
+    assert isinstance(data, Mapping)
+    changes: dict[str, Any] = {}
+    for key in ("inherit_path", "inherit_home"):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise SpecError(
+                    f"{where}.{key}: expected a boolean, got {_json_type(data[key])}",
+                    field=f"{where}.{key}",
+                    value=data[key],
+                )
+            changes[key] = data[key]
+    if "vars" in data:
+        raw = data["vars"]
+        if not isinstance(raw, Mapping):
+            raise SpecError(
+                f"{where}.vars: expected an object, got {_json_type(raw)}", field=f"{where}.vars"
+            )
+        for key, value in raw.items():
+            if not isinstance(value, str):
+                # Name the key only: values may be secrets.
+                raise SpecError(
+                    f"{where}.vars.{key}: expected a string, got {_json_type(value)}",
+                    field=f"{where}.vars.{key}",
+                )
+        changes["vars"] = tuple(raw.items())
+    try:
+        return dataclasses.replace(default, **changes)
+    except SpecError as err:
+        raise _nested(err, where) from None
