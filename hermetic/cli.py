@@ -1,0 +1,200 @@
+"""The ``hermetic`` command line: a thin layer over the public API.
+
+Exit status of ``hermetic run``: the action's own status, or 128+N when a
+signal N ended it; otherwise one of
+
+  123  the spec or the command line is invalid
+  124  the action timed out (and was killed)
+  125  the sandbox could not be set up, or this host cannot apply the spec
+  126  the command was found but could not be executed
+  127  the command was not found in the sandbox
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hermetic.core.builders import HermeticSpecBuilder
+from hermetic.core.errors import HermeticError, SandboxError, SpecError
+from hermetic.core.executor import HermeticExecutor
+from hermetic.core.paths import PathSet, canonical
+from hermetic.core.spec import SandboxSpec
+
+EXIT_SPEC = 123
+EXIT_TIMEOUT = 124
+EXIT_SETUP = 125
+EXIT_NOEXEC = 126
+EXIT_NOTFOUND = 127
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"hermetic: {message}", file=sys.stderr)
+    return code
+
+
+def _default_spec(toolchain: bool) -> SandboxSpec:
+    spec = SandboxSpec()
+    env = spec.environment.with_var("PATH", HermeticSpecBuilder.DEFAULT_PATH)
+    inputs = PathSet(HermeticSpecBuilder.toolchain_inputs() if toolchain else ())
+    return SandboxSpec(inputs=inputs, environment=env)
+
+
+def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
+    if ns.spec:
+        try:
+            with open(ns.spec, "rb") as f:
+                spec = SandboxSpec.from_json(f.read())
+        except OSError as e:
+            raise SpecError(f"cannot read spec file {ns.spec!r}: {e.strerror}",
+                            field="spec", value=ns.spec) from e
+    else:
+        spec = _default_spec(not ns.no_toolchain)
+    env = spec.environment
+    for item in ns.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SpecError(f"--env wants KEY=VALUE, got {key!r}", field="env", value=key)
+        env = env.with_var(key, value)
+    workdir = spec.workdir
+    if ns.workdir:
+        workdir = canonical(os.path.abspath(ns.workdir), field="workdir")
+    spec = SandboxSpec(
+        inputs=spec.inputs.union(PathSet(tuple(os.path.abspath(p) for p in ns.input))),
+        outputs=spec.outputs.union(PathSet(tuple(os.path.abspath(p) for p in ns.output))),
+        temps=spec.temps.union(PathSet(tuple(os.path.abspath(p) for p in ns.temp))),
+        network=spec.network,
+        environment=env,
+        resources=spec.resources,
+        process=spec.process,
+        workdir=workdir,
+    )
+    if spec.workdir is None:
+        # Like bubblewrap: keep the current directory when the sandbox shows it.
+        here = canonical(os.getcwd())
+        if any(PathSet((p,)).contains(here) for p in (*spec.inputs, *spec.outputs, *spec.temps)):
+            spec = SandboxSpec(inputs=spec.inputs, outputs=spec.outputs, temps=spec.temps,
+                               network=spec.network, environment=spec.environment,
+                               resources=spec.resources, process=spec.process, workdir=here)
+    return spec
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    command = list(ns.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        return _fail("run: no command given (hermetic run [options] -- CMD ARGS...)", EXIT_SPEC)
+    try:
+        spec = _spec_from_args(ns)
+        executor = HermeticExecutor.create(spec).unwrap()
+        stdin = sys.stdin.buffer.read() if ns.stdin else None
+        result = executor.execute(command, stdin=stdin, timeout=ns.timeout).unwrap()
+    except SpecError as e:
+        return _fail(f"invalid spec: {e}", EXIT_SPEC)
+    except SandboxError as e:
+        code = EXIT_SETUP
+        if e.stage == "exec":
+            code = EXIT_NOTFOUND if e.errno == errno.ENOENT else EXIT_NOEXEC
+        return _fail(str(e), code)
+    except HermeticError as e:
+        return _fail(str(e), EXIT_SETUP)
+    if ns.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.buffer.flush()
+        sys.stderr.buffer.write(result.stderr)
+        sys.stderr.buffer.flush()
+    if result.timed_out:
+        if not ns.json:
+            _fail(f"timed out after {ns.timeout:g} s; the sandbox was killed", EXIT_TIMEOUT)
+        return EXIT_TIMEOUT
+    return result.shell_status()
+
+
+def _cmd_doctor(ns: argparse.Namespace) -> int:
+    from hermetic.platforms import current
+
+    caps = current().capabilities()
+    data: dict[str, Any] = caps.to_dict()
+    if ns.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            if key == "notes":
+                continue
+            if isinstance(value, (list, tuple)):
+                value = ", ".join(value) or "-"
+            print(f"{key:24} {value}")
+        for key, note in caps.notes:
+            print(f"note: {key}: {note}")
+    return 0 if caps.can_sandbox() else EXIT_SETUP
+
+
+def _cmd_spec(ns: argparse.Namespace) -> int:
+    try:
+        with open(ns.file, "rb") as f:
+            spec = SandboxSpec.from_json(f.read())
+        spec.validate()
+    except OSError as e:
+        return _fail(f"cannot read spec file {ns.file!r}: {e.strerror}", EXIT_SPEC)
+    except SpecError as e:
+        return _fail(f"invalid spec {ns.file!r}: {e}", EXIT_SPEC)
+    print(spec.to_json())
+    print(f"digest: {spec.digest()}", file=sys.stderr)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hermetic",
+        description="Run a command hermetically: declared inputs read-only, declared outputs "
+        "writable, nothing else of the host visible, no network, exactly the declared "
+        "environment.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run a command in a sandbox",
+                         description="Run CMD in a sandbox. " + __doc__.split("\n\n", 1)[1])
+    run.formatter_class = argparse.RawDescriptionHelpFormatter
+    run.add_argument("--input", "-i", action="append", default=[], metavar="P",
+                     help="a read-only path (repeatable)")
+    run.add_argument("--output", "-o", action="append", default=[], metavar="P",
+                     help="a writable path that must exist (repeatable)")
+    run.add_argument("--temp", "-t", action="append", default=[], metavar="P",
+                     help="a writable scratch path that must exist (repeatable)")
+    run.add_argument("--env", "-e", action="append", default=[], metavar="K=V",
+                     help="set an environment variable (repeatable)")
+    run.add_argument("--workdir", "-C", metavar="P", help="working directory in the sandbox")
+    run.add_argument("--timeout", type=float, metavar="S", help="kill the sandbox after S seconds")
+    run.add_argument("--spec", metavar="FILE.json", help="start from this spec file")
+    run.add_argument("--no-toolchain", action="store_true",
+                     help="without --spec: do not add the system toolchain paths (/usr, ...)")
+    run.add_argument("--stdin", action="store_true", help="pass this process's stdin to CMD")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    run.set_defaults(func=_cmd_run)
+    doctor = sub.add_parser("doctor", help="show what this host can enforce")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=_cmd_doctor)
+    spec = sub.add_parser("spec", help="validate a spec file and print it with its digest")
+    spec.add_argument("file")
+    spec.set_defaults(func=_cmd_spec)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    try:
+        return int(ns.func(ns))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
