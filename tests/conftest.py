@@ -1,0 +1,197 @@
+"""Shared fixtures: a sandbox runner for root and for an unprivileged user.
+
+Isolation tests run twice, once per ``mode``:
+
+- ``root``: the test process itself (root) calls the Python API.
+- ``unprivileged``: the ``hermetic`` CLI runs as the ``hermetic-test`` user
+  (created here when missing) through setpriv, with the spec in a JSON file,
+  and its ``--json`` result is parsed.  When the suite itself runs as a
+  normal user, that mode calls the API in-process instead.
+
+Nothing here skips silently: a mode this host cannot run is skipped with the
+reason, and under CI (CI=true) it is a failure instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+if not sys.platform.startswith("linux"):
+    collect_ignore_glob = ["test_linux_*.py", "test_cli.py", "test_leaks.py"]
+
+TEST_USER = "hermetic-test"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip with the reason, or fail under CI where everything must run."""
+    if IN_CI:
+        pytest.fail(f"required under CI: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class Outcome:
+    """What a sandboxed run produced, the same for both modes."""
+
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    error: str | None = None  # setup or spec error message, when the action did not run
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+
+def _ensure_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        unavailable(f"user {TEST_USER!r} is missing and only root can create it")
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+        check=True,
+    )
+    return pwd.getpwnam(TEST_USER)
+
+
+def _user_env() -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+def _as_user_cmd(user: pwd.struct_passwd, argv: Sequence[str]) -> list[str]:
+    return [
+        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+        "--inh-caps=-all", "--", *argv,
+    ]
+
+
+class Runner:
+    """Runs an action in the sandbox in one mode; see the module docstring."""
+
+    def __init__(self, mode: str, user: pwd.struct_passwd | None) -> None:
+        self.mode = mode
+        self.user = user
+
+    @property
+    def via_cli(self) -> bool:
+        return self.user is not None
+
+    def own(self, path: str) -> str:
+        """Give ``path`` to the user the sandbox runs as (so outputs are writable)."""
+        if self.user is not None:
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        return path
+
+    def run(
+        self,
+        spec: Any,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        cwd: str | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> Outcome:
+        if not self.via_cli:
+            return self._run_api(spec, argv, timeout=timeout, stdin=stdin, cwd=cwd)
+        return self._run_cli(spec, argv, timeout=timeout, stdin=stdin, cwd=cwd, pass_fds=pass_fds)
+
+    def _run_api(self, spec: Any, argv: Sequence[str], **kw: Any) -> Outcome:
+        from hermetic import HermeticError, HermeticExecutor
+
+        try:
+            ex = HermeticExecutor.create(spec).unwrap()
+            r = ex.execute(argv, cwd=kw["cwd"], stdin=kw["stdin"], timeout=kw["timeout"]).unwrap()
+        except HermeticError as e:
+            return Outcome(None, None, b"", b"", False, error=str(e))
+        return Outcome(r.exit_code, r.signal, r.stdout, r.stderr, r.timed_out, raw=r.to_dict())
+
+    def _run_cli(self, spec: Any, argv: Sequence[str], *, timeout: float | None,
+                 stdin: bytes | None, cwd: str | None, pass_fds: Sequence[int]) -> Outcome:
+        assert self.user is not None
+        if cwd is not None:
+            import dataclasses
+
+            spec = dataclasses.replace(spec, workdir=cwd)
+        fd, spec_file = tempfile.mkstemp(prefix="hermetic-spec-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(spec.to_json())
+            os.chmod(spec_file, 0o644)
+            cmd = [sys.executable, "-m", "hermetic", "run", "--spec", spec_file, "--json"]
+            if timeout is not None:
+                cmd += ["--timeout", str(timeout)]
+            if stdin is not None:
+                cmd.append("--stdin")
+            cmd += ["--", *argv]
+            p = subprocess.run(_as_user_cmd(self.user, cmd), input=stdin or b"",
+                               capture_output=True, env=_user_env(), pass_fds=pass_fds,
+                               cwd="/", timeout=120)
+        finally:
+            os.unlink(spec_file)
+        if p.returncode in (123, 125, 126, 127) and not p.stdout.strip():
+            return Outcome(None, None, b"", p.stderr, False, error=p.stderr.decode().strip())
+        data = json.loads(p.stdout)
+        return Outcome(data["exit_code"], data["signal"], data["stdout"].encode(),
+                       data["stderr"].encode(), data["timed_out"], raw=data)
+
+
+@pytest.fixture(scope="session")
+def test_user() -> pwd.struct_passwd | None:
+    """The unprivileged account, when the suite runs as root."""
+    if os.geteuid() != 0:
+        return None
+    user = _ensure_user()
+    probe = subprocess.run(
+        _as_user_cmd(user, [sys.executable, "-c", "import hermetic._native"]),
+        capture_output=True, env=_user_env(), cwd="/",
+    )
+    if probe.returncode != 0:
+        unavailable(
+            f"{sys.executable} and the installed hermetic package must be readable by "
+            f"{TEST_USER!r} to run the unprivileged tests (install into a world-readable "
+            f"virtual environment, as .ci/run does): {probe.stderr.decode().strip()[-300:]}"
+        )
+    return user
+
+
+@pytest.fixture(params=["root", "unprivileged"])
+def runner(request: pytest.FixtureRequest) -> Runner:
+    mode = request.param
+    request.node.add_marker(getattr(pytest.mark, mode))
+    if mode == "root":
+        if os.geteuid() != 0:
+            pytest.skip("the root mode needs the suite to run as root")
+        return Runner("root", None)
+    if os.geteuid() != 0:
+        return Runner("unprivileged", None)
+    return Runner("unprivileged", request.getfixturevalue("test_user"))
+
+
+@pytest.fixture
+def scratch() -> Iterator[str]:
+    """A world-traversable temporary directory (pytest's tmp_path is 0700)."""
+    path = tempfile.mkdtemp(prefix="hermetic-test-")
+    os.chmod(path, 0o755)
+    try:
+        yield os.path.realpath(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

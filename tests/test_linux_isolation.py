@@ -1,0 +1,383 @@
+"""Isolation, tested from inside the sandbox, as root and as an unprivileged user.
+
+Each test runs a small probe (mostly Debian's /usr/bin/python3, visible
+through the read-only /usr input) that tries an operation and prints the
+errno it got; the test asserts on that.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import threading
+
+import pytest
+
+from hermetic import EnvSet, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
+
+pytestmark = pytest.mark.linux
+
+PY = "/usr/bin/python3"
+
+
+def spec_for(inputs=(), outputs=(), temps=(), **kw) -> SandboxSpec:
+    env = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin")
+    return SandboxSpec(
+        inputs=PathSet((*HermeticSpecBuilder.toolchain_inputs(), *inputs)),
+        outputs=PathSet(tuple(outputs)),
+        temps=PathSet(tuple(temps)),
+        environment=kw.pop("environment", env),
+        resources=kw.pop("resources", ResourceLimits.defaults()),
+        **kw,
+    )
+
+
+def probe(runner, spec, code, **kw):
+    out = runner.run(spec, [PY, "-c", textwrap.dedent(code)], **kw)
+    assert out.error is None, out.error
+    return out
+
+
+ERRNO = """
+import errno, os, sys
+def attempt(fn, *args):
+    try:
+        fn(*args)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+"""
+
+
+def test_write_to_input_is_erofs_and_host_unchanged(runner, scratch):
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    victim = os.path.join(src, "a.txt")
+    with open(victim, "w") as f:
+        f.write("original")
+    out = probe(runner, spec_for(inputs=[src]), ERRNO + f"""
+print(attempt(lambda: open({victim!r}, "w").write("changed")))
+print(attempt(os.mkdir, {src + "/new"!r}))
+print(attempt(os.unlink, {victim!r}))
+print(open({victim!r}).read())
+""")
+    assert out.text.split() == ["EROFS", "EROFS", "EROFS", "original"]
+    with open(victim) as f:
+        assert f.read() == "original"
+    assert sorted(os.listdir(src)) == ["a.txt"]
+
+
+def test_outputs_appear_on_host(runner, scratch):
+    out_dir = os.path.join(scratch, "out")
+    os.mkdir(out_dir)
+    runner.own(out_dir)
+    probe(runner, spec_for(outputs=[out_dir]), f"""
+open({out_dir + "/result.txt"!r}, "w").write("made inside")
+""")
+    with open(os.path.join(out_dir, "result.txt")) as f:
+        assert f.read() == "made inside"
+
+
+def test_root_and_system_dirs_are_not_writable(runner, scratch):
+    out = probe(runner, spec_for(), ERRNO + """
+print(attempt(os.mkdir, "/newdir"))
+print(attempt(lambda: open("/usr/evil", "w")))
+print(attempt(lambda: open("/tmp/scratch", "w").write("x")))
+""")
+    # / and the inputs are read-only; the private /tmp is writable scratch.
+    assert out.text.split() == ["EROFS", "EROFS", "ok"]
+
+
+def test_undeclared_file_is_invisible_even_through_symlink(runner, scratch):
+    secret_dir = os.path.join(scratch, "secret")
+    os.mkdir(secret_dir)
+    secret = os.path.join(secret_dir, "key")
+    with open(secret, "w") as f:
+        f.write("s3cr3t")
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    os.symlink(secret, os.path.join(src, "abs-link"))
+    os.symlink("../secret/key", os.path.join(src, "rel-link"))
+    out = probe(runner, spec_for(inputs=[src]), ERRNO + f"""
+print(attempt(lambda: open({secret!r}).read()))
+print(attempt(lambda: open({src + "/abs-link"!r}).read()))
+print(attempt(lambda: open({src + "/rel-link"!r}).read()))
+print(attempt(lambda: open("/etc/passwd").read()))
+print(attempt(os.listdir, {scratch!r}))
+print(sorted(os.listdir({scratch!r})))
+""")
+    lines = out.text.splitlines()
+    assert lines[:5] == ["ENOENT", "ENOENT", "ENOENT", "ENOENT", "ok"]
+    # Only the declared path's ancestors exist, created empty in the tmpfs root.
+    assert lines[5] == "['src']"
+    assert "s3cr3t" not in out.text
+
+
+def test_environment_is_exactly_the_spec(runner, scratch, monkeypatch):
+    monkeypatch.setenv("HERMETIC_CANARY", "leaked")
+    env = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin").with_var("ONLY_THIS", "yes")
+    out = probe(runner, spec_for(environment=env), """
+import os, json
+print(json.dumps(dict(os.environ), sort_keys=True))
+""")
+    import json
+
+    seen = json.loads(out.text)
+    assert seen == {
+        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "ONLY_THIS": "yes", "PATH": "/usr/bin:/bin",
+        "USER": "builder",
+    }
+
+
+def test_proc_shows_only_the_sandbox_and_host_pids_cannot_be_signalled(runner):
+    host = subprocess.Popen(["sleep", "60"])
+    try:
+        out = probe(runner, spec_for(), ERRNO + f"""
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+print(pids)
+print(attempt(os.kill, {host.pid}, signal.SIGKILL) if False else attempt(os.kill, {host.pid}, 9))
+print(os.getpid())
+""")
+    finally:
+        alive = host.poll() is None
+        host.kill()
+        host.wait()
+    lines = out.text.splitlines()
+    # pid 1 is the sandbox's init, pid 2 the probe itself.
+    assert lines[0] == "[1, 2]"
+    assert lines[1] == "ESRCH"
+    assert lines[2] == "2"
+    assert alive
+
+
+def test_host_loopback_server_is_unreachable(runner):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept():
+        server.settimeout(5)
+        try:
+            accepted.append(server.accept())
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    try:
+        out = probe(runner, spec_for(), ERRNO + f"""
+import socket
+s = socket.socket()
+s.settimeout(2)
+print(attempt(s.connect, ("127.0.0.1", {port})))
+ifs = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else None
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.socket(); c.connect(l.getsockname()); print("loopback", "ok")
+""")
+    finally:
+        server.close()
+        t.join()
+    lines = out.text.splitlines()
+    assert lines[0] == "ECONNREFUSED"
+    # loopback itself works inside: it is the sandbox's own.
+    assert lines[1] == "loopback ok"
+    assert accepted == []
+
+
+def test_inheritable_descriptors_are_closed(runner, scratch):
+    path = os.path.join(scratch, "leak")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.set_inheritable(fd, True)
+    try:
+        out = probe(runner, spec_for(), """
+import os
+print(sorted(int(x) for x in os.listdir("/proc/self/fd")))
+""", pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    fds = eval(out.text)
+    # 0, 1, 2 and the descriptor listdir itself had open.
+    assert fds[:3] == [0, 1, 2]
+    assert len(fds) == 4
+
+
+def test_no_capabilities_and_no_new_privs(runner):
+    out = probe(runner, spec_for(), """
+fields = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"):
+    print(k, fields[k].strip())
+""")
+    lines = dict(line.split() for line in out.text.splitlines())
+    for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(lines[k], 16) == 0, k
+    assert lines["NoNewPrivs"] == "1"
+
+
+def test_mount_is_refused(runner):
+    out = probe(runner, spec_for(), """
+import ctypes, ctypes.util, errno, os
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+r = libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)
+print(r, errno.errorcode[ctypes.get_errno()])
+r = libc.umount2(b"/proc", 2)
+print(r, errno.errorcode[ctypes.get_errno()])
+""")
+    assert out.text.split() == ["-1", "EPERM", "-1", "EPERM"]
+
+
+def test_hostname_is_fixed_and_identity_mapped(runner):
+    out = probe(runner, spec_for(), """
+import os, socket
+print(socket.gethostname(), os.getuid(), os.getgid())
+""")
+    name, uid, gid = out.text.split()
+    assert name == "localhost"
+    expected = (0, 0) if runner.mode == "root" else (runner.user.pw_uid, runner.user.pw_gid) \
+        if runner.user else (os.getuid(), os.getgid())
+    assert (int(uid), int(gid)) == expected
+
+
+def test_ten_megabytes_of_stdout_arrive_whole(runner):
+    out = runner.run(spec_for(), ["sh", "-c", "yes | head -c 10485760; echo done >&2"])
+    assert out.error is None
+    assert len(out.stdout) == 10 * 1024 * 1024
+    assert out.stdout[:4] == b"y\ny\n"
+    assert out.stderr == b"done\n"
+    assert out.exit_code == 0
+
+
+def test_stdin_is_passed(runner):
+    out = runner.run(spec_for(), ["tr", "a-z", "A-Z"], stdin=b"hello sandbox\n")
+    assert out.stdout == b"HELLO SANDBOX\n"
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids whose argv is exactly ``marker`` split on spaces."""
+    want = b"\0".join(w.encode() for w in marker.split()) + b"\0"
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == want:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_timeout_kills_background_children_and_keeps_output(runner):
+    marker = "1000.%d" % os.getpid()
+    out = runner.run(
+        spec_for(),
+        ["sh", "-c", f"sleep {marker} & sleep {marker} & echo started; wait"],
+        timeout=1.0,
+    )
+    assert out.error is None
+    assert out.timed_out
+    assert out.stdout == b"started\n"
+    assert _processes_with(f"sleep {marker}") == []
+    if runner.mode == "root":
+        assert out.raw["violations"][0]["kind"] == "timeout"
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_caller_leaves_no_sandbox_process(runner, scratch):
+    import sys
+    import time
+
+    marker = "987.%d" % os.getpid()
+    spec = spec_for()
+    spec_file = os.path.join(scratch, "spec.json")
+    with open(spec_file, "w") as f:
+        f.write(spec.to_json())
+    cmd = [sys.executable, "-m", "hermetic", "run", "--spec", spec_file, "--",
+           "sh", "-c", f"sleep {marker} & sleep {marker}"]
+    if runner.user is not None:
+        from conftest import _as_user_cmd, _user_env
+
+        cmd = _as_user_cmd(runner.user, cmd)
+        env = _user_env()
+    else:
+        env = dict(os.environ)
+    caller = subprocess.Popen(cmd, env=env, cwd="/")
+    try:
+        deadline = time.monotonic() + 20
+        while len(_processes_with(f"sleep {marker}")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(_processes_with(f"sleep {marker}")) == 2
+        if runner.user is not None:
+            # setpriv execs the interpreter: the same pid is the caller.
+            pass
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        deadline = time.monotonic() + 5
+        while _processes_with(f"sleep {marker}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _processes_with(f"sleep {marker}") == []
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+
+
+def test_exit_codes_and_signals_propagate(runner):
+    out = runner.run(spec_for(), ["sh", "-c", "exit 7"])
+    assert (out.exit_code, out.signal) == (7, None)
+    out = runner.run(spec_for(), ["sh", "-c", "kill -TERM $$"])
+    assert (out.exit_code, out.signal) == (None, signal.SIGTERM)
+    out = runner.run(spec_for(), ["sh", "-c", "kill -SEGV $$"])
+    assert (out.exit_code, out.signal) == (None, signal.SIGSEGV)
+
+
+def test_pid1_reaps_orphans(runner):
+    # The orphaned grandchild exits before the main process: a zombie would
+    # show in /proc if pid 1 did not reap it.
+    out = runner.run(spec_for(), ["sh", "-c",
+                                  "(sh -c 'exit 0' &) ; sleep 0.2; "
+                                  "grep -l Z /proc/[0-9]*/stat 2>/dev/null | wc -l"])
+    assert out.text.strip() == "0"
+
+
+def test_gcc_compiles_and_links_into_output(runner, scratch):
+    if not os.path.exists("/usr/bin/gcc"):
+        pytest.fail("gcc is required (installed by .ci/run)")
+    ws = os.path.join(scratch, "ws")
+    for d in ("src", "out", "tmp"):
+        os.makedirs(os.path.join(ws, d))
+    runner.own(os.path.join(ws, "out"))
+    runner.own(os.path.join(ws, "tmp"))
+    with open(os.path.join(ws, "src", "hello.c"), "w") as f:
+        f.write('#include <stdio.h>\nint main(void){puts("hello from the sandbox");return 0;}\n')
+    with open(os.path.join(ws, "undeclared.h"), "w") as f:
+        f.write("#error must not be visible\n")
+    spec = HermeticSpecBuilder.for_build(
+        workspace_root=ws, sources=["src"], output_dir="out", temp_dir="tmp"
+    ).unwrap()
+    import dataclasses
+
+    spec = dataclasses.replace(spec, resources=ResourceLimits.defaults())
+    out = runner.run(spec, ["cc", "-O2", "src/hello.c", "-o", "out/hello"])
+    assert out.error is None, out.error
+    assert out.exit_code == 0, out.stderr
+    done = subprocess.run([os.path.join(ws, "out", "hello")], capture_output=True, check=True)
+    assert done.stdout == b"hello from the sandbox\n"
+    out = runner.run(spec, ["sh", "-c", "ls; test -e undeclared.h && echo visible || echo hidden"])
+    assert out.text.split() == ["out", "src", "tmp", "hidden"]
+
+
+def test_setup_error_names_the_path(runner, scratch):
+    gone = os.path.join(scratch, "gone")
+    out = runner.run(spec_for(inputs=[scratch]), ["true"], cwd=gone)
+    assert out.error is not None
+    assert gone in out.error
+    out = runner.run(spec_for(), ["no-such-tool-xyz"])
+    assert out.error is not None
+    assert "no-such-tool-xyz" in out.error
