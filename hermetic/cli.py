@@ -51,8 +51,9 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
             with open(ns.spec, "rb") as f:
                 spec = SandboxSpec.from_json(f.read())
         except OSError as e:
-            raise SpecError(f"cannot read spec file {ns.spec!r}: {e.strerror}",
-                            field="spec", value=ns.spec) from e
+            raise SpecError(
+                f"cannot read spec file {ns.spec!r}: {e.strerror}", field="spec", value=ns.spec
+            ) from e
     else:
         spec = _default_spec(not ns.no_toolchain)
     env = spec.environment
@@ -78,9 +79,16 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
         # Like bubblewrap: keep the current directory when the sandbox shows it.
         here = canonical(os.getcwd())
         if any(PathSet((p,)).contains(here) for p in (*spec.inputs, *spec.outputs, *spec.temps)):
-            spec = SandboxSpec(inputs=spec.inputs, outputs=spec.outputs, temps=spec.temps,
-                               network=spec.network, environment=spec.environment,
-                               resources=spec.resources, process=spec.process, workdir=here)
+            spec = SandboxSpec(
+                inputs=spec.inputs,
+                outputs=spec.outputs,
+                temps=spec.temps,
+                network=spec.network,
+                environment=spec.environment,
+                resources=spec.resources,
+                process=spec.process,
+                workdir=here,
+            )
     return spec
 
 
@@ -159,22 +167,52 @@ def _parser() -> argparse.ArgumentParser:
         "environment.",
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run a command in a sandbox",
-                         description="Run CMD in a sandbox. " + __doc__.split("\n\n", 1)[1])
+    run = sub.add_parser(
+        "run",
+        help="run a command in a sandbox",
+        description="Run CMD in a sandbox. " + __doc__.split("\n\n", 1)[1],
+    )
     run.formatter_class = argparse.RawDescriptionHelpFormatter
-    run.add_argument("--input", "-i", action="append", default=[], metavar="P",
-                     help="a read-only path (repeatable)")
-    run.add_argument("--output", "-o", action="append", default=[], metavar="P",
-                     help="a writable path that must exist (repeatable)")
-    run.add_argument("--temp", "-t", action="append", default=[], metavar="P",
-                     help="a writable scratch path that must exist (repeatable)")
-    run.add_argument("--env", "-e", action="append", default=[], metavar="K=V",
-                     help="set an environment variable (repeatable)")
+    run.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a read-only path (repeatable)",
+    )
+    run.add_argument(
+        "--output",
+        "-o",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a writable path that must exist (repeatable)",
+    )
+    run.add_argument(
+        "--temp",
+        "-t",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a writable scratch path that must exist (repeatable)",
+    )
+    run.add_argument(
+        "--env",
+        "-e",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable (repeatable)",
+    )
     run.add_argument("--workdir", "-C", metavar="P", help="working directory in the sandbox")
     run.add_argument("--timeout", type=float, metavar="S", help="kill the sandbox after S seconds")
     run.add_argument("--spec", metavar="FILE.json", help="start from this spec file")
-    run.add_argument("--no-toolchain", action="store_true",
-                     help="without --spec: do not add the system toolchain paths (/usr, ...)")
+    run.add_argument(
+        "--no-toolchain",
+        action="store_true",
+        help="without --spec: do not add the system toolchain paths (/usr, ...)",
+    )
     run.add_argument("--stdin", action="store_true", help="pass this process's stdin to CMD")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")

@@ -78,8 +78,13 @@ def _user_env() -> dict[str, str]:
 
 def _as_user_cmd(user: pwd.struct_passwd, argv: Sequence[str]) -> list[str]:
     return [
-        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
-        "--inh-caps=-all", "--", *argv,
+        "setpriv",
+        f"--reuid={user.pw_uid}",
+        f"--regid={user.pw_gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--",
+        *argv,
     ]
 
 
@@ -124,8 +129,16 @@ class Runner:
             return Outcome(None, None, b"", b"", False, error=str(e))
         return Outcome(r.exit_code, r.signal, r.stdout, r.stderr, r.timed_out, raw=r.to_dict())
 
-    def _run_cli(self, spec: Any, argv: Sequence[str], *, timeout: float | None,
-                 stdin: bytes | None, cwd: str | None, pass_fds: Sequence[int]) -> Outcome:
+    def _run_cli(
+        self,
+        spec: Any,
+        argv: Sequence[str],
+        *,
+        timeout: float | None,
+        stdin: bytes | None,
+        cwd: str | None,
+        pass_fds: Sequence[int],
+    ) -> Outcome:
         assert self.user is not None
         if cwd is not None:
             import dataclasses
@@ -142,16 +155,28 @@ class Runner:
             if stdin is not None:
                 cmd.append("--stdin")
             cmd += ["--", *argv]
-            p = subprocess.run(_as_user_cmd(self.user, cmd), input=stdin or b"",
-                               capture_output=True, env=_user_env(), pass_fds=pass_fds,
-                               cwd="/", timeout=120)
+            p = subprocess.run(
+                _as_user_cmd(self.user, cmd),
+                input=stdin or b"",
+                capture_output=True,
+                env=_user_env(),
+                pass_fds=pass_fds,
+                cwd="/",
+                timeout=120,
+            )
         finally:
             os.unlink(spec_file)
         if p.returncode in (123, 125, 126, 127) and not p.stdout.strip():
             return Outcome(None, None, b"", p.stderr, False, error=p.stderr.decode().strip())
         data = json.loads(p.stdout)
-        return Outcome(data["exit_code"], data["signal"], data["stdout"].encode(),
-                       data["stderr"].encode(), data["timed_out"], raw=data)
+        return Outcome(
+            data["exit_code"],
+            data["signal"],
+            data["stdout"].encode(),
+            data["stderr"].encode(),
+            data["timed_out"],
+            raw=data,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +187,9 @@ def test_user() -> pwd.struct_passwd | None:
     user = _ensure_user()
     probe = subprocess.run(
         _as_user_cmd(user, [sys.executable, "-c", "import hermetic._native"]),
-        capture_output=True, env=_user_env(), cwd="/",
+        capture_output=True,
+        env=_user_env(),
+        cwd="/",
     )
     if probe.returncode != 0:
         unavailable(

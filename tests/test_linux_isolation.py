@@ -58,12 +58,17 @@ def test_write_to_input_is_erofs_and_host_unchanged(runner, scratch):
     victim = os.path.join(src, "a.txt")
     with open(victim, "w") as f:
         f.write("original")
-    out = probe(runner, spec_for(inputs=[src]), ERRNO + f"""
+    out = probe(
+        runner,
+        spec_for(inputs=[src]),
+        ERRNO
+        + f"""
 print(attempt(lambda: open({victim!r}, "w").write("changed")))
 print(attempt(os.mkdir, {src + "/new"!r}))
 print(attempt(os.unlink, {victim!r}))
 print(open({victim!r}).read())
-""")
+""",
+    )
     assert out.text.split() == ["EROFS", "EROFS", "EROFS", "original"]
     with open(victim) as f:
         assert f.read() == "original"
@@ -74,19 +79,28 @@ def test_outputs_appear_on_host(runner, scratch):
     out_dir = os.path.join(scratch, "out")
     os.mkdir(out_dir)
     runner.own(out_dir)
-    probe(runner, spec_for(outputs=[out_dir]), f"""
+    probe(
+        runner,
+        spec_for(outputs=[out_dir]),
+        f"""
 open({out_dir + "/result.txt"!r}, "w").write("made inside")
-""")
+""",
+    )
     with open(os.path.join(out_dir, "result.txt")) as f:
         assert f.read() == "made inside"
 
 
 def test_root_and_system_dirs_are_not_writable(runner, scratch):
-    out = probe(runner, spec_for(), ERRNO + """
+    out = probe(
+        runner,
+        spec_for(),
+        ERRNO
+        + """
 print(attempt(os.mkdir, "/newdir"))
 print(attempt(lambda: open("/usr/evil", "w")))
 print(attempt(lambda: open("/tmp/scratch", "w").write("x")))
-""")
+""",
+    )
     # / and the inputs are read-only; the private /tmp is writable scratch.
     assert out.text.split() == ["EROFS", "EROFS", "ok"]
 
@@ -101,14 +115,19 @@ def test_undeclared_file_is_invisible_even_through_symlink(runner, scratch):
     os.mkdir(src)
     os.symlink(secret, os.path.join(src, "abs-link"))
     os.symlink("../secret/key", os.path.join(src, "rel-link"))
-    out = probe(runner, spec_for(inputs=[src]), ERRNO + f"""
+    out = probe(
+        runner,
+        spec_for(inputs=[src]),
+        ERRNO
+        + f"""
 print(attempt(lambda: open({secret!r}).read()))
 print(attempt(lambda: open({src + "/abs-link"!r}).read()))
 print(attempt(lambda: open({src + "/rel-link"!r}).read()))
 print(attempt(lambda: open("/etc/passwd").read()))
 print(attempt(os.listdir, {scratch!r}))
 print(sorted(os.listdir({scratch!r})))
-""")
+""",
+    )
     lines = out.text.splitlines()
     assert lines[:5] == ["ENOENT", "ENOENT", "ENOENT", "ENOENT", "ok"]
     # Only the declared path's ancestors exist, created empty in the tmpfs root.
@@ -119,15 +138,22 @@ print(sorted(os.listdir({scratch!r})))
 def test_environment_is_exactly_the_spec(runner, scratch, monkeypatch):
     monkeypatch.setenv("HERMETIC_CANARY", "leaked")
     env = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin").with_var("ONLY_THIS", "yes")
-    out = probe(runner, spec_for(environment=env), """
+    out = probe(
+        runner,
+        spec_for(environment=env),
+        """
 import os, json
 print(json.dumps(dict(os.environ), sort_keys=True))
-""")
+""",
+    )
     import json
 
     seen = json.loads(out.text)
     assert seen == {
-        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "ONLY_THIS": "yes", "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "ONLY_THIS": "yes",
+        "PATH": "/usr/bin:/bin",
         "USER": "builder",
     }
 
@@ -135,12 +161,17 @@ print(json.dumps(dict(os.environ), sort_keys=True))
 def test_proc_shows_only_the_sandbox_and_host_pids_cannot_be_signalled(runner):
     host = subprocess.Popen(["sleep", "60"])
     try:
-        out = probe(runner, spec_for(), ERRNO + f"""
+        out = probe(
+            runner,
+            spec_for(),
+            ERRNO
+            + f"""
 pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 print(pids)
-print(attempt(os.kill, {host.pid}, signal.SIGKILL) if False else attempt(os.kill, {host.pid}, 9))
+print(attempt(os.kill, {host.pid}, 9))
 print(os.getpid())
-""")
+""",
+        )
     finally:
         alive = host.poll() is None
         host.kill()
@@ -170,7 +201,11 @@ def test_host_loopback_server_is_unreachable(runner):
     t = threading.Thread(target=accept)
     t.start()
     try:
-        out = probe(runner, spec_for(), ERRNO + f"""
+        out = probe(
+            runner,
+            spec_for(),
+            ERRNO
+            + f"""
 import socket
 s = socket.socket()
 s.settimeout(2)
@@ -178,7 +213,8 @@ print(attempt(s.connect, ("127.0.0.1", {port})))
 ifs = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else None
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
 c = socket.socket(); c.connect(l.getsockname()); print("loopback", "ok")
-""")
+""",
+        )
     finally:
         server.close()
         t.join()
@@ -194,10 +230,15 @@ def test_inheritable_descriptors_are_closed(runner, scratch):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.set_inheritable(fd, True)
     try:
-        out = probe(runner, spec_for(), """
+        out = probe(
+            runner,
+            spec_for(),
+            """
 import os
 print(sorted(int(x) for x in os.listdir("/proc/self/fd")))
-""", pass_fds=(fd,))
+""",
+            pass_fds=(fd,),
+        )
     finally:
         os.close(fd)
     fds = eval(out.text)
@@ -207,11 +248,15 @@ print(sorted(int(x) for x in os.listdir("/proc/self/fd")))
 
 
 def test_no_capabilities_and_no_new_privs(runner):
-    out = probe(runner, spec_for(), """
+    out = probe(
+        runner,
+        spec_for(),
+        """
 fields = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
 for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"):
     print(k, fields[k].strip())
-""")
+""",
+    )
     lines = dict(line.split() for line in out.text.splitlines())
     for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(lines[k], 16) == 0, k
@@ -219,26 +264,39 @@ for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs"):
 
 
 def test_mount_is_refused(runner):
-    out = probe(runner, spec_for(), """
+    out = probe(
+        runner,
+        spec_for(),
+        """
 import ctypes, ctypes.util, errno, os
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 r = libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)
 print(r, errno.errorcode[ctypes.get_errno()])
 r = libc.umount2(b"/proc", 2)
 print(r, errno.errorcode[ctypes.get_errno()])
-""")
+""",
+    )
     assert out.text.split() == ["-1", "EPERM", "-1", "EPERM"]
 
 
 def test_hostname_is_fixed_and_identity_mapped(runner):
-    out = probe(runner, spec_for(), """
+    out = probe(
+        runner,
+        spec_for(),
+        """
 import os, socket
 print(socket.gethostname(), os.getuid(), os.getgid())
-""")
+""",
+    )
     name, uid, gid = out.text.split()
     assert name == "localhost"
-    expected = (0, 0) if runner.mode == "root" else (runner.user.pw_uid, runner.user.pw_gid) \
-        if runner.user else (os.getuid(), os.getgid())
+    expected = (
+        (0, 0)
+        if runner.mode == "root"
+        else (runner.user.pw_uid, runner.user.pw_gid)
+        if runner.user
+        else (os.getuid(), os.getgid())
+    )
     assert (int(uid), int(gid)) == expected
 
 
@@ -274,7 +332,7 @@ def _processes_with(marker: str) -> list[int]:
 
 @pytest.mark.slow
 def test_timeout_kills_background_children_and_keeps_output(runner):
-    marker = "1000.%d" % os.getpid()
+    marker = f"1000.{os.getpid()}"
     out = runner.run(
         spec_for(),
         ["sh", "-c", f"sleep {marker} & sleep {marker} & echo started; wait"],
@@ -293,13 +351,23 @@ def test_sigkill_of_the_caller_leaves_no_sandbox_process(runner, scratch):
     import sys
     import time
 
-    marker = "987.%d" % os.getpid()
+    marker = f"987.{os.getpid()}"
     spec = spec_for()
     spec_file = os.path.join(scratch, "spec.json")
     with open(spec_file, "w") as f:
         f.write(spec.to_json())
-    cmd = [sys.executable, "-m", "hermetic", "run", "--spec", spec_file, "--",
-           "sh", "-c", f"sleep {marker} & sleep {marker}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hermetic",
+        "run",
+        "--spec",
+        spec_file,
+        "--",
+        "sh",
+        "-c",
+        f"sleep {marker} & sleep {marker}",
+    ]
     if runner.user is not None:
         from conftest import _as_user_cmd, _user_env
 
@@ -313,9 +381,6 @@ def test_sigkill_of_the_caller_leaves_no_sandbox_process(runner, scratch):
         while len(_processes_with(f"sleep {marker}")) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(_processes_with(f"sleep {marker}")) == 2
-        if runner.user is not None:
-            # setpriv execs the interpreter: the same pid is the caller.
-            pass
         caller.send_signal(signal.SIGKILL)
         caller.wait()
         deadline = time.monotonic() + 5
@@ -340,9 +405,14 @@ def test_exit_codes_and_signals_propagate(runner):
 def test_pid1_reaps_orphans(runner):
     # The orphaned grandchild exits before the main process: a zombie would
     # show in /proc if pid 1 did not reap it.
-    out = runner.run(spec_for(), ["sh", "-c",
-                                  "(sh -c 'exit 0' &) ; sleep 0.2; "
-                                  "grep -l Z /proc/[0-9]*/stat 2>/dev/null | wc -l"])
+    out = runner.run(
+        spec_for(),
+        [
+            "sh",
+            "-c",
+            "(sh -c 'exit 0' &) ; sleep 0.2; grep -l Z /proc/[0-9]*/stat 2>/dev/null | wc -l",
+        ],
+    )
     assert out.text.strip() == "0"
 
 
@@ -381,3 +451,34 @@ def test_setup_error_names_the_path(runner, scratch):
     out = runner.run(spec_for(), ["no-such-tool-xyz"])
     assert out.error is not None
     assert "no-such-tool-xyz" in out.error
+
+
+def test_process_limit_bounds_the_whole_sandbox(runner):
+    spec = spec_for(resources=ResourceLimits(max_processes=8))
+    out = probe(
+        runner,
+        spec,
+        """
+import errno, os, time
+kids, refused = [], None
+for i in range(20):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        refused = errno.errorcode[e.errno]
+        break
+    if pid == 0:
+        time.sleep(2)
+        os._exit(0)
+    kids.append(pid)
+print(len(kids), refused, len([p for p in os.listdir("/proc") if p.isdigit()]))
+""",
+    )
+    kids, refused, total = out.text.split()
+    if runner.user is None and os.geteuid() == 0:
+        # RLIMIT_NPROC exempts the global root user: reported, not enforced.
+        assert any(s.startswith("max_processes") for s in out.raw["unenforced_limits"])
+    else:
+        # pid 1 + the probe + 7 children = 8 + 1; the ninth fork is refused.
+        assert (int(kids), refused, int(total)) == (7, "EAGAIN", 9)
+        assert out.raw["unenforced_limits"] == []

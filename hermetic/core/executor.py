@@ -27,10 +27,15 @@ def _seconds(timeout: float | datetime.timedelta | None) -> float | None:
     elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         value = float(timeout)
     else:
-        raise SpecError(f"timeout must be seconds or a timedelta, got {timeout!r}",
-                        field="timeout", value=timeout)
+        raise SpecError(
+            f"timeout must be seconds or a timedelta, got {timeout!r}",
+            field="timeout",
+            value=timeout,
+        )
     if not value > 0:
-        raise SpecError(f"timeout must be positive, got {timeout!r}", field="timeout", value=timeout)
+        raise SpecError(
+            f"timeout must be positive, got {timeout!r}", field="timeout", value=timeout
+        )
     return value
 
 
@@ -51,8 +56,9 @@ class HermeticExecutor:
         """
         try:
             if not isinstance(spec, SandboxSpec):
-                raise SpecError(f"expected a SandboxSpec, got {type(spec).__name__}",
-                                field="spec", value=spec)
+                raise SpecError(
+                    f"expected a SandboxSpec, got {type(spec).__name__}", field="spec", value=spec
+                )
             spec.validate()
             backend = current()
             return Ok(cls(spec, backend.prepare(spec), backend))
@@ -83,8 +89,9 @@ class HermeticExecutor:
             if stdin is not None and not isinstance(stdin, (bytes, bytearray, memoryview)):
                 raise SpecError("stdin must be bytes", field="stdin", value=type(stdin).__name__)
             data = bytes(stdin) if stdin is not None else None
-            return Ok(self._backend.execute(self._prepared, argv, cwd=cwd, stdin=data,
-                                            timeout=seconds))
+            return Ok(
+                self._backend.execute(self._prepared, argv, cwd=cwd, stdin=data, timeout=seconds)
+            )
         except HermeticError as e:
             return Err(e)
 
@@ -120,8 +127,9 @@ def run(
     result = executor.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout).unwrap()
     if result.timed_out:
         seconds = _seconds(timeout)
-        raise ExecutionTimeout(result.argv, seconds or 0.0, output=result.stdout,
-                               stderr=result.stderr, result=result)
+        raise ExecutionTimeout(
+            result.argv, seconds or 0.0, output=result.stdout, stderr=result.stderr, result=result
+        )
     if check and not result.success():
         raise ActionFailedError(result)
     return result

@@ -132,19 +132,39 @@ def _bind(path: str, flags: int, origin: str) -> _Entry:
 def _system(declared: list[_Entry]) -> list[_Entry]:
     entries = [
         _Entry("/proc", "proc", "the sandbox's /proc"),
-        _Entry("/dev", "tmpfs", "the sandbox's /dev", data="mode=0755",
-               mount_flags=MS_NOSUID | MS_NOEXEC),
+        _Entry(
+            "/dev",
+            "tmpfs",
+            "the sandbox's /dev",
+            data="mode=0755",
+            mount_flags=MS_NOSUID | MS_NOEXEC,
+        ),
     ]
     for name in DEVICES:
         host = "/dev/" + name
         if os.path.exists(host):
-            entries.append(_Entry(host, "bind", f"device {host}", src=OLDROOT + host,
-                                  flags=BIND_DEVICES, is_dir=False))
+            entries.append(
+                _Entry(
+                    host,
+                    "bind",
+                    f"device {host}",
+                    src=OLDROOT + host,
+                    flags=BIND_DEVICES,
+                    is_dir=False,
+                )
+            )
     for name, target in DEV_LINKS:
         entries.append(_Entry("/dev/" + name, "symlink", f"link /dev/{name}", src=target))
     if not any(e.path == "/tmp" for e in declared):
-        entries.append(_Entry("/tmp", "tmpfs", "the sandbox's private /tmp", data="mode=1777",
-                              mount_flags=MS_NOSUID | MS_NODEV))
+        entries.append(
+            _Entry(
+                "/tmp",
+                "tmpfs",
+                "the sandbox's private /tmp",
+                data="mode=1777",
+                mount_flags=MS_NOSUID | MS_NODEV,
+            )
+        )
     return entries
 
 
@@ -181,7 +201,11 @@ def build_ops(spec: SandboxSpec, workdir: str | None = None) -> tuple[Op, ...]:
     for e in entries:
         cover = None
         for p in placed:
-            if p.kind in ("bind", "tmpfs", "proc") and is_within(e.path, p.path) and e.path != p.path:
+            if (
+                p.kind in ("bind", "tmpfs", "proc")
+                and is_within(e.path, p.path)
+                and e.path != p.path
+            ):
                 if cover is None or len(p.path) > len(cover.path):
                     cover = p
         if cover is not None and cover.kind != "tmpfs":

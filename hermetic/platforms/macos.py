@@ -17,7 +17,9 @@ from hermetic.platforms.capabilities import Capabilities
 __all__ = ["BACKEND", "Prepared", "capabilities", "execute", "prepare"]
 
 BACKEND = "macos"
-_REASON = "the macOS (generated SBPL profiles applied with sandbox_init) backend is not implemented yet"
+_REASON = (
+    "the macOS (generated SBPL profiles applied with sandbox_init) backend is not implemented yet"
+)
 
 
 class Prepared:

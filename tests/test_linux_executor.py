@@ -1,0 +1,194 @@
+"""The executor's contract on Linux: results, errors, threads, timeouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import subprocess
+import threading
+
+import pytest
+
+import hermetic
+from hermetic import (
+    ActionFailedError,
+    EnvSet,
+    ExecutionTimeout,
+    HermeticExecutor,
+    HermeticSpecBuilder,
+    NetworkPolicy,
+    PathSet,
+    ResourceLimits,
+    SandboxError,
+    SandboxSpec,
+    SpecError,
+    UnsupportedError,
+)
+
+pytestmark = [pytest.mark.linux, pytest.mark.root]
+
+
+def base(inputs=(), **kw) -> SandboxSpec:
+    return SandboxSpec(
+        inputs=PathSet((*HermeticSpecBuilder.toolchain_inputs(), *inputs)),
+        environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+        resources=ResourceLimits.defaults(),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def ex() -> HermeticExecutor:
+    return HermeticExecutor.create(base()).unwrap()
+
+
+def test_result_fields(ex):
+    r = ex.execute(["sh", "-c", "printf out; printf err >&2; exit 4"]).unwrap()
+    assert (r.exit_code, r.signal, r.stdout, r.stderr) == (4, None, b"out", b"err")
+    assert not r.success() and not r.timed_out and r.hermetic
+    assert r.violations == ()
+    assert r.duration > 0
+    assert r.usage.wall_time == r.duration
+    assert r.usage.cpu_time is not None and r.usage.source("cpu_time") == "rusage"
+    assert r.usage.peak_memory is None and r.usage.source("peak_memory") is None
+
+
+def test_binary_output_is_exact(ex):
+    data = bytes(range(256)) * 1000
+    r = ex.execute(["cat"], stdin=data).unwrap()
+    assert r.stdout == data
+
+
+def test_usage_counts_reaped_children(ex):
+    # A grandchild burns CPU and is reaped by its parent: the accounting of
+    # pid 1 includes it.
+    busy = "sh -c 'i=0; while [ $i -lt 60000 ]; do i=$((i+1)); done'"
+    r = ex.execute(["sh", "-c", busy]).unwrap()
+    assert r.success()
+    assert r.usage.cpu_time is not None and r.usage.cpu_time > 0.01
+
+
+def test_timeout_as_timedelta_records_a_violation(ex):
+    r = ex.execute_with_timeout(["sleep", "10"], datetime.timedelta(milliseconds=200)).unwrap()
+    assert r.timed_out and not r.success()
+    assert [v.kind.value for v in r.violations] == ["timeout"]
+    assert r.violations[0].decision == "killed"
+    assert r.duration < 5
+
+
+def test_term_is_forwarded_before_kill(ex):
+    # The action traps TERM and exits cleanly within the grace period.
+    r = ex.execute(
+        ["sh", "-c", "trap 'echo got-term; exit 0' TERM; sleep 10 & wait"], timeout=0.3
+    ).unwrap()
+    assert r.timed_out
+    assert b"got-term" in r.stdout
+
+
+def test_run_raises_timeout_and_check(ex):
+    with pytest.raises(ExecutionTimeout) as info:
+        hermetic.run(["sh", "-c", "echo partial; sleep 10"], base(), timeout=0.3)
+    assert isinstance(info.value, subprocess.TimeoutExpired)
+    assert info.value.output == b"partial\n"
+    assert info.value.result.timed_out
+    with pytest.raises(ActionFailedError) as failed:
+        hermetic.run(["false"], base(), check=True)
+    assert isinstance(failed.value, subprocess.CalledProcessError)
+    assert failed.value.returncode == 1
+    assert hermetic.run(["true"], base(), check=True).success()
+
+
+def test_bad_arguments_are_errors_naming_the_culprit(ex):
+    for argv in ([], "true", ["echo", "a\0b"], [b"true"]):
+        err = ex.execute(argv).unwrap_err()
+        assert isinstance(err, SpecError), argv
+    err = ex.execute(["true"], cwd="relative").unwrap_err()
+    assert "relative" in str(err)
+    err = ex.execute(["true"], timeout=-1).unwrap_err()
+    assert isinstance(err, SpecError)
+
+
+def test_exec_failures_are_sandbox_errors(ex, scratch):
+    err = ex.execute(["no-such-tool"]).unwrap_err()
+    assert isinstance(err, SandboxError) and isinstance(err, OSError)
+    assert err.stage == "exec" and err.errno == 2
+    assert "no-such-tool" in str(err) and "/usr/bin/no-such-tool" in str(err)
+    plain = os.path.join(scratch, "notexec")
+    with open(plain, "w") as f:
+        f.write("#!/bin/sh\n")
+    ex2 = HermeticExecutor.create(base(inputs=[scratch])).unwrap()
+    err = ex2.execute([plain]).unwrap_err()
+    assert err.stage == "exec" and err.errno == 13 and err.path == plain
+
+
+def test_input_removed_after_prepare_names_the_bind(scratch):
+    victim = os.path.join(scratch, "victim")
+    os.mkdir(victim)
+    ex = HermeticExecutor.create(base(inputs=[victim])).unwrap()
+    os.rmdir(victim)
+    err = ex.execute(["true"]).unwrap_err()
+    assert isinstance(err, SandboxError)
+    assert err.stage == "bind" and err.path == victim and err.errno == 2
+    assert victim in str(err) and "input" in str(err)
+
+
+def test_create_fails_closed(scratch):
+    missing = os.path.join(scratch, "missing-out")
+    err = HermeticExecutor.create(base(outputs=PathSet((missing,)))).unwrap_err()
+    assert isinstance(err, SpecError) and missing in str(err)
+    open_net = dataclasses.replace(base(), network=NetworkPolicy.allow_hosts(["example.org:443"]))
+    err = HermeticExecutor.create(open_net).unwrap_err()
+    assert isinstance(err, UnsupportedError) and "network" in str(err)
+    err = HermeticExecutor.create(base(inputs=["/proc/cpuinfo"])).unwrap_err()
+    assert isinstance(err, SpecError) and "/proc" in str(err)
+
+
+def test_limits_not_yet_enforced_are_reported(ex):
+    strict = HermeticExecutor.create(
+        dataclasses.replace(base(), resources=ResourceLimits.hermetic())
+    ).unwrap()
+    r = strict.execute(["true"]).unwrap()
+    assert any(s.startswith("max_memory_bytes") for s in r.unenforced_limits)
+    relaxed = ex.execute(["true"]).unwrap().unenforced_limits
+    assert not any(s.startswith("max_memory_bytes") for s in relaxed)
+
+
+def test_file_size_limit(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    spec = base(outputs=PathSet((out,)))
+    spec = dataclasses.replace(spec, resources=ResourceLimits(max_file_size=4096))
+    r = hermetic.run(["sh", "-c", f"head -c 10000 /dev/zero > {out}/big"], spec)
+    assert not r.success()
+    assert os.path.getsize(os.path.join(out, "big")) == 4096
+
+
+def test_many_threads_share_one_executor(ex):
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        for i in range(10):
+            r = ex.execute(["sh", "-c", f"echo {n}-{i}"])
+            if r.is_err():
+                errors.append(r.unwrap_err())
+            else:
+                results.append(r.unwrap().stdout)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == sorted(f"{n}-{i}\n".encode() for n in range(8) for i in range(10))
+
+
+def test_capabilities_report_this_host():
+    caps = hermetic.capabilities()
+    assert caps.user_namespaces and caps.mount_setattr and caps.can_sandbox()
+    assert set(caps.namespaces) >= {"user", "mount", "pid", "network", "ipc", "uts"}
+    assert caps.pidfd
+    d = caps.to_dict()
+    assert set(d) >= {"cgroup_v1_controllers", "cgroup_v2", "seccomp", "landlock_abi", "clone3"}
