@@ -1,0 +1,71 @@
+"""The filesystem plan, checked as data (no sandbox needed)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hermetic import PathSet, ResourceLimits, SandboxSpec, SpecError
+from hermetic.platforms import linux_plan as lp
+
+pytestmark = pytest.mark.linux
+
+
+def ops_for(**kw):
+    return lp.build_ops(SandboxSpec(resources=ResourceLimits.defaults(), **kw), kw.get("workdir"))
+
+
+def test_parents_before_children_and_readonly_inputs(scratch):
+    a = os.path.join(scratch, "a")
+    os.makedirs(os.path.join(a, "b"))
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    ops = ops_for(inputs=PathSet.of(a, os.path.join(a, "b")), outputs=PathSet.of(out))
+    binds = [(o.dst, o.flags) for o in ops if o.kind == lp.OP_BIND and o.dst.startswith(scratch)]
+    # a/b is covered by a and collapsed; the output is writable.
+    assert binds == [(a, lp.BIND_RDONLY), (out, 0)]
+    dsts = [o.dst for o in ops]
+    for i, o in enumerate(ops):
+        if o.kind == lp.OP_BIND:
+            parent = os.path.dirname(o.dst)
+            assert parent == "/" or parent in dsts[:i]
+    assert all(o.src.startswith(lp.OLDROOT + "/") for o in ops if o.kind == lp.OP_BIND)
+
+
+def test_system_mounts_and_private_tmp():
+    ops = ops_for()
+    kinds = {(o.kind, o.dst) for o in ops}
+    assert (lp.OP_PROC, "/proc") in kinds
+    assert (lp.OP_TMPFS, "/dev") in kinds
+    assert (lp.OP_TMPFS, "/tmp") in kinds
+    assert (lp.OP_BIND, "/dev/null") in kinds
+    assert (lp.OP_SYMLINK, "/dev/fd") in kinds
+
+
+def test_declared_tmp_replaces_private_tmp():
+    ops = ops_for(temps=PathSet.of("/tmp"))
+    assert (lp.OP_TMPFS, "/tmp") not in {(o.kind, o.dst) for o in ops}
+    assert (lp.OP_BIND, "/tmp") in {(o.kind, o.dst) for o in ops}
+
+
+def test_paths_in_sandbox_owned_dirs_are_refused():
+    with pytest.raises(SpecError, match="/proc"):
+        ops_for(inputs=PathSet.of("/proc/self"))
+    with pytest.raises(SpecError, match="/dev"):
+        ops_for(inputs=PathSet.of("/dev/null"))
+
+
+def test_missing_mount_point_inside_input_is_named(scratch):
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    with pytest.raises(SpecError, match="missing"):
+        ops_for(inputs=PathSet.of(src), workdir=os.path.join(src, "missing"))
+
+
+def test_root_symlinks_follow_visibility():
+    if not os.path.islink("/bin"):
+        pytest.skip("this host's /bin is not a symlink (not a merged-/usr system)")
+    links = {o.dst: o.src for o in ops_for(inputs=PathSet.of("/usr")) if o.kind == lp.OP_SYMLINK}
+    assert links["/bin"] == os.readlink("/bin")
+    assert "/bin" not in {o.dst for o in ops_for() if o.kind == lp.OP_SYMLINK}
