@@ -1,0 +1,132 @@
+"""Fixtures for the spawn benchmarks.
+
+This directory is not part of the test suite (the pytest configuration in
+pyproject.toml has ``testpaths = ["tests"]``); run it explicitly, see
+README.md.  This file is only loaded when ``benchmarks/`` is collected.
+
+Layout of the scratch directory every benchmark gets::
+
+    <scratch>/src   read-only input of the sandbox (sources for gcc and cat)
+    <scratch>/out   the declared output directory
+    <scratch>/tmp   the declared temp directory
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+if not sys.platform.startswith("linux"):
+    collect_ignore_glob = ["test_*.py"]
+
+#: PATH inside the sandbox and for the direct runs.
+PATH = "/usr/bin:/bin"
+
+#: Size of the resident buffer held by the process in the ``true-1GiB`` group.
+BIG_RSS_BYTES = 1 << 30
+PAGE = 4096
+
+
+@dataclass(frozen=True)
+class Scratch:
+    root: str
+    src: str
+    out: str
+    tmp: str
+
+
+@pytest.fixture
+def scratch() -> Iterator[Scratch]:
+    """A fresh directory with ``src/``, ``out/`` and ``tmp/``, removed afterwards."""
+    root = os.path.realpath(tempfile.mkdtemp(prefix="hermetic-bench-"))
+    os.chmod(root, 0o755)
+    dirs = {name: os.path.join(root, name) for name in ("src", "out", "tmp")}
+    for path in dirs.values():
+        os.mkdir(path)
+    try:
+        yield Scratch(root, dirs["src"], dirs["out"], dirs["tmp"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def make_spec(scratch: Scratch, *, with_sources: bool = False):  # type: ignore[no-untyped-def]
+    """The full spec: toolchain read-only, ``out`` writable, ``tmp`` as temp.
+
+    With ``with_sources`` the ``src`` directory is an extra read-only input.
+    """
+    from hermetic import EnvSet, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
+
+    inputs = HermeticSpecBuilder.toolchain_inputs()
+    if with_sources:
+        inputs += (scratch.src,)
+    return SandboxSpec(
+        inputs=PathSet(inputs),
+        outputs=PathSet((scratch.out,)),
+        temps=PathSet((scratch.tmp,)),
+        environment=EnvSet.minimal().with_var("PATH", PATH),
+        resources=ResourceLimits.defaults(),
+    )
+
+
+def _executor(spec):  # type: ignore[no-untyped-def]
+    from hermetic import HermeticError, HermeticExecutor
+
+    created = HermeticExecutor.create(spec)
+    try:
+        ex = created.unwrap()
+    except HermeticError as e:
+        pytest.skip(f"the sandbox cannot be prepared on this host: {e}")
+    # One run up front: a host that cannot create the namespaces fails here,
+    # with the reason, rather than inside a timed round.
+    try:
+        r = ex.execute(["/bin/true"]).unwrap()
+    except HermeticError as e:
+        pytest.skip(f"the sandbox cannot run on this host: {e}")
+    assert r.exit_code == 0, r
+    return ex
+
+
+@pytest.fixture
+def executor(scratch: Scratch):  # type: ignore[no-untyped-def]
+    """An executor for the full spec."""
+    return _executor(make_spec(scratch))
+
+
+@pytest.fixture
+def source_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
+    """The full spec plus ``src`` as a read-only input (for gcc and cat)."""
+    return _executor(make_spec(scratch, with_sources=True))
+
+
+@pytest.fixture
+def direct_env() -> dict[str, str]:
+    """The sandbox's environment, so direct and sandboxed runs see the same one."""
+    from hermetic import EnvSet
+
+    return dict(EnvSet.minimal().with_var("PATH", PATH).vars)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture
+def big_rss() -> Iterator[bytearray]:
+    """1 GiB allocated and made resident (one byte written per page), freed after."""
+    before = _rss_bytes()
+    buf = bytearray(BIG_RSS_BYTES)
+    buf[::PAGE] = b"\x01" * (BIG_RSS_BYTES // PAGE)
+    grown = _rss_bytes() - before
+    assert grown >= BIG_RSS_BYTES * 0.95, f"only {grown >> 20} MiB became resident"
+    try:
+        yield buf
+    finally:
+        # Emptying the bytearray frees its buffer now, whoever still refers to it.
+        del buf[:]

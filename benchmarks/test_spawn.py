@@ -1,0 +1,287 @@
+"""What a hermetic sandbox costs per action, next to plain process spawning.
+
+Each group runs the same command several ways in one session so the rows
+can be compared side by side (``python benchmarks/compare.py FILE``):
+
+- ``true``: ``/bin/true`` via ``os.posix_spawn`` (the baseline),
+  ``subprocess.run`` and ``HermeticExecutor.execute`` with the full spec.
+- ``true-1GiB``: the same three while this process holds 1 GiB resident.
+  glibc's posix_spawn uses ``clone(CLONE_VM | CLONE_VFORK)``, CPython's
+  subprocess uses vfork when it can, and the sandbox is cloned with
+  ``CLONE_VM``: none of them copies the parent's page tables, so the row
+  should match ``true``.  A copy (fork) would show up as milliseconds.
+- ``gcc``: ``gcc -c`` of a small C file, directly (baseline) and sandboxed.
+- ``cat``: ``sh -c 'cat in > out'``, directly (baseline) and sandboxed.
+
+Every round's exit status is recorded and checked after the timed loop;
+nothing here asserts on speed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+TRUE = "/bin/true"
+GCC = "/usr/bin/gcc"
+SH = "/bin/sh"
+
+TRUE_ROUNDS, TRUE_WARMUP = 300, 20
+GCC_ROUNDS, GCC_WARMUP = 30, 3
+CAT_ROUNDS, CAT_WARMUP = 100, 10
+
+HELLO_C = """\
+#include <stdio.h>
+
+static int square(int x) { return x * x; }
+
+int main(void)
+{
+    for (int i = 0; i < 3; i++)
+        printf("%d\\n", square(i));
+    return 0;
+}
+"""
+
+CAT_INPUT = bytes(range(256)) * 256  # 64 KiB
+
+
+def _measure(
+    benchmark: Any, fn: Callable[[], Any], *, method: str, baseline: bool, rounds: int, warmup: int
+) -> list[Any]:
+    """Time ``fn`` for ``rounds`` rounds; return what every call returned (timed or not)."""
+    benchmark.extra_info["method"] = method
+    benchmark.extra_info["baseline"] = baseline
+    results: list[Any] = []
+
+    def once() -> None:
+        results.append(fn())
+
+    benchmark.pedantic(once, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    assert len(results) == rounds + warmup
+    return results
+
+
+def _all_ok(results: list[Any]) -> None:
+    """Each entry is an exit code, a CompletedProcess or an ExecutionResult."""
+    for r in results:
+        code = r if isinstance(r, int) else getattr(r, "returncode", getattr(r, "exit_code", None))
+        assert code == 0, f"a round failed: {r!r}"
+
+
+# -- /bin/true ---------------------------------------------------------------
+
+
+def _posix_spawn_true(env: dict[str, str]) -> Callable[[], int]:
+    def run() -> int:
+        pid = os.posix_spawn(TRUE, [TRUE], env)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    return run
+
+
+def _subprocess_true(env: dict[str, str]) -> Callable[[], subprocess.CompletedProcess[bytes]]:
+    return lambda: subprocess.run([TRUE], env=env)
+
+
+def _hermetic_true(executor: Any) -> Callable[[], Any]:
+    return lambda: executor.execute([TRUE]).unwrap()
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_posix_spawn(benchmark: Any, direct_env: dict[str, str]) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _posix_spawn_true(direct_env),
+            method="posix_spawn",
+            baseline=True,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_subprocess(benchmark: Any, direct_env: dict[str, str]) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _subprocess_true(direct_env),
+            method="subprocess",
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_hermetic(benchmark: Any, executor: Any) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _hermetic_true(executor),
+            method="hermetic",
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
+# -- /bin/true while holding 1 GiB resident ----------------------------------
+
+
+@pytest.mark.benchmark(group="true-1GiB")
+def test_true_1gib_posix_spawn(
+    benchmark: Any, big_rss: bytearray, direct_env: dict[str, str]
+) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _posix_spawn_true(direct_env),
+            method="posix_spawn",
+            baseline=True,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+    assert len(big_rss) == 1 << 30
+
+
+@pytest.mark.benchmark(group="true-1GiB")
+def test_true_1gib_subprocess(
+    benchmark: Any, big_rss: bytearray, direct_env: dict[str, str]
+) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _subprocess_true(direct_env),
+            method="subprocess",
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+    assert len(big_rss) == 1 << 30
+
+
+@pytest.mark.benchmark(group="true-1GiB")
+def test_true_1gib_hermetic(benchmark: Any, big_rss: bytearray, executor: Any) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _hermetic_true(executor),
+            method="hermetic",
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+    assert len(big_rss) == 1 << 30
+
+
+# -- gcc -c ------------------------------------------------------------------
+
+needs_gcc = pytest.mark.skipif(
+    not os.access(GCC, os.X_OK),
+    reason=f"{GCC} is missing: install gcc (Debian: apt-get install gcc) to run the gcc group",
+)
+
+
+def _gcc_job(scratch: Any) -> tuple[list[str], str]:
+    src = os.path.join(scratch.src, "hello.c")
+    obj = os.path.join(scratch.out, "hello.o")
+    with open(src, "w") as f:
+        f.write(HELLO_C)
+    return [GCC, "-c", src, "-o", obj], obj
+
+
+def _check_object(obj: str) -> None:
+    with open(obj, "rb") as f:
+        assert f.read(4) == b"\x7fELF", f"{obj} is not an ELF object"
+
+
+@needs_gcc
+@pytest.mark.benchmark(group="gcc")
+def test_gcc_direct(benchmark: Any, scratch: Any, direct_env: dict[str, str]) -> None:
+    argv, obj = _gcc_job(scratch)
+    env = {**direct_env, "TMPDIR": scratch.tmp}
+    results = _measure(
+        benchmark,
+        lambda: subprocess.run(argv, env=env, cwd=scratch.out, capture_output=True),
+        method="direct",
+        baseline=True,
+        rounds=GCC_ROUNDS,
+        warmup=GCC_WARMUP,
+    )
+    _all_ok(results)
+    _check_object(obj)
+
+
+@needs_gcc
+@pytest.mark.benchmark(group="gcc")
+def test_gcc_hermetic(benchmark: Any, scratch: Any, source_executor: Any) -> None:
+    argv, obj = _gcc_job(scratch)
+    results = _measure(
+        benchmark,
+        lambda: source_executor.execute(argv, cwd=scratch.out).unwrap(),
+        method="hermetic",
+        baseline=False,
+        rounds=GCC_ROUNDS,
+        warmup=GCC_WARMUP,
+    )
+    _all_ok(results)
+    _check_object(obj)
+
+
+# -- sh -c 'cat in > out' ------------------------------------------------------
+
+
+def _cat_job(scratch: Any) -> tuple[list[str], str]:
+    src = os.path.join(scratch.src, "in.bin")
+    dst = os.path.join(scratch.out, "out.bin")
+    with open(src, "wb") as f:
+        f.write(CAT_INPUT)
+    return [SH, "-c", f"cat {src} > {dst}"], dst
+
+
+def _check_copy(dst: str) -> None:
+    with open(dst, "rb") as f:
+        assert f.read() == CAT_INPUT, f"{dst} differs from the input"
+
+
+@pytest.mark.benchmark(group="cat")
+def test_cat_direct(benchmark: Any, scratch: Any, direct_env: dict[str, str]) -> None:
+    argv, dst = _cat_job(scratch)
+    results = _measure(
+        benchmark,
+        lambda: subprocess.run(argv, env=direct_env, cwd=scratch.out, capture_output=True),
+        method="direct",
+        baseline=True,
+        rounds=CAT_ROUNDS,
+        warmup=CAT_WARMUP,
+    )
+    _all_ok(results)
+    _check_copy(dst)
+
+
+@pytest.mark.benchmark(group="cat")
+def test_cat_hermetic(benchmark: Any, scratch: Any, source_executor: Any) -> None:
+    argv, dst = _cat_job(scratch)
+    results = _measure(
+        benchmark,
+        lambda: source_executor.execute(argv, cwd=scratch.out).unwrap(),
+        method="hermetic",
+        baseline=False,
+        rounds=CAT_ROUNDS,
+        warmup=CAT_WARMUP,
+    )
+    _all_ok(results)
+    _check_copy(dst)
