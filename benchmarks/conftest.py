@@ -99,6 +99,17 @@ def executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def fresh_netns_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
+    """The full spec with a new network namespace per action instead of the pool."""
+    import dataclasses
+
+    from hermetic import NetworkPolicy
+
+    spec = make_spec(scratch)
+    return _executor(dataclasses.replace(spec, network=NetworkPolicy(fresh_namespace=True)))
+
+
+@pytest.fixture
 def source_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
     """The full spec plus ``src`` as a read-only input (for gcc and cat)."""
     return _executor(make_spec(scratch, with_sources=True))

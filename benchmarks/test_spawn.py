@@ -4,7 +4,9 @@ Each group runs the same command several ways in one session so the rows
 can be compared side by side (``python benchmarks/compare.py FILE``):
 
 - ``true``: ``/bin/true`` via ``os.posix_spawn`` (the baseline),
-  ``subprocess.run`` and ``HermeticExecutor.execute`` with the full spec.
+  ``subprocess.run`` and ``HermeticExecutor.execute`` with the full spec,
+  once with the pooled network namespace (the default) and once with
+  ``NetworkPolicy(fresh_namespace=True)``.
 - ``true-1GiB``: the same three while this process holds 1 GiB resident.
   glibc's posix_spawn uses ``clone(CLONE_VM | CLONE_VFORK)``, CPython's
   subprocess uses vfork when it can, and the sandbox is cloned with
@@ -128,6 +130,20 @@ def test_true_hermetic(benchmark: Any, executor: Any) -> None:
             benchmark,
             _hermetic_true(executor),
             method="hermetic",
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_hermetic_fresh_netns(benchmark: Any, fresh_netns_executor: Any) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _hermetic_true(fresh_netns_executor),
+            method="hermetic-fresh-netns",
             baseline=False,
             rounds=TRUE_ROUNDS,
             warmup=TRUE_WARMUP,

@@ -39,7 +39,8 @@ enum hm_stage {
     HM_STAGE_CAPABILITIES = 20,
     HM_STAGE_SECCOMP = 21,
     HM_STAGE_EXEC = 22,
-    HM_STAGE_CLONE = 23         /* the parent's clone() itself */
+    HM_STAGE_CLONE = 23,        /* the parent's clone() itself */
+    HM_STAGE_NETNS = 24         /* entering or leaving a pooled network namespace */
 };
 
 /* Kinds of filesystem ops, executed in list order after pivot_root. */
@@ -73,6 +74,8 @@ struct hm_rlimit {
 
 struct hm_plan {
     unsigned long long ns_flags;     /* CLONE_NEW* */
+    int netns_fd;                    /* >= 0: join this network namespace instead of
+                                        creating one (ns_flags has no CLONE_NEWNET) */
     const char *uid_map;             /* text for /proc/self/uid_map */
     const char *gid_map;
     const char *staging;             /* host dir the new root is mounted on */
@@ -117,6 +120,7 @@ struct hm_proc {
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error);
 void hm_proc_release(struct hm_proc *proc);
 int hm_probe_clone(unsigned long long ns_flags);
+int hm_netns_create(void);
 int hm_probe_landlock_abi(void);
 int hm_probe_clone3(void);
 int hm_probe_mount_setattr(void);

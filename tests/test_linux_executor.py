@@ -192,3 +192,62 @@ def test_capabilities_report_this_host():
     assert caps.pidfd
     d = caps.to_dict()
     assert set(d) >= {"cgroup_v1_controllers", "cgroup_v2", "seccomp", "landlock_abi", "clone3"}
+
+
+LISTEN_THEN_WAIT = """
+import os, socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 47123))
+s.listen(1)
+open(sys.argv[1], "w").close()
+time.sleep(3)
+"""
+
+CONNECT = """
+import errno, socket
+c = socket.socket()
+try:
+    c.connect(("127.0.0.1", 47123))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_concurrent_actions_never_share_a_loopback(scratch, fresh):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    net = NetworkPolicy(fresh_namespace=fresh)
+    ex = HermeticExecutor.create(base(outputs=PathSet((out,)), network=net)).unwrap()
+    ready = os.path.join(out, "ready")
+    listener = threading.Thread(
+        target=lambda: ex.execute(["/usr/bin/python3", "-c", LISTEN_THEN_WAIT, ready]).unwrap()
+    )
+    listener.start()
+    try:
+        for _ in range(500):
+            if os.path.exists(ready):
+                break
+            threading.Event().wait(0.01)
+        assert os.path.exists(ready)
+        r = ex.execute(["/usr/bin/python3", "-c", CONNECT]).unwrap()
+        assert r.stdout == b"ECONNREFUSED\n"
+    finally:
+        listener.join()
+    # Sequential reuse: the port is free again for the next action.
+    r = ex.execute(["/usr/bin/python3", "-c", LISTEN_THEN_WAIT.replace("3)", "0)"), ready])
+    assert r.unwrap().success()
+
+
+def test_pooled_namespaces_are_reused():
+    from hermetic.platforms.linux_netns import POOL
+
+    ex = HermeticExecutor.create(base()).unwrap()
+    ex.execute(["true"]).unwrap()
+    before = POOL.size()
+    assert before >= 1
+    for _ in range(5):
+        ex.execute(["true"]).unwrap()
+    assert POOL.size() == before

@@ -427,3 +427,17 @@ int hm__pid1_main(void *argp)
     proc->main_exited = 1;
     hm_exit(0);
 }
+
+/* Makes a network namespace for the pool: loopback up, and a descriptor
+ * for it.  Cloned with CLONE_FILES, so the descriptor lands in the caller's
+ * table, and CLONE_VFORK, so the caller waits. */
+int hm__netns_main(void *argp)
+{
+    struct hm_netns_args *a = argp;
+    long r = loopback_up();
+    if (r == 0)
+        r = HM_SYS4(SYS_openat, AT_FDCWD, "/proc/self/ns/net", O_RDONLY | O_CLOEXEC, 0);
+    a->fd = r >= 0 ? (int)r : -1;
+    a->err = r >= 0 ? 0 : (int)r;
+    return 0;
+}

@@ -17,6 +17,13 @@ struct hm_child_args {
     char *action_stack_top;
 };
 
+/* A network namespace with loopback up, for the pool (hm_netns_create). */
+struct hm_netns_args {
+    int fd;               /* out: /proc/self/ns/net opened by the child */
+    int err;              /* out: 0 or -errno */
+};
+
 int hm__pid1_main(void *arg);
+int hm__netns_main(void *arg);
 
 #endif

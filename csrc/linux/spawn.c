@@ -89,6 +89,27 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     /* Every signal blocked across clone: until pid 1 has reset the
      * inherited handlers, a signal would run the interpreter's handler in a
      * process that shares its memory. */
+    /* A pooled network namespace is joined by this thread only (network
+     * namespaces are per thread), just across the clone, so the child
+     * inherits it; the caller's other threads never see it. */
+    int home_net = -1;
+    if (plan->netns_fd >= 0) {
+        home_net = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (home_net < 0 || setns(plan->netns_fd, CLONE_NEWNET) < 0) {
+            e = errno;
+            if (home_net >= 0)
+                close(home_net);
+            close(pipefd[0]);
+            close(pipefd[1]);
+            if (self >= 0)
+                close(self);
+            munmap(region, HM_STACK_REGION);
+            error->stage = HM_STAGE_NETNS;
+            error->op_index = -1;
+            error->err = e;
+            return -e;
+        }
+    }
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -97,6 +118,14 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     pid_t pid = clone(hm__pid1_main, region + HM_STACK_REGION, flags, &args, &pidfd);
     e = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int restore_err = 0;
+    if (home_net >= 0) {
+        /* Cannot fail short of the kernel refusing a namespace this thread
+         * was in a moment ago; if it ever does, the caller must know. */
+        if (setns(home_net, CLONE_NEWNET) < 0)
+            restore_err = errno;
+        close(home_net);
+    }
 
     close(pipefd[1]);
     if (self >= 0)
@@ -113,6 +142,20 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     proc->pidfd = pidfd;
     proc->stack = region;
     proc->stack_size = HM_STACK_REGION;
+    if (restore_err) {
+        /* The sandbox runs, but this thread is in the wrong network
+         * namespace: end the sandbox and report. */
+        kill(pid, SIGKILL);
+        close(pipefd[0]);
+        while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+            ;
+        proc->pid = -1;
+        hm_proc_release(proc);
+        error->stage = HM_STAGE_NETNS;
+        error->op_index = -1;
+        error->err = restore_err;
+        return -restore_err;
+    }
 
     /* EOF: the action has exec'd.  A full record: setup failed, pid 1 is
      * exiting; reap it here so the caller has nothing to clean up. */
@@ -181,4 +224,30 @@ int hm_probe_clone(unsigned long long ns_flags)
         ;
     munmap(region, HM_STACK);
     return 0;
+}
+
+/* A new network namespace with loopback up, owned by the caller's user
+ * namespace; returns a descriptor for it or -errno. */
+int hm_netns_create(void)
+{
+    char *region = mmap(NULL, HM_STACK, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (region == MAP_FAILED)
+        return -errno;
+    struct hm_netns_args args = {-1, -EPROTO};
+    int flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_NEWNET | SIGCHLD;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = clone(hm__netns_main, region + HM_STACK, flags, &args);
+    int e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        munmap(region, HM_STACK);
+        return -e;
+    }
+    while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+        ;
+    munmap(region, HM_STACK);
+    return args.err < 0 ? args.err : args.fd;
 }

@@ -190,6 +190,7 @@ class SandboxSpec:
                 "allow_https": net.allow_https,
                 "allow_dns": net.allow_dns,
                 "allowed_hosts": list(net.allowed_hosts),
+                "fresh_namespace": net.fresh_namespace,
             },
             "environment": {
                 "vars": env.to_dict(),

@@ -9,6 +9,7 @@ adds the command, clones the sandbox's pid 1 from this process
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -26,7 +27,8 @@ from hermetic.core.spec import SandboxSpec
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms import linux_plan
 from hermetic.platforms.capabilities import Capabilities
-from hermetic.platforms.linux_probe import ALL_NAMESPACES, probe
+from hermetic.platforms.linux_netns import POOL
+from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, probe
 from hermetic.security.timeout import DEFAULT_KILL_GRACE, wait_or_kill
 
 __all__ = ["BACKEND", "Prepared", "capabilities", "execute", "prepare"]
@@ -61,6 +63,7 @@ _STAGES = {
     21: "seccomp",
     22: "exec",
     23: "clone",
+    24: "netns",
 }
 _OP_STAGES = {
     linux_plan.OP_MKDIR: "mkdir",
@@ -208,8 +211,14 @@ class Prepared:
             rl[i].max = mx
         mem.keep.append(rl)
         uid, gid = os.getuid(), os.getgid()
+        # A pooled namespace already has loopback up, and the sandbox has no
+        # capability over it to change that.
+        # setns() into a network namespace needs CAP_SYS_ADMIN in the caller's
+        # own user namespace too, so only a privileged caller can use the pool.
+        self.pooled_network = not spec.network.fresh_namespace and os.geteuid() == 0
         self._template = {
-            "ns_flags": ALL_NAMESPACES,
+            "ns_flags": ALL_NAMESPACES & ~CLONE_NEWNET if self.pooled_network else ALL_NAMESPACES,
+            "netns_fd": -1,
             "uid_map": mem.cstr(f"{uid} {uid} 1\n"),
             "gid_map": mem.cstr(f"{gid} {gid} 1\n"),
             "staging": mem.cstr(linux_plan.STAGING),
@@ -218,7 +227,7 @@ class Prepared:
             "n_ops": len(self.ops),
             "hostname": mem.cstr(HOSTNAME),
             "domainname": mem.cstr(DOMAINNAME),
-            "loopback_up": 1,
+            "loopback_up": 0 if self.pooled_network else 1,
             "envp": mem.strv([f"{k}={v}" for k, v in sorted(self.env.items())]),
             "rlimits": rl,
             "n_rlimits": len(self.rlimits.values),
@@ -347,21 +356,24 @@ def execute(
         plan.stderr_fd = err_fd
         proc = ffi.new("struct hm_proc *")
         error = ffi.new("struct hm_error *")
-        start = time.monotonic()
-        rc = lib.hm_spawn(plan, proc, error)
-        if rc < 0:
-            raise _setup_error(prepared, args, workdir, error)
-        try:
-            pidfd = proc.pidfd
+        with contextlib.ExitStack() as lease:
+            if prepared.pooled_network:
+                plan.netns_fd = lease.enter_context(POOL.lease())
+            start = time.monotonic()
+            rc = lib.hm_spawn(plan, proc, error)
+            if rc < 0:
+                raise _setup_error(prepared, args, workdir, error)
+            try:
+                pidfd = proc.pidfd
 
-            def send(sig: int) -> None:
-                signal.pidfd_send_signal(pidfd, sig)
+                def send(sig: int) -> None:
+                    signal.pidfd_send_signal(pidfd, sig)
 
-            timed_out = wait_or_kill(pidfd, timeout, send, kill_grace)
-            _, status, ru = os.wait4(proc.pid, 0)
-        finally:
-            lib.hm_proc_release(proc)
-        duration = time.monotonic() - start
+                timed_out = wait_or_kill(pidfd, timeout, send, kill_grace)
+                _, status, ru = os.wait4(proc.pid, 0)
+            finally:
+                lib.hm_proc_release(proc)
+            duration = time.monotonic() - start
         if proc.main_exited:
             status = proc.status
         exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
