@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -251,3 +252,32 @@ def test_pooled_namespaces_are_reused():
     for _ in range(5):
         ex.execute(["true"]).unwrap()
     assert POOL.size() == before
+
+
+def test_interrupted_wait_kills_and_reaps_the_sandbox(ex, monkeypatch):
+    from hermetic.platforms import linux as backend
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    marker = f"321.{os.getpid()}"
+    monkeypatch.setattr(backend, "wait_or_kill", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ex.execute(["sleep", marker])
+    monkeypatch.undo()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert f.read() != f"sleep\0{marker}\0".encode()
+
+
+def test_caller_ignoring_sigchld_still_gets_the_status(ex):
+    import signal
+
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        r = ex.execute(["sh", "-c", "exit 9"]).unwrap()
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert r.exit_code == 9
+    assert r.usage.wall_time is not None and r.usage.cpu_time is None

@@ -314,6 +314,35 @@ def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) 
     )
 
 
+def _wait(proc: Any, timeout: float | None, grace: float) -> tuple[bool, int, Any]:
+    """Wait for the sandbox's pid 1 and reap it: (timed_out, wait status, rusage).
+
+    Whatever interrupts the wait (KeyboardInterrupt included), pid 1 is
+    killed and reaped before this returns or raises: it runs on a stack in
+    this process's memory, which must not be released under it.
+    """
+    pidfd = proc.pidfd
+
+    def send(sig: int) -> None:
+        signal.pidfd_send_signal(pidfd, sig)
+
+    try:
+        timed_out = wait_or_kill(pidfd, timeout, send, grace)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            send(signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, 0)
+        raise
+    try:
+        _, status, ru = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        # SIGCHLD ignored by the caller: the kernel reaped pid 1 itself.
+        # Its status record is still valid; the rusage is lost.
+        return timed_out, 0, None
+    return timed_out, status, ru
+
+
 def execute(
     prepared: Prepared,
     argv: Sequence[str],
@@ -364,14 +393,9 @@ def execute(
             if rc < 0:
                 raise _setup_error(prepared, args, workdir, error)
             try:
-                pidfd = proc.pidfd
-
-                def send(sig: int) -> None:
-                    signal.pidfd_send_signal(pidfd, sig)
-
-                timed_out = wait_or_kill(pidfd, timeout, send, kill_grace)
-                _, status, ru = os.wait4(proc.pid, 0)
+                timed_out, status, ru = _wait(proc, timeout, kill_grace)
             finally:
+                # Only now is pid 1 gone, and with it the last user of its stack.
                 lib.hm_proc_release(proc)
             duration = time.monotonic() - start
         if proc.main_exited:
@@ -397,7 +421,9 @@ def execute(
             stderr=_read_all(err_fd),
             duration=duration,
             timed_out=timed_out,
-            usage=ResourceUsage.from_rusage(duration, ru),
+            usage=ResourceUsage.from_rusage(duration, ru)
+            if ru is not None
+            else ResourceUsage(wall_time=duration, sources=(("wall_time", "clock"),)),
             violations=violations,
             hermetic=True,
             unenforced_limits=prepared.rlimits.unenforced,
