@@ -99,6 +99,17 @@ def executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def unlimited_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
+    """The full spec without resource limits: no cgroup slot, no rlimits but no core."""
+    import dataclasses
+
+    from hermetic import ResourceLimits
+
+    none = ResourceLimits(max_processes=0, max_file_size=0, max_open_files=0)
+    return _executor(dataclasses.replace(make_spec(scratch), resources=none))
+
+
+@pytest.fixture
 def fresh_netns_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
     """The full spec with a new network namespace per action instead of the pool."""
     import dataclasses

@@ -5,8 +5,9 @@ can be compared side by side (``python benchmarks/compare.py FILE``):
 
 - ``true``: ``/bin/true`` via ``os.posix_spawn`` (the baseline),
   ``subprocess.run`` and ``HermeticExecutor.execute`` with the full spec,
-  once with the pooled network namespace (the default) and once with
-  ``NetworkPolicy(fresh_namespace=True)``.
+  once with the pooled network namespace (the default), once with
+  ``NetworkPolicy(fresh_namespace=True)`` and once without resource limits
+  (no cgroup slot: the cost of limits and accounting is the difference).
 - ``true-1GiB``: the same three while this process holds 1 GiB resident.
   glibc's posix_spawn uses ``clone(CLONE_VM | CLONE_VFORK)``, CPython's
   subprocess uses vfork when it can, and the sandbox is cloned with
@@ -130,6 +131,20 @@ def test_true_hermetic(benchmark: Any, executor: Any) -> None:
             benchmark,
             _hermetic_true(executor),
             method="hermetic",
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_hermetic_no_limits(benchmark: Any, unlimited_executor: Any) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _hermetic_true(unlimited_executor),
+            method="hermetic-no-limits",
             baseline=False,
             rounds=TRUE_ROUNDS,
             warmup=TRUE_WARMUP,

@@ -53,6 +53,11 @@ enum hm_op_kind {
     HM_OP_PROC = 6      /* proc of the new pid namespace at dst */
 };
 
+/* Sent to pid 1: kill every process of the sandbox, reap them all (so the
+ * caller's wait4 accounts for them), record the action's status, exit.
+ * The kernel's highest real-time signal, which libcs leave to programs. */
+#define HM_SIG_END 64
+
 /* HM_OP_BIND flags */
 #define HM_BIND_RDONLY 1   /* read-only, recursively */
 #define HM_BIND_DEVICES 2  /* keep device nodes usable (no nodev) */
@@ -117,7 +122,17 @@ struct hm_proc {
     unsigned long stack_size;
 };
 
+/* A thread that clones sandboxes for the caller (see csrc/linux/worker.c). */
+struct hm_worker {
+    void *impl;
+    int tid;            /* the thread's id, to place it in cgroups */
+};
+
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error);
+int hm_worker_start(struct hm_worker *worker);
+int hm_worker_spawn(struct hm_worker *worker, const struct hm_plan *plan, struct hm_proc *proc,
+                    struct hm_error *error);
+void hm_worker_stop(struct hm_worker *worker);
 void hm_proc_release(struct hm_proc *proc);
 int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);

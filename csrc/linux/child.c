@@ -398,10 +398,10 @@ int hm__pid1_main(void *argp)
 
     /* init: every signal stays blocked and is taken synchronously. */
     unsigned long wanted = sigbit(SIGCHLD) | sigbit(SIGTERM) | sigbit(SIGINT) | sigbit(SIGHUP) |
-                           sigbit(SIGQUIT) | sigbit(SIGUSR1) | sigbit(SIGUSR2);
+                           sigbit(SIGQUIT) | sigbit(SIGUSR1) | sigbit(SIGUSR2) | sigbit(HM_SIG_END);
     int status = 0, st;
-    int main_done = 0;
-    while (!main_done) {
+    int main_done = 0, ending = 0;
+    while (!main_done && !ending) {
         long sig = HM_SYS4(SYS_rt_sigtimedwait, &wanted, 0, 0, HM_SIGSET_SIZE);
         if (sig == SIGCHLD) {
             for (;;) {
@@ -413,18 +413,27 @@ int hm__pid1_main(void *argp)
                     main_done = 1;
                 }
             }
+        } else if (sig == HM_SIG_END) {
+            ending = 1;
         } else if (sig > 0) {
             /* kill(-1) from init reaches every process of the namespace
              * but init itself. */
             HM_SYS2(SYS_kill, -1, sig);
         }
     }
-    /* The main process is done: nothing it started may outlive it. */
+    /* The main process is done, or the caller ends the sandbox: nothing
+     * may outlive it.  Reaping everything here, rather than dying, lets the
+     * caller's wait4() on pid 1 account for every process. */
     HM_SYS2(SYS_kill, -1, SIGKILL);
-    while (HM_SYS4(SYS_wait4, -1, &st, __WALL, 0) != -ECHILD)
-        ;
+    long pid;
+    while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {
+        if (pid == action && !main_done) {
+            status = st;
+            main_done = 1;
+        }
+    }
     proc->status = status;
-    proc->main_exited = 1;
+    proc->main_exited = main_done;
     hm_exit(0);
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -39,8 +39,12 @@ class ResourceUsage:
         """From the rusage of a wait4() on a pid 1 that reaped every descendant.
 
         ru_maxrss is the largest single process, not the sandbox's total, so
-        it is not reported as peak_memory.
+        it is not reported as peak_memory.  ru_inblock and ru_oublock count
+        512-byte blocks read from and dirtied for storage (not page-cache
+        hits, not tmpfs).  ``ru`` None (the rusage was lost): wall time only.
         """
+        if ru is None:
+            return cls(wall_time=wall_time, sources=(("wall_time", "clock"),))
         user = float(ru.ru_utime)
         system = float(ru.ru_stime)
         return cls(
@@ -48,10 +52,24 @@ class ResourceUsage:
             cpu_time=user + system,
             user_time=user,
             system_time=system,
+            io_read_bytes=int(ru.ru_inblock) * 512,
+            io_write_bytes=int(ru.ru_oublock) * 512,
             sources=(
                 ("wall_time", "clock"),
                 ("cpu_time", "rusage"),
                 ("user_time", "rusage"),
                 ("system_time", "rusage"),
+                ("io_read_bytes", "rusage"),
+                ("io_write_bytes", "rusage"),
             ),
+        )
+
+    def with_cgroup(self, peak_memory: int | None, source: str) -> ResourceUsage:
+        """The same figures plus what a cgroup measured."""
+        if peak_memory is None:
+            return self
+        return replace(
+            self,
+            peak_memory=peak_memory,
+            sources=tuple(sorted((*self.sources, ("peak_memory", source)))),
         )

@@ -11,30 +11,36 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
-import resource
+import select
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec
+from hermetic.monitoring.cgroup_v1 import SlotUsage
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms import linux_plan
 from hermetic.platforms.capabilities import Capabilities
-from hermetic.platforms.linux_netns import POOL
+from hermetic.platforms.linux_limits import plan_limits
+from hermetic.platforms.linux_netns import POOL as NETNS
 from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, probe
+from hermetic.platforms.linux_workers import POOL as WORKERS
+from hermetic.platforms.linux_workers import Worker
 from hermetic.security.timeout import DEFAULT_KILL_GRACE, wait_or_kill
 
 __all__ = ["BACKEND", "Prepared", "capabilities", "execute", "prepare"]
 
 BACKEND = "linux-namespaces"
 HOSTNAME = "localhost"
+#: The signal that asks pid 1 to end the sandbox (HM_SIG_END in hermetic.h).
+HM_SIG_END = 64
+#: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
+END_WAIT = 1.0
 DOMAINNAME = "localdomain"
 #: PATH searched for argv[0] when the spec's environment has none (execvp's).
 DEFAULT_SEARCH_PATH = "/bin:/usr/bin"
@@ -110,47 +116,6 @@ class _CMemory:
         return arr
 
 
-@dataclass(frozen=True)
-class _Rlimits:
-    values: tuple[tuple[int, int, int], ...]
-    unenforced: tuple[str, ...]
-
-
-def _rlimits(spec: SandboxSpec) -> _Rlimits:
-    """Resource limits that rlimits can enforce, and the ones they cannot.
-
-    RLIMIT_NPROC counts processes per user *namespace* and uid, and the
-    sandbox's user namespace is new, so for a normal user it bounds the
-    sandbox's processes as a whole (+1 for pid 1).  The others apply per
-    process.
-    """
-    r = spec.resources
-    values = [(resource.RLIMIT_CORE, 0, 0)]
-    unenforced: list[str] = []
-    if r.max_open_files:
-        values.append((resource.RLIMIT_NOFILE, r.max_open_files, r.max_open_files))
-    if r.max_file_size:
-        values.append((resource.RLIMIT_FSIZE, r.max_file_size, r.max_file_size))
-    if r.max_processes:
-        values.append((resource.RLIMIT_NPROC, r.max_processes + 1, r.max_processes + 1))
-        if os.geteuid() == 0:
-            # The kernel exempts the global root user from RLIMIT_NPROC.
-            unenforced.append("max_processes: not enforced for root yet (needs the pids cgroup)")
-    if r.max_cpu_time_ms:
-        secs = max(1, math.ceil(r.max_cpu_time_ms / 1000))
-        values.append((resource.RLIMIT_CPU, secs, secs + 1))
-        unenforced.append("max_cpu_time_ms: per process (RLIMIT_CPU), not summed over the sandbox")
-    if r.max_memory_bytes:
-        unenforced.append("max_memory_bytes: not enforced yet (needs a cgroup)")
-    if r.max_disk_io:
-        unenforced.append("max_disk_io: not enforced yet (needs a cgroup)")
-    if r.max_output_bytes:
-        unenforced.append("max_output_bytes: not enforced yet")
-    if r.cpu_shares != 1024:
-        unenforced.append("cpu_shares: not enforced yet (needs a cgroup)")
-    return _Rlimits(tuple(values), tuple(unenforced))
-
-
 def _environment(spec: SandboxSpec) -> dict[str, str]:
     env = spec.environment.to_dict()
     if spec.environment.inherit_path and "PATH" in os.environ:
@@ -188,7 +153,7 @@ class Prepared:
         self.workdir = spec.workdir or "/"
         self.ops = linux_plan.build_ops(spec, self.workdir)
         self.env = _environment(spec)
-        self.rlimits = _rlimits(spec)
+        self.limits = plan_limits(spec.resources, WORKERS.available())
         self._exec_cache: dict[str, tuple[str, ...]] = {}
 
         mem = _CMemory()
@@ -204,8 +169,8 @@ class Prepared:
             c.dst = mem.cstr(op.dst)
             c.data = mem.cstr(op.data)
         mem.keep.append(ops)
-        rl = ffi.new("struct hm_rlimit[]", len(self.rlimits.values))
-        for i, (res, cur, mx) in enumerate(self.rlimits.values):
+        rl = ffi.new("struct hm_rlimit[]", len(self.limits.rlimits))
+        for i, (res, cur, mx) in enumerate(self.limits.rlimits):
             rl[i].resource = res
             rl[i].cur = cur
             rl[i].max = mx
@@ -230,7 +195,7 @@ class Prepared:
             "loopback_up": 0 if self.pooled_network else 1,
             "envp": mem.strv([f"{k}={v}" for k, v in sorted(self.env.items())]),
             "rlimits": rl,
-            "n_rlimits": len(self.rlimits.values),
+            "n_rlimits": len(self.limits.rlimits),
             "seccomp_filter": ffi.NULL,
             "seccomp_len": 0,
         }
@@ -314,8 +279,10 @@ def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) 
     )
 
 
-def _wait(proc: Any, timeout: float | None, grace: float) -> tuple[bool, int, Any]:
-    """Wait for the sandbox's pid 1 and reap it: (timed_out, wait status, rusage).
+def _wait(
+    proc: Any, timeout: float | None, grace: float, check: Any
+) -> tuple[bool, str | None, int, Any]:
+    """Wait for the sandbox's pid 1 and reap it: (timed_out, breach, status, rusage).
 
     Whatever interrupts the wait (KeyboardInterrupt included), pid 1 is
     killed and reaped before this returns or raises: it runs on a stack in
@@ -324,10 +291,16 @@ def _wait(proc: Any, timeout: float | None, grace: float) -> tuple[bool, int, An
     pidfd = proc.pidfd
 
     def send(sig: int) -> None:
+        if sig == signal.SIGKILL:
+            # Ask pid 1 to kill and reap everything, so the rusage covers
+            # every process; SIGKILL it only if it does not finish.
+            signal.pidfd_send_signal(pidfd, HM_SIG_END)
+            if select.select([pidfd], [], [], END_WAIT)[0]:
+                return
         signal.pidfd_send_signal(pidfd, sig)
 
     try:
-        timed_out = wait_or_kill(pidfd, timeout, send, grace)
+        timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check)
     except BaseException:
         with contextlib.suppress(OSError):
             send(signal.SIGKILL)
@@ -339,8 +312,8 @@ def _wait(proc: Any, timeout: float | None, grace: float) -> tuple[bool, int, An
     except ChildProcessError:
         # SIGCHLD ignored by the caller: the kernel reaped pid 1 itself.
         # Its status record is still valid; the rusage is lost.
-        return timed_out, 0, None
-    return timed_out, status, ru
+        return timed_out, breach, 0, None
+    return timed_out, breach, status, ru
 
 
 def execute(
@@ -354,10 +327,11 @@ def execute(
 ) -> ExecutionResult:
     """Run one action in a fresh sandbox and return its result.
 
-    Raises SandboxError when setup fails (the action did not run).
+    Raises SandboxError when setup fails (the action did not run).  With
+    limits that need a cgroup, the sandbox is cloned by a worker thread
+    resident in a cgroup slot (hermetic/platforms/linux_workers.py); the
+    calling thread still does all the waiting.
     """
-    nat = _native()
-    ffi, lib = nat.ffi, nat.lib
     args = _check_argv(argv)
     workdir = cwd or prepared.workdir
     if "\0" in workdir or not workdir.startswith("/"):
@@ -366,7 +340,26 @@ def execute(
         is_within(cwd, prepared.workdir) or linux_plan.visible(prepared.spec, cwd) or cwd == "/"
     ):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
+    if prepared.limits.cgroup:
+        with WORKERS.lease() as worker:
+            return _run(prepared, args, workdir, stdin, timeout, kill_grace, worker)
+    return _run(prepared, args, workdir, stdin, timeout, kill_grace, None)
 
+
+def _run(
+    prepared: Prepared,
+    args: tuple[str, ...],
+    workdir: str,
+    stdin: bytes | None,
+    timeout: float | None,
+    kill_grace: float,
+    worker: Worker | None,
+) -> ExecutionResult:
+    nat = _native()
+    ffi, lib = nat.ffi, nat.lib
+    limits = prepared.spec.resources
+    slot = worker.slot if worker is not None else None
+    spawn = worker.spawn if worker is not None else lib.hm_spawn
     mem = _CMemory()
     cands = prepared.exec_candidates(args[0])
     plan = ffi.new("struct hm_plan *", prepared._template)
@@ -374,6 +367,21 @@ def execute(
     plan.argv = mem.strv(args)
     plan.exec_paths = mem.strv(cands)
     plan.n_exec_paths = len(cands)
+    check = None
+    if slot is not None:
+        try:
+            slot.prepare(limits)
+        except OSError as e:
+            raise UnsupportedError("resource limits", f"cannot set cgroup limits: {e}") from e
+        cpu_limit = prepared.limits.cpu_ns
+        memory_limited = bool(limits.max_memory_bytes)
+        if cpu_limit or memory_limited:
+
+            def check() -> str | None:
+                if memory_limited and slot.under_oom():
+                    return "memory"
+                used = slot.cpu_ns() if cpu_limit else None
+                return "cpu" if used is not None and used > cpu_limit else None
 
     stdin_fd = _stdin_fd(stdin)
     out_fd = err_fd = -1
@@ -387,13 +395,13 @@ def execute(
         error = ffi.new("struct hm_error *")
         with contextlib.ExitStack() as lease:
             if prepared.pooled_network:
-                plan.netns_fd = lease.enter_context(POOL.lease())
+                plan.netns_fd = lease.enter_context(NETNS.lease())
             start = time.monotonic()
-            rc = lib.hm_spawn(plan, proc, error)
+            rc = spawn(plan, proc, error)
             if rc < 0:
                 raise _setup_error(prepared, args, workdir, error)
             try:
-                timed_out, status, ru = _wait(proc, timeout, kill_grace)
+                timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check)
             finally:
                 # Only now is pid 1 gone, and with it the last user of its stack.
                 lib.hm_proc_release(proc)
@@ -402,17 +410,22 @@ def execute(
             status = proc.status
         exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        violations: tuple[Violation, ...] = ()
+        usage = ResourceUsage.from_rusage(duration, ru)
+        violations: list[Violation] = []
         if timed_out:
-            violations = (
+            violations.append(
                 Violation(
                     ViolationKind.TIMEOUT,
                     attempted=f"ran longer than {timeout:g} s",
                     decision="killed",
                     limit=f"{timeout:g} s",
                     observed=f"{duration:.3f} s",
-                ),
+                )
             )
+        if slot is not None:
+            counted = slot.usage()
+            usage = usage.with_cgroup(counted.peak_memory, "cgroup-v1")
+            violations += _limit_violations(limits, counted, breach)
         return ExecutionResult(
             argv=args,
             exit_code=exit_code,
@@ -421,14 +434,47 @@ def execute(
             stderr=_read_all(err_fd),
             duration=duration,
             timed_out=timed_out,
-            usage=ResourceUsage.from_rusage(duration, ru)
-            if ru is not None
-            else ResourceUsage(wall_time=duration, sources=(("wall_time", "clock"),)),
-            violations=violations,
+            usage=usage,
+            violations=tuple(violations),
             hermetic=True,
-            unenforced_limits=prepared.rlimits.unenforced,
+            unenforced_limits=prepared.limits.unenforced,
         )
     finally:
         for fd in (stdin_fd, out_fd, err_fd):
             if fd >= 0:
                 os.close(fd)
+
+
+def _limit_violations(limits: Any, counted: SlotUsage, breach: str | None) -> list[Violation]:
+    out = []
+    if breach == "memory" or counted.oom_kills:
+        out.append(
+            Violation(
+                ViolationKind.RESOURCE,
+                attempted="memory beyond max_memory_bytes",
+                decision="killed",
+                limit=f"max_memory_bytes={limits.max_memory_bytes}",
+                observed=f"peak {counted.peak_memory} bytes",
+            )
+        )
+    if counted.fork_refusals:
+        out.append(
+            Violation(
+                ViolationKind.PROCESS,
+                attempted="fork beyond max_processes",
+                decision="denied",
+                limit=f"max_processes={limits.max_processes}",
+                observed=f"{counted.fork_refusals} fork(s) refused",
+            )
+        )
+    if breach == "cpu":
+        out.append(
+            Violation(
+                ViolationKind.RESOURCE,
+                attempted="CPU time beyond max_cpu_time_ms",
+                decision="killed",
+                limit=f"max_cpu_time_ms={limits.max_cpu_time_ms}",
+                observed=f"{(counted.cpu_ns or 0) / 1e6:.0f} ms",
+            )
+        )
+    return out

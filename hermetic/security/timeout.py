@@ -1,19 +1,23 @@
-"""Timeout enforcement: wait for a sandbox, and past its deadline end it.
+"""Timeout and limit enforcement: wait for a sandbox, and end it when it must end.
 
-The sequence follows Bazel's sandboxes: SIGTERM to the whole sandbox (its
-pid 1 forwards it to every process), a short grace for cleanup, then
-SIGKILL of pid 1, which makes the kernel kill everything left in its pid
-namespace.
+On timeout the sequence follows Bazel's sandboxes: SIGTERM to the whole
+sandbox (its pid 1 forwards it to every process), a short grace for
+cleanup, then SIGKILL of pid 1, which makes the kernel kill everything left
+in its pid namespace.  A breached limit (``check`` returning a reason) ends
+the sandbox with SIGKILL at once, as the kernel does for a hard rlimit.
 """
 
 from __future__ import annotations
 
 import select
 import signal
+import time
 from collections.abc import Callable
 
 #: Seconds between SIGTERM and SIGKILL.
 DEFAULT_KILL_GRACE = 0.5
+#: Seconds between two limit checks while a check is active.
+CHECK_INTERVAL = 0.02
 
 
 def _wait_readable(fd: int, seconds: float | None) -> bool:
@@ -28,17 +32,32 @@ def wait_or_kill(
     timeout: float | None,
     send: Callable[[int], None],
     grace: float = DEFAULT_KILL_GRACE,
-) -> bool:
-    """Wait until the process behind ``pidfd`` has exited; True when it timed out.
+    check: Callable[[], str | None] | None = None,
+) -> tuple[bool, str | None]:
+    """Wait until the process behind ``pidfd`` has exited.
 
-    ``send(sig)`` delivers a signal to the sandbox's pid 1.  A pidfd becomes
-    readable when its process exits, so no polling loop and no SIGCHLD
-    handler is needed.
+    Returns ``(timed_out, breach)``: breach is what ``check()`` returned
+    when it asked to end the sandbox.  ``send(sig)`` delivers a signal to
+    the sandbox's pid 1.  A pidfd becomes readable when its process exits,
+    so there is no SIGCHLD handler, and without a check no polling loop.
     """
-    if _wait_readable(pidfd, timeout):
-        return False
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if check is not None:
+            wait = CHECK_INTERVAL if wait is None else min(wait, CHECK_INTERVAL)
+        if _wait_readable(pidfd, wait):
+            return False, None
+        if check is not None:
+            breach = check()
+            if breach:
+                send(signal.SIGKILL)
+                _wait_readable(pidfd, None)
+                return False, breach
+        if deadline is not None and time.monotonic() >= deadline:
+            break
     send(signal.SIGTERM)
     if not _wait_readable(pidfd, grace):
         send(signal.SIGKILL)
         _wait_readable(pidfd, None)
-    return True
+    return True, None

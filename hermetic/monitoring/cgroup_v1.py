@@ -1,0 +1,197 @@
+"""cgroup v1 groups for sandboxes: limits, counters, and their reset between actions.
+
+Moving a task into a v1 group costs 10-15 ms here (the write waits for an
+RCU grace period), far more than a whole sandbox.  So migrations are kept
+off the per-action path: a V1Slot is a set of groups (memory, pids, cpu,
+cpuacct, blkio) that one long-lived worker thread joins once; every sandbox
+that thread clones is born in the slot's groups and needs no migration.
+Between two actions the slot's limits are rewritten and its counters taken
+as a baseline (writes and reads of control files cost microseconds).
+
+The worker thread itself is one task of the slot: pids.max is raised by one
+for it, and its own CPU (the spawn call, microseconds) lands in cpuacct.
+Being a task of the memory group, it would also be a candidate for the
+group's OOM killer, which weighs a task by its address space: the caller's
+whole interpreter.  So the kernel's OOM killer is disabled in the slot
+(memory.oom_control), an action that reaches the limit waits in the
+kernel, and the caller, seeing ``under_oom``, ends the sandbox.  The
+worker's own memory is charged to the caller's group (its address space's
+owner), never to the slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import dataclass
+
+from hermetic.core.policies import ResourceLimits
+from hermetic.monitoring.cgroups import PREFIX, remove_stale, remove_tree
+
+UNLIMITED = -1
+
+
+def _write(path: str, value: str | int) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(str(value))
+
+
+def _field(text: str, key: str) -> int:
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return int(parts[1])
+    return 0
+
+
+@dataclass(frozen=True)
+class SlotUsage:
+    """What the slot's counters say about one action (None: not measured)."""
+
+    peak_memory: int | None
+    cpu_ns: int | None
+    oom_kills: int
+    fork_refusals: int
+
+
+class V1Slot:
+    """One worker thread's groups, one per used v1 controller.
+
+    The control files read or written per action stay open, and a limit is
+    written only when it differs from the previous action's: an action pays
+    a handful of pread/pwrite calls, not opens.
+    """
+
+    #: (key, controller, file, writable) kept open for the slot's lifetime.
+    FILES = (
+        ("limit", "memory", "memory.limit_in_bytes", True),
+        ("memsw", "memory", "memory.memsw.limit_in_bytes", True),
+        ("usage", "memory", "memory.usage_in_bytes", False),
+        ("peak", "memory", "memory.max_usage_in_bytes", True),
+        ("oom", "memory", "memory.oom_control", True),
+        ("pids", "pids", "pids.max", True),
+        ("forks", "pids", "pids.events", False),
+        ("shares", "cpu", "cpu.shares", True),
+        ("cpu", "cpuacct", "cpuacct.usage", False),
+    )
+
+    def __init__(self, dirs: dict[str, str]) -> None:
+        self.dirs = dirs
+        self._base: dict[str, int] = {}
+        self._written: dict[str, str] = {}
+        self._fds: dict[str, int] = {}
+        try:
+            for key, controller, name, writable in self.FILES:
+                d = dirs.get(controller)
+                path = os.path.join(d, name) if d else None
+                if path and os.path.exists(path):
+                    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+                    self._fds[key] = os.open(path, flags)
+            if "oom" in self._fds:
+                self._set("oom", "1")
+        except OSError:
+            self._close()
+            raise
+
+    @classmethod
+    def create(cls, own_dirs: dict[str, str], name: str) -> V1Slot:
+        """Make ``hermetic-<pid>/<name>`` below this process's group in each hierarchy."""
+        made: list[str] = []
+        dirs: dict[str, str] = {}
+        try:
+            for controller, own in sorted(own_dirs.items()):
+                remove_stale(own)
+                path = os.path.join(own, f"{PREFIX}{os.getpid()}", name)
+                if path not in made:
+                    os.makedirs(path, exist_ok=True)
+                    made.append(path)
+                dirs[controller] = path
+            return cls(dirs)
+        except OSError:
+            for path in made:
+                remove_tree(path)
+            raise
+
+    def join(self, tid: int) -> None:
+        """Move the calling worker thread (``tid``) into every group: once per slot."""
+        for path in sorted(set(self.dirs.values())):
+            _write(os.path.join(path, "tasks"), tid)
+
+    def _get(self, key: str) -> str | None:
+        fd = self._fds.get(key)
+        return None if fd is None else os.pread(fd, 4096, 0).decode("ascii")
+
+    def _set(self, key: str, value: str) -> None:
+        fd = self._fds.get(key)
+        if fd is not None:
+            os.pwrite(fd, value.encode("ascii"), 0)
+
+    def _limit(self, key: str, value: str) -> None:
+        if self._written.get(key) != value:
+            self._set(key, value)
+            self._written[key] = value
+
+    def prepare(self, limits: ResourceLimits) -> None:
+        """Set this action's limits and take the counters' baselines."""
+        mem = str(limits.max_memory_bytes or UNLIMITED)
+        if self._written.get("limit", str(UNLIMITED)) != mem:
+            # memsw (memory+swap) must stay >= memory: lift it, set memory,
+            # then cap memsw too (no swap beyond the limit).
+            self._set("memsw", str(UNLIMITED))
+            self._set("limit", mem)
+            self._set("memsw", mem)
+            self._written["limit"] = mem
+        self._limit("pids", str(limits.max_processes + 2) if limits.max_processes else "max")
+        self._limit("shares", str(max(2, limits.cpu_shares)))
+        self._set("peak", "0")
+        usage = self._get("usage")
+        self._base["memory"] = int(usage) if usage else 0
+        self._base["forks"] = _field(self._get("forks") or "", "max")
+        self._base["oom"] = _field(self._get("oom") or "", "oom_kill")
+        self._base["cpu"] = self._cpu_total()
+
+    def _cpu_total(self) -> int:
+        text = self._get("cpu")
+        return int(text) if text else 0
+
+    def cpu_ns(self) -> int | None:
+        """CPU used since prepare(), in ns, all tasks of the group."""
+        if "cpu" not in self._fds:
+            return None
+        return self._cpu_total() - self._base.get("cpu", 0)
+
+    def under_oom(self) -> bool:
+        """Whether a task of the group waits for memory the limit does not allow."""
+        try:
+            text = self._get("oom")
+        except OSError as e:
+            if e.errno == errno.ENOMEM:
+                # Reading a control file allocates kernel memory charged to
+                # the reading thread's group, this one: full means out of memory.
+                return True
+            raise
+        return _field(text or "", "under_oom") > 0
+
+    def usage(self) -> SlotUsage:
+        """The counters since prepare(); a figure that cannot be read is None."""
+        peak = None
+        with contextlib.suppress(OSError):
+            top = self._get("peak")
+            peak = None if top is None else max(0, int(top) - self._base.get("memory", 0))
+        oom = _field(self._get("oom") or "", "oom_kill") - self._base.get("oom", 0)
+        forks = _field(self._get("forks") or "", "max") - self._base.get("forks", 0)
+        return SlotUsage(peak, self.cpu_ns(), oom, forks)
+
+    def _close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def remove(self) -> None:
+        """Remove the groups (the worker thread must have exited or left)."""
+        self._close()
+        for path in sorted(set(self.dirs.values())):
+            remove_tree(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))  # the per-process parent, once empty

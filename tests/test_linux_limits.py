@@ -1,0 +1,218 @@
+"""Resource limits and accounting against the real kernel (cgroup v1 here, as root)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hermetic import (
+    EnvSet,
+    HermeticExecutor,
+    HermeticSpecBuilder,
+    PathSet,
+    ResourceLimits,
+    SandboxSpec,
+)
+from hermetic.monitoring import cgroups
+from hermetic.platforms.linux_workers import POOL
+
+pytestmark = [pytest.mark.linux, pytest.mark.root, pytest.mark.cgroup_v1]
+
+PY = "/usr/bin/python3"
+
+
+@pytest.fixture(autouse=True)
+def _needs_v1_slots():
+    if os.geteuid() != 0:
+        pytest.skip("cgroup v1 slots need root (or a delegated v1 subtree)")
+    reason = POOL.available()
+    if reason is not None:
+        from conftest import unavailable
+
+        unavailable(f"cgroup v1 limits: {reason}")
+
+
+def spec(outputs=(), **limits) -> SandboxSpec:
+    return SandboxSpec(
+        inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+        outputs=PathSet(tuple(outputs)),
+        environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+        resources=dataclasses.replace(ResourceLimits.defaults(), **limits),
+    )
+
+
+def run(s: SandboxSpec, code: str, **kw):
+    ex = HermeticExecutor.create(s).unwrap()
+    return ex.execute([PY, "-c", textwrap.dedent(code)], **kw).unwrap()
+
+
+ALLOC = "b = bytearray({n} << 20); print('allocated', len(b) >> 20)"
+
+
+def test_memory_limit_kills_and_names_the_limit():
+    r = run(spec(max_memory_bytes=64 << 20), ALLOC.format(n=256))
+    assert not r.success()
+    assert r.signal == 9
+    assert r.unenforced_limits == ()
+    [v] = [v for v in r.violations if v.kind.value == "resource"]
+    assert "max_memory_bytes" in v.limit and v.decision == "killed"
+    assert str(64 << 20) in v.limit
+    r = run(spec(max_memory_bytes=1 << 30), ALLOC.format(n=256))
+    assert r.success() and r.stdout == b"allocated 256\n"
+    assert r.violations == ()
+
+
+def test_fork_loop_is_contained_and_recorded():
+    r = run(
+        spec(max_processes=16),
+        """
+        import os, time
+        n = 0
+        for i in range(200):
+            try:
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                n += 1
+            except OSError:
+                pass
+        print(n)
+    """,
+    )
+    assert int(r.stdout) == 15  # 16 processes: the probe and 15 children
+    [v] = [v for v in r.violations if v.kind.value == "process"]
+    assert v.decision == "denied" and "max_processes=16" in v.limit
+    assert int(v.observed.split()[0]) == 200 - 15
+    out = subprocess.run(["pgrep", "-f", "time.sleep\\(30\\)"], capture_output=True)
+    assert out.stdout == b""
+
+
+def test_cpu_time_is_summed_over_the_sandbox():
+    r = run(
+        spec(max_cpu_time_ms=500),
+        """
+        import os
+        os.fork()
+        while True:
+            pass
+    """,
+        timeout=20,
+    )
+    assert not r.success() and not r.timed_out
+    [v] = [v for v in r.violations if v.kind.value == "resource"]
+    assert "max_cpu_time_ms=500" in v.limit
+    # Two busy processes: about 0.5 s of CPU in about 0.25-0.5 s of wall time.
+    assert 0.45 <= r.usage.cpu_time <= 1.0
+    assert r.duration < 2.0
+
+
+def test_peak_memory_is_accurate():
+    r = run(
+        spec(max_memory_bytes=1 << 30),
+        """
+        b = bytearray(100 << 20)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+    """,
+    )
+    assert r.success()
+    assert r.usage.source("peak_memory") == "cgroup-v1"
+    assert 100 << 20 <= r.usage.peak_memory <= 130 << 20
+
+
+def test_cpu_time_is_accurate():
+    r = run(
+        spec(max_cpu_time_ms=10_000),
+        """
+        import time
+        end = time.process_time() + 0.5
+        while time.process_time() < end:
+            pass
+    """,
+    )
+    assert r.success()
+    assert 0.5 * 0.8 <= r.usage.cpu_time <= 0.5 * 1.2 + 0.05  # +interpreter start-up
+
+
+def test_io_figures_show_a_written_file(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    r = run(
+        spec(outputs=[out]),
+        f"""
+        import os
+        with open({out + "/big"!r}, "wb") as f:
+            for _ in range(50):
+                f.write(b"x" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    """,
+    )
+    assert r.success()
+    if os.statvfs(out).f_blocks and _on_block_device(out):
+        assert r.usage.io_write_bytes >= 50 << 20
+    assert r.usage.source("io_write_bytes") == "rusage"
+
+
+def _on_block_device(path: str) -> bool:
+    dev = os.stat(path).st_dev
+    return os.path.exists(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+
+
+def _slot_dirs() -> list[str]:
+    found = []
+    for own in cgroups.v1_dirs().values():
+        parent = os.path.join(own, f"{cgroups.PREFIX}{os.getpid()}")
+        if os.path.isdir(parent):
+            found += [e.path for e in os.scandir(parent) if e.is_dir()]
+    return sorted(set(found))
+
+
+@pytest.mark.slow
+def test_no_group_remains_after_200_limited_executions():
+    POOL.close()
+    ex = HermeticExecutor.create(spec(max_memory_bytes=32 << 20, max_processes=8)).unwrap()
+    kinds = {"ok": 0, "oom": 0, "timeout": 0}
+    for i in range(200):
+        if i % 10 == 0:
+            r = ex.execute([PY, "-c", ALLOC.format(n=128)]).unwrap()
+            kinds["oom"] += r.signal == 9
+        elif i % 10 == 1:
+            r = ex.execute(["sleep", "5"], timeout=0.05).unwrap()
+            kinds["timeout"] += r.timed_out
+        else:
+            kinds["ok"] += ex.execute(["true"]).unwrap().success()
+    assert kinds == {"ok": 160, "oom": 20, "timeout": 20}
+    # One worker served them all, sequentially: one slot per controller.
+    assert POOL.size() == 1
+    assert len(_slot_dirs()) == len(set(cgroups.v1_dirs().values()))
+    POOL.close()
+    assert _slot_dirs() == []
+    for own in set(cgroups.v1_dirs().values()):
+        assert not os.path.exists(os.path.join(own, f"{cgroups.PREFIX}{os.getpid()}"))
+
+
+def test_groups_of_a_crashed_caller_are_removed_by_the_next_run(scratch):
+    # A caller that dies by SIGKILL cannot clean up after itself.
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path[:0] = {sys.path!r}
+        from hermetic import *
+        spec = SandboxSpec(inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+                           resources=ResourceLimits(max_memory_bytes=1 << 30))
+        HermeticExecutor.create(spec).unwrap().execute(["true"]).unwrap()
+        print(os.getpid(), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd="/")
+    dead = int(p.stdout)
+    left = [os.path.join(own, f"{cgroups.PREFIX}{dead}") for own in set(cgroups.v1_dirs().values())]
+    assert all(os.path.isdir(d) for d in left)
+    POOL.close()
+    run(spec(max_memory_bytes=1 << 30), "pass")
+    assert not any(os.path.exists(d) for d in left)
