@@ -35,6 +35,20 @@ def _sources() -> list[str]:
     return sorted(str(p.relative_to(HERE)) for p in folder.glob("*.c"))
 
 
+#: Warnings as errors where they catch real bugs.
+WARNINGS = [
+    "-Wall",
+    "-Wextra",
+    "-Werror=switch-enum",
+    "-Werror=implicit-function-declaration",
+]
+#: The code after clone (csrc/linux/child.c) runs in the caller's memory and
+#: must not call into libc: no stack-protector calls, and no loops turned
+#: into strlen/memset calls.  Immediate binding keeps the dynamic linker out
+#: of a first call made from the child.  tests/test_linux_native.py checks
+#: that child.c built this way has no undefined symbols.
+FREESTANDING = ["-fno-stack-protector", "-fno-builtin", "-fno-tree-loop-distribute-patterns"]
+
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
@@ -42,15 +56,12 @@ ffibuilder.set_source(
     '#include "hermetic.h"\n',
     sources=_sources(),
     include_dirs=[str(CSRC.relative_to(HERE))],
-    extra_compile_args=[
-        "-std=gnu11",
-        "-Wall",
-        "-Wextra",
-        "-Werror=switch-enum",
-        "-Werror=implicit-function-declaration",
-    ]
-    if sys.platform != "win32"
+    extra_compile_args=["-std=gnu11", *WARNINGS, *FREESTANDING]
+    if sys.platform.startswith("linux")
+    else ["-std=gnu11", *WARNINGS]
+    if sys.platform == "darwin"
     else [],
+    extra_link_args=["-Wl,-z,now"] if sys.platform.startswith("linux") else [],
 )
 
 if __name__ == "__main__":

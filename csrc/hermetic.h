@@ -50,7 +50,8 @@ enum hm_op_kind {
     HM_OP_SYMLINK = 3,  /* src is the link's target text, dst the link */
     HM_OP_BIND = 4,     /* src (under the old root) onto dst; flags HM_BIND_* */
     HM_OP_TMPFS = 5,    /* dst, data = mount options, flags = MS_* */
-    HM_OP_PROC = 6      /* proc of the new pid namespace at dst */
+    HM_OP_PROC = 6,     /* proc of the new pid namespace at dst */
+    HM_OP_REMOUNT_RO = 7 /* dst read-only, keeping flags (MS_*) */
 };
 
 /* Sent to pid 1: kill every process of the sandbox, reap them all (so the

@@ -196,6 +196,8 @@ def test_capabilities_report_this_host():
     assert caps.pidfd
     d = caps.to_dict()
     assert set(d) >= {"cgroup_v1_controllers", "cgroup_v2", "seccomp", "landlock_abi", "clone3"}
+    assert caps.limits in ("cgroup-v1", "rlimits")
+    assert (caps.limits == "rlimits") == ("limits" in dict(caps.notes))
 
 
 LISTEN_THEN_WAIT = """
@@ -284,3 +286,97 @@ def test_caller_ignoring_sigchld_still_gets_the_status(ex):
         signal.signal(signal.SIGCHLD, old)
     assert r.exit_code == 9
     assert r.usage.wall_time is not None and r.usage.cpu_time is None
+
+
+def _marked(marker: str) -> list[int]:
+    want = f"sleep\0{marker}\0".encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == want:
+                    found.append(int(pid))
+    return found
+
+
+def test_exception_at_any_point_ends_the_sandbox(ex):
+    import signal
+
+    class Alarm(Exception):
+        pass
+
+    def ring(signum, frame):
+        raise Alarm
+
+    marker = f"654.{os.getpid()}"
+    old = signal.signal(signal.SIGALRM, ring)
+    try:
+        for i in range(60):
+            signal.setitimer(signal.ITIMER_REAL, 0.0002 * (i % 20 + 1))
+            with contextlib.suppress(Alarm):
+                ex.execute(["sleep", marker])
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert _marked(marker) == []
+    with open("/proc/self/status") as f:
+        assert "hermetic-init" not in f.read()
+    assert ex.execute(["true"]).unwrap().success()
+
+
+def test_high_descriptor_numbers_work(ex):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(1100)]
+    try:
+        r = ex.execute(["sleep", "10"], timeout=0.2).unwrap()
+        assert r.timed_out
+        assert ex.execute(["true"]).unwrap().success()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.slow
+def test_forks_in_other_threads_do_not_stall_spawning(ex):
+    # A process forked while a spawn is in flight inherits the report pipe.
+    stop = threading.Event()
+    children: list[int] = []
+
+    def forker() -> None:
+        while not stop.is_set():
+            pid = os.fork()
+            if pid == 0:
+                import time
+
+                time.sleep(5)
+                os._exit(0)
+            children.append(pid)
+            stop.wait(0.002)
+
+    t = threading.Thread(target=forker)
+    t.start()
+    try:
+        for _ in range(100):
+            r = ex.execute(["true"]).unwrap()
+            assert r.success()
+            # Generous bound proving the spawn did not wait for a forked child.
+            assert r.duration < 2.5
+    finally:
+        stop.set()
+        t.join()
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+
+
+def test_the_sandbox_cannot_end_itself_through_pid1(ex):
+    # HM_SIG_END (64) is taken only from outside the namespace.
+    r = ex.execute(["sh", "-c", "kill -64 1; sleep 0.2; echo alive"]).unwrap()
+    assert r.success() and r.stdout == b"alive\n"

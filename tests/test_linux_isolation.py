@@ -483,3 +483,24 @@ print(len(kids), refused, len([p for p in os.listdir("/proc") if p.isdigit()]))
     if runner.mode == "root":
         kinds = [v["kind"] for v in out.raw["violations"]]
         assert kinds == ["process"]
+
+
+def test_kernel_knobs_and_devices_cannot_be_changed(runner):
+    out = probe(
+        runner,
+        spec_for(),
+        ERRNO
+        + """
+print(attempt(lambda: open("/proc/sys/kernel/core_pattern", "w")))
+print(attempt(lambda: open("/proc/sys/net/ipv4/ip_forward", "w")))
+print(attempt(os.chmod, "/dev/null", 0o666))
+print(attempt(lambda: open("/dev/new", "w")))
+print(attempt(lambda: open("/dev/null", "w").write("x")))
+print(repr(open("/proc/1/cmdline").read()))
+""",
+    )
+    # Read-only however the sandbox's uid maps (root's sandbox is host uid 0):
+    # no core_pattern, no sysctl of a pooled network namespace, no device
+    # mode changes, no new files in /dev; writing to a device still works,
+    # and pid 1's command line (the caller's, shared memory) is masked.
+    assert out.text.split() == ["EROFS", "EROFS", "EROFS", "EROFS", "ok", "''"]

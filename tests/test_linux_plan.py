@@ -27,10 +27,14 @@ def test_parents_before_children_and_readonly_inputs(scratch):
     assert binds == [(a, lp.BIND_RDONLY), (out, 0)]
     dsts = [o.dst for o in ops]
     for i, o in enumerate(ops):
-        if o.kind == lp.OP_BIND:
+        if o.kind == lp.OP_BIND and not o.dst.startswith("/proc/"):  # /proc's own tree
             parent = os.path.dirname(o.dst)
             assert parent == "/" or parent in dsts[:i]
-    assert all(o.src.startswith(lp.OLDROOT + "/") for o in ops if o.kind == lp.OP_BIND)
+    # Binds take their source from the host (the old root), except the
+    # read-only and masked /proc entries, which come from inside.
+    for o in ops:
+        if o.kind == lp.OP_BIND and not o.dst.startswith("/proc/"):
+            assert o.src.startswith(lp.OLDROOT + "/"), o
 
 
 def test_system_mounts_and_private_tmp():
@@ -41,6 +45,10 @@ def test_system_mounts_and_private_tmp():
     assert (lp.OP_TMPFS, "/tmp") in kinds
     assert (lp.OP_BIND, "/dev/null") in kinds
     assert (lp.OP_SYMLINK, "/dev/fd") in kinds
+    assert (lp.OP_BIND, "/proc/sys") in kinds
+    assert (lp.OP_BIND, "/proc/1/cmdline") in kinds
+    # /dev is made read-only last, after every device and link is in place.
+    assert (ops[-1].kind, ops[-1].dst) == (lp.OP_REMOUNT_RO, "/dev")
 
 
 def test_declared_tmp_replaces_private_tmp():

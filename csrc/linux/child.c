@@ -189,6 +189,9 @@ static long run_op(const struct hm_op *op)
         return HM_SYS5(SYS_mount, "tmpfs", op->dst, "tmpfs", (unsigned long)op->flags, op->data);
     case HM_OP_PROC:
         return HM_SYS5(SYS_mount, "proc", op->dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0);
+    case HM_OP_REMOUNT_RO:
+        return HM_SYS5(SYS_mount, 0, op->dst, 0,
+                       MS_REMOUNT | MS_BIND | MS_RDONLY | (unsigned long)op->flags, 0);
     }
     return -EINVAL;
 }
@@ -230,34 +233,48 @@ static long drop_capabilities(void)
     return HM_SYS2(SYS_capset, &hdr, data);
 }
 
+/* What pid 1 hands to the action's process; both live in pid 1's frame. */
+struct hm_action_args {
+    const struct hm_plan *plan;
+    volatile int failed;  /* set by the action before it reports a failure */
+};
+
+__attribute__((noreturn)) static void action_fail(struct hm_action_args *a, int stage,
+                                                  int op_index, long err)
+{
+    a->failed = 1;
+    fail(HM_FD_REPORT, stage, op_index, err);
+}
+
 /* The action's process: lower privileges, exec.  Runs on its own stack,
  * pid 1 suspended until the execve succeeds or this process exits. */
 static int action_main(void *arg)
 {
-    const struct hm_plan *p = arg;
+    struct hm_action_args *a = arg;
+    const struct hm_plan *p = a->plan;
     long r;
 
     /* A new session: no controlling terminal to push input into (TIOCSTI). */
     r = HM_SYS0(SYS_setsid);
     if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_SETSID, -1, r);
+        action_fail(a, HM_STAGE_SETSID, -1, r);
     r = HM_SYS1(SYS_chdir, p->cwd);
     if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_CHDIR, -1, r);
+        action_fail(a, HM_STAGE_CHDIR, -1, r);
     for (int i = 0; i < p->n_rlimits; i++) {
         struct rlimit lim = {p->rlimits[i].cur, p->rlimits[i].max};
         r = HM_SYS4(SYS_prlimit64, 0, p->rlimits[i].resource, &lim, 0);
         if (r < 0)
-            fail(HM_FD_REPORT, HM_STAGE_RLIMIT, i, r);
+            action_fail(a, HM_STAGE_RLIMIT, i, r);
     }
     /* no_new_privs before the capability drop is fine: it only stops exec
      * from granting privileges, and is required by an unprivileged seccomp. */
     r = HM_SYS5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_NO_NEW_PRIVS, -1, r);
+        action_fail(a, HM_STAGE_NO_NEW_PRIVS, -1, r);
     r = drop_capabilities();
     if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_CAPABILITIES, -1, r);
+        action_fail(a, HM_STAGE_CAPABILITIES, -1, r);
     /* Descriptors were closed by pid 1; only the report pipe (close-on-exec)
      * is left beside stdio.  Seccomp is last so that it cannot block any
      * setup step. */
@@ -266,12 +283,12 @@ static int action_main(void *arg)
                                   (struct sock_filter *)p->seccomp_filter};
         r = HM_SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
         if (r < 0)
-            fail(HM_FD_REPORT, HM_STAGE_SECCOMP, -1, r);
+            action_fail(a, HM_STAGE_SECCOMP, -1, r);
     }
     unsigned long none = 0;
     r = HM_SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, HM_SIGSET_SIZE);
     if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_SIGNALS, -1, r);
+        action_fail(a, HM_STAGE_SIGNALS, -1, r);
     /* PATH search as execvp does it: skip missing candidates, remember a
      * permission error, stop at any other error. */
     long err = -ENOENT;
@@ -292,7 +309,7 @@ static int action_main(void *arg)
     }
     if (err == -ENOENT && seen_eacces)
         err = -EACCES;
-    fail(HM_FD_REPORT, HM_STAGE_EXEC, failed_at, err);
+    action_fail(a, HM_STAGE_EXEC, failed_at, err);
 }
 
 int hm__pid1_main(void *argp)
@@ -387,22 +404,32 @@ int hm__pid1_main(void *argp)
             fail(HM_FD_REPORT, HM_STAGE_LOOPBACK, -1, r);
     }
 
-    long action = hm_clone_run(CLONE_VM | CLONE_VFORK | SIGCHLD, action_stack, action_main,
-                               (void *)p);
+    struct hm_action_args aa = {p, 0};
+    long action = hm_clone_run(CLONE_VM | CLONE_VFORK | SIGCHLD, action_stack, action_main, &aa);
     if (action < 0)
         fail(HM_FD_REPORT, HM_STAGE_SPAWN, -1, action);
-    /* The action has exec'd (its copy of the pipe closed) or failed and
-     * reported: closing ours lets the caller see EOF.  Nothing of *p or *a
-     * may be used after this. */
+    /* The action has exec'd, or has reported its failure.  An explicit
+     * success record (stage 0), not the pipe's end-of-file, tells the
+     * caller: a process the caller forked meanwhile may hold a copy of the
+     * pipe.  Nothing of *p or *a may be used after this. */
+    if (!aa.failed) {
+        struct hm_error ok = {HM_STAGE_NONE, -1, 0};
+        HM_SYS3(SYS_write, HM_FD_REPORT, &ok, sizeof ok);
+    }
     HM_SYS1(SYS_close, HM_FD_REPORT);
+    /* From now on block only what init takes synchronously.  Other signals
+     * sent from inside the namespace are then dropped, as for any init
+     * without handlers, instead of queueing against the user's limit. */
 
     /* init: every signal stays blocked and is taken synchronously. */
     unsigned long wanted = sigbit(SIGCHLD) | sigbit(SIGTERM) | sigbit(SIGINT) | sigbit(SIGHUP) |
                            sigbit(SIGQUIT) | sigbit(SIGUSR1) | sigbit(SIGUSR2) | sigbit(HM_SIG_END);
+    HM_SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &wanted, 0, HM_SIGSET_SIZE);
     int status = 0, st;
     int main_done = 0, ending = 0;
+    siginfo_t info;
     while (!main_done && !ending) {
-        long sig = HM_SYS4(SYS_rt_sigtimedwait, &wanted, 0, 0, HM_SIGSET_SIZE);
+        long sig = HM_SYS4(SYS_rt_sigtimedwait, &wanted, &info, 0, HM_SIGSET_SIZE);
         if (sig == SIGCHLD) {
             for (;;) {
                 long pid = HM_SYS4(SYS_wait4, -1, &st, WNOHANG | __WALL, 0);
@@ -414,7 +441,9 @@ int hm__pid1_main(void *argp)
                 }
             }
         } else if (sig == HM_SIG_END) {
-            ending = 1;
+            /* Only the caller may end the sandbox this way: a sender
+             * outside the namespace shows as pid 0. */
+            ending = info.si_pid == 0;
         } else if (sig > 0) {
             /* kill(-1) from init reaches every process of the namespace
              * but init itself. */

@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -28,6 +29,20 @@
 #define HM_STACK 65536UL
 #define HM_GUARD 4096UL
 #define HM_STACK_REGION (2 * (HM_STACK + HM_GUARD))
+
+/* Every signal blocked, 32 and 33 included: glibc's sigfillset() and
+ * pthread_sigmask() leave those two (its own) unblocked, and their
+ * handlers must not run in a child that shares this thread's TLS. */
+static void block_all(unsigned long *old)
+{
+    unsigned long all = ~0UL;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, old, sizeof all);
+}
+
+static void restore_mask(const unsigned long *old)
+{
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, old, NULL, sizeof *old);
+}
 
 static int read_full(int fd, void *buf, size_t len)
 {
@@ -110,14 +125,13 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
             return -e;
         }
     }
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    unsigned long old;
+    block_all(&old);
     int pidfd = -1;
     int flags = (int)plan->ns_flags | CLONE_VM | CLONE_PIDFD | SIGCHLD;
     pid_t pid = clone(hm__pid1_main, region + HM_STACK_REGION, flags, &args, &pidfd);
     e = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    restore_mask(&old);
     int restore_err = 0;
     if (home_net >= 0) {
         /* Cannot fail short of the kernel refusing a namespace this thread
@@ -157,20 +171,41 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
         return -restore_err;
     }
 
-    /* EOF: the action has exec'd.  A full record: setup failed, pid 1 is
-     * exiting; reap it here so the caller has nothing to clean up. */
+    /* One record comes: stage 0 when the action has exec'd, else where
+     * setup failed.  pid 1's pidfd is watched too, in case it dies without
+     * a word (killed from outside); end-of-file cannot be relied on, as a
+     * process forked meanwhile by another thread may hold the pipe. */
     struct hm_error rec;
-    int n = read_full(pipefd[0], &rec, sizeof rec);
+    int n = -EPROTO;
+    struct pollfd fds[2] = {{pipefd[0], POLLIN, 0}, {pidfd, POLLIN, 0}};
+    for (;;) {
+        int r = poll(fds, 2, -1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            n = -errno;
+            break;
+        }
+        if (fds[0].revents || fds[1].revents) {
+            /* The record, if any, is in the pipe before pid 1 can exit. */
+            struct pollfd now = {pipefd[0], POLLIN, 0};
+            n = poll(&now, 1, 0) > 0 ? read_full(pipefd[0], &rec, sizeof rec) : 0;
+            break;
+        }
+    }
     close(pipefd[0]);
-    if (n == 0)
+    if (n == (int)sizeof rec && rec.stage == HM_STAGE_NONE)
         return 0;
     if (n == (int)sizeof rec) {
         *error = rec;
     } else {
+        /* No record: pid 1 died during setup, or the pipe failed. */
         error->stage = HM_STAGE_NONE;
         error->op_index = -1;
         error->err = n < 0 ? -n : EPROTO;
     }
+    /* Never leave a sandbox running unsupervised. */
+    kill(pid, SIGKILL);
     int status;
     while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
         ;
@@ -206,15 +241,14 @@ int hm_probe_clone(unsigned long long ns_flags)
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (region == MAP_FAILED)
         return -errno;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    unsigned long old;
+    block_all(&old);
     /* The child runs nothing but a return: CLONE_VFORK keeps its stack
      * alive until it has exited. */
     pid_t pid = clone(probe_child, region + HM_STACK, (int)ns_flags | CLONE_VM | CLONE_VFORK | SIGCHLD,
                       NULL);
     int e = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    restore_mask(&old);
     if (pid < 0) {
         munmap(region, HM_STACK);
         return -e;
@@ -236,12 +270,11 @@ int hm_netns_create(void)
         return -errno;
     struct hm_netns_args args = {-1, -EPROTO};
     int flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_NEWNET | SIGCHLD;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    unsigned long old;
+    block_all(&old);
     pid_t pid = clone(hm__netns_main, region + HM_STACK, flags, &args);
     int e = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    restore_mask(&old);
     if (pid < 0) {
         munmap(region, HM_STACK);
         return -e;

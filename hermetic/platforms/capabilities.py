@@ -23,6 +23,9 @@ class Capabilities:
     landlock_abi: int | None = None
     pidfd: bool = False
     clone3: bool = False
+    #: How ResourceLimits are enforced: "cgroup-v1" (whole sandbox) or
+    #: "rlimits" (per process, plus RLIMIT_NPROC per user namespace).
+    limits: str = "none"
     notes: tuple[tuple[str, str], ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import select
 import signal
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from hermetic.platforms.linux_netns import POOL as NETNS
 from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, probe
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
-from hermetic.security.timeout import DEFAULT_KILL_GRACE, wait_or_kill
+from hermetic.security.timeout import DEFAULT_KILL_GRACE, wait_or_kill, wait_readable
 
 __all__ = ["BACKEND", "Prepared", "capabilities", "execute", "prepare"]
 
@@ -78,6 +77,7 @@ _OP_STAGES = {
     linux_plan.OP_BIND: "bind",
     linux_plan.OP_TMPFS: "tmpfs",
     linux_plan.OP_PROC: "proc",
+    linux_plan.OP_REMOUNT_RO: "remount-ro",
 }
 
 
@@ -234,10 +234,14 @@ def _stdin_fd(stdin: bytes | None) -> int:
     if stdin is None:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     fd = os.memfd_create("hermetic-stdin", os.MFD_CLOEXEC)
-    view = memoryview(stdin)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        view = memoryview(stdin)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -281,12 +285,10 @@ def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) 
 
 def _wait(
     proc: Any, timeout: float | None, grace: float, check: Any
-) -> tuple[bool, str | None, int, Any]:
+) -> tuple[bool, str | None, int | None, Any]:
     """Wait for the sandbox's pid 1 and reap it: (timed_out, breach, status, rusage).
 
-    Whatever interrupts the wait (KeyboardInterrupt included), pid 1 is
-    killed and reaped before this returns or raises: it runs on a stack in
-    this process's memory, which must not be released under it.
+    ``status`` is None (and the rusage too) when something else reaped pid 1.
     """
     pidfd = proc.pidfd
 
@@ -295,25 +297,36 @@ def _wait(
             # Ask pid 1 to kill and reap everything, so the rusage covers
             # every process; SIGKILL it only if it does not finish.
             signal.pidfd_send_signal(pidfd, HM_SIG_END)
-            if select.select([pidfd], [], [], END_WAIT)[0]:
+            if wait_readable(pidfd, END_WAIT):
                 return
         signal.pidfd_send_signal(pidfd, sig)
 
-    try:
-        timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            send(signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(proc.pid, 0)
-        raise
+    timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check)
     try:
         _, status, ru = os.wait4(proc.pid, 0)
     except ChildProcessError:
         # SIGCHLD ignored by the caller: the kernel reaped pid 1 itself.
-        # Its status record is still valid; the rusage is lost.
-        return timed_out, breach, 0, None
+        # pid 1's record of the action is still valid; the rusage is lost.
+        return timed_out, breach, None, None
     return timed_out, breach, status, ru
+
+
+def _kill_and_reap(pid: int, pidfd: int) -> None:
+    """End a sandbox whose wait was interrupted, and reap its pid 1.
+
+    Never raises: pid 1 runs on a stack in this process's memory, so it must
+    be gone before that memory is released, whatever else is going on.
+    """
+    while True:
+        try:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except BaseException:  # a second interrupt: finish the reap first
+            continue
 
 
 def execute(
@@ -397,19 +410,33 @@ def _run(
             if prepared.pooled_network:
                 plan.netns_fd = lease.enter_context(NETNS.lease())
             start = time.monotonic()
-            rc = spawn(plan, proc, error)
-            if rc < 0:
-                raise _setup_error(prepared, args, workdir, error)
+            proc.pid = -1
+            reaped = False
             try:
+                # Inside the try: an exception raised as the call returns
+                # (a signal handler's) must still end and reap the sandbox.
+                rc = spawn(plan, proc, error)
+                if rc < 0:
+                    raise _setup_error(prepared, args, workdir, error)
                 timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check)
+                reaped = True
+            except BaseException:
+                if proc.pid > 0 and not reaped:
+                    _kill_and_reap(proc.pid, proc.pidfd)
+                    reaped = True
+                raise
             finally:
-                # Only now is pid 1 gone, and with it the last user of its stack.
-                lib.hm_proc_release(proc)
+                # Only once pid 1 is gone is its stack free.  (A failed
+                # spawn has released everything itself: pid is -1.)
+                if reaped or proc.pid <= 0:
+                    lib.hm_proc_release(proc)
             duration = time.monotonic() - start
         if proc.main_exited:
             status = proc.status
-        exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        exit_code = sig = None
+        if status is not None:
+            exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         usage = ResourceUsage.from_rusage(duration, ru)
         violations: list[Violation] = []
         if timed_out:

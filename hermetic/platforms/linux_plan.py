@@ -10,8 +10,10 @@ Layout of the sandbox's root (a tmpfs, read-only once set up):
 - every input bound read-only (recursively, nosuid, nodev) at its own path;
 - every output and temp bound read-write (nosuid, nodev) at its own path;
 - /proc of the new pid namespace;
-- /dev: a tmpfs with null, zero, full, random, urandom, tty bound from the
-  host, and the fd, stdin, stdout, stderr links;
+- /dev: a small read-only tmpfs with null, zero, full, random, urandom, tty
+  bound read-only from the host, and the fd, stdin, stdout, stderr links;
+- /proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus, /proc/fs read-only,
+  and a few /proc files masked (see PROC_MASKED);
 - /tmp: a private tmpfs, unless /tmp itself is declared;
 - the host root's top-level symlinks (/bin -> usr/bin on merged-/usr
   systems) when their target is visible;
@@ -35,6 +37,7 @@ OP_SYMLINK = 3
 OP_BIND = 4
 OP_TMPFS = 5
 OP_PROC = 6
+OP_REMOUNT_RO = 7
 BIND_RDONLY = 1
 BIND_DEVICES = 2
 
@@ -57,6 +60,19 @@ DEV_LINKS = (
     ("stderr", "/proc/self/fd/2"),
 )
 _RESERVED = ("/proc", "/dev", OLDROOT)
+DEV_TMPFS_DATA = "mode=0755,size=65536"
+DEV_TMPFS_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+#: /proc/1/cmdline: pid 1 shares the caller's memory, so its command line
+#: would be the caller's.
+PROC_MASKED = (
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/1/cmdline",
+)
 
 
 @dataclass(frozen=True)
@@ -136,25 +152,55 @@ def _system(declared: list[_Entry]) -> list[_Entry]:
             "/dev",
             "tmpfs",
             "the sandbox's /dev",
-            data="mode=0755",
-            mount_flags=MS_NOSUID | MS_NOEXEC,
+            data=DEV_TMPFS_DATA,
+            mount_flags=DEV_TMPFS_FLAGS,
         ),
     ]
     for name in DEVICES:
         host = "/dev/" + name
         if os.path.exists(host):
+            # Read-only binds: reading and writing a device node still work,
+            # changing its owner or mode on the host does not.
             entries.append(
                 _Entry(
                     host,
                     "bind",
                     f"device {host}",
                     src=OLDROOT + host,
-                    flags=BIND_DEVICES,
+                    flags=BIND_DEVICES | BIND_RDONLY,
                     is_dir=False,
                 )
             )
     for name, target in DEV_LINKS:
         entries.append(_Entry("/dev/" + name, "symlink", f"link /dev/{name}", src=target))
+    # The kernel's knobs under /proc are checked against the host uid, not
+    # capabilities: a root caller's sandbox (host uid 0) could otherwise set
+    # core_pattern or write sysrq-trigger.  Bound read-only over themselves
+    # as Docker and bubblewrap do; a few files are masked with /dev/null.
+    for path in PROC_READONLY:
+        if os.path.exists(path):
+            entries.append(
+                _Entry(
+                    path,
+                    "bind",
+                    f"read-only {path}",
+                    src=path,
+                    flags=BIND_RDONLY,
+                    is_dir=os.path.isdir(path),
+                )
+            )
+    for path in PROC_MASKED:
+        if os.path.isfile(path):
+            entries.append(
+                _Entry(
+                    path,
+                    "bind",
+                    f"masked {path}",
+                    src="/dev/null",
+                    flags=BIND_RDONLY | BIND_DEVICES,
+                    is_dir=False,
+                )
+            )
     if not any(e.path == "/tmp" for e in declared):
         entries.append(
             _Entry(
@@ -246,6 +292,8 @@ def build_ops(spec: SandboxSpec, workdir: str | None = None) -> tuple[Op, ...]:
         elif e.kind == "symlink":
             ops.append(Op(OP_SYMLINK, e.path, src=e.src, origin=e.origin))
         placed.append(e)
+    # /dev is complete: nothing more may be created in it.
+    ops.append(Op(OP_REMOUNT_RO, "/dev", flags=DEV_TMPFS_FLAGS, origin="read-only /dev"))
     return tuple(ops)
 
 

@@ -90,6 +90,15 @@ def probe() -> Capabilities:
     except (OSError, AttributeError):
         pidfd = False
         notes["pidfd"] = "pidfd_open(2) is missing (Linux >= 5.3 needed)"
+    from hermetic.platforms.linux_workers import POOL
+
+    no_slots = POOL.available()
+    if no_slots is not None:
+        notes["limits"] = (
+            f"memory, summed CPU time, CPU weight (and, for root, process) limits "
+            f"are not enforced: {no_slots}; file size, open files and (for a normal "
+            f"user) processes are enforced by rlimits"
+        )
     return Capabilities(
         platform=sys.platform,
         backend="linux-namespaces",
@@ -104,5 +113,6 @@ def probe() -> Capabilities:
         landlock_abi=abi if abi > 0 else None,
         pidfd=pidfd,
         clone3=lib.hm_probe_clone3() == 0,
+        limits="cgroup-v1" if no_slots is None else "rlimits",
         notes=tuple(sorted(notes.items())),
     )

@@ -20,7 +20,7 @@ DEFAULT_KILL_GRACE = 0.5
 CHECK_INTERVAL = 0.02
 
 
-def _wait_readable(fd: int, seconds: float | None) -> bool:
+def wait_readable(fd: int, seconds: float | None) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     ms = None if seconds is None else max(0, int(seconds * 1000 + 0.999))
@@ -46,18 +46,18 @@ def wait_or_kill(
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         if check is not None:
             wait = CHECK_INTERVAL if wait is None else min(wait, CHECK_INTERVAL)
-        if _wait_readable(pidfd, wait):
+        if wait_readable(pidfd, wait):
             return False, None
         if check is not None:
             breach = check()
             if breach:
                 send(signal.SIGKILL)
-                _wait_readable(pidfd, None)
+                wait_readable(pidfd, None)
                 return False, breach
         if deadline is not None and time.monotonic() >= deadline:
             break
     send(signal.SIGTERM)
-    if not _wait_readable(pidfd, grace):
+    if not wait_readable(pidfd, grace):
         send(signal.SIGKILL)
-        _wait_readable(pidfd, None)
+        wait_readable(pidfd, None)
     return True, None
