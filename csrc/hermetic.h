@@ -62,6 +62,9 @@ enum hm_op_kind {
 /* HM_OP_BIND flags */
 #define HM_BIND_RDONLY 1   /* read-only, recursively */
 #define HM_BIND_DEVICES 2  /* keep device nodes usable (no nodev) */
+#define HM_BIND_SYSTEM 4   /* source and target are the sandbox's own (/proc,
+                              /dev): no symlink can be planted on the way, so
+                              the cheaper bind-then-flag path is safe */
 
 struct hm_op {
     int kind;

@@ -380,3 +380,17 @@ def test_the_sandbox_cannot_end_itself_through_pid1(ex):
     # HM_SIG_END (64) is taken only from outside the namespace.
     r = ex.execute(["sh", "-c", "kill -64 1; sleep 0.2; echo alive"]).unwrap()
     assert r.success() and r.stdout == b"alive\n"
+
+
+def test_a_path_swapped_for_a_symlink_after_planning_is_refused(scratch):
+    # An earlier action (or anyone) replaces a declared directory with a
+    # symlink between planning and running: the mount must not follow it.
+    dep = os.path.join(scratch, "dep")
+    os.mkdir(dep)
+    ex = HermeticExecutor.create(base(inputs=[dep])).unwrap()
+    assert ex.execute(["true"]).unwrap().success()
+    os.rmdir(dep)
+    os.symlink("/.hermetic-oldroot/etc", dep)
+    err = ex.execute(["ls", dep]).unwrap_err()
+    assert isinstance(err, SandboxError)
+    assert err.stage == "bind" and err.path == dep and err.errno == 40  # ELOOP

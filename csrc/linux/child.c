@@ -51,6 +51,17 @@ struct hm_mount_attr {
 #define HM_MOUNT_ATTR_NOSUID 0x2ULL
 #define HM_MOUNT_ATTR_NODEV 0x4ULL
 #define HM_AT_RECURSIVE 0x8000
+#define HM_AT_EMPTY_PATH 0x1000
+#define HM_OPEN_TREE_CLONE 1
+#define HM_MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define HM_MOVE_MOUNT_T_EMPTY_PATH 0x40
+
+struct hm_open_how {
+    unsigned long long flags;
+    unsigned long long mode;
+    unsigned long long resolve;
+};
+#define HM_RESOLVE_NO_SYMLINKS 0x04
 
 /* The kernel's struct sigaction (not libc's). */
 struct hm_ksigaction {
@@ -156,6 +167,56 @@ static void setup_fds(const struct hm_plan *p, int report_fd, int parent_pidfd)
     }
 }
 
+/* Resolve a path without following any symlink: the plan was made from
+ * canonical paths, so a symlink met now was planted since (by an earlier
+ * action in its outputs, say) and must not redirect a mount. */
+static long open_nofollow(const char *path)
+{
+    struct hm_open_how how = {O_PATH | O_CLOEXEC, 0, HM_RESOLVE_NO_SYMLINKS};
+    return HM_SYS4(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+}
+
+/* A bind as a detached copy of the source tree: flagged (read-only,
+ * nosuid, nodev, recursively) before it is attached, then moved onto the
+ * target.  Each path is resolved once, without symlinks, and nothing is
+ * visible at the target until the flags are on. */
+static long bind_tree(const struct hm_op *op)
+{
+    struct hm_mount_attr attr = {HM_MOUNT_ATTR_NOSUID, 0, 0, 0};
+    if (!(op->flags & HM_BIND_DEVICES))
+        attr.attr_set |= HM_MOUNT_ATTR_NODEV;
+    if (op->flags & HM_BIND_RDONLY)
+        attr.attr_set |= HM_MOUNT_ATTR_RDONLY;
+    if (op->flags & HM_BIND_SYSTEM) {
+        long r = HM_SYS5(SYS_mount, op->src, op->dst, 0, MS_BIND | MS_REC, 0);
+        if (r == 0)
+            r = HM_SYS5(SYS_mount_setattr, AT_FDCWD, op->dst, HM_AT_RECURSIVE, &attr, sizeof attr);
+        return r;
+    }
+    long src = open_nofollow(op->src);
+    if (src < 0)
+        return src;
+    long tree = HM_SYS3(SYS_open_tree, src, "",
+                        HM_OPEN_TREE_CLONE | O_CLOEXEC | HM_AT_RECURSIVE | HM_AT_EMPTY_PATH);
+    HM_SYS1(SYS_close, src);
+    if (tree < 0)
+        return tree;
+    long r = HM_SYS5(SYS_mount_setattr, tree, "", HM_AT_EMPTY_PATH | HM_AT_RECURSIVE, &attr,
+                     sizeof attr);
+    if (r == 0) {
+        long dst = open_nofollow(op->dst);
+        if (dst < 0) {
+            r = dst;
+        } else {
+            r = HM_SYS5(SYS_move_mount, tree, "", dst, "",
+                        HM_MOVE_MOUNT_F_EMPTY_PATH | HM_MOVE_MOUNT_T_EMPTY_PATH);
+            HM_SYS1(SYS_close, dst);
+        }
+    }
+    HM_SYS1(SYS_close, tree);
+    return r;
+}
+
 static long run_op(const struct hm_op *op)
 {
     long r;
@@ -172,19 +233,8 @@ static long run_op(const struct hm_op *op)
         return 0;
     case HM_OP_SYMLINK:
         return HM_SYS3(SYS_symlinkat, op->src, AT_FDCWD, op->dst);
-    case HM_OP_BIND: {
-        r = HM_SYS5(SYS_mount, op->src, op->dst, 0, MS_BIND | MS_REC, 0);
-        if (r < 0)
-            return r;
-        /* mount_setattr applies the flags to every mount of the bound tree
-         * at once; a plain MS_REMOUNT would leave submounts writable. */
-        struct hm_mount_attr attr = {HM_MOUNT_ATTR_NOSUID, 0, 0, 0};
-        if (!(op->flags & HM_BIND_DEVICES))
-            attr.attr_set |= HM_MOUNT_ATTR_NODEV;
-        if (op->flags & HM_BIND_RDONLY)
-            attr.attr_set |= HM_MOUNT_ATTR_RDONLY;
-        return HM_SYS5(SYS_mount_setattr, AT_FDCWD, op->dst, HM_AT_RECURSIVE, &attr, sizeof attr);
-    }
+    case HM_OP_BIND:
+        return bind_tree(op);
     case HM_OP_TMPFS:
         return HM_SYS5(SYS_mount, "tmpfs", op->dst, "tmpfs", (unsigned long)op->flags, op->data);
     case HM_OP_PROC:

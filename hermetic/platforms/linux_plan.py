@@ -40,6 +40,7 @@ OP_PROC = 6
 OP_REMOUNT_RO = 7
 BIND_RDONLY = 1
 BIND_DEVICES = 2
+BIND_SYSTEM = 4
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -167,7 +168,7 @@ def _system(declared: list[_Entry]) -> list[_Entry]:
                     "bind",
                     f"device {host}",
                     src=OLDROOT + host,
-                    flags=BIND_DEVICES | BIND_RDONLY,
+                    flags=BIND_DEVICES | BIND_RDONLY | BIND_SYSTEM,
                     is_dir=False,
                 )
             )
@@ -185,7 +186,7 @@ def _system(declared: list[_Entry]) -> list[_Entry]:
                     "bind",
                     f"read-only {path}",
                     src=path,
-                    flags=BIND_RDONLY,
+                    flags=BIND_RDONLY | BIND_SYSTEM,
                     is_dir=os.path.isdir(path),
                 )
             )
@@ -197,7 +198,7 @@ def _system(declared: list[_Entry]) -> list[_Entry]:
                     "bind",
                     f"masked {path}",
                     src="/dev/null",
-                    flags=BIND_RDONLY | BIND_DEVICES,
+                    flags=BIND_RDONLY | BIND_DEVICES | BIND_SYSTEM,
                     is_dir=False,
                 )
             )
