@@ -387,6 +387,13 @@ def test_sigkill_of_the_caller_leaves_no_sandbox_process(runner, scratch):
         while _processes_with(f"sleep {marker}") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert _processes_with(f"sleep {marker}") == []
+        # The killed caller could not remove its cgroup slots: the next
+        # process that sets up slots removes them.
+        from hermetic.monitoring import cgroups
+
+        for own in set(cgroups.v1_dirs().values()):
+            cgroups.remove_stale(own)
+            assert not os.path.exists(os.path.join(own, f"{cgroups.PREFIX}{caller.pid}"))
     finally:
         if caller.poll() is None:
             caller.kill()

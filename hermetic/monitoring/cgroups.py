@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "blkio")
@@ -110,8 +111,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_tree(path: str) -> bool:
-    """rmdir a group and its subgroups, deepest first; False if any is still in use."""
+def remove_tree(path: str, patience: float = 1.0) -> bool:
+    """rmdir a group and its subgroups, deepest first; False if any is still in use.
+
+    Tasks that just exited (the last processes of a killed sandbox, torn
+    down by the kernel after their pid 1) leave their groups a moment
+    later: a busy group is retried for up to ``patience`` seconds.
+    """
+    deadline = time.monotonic() + patience
+    while not _remove_tree_once(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not os.path.exists(path)
+
+
+def _remove_tree_once(path: str) -> bool:
     ok = True
     for root, dirs, _files in os.walk(path, topdown=False):
         for d in dirs:
