@@ -24,6 +24,7 @@ from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError
 from hermetic.core.executor import HermeticExecutor
 from hermetic.core.paths import PathSet, canonical
+from hermetic.core.policies import ResourceLimits
 from hermetic.core.spec import SandboxSpec
 
 EXIT_SPEC = 123
@@ -39,10 +40,16 @@ def _fail(message: str, code: int) -> int:
 
 
 def _default_spec(toolchain: bool) -> SandboxSpec:
+    """Without --spec: the toolchain read-only and the limits any host enforces.
+
+    ResourceLimits.defaults() needs no cgroup (processes, file size, open
+    files), so the default works for a normal user too; a spec file can ask
+    for more.
+    """
     spec = SandboxSpec()
     env = spec.environment.with_var("PATH", HermeticSpecBuilder.DEFAULT_PATH)
     inputs = PathSet(HermeticSpecBuilder.toolchain_inputs() if toolchain else ())
-    return SandboxSpec(inputs=inputs, environment=env)
+    return SandboxSpec(inputs=inputs, environment=env, resources=ResourceLimits.defaults())
 
 
 def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:

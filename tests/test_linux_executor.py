@@ -147,15 +147,50 @@ def test_create_fails_closed(scratch):
     assert isinstance(err, SpecError) and "/proc" in str(err)
 
 
-def test_limits_not_yet_enforced_are_reported(ex):
+def test_hermetic_limits_are_all_enforced_here(ex):
     strict = HermeticExecutor.create(
         dataclasses.replace(base(), resources=ResourceLimits.hermetic())
     ).unwrap()
     r = strict.execute(["true"]).unwrap()
-    assert any(s.startswith("max_disk_io") for s in r.unenforced_limits)
-    # Root here has cgroup v1: memory, processes and CPU time are enforced.
-    assert not any(s.startswith("max_memory_bytes") for s in r.unenforced_limits)
-    assert ex.execute(["true"]).unwrap().unenforced_limits == ()
+    assert r.success() and r.unenforced_limits == ()
+
+
+def test_limits_without_a_cgroup_fail_closed_unless_best_effort(monkeypatch):
+    from hermetic.platforms.linux_workers import POOL
+
+    monkeypatch.setattr(POOL, "available", lambda: "no delegated cgroup (test)")
+    limited = dataclasses.replace(base(), resources=ResourceLimits(max_memory_bytes=64 << 20))
+    err = HermeticExecutor.create(limited).unwrap_err()
+    assert isinstance(err, UnsupportedError)
+    assert "max_memory_bytes" in str(err) and "best_effort" in str(err)
+    relaxed = dataclasses.replace(
+        base(), resources=ResourceLimits(max_memory_bytes=64 << 20, best_effort=True)
+    )
+    ex = HermeticExecutor.create(relaxed).unwrap()
+    r = ex.execute(["true"]).unwrap()
+    assert r.success()
+    assert any(s.startswith("max_memory_bytes: sampled") for s in r.unenforced_limits)
+    # Sampled, the limit still ends an action that keeps growing.
+    grow = "import time\nb = []\nwhile True:\n    b.append(bytearray(8 << 20)); time.sleep(0.01)"
+    r = ex.execute(["/usr/bin/python3", "-c", grow], timeout=30).unwrap()
+    assert not r.success() and not r.timed_out
+    assert [v.kind.value for v in r.violations] == ["resource"]
+    assert "max_memory_bytes" in r.violations[0].limit
+
+
+def test_output_limit(ex):
+    spec = dataclasses.replace(base(), resources=ResourceLimits(max_output_bytes=1 << 20))
+    limited = HermeticExecutor.create(spec).unwrap()
+    # Fast: done before the first check; the output is cut to the limit.
+    r = limited.execute(["sh", "-c", "head -c 5000000 /dev/zero"]).unwrap()
+    assert len(r.stdout) == 1 << 20
+    assert [(v.kind.value, v.decision) for v in r.violations] == [("resource", "truncated")]
+    # Slow and endless: stopped.
+    r = limited.execute(
+        ["sh", "-c", "while true; do head -c 65536 /dev/zero; sleep 0.01; done"], timeout=30
+    ).unwrap()
+    assert not r.timed_out and r.signal == 9
+    assert [(v.kind.value, v.decision) for v in r.violations] == [("resource", "killed")]
 
 
 def test_file_size_limit(scratch):

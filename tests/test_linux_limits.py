@@ -159,6 +159,29 @@ def test_io_figures_show_a_written_file(scratch):
     assert r.usage.source("io_write_bytes") == "rusage"
 
 
+def test_disk_io_limit_stops_the_action(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    if not _on_block_device(out):
+        pytest.skip(f"{out} is not on a block device: writes there are not disk I/O")
+    r = run(
+        spec(outputs=[out], max_disk_io=8 << 20),
+        f"""
+        import os, time
+        with open({out + "/big"!r}, "wb") as f:
+            for _ in range(400):
+                f.write(b"x" * (1 << 20))
+                time.sleep(0.005)
+    """,
+        timeout=60,
+    )
+    assert not r.success() and not r.timed_out
+    [v] = [v for v in r.violations if v.kind.value == "resource"]
+    assert "max_disk_io" in v.limit
+    assert os.path.getsize(os.path.join(out, "big")) < 100 << 20
+    assert r.usage.peak_processes is not None and r.usage.source("peak_processes") == "sampled"
+
+
 def _on_block_device(path: str) -> bool:
     dev = os.stat(path).st_dev
     return os.path.exists(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")

@@ -465,9 +465,9 @@ def test_digest_changes_with_every_field(tmp_path: Path) -> None:
     digests = {base.digest(), *(v.digest() for v in variants)}
     assert len(digests) == len(variants) + 1
     for f in dataclasses.fields(ResourceLimits):
-        changed = dataclasses.replace(
-            base.resources, **{f.name: getattr(base.resources, f.name) + 1}
-        )
+        value = getattr(base.resources, f.name)
+        new = (not value) if isinstance(value, bool) else value + 1
+        changed = dataclasses.replace(base.resources, **{f.name: new})
         assert dataclasses.replace(base, resources=changed).digest() != base.digest()
 
 

@@ -302,10 +302,18 @@ class ResourceLimits:
     max_network_io: int = 0  # 0 = unlimited
     max_open_files: int = 1024
     max_output_bytes: int = 0  # 0 = unlimited
+    #: False: a limit this host cannot enforce for the whole sandbox makes
+    #: execution fail (closed).  True: such limits are applied as well as
+    #: the host allows (per process, by sampling, or not at all), and each
+    #: result lists them in ``unenforced_limits``.
+    best_effort: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check_limit(getattr(self, f.name), f.name)
+            if f.name == "best_effort":
+                _check_bool(self.best_effort, "best_effort")
+            else:
+                _check_limit(getattr(self, f.name), f.name)
 
     @classmethod
     def defaults(cls) -> ResourceLimits:

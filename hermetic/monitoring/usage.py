@@ -64,6 +64,12 @@ class ResourceUsage:
             ),
         )
 
+    def with_figure(self, name: str, value: int | float, source: str) -> ResourceUsage:
+        """The same figures with ``name`` set to ``value`` from ``source``."""
+        kept = tuple(p for p in self.sources if p[0] != name)
+        changes: dict[str, Any] = {name: value, "sources": tuple(sorted((*kept, (name, source))))}
+        return replace(self, **changes)
+
     def with_cgroup(self, peak_memory: int | None, source: str) -> ResourceUsage:
         """The same figures plus what a cgroup measured."""
         if peak_memory is None:

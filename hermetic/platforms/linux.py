@@ -28,6 +28,7 @@ from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.linux_limits import plan_limits
 from hermetic.platforms.linux_netns import POOL as NETNS
 from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, probe
+from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
 from hermetic.security.timeout import DEFAULT_KILL_GRACE, wait_or_kill, wait_readable
@@ -153,7 +154,7 @@ class Prepared:
         self.workdir = spec.workdir or "/"
         self.ops = linux_plan.build_ops(spec, self.workdir)
         self.env = _environment(spec)
-        self.limits = plan_limits(spec.resources, WORKERS.available())
+        self.limits = plan_limits(spec.resources, WORKERS.available(), spec.network.is_hermetic)
         self._exec_cache: dict[str, tuple[str, ...]] = {}
 
         mem = _CMemory()
@@ -380,21 +381,11 @@ def _run(
     plan.argv = mem.strv(args)
     plan.exec_paths = mem.strv(cands)
     plan.n_exec_paths = len(cands)
-    check = None
     if slot is not None:
         try:
             slot.prepare(limits)
         except OSError as e:
             raise UnsupportedError("resource limits", f"cannot set cgroup limits: {e}") from e
-        cpu_limit = prepared.limits.cpu_ns
-        memory_limited = bool(limits.max_memory_bytes)
-        if cpu_limit or memory_limited:
-
-            def check() -> str | None:
-                if memory_limited and slot.under_oom():
-                    return "memory"
-                used = slot.cpu_ns() if cpu_limit else None
-                return "cpu" if used is not None and used > cpu_limit else None
 
     stdin_fd = _stdin_fd(stdin)
     out_fd = err_fd = -1
@@ -404,6 +395,8 @@ def _run(
         plan.stdin_fd = stdin_fd
         plan.stdout_fd = out_fd
         plan.stderr_fd = err_fd
+        watch = Watch(prepared.limits, bool(limits.max_memory_bytes), slot, out_fd, err_fd)
+        check = watch if prepared.limits.watched or (slot and limits.max_memory_bytes) else None
         proc = ffi.new("struct hm_proc *")
         error = ffi.new("struct hm_error *")
         with contextlib.ExitStack() as lease:
@@ -418,6 +411,7 @@ def _run(
                 rc = spawn(plan, proc, error)
                 if rc < 0:
                     raise _setup_error(prepared, args, workdir, error)
+                watch.pid1 = proc.pid
                 timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check)
                 reaped = True
             except BaseException:
@@ -452,13 +446,33 @@ def _run(
         if slot is not None:
             counted = slot.usage()
             usage = usage.with_cgroup(counted.peak_memory, "cgroup-v1")
-            violations += _limit_violations(limits, counted, breach)
+        else:
+            counted = SlotUsage(None, None, 0, 0)
+        if watch.peak_processes is not None:
+            usage = usage.with_figure("peak_processes", watch.peak_processes, "sampled")
+        violations += _limit_violations(limits, counted, breach, watch.observed)
+        stdout, stderr = _read_all(out_fd), _read_all(err_fd)
+        cap = prepared.limits.output_bytes
+        if cap and len(stdout) + len(stderr) > cap and breach != "output":
+            # Written faster than the periodic check: keep the limit anyway.
+            violations.append(
+                Violation(
+                    ViolationKind.RESOURCE,
+                    attempted="output beyond max_output_bytes",
+                    decision="truncated",
+                    limit=f"max_output_bytes={cap}",
+                    observed=f"{len(stdout) + len(stderr)} bytes",
+                )
+            )
+        if cap and len(stdout) + len(stderr) > cap:
+            stdout = stdout[:cap]
+            stderr = stderr[: max(0, cap - len(stdout))]
         return ExecutionResult(
             argv=args,
             exit_code=exit_code,
             signal=sig,
-            stdout=_read_all(out_fd),
-            stderr=_read_all(err_fd),
+            stdout=stdout,
+            stderr=stderr,
             duration=duration,
             timed_out=timed_out,
             usage=usage,
@@ -472,17 +486,28 @@ def _run(
                 os.close(fd)
 
 
-def _limit_violations(limits: Any, counted: SlotUsage, breach: str | None) -> list[Violation]:
+def _limit_violations(
+    limits: Any, counted: SlotUsage, breach: str | None, observed: dict[str, int]
+) -> list[Violation]:
     out = []
-    if breach == "memory" or counted.oom_kills:
+
+    def resource_killed(what: str, limit: str, seen: str) -> None:
         out.append(
             Violation(
                 ViolationKind.RESOURCE,
-                attempted="memory beyond max_memory_bytes",
+                attempted=what,
                 decision="killed",
-                limit=f"max_memory_bytes={limits.max_memory_bytes}",
-                observed=f"peak {counted.peak_memory} bytes",
+                limit=limit,
+                observed=seen,
             )
+        )
+
+    if breach == "memory" or counted.oom_kills:
+        peak = counted.peak_memory if counted.peak_memory is not None else observed.get("memory")
+        resource_killed(
+            "memory beyond max_memory_bytes",
+            f"max_memory_bytes={limits.max_memory_bytes}",
+            f"peak {peak} bytes",
         )
     if counted.fork_refusals:
         out.append(
@@ -495,13 +520,21 @@ def _limit_violations(limits: Any, counted: SlotUsage, breach: str | None) -> li
             )
         )
     if breach == "cpu":
-        out.append(
-            Violation(
-                ViolationKind.RESOURCE,
-                attempted="CPU time beyond max_cpu_time_ms",
-                decision="killed",
-                limit=f"max_cpu_time_ms={limits.max_cpu_time_ms}",
-                observed=f"{(counted.cpu_ns or 0) / 1e6:.0f} ms",
-            )
+        resource_killed(
+            "CPU time beyond max_cpu_time_ms",
+            f"max_cpu_time_ms={limits.max_cpu_time_ms}",
+            f"{observed.get('cpu', 0) / 1e6:.0f} ms",
+        )
+    if breach == "disk_io":
+        resource_killed(
+            "disk I/O beyond max_disk_io",
+            f"max_disk_io={limits.max_disk_io}",
+            f"{observed.get('disk_io', 0)} bytes",
+        )
+    if breach == "output":
+        resource_killed(
+            "output beyond max_output_bytes",
+            f"max_output_bytes={limits.max_output_bytes}",
+            f"{observed.get('output', 0)} bytes",
         )
     return out

@@ -7,14 +7,20 @@
   whole sandbox (the kernel exempts the global root user, though).
 - cgroup v1 slots (see hermetic/platforms/linux_workers.py):
   ``max_memory_bytes`` (memory.limit_in_bytes; an action that reaches it
-  is killed when the group reports under_oom), ``max_processes``
-  for root (pids.max), ``max_cpu_time_ms`` summed over the sandbox
-  (cpuacct.usage, checked every 20 ms), ``cpu_shares`` (cpu.shares).
-- nothing yet: ``max_disk_io``, ``max_output_bytes``, ``max_network_io``
-  (the network is loopback only, so there is nothing to count).
+  is killed when the group reports under_oom), ``max_processes`` for root
+  (pids.max), ``max_cpu_time_ms`` summed over the sandbox (cpuacct.usage,
+  checked every 20 ms), ``cpu_shares`` (cpu.shares).
+- the caller's wait loop, every 20 ms: ``max_disk_io`` (storage bytes read
+  and written, summed through /proc: hermetic/monitoring/proctree.py) and
+  ``max_output_bytes`` (the size of the captured stdout and stderr).
+- the network namespace: ``max_network_io`` needs nothing while the
+  network is hermetic (nothing leaves the sandbox).
 
-A limit with no mechanism here is listed in ``unenforced`` with the reason,
-and shows in every ExecutionResult's ``unenforced_limits``.
+A limit that needs a cgroup where none can be used fails the spec closed
+(UnsupportedError naming each limit), unless ``best_effort`` is set: then
+memory is sampled (summed resident size, killed past the limit), CPU time
+is per process (RLIMIT_CPU), CPU weight is not applied, and each is listed
+in the result's ``unenforced_limits``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import resource
 from dataclasses import dataclass
 
+from hermetic.core.errors import UnsupportedError
 from hermetic.core.policies import ResourceLimits
 
 
@@ -32,19 +39,28 @@ class LimitPlan:
     rlimits: tuple[tuple[int, int, int], ...]
     cgroup: bool  # run in a cgroup v1 slot
     cpu_ns: int  # summed CPU limit checked on the slot (0: none)
+    sampled_memory: int  # memory limit checked by sampling (0: none)
+    disk_io: int  # bytes, checked by sampling (0: none)
+    output_bytes: int  # stdout + stderr bytes (0: none)
     unenforced: tuple[str, ...]
 
+    @property
+    def watched(self) -> bool:
+        """Whether the wait needs a periodic check."""
+        return bool(self.cpu_ns or self.sampled_memory or self.disk_io or self.output_bytes)
 
-def plan_limits(r: ResourceLimits, cgroup_unavailable: str | None) -> LimitPlan:
+
+def plan_limits(
+    r: ResourceLimits, cgroup_unavailable: str | None, network_hermetic: bool = True
+) -> LimitPlan:
     """``cgroup_unavailable`` is None when cgroup slots work here, else why not."""
     root = os.geteuid() == 0
     values = [(resource.RLIMIT_CORE, 0, 0)]
-    unenforced: list[str] = []
-    needs_cgroup: list[str] = []
     if r.max_open_files:
         values.append((resource.RLIMIT_NOFILE, r.max_open_files, r.max_open_files))
     if r.max_file_size:
         values.append((resource.RLIMIT_FSIZE, r.max_file_size, r.max_file_size))
+    needs_cgroup: list[str] = []
     if r.max_processes:
         values.append((resource.RLIMIT_NPROC, r.max_processes + 1, r.max_processes + 1))
         if root:
@@ -59,12 +75,32 @@ def plan_limits(r: ResourceLimits, cgroup_unavailable: str | None) -> LimitPlan:
     if r.cpu_shares != 1024:
         needs_cgroup.append("cpu_shares")
     use_cgroup = bool(needs_cgroup) and cgroup_unavailable is None
+    unenforced: list[str] = []
     if needs_cgroup and not use_cgroup:
+        how = {
+            "max_processes": "RLIMIT_NPROC, from which the kernel exempts root",
+            "max_cpu_time_ms": "per process (RLIMIT_CPU), not summed",
+            "max_memory_bytes": "sampled every 20 ms, not a hard limit",
+            "cpu_shares": "not applied",
+        }
         for name in needs_cgroup:
-            unenforced.append(f"{name}: not enforced ({cgroup_unavailable})")
-    if r.max_disk_io:
-        unenforced.append("max_disk_io: not enforced yet")
-    if r.max_output_bytes:
-        unenforced.append("max_output_bytes: not enforced yet")
-    cpu_ns = r.max_cpu_time_ms * 1_000_000 if use_cgroup else 0
-    return LimitPlan(tuple(values), use_cgroup, cpu_ns, tuple(unenforced))
+            unenforced.append(f"{name}: {how[name]} ({cgroup_unavailable})")
+    if r.max_network_io and not network_hermetic:
+        unenforced.append("max_network_io: not counted")
+    if unenforced and not r.best_effort:
+        raise UnsupportedError(
+            "resource limits",
+            "; ".join(unenforced)
+            + ". Set ResourceLimits(best_effort=True) to run with these limits weakened,"
+            " or lift them",
+        )
+    sampled = r.max_memory_bytes if (r.max_memory_bytes and not use_cgroup) else 0
+    return LimitPlan(
+        rlimits=tuple(values),
+        cgroup=use_cgroup,
+        cpu_ns=r.max_cpu_time_ms * 1_000_000 if use_cgroup else 0,
+        sampled_memory=sampled,
+        disk_io=r.max_disk_io,
+        output_bytes=r.max_output_bytes,
+        unenforced=tuple(unenforced),
+    )
