@@ -34,6 +34,7 @@ from hermetic.core import (
     run,
 )
 from hermetic.monitoring import ResourceUsage
+from hermetic.monitoring.monitor import ResourceMonitor, create_monitor
 from hermetic.platforms.capabilities import Capabilities
 
 __version__ = "0.1.0"
@@ -62,6 +63,7 @@ __all__ = [
     "PathSet",
     "ProcessPolicy",
     "ResourceLimits",
+    "ResourceMonitor",
     "ResourceUsage",
     "Result",
     "SandboxError",
@@ -72,6 +74,7 @@ __all__ = [
     "Violation",
     "ViolationKind",
     "capabilities",
+    "create_monitor",
     "run",
     "__version__",
 ]

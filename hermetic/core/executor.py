@@ -16,6 +16,7 @@ from hermetic.core.errors import ActionFailedError, ExecutionTimeout, HermeticEr
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec
+from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
 
 
@@ -76,6 +77,7 @@ class HermeticExecutor:
         cwd: str | None = None,
         stdin: bytes | None = None,
         timeout: float | datetime.timedelta | None = None,
+        monitor: ResourceMonitor | None = None,
     ) -> Result[ExecutionResult]:
         """Run ``argv`` in a fresh sandbox.
 
@@ -89,11 +91,26 @@ class HermeticExecutor:
             if stdin is not None and not isinstance(stdin, (bytes, bytearray, memoryview)):
                 raise SpecError("stdin must be bytes", field="stdin", value=type(stdin).__name__)
             data = bytes(stdin) if stdin is not None else None
-            return Ok(
-                self._backend.execute(self._prepared, argv, cwd=cwd, stdin=data, timeout=seconds)
-            )
         except HermeticError as e:
             return Err(e)
+        # Every started monitor, and ``monitor``, counts this execution.
+        observer = Observer(monitor)
+        result = None
+        try:
+            result = self._backend.execute(
+                self._prepared,
+                argv,
+                cwd=cwd,
+                stdin=data,
+                timeout=seconds,
+                observer=observer if observer else None,
+            )
+            return Ok(result)
+        except HermeticError as e:
+            return Err(e)
+        finally:
+            if observer:
+                observer.finished(result)
 
     def execute_with_timeout(
         self,

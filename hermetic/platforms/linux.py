@@ -338,6 +338,7 @@ def execute(
     stdin: bytes | None = None,
     timeout: float | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
+    observer: Any = None,
 ) -> ExecutionResult:
     """Run one action in a fresh sandbox and return its result.
 
@@ -356,8 +357,8 @@ def execute(
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
     if prepared.limits.cgroup:
         with WORKERS.lease() as worker:
-            return _run(prepared, args, workdir, stdin, timeout, kill_grace, worker)
-    return _run(prepared, args, workdir, stdin, timeout, kill_grace, None)
+            return _run(prepared, args, workdir, stdin, timeout, kill_grace, worker, observer)
+    return _run(prepared, args, workdir, stdin, timeout, kill_grace, None, observer)
 
 
 def _run(
@@ -368,6 +369,7 @@ def _run(
     timeout: float | None,
     kill_grace: float,
     worker: Worker | None,
+    observer: Any = None,
 ) -> ExecutionResult:
     nat = _native()
     ffi, lib = nat.ffi, nat.lib
@@ -412,6 +414,8 @@ def _run(
                 if rc < 0:
                     raise _setup_error(prepared, args, workdir, error)
                 watch.pid1 = proc.pid
+                if observer is not None:
+                    observer.started(proc.pid)
                 timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check)
                 reaped = True
             except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from hermetic.core.errors import UnsupportedError
 from hermetic.core.outcome import ExecutionResult
@@ -43,5 +44,6 @@ def execute(
     stdin: bytes | None = None,
     timeout: float | None = None,
     kill_grace: float = 0.5,
+    observer: Any = None,
 ) -> ExecutionResult:
     raise UnsupportedError("sandbox", _REASON)
