@@ -124,41 +124,22 @@ def test_true_subprocess(benchmark: Any, direct_env: dict[str, str]) -> None:
     )
 
 
-@pytest.mark.benchmark(group="true")
-def test_true_hermetic(benchmark: Any, executor: Any) -> None:
-    _all_ok(
-        _measure(
-            benchmark,
-            _hermetic_true(executor),
-            method="hermetic",
-            baseline=False,
-            rounds=TRUE_ROUNDS,
-            warmup=TRUE_WARMUP,
-        )
-    )
+#: The sandboxed variants of the group: fixture -> method tag.
+HERMETIC_VARIANTS = {
+    "executor": "hermetic",
+    "unlimited_executor": "hermetic-no-limits",
+    "fresh_netns_executor": "hermetic-fresh-netns",
+}
 
 
 @pytest.mark.benchmark(group="true")
-def test_true_hermetic_no_limits(benchmark: Any, unlimited_executor: Any) -> None:
+@pytest.mark.parametrize("variant", list(HERMETIC_VARIANTS))
+def test_true_hermetic(benchmark: Any, request: pytest.FixtureRequest, variant: str) -> None:
     _all_ok(
         _measure(
             benchmark,
-            _hermetic_true(unlimited_executor),
-            method="hermetic-no-limits",
-            baseline=False,
-            rounds=TRUE_ROUNDS,
-            warmup=TRUE_WARMUP,
-        )
-    )
-
-
-@pytest.mark.benchmark(group="true")
-def test_true_hermetic_fresh_netns(benchmark: Any, fresh_netns_executor: Any) -> None:
-    _all_ok(
-        _measure(
-            benchmark,
-            _hermetic_true(fresh_netns_executor),
-            method="hermetic-fresh-netns",
+            _hermetic_true(request.getfixturevalue(variant)),
+            method=HERMETIC_VARIANTS[variant],
             baseline=False,
             rounds=TRUE_ROUNDS,
             warmup=TRUE_WARMUP,

@@ -122,8 +122,9 @@ struct hm_proc {
     int pidfd;
     int status;         /* wait status of the action's main process */
     int main_exited;    /* 1 when status is valid */
-    void *stack;
+    void *stack;        /* in: a region from hm_stack_new() to use, or NULL */
     unsigned long stack_size;
+    int stack_borrowed; /* the caller owns the stack: release leaves it mapped */
 };
 
 /* A thread that clones sandboxes for the caller (see csrc/linux/worker.c). */
@@ -138,6 +139,8 @@ int hm_worker_spawn(struct hm_worker *worker, const struct hm_plan *plan, struct
                     struct hm_error *error);
 void hm_worker_stop(struct hm_worker *worker);
 void hm_proc_release(struct hm_proc *proc);
+void *hm_stack_new(void);
+void hm_stack_free(void *stack);
 int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);
 int hm_probe_landlock_abi(void);

@@ -44,6 +44,14 @@ static void restore_mask(const unsigned long *old)
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, old, NULL, sizeof *old);
 }
 
+/* The stack region of a spawn that did not happen: ours is unmapped, a
+ * borrowed one goes back to the caller untouched. */
+static void drop_region(struct hm_proc *proc, char *region)
+{
+    if (!proc->stack_borrowed)
+        hm_stack_free(region);
+}
+
 static int read_full(int fd, void *buf, size_t len)
 {
     size_t got = 0;
@@ -69,25 +77,22 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     proc->pidfd = -1;
     proc->status = 0;
     proc->main_exited = 0;
+    /* A stack the caller lends (reused across spawns saves the mapping
+     * and, above all, the unmapping with its TLB shootdown), or our own. */
+    char *region = proc->stack;
+    proc->stack_borrowed = region != NULL;
     proc->stack = NULL;
     proc->stack_size = 0;
-
-    char *region = mmap(NULL, HM_STACK_REGION, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (region == MAP_FAILED)
-        return -errno;
-    /* [guard][action stack][guard][pid 1 stack] */
-    if (mprotect(region, HM_GUARD, PROT_NONE) < 0 ||
-        mprotect(region + HM_GUARD + HM_STACK, HM_GUARD, PROT_NONE) < 0) {
-        e = errno;
-        munmap(region, HM_STACK_REGION);
-        return -e;
+    if (!region) {
+        region = hm_stack_new();
+        if (!region)
+            return -errno;
     }
 
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0) {
         e = errno;
-        munmap(region, HM_STACK_REGION);
+        drop_region(proc, region);
         return -e;
     }
     /* Lets pid 1 tell whether the caller died before it armed
@@ -118,7 +123,7 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
             close(pipefd[1]);
             if (self >= 0)
                 close(self);
-            munmap(region, HM_STACK_REGION);
+            drop_region(proc, region);
             error->stage = HM_STAGE_NETNS;
             error->op_index = -1;
             error->err = e;
@@ -146,7 +151,7 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
         close(self);
     if (pid < 0) {
         close(pipefd[0]);
-        munmap(region, HM_STACK_REGION);
+        drop_region(proc, region);
         error->stage = HM_STAGE_CLONE;
         error->op_index = -1;
         error->err = e;
@@ -222,10 +227,34 @@ void hm_proc_release(struct hm_proc *proc)
         proc->pidfd = -1;
     }
     if (proc->stack) {
-        munmap(proc->stack, proc->stack_size);
+        if (!proc->stack_borrowed)
+            munmap(proc->stack, proc->stack_size);
         proc->stack = NULL;
         proc->stack_size = 0;
     }
+}
+
+/* [guard][action stack][guard][pid 1 stack]; NULL with errno on failure. */
+void *hm_stack_new(void)
+{
+    char *region = mmap(NULL, HM_STACK_REGION, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (region == MAP_FAILED)
+        return NULL;
+    if (mprotect(region, HM_GUARD, PROT_NONE) < 0 ||
+        mprotect(region + HM_GUARD + HM_STACK, HM_GUARD, PROT_NONE) < 0) {
+        int e = errno;
+        munmap(region, HM_STACK_REGION);
+        errno = e;
+        return NULL;
+    }
+    return region;
+}
+
+void hm_stack_free(void *stack)
+{
+    if (stack)
+        munmap(stack, HM_STACK_REGION);
 }
 
 static int probe_child(void *arg)

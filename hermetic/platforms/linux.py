@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -126,6 +127,36 @@ def _environment(spec: SandboxSpec) -> dict[str, str]:
     return env
 
 
+class _StackPool:
+    """Stack regions for pid 1 and the action, reused across spawns.
+
+    A region goes back to the pool only once its pid 1 has been reaped.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Any:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        region = _native().lib.hm_stack_new()
+        if region == _native().ffi.NULL:
+            raise MemoryError("cannot map a stack for the sandbox")
+        return region
+
+    def give(self, region: Any) -> None:
+        with self._lock:
+            if len(self._free) < 64:
+                self._free.append(region)
+                return
+        _native().lib.hm_stack_free(region)
+
+
+STACKS = _StackPool()
+
+
 class Prepared:
     """A spec made ready to run: validated, planned and marshalled once."""
 
@@ -182,7 +213,7 @@ class Prepared:
         # setns() into a network namespace needs CAP_SYS_ADMIN in the caller's
         # own user namespace too, so only a privileged caller can use the pool.
         self.pooled_network = not spec.network.fresh_namespace and os.geteuid() == 0
-        self._template = {
+        template = {
             "ns_flags": ALL_NAMESPACES & ~CLONE_NEWNET if self.pooled_network else ALL_NAMESPACES,
             "netns_fd": -1,
             "uid_map": mem.cstr(f"{uid} {uid} 1\n"),
@@ -200,6 +231,40 @@ class Prepared:
             "seccomp_filter": ffi.NULL,
             "seccomp_len": 0,
         }
+        # Per action the plan is a memmove of this, not a dict conversion.
+        self._template = ffi.new("struct hm_plan *", template)
+        self._plan_size = ffi.sizeof("struct hm_plan")
+        self._c_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._c_lock = threading.Lock()
+
+    def new_plan(self, workdir: str, arg0: str) -> tuple[Any, list[Any]]:
+        """A fresh plan for one action, cwd and argv[0]'s candidates filled in.
+
+        Returns the plan and what must stay alive as long as it is used.
+        """
+        ffi = self._mem.ffi
+        plan = ffi.new("struct hm_plan *")
+        ffi.memmove(plan, self._template, self._plan_size)
+        cwd, keep_cwd = self._cached("cwd", workdir)
+        paths, keep_paths = self._cached("exec", arg0)
+        plan.cwd = cwd
+        plan.exec_paths = paths
+        plan.n_exec_paths = len(self.exec_candidates(arg0))
+        return plan, [keep_cwd, keep_paths]
+
+    def _cached(self, kind: str, key: str) -> tuple[Any, Any]:
+        """A C string (cwd) or array (candidates), reused across actions up to a bound."""
+        with self._c_lock:
+            found = self._c_cache.get((kind, key))
+        if found is not None:
+            return found
+        mem = _CMemory()
+        value = mem.cstr(key) if kind == "cwd" else mem.strv(self.exec_candidates(key))
+        found = (value, mem)
+        with self._c_lock:
+            if len(self._c_cache) < 1024:
+                self._c_cache[(kind, key)] = found
+        return found
 
     def exec_candidates(self, arg0: str) -> tuple[str, ...]:
         """Where execve looks for argv[0]: the spec's PATH, as inside the sandbox."""
@@ -377,12 +442,8 @@ def _run(
     slot = worker.slot if worker is not None else None
     spawn = worker.spawn if worker is not None else lib.hm_spawn
     mem = _CMemory()
-    cands = prepared.exec_candidates(args[0])
-    plan = ffi.new("struct hm_plan *", prepared._template)
-    plan.cwd = mem.cstr(workdir)
+    plan, keep = prepared.new_plan(workdir, args[0])
     plan.argv = mem.strv(args)
-    plan.exec_paths = mem.strv(cands)
-    plan.n_exec_paths = len(cands)
     if slot is not None:
         try:
             slot.prepare(limits)
@@ -406,6 +467,8 @@ def _run(
                 plan.netns_fd = lease.enter_context(NETNS.lease())
             start = time.monotonic()
             proc.pid = -1
+            stack = STACKS.take()
+            proc.stack = stack
             reaped = False
             try:
                 # Inside the try: an exception raised as the call returns
@@ -428,6 +491,7 @@ def _run(
                 # spawn has released everything itself: pid is -1.)
                 if reaped or proc.pid <= 0:
                     lib.hm_proc_release(proc)
+                    STACKS.give(stack)
             duration = time.monotonic() - start
         if proc.main_exited:
             status = proc.status
