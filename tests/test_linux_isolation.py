@@ -511,3 +511,19 @@ print(repr(open("/proc/1/cmdline").read()))
     # mode changes, no new files in /dev; writing to a device still works,
     # and pid 1's command line (the caller's, shared memory) is masked.
     assert out.text.split() == ["EROFS", "EROFS", "EROFS", "EROFS", "ok", "''"]
+
+
+def test_limits_fail_closed_without_cgroups_unless_best_effort(runner):
+    strict = spec_for(resources=ResourceLimits(max_memory_bytes=256 << 20))
+    out = runner.run(strict, ["true"])
+    if runner.mode == "root":
+        # Root has cgroup v1 slots here: the limit is enforced.
+        assert out.error is None and out.raw["unenforced_limits"] == []
+    else:
+        # A normal user without a delegated cgroup: refused, naming the limit.
+        assert out.error is not None
+        assert "max_memory_bytes" in out.error and "best_effort" in out.error
+        relaxed = spec_for(resources=ResourceLimits(max_memory_bytes=256 << 20, best_effort=True))
+        out = runner.run(relaxed, ["true"])
+        assert out.error is None and out.exit_code == 0
+        assert any(s.startswith("max_memory_bytes") for s in out.raw["unenforced_limits"])
