@@ -85,6 +85,8 @@ struct hm_plan {
     unsigned long long ns_flags;     /* CLONE_NEW* */
     int netns_fd;                    /* >= 0: join this network namespace instead of
                                         creating one (ns_flags has no CLONE_NEWNET) */
+    int cgroup_fd;                   /* >= 0: a cgroup v2 directory pid 1 is born in
+                                        (clone3 CLONE_INTO_CGROUP) */
     const char *uid_map;             /* text for /proc/self/uid_map */
     const char *gid_map;
     const char *staging;             /* host dir the new root is mounted on */

@@ -26,6 +26,7 @@ from hermetic import (
     SpecError,
     UnsupportedError,
 )
+from hermetic.platforms.linux import cgroup_mechanism
 
 pytestmark = [pytest.mark.linux, pytest.mark.root]
 
@@ -53,7 +54,8 @@ def test_result_fields(ex):
     assert r.usage.wall_time == r.duration
     assert r.usage.cpu_time is not None and r.usage.source("cpu_time") == "rusage"
     # As root, the default limits run in a cgroup slot, which measures memory.
-    assert r.usage.source("peak_memory") == ("cgroup-v1" if os.geteuid() == 0 else None)
+    expected = f"cgroup-v{cgroup_mechanism()[0]}" if os.geteuid() == 0 else None
+    assert r.usage.source("peak_memory") == expected
     assert (r.usage.peak_memory is None) == (r.usage.source("peak_memory") is None)
 
 
@@ -156,9 +158,9 @@ def test_hermetic_limits_are_all_enforced_here(ex):
 
 
 def test_limits_without_a_cgroup_fail_closed_unless_best_effort(monkeypatch):
-    from hermetic.platforms.linux_workers import POOL
+    from hermetic.platforms import linux as backend
 
-    monkeypatch.setattr(POOL, "available", lambda: "no delegated cgroup (test)")
+    monkeypatch.setattr(backend, "cgroup_mechanism", lambda: (None, "no delegated cgroup (test)"))
     limited = dataclasses.replace(base(), resources=ResourceLimits(max_memory_bytes=64 << 20))
     err = HermeticExecutor.create(limited).unwrap_err()
     assert isinstance(err, UnsupportedError)
@@ -181,10 +183,12 @@ def test_limits_without_a_cgroup_fail_closed_unless_best_effort(monkeypatch):
 def test_output_limit(ex):
     spec = dataclasses.replace(base(), resources=ResourceLimits(max_output_bytes=1 << 20))
     limited = HermeticExecutor.create(spec).unwrap()
-    # Fast: done before the first check; the output is cut to the limit.
+    # Usually done before the first check (then the output is cut to the
+    # limit), on a slow host stopped by it: either way no more than the limit.
     r = limited.execute(["sh", "-c", "head -c 5000000 /dev/zero"]).unwrap()
-    assert len(r.stdout) == 1 << 20
-    assert [(v.kind.value, v.decision) for v in r.violations] == [("resource", "truncated")]
+    assert len(r.stdout) <= 1 << 20
+    [v] = r.violations
+    assert (v.kind.value, v.decision) in (("resource", "truncated"), ("resource", "killed"))
     # Slow and endless: stopped.
     r = limited.execute(
         ["sh", "-c", "while true; do head -c 65536 /dev/zero; sleep 0.01; done"], timeout=30
@@ -231,7 +235,7 @@ def test_capabilities_report_this_host():
     assert caps.pidfd
     d = caps.to_dict()
     assert set(d) >= {"cgroup_v1_controllers", "cgroup_v2", "seccomp", "landlock_abi", "clone3"}
-    assert caps.limits in ("cgroup-v1", "rlimits")
+    assert caps.limits in ("cgroup-v1", "cgroup-v2", "rlimits")
     assert (caps.limits == "rlimits") == ("limits" in dict(caps.notes))
 
 
@@ -357,6 +361,11 @@ def test_exception_at_any_point_ends_the_sandbox(ex):
     assert _marked(marker) == []
     with open("/proc/self/status") as f:
         assert "hermetic-init" not in f.read()
+    # Nor a cgroup: cleanup finishes even when the alarm lands inside it.
+    from hermetic.monitoring.cgroup_v2 import PARENT
+
+    if cgroup_mechanism()[0] == 2:
+        assert [e.name for e in os.scandir(PARENT.path()) if e.is_dir()] == []
     assert ex.execute(["true"]).unwrap().success()
 
 

@@ -37,13 +37,16 @@ def test_started_monitor_aggregates_every_execution(ex):
     monitor = hermetic.create_monitor(ResourceLimits(max_cpu_time_ms=10_000))
     ex.execute(["true"]).unwrap()  # before start: not counted
     monitor.start()
-    for _ in range(3):
-        ex.execute(["/usr/bin/python3", "-c", BUSY.format(s=0.1)]).unwrap()
+    results = [
+        ex.execute(["/usr/bin/python3", "-c", BUSY.format(s=0.1)]).unwrap() for _ in range(3)
+    ]
     usage = monitor.stop()
     ex.execute(["true"]).unwrap()  # after stop: not counted
     assert monitor.executions == 3
-    assert 0.3 <= usage.cpu_time <= 0.6
+    assert usage.cpu_time == pytest.approx(sum(r.usage.cpu_time for r in results))
+    assert usage.cpu_time >= 0.3
     assert usage.source("cpu_time") == "rusage"
+    assert usage.source("peak_memory") == results[0].usage.source("peak_memory")
     assert monitor.violations() == []
 
 

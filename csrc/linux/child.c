@@ -63,6 +63,22 @@ struct hm_open_how {
 };
 #define HM_RESOLVE_NO_SYMLINKS 0x04
 
+/* clone3's argument, as in <linux/sched.h> (not included: older headers). */
+struct hm_clone_args {
+    unsigned long long flags;
+    unsigned long long pidfd;
+    unsigned long long child_tid;
+    unsigned long long parent_tid;
+    unsigned long long exit_signal;
+    unsigned long long stack;
+    unsigned long long stack_size;
+    unsigned long long tls;
+    unsigned long long set_tid;
+    unsigned long long set_tid_size;
+    unsigned long long cgroup;
+};
+#define HM_CLONE_INTO_CGROUP 0x200000000ULL
+
 /* The kernel's struct sigaction (not libc's). */
 struct hm_ksigaction {
     unsigned long handler;
@@ -126,16 +142,16 @@ static void reset_signal_handlers(void)
     }
 }
 
-/* Move the inherited descriptors to 0, 1, 2 (stdio), HM_FD_REPORT and
- * HM_FD_PARENT, and close everything else the caller had open: pid 1 was
+/* Move the inherited descriptors to 0, 1, 2 (stdio), HM_FD_REPORT,
+ * HM_FD_PARENT and HM_FD_CGROUP, and close everything else the caller had open: pid 1 was
  * cloned without CLONE_FILES, so this is a private copy of the caller's
  * table, including descriptors other threads opened without O_CLOEXEC. */
 static void setup_fds(const struct hm_plan *p, int report_fd, int parent_pidfd)
 {
-    int src[5] = {p->stdin_fd, p->stdout_fd, p->stderr_fd, report_fd, parent_pidfd};
-    int tmp[5];
+    int src[6] = {p->stdin_fd, p->stdout_fd, p->stderr_fd, report_fd, parent_pidfd, p->cgroup_fd};
+    int tmp[6];
     /* First above every target, so no dup3 below overwrites a source. */
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         tmp[i] = -1;
         if (src[i] < 0)
             continue;
@@ -144,7 +160,7 @@ static void setup_fds(const struct hm_plan *p, int report_fd, int parent_pidfd)
             fail(report_fd, HM_STAGE_FDS, i, r);
         tmp[i] = (int)r;
     }
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         if (tmp[i] < 0) {
             HM_SYS1(SYS_close, i);
             continue;
@@ -455,7 +471,23 @@ int hm__pid1_main(void *argp)
     }
 
     struct hm_action_args aa = {p, 0};
-    long action = hm_clone_run(CLONE_VM | CLONE_VFORK | SIGCHLD, action_stack, action_main, &aa);
+    long action;
+    if (p->cgroup_fd >= 0) {
+        /* The action is born in its cgroup v2 group; pid 1 stays outside.
+         * pid 1 shares the caller's memory, and the OOM killer, weighing a
+         * task by its address space, would pick it in the group and with
+         * it kill every process sharing that memory: the caller. */
+        struct hm_clone_args ca = {0};
+        ca.flags = CLONE_VM | CLONE_VFORK | HM_CLONE_INTO_CGROUP;
+        ca.exit_signal = SIGCHLD;
+        ca.stack = (unsigned long long)(unsigned long)(action_stack - HM_ACTION_STACK);
+        ca.stack_size = HM_ACTION_STACK;
+        ca.cgroup = HM_FD_CGROUP;
+        action = hm_clone3_run(&ca, sizeof ca, action_main, &aa);
+        HM_SYS1(SYS_close, HM_FD_CGROUP);
+    } else {
+        action = hm_clone_run(CLONE_VM | CLONE_VFORK | SIGCHLD, action_stack, action_main, &aa);
+    }
     if (action < 0)
         fail(HM_FD_REPORT, HM_STAGE_SPAWN, -1, action);
     /* The action has exec'd, or has reported its failure.  An explicit

@@ -7,7 +7,11 @@
 /* Descriptor numbers the child moves its inherited descriptors to. */
 #define HM_FD_REPORT 3  /* write end of the error pipe, close-on-exec */
 #define HM_FD_PARENT 4  /* pidfd of the caller, or -1 */
-#define HM_FD_FIRST_FREE 5
+#define HM_FD_CGROUP 5  /* the action's cgroup v2 directory, or closed */
+#define HM_FD_FIRST_FREE 6
+
+/* Size of the action's stack (spawn.c lays out the region). */
+#define HM_ACTION_STACK 65536UL
 
 struct hm_child_args {
     const struct hm_plan *plan;

@@ -104,6 +104,57 @@ static inline long hm_clone_run(unsigned long flags, void *stack_top, int (*fn)(
 }
 #endif
 
+/*
+ * hm_clone3_run: clone3(args, size); the child, on the stack the args name,
+ * calls fn(arg) and exits with its return value; the caller gets the
+ * child's pid or -errno.  Needed for CLONE_INTO_CGROUP, which only clone3
+ * has, for a child that does not exec (libc has no clone3 wrapper).
+ */
+#if defined(__x86_64__)
+static inline long hm_clone3_run(void *args, unsigned long size, int (*fn)(void *), void *arg)
+{
+    register int (*r12)(void *) __asm__("r12") = fn;
+    register void *r13 __asm__("r13") = arg;
+    long ret;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "xor %%ebp, %%ebp\n\t"
+                     "mov %%r13, %%rdi\n\t"
+                     "call *%%r12\n\t"
+                     "mov %%eax, %%edi\n\t"
+                     "mov $60, %%eax\n\t"
+                     "syscall\n\t"
+                     "hlt\n"
+                     "1:\n\t"
+                     : "=a"(ret)
+                     : "a"(435L), "D"(args), "S"(size), "r"(r12), "r"(r13)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#elif defined(__aarch64__)
+static inline long hm_clone3_run(void *args, unsigned long size, int (*fn)(void *), void *arg)
+{
+    register long x8 __asm__("x8") = 435;
+    register long x0 __asm__("x0") = (long)args;
+    register long x1 __asm__("x1") = (long)size;
+    register int (*x19)(void *) __asm__("x19") = fn;
+    register void *x20 __asm__("x20") = arg;
+    __asm__ volatile("svc #0\n\t"
+                     "cbnz x0, 1f\n\t"
+                     "mov x29, xzr\n\t"
+                     "mov x0, x20\n\t"
+                     "blr x19\n\t"
+                     "mov x8, #93\n\t"
+                     "svc #0\n"
+                     "1:\n\t"
+                     : "+r"(x0)
+                     : "r"(x8), "r"(x1), "r"(x19), "r"(x20)
+                     : "x30", "memory");
+    return x0;
+}
+#endif
+
 #define HM_SYS0(n) hm_sys6((n), 0, 0, 0, 0, 0, 0)
 #define HM_SYS1(n, a) hm_sys6((n), (long)(a), 0, 0, 0, 0, 0)
 #define HM_SYS2(n, a, b) hm_sys6((n), (long)(a), (long)(b), 0, 0, 0, 0)

@@ -26,7 +26,7 @@
 
 /* Two stacks with a guard page below each: pid 1 at the top, the action's
  * (used only until its execve) below.  The child code uses little stack. */
-#define HM_STACK 65536UL
+#define HM_STACK HM_ACTION_STACK
 #define HM_GUARD 4096UL
 #define HM_STACK_REGION (2 * (HM_STACK + HM_GUARD))
 

@@ -23,6 +23,16 @@ from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.usage import ResourceUsage
 
+_FIGURES = (
+    "wall_time",
+    "cpu_time",
+    "user_time",
+    "system_time",
+    "io_read_bytes",
+    "io_write_bytes",
+    "peak_memory",
+    "peak_processes",
+)
 _ACTIVE: set[ResourceMonitor] = set()
 _ACTIVE_LOCK = threading.Lock()
 
@@ -39,6 +49,7 @@ class _Totals:
     peak_memory: int | None = None
     peak_processes: int | None = None
     violations: list[Violation] = field(default_factory=list)
+    sources: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -108,6 +119,8 @@ class ResourceMonitor:
             t.peak_memory = _max(t.peak_memory, u.peak_memory)
             t.peak_processes = _max(t.peak_processes, u.peak_processes)
             t.violations.extend(result.violations)
+            for name, source in u.sources:
+                t.sources.setdefault(name, set()).add(source)
 
     # -- reading -------------------------------------------------------------
 
@@ -124,16 +137,9 @@ class ResourceMonitor:
             cpu, user, system = t.cpu_time, t.user_time, t.system_time
             rd, wr, mem, procs = t.io_read_bytes, t.io_write_bytes, t.peak_memory, t.peak_processes
             wall = t.wall_time
-        sources = [
-            ("wall_time", "clock"),
-            ("cpu_time", "rusage"),
-            ("user_time", "rusage"),
-            ("system_time", "rusage"),
-            ("io_read_bytes", "rusage"),
-            ("io_write_bytes", "rusage"),
-            ("peak_memory", "cgroup-v1"),
-            ("peak_processes", "sampled"),
-        ]
+            known = {name: "+".join(sorted(found)) for name, found in t.sources.items()}
+        known.setdefault("wall_time", "clock")
+        sources = [(name, known.get(name, "")) for name in _FIGURES]
         if running:
             live = _sample(running)
             user = _add(user, live["user"])
@@ -143,7 +149,10 @@ class ResourceMonitor:
             wr = _add(wr, live["write"])
             mem = _max(mem, live["rss"])
             procs = _max(procs, live["procs"])
-            sources = [(n, s if n == "wall_time" else f"{s}+psutil") for n, s in sources]
+            sources = [
+                (n, s if n == "wall_time" else "+".join(filter(None, (s, "psutil"))))
+                for n, s in sources
+            ]
         values: dict[str, Any] = {
             "wall_time": wall,
             "cpu_time": cpu,
@@ -154,8 +163,8 @@ class ResourceMonitor:
             "peak_memory": mem,
             "peak_processes": procs,
         }
-        known = tuple(sorted((n, s) for n, s in sources if values[n] is not None))
-        return ResourceUsage(sources=known, **values)
+        known_sources = tuple(sorted((n, s) for n, s in sources if s and values[n] is not None))
+        return ResourceUsage(sources=known_sources, **values)
 
     def violations(self) -> list[Violation]:
         """Breaches recorded by the executions so far, and those the totals show."""

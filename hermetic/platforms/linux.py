@@ -22,7 +22,9 @@ from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec
-from hermetic.monitoring.cgroup_v1 import SlotUsage
+from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
+from hermetic.monitoring.cgroup_v2 import PARENT as V2
+from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms import linux_plan
 from hermetic.platforms.capabilities import Capabilities
@@ -185,7 +187,8 @@ class Prepared:
         self.workdir = spec.workdir or "/"
         self.ops = linux_plan.build_ops(spec, self.workdir)
         self.env = _environment(spec)
-        self.limits = plan_limits(spec.resources, WORKERS.available(), spec.network.is_hermetic)
+        self.cgroup_version, no_cgroup = cgroup_mechanism()
+        self.limits = plan_limits(spec.resources, no_cgroup, spec.network.is_hermetic)
         self._exec_cache: dict[str, tuple[str, ...]] = {}
 
         mem = _CMemory()
@@ -216,6 +219,7 @@ class Prepared:
         template = {
             "ns_flags": ALL_NAMESPACES & ~CLONE_NEWNET if self.pooled_network else ALL_NAMESPACES,
             "netns_fd": -1,
+            "cgroup_fd": -1,
             "uid_map": mem.cstr(f"{uid} {uid} 1\n"),
             "gid_map": mem.cstr(f"{gid} {gid} 1\n"),
             "staging": mem.cstr(linux_plan.STAGING),
@@ -420,10 +424,34 @@ def execute(
         is_within(cwd, prepared.workdir) or linux_plan.visible(prepared.spec, cwd) or cwd == "/"
     ):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
-    if prepared.limits.cgroup:
+    if prepared.limits.cgroup and prepared.cgroup_version == 1:
         with WORKERS.lease() as worker:
             return _run(prepared, args, workdir, stdin, timeout, kill_grace, worker, observer)
+    if prepared.limits.cgroup:
+        leased: list[V2Group] = []
+        try:
+            try:
+                group = V2.new_group(prepared.spec.resources, leased)
+            except OSError as e:
+                raise UnsupportedError(
+                    "resource limits", f"cannot create a cgroup v2 group: {e}"
+                ) from e
+            return _run(prepared, args, workdir, stdin, timeout, kill_grace, None, observer, group)
+        finally:
+            for g in leased:
+                g.close()
     return _run(prepared, args, workdir, stdin, timeout, kill_grace, None, observer)
+
+
+def cgroup_mechanism() -> tuple[int | None, str | None]:
+    """(1 or 2, None) for the cgroup version limits use here, v2 first; else (None, why)."""
+    no_v2 = V2.available()
+    if no_v2 is None:
+        return 2, None
+    no_v1 = WORKERS.available()
+    if no_v1 is None:
+        return 1, None
+    return None, f"{no_v2}; {no_v1}"
 
 
 def _run(
@@ -435,18 +463,21 @@ def _run(
     kill_grace: float,
     worker: Worker | None,
     observer: Any = None,
+    group: V2Group | None = None,
 ) -> ExecutionResult:
     nat = _native()
     ffi, lib = nat.ffi, nat.lib
     limits = prepared.spec.resources
-    slot = worker.slot if worker is not None else None
+    slot: V1Slot | V2Group | None = worker.slot if worker is not None else group
     spawn = worker.spawn if worker is not None else lib.hm_spawn
     mem = _CMemory()
     plan, keep = prepared.new_plan(workdir, args[0])
+    if group is not None:
+        plan.cgroup_fd = group.fd
     plan.argv = mem.strv(args)
-    if slot is not None:
+    if worker is not None:
         try:
-            slot.prepare(limits)
+            worker.slot.prepare(limits)
         except OSError as e:
             raise UnsupportedError("resource limits", f"cannot set cgroup limits: {e}") from e
 
@@ -511,7 +542,13 @@ def _run(
                     observed=f"{duration:.3f} s",
                 )
             )
-        if slot is not None:
+        if group is not None:
+            counted = group.usage()
+            usage = usage.with_cgroup(counted.peak_memory, "cgroup-v2")
+            tasks = group.peak_processes()
+            if tasks is not None:
+                usage = usage.with_figure("peak_processes", tasks, "cgroup-v2")
+        elif slot is not None:
             counted = slot.usage()
             usage = usage.with_cgroup(counted.peak_memory, "cgroup-v1")
         else:

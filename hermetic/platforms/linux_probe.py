@@ -90,9 +90,9 @@ def probe() -> Capabilities:
     except (OSError, AttributeError):
         pidfd = False
         notes["pidfd"] = "pidfd_open(2) is missing (Linux >= 5.3 needed)"
-    from hermetic.platforms.linux_workers import POOL
+    from hermetic.platforms.linux import cgroup_mechanism
 
-    no_slots = POOL.available()
+    version, no_slots = cgroup_mechanism()
     if no_slots is not None:
         notes["limits"] = (
             f"memory, summed CPU time, CPU weight (and, for root, process) limits "
@@ -113,6 +113,6 @@ def probe() -> Capabilities:
         landlock_abi=abi if abi > 0 else None,
         pidfd=pidfd,
         clone3=lib.hm_probe_clone3() == 0,
-        limits="cgroup-v1" if no_slots is None else "rlimits",
+        limits=f"cgroup-v{version}" if version else "rlimits",
         notes=tuple(sorted(notes.items())),
     )

@@ -12,6 +12,7 @@ import os
 
 from hermetic.monitoring import proctree
 from hermetic.monitoring.cgroup_v1 import V1Slot
+from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.platforms.linux_limits import LimitPlan
 
 
@@ -19,7 +20,12 @@ class Watch:
     """State of the checks for one action; ``pid1`` is set once it runs."""
 
     def __init__(
-        self, plan: LimitPlan, memory_in_slot: bool, slot: V1Slot | None, out_fd: int, err_fd: int
+        self,
+        plan: LimitPlan,
+        memory_in_slot: bool,
+        slot: V1Slot | V2Group | None,
+        out_fd: int,
+        err_fd: int,
     ) -> None:
         self.plan = plan
         self.memory_in_slot = memory_in_slot
