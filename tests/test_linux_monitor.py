@@ -93,4 +93,6 @@ def test_violations_of_executions_are_collected(ex):
     limited = HermeticExecutor.create(spec).unwrap()
     with hermetic.create_monitor(spec.resources) as monitor:
         limited.execute(["sh", "-c", "echo 0123456789abcdef"]).unwrap()
-    assert [v.decision for v in monitor.violations()] == ["truncated"]
+    # Cut afterwards, or stopped by the periodic check on a slow host.
+    [v] = monitor.violations()
+    assert "max_output_bytes" in v.limit and v.decision in ("truncated", "killed")
