@@ -127,6 +127,18 @@ def source_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def unlimited_source_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
+    """``source_executor`` without resource limits (no cgroup)."""
+    import dataclasses
+
+    from hermetic import ResourceLimits
+
+    none = ResourceLimits(max_processes=0, max_file_size=0, max_open_files=0)
+    spec = make_spec(scratch, with_sources=True)
+    return _executor(dataclasses.replace(spec, resources=none))
+
+
+@pytest.fixture
 def direct_env() -> dict[str, str]:
     """The sandbox's environment, so direct and sandboxed runs see the same one."""
     from hermetic import EnvSet

@@ -239,12 +239,18 @@ def test_gcc_direct(benchmark: Any, scratch: Any, direct_env: dict[str, str]) ->
 
 @needs_gcc
 @pytest.mark.benchmark(group="gcc")
-def test_gcc_hermetic(benchmark: Any, scratch: Any, source_executor: Any) -> None:
+@pytest.mark.parametrize(
+    "variant", ["source_executor", "unlimited_source_executor"], ids=["limits", "no-limits"]
+)
+def test_gcc_hermetic(
+    benchmark: Any, scratch: Any, request: pytest.FixtureRequest, variant: str
+) -> None:
     argv, obj = _gcc_job(scratch)
+    executor = request.getfixturevalue(variant)
     results = _measure(
         benchmark,
-        lambda: source_executor.execute(argv, cwd=scratch.out).unwrap(),
-        method="hermetic",
+        lambda: executor.execute(argv, cwd=scratch.out).unwrap(),
+        method="hermetic" if variant == "source_executor" else "hermetic-no-limits",
         baseline=False,
         rounds=GCC_ROUNDS,
         warmup=GCC_WARMUP,

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import signal
 import subprocess
 import threading
 
@@ -205,6 +206,11 @@ def test_file_size_limit(scratch):
     r = hermetic.run(["sh", "-c", f"head -c 10000 /dev/zero > {out}/big"], spec)
     assert not r.success()
     assert os.path.getsize(os.path.join(out, "big")) == 4096
+    # With exec, head is the main process: its SIGXFSZ is the action's end.
+    r = hermetic.run(["sh", "-c", f"exec head -c 10000 /dev/zero > {out}/big2"], spec)
+    assert r.signal == signal.SIGXFSZ
+    [v] = r.violations
+    assert (v.kind.value, v.decision) == ("resource", "killed") and "max_file_size" in v.limit
 
 
 def test_many_threads_share_one_executor(ex):

@@ -556,6 +556,18 @@ def _run(
         if watch.peak_processes is not None:
             usage = usage.with_figure("peak_processes", watch.peak_processes, "sampled")
         violations += _limit_violations(limits, counted, breach, watch.observed)
+        if sig in _RLIMIT_SIGNALS and not timed_out:
+            # The kernel ended the main process for a per-process rlimit.
+            name, what = _RLIMIT_SIGNALS[sig]
+            violations.append(
+                Violation(
+                    ViolationKind.RESOURCE,
+                    attempted=what,
+                    decision="killed",
+                    limit=f"{name}={getattr(limits, name)}",
+                    observed=f"signal {signal.Signals(sig).name}",
+                )
+            )
         stdout, stderr = _read_all(out_fd), _read_all(err_fd)
         cap = prepared.limits.output_bytes
         if cap and len(stdout) + len(stderr) > cap and breach != "output":
@@ -589,6 +601,13 @@ def _run(
         for fd in (stdin_fd, out_fd, err_fd):
             if fd >= 0:
                 os.close(fd)
+
+
+#: Signals the kernel sends for a breached rlimit: the limit and what was tried.
+_RLIMIT_SIGNALS: dict[int, tuple[str, str]] = {
+    int(signal.SIGXFSZ): ("max_file_size", "a file larger than max_file_size"),
+    int(signal.SIGXCPU): ("max_cpu_time_ms", "CPU time beyond max_cpu_time_ms in one process"),
+}
 
 
 def _limit_violations(
