@@ -27,22 +27,9 @@ import os
 from dataclasses import dataclass
 
 from hermetic.core.policies import ResourceLimits
-from hermetic.monitoring.cgroups import PREFIX, remove_stale, remove_tree
+from hermetic.monitoring.cgroups import PREFIX, field, remove_stale, remove_tree, write_text
 
 UNLIMITED = -1
-
-
-def _write(path: str, value: str | int) -> None:
-    with open(path, "w", encoding="ascii") as f:
-        f.write(str(value))
-
-
-def _field(text: str, key: str) -> int:
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == key:
-            return int(parts[1])
-    return 0
 
 
 @dataclass(frozen=True)
@@ -116,7 +103,7 @@ class V1Slot:
     def join(self, tid: int) -> None:
         """Move the calling worker thread (``tid``) into every group: once per slot."""
         for path in sorted(set(self.dirs.values())):
-            _write(os.path.join(path, "tasks"), tid)
+            write_text(os.path.join(path, "tasks"), tid)
 
     def _get(self, key: str) -> str | None:
         fd = self._fds.get(key)
@@ -147,8 +134,8 @@ class V1Slot:
         self._set("peak", "0")
         usage = self._get("usage")
         self._base["memory"] = int(usage) if usage else 0
-        self._base["forks"] = _field(self._get("forks") or "", "max")
-        self._base["oom"] = _field(self._get("oom") or "", "oom_kill")
+        self._base["forks"] = field(self._get("forks") or "", "max")
+        self._base["oom"] = field(self._get("oom") or "", "oom_kill")
         self._base["cpu"] = self._cpu_total()
 
     def _cpu_total(self) -> int:
@@ -171,7 +158,7 @@ class V1Slot:
                 # the reading thread's group, this one: full means out of memory.
                 return True
             raise
-        return _field(text or "", "under_oom") > 0
+        return field(text or "", "under_oom") > 0
 
     def usage(self) -> SlotUsage:
         """The counters since prepare(); a figure that cannot be read is None."""
@@ -179,8 +166,8 @@ class V1Slot:
         with contextlib.suppress(OSError):
             top = self._get("peak")
             peak = None if top is None else max(0, int(top) - self._base.get("memory", 0))
-        oom = _field(self._get("oom") or "", "oom_kill") - self._base.get("oom", 0)
-        forks = _field(self._get("forks") or "", "max") - self._base.get("forks", 0)
+        oom = field(self._get("oom") or "", "oom_kill") - self._base.get("oom", 0)
+        forks = field(self._get("forks") or "", "max") - self._base.get("forks", 0)
         return SlotUsage(peak, self.cpu_ns(), oom, forks)
 
     def _close(self) -> None:

@@ -25,27 +25,17 @@ import threading
 
 from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.cgroup_v1 import SlotUsage
-from hermetic.monitoring.cgroups import PREFIX, hierarchies, remove_stale, remove_tree
+from hermetic.monitoring.cgroups import (
+    PREFIX,
+    field,
+    hierarchies,
+    read_text,
+    remove_stale,
+    remove_tree,
+    write_text,
+)
 
 CONTROLLERS = ("memory", "pids", "cpu")
-
-
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as f:
-        return f.read()
-
-
-def _write(path: str, value: str) -> None:
-    with open(path, "w", encoding="ascii") as f:
-        f.write(value)
-
-
-def _field(text: str, key: str) -> int:
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == key:
-            return int(parts[1])
-    return 0
 
 
 def weight(shares: int) -> int:
@@ -76,7 +66,7 @@ class V2Parent:
         if own is None:
             return "no cgroup v2 hierarchy"
         try:
-            have = set(_read(os.path.join(own, "cgroup.controllers")).split())
+            have = set(read_text(os.path.join(own, "cgroup.controllers")).split())
         except OSError as e:
             return f"cannot read {own}/cgroup.controllers: {e.strerror}"
         missing = [c for c in CONTROLLERS if c not in have]
@@ -94,16 +84,16 @@ class V2Parent:
             if own is None:
                 raise OSError("no cgroup v2 hierarchy")
             remove_stale(own)
-            enabled = set(_read(os.path.join(own, "cgroup.subtree_control")).split())
+            enabled = set(read_text(os.path.join(own, "cgroup.subtree_control")).split())
             if not set(CONTROLLERS) <= enabled:
                 # EBUSY when the own group holds processes and is not the root.
-                _write(
+                write_text(
                     os.path.join(own, "cgroup.subtree_control"),
                     " ".join(f"+{c}" for c in CONTROLLERS),
                 )
             path = os.path.join(own, f"{PREFIX}{os.getpid()}")
             os.makedirs(path, exist_ok=True)
-            _write(
+            write_text(
                 os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS)
             )
             self._path, self._pid = path, os.getpid()
@@ -137,7 +127,7 @@ class V2Parent:
             for entry in os.scandir(parent):
                 if entry.is_dir() and entry.path not in self._in_use:
                     with contextlib.suppress(OSError):
-                        _write(os.path.join(entry.path, "cgroup.kill"), "1")
+                        write_text(os.path.join(entry.path, "cgroup.kill"), "1")
                     remove_tree(entry.path)
 
     def _done(self, path: str) -> None:
@@ -163,13 +153,15 @@ class V2Group:
 
     def configure(self, limits: ResourceLimits) -> None:
         if limits.max_memory_bytes:
-            _write(self._f("memory.max"), str(limits.max_memory_bytes))
+            write_text(self._f("memory.max"), str(limits.max_memory_bytes))
             if os.path.exists(self._f("memory.swap.max")):
-                _write(self._f("memory.swap.max"), "0")
+                write_text(self._f("memory.swap.max"), "0")
         # Only the action's processes are in the group: pid 1 stays outside.
-        _write(self._f("pids.max"), str(limits.max_processes) if limits.max_processes else "max")
+        write_text(
+            self._f("pids.max"), str(limits.max_processes) if limits.max_processes else "max"
+        )
         if limits.cpu_shares != 1024:
-            _write(self._f("cpu.weight"), str(weight(limits.cpu_shares)))
+            write_text(self._f("cpu.weight"), str(weight(limits.cpu_shares)))
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._open.append(self.fd)
         self._cpu = os.open(self._f("cpu.stat"), os.O_RDONLY | os.O_CLOEXEC)
@@ -180,7 +172,7 @@ class V2Group:
 
     def cpu_ns(self) -> int | None:
         text = os.pread(self._cpu, 4096, 0).decode("ascii")
-        return _field(text, "usage_usec") * 1000
+        return field(text, "usage_usec") * 1000
 
     def under_oom(self) -> bool:
         # The kernel's OOM killer acts inside the group by itself.
@@ -188,22 +180,22 @@ class V2Group:
 
     def cpu_times(self) -> tuple[float, float]:
         text = os.pread(self._cpu, 4096, 0).decode("ascii")
-        return _field(text, "user_usec") / 1e6, _field(text, "system_usec") / 1e6
+        return field(text, "user_usec") / 1e6, field(text, "system_usec") / 1e6
 
     def usage(self) -> SlotUsage:
         peak = None
         with contextlib.suppress(OSError, ValueError):
-            peak = int(_read(self._f("memory.peak")))
+            peak = int(read_text(self._f("memory.peak")))
         oom = forks = 0
         with contextlib.suppress(OSError):
-            oom = _field(_read(self._f("memory.events")), "oom_kill")
+            oom = field(read_text(self._f("memory.events")), "oom_kill")
         with contextlib.suppress(OSError):
-            forks = _field(_read(self._f("pids.events")), "max")
+            forks = field(read_text(self._f("pids.events")), "max")
         return SlotUsage(peak, self.cpu_ns(), oom, forks)
 
     def peak_processes(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
-            return int(_read(self._f("pids.peak")))
+            return int(read_text(self._f("pids.peak")))
         return None
 
     def close(self) -> None:
@@ -224,7 +216,7 @@ class V2Group:
 
     def _close_once(self) -> None:
         with contextlib.suppress(OSError):
-            _write(self._f("cgroup.kill"), "1")
+            write_text(self._f("cgroup.kill"), "1")
         while self._open:
             fd = self._open.pop()
             with contextlib.suppress(OSError):

@@ -101,6 +101,26 @@ def v1_dirs() -> dict[str, str]:
     return dirs
 
 
+def read_text(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read()
+
+
+def write_text(path: str, value: str | int) -> None:
+    """One write of a control file (each write is one command to the kernel)."""
+    with open(path, "w", encoding="ascii") as f:
+        f.write(str(value))
+
+
+def field(text: str, key: str) -> int:
+    """The value of ``key`` in a flat-keyed control file (``key value`` lines), or 0."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return int(parts[1])
+    return 0
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
