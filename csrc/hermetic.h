@@ -145,6 +145,8 @@ void *hm_stack_new(void);
 void hm_stack_free(void *stack);
 int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);
+int hm_seccomp_build(void *out, int max);
+int hm_seccomp_denied(const char **names, int *nrs, int max);
 int hm_probe_landlock_abi(void);
 int hm_probe_clone3(void);
 int hm_probe_mount_setattr(void);

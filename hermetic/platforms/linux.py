@@ -42,6 +42,8 @@ BACKEND = "linux-namespaces"
 HOSTNAME = "localhost"
 #: The signal that asks pid 1 to end the sandbox (HM_SIG_END in hermetic.h).
 HM_SIG_END = 64
+#: Room for the default seccomp program, in instructions.
+SECCOMP_MAX = 512
 #: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
 END_WAIT = 1.0
 DOMAINNAME = "localdomain"
@@ -216,6 +218,13 @@ class Prepared:
         # setns() into a network namespace needs CAP_SYS_ADMIN in the caller's
         # own user namespace too, so only a privileged caller can use the pool.
         self.pooled_network = not spec.network.fresh_namespace and os.geteuid() == 0
+        # The default seccomp program (csrc/linux/seccomp.c), built for this
+        # architecture; installed last, just before exec.
+        seccomp = ffi.new("unsigned char[]", 8 * SECCOMP_MAX)  # struct sock_filter[]
+        n_seccomp = _native().lib.hm_seccomp_build(seccomp, SECCOMP_MAX)
+        if n_seccomp < 0:
+            raise UnsupportedError("seccomp", "the default filter does not fit its buffer")
+        mem.keep.append(seccomp)
         template = {
             "ns_flags": ALL_NAMESPACES & ~CLONE_NEWNET if self.pooled_network else ALL_NAMESPACES,
             "netns_fd": -1,
@@ -232,8 +241,8 @@ class Prepared:
             "envp": mem.strv([f"{k}={v}" for k, v in sorted(self.env.items())]),
             "rlimits": rl,
             "n_rlimits": len(self.limits.rlimits),
-            "seccomp_filter": ffi.NULL,
-            "seccomp_len": 0,
+            "seccomp_filter": seccomp,
+            "seccomp_len": n_seccomp,
         }
         # Per action the plan is a memmove of this, not a dict conversion.
         self._template = ffi.new("struct hm_plan *", template)
