@@ -107,7 +107,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         return _fail("run: no command given (hermetic run [options] -- CMD ARGS...)", EXIT_SPEC)
     try:
         spec = _spec_from_args(ns)
-        executor = HermeticExecutor.create(spec).unwrap()
+        executor = HermeticExecutor.create(spec, audit_log=ns.audit_log).unwrap()
         stdin = sys.stdin.buffer.read() if ns.stdin else None
         result = executor.execute(command, stdin=stdin, timeout=ns.timeout).unwrap()
     except SpecError as e:
@@ -131,6 +131,25 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             _fail(f"timed out after {ns.timeout:g} s; the sandbox was killed", EXIT_TIMEOUT)
         return EXIT_TIMEOUT
     return result.shell_status()
+
+
+def _cmd_audit(ns: argparse.Namespace) -> int:
+    from hermetic.security.audit import summarize
+
+    try:
+        summary = summarize(ns.file)
+    except OSError as e:
+        return _fail(f"cannot read audit log {ns.file!r}: {e.strerror}", EXIT_SPEC)
+    except ValueError as e:
+        return _fail(f"invalid audit log: {e}", EXIT_SPEC)
+    if ns.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['records']} violation(s) in {summary['executions']} execution(s)")
+    for title, key in (("kind", "by_kind"), ("decision", "by_decision")):
+        for name, count in summary[key].items():
+            print(f"  {title} {name:12} {count}")
+    return 0
 
 
 def _cmd_doctor(ns: argparse.Namespace) -> int:
@@ -222,11 +241,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--stdin", action="store_true", help="pass this process's stdin to CMD")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--audit-log", metavar="FILE", help="append violations to FILE (JSON Lines)")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     run.set_defaults(func=_cmd_run)
     doctor = sub.add_parser("doctor", help="show what this host can enforce")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=_cmd_doctor)
+    audit = sub.add_parser("audit", help="summarise an audit log (JSON Lines)")
+    audit.add_argument("file")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=_cmd_audit)
     spec = sub.add_parser("spec", help="validate a spec file and print it with its digest")
     spec.add_argument("file")
     spec.set_defaults(func=_cmd_spec)

@@ -9,6 +9,7 @@ at once (every execution has its own sandbox and its own buffers).
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
+from hermetic.security.audit import AuditLog, new_execution_id, record
 
 
 def _seconds(timeout: float | datetime.timedelta | None) -> float | None:
@@ -43,15 +45,23 @@ def _seconds(timeout: float | datetime.timedelta | None) -> float | None:
 class HermeticExecutor:
     """Runs actions under one spec.  Build it with ``HermeticExecutor.create``."""
 
-    def __init__(self, spec: SandboxSpec, prepared: Any, backend: Any) -> None:
+    def __init__(
+        self, spec: SandboxSpec, prepared: Any, backend: Any, audit_log: AuditLog | None = None
+    ) -> None:
         self._spec = spec
         self._prepared = prepared
         self._backend = backend
+        self._audit = audit_log
+        self._digest = spec.digest()
 
     @classmethod
-    def create(cls, spec: SandboxSpec) -> Result[HermeticExecutor]:
+    def create(
+        cls, spec: SandboxSpec, *, audit_log: str | os.PathLike[str] | None = None
+    ) -> Result[HermeticExecutor]:
         """Validate ``spec`` and prepare it on this host.
 
+        With ``audit_log``, every violation of every execution is also
+        appended to that file as JSON Lines (hermetic/security/audit.py).
         Err carries a SpecError (bad spec) or an UnsupportedError (this host
         cannot apply a layer the spec asks for).
         """
@@ -62,7 +72,8 @@ class HermeticExecutor:
                 )
             spec.validate()
             backend = current()
-            return Ok(cls(spec, backend.prepare(spec), backend))
+            log = AuditLog(audit_log) if audit_log is not None else None
+            return Ok(cls(spec, backend.prepare(spec), backend, log))
         except HermeticError as e:
             return Err(e)
 
@@ -95,7 +106,7 @@ class HermeticExecutor:
             return Err(e)
         # Every started monitor, and ``monitor``, counts this execution.
         observer = Observer(monitor)
-        result = None
+        result: ExecutionResult | None = None
         try:
             result = self._backend.execute(
                 self._prepared,
@@ -105,12 +116,19 @@ class HermeticExecutor:
                 timeout=seconds,
                 observer=observer if observer else None,
             )
-            return Ok(result)
         except HermeticError as e:
             return Err(e)
         finally:
             if observer:
                 observer.finished(result)
+        assert result is not None
+        if self._audit is not None and result.violations:
+            execution = new_execution_id()
+            self._audit.append(
+                record(v, execution_id=execution, spec_digest=self._digest, argv0=result.argv[0])
+                for v in result.violations
+            )
+        return Ok(result)
 
     def execute_with_timeout(
         self,
