@@ -564,33 +564,13 @@ def _run(
             counted = SlotUsage(None, None, 0, 0)
         if watch.peak_processes is not None:
             usage = usage.with_figure("peak_processes", watch.peak_processes, "sampled")
-        violations += _limit_violations(limits, counted, breach, watch.observed)
-        if sig in _RLIMIT_SIGNALS and not timed_out:
-            # The kernel ended the main process for a per-process rlimit.
-            name, what = _RLIMIT_SIGNALS[sig]
-            violations.append(
-                Violation(
-                    ViolationKind.RESOURCE,
-                    attempted=what,
-                    decision="killed",
-                    limit=f"{name}={getattr(limits, name)}",
-                    observed=f"signal {signal.Signals(sig).name}",
-                )
-            )
         stdout, stderr = _read_all(out_fd), _read_all(err_fd)
+        written = len(stdout) + len(stderr)
+        violations += _limit_violations(
+            limits, counted, breach, watch.observed, sig if not timed_out else None, written
+        )
         cap = prepared.limits.output_bytes
-        if cap and len(stdout) + len(stderr) > cap and breach != "output":
-            # Written faster than the periodic check: keep the limit anyway.
-            violations.append(
-                Violation(
-                    ViolationKind.RESOURCE,
-                    attempted="output beyond max_output_bytes",
-                    decision="truncated",
-                    limit=f"max_output_bytes={cap}",
-                    observed=f"{len(stdout) + len(stderr)} bytes",
-                )
-            )
-        if cap and len(stdout) + len(stderr) > cap:
+        if cap and written > cap:
             stdout = stdout[:cap]
             stderr = stderr[: max(0, cap - len(stdout))]
         return ExecutionResult(
@@ -620,8 +600,16 @@ _RLIMIT_SIGNALS: dict[int, tuple[str, str]] = {
 
 
 def _limit_violations(
-    limits: Any, counted: SlotUsage, breach: str | None, observed: dict[str, int]
+    limits: Any,
+    counted: SlotUsage,
+    breach: str | None,
+    observed: dict[str, int],
+    sig: int | None,
+    written: int,
 ) -> list[Violation]:
+    """Every limit breach of one action: from the cgroup's counters, the
+    periodic check (``breach``), the main process's end signal, and the
+    captured output's size (``written``)."""
     out = []
 
     def resource_killed(what: str, limit: str, seen: str) -> None:
@@ -669,5 +657,22 @@ def _limit_violations(
             "output beyond max_output_bytes",
             f"max_output_bytes={limits.max_output_bytes}",
             f"{observed.get('output', 0)} bytes",
+        )
+    elif limits.max_output_bytes and written > limits.max_output_bytes:
+        # Written faster than the periodic check: cut to the limit afterwards.
+        out.append(
+            Violation(
+                ViolationKind.RESOURCE,
+                attempted="output beyond max_output_bytes",
+                decision="truncated",
+                limit=f"max_output_bytes={limits.max_output_bytes}",
+                observed=f"{written} bytes",
+            )
+        )
+    if sig in _RLIMIT_SIGNALS:
+        # The kernel ended the main process for a per-process rlimit.
+        name, what = _RLIMIT_SIGNALS[sig]
+        resource_killed(
+            what, f"{name}={getattr(limits, name)}", f"signal {signal.Signals(sig).name}"
         )
     return out
