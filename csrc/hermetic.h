@@ -40,8 +40,15 @@ enum hm_stage {
     HM_STAGE_SECCOMP = 21,
     HM_STAGE_EXEC = 22,
     HM_STAGE_CLONE = 23,        /* the parent's clone() itself */
-    HM_STAGE_NETNS = 24         /* entering or leaving a pooled network namespace */
+    HM_STAGE_NETNS = 24,        /* entering or leaving a pooled network namespace */
+    HM_STAGE_NOTIFY = 25,       /* handing the seccomp listener to the caller */
+    HM_STAGE_PROXY = 26         /* the egress proxy's listening socket */
 };
+
+/* Records on the report channel that carry a descriptor (SCM_RIGHTS)
+ * rather than end setup: stage is one of these. */
+#define HM_MSG_NOTIFY_FD 100
+#define HM_MSG_PROXY_FD 101
 
 /* Kinds of filesystem ops, executed in list order after pivot_root. */
 enum hm_op_kind {
@@ -108,7 +115,38 @@ struct hm_plan {
     int n_rlimits;
     const void *seccomp_filter;      /* struct sock_filter[]; NULL: none */
     int seccomp_len;                 /* number of instructions */
+    int seccomp_notify;              /* install with a listener and hand it to the
+                                        caller (hm_proc.notify_fd) */
+    int proxy_port;                  /* > 0: pid 1 listens on 127.0.0.1:port in the
+                                        sandbox's network namespace and hands the
+                                        socket to the caller (hm_proc.proxy_fd) */
 };
+
+/* What the seccomp program holds beyond the default deny list. */
+struct hm_filter_opts {
+    int notify;                      /* denials go to the listener (SECCOMP_RET_USER_NOTIF),
+                                        not straight back as EPERM */
+    int audit_writes;                /* with notify: path-writing calls are shown to the
+                                        listener too, then continue */
+    int deny_fork;                   /* new processes (not threads) refused */
+    int deny_exec;                   /* execve refused unless its path pointer is one of
+                                        exec_ptrs (the action's own exec) */
+    const unsigned long long *exec_ptrs;
+    int n_exec_ptrs;
+};
+
+/* One notification the listener took (hm_notify_serve). */
+struct hm_notice {
+    int pid;                         /* in the caller's pid namespace */
+    int nr;                          /* syscall number */
+    int kind;                        /* HM_NOTICE_* */
+    unsigned long long args[6];
+    char path[1024];                 /* HM_NOTICE_WRITE: the path written, absolute in the
+                                        sandbox when it could be resolved */
+    char path2[1024];                /* rename's source, else empty */
+};
+#define HM_NOTICE_DENIED 1           /* answered EPERM */
+#define HM_NOTICE_WRITE 2            /* let through: the kernel's mounts decide */
 
 /* A setup failure, sent once from the child over a close-on-exec pipe. */
 struct hm_error {
@@ -127,6 +165,8 @@ struct hm_proc {
     void *stack;        /* in: a region from hm_stack_new() to use, or NULL */
     unsigned long stack_size;
     int stack_borrowed; /* the caller owns the stack: release leaves it mapped */
+    int notify_fd;      /* the seccomp listener, or -1; closed by hm_proc_release */
+    int proxy_fd;       /* the proxy's listening socket, or -1; closed by hm_proc_release */
 };
 
 /* A thread that clones sandboxes for the caller (see csrc/linux/worker.c). */
@@ -145,7 +185,9 @@ void *hm_stack_new(void);
 void hm_stack_free(void *stack);
 int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);
-int hm_seccomp_build(void *out, int max);
+int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts);
+int hm_notify_serve(int fd, struct hm_notice *out, int max);
+const char *hm_syscall_name(int nr);
 int hm_seccomp_denied(const char **names, int *nrs, int max);
 int hm_probe_landlock_abi(void);
 int hm_probe_clone3(void);

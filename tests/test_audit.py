@@ -24,6 +24,17 @@ from hermetic.security.audit import AuditLog, read, record, summarize
 pytestmark = pytest.mark.linux
 
 
+#: A denied call (the seccomp filter answers EPERM and the listener records
+#: it), then output beyond the limit (a resource record).
+DENIED_CALL = """
+import errno, socket, sys
+try:
+    socket.sethostname("elsewhere")
+except OSError as e:
+    sys.stdout.write(errno.errorcode[e.errno] + " and more output than eight bytes")
+"""
+
+
 def test_fifty_concurrent_executions_from_eight_threads_write_intact_lines(scratch):
     log = os.path.join(scratch, "audit.jsonl")
     spec = SandboxSpec(
@@ -37,8 +48,8 @@ def test_fifty_concurrent_executions_from_eight_threads_write_intact_lines(scrat
     def worker(n: int) -> None:
         for _ in range(7 if n < 7 else 1):  # 7 threads x 7 + 1 = 50 executions
             try:
-                r = ex.execute(["sh", "-c", "echo this output is longer than eight bytes"])
-                assert r.unwrap().violations
+                r = ex.execute(["python3", "-c", DENIED_CALL]).unwrap()
+                assert r.stdout.startswith(b"EPERM"), r.stderr
             except BaseException as e:  # noqa: BLE001 - collected for the assert below
                 errors.append(e)
 
@@ -53,7 +64,11 @@ def test_fifty_concurrent_executions_from_eight_threads_write_intact_lines(scrat
     assert len(lines) >= 50
     recs = [json.loads(line) for line in lines]  # every line intact JSON
     assert len({r["execution_id"] for r in recs}) == 50
-    assert {r["kind"] for r in recs} == {"resource"}
+    assert {r["kind"] for r in recs} == {"syscall", "resource"}
+    calls = [r for r in recs if r["kind"] == "syscall"]
+    assert len(calls) == 50
+    assert all(r["attempted"].startswith("sethostname(") for r in calls)
+    assert {r["decision"] for r in calls} == {"denied"}
     assert {r["spec_digest"] for r in recs} == {spec.digest()}
     assert "do-not-log-me" not in "".join(lines)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from test_linux_isolation import ERRNO, probe, spec_for
+
+from hermetic import ProcessPolicy
 
 pytestmark = pytest.mark.linux
 
@@ -95,3 +98,98 @@ print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """,
     )
     assert out.text.split() == ["child", "7"]
+
+
+def _violations(out) -> list[dict]:
+    return out.raw["violations"]
+
+
+def test_every_denied_call_is_recorded_with_its_name(runner):
+    table = denied_table()
+    out = probe(
+        runner,
+        spec_for(),
+        f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+for nr in {json.dumps(sorted(table.values()))}:
+    libc.syscall(nr, 0, 0, 0, 0, 0, 0)
+print("done")
+""",
+    )
+    assert out.text.strip() == "done"
+    recorded = {
+        v["attempted"].split("(")[0]
+        for v in _violations(out)
+        if v["kind"] == "syscall" and v["decision"] == "denied"
+    }
+    assert set(table) - recorded == set()
+
+
+def test_refused_writes_are_recorded_with_their_paths(runner, scratch):
+    src = os.path.join(scratch, "src")
+    out_dir = os.path.join(scratch, "out")
+    os.mkdir(src)
+    os.mkdir(out_dir)
+    runner.own(out_dir)
+    out = probe(
+        runner,
+        spec_for(inputs=[src], outputs=[out_dir], workdir=src),
+        ERRNO
+        + f"""
+print(attempt(open, "/escaped", "w"))
+print(attempt(open, "{src}/planted", "w"))
+print(attempt(os.mkdir, "made-here"))
+print(attempt(os.rename, "{src}", "/moved"))
+open("{out_dir}/result", "w").write("fine")
+print(attempt(open, "/dev/null", "w"))
+""",
+    )
+    assert out.text.split() == ["EROFS", "EROFS", "EROFS", "EXDEV", "ok"]
+    with open(os.path.join(out_dir, "result")) as f:
+        assert f.read() == "fine"
+    refused = {v["attempted"] for v in _violations(out) if v["kind"] == "filesystem"}
+    # rename names both ends: the input moved away and where it went.
+    assert {"/escaped", f"{src}/planted", f"{src}/made-here", "/moved", src} <= refused
+    # Writes the spec allows are not violations.
+    assert not {f"{out_dir}/result", "/dev/null"} & refused
+    assert {v["decision"] for v in _violations(out) if v["kind"] == "filesystem"} == {"refused"}
+
+
+def test_no_fork_policy_refuses_processes_but_not_threads(runner):
+    out = probe(
+        runner,
+        spec_for(process=ProcessPolicy(allow_fork=False)),
+        ERRNO
+        + """
+import threading
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+print("thread")
+print(attempt(os.fork))
+""",
+    )
+    assert out.text.split() == ["thread", "EPERM"]
+    assert any(
+        v["kind"] == "process" and v["attempted"].startswith("clone(") for v in _violations(out)
+    )
+
+
+def test_no_exec_policy_runs_the_action_but_refuses_further_programs(runner):
+    out = probe(
+        runner,
+        spec_for(process=ProcessPolicy(allow_exec=False)),
+        ERRNO
+        + """
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv("/bin/true", ["true"])
+    except OSError as e:
+        os._exit(e.errno)
+print(errno.errorcode[os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])])
+""",
+    )
+    assert out.text.split() == ["EPERM"]
+    assert any(
+        v["kind"] == "process" and v["attempted"].startswith("execve(") for v in _violations(out)
+    )

@@ -34,6 +34,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <netinet/in.h>
 #include <time.h>
 
 #include "internal.h"
@@ -116,6 +117,58 @@ __attribute__((noreturn)) static void fail(int fd, int stage, int op_index, long
     rec.err = (int)-err;
     HM_SYS3(SYS_write, fd, &rec, sizeof rec);
     hm_exit(127);
+}
+
+/* Hand a descriptor to the caller over the report channel (a SOCK_SEQPACKET
+ * pair): one record tagged `tag` (HM_MSG_*) with the descriptor attached. */
+static long send_fd(int tag, long fd)
+{
+    struct hm_error rec = {tag, -1, 0};
+    struct iovec iov = {&rec, sizeof rec};
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    char *b = (char *)&ctl;
+    for (unsigned long i = 0; i < sizeof ctl; i++)
+        b[i] = 0;
+    ctl.h.cmsg_len = CMSG_LEN(sizeof(int));
+    ctl.h.cmsg_level = SOL_SOCKET;
+    ctl.h.cmsg_type = SCM_RIGHTS;
+    *(int *)CMSG_DATA(&ctl.h) = (int)fd;
+    struct msghdr msg = {0, 0, &iov, 1, &ctl, sizeof ctl, 0};
+    long r = HM_SYS3(SYS_sendmsg, HM_FD_REPORT, &msg, MSG_NOSIGNAL);
+    return r < 0 ? r : 0;
+}
+
+/* The egress proxy's listening socket, made inside the sandbox's network
+ * namespace so that only the sandbox can connect to it; the caller accepts
+ * on it and makes the outbound connections from its own namespace.  No
+ * proxy process runs in the sandbox. */
+static long proxy_listen(int port)
+{
+    long s = HM_SYS3(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return s;
+    int one = 1;
+    struct sockaddr_in sa;
+    char *b = (char *)&sa;
+    for (unsigned long i = 0; i < sizeof sa; i++)
+        b[i] = 0;
+    sa.sin_family = AF_INET;
+    sa.sin_port = (unsigned short)(((port & 0xff) << 8) | ((port >> 8) & 0xff));
+    unsigned char *ip = (unsigned char *)&sa.sin_addr;
+    ip[0] = 127;
+    ip[3] = 1;
+    long r = HM_SYS5(SYS_setsockopt, s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (r == 0)
+        r = HM_SYS3(SYS_bind, s, &sa, sizeof sa);
+    if (r == 0)
+        r = HM_SYS2(SYS_listen, s, 128);
+    if (r == 0)
+        r = send_fd(HM_MSG_PROXY_FD, s);
+    HM_SYS1(SYS_close, s);
+    return r;
 }
 
 static long write_file(const char *path, const char *text)
@@ -347,9 +400,19 @@ static int action_main(void *arg)
     if (p->seccomp_filter) {
         struct sock_fprog prog = {(unsigned short)p->seccomp_len,
                                   (struct sock_filter *)p->seccomp_filter};
-        r = HM_SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+        r = HM_SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                    p->seccomp_notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0, &prog);
         if (r < 0)
             action_fail(a, HM_STAGE_SECCOMP, -1, r);
+        if (p->seccomp_notify) {
+            /* The listener (close-on-exec) goes to the caller, who answers
+             * every notification; none can come before the exec below. */
+            long listener = r;
+            r = send_fd(HM_MSG_NOTIFY_FD, listener);
+            HM_SYS1(SYS_close, listener);
+            if (r < 0)
+                action_fail(a, HM_STAGE_NOTIFY, -1, r);
+        }
     }
     unsigned long none = 0;
     r = HM_SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, HM_SIGSET_SIZE);
@@ -468,6 +531,11 @@ int hm__pid1_main(void *argp)
         r = loopback_up();
         if (r < 0)
             fail(HM_FD_REPORT, HM_STAGE_LOOPBACK, -1, r);
+    }
+    if (p->proxy_port > 0) {
+        r = proxy_listen(p->proxy_port);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_PROXY, -1, r);
     }
 
     struct hm_action_args aa = {p, 0};

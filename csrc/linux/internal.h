@@ -27,6 +27,20 @@ struct hm_netns_args {
     int err;              /* out: 0 or -errno */
 };
 
+/* A call that writes a path, as the seccomp listener reads it: argument
+ * indexes of the path and its directory descriptor (-1: none), of rename's
+ * source, and of open's flags (-1: always a write). */
+struct hm_write_call {
+    int nr;
+    int dirfd_arg;
+    int path_arg;
+    int src_dirfd_arg;
+    int src_path_arg;
+    int flags_arg;
+};
+
+const struct hm_write_call *hm__write_call(int nr);
+
 int hm__pid1_main(void *arg);
 int hm__netns_main(void *arg);
 

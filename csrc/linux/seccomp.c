@@ -8,9 +8,16 @@
  * entry says why it is denied: it breaks isolation or reproducibility and no
  * build needs it.  Everything else is allowed, ptrace included (sanitizers
  * and debuggers use it; the pid namespace bounds what it can reach).
+ *
+ * With a listener (opts->notify), a denial goes to the caller as a
+ * SECCOMP_RET_USER_NOTIF, which records it and answers EPERM (notify.c);
+ * calls that write a path (open for writing, mkdir, unlink, rename...) are
+ * shown to it too and then continue, the mounts deciding, so that writes
+ * the mounts refuse are recorded with their path.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -20,7 +27,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
-#include "../hermetic.h"
+#include "internal.h"
 
 #if defined(__x86_64__)
 #define HM_AUDIT_ARCH AUDIT_ARCH_X86_64
@@ -93,7 +100,73 @@ static const struct hm_denied DENIED[] = {
     (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | \
      CLONE_NEWCGROUP)
 
+/* open() flags that mean a write. */
+#define HM_WRITE_FLAGS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)
+
 #define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
+#define ARG_HI(i) (ARG_LO(i) + 4)
+
+/* Calls that write a path, and where their arguments are: the path and
+ * its directory descriptor (-1: none, the call takes no dirfd), and for
+ * rename the source too.  flags_arg >= 0: only with a write flag there. */
+#define W(n, dfd, path, sdfd, spath, fl) {__NR_##n, dfd, path, sdfd, spath, fl}
+static const struct hm_write_call WRITES[] = {
+#ifdef __NR_open
+    W(open, -1, 0, -1, -1, 1), W(creat, -1, 0, -1, -1, -1), W(mkdir, -1, 0, -1, -1, -1),
+    W(mknod, -1, 0, -1, -1, -1), W(unlink, -1, 0, -1, -1, -1), W(rmdir, -1, 0, -1, -1, -1),
+    W(rename, -1, 1, -1, 0, -1), W(link, -1, 1, -1, -1, -1), W(symlink, -1, 1, -1, -1, -1),
+#endif
+    W(openat, 0, 1, -1, -1, 2), W(mkdirat, 0, 1, -1, -1, -1), W(mknodat, 0, 1, -1, -1, -1),
+    W(unlinkat, 0, 1, -1, -1, -1), W(renameat, 2, 3, 0, 1, -1), W(linkat, 2, 3, -1, -1, -1),
+    W(symlinkat, 1, 2, -1, -1, -1), W(truncate, -1, 0, -1, -1, -1),
+#ifdef __NR_renameat2
+    W(renameat2, 2, 3, 0, 1, -1),
+#endif
+#ifdef __NR_openat2
+    W(openat2, 0, 1, -1, -1, -1),
+#endif
+};
+#define NWRITES ((int)(sizeof WRITES / sizeof WRITES[0]))
+
+const struct hm_write_call *hm__write_call(int nr)
+{
+    for (int i = 0; i < NWRITES; i++)
+        if (WRITES[i].nr == nr)
+            return &WRITES[i];
+    return 0;
+}
+
+/* Names of every call the filter can report, for the audit log. */
+static const struct hm_denied OTHER_NAMES[] = {
+    DENY(clone), DENY(clone3), DENY(execve), DENY(execveat), DENY(ioctl), DENY(fchmod),
+    DENY(fchmodat),
+#ifdef __NR_fork
+    DENY(fork), DENY(vfork), DENY(chmod), DENY(open), DENY(creat), DENY(mkdir), DENY(mknod),
+    DENY(unlink), DENY(rmdir), DENY(rename), DENY(link), DENY(symlink),
+#endif
+#ifdef __NR_fchmodat2
+    DENY(fchmodat2),
+#endif
+    DENY(openat), DENY(mkdirat), DENY(mknodat), DENY(unlinkat), DENY(renameat), DENY(linkat),
+    DENY(symlinkat), DENY(truncate),
+#ifdef __NR_renameat2
+    DENY(renameat2),
+#endif
+#ifdef __NR_openat2
+    DENY(openat2),
+#endif
+};
+
+const char *hm_syscall_name(int nr)
+{
+    for (int i = 0; i < NDENIED; i++)
+        if (DENIED[i].nr == nr)
+            return DENIED[i].name;
+    for (unsigned long i = 0; i < sizeof OTHER_NAMES / sizeof OTHER_NAMES[0]; i++)
+        if (OTHER_NAMES[i].nr == nr)
+            return OTHER_NAMES[i].name;
+    return 0;
+}
 
 struct hm_prog {
     struct sock_filter *f;
@@ -116,19 +189,29 @@ static void put(struct hm_prog *p, unsigned int code, unsigned int k, unsigned i
 #define EMIT(c_, k_, t_, f_) put(&prog, (c_), (unsigned int)(k_), (t_), (f_))
 #define RET_ERRNO(e) EMIT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (e), 0, 0)
 #define RET_ALLOW EMIT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW, 0, 0)
+#define RET_NOTIFY EMIT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF, 0, 0)
+/* A denial: through the listener when there is one (recorded there, then
+ * answered EPERM), else EPERM straight away. */
+#define RET_DENY EMIT(BPF_RET | BPF_K, notify ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_ERRNO | EPERM, 0, 0)
+#define LD_NR EMIT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr), 0, 0)
+#define LD_ARG(i) EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(i), 0, 0)
 
 /* Write the program into out (at most max instructions); returns the count
- * or -ENOSPC. */
-int hm_seccomp_build(void *out, int max)
+ * or -ENOSPC.  opts may be NULL: the default deny list, answered EPERM. */
+int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
 {
+    static const struct hm_filter_opts none = {0, 0, 0, 0, 0, 0};
     struct hm_prog prog = {out, 0, max};
+    if (!opts)
+        opts = &none;
+    int notify = opts->notify;
 
     /* Another architecture's calls (x86_64's 32-bit entry) would have other
      * numbers: refuse them all. */
     EMIT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch), 0, 0);
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, HM_AUDIT_ARCH, 1, 0);
     RET_ERRNO(EPERM);
-    EMIT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr), 0, 0);
+    LD_NR;
 #if defined(__x86_64__)
     /* x32 calls share the architecture tag: tell them by their number. */
     EMIT(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
@@ -136,24 +219,53 @@ int hm_seccomp_build(void *out, int max)
 #endif
     for (int i = 0; i < NDENIED; i++) {
         EMIT(BPF_JMP | BPF_JEQ | BPF_K, DENIED[i].nr, 0, 1);
-        RET_ERRNO(EPERM);
+        RET_DENY;
     }
     /* clone3 passes its flags in memory the filter cannot read: ENOSYS makes
-     * libcs use clone, whose flags it can. */
+     * libcs use clone, whose flags it can.  Not a violation: not reported. */
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1);
     RET_ERRNO(ENOSYS);
-    /* clone with a namespace flag. */
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4);
-    EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0), 0, 0);
+    /* clone with a namespace flag; without allow_fork, any clone that makes
+     * a process rather than a thread. */
+    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, opts->deny_fork ? 6 : 4);
+    LD_ARG(0);
     EMIT(BPF_JMP | BPF_JSET | BPF_K, HM_NS_FLAGS, 0, 1);
-    RET_ERRNO(EPERM);
+    RET_DENY;
+    if (opts->deny_fork) {
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 1, 0);
+        RET_DENY;
+    }
     RET_ALLOW;
+    if (opts->deny_fork) {
+#ifdef __NR_fork
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fork, 1, 0);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_vfork, 0, 1);
+        RET_DENY;
+#endif
+    }
+    if (opts->deny_exec) {
+        /* The action's own execve passes one of the plan's path pointers;
+         * the exec'd program has a new address space, where nothing it
+         * can read says what those were. */
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 0, 1);
+        RET_DENY;
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 0, (unsigned)(5 * opts->n_exec_ptrs + 1));
+        for (int i = 0; i < opts->n_exec_ptrs; i++) {
+            unsigned long long ptr = opts->exec_ptrs[i];
+            LD_ARG(0);
+            EMIT(BPF_JMP | BPF_JEQ | BPF_K, (unsigned int)ptr, 0, 3);
+            EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(0), 0, 0);
+            EMIT(BPF_JMP | BPF_JEQ | BPF_K, (unsigned int)(ptr >> 32), 0, 1);
+            RET_ALLOW;
+        }
+        RET_DENY;
+    }
     /* ioctl TIOCSTI / TIOCLINUX: typing into a terminal outside. */
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 5);
-    EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(1), 0, 0);
+    LD_ARG(1);
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 1, 0);
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 0, 1);
-    RET_ERRNO(EPERM);
+    RET_DENY;
     RET_ALLOW;
     /* Setuid and setgid bits: a root caller's sandbox runs as host uid 0, and
      * a setuid-root file left in an output would run as root on the host. */
@@ -163,22 +275,37 @@ int hm_seccomp_build(void *out, int max)
     EMIT(BPF_JMP | BPF_JA, 0, 0, 0);
 #endif
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fchmod, 0, 4);
-    EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(1), 0, 0);
+    LD_ARG(1);
     EMIT(BPF_JMP | BPF_JSET | BPF_K, S_ISUID | S_ISGID, 0, 1);
-    RET_ERRNO(EPERM);
+    RET_DENY;
     RET_ALLOW;
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fchmodat, 0, 4);
-    EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2), 0, 0);
+    LD_ARG(2);
     EMIT(BPF_JMP | BPF_JSET | BPF_K, S_ISUID | S_ISGID, 0, 1);
-    RET_ERRNO(EPERM);
+    RET_DENY;
     RET_ALLOW;
 #ifdef __NR_fchmodat2
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fchmodat2, 0, 4);
-    EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(2), 0, 0);
+    LD_ARG(2);
     EMIT(BPF_JMP | BPF_JSET | BPF_K, S_ISUID | S_ISGID, 0, 1);
-    RET_ERRNO(EPERM);
+    RET_DENY;
     RET_ALLOW;
 #endif
+    if (notify && opts->audit_writes) {
+        for (int i = 0; i < NWRITES; i++) {
+            const struct hm_write_call *w = &WRITES[i];
+            if (w->flags_arg < 0) {
+                EMIT(BPF_JMP | BPF_JEQ | BPF_K, w->nr, 0, 1);
+                RET_NOTIFY;
+            } else {
+                EMIT(BPF_JMP | BPF_JEQ | BPF_K, w->nr, 0, 4);
+                LD_ARG(w->flags_arg);
+                EMIT(BPF_JMP | BPF_JSET | BPF_K, HM_WRITE_FLAGS, 0, 1);
+                RET_NOTIFY;
+                RET_ALLOW;
+            }
+        }
+    }
     RET_ALLOW;
     return prog.n <= max ? prog.n : -ENOSPC;
 }

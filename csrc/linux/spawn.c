@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,21 +53,42 @@ static void drop_region(struct hm_proc *proc, char *region)
         hm_stack_free(region);
 }
 
-static int read_full(int fd, void *buf, size_t len)
+/* One record from the report channel, keeping a descriptor it carries in
+ * *fd (else -1).  Returns the record's size, 0 at end of file, or -errno. */
+static int read_record(int sock, struct hm_error *rec, int *fd)
 {
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        if (n == 0)
-            break;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        got += (size_t)n;
-    }
-    return (int)got;
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    struct iovec iov = {rec, sizeof *rec};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = &ctl;
+    msg.msg_controllen = sizeof ctl;
+    *fd = -1;
+    ssize_t n;
+    do
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+            c->cmsg_len == CMSG_LEN(sizeof(int)))
+            memcpy(fd, CMSG_DATA(c), sizeof(int));
+    return (int)n;
+}
+
+static void close_handed(struct hm_proc *proc)
+{
+    if (proc->notify_fd >= 0)
+        close(proc->notify_fd);
+    if (proc->proxy_fd >= 0)
+        close(proc->proxy_fd);
+    proc->notify_fd = proc->proxy_fd = -1;
 }
 
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error)
@@ -77,6 +99,8 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     proc->pidfd = -1;
     proc->status = 0;
     proc->main_exited = 0;
+    proc->notify_fd = -1;
+    proc->proxy_fd = -1;
     /* A stack the caller lends (reused across spawns saves the mapping
      * and, above all, the unmapping with its TLB shootdown), or our own. */
     char *region = proc->stack;
@@ -89,8 +113,10 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
             return -errno;
     }
 
+    /* The report channel: datagrams, so that a record can carry a
+     * descriptor (the seccomp listener, the proxy socket). */
     int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pipefd) < 0) {
         e = errno;
         drop_region(proc, region);
         return -e;
@@ -192,9 +218,26 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
             break;
         }
         if (fds[0].revents || fds[1].revents) {
-            /* The record, if any, is in the pipe before pid 1 can exit. */
-            struct pollfd now = {pipefd[0], POLLIN, 0};
-            n = poll(&now, 1, 0) > 0 ? read_full(pipefd[0], &rec, sizeof rec) : 0;
+            /* The records, if any, are in the channel before pid 1 can
+             * exit. */
+            int fd;
+            n = read_record(pipefd[0], &rec, &fd);
+            if (n == -EAGAIN)
+                n = 0;
+            if (n == (int)sizeof rec && fd >= 0 && rec.stage == HM_MSG_NOTIFY_FD &&
+                proc->notify_fd < 0) {
+                proc->notify_fd = fd;
+                continue;
+            }
+            if (n == (int)sizeof rec && fd >= 0 && rec.stage == HM_MSG_PROXY_FD &&
+                proc->proxy_fd < 0) {
+                proc->proxy_fd = fd;
+                continue;
+            }
+            if (fd >= 0) {
+                close(fd);
+                n = -EPROTO;
+            }
             break;
         }
     }
@@ -209,6 +252,7 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
         error->op_index = -1;
         error->err = n < 0 ? -n : EPROTO;
     }
+    close_handed(proc);
     /* Never leave a sandbox running unsupervised. */
     kill(pid, SIGKILL);
     int status;
@@ -222,6 +266,7 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
 /* Only after pid 1 has been reaped: its stack is still in use until then. */
 void hm_proc_release(struct hm_proc *proc)
 {
+    close_handed(proc);
     if (proc->pidfd >= 0) {
         close(proc->pidfd);
         proc->pidfd = -1;

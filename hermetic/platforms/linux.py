@@ -34,7 +34,8 @@ from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, probe
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
-from hermetic.security.timeout import DEFAULT_KILL_GRACE, wait_or_kill, wait_readable
+from hermetic.security.syscalls import SyscallAudit
+from hermetic.security.timeout import DEFAULT_KILL_GRACE, Serve, wait_or_kill, wait_readable
 
 __all__ = ["BACKEND", "Prepared", "capabilities", "execute", "prepare"]
 
@@ -218,12 +219,13 @@ class Prepared:
         # setns() into a network namespace needs CAP_SYS_ADMIN in the caller's
         # own user namespace too, so only a privileged caller can use the pool.
         self.pooled_network = not spec.network.fresh_namespace and os.geteuid() == 0
-        # The default seccomp program (csrc/linux/seccomp.c), built for this
-        # architecture; installed last, just before exec.
-        seccomp = ffi.new("unsigned char[]", 8 * SECCOMP_MAX)  # struct sock_filter[]
-        n_seccomp = _native().lib.hm_seccomp_build(seccomp, SECCOMP_MAX)
-        if n_seccomp < 0:
-            raise UnsupportedError("seccomp", "the default filter does not fit its buffer")
+        # The seccomp program (csrc/linux/seccomp.c), built for this
+        # architecture; installed last, just before exec.  With a listener,
+        # denials and refused writes are recorded (hermetic/security/syscalls.py).
+        self.notify = caps.seccomp_user_notif
+        self.deny_exec = not spec.process.allow_exec
+        self.writable = tuple(spec.outputs) + tuple(spec.temps)
+        seccomp, n_seccomp = self._filter(())
         mem.keep.append(seccomp)
         template = {
             "ns_flags": ALL_NAMESPACES & ~CLONE_NEWNET if self.pooled_network else ALL_NAMESPACES,
@@ -243,12 +245,31 @@ class Prepared:
             "n_rlimits": len(self.limits.rlimits),
             "seccomp_filter": seccomp,
             "seccomp_len": n_seccomp,
+            "seccomp_notify": 1 if self.notify else 0,
         }
         # Per action the plan is a memmove of this, not a dict conversion.
         self._template = ffi.new("struct hm_plan *", template)
         self._plan_size = ffi.sizeof("struct hm_plan")
         self._c_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._c_lock = threading.Lock()
+
+    def _filter(self, exec_ptrs: Sequence[int]) -> tuple[Any, int]:
+        """The seccomp program for this spec; ``exec_ptrs`` the action's own
+        execve paths, the only ones allowed when the spec forbids exec."""
+        ffi, lib = _native().ffi, _native().lib
+        opts = ffi.new("struct hm_filter_opts *")
+        opts.notify = 1 if self.notify else 0
+        opts.audit_writes = 1 if self.notify else 0
+        opts.deny_fork = 0 if self.spec.process.allow_fork else 1
+        opts.deny_exec = 1 if self.deny_exec else 0
+        ptrs = ffi.new("unsigned long long[]", list(exec_ptrs) or [0])
+        opts.exec_ptrs = ptrs
+        opts.n_exec_ptrs = len(exec_ptrs)
+        prog = ffi.new("unsigned char[]", 8 * SECCOMP_MAX)  # struct sock_filter[]
+        n = lib.hm_seccomp_build(prog, SECCOMP_MAX, opts)
+        if n < 0:
+            raise UnsupportedError("seccomp", "the filter does not fit its buffer")
+        return prog, n
 
     def new_plan(self, workdir: str, arg0: str) -> tuple[Any, list[Any]]:
         """A fresh plan for one action, cwd and argv[0]'s candidates filled in.
@@ -263,7 +284,14 @@ class Prepared:
         plan.cwd = cwd
         plan.exec_paths = paths
         plan.n_exec_paths = len(self.exec_candidates(arg0))
-        return plan, [keep_cwd, keep_paths]
+        keep = [keep_cwd, keep_paths]
+        if self.deny_exec:
+            # The filter names this action's execve paths by address.
+            prog, keep_prog = self._cached("filter", arg0)
+            plan.seccomp_filter = prog[0]
+            plan.seccomp_len = prog[1]
+            keep.append(keep_prog)
+        return plan, keep
 
     def _cached(self, kind: str, key: str) -> tuple[Any, Any]:
         """A C string (cwd) or array (candidates), reused across actions up to a bound."""
@@ -272,7 +300,17 @@ class Prepared:
         if found is not None:
             return found
         mem = _CMemory()
-        value = mem.cstr(key) if kind == "cwd" else mem.strv(self.exec_candidates(key))
+        value: Any
+        if kind == "cwd":
+            value = mem.cstr(key)
+        elif kind == "exec":
+            value = mem.strv(self.exec_candidates(key))
+        else:
+            paths, keep_paths = self._cached("exec", key)
+            ffi = mem.ffi
+            n = len(self.exec_candidates(key))
+            value = self._filter([int(ffi.cast("uintptr_t", paths[i])) for i in range(n)])
+            mem.keep.append(keep_paths)
         found = (value, mem)
         with self._c_lock:
             if len(self._c_cache) < 1024:
@@ -363,7 +401,7 @@ def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) 
 
 
 def _wait(
-    proc: Any, timeout: float | None, grace: float, check: Any
+    proc: Any, timeout: float | None, grace: float, check: Any, serve: Serve | None = None
 ) -> tuple[bool, str | None, int | None, Any]:
     """Wait for the sandbox's pid 1 and reap it: (timed_out, breach, status, rusage).
 
@@ -380,7 +418,7 @@ def _wait(
                 return
         signal.pidfd_send_signal(pidfd, sig)
 
-    timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check)
+    timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check, serve)
     try:
         _, status, ru = os.wait4(proc.pid, 0)
     except ChildProcessError:
@@ -501,7 +539,9 @@ def _run(
         watch = Watch(prepared.limits, bool(limits.max_memory_bytes), slot, out_fd, err_fd)
         check = watch if prepared.limits.watched or (slot and limits.max_memory_bytes) else None
         proc = ffi.new("struct hm_proc *")
+        proc.notify_fd = proc.proxy_fd = -1
         error = ffi.new("struct hm_error *")
+        audit = SyscallAudit(prepared.writable) if prepared.notify else None
         with contextlib.ExitStack() as lease:
             if prepared.pooled_network:
                 plan.netns_fd = lease.enter_context(NETNS.lease())
@@ -519,7 +559,11 @@ def _run(
                 watch.pid1 = proc.pid
                 if observer is not None:
                     observer.started(proc.pid)
-                timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check)
+                serve: Serve | None = None
+                if audit is not None and proc.notify_fd >= 0:
+                    listener = proc.notify_fd
+                    serve = (listener, lambda: audit.serve(listener))
+                timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check, serve)
                 reaped = True
             except BaseException:
                 if proc.pid > 0 and not reaped:
@@ -540,7 +584,7 @@ def _run(
             exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
             sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         usage = ResourceUsage.from_rusage(duration, ru)
-        violations: list[Violation] = []
+        violations: list[Violation] = audit.violations() if audit is not None else []
         if timed_out:
             violations.append(
                 Violation(

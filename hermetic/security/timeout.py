@@ -14,17 +14,42 @@ import signal
 import time
 from collections.abc import Callable
 
+#: A descriptor to serve while waiting, and what to call when it is readable
+#: (the seccomp listener: its notifications hold the action until answered).
+Serve = tuple[int, Callable[[], None]]
+
 #: Seconds between SIGTERM and SIGKILL.
 DEFAULT_KILL_GRACE = 0.5
 #: Seconds between two limit checks while a check is active.
 CHECK_INTERVAL = 0.02
 
 
-def wait_readable(fd: int, seconds: float | None) -> bool:
+def wait_readable(fd: int, seconds: float | None, serve: Serve | None = None) -> bool:
+    """True once ``fd`` is readable, False after ``seconds`` (None: no limit)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    ms = None if seconds is None else max(0, int(seconds * 1000 + 0.999))
-    return bool(poller.poll(ms))
+    if serve is None:
+        ms = None if seconds is None else max(0, int(seconds * 1000 + 0.999))
+        return bool(poller.poll(ms))
+    extra, handler = serve
+    poller.register(extra, select.POLLIN)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = poller.poll(None if left is None else int(left * 1000 + 0.999))
+        if not ready:
+            return False
+        done = False
+        for got, mask in ready:
+            if got == fd:
+                done = True
+            elif mask & select.POLLIN:
+                handler()
+            else:
+                # POLLHUP: no process uses the filter any more.
+                poller.unregister(extra)
+        if done:
+            return True
 
 
 def wait_or_kill(
@@ -33,6 +58,7 @@ def wait_or_kill(
     send: Callable[[int], None],
     grace: float = DEFAULT_KILL_GRACE,
     check: Callable[[], str | None] | None = None,
+    serve: Serve | None = None,
 ) -> tuple[bool, str | None]:
     """Wait until the process behind ``pidfd`` has exited.
 
@@ -46,7 +72,7 @@ def wait_or_kill(
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         if check is not None:
             wait = CHECK_INTERVAL if wait is None else min(wait, CHECK_INTERVAL)
-        if wait_readable(pidfd, wait):
+        if wait_readable(pidfd, wait, serve):
             return False, None
         if check is not None:
             breach = check()
@@ -57,7 +83,7 @@ def wait_or_kill(
         if deadline is not None and time.monotonic() >= deadline:
             break
     send(signal.SIGTERM)
-    if not wait_readable(pidfd, grace):
+    if not wait_readable(pidfd, grace, serve):
         send(signal.SIGKILL)
         wait_readable(pidfd, None)
     return True, None

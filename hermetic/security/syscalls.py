@@ -1,0 +1,129 @@
+"""The seccomp listener's caller side: turn notifications into violations.
+
+The action's filter (csrc/linux/seccomp.c) hands two kinds of calls to a
+listener the caller holds; ``hm_notify_serve`` (csrc/linux/notify.c)
+answers them and returns what it saw:
+
+- a denied call (the default deny list, a namespace flag, fork or exec a
+  ProcessPolicy forbids): answered EPERM, recorded as a "syscall" or
+  "process" violation with the call's name and arguments;
+- a call that writes a path: let through, the sandbox's mounts deciding.
+  When the path is outside the spec's outputs and temps the mounts refuse
+  it (read-only inputs and root), and it is recorded as a "filesystem"
+  violation with the path.
+
+Identical records of one execution are merged, with their count in
+``observed``, and at most ``MAX_RECORDS`` distinct ones are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from hermetic.core.outcome import Violation, ViolationKind
+from hermetic.core.paths import is_within
+
+__all__ = ["MAX_RECORDS", "SyscallAudit"]
+
+#: Distinct records kept per execution; the rest are counted in one more.
+MAX_RECORDS = 1000
+#: Notifications taken per call into C.
+_BATCH = 16
+
+#: Writable without being an output: devices and descriptors.
+_ALWAYS_WRITABLE = frozenset(
+    ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/stdout", "/dev/stderr", "/dev/stdin")
+)
+_FD_PATH = re.compile(r"^/(?:dev/fd|proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd)/\d+$")
+
+#: Calls that create processes or run programs: "process" violations.
+_PROCESS_CALLS = frozenset(("clone", "fork", "vfork", "execve", "execveat"))
+
+
+def _native() -> Any:
+    from hermetic import _native
+
+    return _native
+
+
+class SyscallAudit:
+    """Serves one execution's listener and keeps its violations."""
+
+    def __init__(self, writable: Iterable[str]) -> None:
+        nat = _native()
+        self._lib = nat.lib
+        self._ffi = nat.ffi
+        self._buf = nat.ffi.new("struct hm_notice[]", _BATCH)
+        self._writable = tuple(writable)
+        self._seen: dict[tuple[ViolationKind, str, str], int] = {}
+        self._dropped = 0
+        self.served = 0
+
+    def serve(self, fd: int) -> None:
+        """Answer every pending notification on ``fd`` (never blocks)."""
+        while True:
+            n = self._lib.hm_notify_serve(fd, self._buf, _BATCH)
+            if n < 0:
+                raise OSError(-n, f"seccomp listener: {os.strerror(-n)}")
+            for i in range(n):
+                self._take(self._buf[i])
+            self.served += n
+            if n < _BATCH:
+                return
+
+    def _take(self, ev: Any) -> None:
+        ffi = self._ffi
+        name_c = self._lib.hm_syscall_name(ev.nr)
+        name = ffi.string(name_c).decode() if name_c != ffi.NULL else f"syscall {ev.nr}"
+        if ev.kind == 2:  # HM_NOTICE_WRITE
+            for raw in (ffi.string(ev.path), ffi.string(ev.path2)):
+                if raw:
+                    path = posixpath.normpath(os.fsdecode(raw))
+                    if not self._may_write(path):
+                        self._add(ViolationKind.FILESYSTEM, path, "refused", name)
+            return
+        args = ", ".join(hex(ev.args[i]) for i in range(6))
+        kind = ViolationKind.PROCESS if name in _PROCESS_CALLS else ViolationKind.SYSCALL
+        self._add(kind, f"{name}({args})", "denied", name)
+
+    def _may_write(self, path: str) -> bool:
+        if path in _ALWAYS_WRITABLE or _FD_PATH.match(path):
+            return True
+        if not path.startswith("/"):
+            return True  # not resolvable (a descriptor outside any mount we know)
+        return any(is_within(path, root) for root in self._writable)
+
+    def _add(self, kind: ViolationKind, attempted: str, decision: str, call: str) -> None:
+        key = (kind, attempted, decision if kind is not ViolationKind.FILESYSTEM else call)
+        if key in self._seen:
+            self._seen[key] += 1
+        elif len(self._seen) < MAX_RECORDS:
+            self._seen[key] = 1
+        else:
+            self._dropped += 1
+
+    def violations(self) -> list[Violation]:
+        out = []
+        for (kind, attempted, extra), count in self._seen.items():
+            times = f"{count} times" if count > 1 else None
+            if kind is ViolationKind.FILESYSTEM:
+                observed = f"{extra}" + (f", {times}" if times else "")
+                out.append(
+                    Violation(kind, attempted=attempted, decision="refused", observed=observed)
+                )
+            else:
+                out.append(Violation(kind, attempted=attempted, decision=extra, observed=times))
+        if self._dropped:
+            out.append(
+                Violation(
+                    ViolationKind.SYSCALL,
+                    attempted=f"{self._dropped} more calls",
+                    decision="denied or refused",
+                    observed=f"beyond {MAX_RECORDS} distinct records",
+                )
+            )
+        return out
