@@ -109,6 +109,13 @@ class NetworkPolicy:
     ``is_hermetic`` means a private network namespace with only loopback;
     the other fields only mean something when it is False.  ``allowed_hosts``
     is normalised to sorted, unique, lower-cased ``host:port`` strings.
+
+    With ``allowed_hosts`` the action keeps its private namespace and reaches
+    exactly those endpoints through a proxy hermetic runs outside the
+    sandbox (``allow_http``: plain HTTP requests; ``allow_https``: HTTP
+    CONNECT tunnels; ``allow_dns``: the proxy resolves host names for it,
+    else entries must be IP addresses).  ``host_network`` shares the host's
+    network instead: not hermetic, and results say so.
     """
 
     is_hermetic: bool = True
@@ -121,9 +128,20 @@ class NetworkPolicy:
     #: running actions (see hermetic/platforms/linux_netns.py for what a
     #: later action can still observe of an earlier one).
     fresh_namespace: bool = False
+    #: The host's own network namespace: everything the host reaches.  Not
+    #: hermetic (``ExecutionResult.hermetic`` is False); for actions that
+    #: cannot work through a proxy.
+    host_network: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("is_hermetic", "allow_http", "allow_https", "allow_dns", "fresh_namespace"):
+        for name in (
+            "is_hermetic",
+            "allow_http",
+            "allow_https",
+            "allow_dns",
+            "fresh_namespace",
+            "host_network",
+        ):
             _check_bool(getattr(self, name), name)
         hosts: object = self.allowed_hosts
         if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Iterable):
@@ -142,8 +160,19 @@ class NetworkPolicy:
         return cls()
 
     @classmethod
+    def host(cls) -> NetworkPolicy:
+        """The host's network, unrestricted.  Not hermetic."""
+        return cls(is_hermetic=False, host_network=True)
+
+    @property
+    def uses_proxy(self) -> bool:
+        """True when the action reaches ``allowed_hosts`` through the proxy."""
+        return not self.is_hermetic and not self.host_network and bool(self.allowed_hosts)
+
+    @classmethod
     def allow_hosts(cls, hosts: Iterable[str | tuple[str, int]]) -> NetworkPolicy:
-        """HTTP, HTTPS and DNS to the listed ``host:port`` endpoints only."""
+        """HTTP and HTTPS to the listed ``host:port`` endpoints only, through
+        hermetic's proxy, which also resolves their names."""
         entries = tuple(hosts) if not isinstance(hosts, str) else (hosts,)
         if not entries:
             # An empty allow-list would read as "no restriction" to some

@@ -114,7 +114,11 @@ class SandboxSpec:
             )
         net = self.network
         if net.is_hermetic:
-            granted = [n for n in ("allow_http", "allow_https", "allow_dns") if getattr(net, n)]
+            granted = [
+                n
+                for n in ("allow_http", "allow_https", "allow_dns", "host_network")
+                if getattr(net, n)
+            ]
             if net.allowed_hosts:
                 granted.append("allowed_hosts=" + ",".join(net.allowed_hosts))
             if granted:
@@ -122,6 +126,35 @@ class SandboxSpec:
                     "network policy is hermetic (is_hermetic=True) but also grants "
                     + ", ".join(granted)
                     + "; use NetworkPolicy.hermetic() or set is_hermetic=False",
+                    field="network",
+                    value=net,
+                )
+        else:
+            if net.host_network and net.allowed_hosts:
+                raise SpecError(
+                    "network policy shares the host network (host_network=True) but also lists "
+                    "allowed_hosts; a host network cannot be narrowed: use one or the other",
+                    field="network",
+                    value=net,
+                )
+            if net.host_network and net.fresh_namespace:
+                raise SpecError(
+                    "network policy shares the host network but asks for a fresh namespace",
+                    field="network",
+                    value=net,
+                )
+            if not net.host_network and not net.allowed_hosts:
+                raise SpecError(
+                    "network policy is not hermetic but allows nothing: list allowed_hosts "
+                    "(NetworkPolicy.allow_hosts), share the host network "
+                    "(NetworkPolicy.host()) or use NetworkPolicy.hermetic()",
+                    field="network",
+                    value=net,
+                )
+            if not net.host_network and not (net.allow_http or net.allow_https):
+                raise SpecError(
+                    "allowed_hosts are reached through an HTTP proxy: set allow_http "
+                    "and/or allow_https",
                     field="network",
                     value=net,
                 )
@@ -191,6 +224,7 @@ class SandboxSpec:
                 "allow_dns": net.allow_dns,
                 "allowed_hosts": list(net.allowed_hosts),
                 "fresh_namespace": net.fresh_namespace,
+                "host_network": net.host_network,
             },
             "environment": {
                 "vars": env.to_dict(),

@@ -34,6 +34,7 @@ from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, probe
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
+from hermetic.security.proxy import PROXY_PORT, EgressProxy, proxy_env
 from hermetic.security.syscalls import SyscallAudit
 from hermetic.security.timeout import DEFAULT_KILL_GRACE, Serve, wait_or_kill, wait_readable
 
@@ -173,10 +174,6 @@ class Prepared:
             )
         if not caps.mount_setattr:
             raise UnsupportedError("read-only inputs", dict(caps.notes)["mount_setattr"])
-        if not spec.network.is_hermetic:
-            raise UnsupportedError(
-                "network", "only the hermetic (loopback-only) network policy is implemented"
-            )
         if not os.path.isdir(linux_plan.STAGING):
             raise UnsupportedError(
                 "root filesystem", f"{linux_plan.STAGING} is missing on the host"
@@ -189,9 +186,18 @@ class Prepared:
         self.spec = spec
         self.workdir = spec.workdir or "/"
         self.ops = linux_plan.build_ops(spec, self.workdir)
+        net = spec.network
         self.env = _environment(spec)
+        if net.uses_proxy:
+            # The proxy's variables win over the spec's: they are the only
+            # way out of the sandbox.
+            self.env.update(proxy_env(net.allowed_hosts))
+        #: False when the action shares the host's network.
+        self.hermetic = not net.host_network
         self.cgroup_version, no_cgroup = cgroup_mechanism()
-        self.limits = plan_limits(spec.resources, no_cgroup, spec.network.is_hermetic)
+        self.limits = plan_limits(
+            spec.resources, no_cgroup, network_counted=net.is_hermetic or net.uses_proxy
+        )
         self._exec_cache: dict[str, tuple[str, ...]] = {}
 
         mem = _CMemory()
@@ -218,7 +224,10 @@ class Prepared:
         # capability over it to change that.
         # setns() into a network namespace needs CAP_SYS_ADMIN in the caller's
         # own user namespace too, so only a privileged caller can use the pool.
-        self.pooled_network = not spec.network.fresh_namespace and os.geteuid() == 0
+        self.pooled_network = not net.fresh_namespace and not net.host_network and os.geteuid() == 0
+        ns_flags = ALL_NAMESPACES
+        if self.pooled_network or net.host_network:
+            ns_flags &= ~CLONE_NEWNET
         # The seccomp program (csrc/linux/seccomp.c), built for this
         # architecture; installed last, just before exec.  With a listener,
         # denials and refused writes are recorded (hermetic/security/syscalls.py).
@@ -228,7 +237,7 @@ class Prepared:
         seccomp, n_seccomp = self._filter(())
         mem.keep.append(seccomp)
         template = {
-            "ns_flags": ALL_NAMESPACES & ~CLONE_NEWNET if self.pooled_network else ALL_NAMESPACES,
+            "ns_flags": ns_flags,
             "netns_fd": -1,
             "cgroup_fd": -1,
             "uid_map": mem.cstr(f"{uid} {uid} 1\n"),
@@ -239,7 +248,8 @@ class Prepared:
             "n_ops": len(self.ops),
             "hostname": mem.cstr(HOSTNAME),
             "domainname": mem.cstr(DOMAINNAME),
-            "loopback_up": 0 if self.pooled_network else 1,
+            "loopback_up": 0 if self.pooled_network or net.host_network else 1,
+            "proxy_port": PROXY_PORT if net.uses_proxy else 0,
             "envp": mem.strv([f"{k}={v}" for k, v in sorted(self.env.items())]),
             "rlimits": rl,
             "n_rlimits": len(self.limits.rlimits),
@@ -547,6 +557,8 @@ def _run(
                 plan.netns_fd = lease.enter_context(NETNS.lease())
             start = time.monotonic()
             proc.pid = -1
+            proxy: EgressProxy | None = None
+            proxied: list[Violation] = []
             stack = STACKS.take()
             proc.stack = stack
             reaped = False
@@ -557,6 +569,16 @@ def _run(
                 if rc < 0:
                     raise _setup_error(prepared, args, workdir, error)
                 watch.pid1 = proc.pid
+                if proc.proxy_fd >= 0:
+                    net = prepared.spec.network
+                    proxy = EgressProxy(
+                        proc.proxy_fd,
+                        net.allowed_hosts,
+                        allow_http=net.allow_http,
+                        allow_https=net.allow_https,
+                        allow_dns=net.allow_dns,
+                        max_bytes=limits.max_network_io,
+                    ).start()
                 if observer is not None:
                     observer.started(proc.pid)
                 serve: Serve | None = None
@@ -571,6 +593,8 @@ def _run(
                     reaped = True
                 raise
             finally:
+                if proxy is not None:
+                    proxied = proxy.stop()
                 # Only once pid 1 is gone is its stack free.  (A failed
                 # spawn has released everything itself: pid is -1.)
                 if reaped or proc.pid <= 0:
@@ -585,6 +609,7 @@ def _run(
             sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         usage = ResourceUsage.from_rusage(duration, ru)
         violations: list[Violation] = audit.violations() if audit is not None else []
+        violations += proxied
         if timed_out:
             violations.append(
                 Violation(
@@ -627,7 +652,7 @@ def _run(
             timed_out=timed_out,
             usage=usage,
             violations=tuple(violations),
-            hermetic=True,
+            hermetic=prepared.hermetic,
             unenforced_limits=prepared.limits.unenforced,
         )
     finally:

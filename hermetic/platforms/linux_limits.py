@@ -14,7 +14,9 @@
   and written, summed through /proc: hermetic/monitoring/proctree.py) and
   ``max_output_bytes`` (the size of the captured stdout and stderr).
 - the network namespace: ``max_network_io`` needs nothing while the
-  network is hermetic (nothing leaves the sandbox).
+  network is hermetic (nothing leaves the sandbox); through the egress
+  proxy, the proxy counts the bytes it relays; on the host network nothing
+  counts them.
 
 A limit that needs a cgroup where none can be used fails the spec closed
 (UnsupportedError naming each limit), unless ``best_effort`` is set: then
@@ -51,7 +53,7 @@ class LimitPlan:
 
 
 def plan_limits(
-    r: ResourceLimits, cgroup_unavailable: str | None, network_hermetic: bool = True
+    r: ResourceLimits, cgroup_unavailable: str | None, *, network_counted: bool = True
 ) -> LimitPlan:
     """``cgroup_unavailable`` is None when cgroup slots work here, else why not."""
     root = os.geteuid() == 0
@@ -85,8 +87,8 @@ def plan_limits(
         }
         for name in needs_cgroup:
             unenforced.append(f"{name}: {how[name]} ({cgroup_unavailable})")
-    if r.max_network_io and not network_hermetic:
-        unenforced.append("max_network_io: not counted")
+    if r.max_network_io and not network_counted:
+        unenforced.append("max_network_io: not counted on the host network")
     if unenforced and not r.best_effort:
         raise UnsupportedError(
             "resource limits",
