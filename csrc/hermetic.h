@@ -42,7 +42,9 @@ enum hm_stage {
     HM_STAGE_CLONE = 23,        /* the parent's clone() itself */
     HM_STAGE_NETNS = 24,        /* entering or leaving a pooled network namespace */
     HM_STAGE_NOTIFY = 25,       /* handing the seccomp listener to the caller */
-    HM_STAGE_PROXY = 26         /* the egress proxy's listening socket */
+    HM_STAGE_PROXY = 26,        /* the egress proxy's listening socket */
+    HM_STAGE_LANDLOCK = 27,     /* a Landlock rule (op_index: which) or the ruleset */
+    HM_STAGE_SUBREAPER = 28     /* pid 1 without namespaces becoming a subreaper */
 };
 
 /* Records on the report channel that carry a descriptor (SCM_RIGHTS)
@@ -80,6 +82,13 @@ struct hm_op {
     const char *src;
     const char *dst;
     const char *data;
+};
+
+/* One Landlock rule: what may be done beneath path (a directory) or to it
+ * (a file: file rights only). */
+struct hm_landlock_rule {
+    const char *path;
+    unsigned long long access;
 };
 
 struct hm_rlimit {
@@ -120,6 +129,15 @@ struct hm_plan {
     int proxy_port;                  /* > 0: pid 1 listens on 127.0.0.1:port in the
                                         sandbox's network namespace and hands the
                                         socket to the caller (hm_proc.proxy_fd) */
+    int no_namespaces;               /* Landlock-only: no namespaces, no mounts; pid 1
+                                        is a subreaper and ends the action's process
+                                        group instead of a pid namespace */
+    int landlock_abi;                /* > 0: restrict the action with Landlock */
+    unsigned long long landlock_fs;  /* filesystem rights the ruleset handles */
+    unsigned long long landlock_net; /* network rights it handles (none granted) */
+    unsigned long long landlock_scoped; /* IPC scopes (ABI >= 6) */
+    const struct hm_landlock_rule *landlock_rules;
+    int n_landlock_rules;
 };
 
 /* What the seccomp program holds beyond the default deny list. */
@@ -133,6 +151,10 @@ struct hm_filter_opts {
                                         exec_ptrs (the action's own exec) */
     const unsigned long long *exec_ptrs;
     int n_exec_ptrs;
+    int deny_sockets;                /* socket() refused (no network namespace to
+                                        contain it) */
+    int deny_sessions;               /* setsid/setpgid refused (the process group is
+                                        how a sandbox without namespaces is ended) */
 };
 
 /* One notification the listener took (hm_notify_serve). */

@@ -88,16 +88,41 @@ def _as_user_cmd(user: pwd.struct_passwd, argv: Sequence[str]) -> list[str]:
     ]
 
 
+#: Runs a command with user namespaces forbidden, as on a host that disables
+#: them: a user namespace of its own whose limit on nested ones is 0.  Every
+#: clone(CLONE_NEWUSER) below then fails (ENOSPC), and hermetic must fall
+#: back to Landlock-only isolation or refuse.
+FORBID_USERNS = [
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--",
+    "sh",
+    "-c",
+    'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"',
+    "forbid-userns",
+]
+
+
 class Runner:
-    """Runs an action in the sandbox in one mode; see the module docstring."""
+    """Runs an action in the sandbox in one mode; see the module docstring.
+
+    ``landlock``: through the CLI with user namespaces forbidden, so that
+    Landlock (and seccomp) do the enforcement.  Refusals differ in errno
+    there: ``refused`` is what a write outside the outputs gets, ``hidden``
+    what opening an undeclared path gets.
+    """
 
     def __init__(self, mode: str, user: pwd.struct_passwd | None) -> None:
         self.mode = mode
         self.user = user
+        self.landlock = mode == "landlock"
+        self.refused = "EACCES" if self.landlock else "EROFS"
+        self.hidden = "EACCES" if self.landlock else "ENOENT"
 
     @property
     def via_cli(self) -> bool:
-        return self.user is not None
+        return self.user is not None or self.landlock
 
     def own(self, path: str) -> str:
         """Give ``path`` to the user the sandbox runs as (so outputs are writable)."""
@@ -139,7 +164,6 @@ class Runner:
         cwd: str | None,
         pass_fds: Sequence[int],
     ) -> Outcome:
-        assert self.user is not None
         if cwd is not None:
             import dataclasses
 
@@ -155,8 +179,10 @@ class Runner:
             if stdin is not None:
                 cmd.append("--stdin")
             cmd += ["--", *argv]
+            if self.landlock:
+                cmd = [*FORBID_USERNS, *cmd]
             p = subprocess.run(
-                _as_user_cmd(self.user, cmd),
+                _as_user_cmd(self.user, cmd) if self.user is not None else cmd,
                 input=stdin or b"",
                 capture_output=True,
                 env=_user_env(),
@@ -169,6 +195,8 @@ class Runner:
         if p.returncode in (123, 125, 126, 127) and not p.stdout.strip():
             return Outcome(None, None, b"", p.stderr, False, error=p.stderr.decode().strip())
         data = json.loads(p.stdout)
+        # Landlock must be what enforced, not a namespace left available.
+        assert data["isolation"] == ("landlock" if self.landlock else "namespaces"), data
         return Outcome(
             data["exit_code"],
             data["signal"],
@@ -202,7 +230,10 @@ def test_user() -> pwd.struct_passwd | None:
 
 @pytest.fixture(params=["root", "unprivileged"])
 def runner(request: pytest.FixtureRequest) -> Runner:
-    mode = request.param
+    return _runner_for(request.param, request)
+
+
+def _runner_for(mode: str, request: pytest.FixtureRequest) -> Runner:
     request.node.add_marker(getattr(pytest.mark, mode))
     if mode == "root":
         if os.geteuid() != 0:
@@ -211,6 +242,19 @@ def runner(request: pytest.FixtureRequest) -> Runner:
     if os.geteuid() != 0:
         return Runner("unprivileged", None)
     return Runner("unprivileged", request.getfixturevalue("test_user"))
+
+
+@pytest.fixture(params=["root", "unprivileged", "landlock"])
+def fs_runner(request: pytest.FixtureRequest) -> Runner:
+    """The runner modes plus Landlock-only, for the filesystem isolation tests."""
+    mode = request.param
+    if mode != "landlock":
+        return _runner_for(mode, request)
+    request.node.add_marker(pytest.mark.landlock)
+    if shutil.which("unshare") is None:
+        unavailable("unshare (util-linux) is needed to forbid user namespaces")
+    user = request.getfixturevalue("test_user") if os.geteuid() == 0 else None
+    return Runner("landlock", user)
 
 
 @pytest.fixture

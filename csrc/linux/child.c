@@ -332,6 +332,55 @@ static long loopback_up(void)
     return r;
 }
 
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#define SYS_landlock_restrict_self 446
+#endif
+
+/* <linux/landlock.h>'s structs, spelled out for older headers. */
+struct hm_ruleset_attr {
+    unsigned long long handled_access_fs;
+    unsigned long long handled_access_net;
+    unsigned long long scoped;
+};
+struct hm_path_beneath {
+    unsigned long long allowed_access;
+    int parent_fd;
+} __attribute__((packed));
+#define HM_LANDLOCK_RULE_PATH_BENEATH 1
+
+/* Landlock: the plan's rules, everything else the ruleset handles denied.
+ * Needs no_new_privs (or CAP_SYS_ADMIN), so it comes after that. */
+static long apply_landlock(const struct hm_plan *p, int *failed_rule)
+{
+    struct hm_ruleset_attr attr = {p->landlock_fs, p->landlock_net, p->landlock_scoped};
+    /* The struct grew with the ABI: pass only what this kernel knows. */
+    unsigned long size = p->landlock_abi >= 6 ? 24 : p->landlock_abi >= 4 ? 16 : 8;
+    long ruleset = HM_SYS3(SYS_landlock_create_ruleset, &attr, size, 0);
+    if (ruleset < 0)
+        return ruleset;
+    long r = 0;
+    for (int i = 0; i < p->n_landlock_rules && r == 0; i++) {
+        struct hm_path_beneath rule;
+        rule.allowed_access = p->landlock_rules[i].access & p->landlock_fs;
+        long fd = HM_SYS4(SYS_openat, AT_FDCWD, p->landlock_rules[i].path, O_PATH | O_CLOEXEC, 0);
+        if (fd < 0) {
+            r = fd;
+        } else {
+            rule.parent_fd = (int)fd;
+            r = HM_SYS4(SYS_landlock_add_rule, ruleset, HM_LANDLOCK_RULE_PATH_BENEATH, &rule, 0);
+            HM_SYS1(SYS_close, fd);
+        }
+        if (r < 0)
+            *failed_rule = i;
+    }
+    if (r == 0)
+        r = HM_SYS2(SYS_landlock_restrict_self, ruleset, 0);
+    HM_SYS1(SYS_close, ruleset);
+    return r;
+}
+
 static long drop_capabilities(void)
 {
     /* The bounding set first: dropping from it needs CAP_SETPCAP, which
@@ -394,6 +443,12 @@ static int action_main(void *arg)
     r = drop_capabilities();
     if (r < 0)
         action_fail(a, HM_STAGE_CAPABILITIES, -1, r);
+    if (p->landlock_abi > 0) {
+        int rule = -1;
+        r = apply_landlock(p, &rule);
+        if (r < 0)
+            action_fail(a, HM_STAGE_LANDLOCK, rule, r);
+    }
     /* Descriptors were closed by pid 1; only the report pipe (close-on-exec)
      * is left beside stdio.  Seccomp is last so that it cannot block any
      * setup step. */
@@ -441,34 +496,10 @@ static int action_main(void *arg)
     action_fail(a, HM_STAGE_EXEC, failed_at, err);
 }
 
-int hm__pid1_main(void *argp)
+/* pid 1's setup of the namespaces: ids, mounts, root, names, loopback. */
+static void build_sandbox(const struct hm_plan *p)
 {
-    const struct hm_child_args *a = argp;
-    const struct hm_plan *p = a->plan;
-    /* Copies: *a lives on the caller's stack, which is gone once the
-     * caller sees the report pipe close. */
-    struct hm_proc *proc = a->proc;
-    char *action_stack = a->action_stack_top;
     long r;
-
-    reset_signal_handlers();
-    setup_fds(p, a->report_fd, a->parent_pidfd);
-    /* A name for ps inside the sandbox instead of the interpreter's. */
-    HM_SYS2(SYS_prctl, PR_SET_NAME, "hermetic-init");
-
-    /* Die with the caller.  The pidfd check closes the window in which the
-     * caller died before the parent-death signal was armed. */
-    r = HM_SYS2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
-    if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_PARENT, -1, r);
-    if (a->parent_pidfd >= 0) {
-        struct pollfd pfd = {HM_FD_PARENT, POLLIN, 0};
-        struct timespec zero = {0, 0};
-        if (HM_SYS5(SYS_ppoll, &pfd, 1, &zero, 0, 0) > 0)
-            hm_exit(127);
-        HM_SYS1(SYS_close, HM_FD_PARENT);
-    }
-
     /* Ids first: until the maps exist, files cannot be created in the new
      * user namespace.  setgroups must be denied before an unprivileged
      * gid_map write. */
@@ -532,6 +563,47 @@ int hm__pid1_main(void *argp)
         if (r < 0)
             fail(HM_FD_REPORT, HM_STAGE_LOOPBACK, -1, r);
     }
+}
+
+int hm__pid1_main(void *argp)
+{
+    const struct hm_child_args *a = argp;
+    const struct hm_plan *p = a->plan;
+    /* Copies: *a lives on the caller's stack, which is gone once the
+     * caller sees the report pipe close. */
+    struct hm_proc *proc = a->proc;
+    char *action_stack = a->action_stack_top;
+    long r;
+
+    reset_signal_handlers();
+    setup_fds(p, a->report_fd, a->parent_pidfd);
+    /* A name for ps inside the sandbox instead of the interpreter's. */
+    HM_SYS2(SYS_prctl, PR_SET_NAME, "hermetic-init");
+
+    /* Die with the caller.  The pidfd check closes the window in which the
+     * caller died before the parent-death signal was armed. */
+    r = HM_SYS2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_PARENT, -1, r);
+    if (a->parent_pidfd >= 0) {
+        struct pollfd pfd = {HM_FD_PARENT, POLLIN, 0};
+        struct timespec zero = {0, 0};
+        if (HM_SYS5(SYS_ppoll, &pfd, 1, &zero, 0, 0) > 0)
+            hm_exit(127);
+        HM_SYS1(SYS_close, HM_FD_PARENT);
+    }
+
+    /* Without namespaces (Landlock-only) there is nothing to build: pid 1
+     * only adopts orphans, so that it can reap and end them. */
+    int no_ns = p->no_namespaces;
+    long caller = HM_SYS0(SYS_getppid);
+    if (no_ns) {
+        r = HM_SYS2(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_SUBREAPER, -1, r);
+    } else {
+        build_sandbox(p);
+    }
     if (p->proxy_port > 0) {
         r = proxy_listen(p->proxy_port);
         if (r < 0)
@@ -593,19 +665,23 @@ int hm__pid1_main(void *argp)
         } else if (sig == HM_SIG_END) {
             /* Only the caller may end the sandbox this way: a sender
              * outside the namespace shows as pid 0. */
-            ending = info.si_pid == 0;
+            ending = no_ns ? info.si_pid == caller : info.si_pid == 0;
         } else if (sig > 0) {
             /* kill(-1) from init reaches every process of the namespace
-             * but init itself. */
-            HM_SYS2(SYS_kill, -1, sig);
+             * but init itself; without one, the action's process group
+             * (seccomp keeps every process in it). */
+            HM_SYS2(SYS_kill, no_ns ? -action : -1, sig);
         }
     }
     /* The main process is done, or the caller ends the sandbox: nothing
      * may outlive it.  Reaping everything here, rather than dying, lets the
      * caller's wait4() on pid 1 account for every process. */
-    HM_SYS2(SYS_kill, -1, SIGKILL);
+    HM_SYS2(SYS_kill, no_ns ? -action : -1, SIGKILL);
     long pid;
     while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {
+        /* An orphan adopted after the kill above is in the group too. */
+        if (no_ns)
+            HM_SYS2(SYS_kill, -action, SIGKILL);
         if (pid == action && !main_done) {
             status = st;
             main_done = 1;

@@ -139,7 +139,7 @@ const struct hm_write_call *hm__write_call(int nr)
 /* Names of every call the filter can report, for the audit log. */
 static const struct hm_denied OTHER_NAMES[] = {
     DENY(clone), DENY(clone3), DENY(execve), DENY(execveat), DENY(ioctl), DENY(fchmod),
-    DENY(fchmodat),
+    DENY(fchmodat), DENY(socket), DENY(setsid), DENY(setpgid),
 #ifdef __NR_fork
     DENY(fork), DENY(vfork), DENY(chmod), DENY(open), DENY(creat), DENY(mkdir), DENY(mknod),
     DENY(unlink), DENY(rmdir), DENY(rename), DENY(link), DENY(symlink),
@@ -200,7 +200,7 @@ static void put(struct hm_prog *p, unsigned int code, unsigned int k, unsigned i
  * or -ENOSPC.  opts may be NULL: the default deny list, answered EPERM. */
 int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
 {
-    static const struct hm_filter_opts none = {0, 0, 0, 0, 0, 0};
+    static const struct hm_filter_opts none = {0, 0, 0, 0, 0, 0, 0, 0};
     struct hm_prog prog = {out, 0, max};
     if (!opts)
         opts = &none;
@@ -258,6 +258,20 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
             EMIT(BPF_JMP | BPF_JEQ | BPF_K, (unsigned int)(ptr >> 32), 0, 1);
             RET_ALLOW;
         }
+        RET_DENY;
+    }
+    if (opts->deny_sockets) {
+        /* Without a network namespace nothing else contains a socket
+         * (Landlock does not cover UDP or connecting to a Unix socket);
+         * socketpair() still works. */
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 1);
+        RET_DENY;
+    }
+    if (opts->deny_sessions) {
+        /* Without a pid namespace the sandbox is ended by its process
+         * group: no process may leave it. */
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_setsid, 1, 0);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_setpgid, 0, 1);
         RET_DENY;
     }
     /* ioctl TIOCSTI / TIOCLINUX: typing into a terminal outside. */

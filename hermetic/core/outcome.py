@@ -66,6 +66,9 @@ class ExecutionResult:
     violations: tuple[Violation, ...] = ()
     hermetic: bool = True
     unenforced_limits: tuple[str, ...] = ()
+    #: What isolated the action: "namespaces", or "landlock" where user
+    #: namespaces are forbidden (see the README's platform table).
+    isolation: str = ""
 
     def success(self) -> bool:
         """Exit status 0, no signal, no timeout."""
@@ -105,6 +108,7 @@ class ExecutionResult:
             "timed_out": self.timed_out,
             "duration": self.duration,
             "hermetic": self.hermetic,
+            "isolation": self.isolation,
             "unenforced_limits": list(self.unenforced_limits),
             "usage": self.usage.to_dict(),
             "violations": [v.to_dict() for v in self.violations],

@@ -26,6 +26,10 @@ class Capabilities:
     #: How ResourceLimits are enforced: "cgroup-v1" (whole sandbox) or
     #: "rlimits" (per process, plus RLIMIT_NPROC per user namespace).
     limits: str = "none"
+    #: The filesystem isolation actions get: "namespaces", "landlock" (user
+    #: namespaces forbidden, Landlock ABI >= 6 and seccomp alone), or "none"
+    #: (every execution is refused).
+    isolation: str = "none"
     notes: tuple[tuple[str, str], ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:

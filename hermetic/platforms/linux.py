@@ -26,7 +26,7 @@ from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.monitoring.usage import ResourceUsage
-from hermetic.platforms import linux_plan
+from hermetic.platforms import linux_landlock, linux_plan
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.linux_limits import plan_limits
 from hermetic.platforms.linux_netns import POOL as NETNS
@@ -77,6 +77,10 @@ _STAGES = {
     22: "exec",
     23: "clone",
     24: "netns",
+    25: "seccomp-listener",
+    26: "proxy",
+    27: "landlock",
+    28: "subreaper",
 }
 _OP_STAGES = {
     linux_plan.OP_MKDIR: "mkdir",
@@ -168,15 +172,21 @@ class Prepared:
 
     def __init__(self, spec: SandboxSpec) -> None:
         caps = capabilities()
-        if not caps.user_namespaces:
+        #: "namespaces", or "landlock" where user namespaces are forbidden.
+        self.isolation = isolation_mode(caps)
+        net = spec.network
+        if self.isolation == "namespaces":
+            if not caps.mount_setattr:
+                raise UnsupportedError("read-only inputs", dict(caps.notes)["mount_setattr"])
+            if not os.path.isdir(linux_plan.STAGING):
+                raise UnsupportedError(
+                    "root filesystem", f"{linux_plan.STAGING} is missing on the host"
+                )
+        elif net.uses_proxy:
             raise UnsupportedError(
-                "namespaces", dict(caps.notes).get("user_namespaces", "user namespaces unavailable")
-            )
-        if not caps.mount_setattr:
-            raise UnsupportedError("read-only inputs", dict(caps.notes)["mount_setattr"])
-        if not os.path.isdir(linux_plan.STAGING):
-            raise UnsupportedError(
-                "root filesystem", f"{linux_plan.STAGING} is missing on the host"
+                "network",
+                "allowed_hosts are reached through a proxy inside a network namespace, and "
+                "user namespaces are unavailable here (Landlock-only isolation)",
             )
         for p in (*spec.outputs, *spec.temps):
             if not os.path.exists(p):
@@ -185,8 +195,8 @@ class Prepared:
                 )
         self.spec = spec
         self.workdir = spec.workdir or "/"
-        self.ops = linux_plan.build_ops(spec, self.workdir)
-        net = spec.network
+        namespaces = self.isolation == "namespaces"
+        self.ops = linux_plan.build_ops(spec, self.workdir) if namespaces else ()
         self.env = _environment(spec)
         if net.uses_proxy:
             # The proxy's variables win over the spec's: they are the only
@@ -228,6 +238,10 @@ class Prepared:
         ns_flags = ALL_NAMESPACES
         if self.pooled_network or net.host_network:
             ns_flags &= ~CLONE_NEWNET
+        if not namespaces:
+            self.pooled_network = False
+            ns_flags = 0
+        landlock, self.landlock_rules = _landlock_plan(spec, caps, namespaces, mem)
         # The seccomp program (csrc/linux/seccomp.c), built for this
         # architecture; installed last, just before exec.  With a listener,
         # denials and refused writes are recorded (hermetic/security/syscalls.py).
@@ -240,15 +254,17 @@ class Prepared:
             "ns_flags": ns_flags,
             "netns_fd": -1,
             "cgroup_fd": -1,
-            "uid_map": mem.cstr(f"{uid} {uid} 1\n"),
-            "gid_map": mem.cstr(f"{gid} {gid} 1\n"),
+            "uid_map": mem.cstr(f"{uid} {uid} 1\n" if namespaces else None),
+            "gid_map": mem.cstr(f"{gid} {gid} 1\n" if namespaces else None),
             "staging": mem.cstr(linux_plan.STAGING),
             "oldroot": mem.cstr(linux_plan.OLDROOT),
             "ops": ops,
             "n_ops": len(self.ops),
-            "hostname": mem.cstr(HOSTNAME),
-            "domainname": mem.cstr(DOMAINNAME),
-            "loopback_up": 0 if self.pooled_network or net.host_network else 1,
+            "hostname": mem.cstr(HOSTNAME if namespaces else None),
+            "domainname": mem.cstr(DOMAINNAME if namespaces else None),
+            "loopback_up": 0 if self.pooled_network or net.host_network or not namespaces else 1,
+            "no_namespaces": 0 if namespaces else 1,
+            **landlock,
             "proxy_port": PROXY_PORT if net.uses_proxy else 0,
             "envp": mem.strv([f"{k}={v}" for k, v in sorted(self.env.items())]),
             "rlimits": rl,
@@ -275,6 +291,11 @@ class Prepared:
         ptrs = ffi.new("unsigned long long[]", list(exec_ptrs) or [0])
         opts.exec_ptrs = ptrs
         opts.n_exec_ptrs = len(exec_ptrs)
+        if self.isolation == "landlock":
+            # No network namespace contains sockets, no pid namespace ends
+            # the processes: seccomp closes both gaps.
+            opts.deny_sockets = 0 if self.spec.network.host_network else 1
+            opts.deny_sessions = 1
         prog = ffi.new("unsigned char[]", 8 * SECCOMP_MAX)  # struct sock_filter[]
         n = lib.hm_seccomp_build(prog, SECCOMP_MAX, opts)
         if n < 0:
@@ -340,6 +361,53 @@ class Prepared:
         return found
 
 
+def isolation_mode(caps: Capabilities) -> str:
+    """ "namespaces" where user namespaces work, else "landlock" where Landlock
+    (ABI >= 6) and seccomp can stand alone; else UnsupportedError (fail closed)."""
+    if caps.user_namespaces:
+        return "namespaces"
+    notes = dict(caps.notes)
+    why_ns = notes.get("user_namespaces", "user namespaces unavailable")
+    abi = caps.landlock_abi or 0
+    if abi < linux_landlock.MIN_ABI_ALONE:
+        why_ll = notes.get("landlock") or (
+            f"Landlock ABI {abi} is below {linux_landlock.MIN_ABI_ALONE}, the first that keeps "
+            "signals inside the sandbox"
+        )
+        raise UnsupportedError("filesystem isolation", f"{why_ns}; and {why_ll}")
+    if not caps.seccomp:
+        raise UnsupportedError("filesystem isolation", f"{why_ns}; and seccomp is unavailable")
+    return "landlock"
+
+
+def _landlock_plan(
+    spec: SandboxSpec, caps: Capabilities, namespaces: bool, mem: _CMemory
+) -> tuple[dict[str, Any], tuple[linux_landlock.Rule, ...]]:
+    """The plan's Landlock fields: an extra layer under namespaces, the only
+    filesystem layer without them (hermetic/platforms/linux_landlock.py)."""
+    abi = caps.landlock_abi or 0
+    if abi <= 0:
+        return {"landlock_abi": 0}, ()
+    private_tmp = not any(p == "/tmp" for p in (*spec.inputs, *spec.outputs, *spec.temps))
+    rules = linux_landlock.rules(spec, namespaces=namespaces, private_tmp=private_tmp)
+    arr = mem.ffi.new("struct hm_landlock_rule[]", len(rules))
+    for i, rule in enumerate(rules):
+        arr[i].path = mem.cstr(rule.path)
+        arr[i].access = rule.access
+    mem.keep.append(arr)
+    net = 0
+    if not namespaces and abi >= 4 and not spec.network.host_network:
+        net = linux_landlock.NET_BIND_TCP | linux_landlock.NET_CONNECT_TCP
+    return {
+        "landlock_abi": abi,
+        "landlock_fs": linux_landlock.handled_fs(abi),
+        "landlock_net": net,
+        "landlock_scoped": linux_landlock.scopes(abi),
+        "landlock_rules": arr,
+        "n_landlock_rules": len(rules),
+    }, rules
+
+
 def prepare(spec: SandboxSpec) -> Prepared:
     return Prepared(spec)
 
@@ -400,6 +468,9 @@ def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) 
         path = cands[idx] if 0 <= idx < len(cands) else argv[0]
         if err.err == 2:
             detail = f"{argv[0]!r} not found in the sandbox (searched {':'.join(cands)})"
+    elif stage == "landlock" and 0 <= idx < len(prepared.landlock_rules):
+        path = prepared.landlock_rules[idx].path
+        detail = "Landlock rule"
     elif stage == "chdir":
         path = cwd
         detail = "working directory"
@@ -653,6 +724,7 @@ def _run(
             usage=usage,
             violations=tuple(violations),
             hermetic=prepared.hermetic,
+            isolation=prepared.isolation,
             unenforced_limits=prepared.limits.unenforced,
         )
     finally:

@@ -52,11 +52,28 @@ class LimitPlan:
         return bool(self.cpu_ns or self.sampled_memory or self.disk_io or self.output_bytes)
 
 
+def _global_root() -> bool:
+    """True for the host's root: uid 0 that is uid 0 of the initial user
+    namespace too (the one RLIMIT_NPROC exempts).  Root of a nested user
+    namespace maps to another uid and is counted like any user."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= 0 < inside + count:
+                    return outside - inside == 0
+    except (OSError, ValueError):
+        pass
+    return True
+
+
 def plan_limits(
     r: ResourceLimits, cgroup_unavailable: str | None, *, network_counted: bool = True
 ) -> LimitPlan:
     """``cgroup_unavailable`` is None when cgroup slots work here, else why not."""
-    root = os.geteuid() == 0
+    root = _global_root()
     values = [(resource.RLIMIT_CORE, 0, 0)]
     if r.max_open_files:
         values.append((resource.RLIMIT_NOFILE, r.max_open_files, r.max_open_files))

@@ -114,5 +114,10 @@ def probe() -> Capabilities:
         pidfd=pidfd,
         clone3=lib.hm_probe_clone3() == 0,
         limits=f"cgroup-v{version}" if version else "rlimits",
+        isolation="namespaces"
+        if userns
+        else "landlock"
+        if abi >= 6 and seccomp  # linux_landlock.MIN_ABI_ALONE
+        else "none",
         notes=tuple(sorted(notes.items())),
     )

@@ -1,0 +1,114 @@
+"""Landlock: an extra layer under namespaces, the only one where they are forbidden."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+from test_linux_isolation import ERRNO, probe, spec_for
+
+from hermetic import HermeticExecutor, NetworkPolicy, UnsupportedError
+from hermetic.platforms import linux, linux_plan
+from hermetic.platforms.capabilities import Capabilities
+
+pytestmark = pytest.mark.linux
+
+
+def test_landlock_holds_where_the_mount_layer_does_not(monkeypatch):
+    """A mount-layer mistake (inputs bound read-write) is caught by Landlock.
+
+    The input is outside /tmp: the private /tmp is writable as a whole, and
+    Landlock cannot take rights away from a subtree (see linux_landlock.py).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the fault is injected in-process, which needs the suite to run as root")
+    if not (linux.capabilities().landlock_abi or 0):
+        pytest.fail("Landlock is available on this machine and must be tested")
+    src = tempfile.mkdtemp(prefix="hermetic-test-", dir="/var/tmp")
+    try:
+        monkeypatch.setattr(linux_plan, "BIND_RDONLY", 0)
+        ex = HermeticExecutor.create(spec_for(inputs=[src])).unwrap()
+        code = ERRNO + f"print(attempt(lambda: open({src + '/planted'!r}, 'w')))"
+        r = ex.execute(["python3", "-c", code]).unwrap()
+        assert r.stdout.split() == [b"EACCES"], r.stderr
+        assert not os.path.exists(os.path.join(src, "planted"))
+    finally:
+        shutil.rmtree(src)
+
+
+@pytest.mark.parametrize("fs_runner", ["landlock"], indirect=True)
+def test_without_namespaces_seccomp_and_landlock_contain_processes(fs_runner, scratch):
+    out_dir = os.path.join(scratch, "out")
+    os.mkdir(out_dir)
+    fs_runner.own(out_dir)
+    out = probe(
+        fs_runner,
+        spec_for(outputs=[out_dir]),
+        ERRNO
+        + f"""
+import signal, socket, subprocess
+print(attempt(socket.socket))
+print(attempt(os.setsid))
+print(attempt(os.kill, os.getppid(), 0))  # pid 1, outside the Landlock domain
+print(attempt(os.kill, 1, 0))  # the host's init
+child = subprocess.Popen(["sleep", "300"])
+open({out_dir + "/pid"!r}, "w").write(str(child.pid))
+""",
+    )
+    assert out.text.split() == ["EPERM", "EPERM", "EPERM", "EPERM"]
+    with open(os.path.join(out_dir, "pid")) as f:
+        pid = int(f.read())
+    # The background child was ended with the action's process group.
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{pid}")
+    kinds = {v["kind"] for v in out.raw["violations"]}
+    assert "syscall" in kinds  # socket() and setsid() recorded
+
+
+@pytest.mark.parametrize("fs_runner", ["landlock"], indirect=True)
+def test_without_namespaces_allow_hosts_fails_closed(fs_runner, scratch):
+    spec = spec_for(network=NetworkPolicy.allow_hosts(["127.0.0.1:1"]))
+    out = fs_runner.run(spec, ["true"])
+    assert out.error is not None
+    assert "network" in out.error and "Landlock-only" in out.error
+
+
+def _caps(**kw) -> Capabilities:
+    base = {
+        "platform": "linux",
+        "backend": "linux-namespaces",
+        "user_namespaces": False,
+        "seccomp": True,
+        "landlock_abi": 7,
+        "notes": (("user_namespaces", "forbidden here"),),
+    }
+    base.update(kw)
+    return Capabilities(**base)
+
+
+def test_isolation_mode_fails_closed_without_both_layers():
+    assert linux.isolation_mode(_caps(user_namespaces=True)) == "namespaces"
+    assert linux.isolation_mode(_caps()) == "landlock"
+    with pytest.raises(UnsupportedError, match="forbidden here.*ABI 5 is below 6"):
+        linux.isolation_mode(_caps(landlock_abi=5))
+    with pytest.raises(UnsupportedError, match="Landlock unavailable"):
+        linux.isolation_mode(
+            _caps(landlock_abi=None, notes=(("landlock", "Landlock unavailable: ENOSYS"),))
+        )
+    with pytest.raises(UnsupportedError, match="seccomp is unavailable"):
+        linux.isolation_mode(_caps(seccomp=False))
+
+
+@pytest.mark.parametrize("fs_runner", ["landlock"], indirect=True)
+def test_without_namespaces_a_timeout_ends_the_whole_group(fs_runner):
+    start = time.monotonic()
+    out = fs_runner.run(spec_for(), ["sh", "-c", "sleep 60 & sleep 60; echo never"], timeout=0.5)
+    assert out.error is None, out.error
+    assert out.timed_out
+    assert time.monotonic() - start < 30
+    assert "never" not in out.text
