@@ -44,7 +44,8 @@ enum hm_stage {
     HM_STAGE_NOTIFY = 25,       /* handing the seccomp listener to the caller */
     HM_STAGE_PROXY = 26,        /* the egress proxy's listening socket */
     HM_STAGE_LANDLOCK = 27,     /* a Landlock rule (op_index: which) or the ruleset */
-    HM_STAGE_SUBREAPER = 28     /* pid 1 without namespaces becoming a subreaper */
+    HM_STAGE_SUBREAPER = 28,    /* pid 1 without namespaces becoming a subreaper */
+    HM_STAGE_TIMENS = 29        /* a time namespace for the action (fresh clocks) */
 };
 
 /* Records on the report channel that carry a descriptor (SCM_RIGHTS)
@@ -138,6 +139,8 @@ struct hm_plan {
     unsigned long long landlock_scoped; /* IPC scopes (ABI >= 6) */
     const struct hm_landlock_rule *landlock_rules;
     int n_landlock_rules;
+    const char *timens_offsets;      /* non-NULL: the action gets a time namespace with
+                                        these /proc/self/timens_offsets lines */
 };
 
 /* What the seccomp program holds beyond the default deny list. */
@@ -210,6 +213,7 @@ int hm_netns_create(void);
 int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts);
 int hm_notify_serve(int fd, struct hm_notice *out, int max);
 const char *hm_syscall_name(int nr);
+long hm_dir_snapshot(const char *path, char *out, unsigned long cap, unsigned long *need);
 int hm_seccomp_denied(const char **names, int *nrs, int max);
 int hm_probe_landlock_abi(void);
 int hm_probe_clone3(void);

@@ -1,7 +1,8 @@
 """The ``hermetic`` command line: a thin layer over the public API.
 
 Exit status of ``hermetic run``: the action's own status, or 128+N when a
-signal N ended it; otherwise one of
+signal N ended it; of ``hermetic verify``: 0 when the runs agree, 1 when
+they differ; of both otherwise one of
 
   123  the spec or the command line is invalid
   124  the action timed out (and was killed)
@@ -13,6 +14,7 @@ signal N ended it; otherwise one of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -72,53 +74,54 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
     workdir = spec.workdir
     if ns.workdir:
         workdir = canonical(os.path.abspath(ns.workdir), field="workdir")
-    spec = SandboxSpec(
+    spec = dataclasses.replace(
+        spec,
         inputs=spec.inputs.union(PathSet(tuple(os.path.abspath(p) for p in ns.input))),
         outputs=spec.outputs.union(PathSet(tuple(os.path.abspath(p) for p in ns.output))),
         temps=spec.temps.union(PathSet(tuple(os.path.abspath(p) for p in ns.temp))),
-        network=spec.network,
         environment=env,
-        resources=spec.resources,
-        process=spec.process,
         workdir=workdir,
     )
     if spec.workdir is None:
         # Like bubblewrap: keep the current directory when the sandbox shows it.
         here = canonical(os.getcwd())
         if any(PathSet((p,)).contains(here) for p in (*spec.inputs, *spec.outputs, *spec.temps)):
-            spec = SandboxSpec(
-                inputs=spec.inputs,
-                outputs=spec.outputs,
-                temps=spec.temps,
-                network=spec.network,
-                environment=spec.environment,
-                resources=spec.resources,
-                process=spec.process,
-                workdir=here,
-            )
+            spec = dataclasses.replace(spec, workdir=here)
     return spec
 
 
-def _cmd_run(ns: argparse.Namespace) -> int:
+def _command(ns: argparse.Namespace) -> list[str]:
     command = list(ns.command)
     if command and command[0] == "--":
         command = command[1:]
+    return command
+
+
+def _setup_failure(e: HermeticError) -> int:
+    """The exit status and message for an action that could not run."""
+    if isinstance(e, SpecError):
+        return _fail(f"invalid spec: {e}", EXIT_SPEC)
+    if isinstance(e, SandboxError):
+        code = EXIT_SETUP
+        if e.stage == "exec":
+            code = EXIT_NOTFOUND if e.errno == errno.ENOENT else EXIT_NOEXEC
+        return _fail(str(e), code)
+    return _fail(str(e), EXIT_SETUP)
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    command = _command(ns)
     if not command:
         return _fail("run: no command given (hermetic run [options] -- CMD ARGS...)", EXIT_SPEC)
     try:
         spec = _spec_from_args(ns)
         executor = HermeticExecutor.create(spec, audit_log=ns.audit_log).unwrap()
         stdin = sys.stdin.buffer.read() if ns.stdin else None
-        result = executor.execute(command, stdin=stdin, timeout=ns.timeout).unwrap()
-    except SpecError as e:
-        return _fail(f"invalid spec: {e}", EXIT_SPEC)
-    except SandboxError as e:
-        code = EXIT_SETUP
-        if e.stage == "exec":
-            code = EXIT_NOTFOUND if e.errno == errno.ENOENT else EXIT_NOEXEC
-        return _fail(str(e), code)
+        result = executor.execute(
+            command, stdin=stdin, timeout=ns.timeout, collect_outputs=ns.collect_outputs
+        ).unwrap()
     except HermeticError as e:
-        return _fail(str(e), EXIT_SETUP)
+        return _setup_failure(e)
     if ns.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -131,6 +134,45 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             _fail(f"timed out after {ns.timeout:g} s; the sandbox was killed", EXIT_TIMEOUT)
         return EXIT_TIMEOUT
     return result.shell_status()
+
+
+def _cmd_verify(ns: argparse.Namespace) -> int:
+    command = _command(ns)
+    if not command:
+        return _fail("verify: no command given (hermetic verify [options] -- CMD)", EXIT_SPEC)
+    try:
+        spec = _spec_from_args(ns)
+        executor = HermeticExecutor.create(spec, audit_log=ns.audit_log).unwrap()
+        stdin = sys.stdin.buffer.read() if ns.stdin else None
+        report = executor.verify_reproducible(
+            command, ns.runs, stdin=stdin, timeout=ns.timeout
+        ).unwrap()
+    except HermeticError as e:
+        return _setup_failure(e)
+    if ns.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif report.reproducible:
+        files = sum(1 for e in report.outputs if e.kind == "file")
+        print(f"reproducible: {report.runs} runs, {files} output file(s) identical")
+    else:
+        print(f"NOT reproducible: {len(report.differences)} difference(s) over {report.runs} runs")
+        for d in report.differences:
+            print(f"  {d.describe()}")
+    return 0 if report.reproducible else 1
+
+
+def _cmd_digest(ns: argparse.Namespace) -> int:
+    command = _command(ns)
+    if not command:
+        return _fail("digest: no command given (hermetic digest [options] -- CMD)", EXIT_SPEC)
+    try:
+        spec = _spec_from_args(ns)
+        executor = HermeticExecutor.create(spec).unwrap()
+        system = "content" if ns.hash_system else "path"
+        print(executor.action_digest(command, system_inputs=system).unwrap())
+    except HermeticError as e:
+        return _setup_failure(e)
+    return 0
 
 
 def _cmd_audit(ns: argparse.Namespace) -> int:
@@ -198,52 +240,33 @@ def _parser() -> argparse.ArgumentParser:
         help="run a command in a sandbox",
         description="Run CMD in a sandbox. " + __doc__.split("\n\n", 1)[1],
     )
-    run.formatter_class = argparse.RawDescriptionHelpFormatter
+    _add_action_options(run)
     run.add_argument(
-        "--input",
-        "-i",
-        action="append",
-        default=[],
-        metavar="P",
-        help="a read-only path (repeatable)",
-    )
-    run.add_argument(
-        "--output",
-        "-o",
-        action="append",
-        default=[],
-        metavar="P",
-        help="a writable path that must exist (repeatable)",
-    )
-    run.add_argument(
-        "--temp",
-        "-t",
-        action="append",
-        default=[],
-        metavar="P",
-        help="a writable scratch path that must exist (repeatable)",
-    )
-    run.add_argument(
-        "--env",
-        "-e",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="set an environment variable (repeatable)",
-    )
-    run.add_argument("--workdir", "-C", metavar="P", help="working directory in the sandbox")
-    run.add_argument("--timeout", type=float, metavar="S", help="kill the sandbox after S seconds")
-    run.add_argument("--spec", metavar="FILE.json", help="start from this spec file")
-    run.add_argument(
-        "--no-toolchain",
+        "--collect-outputs",
         action="store_true",
-        help="without --spec: do not add the system toolchain paths (/usr, ...)",
+        help="with --json: list every output file with its size, mode and sha256",
     )
-    run.add_argument("--stdin", action="store_true", help="pass this process's stdin to CMD")
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.add_argument("--audit-log", metavar="FILE", help="append violations to FILE (JSON Lines)")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     run.set_defaults(func=_cmd_run)
+    verify = sub.add_parser(
+        "verify",
+        help="run a command several times and compare its outputs",
+        description="Run CMD --runs times, each with fresh empty outputs and temps, and "
+        "report every output, stdout, stderr or exit status that differs.",
+    )
+    _add_action_options(verify)
+    verify.add_argument("--runs", type=int, default=2, metavar="N", help="runs (default 2)")
+    verify.set_defaults(func=_cmd_verify)
+    digest = sub.add_parser(
+        "digest",
+        help="print the action digest of a command (spec, argv, environment, inputs)",
+    )
+    _add_action_options(digest)
+    digest.add_argument(
+        "--hash-system",
+        action="store_true",
+        help="hash the system directories' contents too (slow the first time)",
+    )
+    digest.set_defaults(func=_cmd_digest)
     doctor = sub.add_parser("doctor", help="show what this host can enforce")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=_cmd_doctor)
@@ -255,6 +278,55 @@ def _parser() -> argparse.ArgumentParser:
     spec.add_argument("file")
     spec.set_defaults(func=_cmd_spec)
     return parser
+
+
+def _add_action_options(cmd: argparse.ArgumentParser) -> None:
+    """The spec and command options run, verify and digest share."""
+    cmd.formatter_class = argparse.RawDescriptionHelpFormatter
+    cmd.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a read-only path (repeatable)",
+    )
+    cmd.add_argument(
+        "--output",
+        "-o",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a writable path that must exist (repeatable)",
+    )
+    cmd.add_argument(
+        "--temp",
+        "-t",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a writable scratch path that must exist (repeatable)",
+    )
+    cmd.add_argument(
+        "--env",
+        "-e",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable (repeatable)",
+    )
+    cmd.add_argument("--workdir", "-C", metavar="P", help="working directory in the sandbox")
+    cmd.add_argument("--timeout", type=float, metavar="S", help="kill the sandbox after S seconds")
+    cmd.add_argument("--spec", metavar="FILE.json", help="start from this spec file")
+    cmd.add_argument(
+        "--no-toolchain",
+        action="store_true",
+        help="without --spec: do not add the system toolchain paths (/usr, ...)",
+    )
+    cmd.add_argument("--stdin", action="store_true", help="pass this process's stdin to CMD")
+    cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    cmd.add_argument("--audit-log", metavar="FILE", help="append violations to FILE (JSON Lines)")
+    cmd.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,6 +168,7 @@ print(json.dumps(dict(os.environ), sort_keys=True))
         "LC_ALL": "C.UTF-8",
         "ONLY_THIS": "yes",
         "PATH": "/usr/bin:/bin",
+        "TZ": "UTC",
         "USER": "builder",
     }
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
+from conftest import FORBID_USERNS
 from test_linux_isolation import ERRNO, probe, spec_for
 
 from hermetic import HermeticExecutor, NetworkPolicy, UnsupportedError
@@ -112,3 +115,12 @@ def test_without_namespaces_a_timeout_ends_the_whole_group(fs_runner):
     assert out.timed_out
     assert time.monotonic() - start < 30
     assert "never" not in out.text
+
+
+def test_without_namespaces_verify_fails_closed(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    cmd = [*FORBID_USERNS, sys.executable, "-m", "hermetic", "verify", "-o", out, "--", "true"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    assert p.returncode == 125, p.stderr
+    assert "fresh outputs" in p.stderr and "Landlock-only" in p.stderr

@@ -131,7 +131,7 @@ def test_set_operation_results() -> None:
 
 def test_envset_minimal_and_operations() -> None:
     env = EnvSet.minimal()
-    assert env.to_dict() == {"USER": "builder", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    assert env.to_dict() == {"USER": "builder", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC"}
     assert [k for k, _ in env.vars] == sorted(k for k, _ in env.vars)
     more = env.with_var("PATH", "/bin")
     assert more.get("PATH") == "/bin" and not env.has("PATH")
@@ -378,6 +378,7 @@ def test_json_format(tmp_path: Path) -> None:
         "environment",
         "resources",
         "process",
+        "reproducibility",
         "workdir",
     }
     assert data["environment"]["vars"]["CC"] == "gcc"

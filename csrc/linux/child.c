@@ -79,6 +79,7 @@ struct hm_clone_args {
     unsigned long long cgroup;
 };
 #define HM_CLONE_INTO_CGROUP 0x200000000ULL
+#define HM_CLONE_NEWTIME 0x80
 
 /* The kernel's struct sigaction (not libc's). */
 struct hm_ksigaction {
@@ -429,6 +430,8 @@ static int action_main(void *arg)
     r = HM_SYS1(SYS_chdir, p->cwd);
     if (r < 0)
         action_fail(a, HM_STAGE_CHDIR, -1, r);
+    /* A fixed umask: the caller's would decide the modes of the outputs. */
+    HM_SYS1(SYS_umask, 022);
     for (int i = 0; i < p->n_rlimits; i++) {
         struct rlimit lim = {p->rlimits[i].cur, p->rlimits[i].max};
         r = HM_SYS4(SYS_prlimit64, 0, p->rlimits[i].resource, &lim, 0);
@@ -603,6 +606,15 @@ int hm__pid1_main(void *argp)
             fail(HM_FD_REPORT, HM_STAGE_SUBREAPER, -1, r);
     } else {
         build_sandbox(p);
+    }
+    if (p->timens_offsets) {
+        /* Processes created from now on (the action) enter the new time
+         * namespace; its offsets must be set before the first does. */
+        r = HM_SYS1(SYS_unshare, HM_CLONE_NEWTIME);
+        if (r == 0)
+            r = write_file("/proc/self/timens_offsets", p->timens_offsets);
+        if (r < 0)
+            fail(HM_FD_REPORT, HM_STAGE_TIMENS, -1, r);
     }
     if (p->proxy_port > 0) {
         r = proxy_listen(p->proxy_port);

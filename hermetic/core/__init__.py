@@ -12,7 +12,13 @@ from hermetic.core.errors import (
 from hermetic.core.executor import HermeticExecutor, run
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import PathSet
-from hermetic.core.policies import EnvSet, NetworkPolicy, ProcessPolicy, ResourceLimits
+from hermetic.core.policies import (
+    EnvSet,
+    NetworkPolicy,
+    ProcessPolicy,
+    ReproducibilityPolicy,
+    ResourceLimits,
+)
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec
 
@@ -29,6 +35,7 @@ __all__ = [
     "Ok",
     "PathSet",
     "ProcessPolicy",
+    "ReproducibilityPolicy",
     "ResourceLimits",
     "Result",
     "SandboxError",

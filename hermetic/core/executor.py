@@ -8,15 +8,23 @@ at once (every execution has its own sandbox and its own buffers).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import os
+import shutil
+import stat
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from hermetic.core import digest as _digest
+from hermetic.core import manifest
 from hermetic.core.errors import ActionFailedError, ExecutionTimeout, HermeticError, SpecError
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec
+from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
 from hermetic.security.audit import AuditLog, new_execution_id, record
@@ -89,6 +97,7 @@ class HermeticExecutor:
         stdin: bytes | None = None,
         timeout: float | datetime.timedelta | None = None,
         monitor: ResourceMonitor | None = None,
+        collect_outputs: bool = False,
     ) -> Result[ExecutionResult]:
         """Run ``argv`` in a fresh sandbox.
 
@@ -96,12 +105,11 @@ class HermeticExecutor:
         timeout: see ``result.success()`` and ``result.timed_out``).  Err
         carries the reason the action could not run: a SpecError for a bad
         argument, a SandboxError naming the setup step, path and errno.
+        ``collect_outputs`` fills ``result.outputs`` with a manifest of
+        the outputs (sizes, modes, sha256): it reads every output file.
         """
         try:
-            seconds = _seconds(timeout)
-            if stdin is not None and not isinstance(stdin, (bytes, bytearray, memoryview)):
-                raise SpecError("stdin must be bytes", field="stdin", value=type(stdin).__name__)
-            data = bytes(stdin) if stdin is not None else None
+            seconds, data = _checked(timeout, stdin)
         except HermeticError as e:
             return Err(e)
         # Every started monitor, and ``monitor``, counts this execution.
@@ -122,13 +130,101 @@ class HermeticExecutor:
             if observer:
                 observer.finished(result)
         assert result is not None
+        self._record(result)
+        if collect_outputs:
+            result = dataclasses.replace(result, outputs=manifest.collect(self._spec.outputs))
+        return Ok(result)
+
+    def _record(self, result: ExecutionResult) -> None:
         if self._audit is not None and result.violations:
             execution = new_execution_id()
             self._audit.append(
                 record(v, execution_id=execution, spec_digest=self._digest, argv0=result.argv[0])
                 for v in result.violations
             )
-        return Ok(result)
+
+    def action_digest(
+        self, argv: Sequence[str], cwd: str | None = None, *, system_inputs: str = "path"
+    ) -> Result[str]:
+        """A stable hex digest of everything that decides ``argv``'s result here.
+
+        The spec's digest, argv, the working directory, the environment the
+        action gets, and a Merkle tree of every input's content (cached by
+        path, size, mtime and inode: see hermetic/core/digest.py).  The
+        host's system directories are identified by path unless
+        ``system_inputs="content"``.
+        """
+        try:
+            args = [a for a in argv] if not isinstance(argv, (str, bytes)) else None
+            if not args or not all(isinstance(a, str) for a in args):
+                raise SpecError("argv must be a non-empty sequence of str", field="argv")
+            env = getattr(self._prepared, "env", None) or self._spec.environment.to_dict()
+            return Ok(
+                _digest.action_digest(self._spec, args, cwd, env, system_inputs=system_inputs)
+            )
+        except HermeticError as e:
+            return Err(e)
+        except OSError as e:
+            return Err(SpecError(f"cannot read an input: {e}", field="inputs", value=e.filename))
+
+    def verify_reproducible(
+        self,
+        argv: Sequence[str],
+        runs: int = 2,
+        *,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | datetime.timedelta | None = None,
+    ) -> Result[ReproducibilityReport]:
+        """Run ``argv`` ``runs`` times and compare what the runs produced.
+
+        Each run gets fresh, empty copies of the outputs and temps, bound
+        where the spec declares them, so the runs see the same starting
+        state and the declared outputs are left as they are.  The report
+        lists every difference (output files, stdout, stderr, exit status).
+        Err: a bad argument, a run that could not start, or a host that
+        cannot bind fresh copies (Landlock-only isolation).
+        """
+        try:
+            seconds, data = _checked(timeout, stdin)
+            if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
+                raise SpecError(f"runs must be an int >= 2, got {runs!r}", field="runs", value=runs)
+        except HermeticError as e:
+            return Err(e)
+        fresh_dirs: list[str] = []
+        try:
+            results: list[ExecutionResult] = []
+            manifests = []
+            real_paths = []
+            for _ in range(runs):
+                remap = {
+                    p: _fresh_copy(p, fresh_dirs) for p in (*self._spec.outputs, *self._spec.temps)
+                }
+                prepared = self._backend.prepare(self._spec, remap=remap)
+                result = self._backend.execute(prepared, argv, cwd=cwd, stdin=data, timeout=seconds)
+                self._record(result)
+                roots = [remap[p] for p in self._spec.outputs]
+                shown = {remap[p]: p for p in self._spec.outputs}
+                entries = manifest.collect(roots, shown_as=shown)
+                reverse = {p: remap[p] for p in self._spec.outputs}
+                real_paths.append({e.path: _real(e.path, reverse) for e in entries})
+                results.append(result)
+                manifests.append(entries)
+            differences = compare(results, manifests, real_paths)
+            return Ok(
+                ReproducibilityReport(
+                    reproducible=not differences,
+                    runs=runs,
+                    differences=differences,
+                    results=tuple(results),
+                    outputs=manifests[0],
+                )
+            )
+        except HermeticError as e:
+            return Err(e)
+        finally:
+            for path in fresh_dirs:
+                _remove(path)
 
     def execute_with_timeout(
         self,
@@ -140,6 +236,57 @@ class HermeticExecutor:
     ) -> Result[ExecutionResult]:
         """``execute`` with a timeout in seconds or as a timedelta."""
         return self.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout)
+
+
+def _checked(
+    timeout: float | datetime.timedelta | None, stdin: bytes | None
+) -> tuple[float | None, bytes | None]:
+    seconds = _seconds(timeout)
+    if stdin is not None and not isinstance(stdin, (bytes, bytearray, memoryview)):
+        raise SpecError("stdin must be bytes", field="stdin", value=type(stdin).__name__)
+    return seconds, bytes(stdin) if stdin is not None else None
+
+
+def _fresh_copy(path: str, made: list[str]) -> str:
+    """An empty directory (or file) like ``path``, with its permission bits."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        fresh = tempfile.mkdtemp(prefix="hermetic-verify-")
+    else:
+        fd, fresh = tempfile.mkstemp(prefix="hermetic-verify-")
+        os.close(fd)
+    made.append(fresh)
+    os.chmod(fresh, stat.S_IMODE(st.st_mode))
+    return fresh
+
+
+def _real(shown: str, roots: dict[str, str]) -> str:
+    """Where a path the action saw under an output is in its fresh copy."""
+    for declared, fresh in roots.items():
+        if shown == declared:
+            return fresh
+        if shown.startswith(declared.rstrip("/") + "/"):
+            return fresh + shown[len(declared.rstrip("/")) :]
+    return shown
+
+
+def _remove(path: str) -> None:
+    """Remove a fresh copy, whatever modes the action left in it."""
+
+    def writable(func: Any, p: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+        with contextlib.suppress(OSError):
+            func(p)
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+        shutil.rmtree(path, onerror=writable)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def run(

@@ -7,6 +7,7 @@ import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from hermetic.core.manifest import OutputEntry
 from hermetic.monitoring.usage import ResourceUsage
 
 
@@ -69,6 +70,9 @@ class ExecutionResult:
     #: What isolated the action: "namespaces", or "landlock" where user
     #: namespaces are forbidden (see the README's platform table).
     isolation: str = ""
+    #: What the action left under its outputs, with sha256 per file; filled
+    #: only by ``execute(..., collect_outputs=True)``.
+    outputs: tuple[OutputEntry, ...] = ()
 
     def success(self) -> bool:
         """Exit status 0, no signal, no timeout."""
@@ -112,6 +116,7 @@ class ExecutionResult:
             "unenforced_limits": list(self.unenforced_limits),
             "usage": self.usage.to_dict(),
             "violations": [v.to_dict() for v in self.violations],
+            "outputs": [e.to_dict() for e in self.outputs],
             "stdout": out(self.stdout),
             "stderr": out(self.stderr),
         }

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from hermetic.core.errors import SpecError
 
-__all__ = ["EnvSet", "NetworkPolicy", "ProcessPolicy", "ResourceLimits"]
+__all__ = ["EnvSet", "NetworkPolicy", "ProcessPolicy", "ReproducibilityPolicy", "ResourceLimits"]
 
 # Limits end up in 64-bit kernel fields; anything larger cannot be expressed.
 _MAX_LIMIT = 2**63 - 1
@@ -292,8 +292,15 @@ class EnvSet:
 
     @classmethod
     def minimal(cls) -> EnvSet:
-        """A fixed, host-independent baseline: USER=builder and a UTF-8 C locale."""
-        return cls(vars=(("USER", "builder"), ("LANG", "C.UTF-8"), ("LC_ALL", "C.UTF-8")))
+        """A fixed, host-independent baseline: USER=builder, a UTF-8 C locale, TZ=UTC."""
+        return cls(
+            vars=(
+                ("USER", "builder"),
+                ("LANG", "C.UTF-8"),
+                ("LC_ALL", "C.UTF-8"),
+                ("TZ", "UTC"),
+            )
+        )
 
     def has(self, key: str) -> bool:
         return any(k == key for k, _ in self.vars)
@@ -382,3 +389,26 @@ class ProcessPolicy:
     def hermetic(cls) -> ProcessPolicy:
         """Fewer children, and nothing outlives the caller."""
         return cls(max_children=32, kill_on_parent_exit=True)
+
+
+@dataclass(frozen=True)
+class ReproducibilityPolicy:
+    """What keeps outputs from depending on when the action ran.
+
+    Always fixed, whatever this says: the umask (022), the host and domain
+    names, and the user name and locale of ``EnvSet.minimal()`` (with
+    ``TZ=UTC``).  ``source_date_epoch`` sets ``SOURCE_DATE_EPOCH``, which
+    compilers and archivers use instead of the current time
+    (reproducible-builds.org).  ``fresh_clocks`` gives the action a time
+    namespace whose ``CLOCK_MONOTONIC`` and ``CLOCK_BOOTTIME`` start near
+    zero, so uptimes and monotonic stamps do not carry the host's; the
+    kernel cannot virtualise the wall clock.
+    """
+
+    source_date_epoch: int | None = None
+    fresh_clocks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source_date_epoch is not None:
+            _check_limit(self.source_date_epoch, "source_date_epoch")
+        _check_bool(self.fresh_clocks, "fresh_clocks")

@@ -17,7 +17,13 @@ from typing import Any
 
 from hermetic.core.errors import SpecError
 from hermetic.core.paths import PathSet, StrPath, canonical
-from hermetic.core.policies import EnvSet, NetworkPolicy, ProcessPolicy, ResourceLimits
+from hermetic.core.policies import (
+    EnvSet,
+    NetworkPolicy,
+    ProcessPolicy,
+    ReproducibilityPolicy,
+    ResourceLimits,
+)
 from hermetic.core.result import Err, Ok, Result
 
 __all__ = ["SPEC_VERSION", "SandboxSpec"]
@@ -26,7 +32,16 @@ SPEC_VERSION = 1
 
 _PATH_FIELDS = ("inputs", "outputs", "temps")
 _TOP_KEYS = frozenset(
-    {"version", *_PATH_FIELDS, "network", "environment", "resources", "process", "workdir"}
+    {
+        "version",
+        *_PATH_FIELDS,
+        "network",
+        "environment",
+        "resources",
+        "process",
+        "reproducibility",
+        "workdir",
+    }
 )
 _ENV_KEYS = frozenset({"vars", "inherit_path", "inherit_home"})
 
@@ -82,6 +97,7 @@ class SandboxSpec:
     resources: ResourceLimits = field(default_factory=ResourceLimits.hermetic)
     process: ProcessPolicy = field(default_factory=ProcessPolicy.hermetic)
     workdir: str | None = None
+    reproducibility: ReproducibilityPolicy = field(default_factory=ReproducibilityPolicy)
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:
@@ -96,6 +112,7 @@ class SandboxSpec:
         _require_type(self.network, NetworkPolicy, "network")
         _require_type(self.resources, ResourceLimits, "resources")
         _require_type(self.process, ProcessPolicy, "process")
+        _require_type(self.reproducibility, ReproducibilityPolicy, "reproducibility")
         if self.workdir is not None:
             object.__setattr__(self, "workdir", canonical(self.workdir, field="workdir"))
 
@@ -158,6 +175,18 @@ class SandboxSpec:
                     field="network",
                     value=net,
                 )
+        epoch = self.reproducibility.source_date_epoch
+        if (
+            epoch is not None
+            and self.environment.has("SOURCE_DATE_EPOCH")
+            and self.environment.get("SOURCE_DATE_EPOCH") != str(epoch)
+        ):
+            raise SpecError(
+                "SOURCE_DATE_EPOCH is set in the environment and, differently, by "
+                "reproducibility.source_date_epoch: set it in one place",
+                field="reproducibility.source_date_epoch",
+                value=epoch,
+            )
         for mine, theirs in self.inputs.overlaps(self.outputs):
             raise SpecError(
                 f"input {mine!r} and output {theirs!r} overlap", field="outputs", value=theirs
@@ -233,6 +262,7 @@ class SandboxSpec:
             },
             "resources": dataclasses.asdict(self.resources),
             "process": dataclasses.asdict(self.process),
+            "reproducibility": dataclasses.asdict(self.reproducibility),
             "workdir": self.workdir,
         }
 
@@ -259,7 +289,7 @@ class SandboxSpec:
         for name in _PATH_FIELDS:
             if name in data:
                 kwargs[name] = _as_pathset(_str_list(data[name], name), name)
-        for name in ("network", "resources", "process"):
+        for name in ("network", "resources", "process", "reproducibility"):
             if name in data:
                 kwargs[name] = _section(getattr(base, name), data[name], name)
         if "environment" in data:

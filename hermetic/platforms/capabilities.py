@@ -38,5 +38,7 @@ class Capabilities:
         return data
 
     def can_sandbox(self) -> bool:
-        """Whether the full filesystem/process/network isolation can be applied."""
+        """Whether actions can be isolated here (by namespaces or by Landlock alone)."""
+        if self.isolation != "none":
+            return True
         return self.user_namespaces and self.mount_setattr

@@ -81,6 +81,7 @@ _STAGES = {
     26: "proxy",
     27: "landlock",
     28: "subreaper",
+    29: "time-namespace",
 }
 _OP_STAGES = {
     linux_plan.OP_MKDIR: "mkdir",
@@ -170,7 +171,7 @@ STACKS = _StackPool()
 class Prepared:
     """A spec made ready to run: validated, planned and marshalled once."""
 
-    def __init__(self, spec: SandboxSpec) -> None:
+    def __init__(self, spec: SandboxSpec, remap: dict[str, str] | None = None) -> None:
         caps = capabilities()
         #: "namespaces", or "landlock" where user namespaces are forbidden.
         self.isolation = isolation_mode(caps)
@@ -182,6 +183,12 @@ class Prepared:
                 raise UnsupportedError(
                     "root filesystem", f"{linux_plan.STAGING} is missing on the host"
                 )
+        elif remap:
+            raise UnsupportedError(
+                "fresh outputs",
+                "binding fresh copies at the outputs needs mount namespaces, and user "
+                "namespaces are unavailable here (Landlock-only isolation)",
+            )
         elif net.uses_proxy:
             raise UnsupportedError(
                 "network",
@@ -196,12 +203,26 @@ class Prepared:
         self.spec = spec
         self.workdir = spec.workdir or "/"
         namespaces = self.isolation == "namespaces"
-        self.ops = linux_plan.build_ops(spec, self.workdir) if namespaces else ()
+        writable = {*spec.outputs, *spec.temps}
+        for p in remap or {}:
+            if p not in writable:
+                raise SpecError(f"only outputs and temps can be remapped: {p!r}", value=p)
+        self.ops = linux_plan.build_ops(spec, self.workdir, remap) if namespaces else ()
         self.env = _environment(spec)
         if net.uses_proxy:
             # The proxy's variables win over the spec's: they are the only
             # way out of the sandbox.
             self.env.update(proxy_env(net.allowed_hosts))
+        repro = spec.reproducibility
+        if repro.source_date_epoch is not None:
+            self.env["SOURCE_DATE_EPOCH"] = str(repro.source_date_epoch)
+        self.fresh_clocks = repro.fresh_clocks
+        if self.fresh_clocks and not (namespaces and os.path.exists("/proc/self/ns/time")):
+            raise UnsupportedError(
+                "fresh clocks",
+                "time namespaces are unavailable here"
+                + ("" if namespaces else " (no namespaces at all: Landlock-only isolation)"),
+            )
         #: False when the action shares the host's network.
         self.hermetic = not net.host_network
         self.cgroup_version, no_cgroup = cgroup_mechanism()
@@ -408,8 +429,17 @@ def _landlock_plan(
     }, rules
 
 
-def prepare(spec: SandboxSpec) -> Prepared:
-    return Prepared(spec)
+def prepare(spec: SandboxSpec, *, remap: dict[str, str] | None = None) -> Prepared:
+    return Prepared(spec, remap)
+
+
+def _fresh_clock_offsets() -> str:
+    """Offsets that start the action's monotonic and boot clocks near one second."""
+    lines = []
+    for name, clock in (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME)):
+        now = time.clock_gettime_ns(clock)
+        lines.append(f"{name} {-(now // 1_000_000_000) + 1} 0\n")
+    return "".join(lines)
 
 
 def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
@@ -603,6 +633,8 @@ def _run(
     if group is not None:
         plan.cgroup_fd = group.fd
     plan.argv = mem.strv(args)
+    if prepared.fresh_clocks:
+        plan.timens_offsets = mem.cstr(_fresh_clock_offsets())
     if worker is not None:
         try:
             worker.slot.prepare(limits)

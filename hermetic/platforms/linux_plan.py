@@ -115,7 +115,7 @@ def _collapse(paths: list[str]) -> list[str]:
     return out
 
 
-def _declared(spec: SandboxSpec) -> list[_Entry]:
+def _declared(spec: SandboxSpec, remap: dict[str, str]) -> list[_Entry]:
     entries: list[_Entry] = []
     for p in _collapse(list(spec.inputs)):
         entries.append(_bind(p, BIND_RDONLY, f"input {p!r}"))
@@ -123,7 +123,7 @@ def _declared(spec: SandboxSpec) -> list[_Entry]:
     for p in spec.temps:
         writable.setdefault(p, "temp")
     for p in sorted(writable, key=_depth_key):
-        entries.append(_bind(p, 0, f"{writable[p]} {p!r}"))
+        entries.append(_bind(p, 0, f"{writable[p]} {p!r}", remap.get(p, p)))
     for e in entries:
         for r in _RESERVED:
             if is_within(e.path, r):
@@ -135,15 +135,17 @@ def _declared(spec: SandboxSpec) -> list[_Entry]:
     return entries
 
 
-def _bind(path: str, flags: int, origin: str) -> _Entry:
+def _bind(path: str, flags: int, origin: str, source: str | None = None) -> _Entry:
+    """A bind of the host's ``source`` (by default ``path`` itself) at ``path``."""
+    source = source or path
     try:
-        st = os.stat(path)
+        st = os.stat(source)
     except FileNotFoundError:
         raise SpecError(f"{origin} does not exist", field="paths", value=path) from None
     except OSError as e:
         raise SpecError(f"{origin} cannot be used: {e.strerror}", field="paths", value=path) from e
     is_dir = stat.S_ISDIR(st.st_mode)
-    return _Entry(path, "bind", origin, src=OLDROOT + path, flags=flags, is_dir=is_dir)
+    return _Entry(path, "bind", origin, src=OLDROOT + source, flags=flags, is_dir=is_dir)
 
 
 def _system(declared: list[_Entry]) -> list[_Entry]:
@@ -233,9 +235,15 @@ def _root_links(entries: list[_Entry]) -> list[_Entry]:
     return links
 
 
-def build_ops(spec: SandboxSpec, workdir: str | None = None) -> tuple[Op, ...]:
-    """The op list for ``spec``; raises SpecError naming the culprit path."""
-    declared = _declared(spec)
+def build_ops(
+    spec: SandboxSpec, workdir: str | None = None, remap: dict[str, str] | None = None
+) -> tuple[Op, ...]:
+    """The op list for ``spec``; raises SpecError naming the culprit path.
+
+    ``remap`` binds other host paths at some outputs and temps (the fresh
+    copies of a reproducibility check).
+    """
+    declared = _declared(spec, remap or {})
     entries = declared + _system(declared)
     entries += _root_links(entries)
     if workdir and workdir != "/":

@@ -30,7 +30,7 @@ def refusing_backend(
     def capabilities() -> Capabilities:
         return Capabilities(platform=sys.platform, backend=backend, notes=(("sandbox", reason),))
 
-    def prepare(spec: SandboxSpec) -> Prepared:
+    def prepare(spec: SandboxSpec, *, remap: dict[str, str] | None = None) -> Prepared:
         raise UnsupportedError("sandbox", reason)
 
     def execute(

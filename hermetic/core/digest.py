@@ -1,0 +1,246 @@
+"""Action digests: one stable key for everything that decides a result.
+
+``action_digest`` hashes the spec's digest, argv, the working directory,
+the environment the action gets, and a Merkle tree of every input: a file
+is its content's SHA-256 and its executable bit, a symlink its target, a
+directory the sorted names and digests of its entries.  Equal digests
+mean equal actions, in any process and on any host with the same inputs:
+it is the key a build system's action cache uses.
+
+Reading every input again for each digest would dominate: ``TreeHasher``
+keeps each file's content hash keyed by its path and by the stat fields
+that change when the content does (device, inode, size, mtime, ctime), and
+each directory's digest keyed by a snapshot of its entries' stat fields
+taken in C (csrc/linux/tree.c), so an unchanged tree costs one C call per
+directory.  A file whose mtime alone changed is read again and hashes the
+same.
+
+The system directories a spec takes from the host (``/usr``, ``/lib``...,
+``HermeticSpecBuilder.TOOLCHAIN_INPUTS``) are identified by their path by
+default, as build systems treat a host toolchain; ``system_inputs="content"``
+hashes them too (the first time takes as long as reading them).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hermetic.core.errors import SpecError
+from hermetic.core.manifest import file_sha256
+from hermetic.core.spec import SandboxSpec
+
+__all__ = ["DIGEST_FORMAT", "TREES", "TreeHasher", "action_digest"]
+
+#: Part of every digest: bumped whenever what goes into one changes.
+DIGEST_FORMAT = 1
+
+
+def _h(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
+
+
+_FIELDS = struct.Struct("=6Q")  # mode, dev, ino, size, mtime_ns, ctime_ns
+_LEN = struct.Struct("=I")
+
+
+def _snapshot_py(path: str) -> bytes:
+    """hm_dir_snapshot's format, for hosts without the C core's version."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        names = sorted(os.fsencode(n) for n in os.listdir(fd))
+        parts = []
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            parts.append(_LEN.pack(len(name)) + name)
+            parts.append(
+                _FIELDS.pack(
+                    st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                )
+            )
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _snapshot(path: str, hint: int) -> bytes:
+    """The directory's entries and their stat fields, sorted (csrc/linux/tree.c)."""
+    try:
+        from hermetic import _native
+    except ImportError:
+        return _snapshot_py(path)
+    lib, ffi = _native.lib, _native.ffi
+    if not hasattr(lib, "hm_dir_snapshot"):
+        return _snapshot_py(path)
+    need = ffi.new("unsigned long *")
+    cap = max(hint, 4096)
+    while True:
+        buf = _uncleared("char[]", cap)
+        n = lib.hm_dir_snapshot(os.fsencode(path), buf, cap, need)
+        if n == -errno.ENOSPC:
+            cap = need[0] + 4096
+            continue
+        if n < 0:
+            raise OSError(-n, os.strerror(-n), path)
+        return bytes(ffi.buffer(buf, n))
+
+
+def _uncleared(ctype: str, size: int) -> Any:
+    from hermetic import _native
+
+    global _ALLOC
+    if _ALLOC is None:
+        _ALLOC = _native.ffi.new_allocator(should_clear_after_alloc=False)
+    return _ALLOC(ctype, size)
+
+
+_ALLOC: Any = None
+
+
+def _entries(snap: bytes) -> list[tuple[bytes, tuple[int, ...]]]:
+    out = []
+    at = 0
+    while at < len(snap):
+        (n,) = _LEN.unpack_from(snap, at)
+        name = snap[at + 4 : at + 4 + n]
+        at += 4 + n
+        out.append((name, _FIELDS.unpack_from(snap, at)))
+        at += _FIELDS.size
+    return out
+
+
+class TreeHasher:
+    """Merkle digests of files and trees, with bounded caches.
+
+    Files: content hash by path and stat fields.  Directories: the digest by
+    path and snapshot (every entry's name and stat fields, from one C call),
+    valid while the snapshot and every subdirectory's digest are unchanged;
+    so an unchanged tree costs one call per directory and no Python per
+    file.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self._files: dict[bytes, tuple[tuple[int, ...], str]] = {}
+        # path -> (snapshot, digest, subdirectories, their digests)
+        self._dirs: dict[bytes, tuple[bytes, str, tuple[bytes, ...], tuple[str, ...]]] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self.reads = 0  # files read (cache misses), for tests and benchmarks
+
+    def tree(self, path: str) -> str:
+        """The digest of the file, symlink or directory tree at ``path``."""
+        st = os.lstat(path)
+        fields = (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return self._node(os.fsencode(path), fields)
+
+    def _node(self, path: bytes, fields: tuple[int, ...]) -> str:
+        mode = fields[0]
+        if stat.S_ISREG(mode):
+            executable = b"x" if mode & 0o111 else b"-"
+            return _h(b"file\0", executable, self._content(path, fields).encode())
+        if stat.S_ISLNK(mode):
+            return _h(b"link\0", os.readlink(path))
+        if stat.S_ISDIR(mode):
+            return self._dir(path)
+        # Devices, fifos, sockets: their kind is all that is stable.
+        return _h(b"special\0", str(stat.S_IFMT(mode)).encode())
+
+    def _dir(self, path: bytes) -> str:
+        cached = self._dirs.get(path)
+        snap = _snapshot(os.fsdecode(path), len(cached[0]) if cached else 0)
+        if cached is not None and cached[0] == snap:
+            subs = tuple(self._dir(path + b"/" + name) for name in cached[2])
+            if subs == cached[3]:
+                return cached[1]
+        h = hashlib.sha256(b"dir\0")
+        sub_names: list[bytes] = []
+        sub_digests: list[str] = []
+        for name, fields in _entries(snap):
+            child = self._node(path + b"/" + name, fields)
+            if stat.S_ISDIR(fields[0]):
+                sub_names.append(name)
+                sub_digests.append(child)
+            h.update(name + b"\0" + child.encode() + b"\n")
+        digest = h.hexdigest()
+        with self._lock:
+            if len(self._dirs) >= self._max:
+                self._dirs.clear()
+            self._dirs[path] = (snap, digest, tuple(sub_names), tuple(sub_digests))
+        return digest
+
+    def _content(self, path: bytes, fields: tuple[int, ...]) -> str:
+        key = fields[1:]  # dev, ino, size, mtime_ns, ctime_ns
+        hit = self._files.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        digest = file_sha256(path)
+        with self._lock:
+            self.reads += 1
+            if len(self._files) >= self._max:
+                self._files.clear()
+            self._files[path] = (key, digest)
+        return digest
+
+
+#: The process-wide cache executors share.
+TREES = TreeHasher()
+
+
+def _system_paths() -> frozenset[str]:
+    """The system directories, canonical (/bin is /usr/bin on merged-/usr hosts)."""
+    from hermetic.core.builders import HermeticSpecBuilder
+
+    return frozenset(os.path.realpath(p) for p in HermeticSpecBuilder.TOOLCHAIN_INPUTS)
+
+
+def action_digest(
+    spec: SandboxSpec,
+    argv: Sequence[str],
+    cwd: str | None,
+    environment: Mapping[str, str],
+    *,
+    system_inputs: str = "path",
+    hasher: TreeHasher = TREES,
+) -> str:
+    """The hex SHA-256 of everything that decides the action's result."""
+    if system_inputs not in ("path", "content"):
+        raise SpecError(
+            f"system_inputs must be 'path' or 'content', got {system_inputs!r}",
+            field="system_inputs",
+            value=system_inputs,
+        )
+    system = _system_paths() if system_inputs == "path" else frozenset()
+    inputs: dict[str, str] = {}
+    for path in spec.inputs:
+        try:
+            if any(path == s or path.startswith(s + "/") for s in system):
+                inputs[path] = "system"
+            else:
+                inputs[path] = hasher.tree(path)
+        except FileNotFoundError:
+            raise SpecError(
+                f"input path does not exist: {path!r}", field="inputs", value=path
+            ) from None
+    doc = {
+        "format": DIGEST_FORMAT,
+        "spec": spec.digest(),
+        "argv": list(argv),
+        "cwd": cwd or spec.workdir or "/",
+        "environment": sorted(environment.items()),
+        "inputs": inputs,
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -1,0 +1,105 @@
+"""Output manifests: what an action left under its declared outputs.
+
+``collect(roots)`` walks each output (never following symlinks) and lists
+every directory, regular file and symlink with its size, mode and, for
+files, the SHA-256 of the content.  It is computed only when asked for
+(``execute(..., collect_outputs=True)``): the fast path stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["OutputEntry", "collect", "file_sha256"]
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class OutputEntry:
+    """One thing under an output.  ``path`` is absolute, as the action saw it."""
+
+    path: str
+    kind: str  # "file", "dir", "symlink" or "other" (a fifo, a socket...)
+    size: int
+    mode: int  # permission bits (stat.S_IMODE)
+    sha256: str | None = None  # files only
+    target: str | None = None  # symlinks only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "size": self.size,
+            "mode": oct(self.mode),
+            "sha256": self.sha256,
+            "target": self.target,
+        }
+
+
+def file_sha256(path: str | bytes | os.PathLike[str], *, dir_fd: int | None = None) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        h = hashlib.sha256()
+        while chunk := os.read(fd, _CHUNK):
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def _entry(real: str, shown: str, st: os.stat_result, digest: bool) -> OutputEntry:
+    kind = _kind(st.st_mode)
+    return OutputEntry(
+        path=shown,
+        kind=kind,
+        size=st.st_size if kind != "dir" else 0,
+        mode=stat.S_IMODE(st.st_mode),
+        sha256=file_sha256(real) if digest and kind == "file" else None,
+        target=os.readlink(real) if kind == "symlink" else None,
+    )
+
+
+def _walk(real: str, shown: str, digest: bool) -> Iterator[OutputEntry]:
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        return
+    yield _entry(real, shown, st, digest)
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    with os.scandir(real) as it:
+        children = sorted(e.name for e in it)
+    for name in children:
+        yield from _walk(os.path.join(real, name), os.path.join(shown, name), digest)
+
+
+def collect(
+    roots: Iterable[str], *, digest: bool = True, shown_as: dict[str, str] | None = None
+) -> tuple[OutputEntry, ...]:
+    """Every entry under ``roots``, sorted by path.
+
+    ``shown_as`` maps a root to the path the action saw it at, when the two
+    differ (the fresh copies of a reproducibility check).
+    """
+    out: list[OutputEntry] = []
+    for root in roots:
+        shown = (shown_as or {}).get(root, root)
+        out.extend(_walk(root, shown, digest))
+    out.sort(key=lambda e: e.path)
+    return tuple(out)

@@ -1,0 +1,158 @@
+"""Reproducibility reports: did N runs of one action produce the same outputs?
+
+``HermeticExecutor.verify_reproducible`` runs an action several times, each
+in fresh temps and fresh, empty copies of its outputs, and hands the runs'
+results and manifests to :func:`compare`.  A difference names the output
+path (as the action saw it), what differs (content, mode, kind, symlink
+target, presence), the runs that differ from the first, and for content the
+first differing byte offset and, when both sides are text, the first
+differing line.  stdout, stderr and the exit status are compared too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hermetic.core.manifest import OutputEntry
+from hermetic.core.outcome import ExecutionResult
+
+__all__ = ["Difference", "ReproducibilityReport", "compare", "first_difference"]
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the runs disagree.  ``runs`` are 1-based and differ from run 1."""
+
+    path: str  # an output path, or "<stdout>", "<stderr>", "<exit status>"
+    what: str  # "content", "missing", "extra", "kind", "mode", "symlink target", "value"
+    runs: tuple[int, ...]
+    offset: int | None = None  # first differing byte (content)
+    line: int | None = None  # first differing line, 1-based, when both sides are text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "what": self.what,
+            "runs": list(self.runs),
+            "offset": self.offset,
+            "line": self.line,
+        }
+
+    def describe(self) -> str:
+        where = ""
+        if self.offset is not None:
+            where = f" at byte {self.offset}" + (f" (line {self.line})" if self.line else "")
+        runs = ", ".join(str(r) for r in self.runs)
+        return f"{self.path}: {self.what} differs{where} in run(s) {runs} from run 1"
+
+
+@dataclass(frozen=True)
+class ReproducibilityReport:
+    reproducible: bool
+    runs: int
+    differences: tuple[Difference, ...]
+    results: tuple[ExecutionResult, ...]
+    outputs: tuple[OutputEntry, ...]  # the first run's manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reproducible": self.reproducible,
+            "runs": self.runs,
+            "differences": [d.to_dict() for d in self.differences],
+            "exit_codes": [r.exit_code for r in self.results],
+            "outputs": [e.to_dict() for e in self.outputs],
+        }
+
+
+def _line_of(data: bytes, offset: int) -> int | None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return data.count(b"\n", 0, offset) + 1
+
+
+def first_difference(a: bytes, b: bytes) -> tuple[int | None, int | None]:
+    """(byte offset, line) of the first difference of two byte strings; (None, None) if equal."""
+    if a == b:
+        return None, None
+    n = min(len(a), len(b))
+    offset = next((i for i in range(n) if a[i] != b[i]), n)
+    line_a, line_b = _line_of(a, offset), _line_of(b, offset)
+    return offset, line_a if line_a is not None and line_b is not None else None
+
+
+def _file_difference(path_a: str, path_b: str) -> tuple[int | None, int | None]:
+    """First difference of two files, read in chunks; the line needs both to be text."""
+    offset = 0
+    with open(path_a, "rb") as fa, open(path_b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
+            if ca != cb:
+                n = min(len(ca), len(cb))
+                i = next((k for k in range(n) if ca[k] != cb[k]), n)
+                offset += i
+                break
+            if not ca:
+                return None, None
+            offset += len(ca)
+    with open(path_a, "rb") as fa, open(path_b, "rb") as fb:
+        head_a, head_b = fa.read(), fb.read()
+    la, lb = _line_of(head_a, offset), _line_of(head_b, offset)
+    return offset, la if la is not None and lb is not None else None
+
+
+def compare(
+    results: Sequence[ExecutionResult],
+    manifests: Sequence[Sequence[OutputEntry]],
+    real_paths: Sequence[dict[str, str]],
+) -> tuple[Difference, ...]:
+    """The differences between run 1 and every other run.
+
+    ``real_paths[i]`` maps run i's shown paths to where its files are now.
+    """
+    found: dict[tuple[str, str], list[int]] = {}
+    where: dict[tuple[str, str], tuple[int | None, int | None]] = {}
+
+    def note(
+        path: str, what: str, run: int, pos: tuple[int | None, int | None] = (None, None)
+    ) -> None:
+        key = (path, what)
+        found.setdefault(key, []).append(run)
+        where.setdefault(key, pos)
+
+    base = {e.path: e for e in manifests[0]}
+    first = results[0]
+    for i in range(1, len(results)):
+        run = i + 1
+        other = results[i]
+        if (other.exit_code, other.signal) != (first.exit_code, first.signal):
+            note("<exit status>", "value", run)
+        for name in ("stdout", "stderr"):
+            a, b = getattr(first, name), getattr(other, name)
+            if a != b:
+                note(f"<{name}>", "content", run, first_difference(a, b))
+        mine = {e.path: e for e in manifests[i]}
+        for path in sorted(set(base) | set(mine)):
+            a, b = base.get(path), mine.get(path)
+            if b is None:
+                note(path, "missing", run)
+            elif a is None:
+                note(path, "extra", run)
+            elif a.kind != b.kind:
+                note(path, "kind", run)
+            elif a.kind == "file" and a.sha256 != b.sha256:
+                pos = _file_difference(real_paths[0][path], real_paths[i][path])
+                note(path, "content", run, pos)
+            elif a.kind == "symlink" and a.target != b.target:
+                note(path, "symlink target", run)
+            elif a.mode != b.mode:
+                note(path, "mode", run)
+    return tuple(
+        Difference(path, what, tuple(runs), *where[(path, what)])
+        for (path, what), runs in sorted(found.items())
+    )
