@@ -71,11 +71,14 @@ def test_time_and_random_bytes_are_found_with_their_offsets(workspace):
 def test_verify_cli_exit_status(workspace):
     src, out, tmp = workspace
     cli = [sys.executable, "-m", "hermetic", "verify", "-i", src, "-o", out, "-C", src, "--"]
-    same = subprocess.run([*cli, "sh", "-c", f"echo x > {out}/f"], capture_output=True, text=True)
+    # cwd="/": the installed package, not a source tree the tests run from.
+    same = subprocess.run(
+        [*cli, "sh", "-c", f"echo x > {out}/f"], capture_output=True, text=True, cwd="/"
+    )
     assert same.returncode == 0, same.stderr
     assert "reproducible" in same.stdout
     differ = subprocess.run(
-        [*cli, "sh", "-c", f"date +%N > {out}/f"], capture_output=True, text=True
+        [*cli, "sh", "-c", f"date +%N > {out}/f"], capture_output=True, text=True, cwd="/"
     )
     assert differ.returncode == 1
     assert f"{out}/f: content differs" in differ.stdout
@@ -119,7 +122,12 @@ def test_action_digest_follows_content_not_mtime(workspace):
         f"print(ex.action_digest({argv!r}).unwrap())"
     )
     other = subprocess.run(
-        [sys.executable, "-c", code], input=spec_json, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        input=spec_json,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
     )
     assert other.stdout.strip() == changed
 

@@ -8,13 +8,17 @@ at once (every execution has its own sandbox and its own buffers).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,36 +58,110 @@ class HermeticExecutor:
     """Runs actions under one spec.  Build it with ``HermeticExecutor.create``."""
 
     def __init__(
-        self, spec: SandboxSpec, prepared: Any, backend: Any, audit_log: AuditLog | None = None
+        self,
+        spec: SandboxSpec,
+        prepared: Any,
+        backend: Any,
+        audit_log: AuditLog | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
         self._spec = spec
         self._prepared = prepared
         self._backend = backend
         self._audit = audit_log
         self._digest = spec.digest()
+        self._max_concurrency = max_concurrency or os.cpu_count() or 1
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def create(
-        cls, spec: SandboxSpec, *, audit_log: str | os.PathLike[str] | None = None
+        cls,
+        spec: SandboxSpec,
+        *,
+        audit_log: str | os.PathLike[str] | None = None,
+        max_concurrency: int | None = None,
     ) -> Result[HermeticExecutor]:
         """Validate ``spec`` and prepare it on this host.
 
         With ``audit_log``, every violation of every execution is also
         appended to that file as JSON Lines (hermetic/security/audit.py).
-        Err carries a SpecError (bad spec) or an UnsupportedError (this host
-        cannot apply a layer the spec asks for).
+        ``max_concurrency`` bounds the actions ``execute_async`` runs at once
+        (default: the number of CPUs).  Err carries a SpecError (bad spec)
+        or an UnsupportedError (this host cannot apply a layer the spec asks
+        for).
         """
         try:
             if not isinstance(spec, SandboxSpec):
                 raise SpecError(
                     f"expected a SandboxSpec, got {type(spec).__name__}", field="spec", value=spec
                 )
+            if max_concurrency is not None and (
+                isinstance(max_concurrency, bool)
+                or not isinstance(max_concurrency, int)
+                or max_concurrency < 1
+            ):
+                raise SpecError(
+                    f"max_concurrency must be an int >= 1, got {max_concurrency!r}",
+                    field="max_concurrency",
+                    value=max_concurrency,
+                )
             spec.validate()
             backend = current()
             log = AuditLog(audit_log) if audit_log is not None else None
-            return Ok(cls(spec, backend.prepare(spec), backend, log))
+            return Ok(cls(spec, backend.prepare(spec), backend, log, max_concurrency))
         except HermeticError as e:
             return Err(e)
+
+    def close(self) -> None:
+        """Stop the threads ``execute_async`` started (running actions finish first)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> HermeticExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def execute_async(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        monitor: ResourceMonitor | None = None,
+        collect_outputs: bool = False,
+    ) -> Result[ExecutionResult]:
+        """``execute`` for asyncio: at most ``max_concurrency`` actions run at
+        once, on a pool of threads (the C core and the waits release the
+        GIL).  Cancelling the awaiting task ends the sandbox."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._max_concurrency, thread_name_prefix="hermetic"
+                )
+            pool = self._pool
+        cancel = threading.Event()
+        call = functools.partial(
+            self._execute,
+            argv,
+            cwd=cwd,
+            stdin=stdin,
+            timeout=timeout,
+            monitor=monitor,
+            collect_outputs=collect_outputs,
+            cancel=cancel,
+        )
+        future = asyncio.get_running_loop().run_in_executor(pool, call)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
 
     @property
     def spec(self) -> SandboxSpec:
@@ -108,6 +186,26 @@ class HermeticExecutor:
         ``collect_outputs`` fills ``result.outputs`` with a manifest of
         the outputs (sizes, modes, sha256): it reads every output file.
         """
+        return self._execute(
+            argv,
+            cwd=cwd,
+            stdin=stdin,
+            timeout=timeout,
+            monitor=monitor,
+            collect_outputs=collect_outputs,
+        )
+
+    def _execute(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None,
+        stdin: bytes | None,
+        timeout: float | datetime.timedelta | None,
+        monitor: ResourceMonitor | None,
+        collect_outputs: bool,
+        cancel: threading.Event | None = None,
+    ) -> Result[ExecutionResult]:
         try:
             seconds, data = _checked(timeout, stdin)
         except HermeticError as e:
@@ -123,6 +221,7 @@ class HermeticExecutor:
                 stdin=data,
                 timeout=seconds,
                 observer=observer if observer else None,
+                cancel=cancel,
             )
         except HermeticError as e:
             return Err(e)

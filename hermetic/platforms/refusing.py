@@ -7,6 +7,7 @@ isolation than it asks for; ``capabilities()`` says why.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ def refusing_backend(
         timeout: float | None = None,
         kill_grace: float = 0.5,
         observer: Any = None,
+        cancel: threading.Event | None = None,
     ) -> ExecutionResult:
         raise UnsupportedError("sandbox", reason)
 
