@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -124,3 +125,53 @@ def test_without_namespaces_verify_fails_closed(scratch):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
     assert p.returncode == 125, p.stderr
     assert "fresh outputs" in p.stderr and "Landlock-only" in p.stderr
+
+
+@pytest.mark.parametrize("fs_runner", ["landlock"], indirect=True)
+def test_without_namespaces_host_ipc_is_refused(fs_runner):
+    out = probe(
+        fs_runner,
+        spec_for(),
+        ERRNO
+        + """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def sys_(nr, *args):
+    r = libc.syscall(nr, *args)
+    return "ok" if r != -1 else errno.errorcode[ctypes.get_errno()]
+x86 = os.uname().machine == "x86_64"
+print(sys_(29 if x86 else 194, 0, 4096, 0o1600))  # shmget(IPC_PRIVATE)
+print(sys_(68 if x86 else 186, 0, 0o1600))  # msgget(IPC_PRIVATE)
+print(sys_(425, 8, 0))  # io_uring_setup: its ops would bypass the filter
+""",
+    )
+    assert out.text.split() == ["EPERM", "EPERM", "EPERM"]
+
+
+def test_a_planted_symlink_does_not_redirect_a_rule(scratch):
+    """One executor (its spec canonical from the start) runs two actions;
+    the first replaces an output inside a temp with a symlink."""
+    ws = os.path.join(scratch, "ws")
+    out = os.path.join(ws, "out")
+    secret = os.path.join(scratch, "secret")
+    for d in (ws, out, secret):
+        os.mkdir(d)
+    program = f"""
+import json
+from hermetic import HermeticExecutor, PathSet, ResourceLimits, SandboxSpec, HermeticSpecBuilder
+spec = SandboxSpec(inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+                   outputs=PathSet(({out!r},)), temps=PathSet(({ws!r},)),
+                   resources=ResourceLimits.defaults())
+ex = HermeticExecutor.create(spec).unwrap()
+first = ex.execute(["sh", "-c", "rmdir {out} && ln -s {secret} {out}"]).unwrap()
+second = ex.execute(["sh", "-c", "echo pwned > {out}/pwned"])
+print(json.dumps([first.isolation, first.exit_code, str(second.unwrap_err())]))
+"""
+    p = subprocess.run(
+        [*FORBID_USERNS, sys.executable, "-c", program], capture_output=True, text=True, cwd="/"
+    )
+    assert p.returncode == 0, p.stderr
+    isolation, code, error = json.loads(p.stdout)
+    assert (isolation, code) == ("landlock", 0)
+    assert "landlock" in error and out in error and "Too many levels of symbolic links" in error
+    assert os.listdir(secret) == []

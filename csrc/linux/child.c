@@ -365,7 +365,9 @@ static long apply_landlock(const struct hm_plan *p, int *failed_rule)
     for (int i = 0; i < p->n_landlock_rules && r == 0; i++) {
         struct hm_path_beneath rule;
         rule.allowed_access = p->landlock_rules[i].access & p->landlock_fs;
-        long fd = HM_SYS4(SYS_openat, AT_FDCWD, p->landlock_rules[i].path, O_PATH | O_CLOEXEC, 0);
+        /* No symlinks, as for the binds: one planted in an output by an
+         * earlier action must not redirect a rule. */
+        long fd = open_nofollow(p->landlock_rules[i].path);
         if (fd < 0) {
             r = fd;
         } else {
@@ -423,6 +425,11 @@ static int action_main(void *arg)
     const struct hm_plan *p = a->plan;
     long r;
 
+    /* Dies with pid 1, whatever ends it (without a pid namespace nothing
+     * else would). */
+    r = HM_SYS2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    if (r < 0)
+        action_fail(a, HM_STAGE_PARENT, -1, r);
     /* A new session: no controlling terminal to push input into (TIOCSTI). */
     r = HM_SYS0(SYS_setsid);
     if (r < 0)
@@ -585,7 +592,9 @@ int hm__pid1_main(void *argp)
 
     /* Die with the caller.  The pidfd check closes the window in which the
      * caller died before the parent-death signal was armed. */
-    r = HM_SYS2(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    /* Without namespaces killing pid 1 would not end the action: pid 1
+     * gets the signal that makes it end the action's process group. */
+    r = HM_SYS2(SYS_prctl, PR_SET_PDEATHSIG, p->no_namespaces ? HM_SIG_END : SIGKILL);
     if (r < 0)
         fail(HM_FD_REPORT, HM_STAGE_PARENT, -1, r);
     if (a->parent_pidfd >= 0) {

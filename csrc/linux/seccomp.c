@@ -76,6 +76,11 @@ static const struct hm_denied DENIED[] = {
     DENY(settimeofday), DENY(clock_settime), DENY(clock_adjtime), DENY(adjtimex),
     /* The kernel log: host information. */
     DENY(syslog),
+    /* io_uring performs calls (socket, openat...) without passing through
+     * this filter; a large attack surface besides. */
+#ifdef __NR_io_uring_setup
+    DENY(io_uring_setup), DENY(io_uring_enter), DENY(io_uring_register),
+#endif
     /* File handles bypass path lookup, so they bypass the mount layout. */
     DENY(name_to_handle_at), DENY(open_by_handle_at),
     /* The sandbox's names are fixed, for reproducibility. */
@@ -148,7 +153,10 @@ static const struct hm_denied OTHER_NAMES[] = {
     DENY(fchmodat2),
 #endif
     DENY(openat), DENY(mkdirat), DENY(mknodat), DENY(unlinkat), DENY(renameat), DENY(linkat),
-    DENY(symlinkat), DENY(truncate),
+    DENY(symlinkat), DENY(truncate), DENY(shmget), DENY(shmat), DENY(shmctl), DENY(msgget),
+    DENY(msgsnd), DENY(msgrcv), DENY(msgctl), DENY(semget), DENY(semop), DENY(semctl),
+    DENY(semtimedop), DENY(mq_open), DENY(mq_unlink), DENY(mq_timedsend), DENY(mq_timedreceive),
+    DENY(mq_notify), DENY(mq_getsetattr),
 #ifdef __NR_renameat2
     DENY(renameat2),
 #endif
@@ -172,11 +180,14 @@ struct hm_prog {
     struct sock_filter *f;
     int n;
     int max;
+    int bad_jump; /* a conditional jump too long for its 8-bit offset */
 };
 
 static void put(struct hm_prog *p, unsigned int code, unsigned int k, unsigned int jt,
                 unsigned int jf)
 {
+    if (jt > 255 || jf > 255)
+        p->bad_jump = 1;
     if (p->n < p->max) {
         p->f[p->n].code = (unsigned short)code;
         p->f[p->n].jt = (unsigned char)jt;
@@ -201,7 +212,7 @@ static void put(struct hm_prog *p, unsigned int code, unsigned int k, unsigned i
 int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
 {
     static const struct hm_filter_opts none = {0, 0, 0, 0, 0, 0, 0, 0};
-    struct hm_prog prog = {out, 0, max};
+    struct hm_prog prog = {out, 0, max, 0};
     if (!opts)
         opts = &none;
     int notify = opts->notify;
@@ -249,7 +260,10 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
          * can read says what those were. */
         EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 0, 1);
         RET_DENY;
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 0, (unsigned)(5 * opts->n_exec_ptrs + 1));
+        /* An unconditional jump over the pointer checks: their number
+         * follows the spec's PATH and may exceed a conditional's reach. */
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 1, 0);
+        EMIT(BPF_JMP | BPF_JA, (unsigned)(5 * opts->n_exec_ptrs + 1), 0, 0);
         for (int i = 0; i < opts->n_exec_ptrs; i++) {
             unsigned long long ptr = opts->exec_ptrs[i];
             LD_ARG(0);
@@ -269,10 +283,19 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
     }
     if (opts->deny_sessions) {
         /* Without a pid namespace the sandbox is ended by its process
-         * group: no process may leave it. */
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_setsid, 1, 0);
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_setpgid, 0, 1);
-        RET_DENY;
+         * group: no process may leave it.  Without an IPC namespace the
+         * host's System V objects and POSIX message queues (which Landlock
+         * does not cover) are refused too. */
+        static const int no_ns[] = {
+            __NR_setsid, __NR_setpgid, __NR_shmget, __NR_shmat, __NR_shmctl, __NR_msgget,
+            __NR_msgsnd, __NR_msgrcv, __NR_msgctl, __NR_semget, __NR_semop, __NR_semctl,
+            __NR_semtimedop, __NR_mq_open, __NR_mq_unlink, __NR_mq_timedsend,
+            __NR_mq_timedreceive, __NR_mq_notify, __NR_mq_getsetattr,
+        };
+        for (unsigned long i = 0; i < sizeof no_ns / sizeof no_ns[0]; i++) {
+            EMIT(BPF_JMP | BPF_JEQ | BPF_K, no_ns[i], 0, 1);
+            RET_DENY;
+        }
     }
     /* ioctl TIOCSTI / TIOCLINUX: typing into a terminal outside. */
     EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 5);
@@ -321,6 +344,8 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
         }
     }
     RET_ALLOW;
+    if (prog.bad_jump)
+        return -E2BIG;
     return prog.n <= max ? prog.n : -ENOSPC;
 }
 

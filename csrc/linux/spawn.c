@@ -31,6 +31,9 @@
 #define HM_GUARD 4096UL
 #define HM_STACK_REGION (2 * (HM_STACK + HM_GUARD))
 
+/* Longest wait for the setup report (the action's exec included). */
+#define HM_SETUP_TIMEOUT_MS 120000
+
 /* Every signal blocked, 32 and 33 included: glibc's sigfillset() and
  * pthread_sigmask() leave those two (its own) unblocked, and their
  * handlers must not run in a child that shares this thread's TLS. */
@@ -209,10 +212,21 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     struct hm_error rec;
     int n = -EPROTO;
     struct pollfd fds[2] = {{pipefd[0], POLLIN, 0}, {pidfd, POLLIN, 0}};
+    /* Bounded: setup takes milliseconds; a sandbox stuck before its exec
+     * (a bug, a filesystem that hangs) must not hang the caller. */
+    int waited_ms = 0;
     for (;;) {
-        int r = poll(fds, 2, -1);
+        int r = poll(fds, 2, 1000);
         if (r < 0 && errno == EINTR)
             continue;
+        if (r == 0) {
+            waited_ms += 1000;
+            if (waited_ms >= HM_SETUP_TIMEOUT_MS) {
+                n = -ETIMEDOUT;
+                break;
+            }
+            continue;
+        }
         if (r < 0) {
             n = -errno;
             break;

@@ -269,6 +269,8 @@ class Prepared:
         self.notify = caps.seccomp_user_notif
         self.deny_exec = not spec.process.allow_exec
         self.writable = tuple(spec.outputs) + tuple(spec.temps)
+        if namespaces and not any(p == "/tmp" for p in self.writable + tuple(spec.inputs)):
+            self.writable += ("/tmp",)  # the sandbox's private /tmp
         seccomp, n_seccomp = self._filter(())
         mem.keep.append(seccomp)
         template = {
@@ -332,21 +334,23 @@ class Prepared:
         plan = ffi.new("struct hm_plan *")
         ffi.memmove(plan, self._template, self._plan_size)
         cwd, keep_cwd = self._cached("cwd", workdir)
-        paths, keep_paths = self._cached("exec", arg0)
         plan.cwd = cwd
-        plan.exec_paths = paths
         plan.n_exec_paths = len(self.exec_candidates(arg0))
-        keep = [keep_cwd, keep_paths]
         if self.deny_exec:
-            # The filter names this action's execve paths by address.
-            prog, keep_prog = self._cached("filter", arg0)
-            plan.seccomp_filter = prog[0]
-            plan.seccomp_len = prog[1]
-            keep.append(keep_prog)
-        return plan, keep
+            # The filter names this action's execve paths by address: both
+            # come from one cache entry, built together.
+            (paths, prog, n), keep_exec = self._cached("exec+filter", arg0)
+            plan.seccomp_filter = prog
+            plan.seccomp_len = n
+        else:
+            paths, keep_exec = self._cached("exec", arg0)
+        plan.exec_paths = paths
+        return plan, [keep_cwd, keep_exec]
 
     def _cached(self, kind: str, key: str) -> tuple[Any, Any]:
-        """A C string (cwd) or array (candidates), reused across actions up to a bound."""
+        """A C string (cwd), array (candidates), or array and the seccomp
+        program naming its pointers ("exec+filter"), reused across actions
+        up to a bound.  Returns the value and what keeps it alive."""
         with self._c_lock:
             found = self._c_cache.get((kind, key))
         if found is not None:
@@ -355,14 +359,17 @@ class Prepared:
         value: Any
         if kind == "cwd":
             value = mem.cstr(key)
-        elif kind == "exec":
-            value = mem.strv(self.exec_candidates(key))
         else:
-            paths, keep_paths = self._cached("exec", key)
-            ffi = mem.ffi
-            n = len(self.exec_candidates(key))
-            value = self._filter([int(ffi.cast("uintptr_t", paths[i])) for i in range(n)])
-            mem.keep.append(keep_paths)
+            paths = mem.strv(self.exec_candidates(key))
+            value = paths
+            if kind == "exec+filter":
+                ffi = mem.ffi
+                n = len(self.exec_candidates(key))
+                prog, length = self._filter(
+                    [int(ffi.cast("uintptr_t", paths[i])) for i in range(n)]
+                )
+                mem.keep.append(prog)
+                value = (paths, prog, length)
         found = (value, mem)
         with self._c_lock:
             if len(self._c_cache) < 1024:
@@ -556,8 +563,16 @@ def _kill_and_reap(pid: int, pidfd: int) -> None:
     Never raises: pid 1 runs on a stack in this process's memory, so it must
     be gone before that memory is released, whatever else is going on.
     """
+    asked = False
     while True:
         try:
+            if not asked:
+                # pid 1 ends everything first: without a pid namespace,
+                # SIGKILL of pid 1 alone would leave the action running.
+                asked = True
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, HM_SIG_END)
+                wait_readable(pidfd, END_WAIT)
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -675,7 +690,7 @@ def _run(
         proc = ffi.new("struct hm_proc *")
         proc.notify_fd = proc.proxy_fd = -1
         error = ffi.new("struct hm_error *")
-        audit = SyscallAudit(prepared.writable) if prepared.notify else None
+        audit = SyscallAudit(prepared.writable, prepared.spec.inputs) if prepared.notify else None
         with contextlib.ExitStack() as lease:
             if prepared.pooled_network:
                 plan.netns_fd = lease.enter_context(NETNS.lease())
@@ -717,13 +732,15 @@ def _run(
                     reaped = True
                 raise
             finally:
-                if proxy is not None:
-                    proxied = proxy.stop()
-                # Only once pid 1 is gone is its stack free.  (A failed
-                # spawn has released everything itself: pid is -1.)
-                if reaped or proc.pid <= 0:
-                    lib.hm_proc_release(proc)
-                    STACKS.give(stack)
+                try:
+                    if proxy is not None:
+                        proxied = proxy.stop()
+                finally:
+                    # Only once pid 1 is gone is its stack free.  (A failed
+                    # spawn has released everything itself: pid is -1.)
+                    if reaped or proc.pid <= 0:
+                        lib.hm_proc_release(proc)
+                        STACKS.give(stack)
             duration = time.monotonic() - start
         if proc.main_exited:
             status = proc.status

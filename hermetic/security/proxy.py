@@ -40,6 +40,10 @@ MAX_HEAD = 64 * 1024
 CONNECT_TIMEOUT = 10.0
 #: Seconds a client may take to send its request head.
 HEAD_TIMEOUT = 30.0
+#: Seconds a relayed connection may stay silent in both directions.
+IDLE_TIMEOUT = 300.0
+#: Connections relayed at once per execution; more wait in the backlog.
+MAX_CONNECTIONS = 64
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
@@ -91,7 +95,12 @@ class EgressProxy:
     ) -> None:
         # A duplicate: the C side closes its own descriptor on release.
         self._listener = socket.socket(fileno=os.dup(listener_fd))
-        self._listener.setblocking(False)
+        try:
+            self._listener.setblocking(False)
+            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except BaseException:
+            self._listener.close()
+            raise
         self._allowed = frozenset(allowed_hosts)
         self._http = allow_http
         self._https = allow_https
@@ -102,7 +111,7 @@ class EgressProxy:
         self._violations: dict[tuple[str, str], int] = {}
         self._open: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._stopping = False
         self._thread = threading.Thread(
             target=self._accept_loop, name="hermetic-proxy", daemon=True
@@ -146,15 +155,19 @@ class EgressProxy:
             sel.register(self._listener, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             while not self._stopping:
-                for key, _ in sel.select():
+                for key, _ in sel.select(timeout=1.0):
                     if key.fileobj is not self._listener or self._stopping:
+                        continue
+                    # At the cap, new connections wait in the backlog.
+                    if not self._slots.acquire(timeout=1.0):
                         continue
                     try:
                         client, _ = self._listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue
                     except OSError:
-                        return
+                        # Nothing pending, or out of descriptors for now:
+                        # keep serving the ones already open.
+                        self._slots.release()
+                        continue
                     t = threading.Thread(
                         target=self._serve, args=(client,), name="hermetic-proxy-conn", daemon=True
                     )
@@ -223,6 +236,7 @@ class EgressProxy:
                     with self._lock:
                         self._open.discard(s)
                     s.close()
+            self._slots.release()
 
     def _count(self, n: int, endpoint: str) -> bool:
         """Add n relayed bytes; False once max_network_io is exceeded."""
@@ -243,8 +257,13 @@ class EgressProxy:
         with selectors.DefaultSelector() as sel:
             for s in open_reads:
                 sel.register(s, selectors.EVENT_READ)
+            idle = 0.0
             while open_reads and not self._stopping:
-                for key, _ in sel.select(timeout=1.0):
+                ready = sel.select(timeout=1.0)
+                idle = idle + 1.0 if not ready else 0.0
+                if idle >= IDLE_TIMEOUT:
+                    return
+                for key, _ in ready:
                     src = key.fileobj
                     assert isinstance(src, socket.socket)
                     try:

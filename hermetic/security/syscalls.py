@@ -53,27 +53,33 @@ def _native() -> Any:
 class SyscallAudit:
     """Serves one execution's listener and keeps its violations."""
 
-    def __init__(self, writable: Iterable[str]) -> None:
+    def __init__(self, writable: Iterable[str], readonly: Iterable[str] = ()) -> None:
         nat = _native()
         self._lib = nat.lib
         self._ffi = nat.ffi
         self._buf = nat.ffi.new("struct hm_notice[]", _BATCH)
-        self._writable = tuple(writable)
+        # The deepest declared path above a written path decides: an input
+        # inside the private /tmp is read-only.
+        self._roots = sorted(
+            [(p, True) for p in writable] + [(p, False) for p in readonly],
+            key=lambda e: len(e[0]),
+            reverse=True,
+        )
         self._seen: dict[tuple[ViolationKind, str, str], int] = {}
+        self._shown: dict[tuple[ViolationKind, str, str], str] = {}
         self._dropped = 0
         self.served = 0
 
     def serve(self, fd: int) -> None:
-        """Answer every pending notification on ``fd`` (never blocks)."""
-        while True:
-            n = self._lib.hm_notify_serve(fd, self._buf, _BATCH)
-            if n < 0:
-                raise OSError(-n, f"seccomp listener: {os.strerror(-n)}")
-            for i in range(n):
-                self._take(self._buf[i])
-            self.served += n
-            if n < _BATCH:
-                return
+        """Answer up to one batch of pending notifications on ``fd`` (never
+        blocks).  One batch per wakeup keeps the caller's deadline checks
+        going however fast the action makes denied calls."""
+        n = self._lib.hm_notify_serve(fd, self._buf, _BATCH)
+        if n < 0:
+            raise OSError(-n, f"seccomp listener: {os.strerror(-n)}")
+        for i in range(n):
+            self._take(self._buf[i])
+        self.served += n
 
     def _take(self, ev: Any) -> None:
         ffi = self._ffi
@@ -88,27 +94,37 @@ class SyscallAudit:
             return
         args = ", ".join(hex(ev.args[i]) for i in range(6))
         kind = ViolationKind.PROCESS if name in _PROCESS_CALLS else ViolationKind.SYSCALL
-        self._add(kind, f"{name}({args})", "denied", name)
+        # Merged by call: unused argument registers hold leftovers, so the
+        # arguments shown are the first attempt's.
+        self._add(kind, f"{name}({args})", "denied", name, merge=name)
 
     def _may_write(self, path: str) -> bool:
         if path in _ALWAYS_WRITABLE or _FD_PATH.match(path):
             return True
         if not path.startswith("/"):
             return True  # not resolvable (a descriptor outside any mount we know)
-        return any(is_within(path, root) for root in self._writable)
+        for root, writable in self._roots:
+            if is_within(path, root):
+                return writable
+        return False
 
-    def _add(self, kind: ViolationKind, attempted: str, decision: str, call: str) -> None:
-        key = (kind, attempted, decision if kind is not ViolationKind.FILESYSTEM else call)
+    def _add(
+        self, kind: ViolationKind, attempted: str, decision: str, call: str, merge: str = ""
+    ) -> None:
+        key = (kind, merge or attempted, decision if kind is not ViolationKind.FILESYSTEM else call)
         if key in self._seen:
             self._seen[key] += 1
         elif len(self._seen) < MAX_RECORDS:
             self._seen[key] = 1
+            self._shown[key] = attempted
         else:
             self._dropped += 1
 
     def violations(self) -> list[Violation]:
         out = []
-        for (kind, attempted, extra), count in self._seen.items():
+        for key, count in self._seen.items():
+            kind, _, extra = key
+            attempted = self._shown[key]
             times = f"{count} times" if count > 1 else None
             if kind is ViolationKind.FILESYSTEM:
                 observed = f"{extra}" + (f", {times}" if times else "")
