@@ -141,6 +141,19 @@ struct hm_plan {
     int n_landlock_rules;
     const char *timens_offsets;      /* non-NULL: the action gets a time namespace with
                                         these /proc/self/timens_offsets lines */
+    int profile;                     /* pid 1 stamps its stages into hm_proc.stamps */
+};
+
+/* Stage stamps (CLOCK_MONOTONIC, ns) pid 1 records when plan.profile is set. */
+enum hm_stamp {
+    HM_STAMP_START = 0,     /* pid 1 running */
+    HM_STAMP_IDS = 1,       /* id maps written */
+    HM_STAMP_OPS = 2,       /* root built: pivot_root and the op list done */
+    HM_STAMP_SEALED = 3,    /* old root gone, root read-only, names, loopback */
+    HM_STAMP_EXEC = 4,      /* the action has exec'd */
+    HM_STAMP_EXITED = 5,    /* the action's main process has been reaped */
+    HM_STAMP_DONE = 6,      /* everything reaped: pid 1 exits */
+    HM_STAMPS = 8
 };
 
 /* What the seccomp program holds beyond the default deny list. */
@@ -192,6 +205,7 @@ struct hm_proc {
     int stack_borrowed; /* the caller owns the stack: release leaves it mapped */
     int notify_fd;      /* the seccomp listener, or -1; closed by hm_proc_release */
     int proxy_fd;       /* the proxy's listening socket, or -1; closed by hm_proc_release */
+    unsigned long long stamps[8]; /* see enum hm_stamp; written only with plan.profile */
 };
 
 /* A thread that clones sandboxes for the caller (see csrc/linux/worker.c). */

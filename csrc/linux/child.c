@@ -103,6 +103,18 @@ static unsigned long hm_strlen(const char *s)
     return n;
 }
 
+/* A stage stamp into hm_proc (plan.profile only): pid 1 may write its own
+ * fields of hm_proc, which the caller reads after reaping it. */
+static void stamp(struct hm_proc *proc, int on, int which)
+{
+    if (!on)
+        return;
+    struct timespec ts;
+    HM_SYS2(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+    proc->stamps[which] =
+        (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+}
+
 __attribute__((noreturn)) static void hm_exit(int code)
 {
     for (;;)
@@ -507,7 +519,7 @@ static int action_main(void *arg)
 }
 
 /* pid 1's setup of the namespaces: ids, mounts, root, names, loopback. */
-static void build_sandbox(const struct hm_plan *p)
+static void build_sandbox(const struct hm_plan *p, struct hm_proc *proc)
 {
     long r;
     /* Ids first: until the maps exist, files cannot be created in the new
@@ -525,6 +537,7 @@ static void build_sandbox(const struct hm_plan *p)
             fail(HM_FD_REPORT, HM_STAGE_GID_MAP, -1, r);
     }
 
+    stamp(proc, p->profile, HM_STAMP_IDS);
     /* Mounts.  Private first, so nothing below propagates to the host. */
     r = HM_SYS5(SYS_mount, 0, "/", 0, MS_REC | MS_PRIVATE, 0);
     if (r < 0)
@@ -550,6 +563,7 @@ static void build_sandbox(const struct hm_plan *p)
         if (r < 0)
             fail(HM_FD_REPORT, HM_STAGE_OP, i, r);
     }
+    stamp(proc, p->profile, HM_STAMP_OPS);
     /* Only now is the host unreachable. */
     r = HM_SYS2(SYS_umount2, p->oldroot, MNT_DETACH);
     if (r == 0)
@@ -583,7 +597,10 @@ int hm__pid1_main(void *argp)
      * caller sees the report pipe close. */
     struct hm_proc *proc = a->proc;
     char *action_stack = a->action_stack_top;
+    int profile = p->profile;
     long r;
+
+    stamp(proc, profile, HM_STAMP_START);
 
     reset_signal_handlers();
     setup_fds(p, a->report_fd, a->parent_pidfd);
@@ -614,8 +631,9 @@ int hm__pid1_main(void *argp)
         if (r < 0)
             fail(HM_FD_REPORT, HM_STAGE_SUBREAPER, -1, r);
     } else {
-        build_sandbox(p);
+        build_sandbox(p, proc);
     }
+    stamp(proc, profile, HM_STAMP_SEALED);
     if (p->timens_offsets) {
         /* Processes created from now on (the action) enter the new time
          * namespace; its offsets must be set before the first does. */
@@ -655,6 +673,7 @@ int hm__pid1_main(void *argp)
      * success record (stage 0), not the pipe's end-of-file, tells the
      * caller: a process the caller forked meanwhile may hold a copy of the
      * pipe.  Nothing of *p or *a may be used after this. */
+    stamp(proc, profile, HM_STAMP_EXEC);
     if (!aa.failed) {
         struct hm_error ok = {HM_STAGE_NONE, -1, 0};
         HM_SYS3(SYS_write, HM_FD_REPORT, &ok, sizeof ok);
@@ -681,6 +700,7 @@ int hm__pid1_main(void *argp)
                 if (pid == action) {
                     status = st;
                     main_done = 1;
+                    stamp(proc, profile, HM_STAMP_EXITED);
                 }
             }
         } else if (sig == HM_SIG_END) {
@@ -710,6 +730,7 @@ int hm__pid1_main(void *argp)
     }
     proc->status = status;
     proc->main_exited = main_done;
+    stamp(proc, profile, HM_STAMP_DONE);
     hm_exit(0);
 }
 

@@ -23,6 +23,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -197,73 +198,106 @@ static void put(struct hm_prog *p, unsigned int code, unsigned int k, unsigned i
     p->n++;
 }
 
-#define EMIT(c_, k_, t_, f_) put(&prog, (c_), (unsigned int)(k_), (t_), (f_))
+#define EMIT(c_, k_, t_, f_) put(p, (c_), (unsigned int)(k_), (t_), (f_))
 #define RET_ERRNO(e) EMIT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (e), 0, 0)
 #define RET_ALLOW EMIT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW, 0, 0)
 #define RET_NOTIFY EMIT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF, 0, 0)
 /* A denial: through the listener when there is one (recorded there, then
  * answered EPERM), else EPERM straight away. */
-#define RET_DENY EMIT(BPF_RET | BPF_K, notify ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_ERRNO | EPERM, 0, 0)
-#define LD_NR EMIT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr), 0, 0)
+#define RET_DENY \
+    EMIT(BPF_RET | BPF_K, opts->notify ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_ERRNO | EPERM, 0, 0)
 #define LD_ARG(i) EMIT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(i), 0, 0)
 
-/* Write the program into out (at most max instructions); returns the count
- * or -ENOSPC.  opts may be NULL: the default deny list, answered EPERM. */
-int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
-{
-    static const struct hm_filter_opts none = {0, 0, 0, 0, 0, 0, 0, 0};
-    struct hm_prog prog = {out, 0, max, 0};
-    if (!opts)
-        opts = &none;
-    int notify = opts->notify;
+/* What the filter does with one syscall number. */
+enum hm_rule_kind {
+    R_DENY,        /* refused (and reported) */
+    R_ENOSYS,      /* clone3: not a violation, libc falls back to clone */
+    R_NOTIFY,      /* a path write, shown to the listener */
+    R_WRITE_FLAGS, /* open/openat: shown when arg `arg` has a write flag */
+    R_CLONE,       /* namespace flags refused; without allow_fork, processes too */
+    R_IOCTL,       /* TIOCSTI / TIOCLINUX refused */
+    R_MODE_BITS,   /* setuid/setgid bits in arg `arg` refused */
+    R_EXECVE       /* only the action's own exec paths */
+};
 
-    /* Another architecture's calls (x86_64's 32-bit entry) would have other
-     * numbers: refuse them all. */
-    EMIT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch), 0, 0);
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, HM_AUDIT_ARCH, 1, 0);
-    RET_ERRNO(EPERM);
-    LD_NR;
-#if defined(__x86_64__)
-    /* x32 calls share the architecture tag: tell them by their number. */
-    EMIT(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
-    RET_ERRNO(EPERM);
-#endif
-    for (int i = 0; i < NDENIED; i++) {
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, DENIED[i].nr, 0, 1);
-        RET_DENY;
+struct hm_rule {
+    int nr;
+    int kind;
+    int arg;
+};
+
+#define HM_MAX_RULES 256
+
+struct hm_rules {
+    struct hm_rule r[HM_MAX_RULES];
+    int n;
+    int overflow;
+};
+
+/* The first rule for a number wins: callers add them by priority. */
+static void add(struct hm_rules *rs, int nr, int kind, int arg)
+{
+    for (int i = 0; i < rs->n; i++)
+        if (rs->r[i].nr == nr)
+            return;
+    if (rs->n == HM_MAX_RULES) {
+        rs->overflow = 1;
+        return;
     }
-    /* clone3 passes its flags in memory the filter cannot read: ENOSYS makes
-     * libcs use clone, whose flags it can.  Not a violation: not reported. */
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1);
-    RET_ERRNO(ENOSYS);
-    /* clone with a namespace flag; without allow_fork, any clone that makes
-     * a process rather than a thread. */
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, opts->deny_fork ? 6 : 4);
-    LD_ARG(0);
-    EMIT(BPF_JMP | BPF_JSET | BPF_K, HM_NS_FLAGS, 0, 1);
-    RET_DENY;
-    if (opts->deny_fork) {
-        EMIT(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 1, 0);
+    rs->r[rs->n++] = (struct hm_rule){nr, kind, arg};
+}
+
+static int by_nr(const void *a, const void *b)
+{
+    return ((const struct hm_rule *)a)->nr - ((const struct hm_rule *)b)->nr;
+}
+
+/* The code for one rule: every path ends in a return. */
+static void emit_block(struct hm_prog *p, const struct hm_rule *r, const struct hm_filter_opts *opts)
+{
+    switch ((enum hm_rule_kind)r->kind) {
+    case R_DENY:
         RET_DENY;
-    }
-    RET_ALLOW;
-    if (opts->deny_fork) {
-#ifdef __NR_fork
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fork, 1, 0);
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_vfork, 0, 1);
+        return;
+    case R_ENOSYS:
+        RET_ERRNO(ENOSYS);
+        return;
+    case R_NOTIFY:
+        RET_NOTIFY;
+        return;
+    case R_WRITE_FLAGS:
+        LD_ARG(r->arg);
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, HM_WRITE_FLAGS, 0, 1);
+        RET_NOTIFY;
+        RET_ALLOW;
+        return;
+    case R_CLONE:
+        LD_ARG(0);
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, HM_NS_FLAGS, 0, 1);
         RET_DENY;
-#endif
-    }
-    if (opts->deny_exec) {
+        if (opts->deny_fork) {
+            EMIT(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 1, 0);
+            RET_DENY;
+        }
+        RET_ALLOW;
+        return;
+    case R_IOCTL:
+        LD_ARG(1);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 1, 0);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 0, 1);
+        RET_DENY;
+        RET_ALLOW;
+        return;
+    case R_MODE_BITS:
+        LD_ARG(r->arg);
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, S_ISUID | S_ISGID, 0, 1);
+        RET_DENY;
+        RET_ALLOW;
+        return;
+    case R_EXECVE:
         /* The action's own execve passes one of the plan's path pointers;
          * the exec'd program has a new address space, where nothing it
          * can read says what those were. */
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 0, 1);
-        RET_DENY;
-        /* An unconditional jump over the pointer checks: their number
-         * follows the spec's PATH and may exceed a conditional's reach. */
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 1, 0);
-        EMIT(BPF_JMP | BPF_JA, (unsigned)(5 * opts->n_exec_ptrs + 1), 0, 0);
         for (int i = 0; i < opts->n_exec_ptrs; i++) {
             unsigned long long ptr = opts->exec_ptrs[i];
             LD_ARG(0);
@@ -273,13 +307,98 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
             RET_ALLOW;
         }
         RET_DENY;
+        return;
+    }
+}
+
+/* Instructions emit(rules [lo, hi)) takes, by emitting into nowhere. */
+static void emit_tree(struct hm_prog *p, const struct hm_rule *rules, int lo, int hi,
+                      const struct hm_filter_opts *opts);
+
+static int tree_len(const struct hm_rule *rules, int lo, int hi, const struct hm_filter_opts *opts)
+{
+    struct hm_prog count = {0, 0, 0, 0};
+    emit_tree(&count, rules, lo, hi, opts);
+    return count.n;
+}
+
+static int block_len(const struct hm_rule *r, const struct hm_filter_opts *opts)
+{
+    struct hm_prog count = {0, 0, 0, 0};
+    emit_block(&count, r, opts);
+    return count.n;
+}
+
+/* A binary search over the sorted rules [lo, hi) on the number in the
+ * accumulator; numbers without a rule are allowed.  A linear chain is
+ * long to evaluate and, above all, to install: the kernel precomputes,
+ * by emulating the program for every syscall number, which ones are
+ * always allowed.  A jump beyond a conditional's 8-bit reach goes through
+ * an unconditional one (32-bit offset). */
+static void emit_tree(struct hm_prog *p, const struct hm_rule *rules, int lo, int hi,
+                      const struct hm_filter_opts *opts)
+{
+    if (hi - lo <= 3) {
+        for (int i = lo; i < hi; i++) {
+            int len = block_len(&rules[i], opts);
+            if (len <= 255) {
+                EMIT(BPF_JMP | BPF_JEQ | BPF_K, rules[i].nr, 0, len);
+            } else {
+                EMIT(BPF_JMP | BPF_JEQ | BPF_K, rules[i].nr, 1, 0);
+                EMIT(BPF_JMP | BPF_JA, len, 0, 0);
+            }
+            emit_block(p, &rules[i], opts);
+        }
+        RET_ALLOW;
+        return;
+    }
+    int mid = lo + (hi - lo) / 2;
+    int left = tree_len(rules, lo, mid, opts);
+    if (left <= 255) {
+        EMIT(BPF_JMP | BPF_JGE | BPF_K, rules[mid].nr, left, 0);
+    } else {
+        EMIT(BPF_JMP | BPF_JGE | BPF_K, rules[mid].nr, 0, 1);
+        EMIT(BPF_JMP | BPF_JA, left, 0, 0);
+    }
+    emit_tree(p, rules, lo, mid, opts);
+    emit_tree(p, rules, mid, hi, opts);
+}
+
+/* Write the program into out (at most max instructions); returns the count,
+ * -ENOSPC, or -E2BIG.  opts may be NULL: the default deny list, EPERM. */
+int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
+{
+    static const struct hm_filter_opts none = {0, 0, 0, 0, 0, 0, 0, 0};
+    struct hm_prog prog = {out, 0, max, 0};
+    struct hm_prog *p = &prog;
+    if (!opts)
+        opts = &none;
+
+    /* The rules, by priority (the first for a number wins).  On the stack:
+     * callers may build programs from several threads at once. */
+    struct hm_rules rs_local;
+    struct hm_rules *rs = &rs_local;
+    rs->n = 0;
+    rs->overflow = 0;
+    for (int i = 0; i < NDENIED; i++)
+        add(rs, DENIED[i].nr, R_DENY, 0);
+    add(rs, __NR_clone3, R_ENOSYS, 0);
+    add(rs, __NR_clone, R_CLONE, 0);
+    if (opts->deny_fork) {
+#ifdef __NR_fork
+        add(rs, __NR_fork, R_DENY, 0);
+        add(rs, __NR_vfork, R_DENY, 0);
+#endif
+    }
+    if (opts->deny_exec) {
+        add(rs, __NR_execveat, R_DENY, 0);
+        add(rs, __NR_execve, R_EXECVE, 0);
     }
     if (opts->deny_sockets) {
         /* Without a network namespace nothing else contains a socket
          * (Landlock does not cover UDP or connecting to a Unix socket);
          * socketpair() still works. */
-        EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 1);
-        RET_DENY;
+        add(rs, __NR_socket, R_DENY, 0);
     }
     if (opts->deny_sessions) {
         /* Without a pid namespace the sandbox is ended by its process
@@ -292,58 +411,43 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
             __NR_semtimedop, __NR_mq_open, __NR_mq_unlink, __NR_mq_timedsend,
             __NR_mq_timedreceive, __NR_mq_notify, __NR_mq_getsetattr,
         };
-        for (unsigned long i = 0; i < sizeof no_ns / sizeof no_ns[0]; i++) {
-            EMIT(BPF_JMP | BPF_JEQ | BPF_K, no_ns[i], 0, 1);
-            RET_DENY;
-        }
+        for (unsigned long i = 0; i < sizeof no_ns / sizeof no_ns[0]; i++)
+            add(rs, no_ns[i], R_DENY, 0);
     }
     /* ioctl TIOCSTI / TIOCLINUX: typing into a terminal outside. */
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 5);
-    LD_ARG(1);
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 1, 0);
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 0, 1);
-    RET_DENY;
-    RET_ALLOW;
+    add(rs, __NR_ioctl, R_IOCTL, 0);
     /* Setuid and setgid bits: a root caller's sandbox runs as host uid 0, and
      * a setuid-root file left in an output would run as root on the host. */
 #ifdef __NR_chmod
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_chmod, 1, 0);
-#else
-    EMIT(BPF_JMP | BPF_JA, 0, 0, 0);
+    add(rs, __NR_chmod, R_MODE_BITS, 1);
 #endif
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fchmod, 0, 4);
-    LD_ARG(1);
-    EMIT(BPF_JMP | BPF_JSET | BPF_K, S_ISUID | S_ISGID, 0, 1);
-    RET_DENY;
-    RET_ALLOW;
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fchmodat, 0, 4);
-    LD_ARG(2);
-    EMIT(BPF_JMP | BPF_JSET | BPF_K, S_ISUID | S_ISGID, 0, 1);
-    RET_DENY;
-    RET_ALLOW;
+    add(rs, __NR_fchmod, R_MODE_BITS, 1);
+    add(rs, __NR_fchmodat, R_MODE_BITS, 2);
 #ifdef __NR_fchmodat2
-    EMIT(BPF_JMP | BPF_JEQ | BPF_K, __NR_fchmodat2, 0, 4);
-    LD_ARG(2);
-    EMIT(BPF_JMP | BPF_JSET | BPF_K, S_ISUID | S_ISGID, 0, 1);
-    RET_DENY;
-    RET_ALLOW;
+    add(rs, __NR_fchmodat2, R_MODE_BITS, 2);
 #endif
-    if (notify && opts->audit_writes) {
+    if (opts->notify && opts->audit_writes) {
         for (int i = 0; i < NWRITES; i++) {
             const struct hm_write_call *w = &WRITES[i];
-            if (w->flags_arg < 0) {
-                EMIT(BPF_JMP | BPF_JEQ | BPF_K, w->nr, 0, 1);
-                RET_NOTIFY;
-            } else {
-                EMIT(BPF_JMP | BPF_JEQ | BPF_K, w->nr, 0, 4);
-                LD_ARG(w->flags_arg);
-                EMIT(BPF_JMP | BPF_JSET | BPF_K, HM_WRITE_FLAGS, 0, 1);
-                RET_NOTIFY;
-                RET_ALLOW;
-            }
+            add(rs, w->nr, w->flags_arg < 0 ? R_NOTIFY : R_WRITE_FLAGS, w->flags_arg);
         }
     }
-    RET_ALLOW;
+    if (rs->overflow)
+        return -E2BIG;
+    qsort(rs->r, (size_t)rs->n, sizeof rs->r[0], by_nr);
+
+    /* Another architecture's calls (x86_64's 32-bit entry) would have other
+     * numbers: refuse them all. */
+    EMIT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch), 0, 0);
+    EMIT(BPF_JMP | BPF_JEQ | BPF_K, HM_AUDIT_ARCH, 1, 0);
+    RET_ERRNO(EPERM);
+    EMIT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr), 0, 0);
+#if defined(__x86_64__)
+    /* x32 calls share the architecture tag: tell them by their number. */
+    EMIT(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
+    RET_ERRNO(EPERM);
+#endif
+    emit_tree(p, rs->r, 0, rs->n, opts);
     if (prog.bad_jump)
         return -E2BIG;
     return prog.n <= max ? prog.n : -ENOSPC;

@@ -45,7 +45,7 @@ HOSTNAME = "localhost"
 #: The signal that asks pid 1 to end the sandbox (HM_SIG_END in hermetic.h).
 HM_SIG_END = 64
 #: Room for the default seccomp program, in instructions.
-SECCOMP_MAX = 512
+SECCOMP_MAX = 4096  # BPF_MAXINSNS
 #: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
 END_WAIT = 1.0
 DOMAINNAME = "localdomain"
@@ -546,6 +546,32 @@ def _wait(
     return timed_out, breach, status, ru
 
 
+#: Stage names for a profile, from the caller's and pid 1's stamps.
+STAGES = (
+    "clone until pid 1 runs",
+    "id maps",
+    "mounts: tmpfs root, pivot_root, op list",
+    "old root detached, root read-only, names, loopback",
+    "action: clone, setup, seccomp, exec",
+    "setup report back in the caller",
+    "the action runs until reaped by pid 1",
+    "pid 1 ends and reaps the rest",
+    "pid 1 exits (namespaces torn down), caller wakes, reaps",
+)
+
+
+def _stages(out: dict[str, float], proc: Any, called: int, returned: int, reaped: int) -> None:
+    s = [proc.stamps[i] for i in range(7)]
+    if s[1] == 0:  # no id maps written (Landlock-only): no such stages
+        s[1] = s[2] = s[0]
+    points = [called, *s[:5], returned]
+    for name, (a, b) in zip(STAGES[:6], zip(points, points[1:], strict=False), strict=False):
+        out[name] = (b - a) / 1e9
+    out[STAGES[6]] = (s[5] - s[4]) / 1e9
+    out[STAGES[7]] = (s[6] - s[5]) / 1e9
+    out[STAGES[8]] = (reaped - s[6]) / 1e9
+
+
 def _cancellable(check: Any, cancel: threading.Event) -> Any:
     """The periodic check, ending the sandbox once ``cancel`` is set."""
 
@@ -593,10 +619,13 @@ def execute(
     kill_grace: float = DEFAULT_KILL_GRACE,
     observer: Any = None,
     cancel: threading.Event | None = None,
+    profile: dict[str, float] | None = None,
 ) -> ExecutionResult:
     """Run one action in a fresh sandbox and return its result.
 
     ``cancel``, once set, ends the sandbox (SIGKILL) within 20 ms.
+    ``profile``, a dict, receives the seconds each stage took (pid 1 stamps
+    its stages: see enum hm_stamp; benchmarks/profile_stages.py).
 
     Raises SandboxError when setup fails (the action did not run).  With
     limits that need a cgroup, the sandbox is cloned by a worker thread
@@ -614,7 +643,17 @@ def execute(
     if prepared.limits.cgroup and prepared.cgroup_version == 1:
         with WORKERS.lease() as worker:
             return _run(
-                prepared, args, workdir, stdin, timeout, kill_grace, worker, observer, None, cancel
+                prepared,
+                args,
+                workdir,
+                stdin,
+                timeout,
+                kill_grace,
+                worker,
+                observer,
+                None,
+                cancel,
+                profile,
             )
     if prepared.limits.cgroup:
         leased: list[V2Group] = []
@@ -626,12 +665,34 @@ def execute(
                     "resource limits", f"cannot create a cgroup v2 group: {e}"
                 ) from e
             return _run(
-                prepared, args, workdir, stdin, timeout, kill_grace, None, observer, group, cancel
+                prepared,
+                args,
+                workdir,
+                stdin,
+                timeout,
+                kill_grace,
+                None,
+                observer,
+                group,
+                cancel,
+                profile,
             )
         finally:
             for g in leased:
                 g.close()
-    return _run(prepared, args, workdir, stdin, timeout, kill_grace, None, observer, None, cancel)
+    return _run(
+        prepared,
+        args,
+        workdir,
+        stdin,
+        timeout,
+        kill_grace,
+        None,
+        observer,
+        None,
+        cancel,
+        profile,
+    )
 
 
 def cgroup_mechanism() -> tuple[int | None, str | None]:
@@ -656,6 +717,7 @@ def _run(
     observer: Any = None,
     group: V2Group | None = None,
     cancel: threading.Event | None = None,
+    profile: dict[str, float] | None = None,
 ) -> ExecutionResult:
     nat = _native()
     ffi, lib = nat.ffi, nat.lib
@@ -669,6 +731,8 @@ def _run(
     plan.argv = mem.strv(args)
     if prepared.fresh_clocks:
         plan.timens_offsets = mem.cstr(_fresh_clock_offsets())
+    if profile is not None:
+        plan.profile = 1
     if worker is not None:
         try:
             worker.slot.prepare(limits)
@@ -704,7 +768,9 @@ def _run(
             try:
                 # Inside the try: an exception raised as the call returns
                 # (a signal handler's) must still end and reap the sandbox.
+                called = time.monotonic_ns()
                 rc = spawn(plan, proc, error)
+                returned = time.monotonic_ns()
                 if rc < 0:
                     raise _setup_error(prepared, args, workdir, error)
                 watch.pid1 = proc.pid
@@ -726,6 +792,8 @@ def _run(
                     serve = (listener, lambda: audit.serve(listener))
                 timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check, serve)
                 reaped = True
+                if profile is not None:
+                    _stages(profile, proc, called, returned, time.monotonic_ns())
             except BaseException:
                 if proc.pid > 0 and not reaped:
                     _kill_and_reap(proc.pid, proc.pidfd)

@@ -44,6 +44,7 @@ def refusing_backend(
         kill_grace: float = 0.5,
         observer: Any = None,
         cancel: threading.Event | None = None,
+        profile: dict[str, float] | None = None,
     ) -> ExecutionResult:
         raise UnsupportedError("sandbox", reason)
 
