@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print a pytest-benchmark JSON file as Markdown tables, one per group.
 
-    python benchmarks/compare.py /tmp/bench.json
+    python benchmarks/compare.py /tmp/bench.json [--png chart.png]
 
 Each row gives the median, the interquartile range and the ratio of the
 median to the group's baseline.  The baseline is the entry the benchmark
@@ -12,7 +12,9 @@ mark, an entry named ``*posix_spawn*`` or ``*direct*``, else the fastest.
 A group named ``<base>-<variant>`` (``true-1GiB``) is also compared row by
 row with group ``<base>``, matching entries by ``extra_info["method"]``.
 
-Only the standard library is used.
+Only the standard library is used, except for ``--png``, which draws the
+ratios of every group as a bar chart with matplotlib (installed for that
+command only: ``pip install matplotlib``).
 """
 
 from __future__ import annotations
@@ -108,14 +110,45 @@ def render(data: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def chart(data: dict[str, Any], path: str) -> None:
+    """One panel per group: each row's median as a ratio of the baseline's."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--png needs matplotlib: pip install matplotlib") from None
+    groups = _groups(data.get("benchmarks", []))
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(9, 1.1 + 0.45 * sum(map(len, groups.values())))
+    )
+    axes = axes if len(groups) > 1 else [axes]
+    for ax, (name, entries) in zip(axes, groups.items(), strict=True):
+        base = _baseline(entries)["stats"]["median"]
+        rows = sorted(entries, key=lambda b: b["stats"]["median"])
+        labels = [_method(b) if _method(b) != b["name"] else b["name"] for b in rows]
+        ratios = [b["stats"]["median"] / base for b in rows]
+        bars = ax.barh(labels, ratios, color=["#888" if r == 1 else "#3a7" for r in ratios])
+        ax.bar_label(bars, labels=[f"{r:.2f}x" for r in ratios], padding=3, fontsize=8)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_title(f"{name} (x of baseline, median {base * 1e3:.2f} ms)", fontsize=9, loc="left")
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("file", help="JSON written by pytest --benchmark-json=FILE")
+    parser.add_argument("--png", metavar="FILE", help="also draw the ratios into FILE")
     args = parser.parse_args(argv)
     try:
         with open(args.file, encoding="utf-8") as f:
             data = json.load(f)
         sys.stdout.write(render(data))
+        if args.png:
+            chart(data, args.png)
     except (OSError, ValueError, KeyError) as e:
         print(f"compare.py: {args.file}: {e}", file=sys.stderr)
         return 1

@@ -32,6 +32,8 @@ import pytest
 TRUE = "/bin/true"
 GCC = "/usr/bin/gcc"
 SH = "/bin/sh"
+#: PATH for bubblewrap's sandbox (the same as the specs').
+PATH = "/usr/bin:/bin"
 
 TRUE_ROUNDS, TRUE_WARMUP = 300, 20
 GCC_ROUNDS, GCC_WARMUP = 30, 3
@@ -302,4 +304,90 @@ def test_cat_hermetic(benchmark: Any, scratch: Any, source_executor: Any) -> Non
         warmup=CAT_WARMUP,
     )
     _all_ok(results)
+    _check_copy(dst)
+
+
+# -- bubblewrap, when installed ---------------------------------------------
+
+BWRAP = "/usr/bin/bwrap"
+needs_bwrap = pytest.mark.skipif(
+    not os.access(BWRAP, os.X_OK),
+    reason=f"{BWRAP} is missing: install bubblewrap (Debian: apt-get install bubblewrap) "
+    "to compare with it",
+)
+
+
+def _bwrap(scratch: Any, argv: list[str], *, with_sources: bool = False) -> list[str]:
+    """bubblewrap with isolation comparable to the full spec: every namespace
+    (a fresh network one: bwrap has no pool), the toolchain read-only, out
+    and tmp writable, /proc, /dev, a private /tmp, a new session, the same
+    environment."""
+    from hermetic import HermeticSpecBuilder
+
+    cmd = [BWRAP, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+    cmd += ["--setenv", "PATH", PATH, "--setenv", "LANG", "C.UTF-8", "--setenv", "TZ", "UTC"]
+    for p in HermeticSpecBuilder.toolchain_inputs():
+        if os.path.islink(p):
+            cmd += ["--symlink", os.readlink(p), p]
+        else:
+            cmd += ["--ro-bind", p, p]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    if with_sources:
+        cmd += ["--ro-bind", scratch.src, scratch.src]
+    cmd += ["--bind", scratch.out, scratch.out, "--bind", scratch.tmp, scratch.tmp]
+    cmd += ["--chdir", scratch.out, "--", *argv]
+    return cmd
+
+
+def _bwrap_run(argv: list[str]) -> Callable[[], subprocess.CompletedProcess[bytes]]:
+    return lambda: subprocess.run(argv, capture_output=True)
+
+
+@needs_bwrap
+@pytest.mark.benchmark(group="true")
+def test_true_bwrap(benchmark: Any, scratch: Any) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _bwrap_run(_bwrap(scratch, [TRUE])),
+            method="bwrap",
+            baseline=False,
+            rounds=TRUE_ROUNDS // 3,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
+@needs_bwrap
+@needs_gcc
+@pytest.mark.benchmark(group="gcc")
+def test_gcc_bwrap(benchmark: Any, scratch: Any) -> None:
+    argv, obj = _gcc_job(scratch)
+    _all_ok(
+        _measure(
+            benchmark,
+            _bwrap_run(_bwrap(scratch, argv, with_sources=True)),
+            method="bwrap",
+            baseline=False,
+            rounds=GCC_ROUNDS,
+            warmup=GCC_WARMUP,
+        )
+    )
+    _check_object(obj)
+
+
+@needs_bwrap
+@pytest.mark.benchmark(group="cat")
+def test_cat_bwrap(benchmark: Any, scratch: Any) -> None:
+    argv, dst = _cat_job(scratch)
+    _all_ok(
+        _measure(
+            benchmark,
+            _bwrap_run(_bwrap(scratch, argv, with_sources=True)),
+            method="bwrap",
+            baseline=False,
+            rounds=CAT_ROUNDS,
+            warmup=CAT_WARMUP,
+        )
+    )
     _check_copy(dst)

@@ -165,13 +165,19 @@ spec = SandboxSpec(inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
 ex = HermeticExecutor.create(spec).unwrap()
 first = ex.execute(["sh", "-c", "rmdir {out} && ln -s {secret} {out}"]).unwrap()
 second = ex.execute(["sh", "-c", "echo pwned > {out}/pwned"])
-print(json.dumps([first.isolation, first.exit_code, str(second.unwrap_err())]))
+outcome = str(second.unwrap_err()) if second.is_err() else second.unwrap().stderr.decode()
+print(json.dumps([first.isolation, first.exit_code, outcome]))
 """
     p = subprocess.run(
         [*FORBID_USERNS, sys.executable, "-c", program], capture_output=True, text=True, cwd="/"
     )
     assert p.returncode == 0, p.stderr
-    isolation, code, error = json.loads(p.stdout)
+    isolation, code, outcome = json.loads(p.stdout)
     assert (isolation, code) == ("landlock", 0)
-    assert "landlock" in error and out in error and "Too many levels of symbolic links" in error
+    # Refused either way: a rule on the output itself fails setup (ELOOP);
+    # an output covered by its temp's rule has none, and the write through
+    # the symlink lands outside every rule (EACCES).
+    assert ("landlock" in outcome and "symbolic links" in outcome) or (
+        "Permission denied" in outcome
+    )
     assert os.listdir(secret) == []
