@@ -1,7 +1,9 @@
 """CFFI build script: hermetic._native from csrc/ (API mode, out of line).
 
-The declarations given to cdef() are the marked section of csrc/hermetic.h,
-so the header stays the one description of the C interface.
+The declarations given to cdef() are the marked section of the platform's
+header (csrc/hermetic.h on Linux, csrc/macos/hermetic_macos.h,
+csrc/windows/hermetic_windows.h), so each header stays the one description
+of its C interface.
 """
 
 from __future__ import annotations
@@ -15,8 +17,20 @@ HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 
 
-def _cdef_text() -> str:
-    text = (CSRC / "hermetic.h").read_text()
+#: The C interface of each platform's core.
+HEADERS = {
+    "linux": CSRC / "hermetic.h",
+    "darwin": CSRC / "macos" / "hermetic_macos.h",
+    "win32": CSRC / "windows" / "hermetic_windows.h",
+}
+
+
+def _platform() -> str:
+    return "linux" if sys.platform.startswith("linux") else sys.platform
+
+
+def cdef_text(header: pathlib.Path) -> str:
+    text = header.read_text()
     begin = text.index("/* cdef-begin */") + len("/* cdef-begin */")
     end = text.index("/* cdef-end */")
     return text[begin:end]
@@ -49,13 +63,17 @@ WARNINGS = [
 #: that child.c built this way has no undefined symbols.
 FREESTANDING = ["-fno-stack-protector", "-fno-builtin", "-fno-tree-loop-distribute-patterns"]
 
+if _platform() not in HEADERS:
+    raise RuntimeError(f"hermetic has no C core for platform {sys.platform!r}")
+_HEADER = HEADERS[_platform()]
+
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_text())
+ffibuilder.cdef(cdef_text(_HEADER))
 ffibuilder.set_source(
     "hermetic._native",
-    '#include "hermetic.h"\n',
+    f'#include "{_HEADER.name}"\n',
     sources=_sources(),
-    include_dirs=[str(CSRC.relative_to(HERE))],
+    include_dirs=[str(_HEADER.parent.relative_to(HERE)), str(CSRC.relative_to(HERE))],
     extra_compile_args=["-std=gnu11", *WARNINGS, *FREESTANDING]
     if sys.platform.startswith("linux")
     else ["-std=gnu11", *WARNINGS]

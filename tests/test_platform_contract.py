@@ -30,10 +30,39 @@ def test_backend_signatures_match():
         assert len(sigs) == 1, (fn, sigs)
 
 
-@pytest.mark.parametrize("backend", [macos, windows, unsupported])
-def test_unimplemented_backends_fail_closed(backend):
+def test_an_unknown_os_fails_closed():
     with pytest.raises(UnsupportedError, match="not implemented"):
-        backend.prepare(SandboxSpec())
-    caps = backend.capabilities()
+        unsupported.prepare(SandboxSpec())
+    caps = unsupported.capabilities()
     assert not caps.can_sandbox()
     assert dict(caps.notes)["sandbox"]
+
+
+def test_windows_refuses_a_hermetic_spec_naming_the_layers():
+    # Job objects isolate neither files nor the network: fail closed.
+    with pytest.raises(UnsupportedError, match="filesystem and network isolation"):
+        windows.prepare(SandboxSpec())
+    notes = dict(windows.capabilities().notes)
+    assert "network" in notes["not isolated"] and "files" in notes["not isolated"]
+
+
+def test_windows_runs_non_hermetically_only_when_asked():
+    from hermetic import ResourceLimits
+
+    spec = SandboxSpec(resources=ResourceLimits(max_file_size=0, max_open_files=0))
+    prepared = windows.prepare(spec, require_hermetic=False)
+    assert prepared.unenforced == ()
+    with pytest.raises(UnsupportedError, match="fork or exec"):
+        from hermetic import ProcessPolicy
+
+        windows.prepare(
+            SandboxSpec(process=ProcessPolicy(allow_exec=False)), require_hermetic=False
+        )
+
+
+@pytest.mark.skipif(__import__("sys").platform == "darwin", reason="macOS has the sandbox")
+def test_macos_backend_elsewhere_fails_closed():
+    # No sandbox_init and no sandbox-exec on this OS: nothing runs.
+    assert macos.capabilities().isolation == "none"
+    with pytest.raises(UnsupportedError, match="filesystem isolation"):
+        macos.prepare(SandboxSpec())

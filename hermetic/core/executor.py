@@ -81,13 +81,17 @@ class HermeticExecutor:
         *,
         audit_log: str | os.PathLike[str] | None = None,
         max_concurrency: int | None = None,
+        require_hermetic: bool = True,
     ) -> Result[HermeticExecutor]:
         """Validate ``spec`` and prepare it on this host.
 
         With ``audit_log``, every violation of every execution is also
         appended to that file as JSON Lines (hermetic/security/audit.py).
         ``max_concurrency`` bounds the actions ``execute_async`` runs at once
-        (default: the number of CPUs).  Err carries a SpecError (bad spec)
+        (default: the number of CPUs).  ``require_hermetic=False`` lets a
+        backend that cannot apply every isolation layer (Windows) run
+        anyway; its results say ``hermetic=False`` and name the missing
+        layers in ``unenforced_layers``.  Err carries a SpecError (bad spec)
         or an UnsupportedError (this host cannot apply a layer the spec asks
         for).
         """
@@ -109,7 +113,8 @@ class HermeticExecutor:
             spec.validate()
             backend = current()
             log = AuditLog(audit_log) if audit_log is not None else None
-            return Ok(cls(spec, backend.prepare(spec), backend, log, max_concurrency))
+            prepared = backend.prepare(spec, require_hermetic=require_hermetic)
+            return Ok(cls(spec, prepared, backend, log, max_concurrency))
         except HermeticError as e:
             return Err(e)
 

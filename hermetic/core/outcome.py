@@ -73,6 +73,9 @@ class ExecutionResult:
     #: What the action left under its outputs, with sha256 per file; filled
     #: only by ``execute(..., collect_outputs=True)``.
     outputs: tuple[OutputEntry, ...] = ()
+    #: Isolation layers that were not applied, when the caller accepted that
+    #: (``HermeticExecutor.create(spec, require_hermetic=False)`` on Windows).
+    unenforced_layers: tuple[str, ...] = ()
 
     def success(self) -> bool:
         """Exit status 0, no signal, no timeout."""
@@ -114,6 +117,7 @@ class ExecutionResult:
             "hermetic": self.hermetic,
             "isolation": self.isolation,
             "unenforced_limits": list(self.unenforced_limits),
+            "unenforced_layers": list(self.unenforced_layers),
             "usage": self.usage.to_dict(),
             "violations": [v.to_dict() for v in self.violations],
             "outputs": [e.to_dict() for e in self.outputs],

@@ -436,7 +436,10 @@ def _landlock_plan(
     }, rules
 
 
-def prepare(spec: SandboxSpec, *, remap: dict[str, str] | None = None) -> Prepared:
+def prepare(
+    spec: SandboxSpec, *, remap: dict[str, str] | None = None, require_hermetic: bool = True
+) -> Prepared:
+    """``require_hermetic`` changes nothing on Linux: every layer is applied or refused."""
     return Prepared(spec, remap)
 
 

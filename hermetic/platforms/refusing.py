@@ -31,7 +31,9 @@ def refusing_backend(
     def capabilities() -> Capabilities:
         return Capabilities(platform=sys.platform, backend=backend, notes=(("sandbox", reason),))
 
-    def prepare(spec: SandboxSpec, *, remap: dict[str, str] | None = None) -> Prepared:
+    def prepare(
+        spec: SandboxSpec, *, remap: dict[str, str] | None = None, require_hermetic: bool = True
+    ) -> Prepared:
         raise UnsupportedError("sandbox", reason)
 
     def execute(
