@@ -27,8 +27,10 @@ def ws():
 def _executor(ws):
     from hermetic import EnvSet, HermeticExecutor, PathSet, ResourceLimits, SandboxSpec
 
+    # The test's own interpreter too (a virtual environment, a framework).
+    pythons = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
     spec = SandboxSpec(
-        inputs=PathSet((f"{ws}/src",)),
+        inputs=PathSet((f"{ws}/src", *sorted(pythons))),
         outputs=PathSet((f"{ws}/out",)),
         environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
         resources=ResourceLimits(max_processes=0, best_effort=True),

@@ -54,4 +54,4 @@ def test_process_limit_of_the_job():
         )
         .unwrap()
     )
-    assert any(v.kind.value == "resource" for v in r.violations)
+    assert any(v.kind.value == "process" and v.decision == "denied" for v in r.violations)

@@ -35,7 +35,7 @@ struct hm_win_proc {
 
 #define HM_WIN_BREACH_MEMORY 1     /* JOB_OBJECT_MSG_JOB_MEMORY_LIMIT */
 #define HM_WIN_BREACH_TIME 2       /* JOB_OBJECT_MSG_END_OF_JOB_TIME */
-#define HM_WIN_BREACH_PROCESSES 4  /* JOB_OBJECT_MSG_ACTIVE_PROCESS_LIMIT */
+#define HM_WIN_BREACH_PROCESSES 4  /* JOB_OBJECT_MSG_ACTIVE_PROCESS_LIMIT (refused, not killed) */
 
 /* The job's accounting (JobObjectBasicAndIoAccountingInformation and the
  * extended limit information's peak). */

@@ -36,9 +36,28 @@ static int set_limits(HANDLE job, const struct hm_win_limits *lim)
         info.BasicLimitInformation.PerJobUserTimeLimit.QuadPart = (LONGLONG)lim->cpu_time_100ns;
     }
     info.BasicLimitInformation.LimitFlags = flags;
-    return SetInformationJobObject(job, JobObjectExtendedLimitInformation, &info, sizeof info)
-               ? 0
-               : -1;
+    if (!SetInformationJobObject(job, JobObjectExtendedLimitInformation, &info, sizeof info))
+        return -1;
+    if (lim && lim->cpu_time_100ns) {
+        /* By default the job is ended at its time limit without a message:
+         * ask for the message, and end it ourselves (hm_win_wait). */
+        JOBOBJECT_END_OF_JOB_TIME_INFORMATION eoj;
+        eoj.EndOfJobTimeAction = JOB_OBJECT_POST_AT_END_OF_JOB;
+        if (!SetInformationJobObject(job, JobObjectEndOfJobTimeInformation, &eoj, sizeof eoj))
+            return -1;
+    }
+    return 0;
+}
+
+/* Processes still in the job (the messages are not guaranteed, and a job
+ * the action nests in ours reports through our port too). */
+static long active_processes(HANDLE job)
+{
+    JOBOBJECT_BASIC_ACCOUNTING_INFORMATION acct;
+    if (!QueryInformationJobObject(job, JobObjectBasicAccountingInformation, &acct, sizeof acct,
+                                   NULL))
+        return -1;
+    return (long)acct.ActiveProcesses;
 }
 
 int hm_win_spawn(const wchar_t *application, wchar_t *cmdline, const wchar_t *env,
@@ -142,34 +161,47 @@ int hm_win_wait(struct hm_win_proc *proc, unsigned long timeout_ms)
 {
     ULONGLONG start = GetTickCount64();
     for (;;) {
-        DWORD wait = INFINITE;
+        /* Never block long on the port alone: a lost message must not hang
+         * the wait, so the job is also asked directly at least every 100 ms. */
+        DWORD wait = 100;
         if (timeout_ms != 0xFFFFFFFFUL) {
             ULONGLONG spent = GetTickCount64() - start;
             if (spent >= timeout_ms)
-                return 1;
-            wait = (DWORD)(timeout_ms - spent);
+                return active_processes((HANDLE)proc->job) == 0 ? 0 : 1;
+            if (timeout_ms - spent < wait)
+                wait = (DWORD)(timeout_ms - spent);
         }
         DWORD message = 0;
         ULONG_PTR key = 0;
         LPOVERLAPPED detail = NULL;
         if (!GetQueuedCompletionStatus((HANDLE)proc->port, &message, &key, &detail, wait)) {
-            if (GetLastError() == WAIT_TIMEOUT)
-                return 1;
-            return -1;
+            if (GetLastError() != WAIT_TIMEOUT)
+                return -1;
+            long active = active_processes((HANDLE)proc->job);
+            if (active < 0)
+                return -1;
+            if (active == 0)
+                return 0;
+            continue;
         }
         if ((HANDLE)key != (HANDLE)proc->job)
             continue;
         switch (message) {
         case JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO:
-            return 0;
+            /* Also sent for a job nested in ours: believe the count. */
+            if (active_processes((HANDLE)proc->job) == 0)
+                return 0;
+            break;
         case JOB_OBJECT_MSG_JOB_MEMORY_LIMIT:
             proc->breaches |= HM_WIN_BREACH_MEMORY;
-            TerminateJobObject((HANDLE)proc->job, 1);
+            TerminateJobObject((HANDLE)proc->job, ERROR_NOT_ENOUGH_QUOTA);
             break;
         case JOB_OBJECT_MSG_END_OF_JOB_TIME:
             proc->breaches |= HM_WIN_BREACH_TIME;
+            TerminateJobObject((HANDLE)proc->job, ERROR_NOT_ENOUGH_QUOTA);
             break;
         case JOB_OBJECT_MSG_ACTIVE_PROCESS_LIMIT:
+            /* The new process was refused; the job goes on. */
             proc->breaches |= HM_WIN_BREACH_PROCESSES;
             break;
         default:

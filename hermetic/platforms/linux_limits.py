@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 from dataclasses import dataclass
 
 from hermetic.core.errors import UnsupportedError
@@ -73,6 +72,8 @@ def plan_limits(
     r: ResourceLimits, cgroup_unavailable: str | None, *, network_counted: bool = True
 ) -> LimitPlan:
     """``cgroup_unavailable`` is None when cgroup slots work here, else why not."""
+    import resource  # POSIX only: this module is imported on every OS
+
     root = _global_root()
     values = [(resource.RLIMIT_CORE, 0, 0)]
     if r.max_open_files:

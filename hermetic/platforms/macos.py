@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -52,6 +51,8 @@ __all__ = ["BACKEND", "Prepared", "capabilities", "execute", "prepare"]
 BACKEND = "macos-sandbox"
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"
 CHECK_INTERVAL = 0.02
+#: sandbox-exec children, kept referenced until reaped (see _spawn).
+_FALLBACK: dict[int, subprocess.Popen[bytes]] = {}
 DEFAULT_SEARCH_PATH = "/bin:/usr/bin"
 
 
@@ -85,6 +86,8 @@ def capabilities() -> Capabilities:
 
 
 def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], list[str]]:
+    import resource  # POSIX only: this module is imported on every OS
+
     r = spec.resources
     rl: list[tuple[int, int, int]] = [(resource.RLIMIT_CORE, 0, 0)]
     if r.max_open_files:
@@ -99,8 +102,9 @@ def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], list[str]]:
     if r.max_memory_bytes:
         weak.append("max_memory_bytes: sampled every 20 ms, not a hard limit")
     if r.max_processes:
-        weak.append("max_processes: RLIMIT_NPROC counts every process of the user")
-        rl.append((resource.RLIMIT_NPROC, r.max_processes + 1, r.max_processes + 1))
+        # Not RLIMIT_NPROC: it counts every process of the user, so a busy
+        # machine would refuse the action's first fork.
+        weak.append("max_processes: the session's processes counted every 20 ms")
     if r.cpu_shares != 1024:
         weak.append("cpu_shares: not applied")
     if r.max_disk_io:
@@ -179,9 +183,17 @@ def _spawn(
     text, params = profile
     nat = _native()
     if nat is None:
+        import resource
+
         cmd = [SANDBOX_EXEC, "-p", text]
         for k, v in params.items():
             cmd += ["-D", f"{k}={v}"]
+
+        def limits() -> None:
+            os.umask(0o022)
+            for res, cur, mx in prepared.rlimits:
+                resource.setrlimit(res, (cur, mx))
+
         p = subprocess.Popen(
             [*cmd, "--", *argv],
             stdin=fds[0],
@@ -190,8 +202,11 @@ def _spawn(
             cwd=cwd,
             env=env,
             start_new_session=True,
-            preexec_fn=lambda: os.umask(0o022),  # noqa: PLW1509 - only os.umask
+            preexec_fn=limits,  # noqa: PLW1509 - umask and setrlimit only
         )
+        # Kept until our own wait4 reaped it: a dropped Popen is reaped by
+        # the next Popen anywhere in the process.
+        _FALLBACK[p.pid] = p
         return p.pid
     ffi, lib = nat.ffi, nat.lib
     keep: list[Any] = []
@@ -235,21 +250,21 @@ def _spawn(
     return int(pid)
 
 
-def _group_usage(pid: int) -> tuple[int, float]:
-    """(resident bytes, CPU seconds) of the session's processes, sampled."""
+def _group_usage(pid: int) -> tuple[int, float, int]:
+    """(resident bytes, CPU seconds, processes) of the session, sampled."""
     import psutil
 
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
-        return 0, 0.0
+        return 0, 0.0, 0
     rss = cpu = 0.0
     for p in procs:
         with contextlib.suppress(psutil.Error):
             rss += p.memory_info().rss
             t = p.cpu_times()
             cpu += t.user + t.system
-    return int(rss), cpu
+    return int(rss), cpu, len(procs)
 
 
 def execute(
@@ -312,7 +327,12 @@ def execute(
         pid = _spawn(prepared, args, workdir, env, sbpl, fds)
         if observer is not None:
             observer.started(pid)
-        status, ru, timed_out, breach = _wait(pid, timeout, kill_grace, limits, files, cancel)
+        try:
+            status, ru, timed_out, breach = _wait(pid, timeout, kill_grace, limits, files, cancel)
+        finally:
+            popen = _FALLBACK.pop(pid, None)
+            if popen is not None:
+                popen.returncode = 0  # reaped by _wait: the Popen must not wait again
         duration = time.monotonic() - start
         if proxy is not None:
             violations += proxy.stop()
@@ -371,12 +391,16 @@ def _wait(
         if timed_out and deadline is not None and now >= deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-        if breach is None and (limits.max_memory_bytes or limits.max_cpu_time_ms):
-            rss, cpu = _group_usage(pid)
+        if breach is None and (
+            limits.max_memory_bytes or limits.max_cpu_time_ms or limits.max_processes
+        ):
+            rss, cpu, count = _group_usage(pid)
             if limits.max_memory_bytes and rss > limits.max_memory_bytes:
                 breach = f"memory beyond max_memory_bytes={limits.max_memory_bytes}"
             elif limits.max_cpu_time_ms and cpu * 1000 > limits.max_cpu_time_ms:
                 breach = f"CPU time beyond max_cpu_time_ms={limits.max_cpu_time_ms}"
+            elif limits.max_processes and count > limits.max_processes:
+                breach = f"processes beyond max_processes={limits.max_processes}"
         if breach is None and limits.max_output_bytes:
             written = sum(os.fstat(f.fileno()).st_size for f in files[1:])
             if written > limits.max_output_bytes:

@@ -31,6 +31,7 @@ refuses (UnsupportedError) a spec whose profile would not fit.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 
 from hermetic.core.errors import UnsupportedError
@@ -46,13 +47,35 @@ SYSTEM_ROOTS = (
     "/usr/libexec",
     "/usr/share",
     "/usr/bin",
+    "/usr/sbin",
+    "/usr/local",
     "/bin",
+    "/sbin",
+    "/opt/homebrew",
     "/System",
+    "/Library/Frameworks",
     "/Library/Developer/CommandLineTools",
     "/Applications/Xcode.app",
     "/private/etc",
     "/private/var/db/timezone",
     "/private/var/db/dyld",
+    "/private/var/db/oah",
+    "/private/var/select",
+)
+#: Single files the toolchain shims read (xcode-select's choice).
+SYSTEM_FILES = ("/private/var/db/xcode_select_link",)
+#: Symlinks and parents that realpath(3) must be able to stat.
+SYSTEM_METADATA = (
+    "/tmp",
+    "/var",
+    "/etc",
+    "/private",
+    "/private/var",
+    "/private/var/db",
+    "/usr",
+    "/Library",
+    "/opt",
+    "/Applications",
 )
 #: Services the C library needs (user lookups, preferences).
 MACH_SERVICES = ("com.apple.system.opendirectoryd.libinfo", "com.apple.cfprefsd.daemon")
@@ -89,6 +112,18 @@ def _filters(kind: str, prefix: str, count: int) -> str:
     return " ".join(f'({kind} (param "{prefix}_{i}"))' for i in range(count))
 
 
+def _developer_dir() -> str | None:
+    """The active developer directory, resolved (the sandbox matches resolved
+    paths, and /Applications/Xcode.app is often a symlink); macOS only."""
+    if sys.platform != "darwin":
+        return None
+    link = "/private/var/db/xcode_select_link"
+    try:
+        return os.path.realpath(link) if os.path.exists(link) else None
+    except OSError:
+        return None
+
+
 def sbpl_profile(spec: SandboxSpec, *, proxy_port: int | None = None) -> tuple[str, dict[str, str]]:
     """The profile text and its parameters for ``spec``."""
     inputs = [macos_path(p) for p in spec.inputs]
@@ -100,7 +135,13 @@ def sbpl_profile(spec: SandboxSpec, *, proxy_port: int | None = None) -> tuple[s
             sbpl_string(p)  # refuses what SBPL cannot carry, even as a parameter
             params[f"{prefix}_{i}"] = p
     services = " ".join(f"(global-name {sbpl_string(s)})" for s in MACH_SERVICES)
-    roots = " ".join(f"(subpath {sbpl_string(p)})" for p in SYSTEM_ROOTS)
+    system = list(SYSTEM_ROOTS)
+    developer = _developer_dir()
+    if developer and developer not in system:
+        system.append(developer)
+    roots = " ".join(f"(subpath {sbpl_string(p)})" for p in system)
+    files = " ".join(f"(literal {sbpl_string(p)})" for p in SYSTEM_FILES)
+    metadata = " ".join(f"(literal {sbpl_string(p)})" for p in SYSTEM_METADATA)
     lines = [
         "(version 1)",
         '(deny default (with message "hermetic:default"))',
@@ -109,8 +150,11 @@ def sbpl_profile(spec: SandboxSpec, *, proxy_port: int | None = None) -> tuple[s
         "(allow signal (target same-sandbox))",
         "(allow sysctl-read)",
         f"(allow mach-lookup {services})",
-        '(allow file-read-metadata (literal "/"))',
-        f"(allow file-read* {roots})",
+        f'(allow file-read-metadata (literal "/") {metadata})',
+        f"(allow file-read* {roots} {files})",
+        # Mapping code executable is its own operation: dylibs outside the
+        # shared cache, extension modules.
+        f"(allow file-map-executable {roots})",
         '(allow file-read* file-write-data (literal "/dev/null") (literal "/dev/zero"))',
         '(allow file-read* (literal "/dev/random") (literal "/dev/urandom"))',
     ]
@@ -120,19 +164,24 @@ def sbpl_profile(spec: SandboxSpec, *, proxy_port: int | None = None) -> tuple[s
         )
     if inputs:
         lines.append(f"(allow file-read* {_filters('subpath', 'INPUT', len(inputs))})")
+        lines.append(f"(allow file-map-executable {_filters('subpath', 'INPUT', len(inputs))})")
     if writable:
         lines.append(
             f"(allow file-read* file-write* {_filters('subpath', 'WRITABLE', len(writable))})"
         )
     lines.append('(deny file-write-setugid (with message "hermetic:setugid"))')
+    if not spec.process.allow_fork:
+        lines.append('(deny process-fork (with message "hermetic:fork"))')
     net = spec.network
     if net.host_network:
+        lines.append("(allow system-socket)")
         lines.append("(allow network*)")
     elif net.uses_proxy:
         if proxy_port is None or not 0 < proxy_port < 65536:
             raise UnsupportedError("network", "allowed_hosts need the proxy's port")
         # Later rules win: the denial first, the proxy's port after it.
         lines.append('(deny network* (with message "hermetic:network"))')
+        lines.append("(allow system-socket)")
         lines.append(f'(allow network-outbound (remote ip "localhost:{proxy_port}"))')
     else:
         lines.append('(deny network* (with message "hermetic:network"))')

@@ -52,11 +52,8 @@ UNENFORCED_LAYERS = (
     "caller may (a job object does not restrict files)",
     "network isolation: a job object does not restrict the network",
 )
-_BREACHES = {
-    1: "memory beyond max_memory_bytes",
-    2: "CPU time beyond max_cpu_time_ms",
-    4: "a process beyond max_processes",
-}
+_KILLED = {1: "memory beyond max_memory_bytes", 2: "CPU time beyond max_cpu_time_ms"}
+_PROCESS_REFUSED = 4
 
 
 def _native() -> Any:
@@ -117,6 +114,8 @@ class Prepared:
             weak.append("max_file_size: no per-file limit")
         if r.max_open_files:
             weak.append("max_open_files: no handle limit")
+        if r.max_output_bytes:
+            weak.append("max_output_bytes: not checked while the action runs")
         if weak and not r.best_effort:
             raise UnsupportedError(
                 "resource limits",
@@ -143,6 +142,16 @@ def prepare(
     spec: SandboxSpec, *, remap: dict[str, str] | None = None, require_hermetic: bool = True
 ) -> Prepared:
     return Prepared(spec, remap, require_hermetic)
+
+
+def _application(arg0: str, cwd: str, env: dict[str, str]) -> str:
+    """The program CreateProcess runs: argv[0] against the action's cwd, or
+    searched on the spec's PATH (System32 when it has none), not the host's."""
+    if os.path.dirname(arg0):
+        return os.path.join(cwd, arg0)
+    system32 = os.path.join(env.get("SYSTEMROOT", r"C:\Windows"), "System32")
+    found = shutil.which(arg0, path=env.get("PATH") or system32)
+    return found or arg0
 
 
 def _env_block(env: dict[str, str]) -> str:
@@ -196,7 +205,7 @@ def execute(
         err = ffi.new("unsigned long *")
         cmdline = ffi.new("wchar_t[]", subprocess.list2cmdline(args))
         block = ffi.new("wchar_t[]", _env_block(env))
-        app = shutil.which(args[0], path=env.get("PATH")) or args[0]
+        app = _application(args[0], cwd or prepared.workdir, env)
         start = time.monotonic()
         rc = lib.hm_win_spawn(
             app,
@@ -211,9 +220,11 @@ def execute(
             err,
         )
         if rc < 0:
-            raise SandboxError(
-                int(err[0]), stage="spawn", path=app, detail=f"CreateProcess of {args[0]!r}"
-            )
+            import ctypes
+
+            code_ = int(err[0])
+            detail = getattr(ctypes, "FormatError", lambda c: f"error {c}")(code_)
+            raise SandboxError(0, stage="spawn", path=app, detail=f"CreateProcess: {detail}")
         stack.callback(lib.hm_win_close, proc)
         if observer is not None:
             observer.started(int(proc.pid))
@@ -247,9 +258,18 @@ def execute(
         violations.append(
             Violation(ViolationKind.TIMEOUT, f"ran longer than {timeout:g} s", "killed")
         )
-    for bit, what in _BREACHES.items():
+    for bit, what in _KILLED.items():
         if proc.breaches & bit:
             violations.append(Violation(ViolationKind.RESOURCE, what, "killed"))
+    if proc.breaches & _PROCESS_REFUSED:
+        violations.append(
+            Violation(
+                ViolationKind.PROCESS,
+                attempted="a process beyond max_processes",
+                decision="denied",
+                limit=f"max_processes={limits.max_processes}",
+            )
+        )
     cpu = (usage_c.user_100ns + usage_c.kernel_100ns) / 1e7
     usage = ResourceUsage(
         wall_time=duration,
