@@ -113,3 +113,29 @@ def test_network_and_process_rules():
     text, _ = _profile("build")
     assert text.index("(allow file-read* file-write*") < text.index("(deny file-write-setugid")
     assert ProcessPolicy().allow_fork  # fork is allowed by default (no rule needed)
+
+
+def test_unified_log_denials_are_parsed(monkeypatch):
+    import json
+    import subprocess
+
+    from hermetic.platforms import macos
+
+    lines = [
+        "Filtering the log data using ...",
+        json.dumps({"eventMessage": "Sandbox: sh(4242) deny(1) file-write-create /private/tmp/x"}),
+        json.dumps({"eventMessage": "Sandbox: sh(4242) deny(1) file-write-create /private/tmp/x"}),
+        json.dumps({"eventMessage": "Sandbox: curl(77) deny(1) network-outbound 1.1.1.1:443"}),
+        json.dumps({"eventMessage": "unrelated"}),
+    ]
+
+    def fake_run(cmd, **kw):
+        assert cmd[:2] == ["/usr/bin/log", "show"]
+        return subprocess.CompletedProcess(cmd, 0, "\n".join(lines), "")
+
+    monkeypatch.setattr(macos.subprocess, "run", fake_run)
+    found = {(v.kind.value, v.attempted, v.observed) for v in macos.sandbox_denials(0.0, 1.0)}
+    assert found == {
+        ("filesystem", "file-write-create /private/tmp/x", "2 times"),
+        ("network", "network-outbound 1.1.1.1:443", None),
+    }

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -250,6 +252,63 @@ def _spawn(
     return int(pid)
 
 
+#: A Sandbox denial as the unified log shows it, e.g.
+#: "Sandbox: sh(1234) deny(1) file-write-create /private/tmp/x".
+_DENIAL = re.compile(r"\((\d+)\) deny\(\d+\) (\S+)(?: (.*))?$")
+
+
+def sandbox_denials(since: float, until: float) -> list[Violation]:
+    """The profile's denials between two times, read from the unified log.
+
+    Only the denials of hermetic's profiles are read (their rules carry
+    ``hermetic:*`` message tags).  ``log show`` takes about a second, so
+    ``execute`` calls this only for actions that failed.  Returns nothing
+    when the log cannot be read.
+    """
+    fmt = "%Y-%m-%d %H:%M:%S"
+    cmd = [
+        "/usr/bin/log",
+        "show",
+        "--style",
+        "ndjson",
+        "--start",
+        time.strftime(fmt, time.localtime(since - 1)),
+        "--end",
+        time.strftime(fmt, time.localtime(until + 1)),
+        "--predicate",
+        'sender == "Sandbox" AND eventMessage CONTAINS "deny"',
+    ]
+    try:
+        shown = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    out: dict[tuple[ViolationKind, str], int] = {}
+    for line in shown.stdout.splitlines():
+        try:
+            message = json.loads(line).get("eventMessage", "")
+        except (ValueError, AttributeError):
+            continue  # the header line, or anything else that is not a record
+        m = _DENIAL.search(message)
+        if m is None:
+            continue
+        operation, target = m.group(2), (m.group(3) or "").strip()
+        kind = (
+            ViolationKind.NETWORK
+            if operation.startswith("network")
+            else ViolationKind.FILESYSTEM
+            if operation.startswith("file")
+            else ViolationKind.PROCESS
+            if operation.startswith(("process", "signal"))
+            else ViolationKind.SYSCALL
+        )
+        key = (kind, f"{operation} {target}".strip())
+        out[key] = out.get(key, 0) + 1
+    return [
+        Violation(kind, attempted, "denied", observed=f"{n} times" if n > 1 else None)
+        for (kind, attempted), n in out.items()
+    ]
+
+
 def _group_usage(pid: int) -> tuple[int, float, int]:
     """(resident bytes, CPU seconds, processes) of the session, sampled."""
     import psutil
@@ -348,6 +407,10 @@ def execute(
         )
     if breach:
         violations.append(Violation(ViolationKind.RESOURCE, breach, "killed"))
+    if exit_code != 0:
+        # What the profile refused, for the audit (only on failure: reading
+        # the unified log takes about a second).
+        violations += sandbox_denials(time.time() - duration, time.time())
     return ExecutionResult(
         argv=args,
         exit_code=exit_code,
