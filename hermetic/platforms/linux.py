@@ -28,9 +28,9 @@ from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms import linux_landlock, linux_plan
 from hermetic.platforms.capabilities import Capabilities
-from hermetic.platforms.linux_limits import plan_limits
+from hermetic.platforms.linux_limits import _global_root, plan_limits
 from hermetic.platforms.linux_netns import POOL as NETNS
-from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, probe
+from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, CLONE_NEWUSER, probe
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
@@ -259,6 +259,12 @@ class Prepared:
         ns_flags = ALL_NAMESPACES
         if self.pooled_network or net.host_network:
             ns_flags &= ~CLONE_NEWNET
+        # The host's root needs no user namespace: its sandbox runs as uid 0
+        # either way (a namespace would map 0 to 0), capabilities dropped.
+        # Skipping it saves creating it and writing the id maps.
+        self.userns = namespaces and not _global_root()
+        if namespaces and not self.userns:
+            ns_flags &= ~CLONE_NEWUSER
         if not namespaces:
             self.pooled_network = False
             ns_flags = 0
@@ -277,8 +283,8 @@ class Prepared:
             "ns_flags": ns_flags,
             "netns_fd": -1,
             "cgroup_fd": -1,
-            "uid_map": mem.cstr(f"{uid} {uid} 1\n" if namespaces else None),
-            "gid_map": mem.cstr(f"{gid} {gid} 1\n" if namespaces else None),
+            "uid_map": mem.cstr(f"{uid} {uid} 1\n" if self.userns else None),
+            "gid_map": mem.cstr(f"{gid} {gid} 1\n" if self.userns else None),
             "staging": mem.cstr(linux_plan.STAGING),
             "oldroot": mem.cstr(linux_plan.OLDROOT),
             "ops": ops,
