@@ -226,6 +226,8 @@ int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);
 int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts);
 int hm_notify_serve(int fd, struct hm_notice *out, int max);
+int hm_notify_wait(int target, int listener, int timeout_ms, struct hm_notice *out, int max,
+                   int *count);
 const char *hm_syscall_name(int nr);
 long hm_dir_snapshot(const char *path, char *out, unsigned long cap, unsigned long *need);
 int hm_seccomp_denied(const char **names, int *nrs, int max);

@@ -23,6 +23,7 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -137,4 +138,54 @@ int hm_notify_serve(int fd, struct hm_notice *out, int max)
         count++;
     }
     return count;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait up to timeout_ms (-1: no limit) for `target` to become readable,
+ * answering the listener's notifications meanwhile without returning to
+ * the caller's interpreter for each (an action that writes many files
+ * would otherwise pay a Python wakeup per write).  Returns 1 when target
+ * is readable, 0 on timeout, 2 when `out` is full (the caller takes the
+ * notices and calls again), or -errno.  *count is the notices written. */
+int hm_notify_wait(int target, int listener, int timeout_ms, struct hm_notice *out, int max,
+                   int *count)
+{
+    long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    *count = 0;
+    for (;;) {
+        int wait = -1;
+        if (deadline >= 0) {
+            long long left = deadline - now_ms();
+            wait = left > 0 ? (int)left : 0;
+        }
+        struct pollfd fds[2] = {{target, POLLIN, 0}, {listener, POLLIN, 0}};
+        int r = poll(fds, listener >= 0 ? 2 : 1, wait);
+        if (r < 0) {
+            if (errno == EINTR)
+                return 0; /* let the caller see its signals */
+            return -errno;
+        }
+        if (r == 0)
+            return 0;
+        if (fds[0].revents)
+            return 1;
+        if (listener >= 0 && fds[1].revents) {
+            if (!(fds[1].revents & POLLIN)) {
+                listener = -1; /* POLLHUP: no process uses the filter any more */
+                continue;
+            }
+            int n = hm_notify_serve(listener, out + *count, max - *count);
+            if (n < 0)
+                return n;
+            *count += n;
+            if (*count >= max)
+                return 2;
+        }
+    }
 }

@@ -797,8 +797,7 @@ def _run(
                     observer.started(proc.pid)
                 serve: Serve | None = None
                 if audit is not None and proc.notify_fd >= 0:
-                    listener = proc.notify_fd
-                    serve = (listener, lambda: audit.serve(listener))
+                    serve = audit.attach(proc.notify_fd)
                 timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check, serve)
                 reaped = True
                 if profile is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,17 +70,37 @@ class SyscallAudit:
         self._shown: dict[tuple[ViolationKind, str, str], str] = {}
         self._dropped = 0
         self.served = 0
+        self._listener = -1
 
-    def serve(self, fd: int) -> None:
-        """Answer up to one batch of pending notifications on ``fd`` (never
-        blocks).  One batch per wakeup keeps the caller's deadline checks
-        going however fast the action makes denied calls."""
-        n = self._lib.hm_notify_serve(fd, self._buf, _BATCH)
-        if n < 0:
-            raise OSError(-n, f"seccomp listener: {os.strerror(-n)}")
-        for i in range(n):
-            self._take(self._buf[i])
-        self.served += n
+    def attach(self, listener: int) -> SyscallAudit:
+        """Serve ``listener`` (the action's seccomp listener) while waiting."""
+        self._listener = listener
+        return self
+
+    def wait(self, target: int, seconds: float | None) -> bool:
+        """Wait for ``target`` (pid 1's pidfd) like a poll, answering the
+        listener meanwhile in C (csrc/linux/notify.c: hm_notify_wait), so a
+        write costs no interpreter wakeup; the notices come back here a
+        batch at a time, which also keeps the deadline checks going however
+        fast the action makes calls."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        count = self._ffi.new("int *")
+        while True:
+            ms = (
+                -1
+                if deadline is None
+                else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+            )
+            r = self._lib.hm_notify_wait(target, self._listener, ms, self._buf, _BATCH, count)
+            for i in range(count[0]):
+                self._take(self._buf[i])
+            self.served += count[0]
+            if r < 0:
+                raise OSError(-r, f"seccomp listener: {os.strerror(-r)}")
+            if r == 1:
+                return True
+            if r == 0 and deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def _take(self, ev: Any) -> None:
         ffi = self._ffi

@@ -13,10 +13,7 @@ import select
 import signal
 import time
 from collections.abc import Callable
-
-#: A descriptor to serve while waiting, and what to call when it is readable
-#: (the seccomp listener: its notifications hold the action until answered).
-Serve = tuple[int, Callable[[], None]]
+from typing import Protocol
 
 #: Seconds between SIGTERM and SIGKILL.
 DEFAULT_KILL_GRACE = 0.5
@@ -24,32 +21,23 @@ DEFAULT_KILL_GRACE = 0.5
 CHECK_INTERVAL = 0.02
 
 
+class Serve(Protocol):
+    """Something to serve while waiting (the seccomp listener: its
+    notifications hold the action until answered)."""
+
+    def wait(self, target: int, seconds: float | None) -> bool:
+        """Like wait_readable(target, seconds), serving meanwhile."""
+        ...
+
+
 def wait_readable(fd: int, seconds: float | None, serve: Serve | None = None) -> bool:
     """True once ``fd`` is readable, False after ``seconds`` (None: no limit)."""
+    if serve is not None:
+        return serve.wait(fd, seconds)
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    if serve is None:
-        ms = None if seconds is None else max(0, int(seconds * 1000 + 0.999))
-        return bool(poller.poll(ms))
-    extra, handler = serve
-    poller.register(extra, select.POLLIN)
-    deadline = None if seconds is None else time.monotonic() + seconds
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = poller.poll(None if left is None else int(left * 1000 + 0.999))
-        if not ready:
-            return False
-        done = False
-        for got, mask in ready:
-            if got == fd:
-                done = True
-            elif mask & select.POLLIN:
-                handler()
-            else:
-                # POLLHUP: no process uses the filter any more.
-                poller.unregister(extra)
-        if done:
-            return True
+    ms = None if seconds is None else max(0, int(seconds * 1000 + 0.999))
+    return bool(poller.poll(ms))
 
 
 def wait_or_kill(
