@@ -35,17 +35,27 @@ def _state() -> dict[str, object]:
     }
 
 
-def test_200_executions_leave_nothing_behind(scratch):
+@pytest.mark.parametrize(
+    "limits",
+    [ResourceLimits.defaults(), ResourceLimits(max_processes=0, max_file_size=0, max_open_files=0)],
+    ids=["limits", "no-limits"],
+)
+def test_200_executions_leave_nothing_behind(scratch, limits):
+    """With limits a root caller's pid 1s are reaped at once (cgroup v1 slots);
+    without, by the reaper thread after they report done (settle() waits)."""
+    from hermetic.platforms import linux
+
     out = os.path.join(scratch, "out")
     os.mkdir(out)
     spec = SandboxSpec(
         inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
         outputs=PathSet((out,)),
         environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
-        resources=ResourceLimits.defaults(),
+        resources=limits,
     )
     ex = HermeticExecutor.create(spec).unwrap()
-    ex.execute(["true"]).unwrap()  # warm caches (probe, plan) before the snapshot
+    ex.execute(["true"]).unwrap()  # warm caches (probe, plan, reaper) before the snapshot
+    linux.settle()
     before = _state()
     outcomes = {"ok": 0, "fail": 0, "timeout": 0, "setup-error": 0}
     for i in range(200):
@@ -62,4 +72,5 @@ def test_200_executions_leave_nothing_behind(scratch):
         else:
             outcomes["setup-error"] += ex.execute(["no-such-command"]).is_err()
     assert outcomes == {"ok": 50, "fail": 50, "timeout": 50, "setup-error": 50}
+    linux.settle()
     assert _state() == before
