@@ -52,10 +52,6 @@ enum hm_stage {
  * rather than end setup: stage is one of these. */
 #define HM_MSG_NOTIFY_FD 100
 #define HM_MSG_PROXY_FD 101
-/* pid 1's last record: every process of the sandbox is reaped, the status
- * and hm_proc.ru are final; pid 1 exits next (tearing the namespaces down
- * takes a while, off the caller's critical path). */
-#define HM_MSG_DONE 102
 
 /* Kinds of filesystem ops, executed in list order after pivot_root. */
 enum hm_op_kind {
@@ -210,15 +206,6 @@ struct hm_proc {
     int notify_fd;      /* the seccomp listener, or -1; closed by hm_proc_release */
     int proxy_fd;       /* the proxy's listening socket, or -1; closed by hm_proc_release */
     unsigned long long stamps[8]; /* see enum hm_stamp; written only with plan.profile */
-    int report_fd;      /* the setup channel, kept for HM_MSG_DONE, or -1; closed by
-                           hm_proc_release */
-    /* getrusage(RUSAGE_CHILDREN) of pid 1 once everything is reaped: the
-     * whole sandbox but pid 1 itself.  Valid with the HM_MSG_DONE record. */
-    long long ru_utime_us;
-    long long ru_stime_us;
-    long long ru_maxrss_kb;
-    long long ru_inblock;
-    long long ru_oublock;
 };
 
 /* A thread that clones sandboxes for the caller (see csrc/linux/worker.c). */

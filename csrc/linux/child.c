@@ -677,10 +677,8 @@ int hm__pid1_main(void *argp)
     if (!aa.failed) {
         struct hm_error ok = {HM_STAGE_NONE, -1, 0};
         HM_SYS3(SYS_write, HM_FD_REPORT, &ok, sizeof ok);
-    } else {
-        HM_SYS1(SYS_close, HM_FD_REPORT);
     }
-    /* Kept open after success for the last record (HM_MSG_DONE). */
+    HM_SYS1(SYS_close, HM_FD_REPORT);
     /* From now on block only what init takes synchronously.  Other signals
      * sent from inside the namespace are then dropped, as for any init
      * without handlers, instead of queueing against the user's limit. */
@@ -732,19 +730,7 @@ int hm__pid1_main(void *argp)
     }
     proc->status = status;
     proc->main_exited = main_done;
-    struct rusage ru;
-    if (HM_SYS2(SYS_getrusage, RUSAGE_CHILDREN, &ru) == 0) {
-        proc->ru_utime_us = (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec;
-        proc->ru_stime_us = (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
-        proc->ru_maxrss_kb = ru.ru_maxrss;
-        proc->ru_inblock = ru.ru_inblock;
-        proc->ru_oublock = ru.ru_oublock;
-    }
     stamp(proc, profile, HM_STAMP_DONE);
-    /* The result is complete: the caller may go on while this process
-     * exits.  Nothing of the caller's memory is written after this. */
-    struct hm_error done = {HM_MSG_DONE, -1, 0};
-    HM_SYS6(SYS_sendto, HM_FD_REPORT, &done, sizeof done, MSG_NOSIGNAL, 0, 0);
     hm_exit(0);
 }
 

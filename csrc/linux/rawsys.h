@@ -162,8 +162,6 @@ static inline long hm_clone3_run(void *args, unsigned long size, int (*fn)(void 
 #define HM_SYS4(n, a, b, c, d) hm_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
 #define HM_SYS5(n, a, b, c, d, e) \
     hm_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), 0)
-#define HM_SYS6(n, a, b, c, d, e, f) \
-    hm_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
 
 /* Numbers newer than some libc headers. */
 #ifndef SYS_pidfd_open

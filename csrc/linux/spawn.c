@@ -91,9 +91,7 @@ static void close_handed(struct hm_proc *proc)
         close(proc->notify_fd);
     if (proc->proxy_fd >= 0)
         close(proc->proxy_fd);
-    if (proc->report_fd >= 0)
-        close(proc->report_fd);
-    proc->notify_fd = proc->proxy_fd = proc->report_fd = -1;
+    proc->notify_fd = proc->proxy_fd = -1;
 }
 
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error)
@@ -106,7 +104,6 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     proc->main_exited = 0;
     proc->notify_fd = -1;
     proc->proxy_fd = -1;
-    proc->report_fd = -1;
     /* A stack the caller lends (reused across spawns saves the mapping
      * and, above all, the unmapping with its TLB shootdown), or our own. */
     char *region = proc->stack;
@@ -258,12 +255,9 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
             break;
         }
     }
-    if (n == (int)sizeof rec && rec.stage == HM_STAGE_NONE) {
-        /* Kept: pid 1 says on it when everything is reaped (HM_MSG_DONE). */
-        proc->report_fd = pipefd[0];
-        return 0;
-    }
     close(pipefd[0]);
+    if (n == (int)sizeof rec && rec.stage == HM_STAGE_NONE)
+        return 0;
     if (n == (int)sizeof rec) {
         *error = rec;
     } else {

@@ -9,15 +9,10 @@ adds the command, clones the sandbox's pid 1 from this process
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import dataclasses
 import functools
 import os
-import queue
-import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -49,8 +44,6 @@ BACKEND = "linux-namespaces"
 HOSTNAME = "localhost"
 #: The signal that asks pid 1 to end the sandbox (HM_SIG_END in hermetic.h).
 HM_SIG_END = 64
-#: pid 1's last record: everything reaped (HM_MSG_DONE in hermetic.h).
-HM_MSG_DONE = 102
 #: Room for the default seccomp program, in instructions.
 SECCOMP_MAX = 4096  # BPF_MAXINSNS
 #: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
@@ -534,39 +527,12 @@ def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) 
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Rusage:
-    """pid 1's getrusage(RUSAGE_CHILDREN), shaped like os.wait4's."""
-
-    ru_utime: float
-    ru_stime: float
-    ru_maxrss: int
-    ru_inblock: int
-    ru_oublock: int
-
-
-def _done_record(fd: int) -> bool:
-    """Whether pid 1's last record (HM_MSG_DONE) is waiting on the channel."""
-    if fd < 0:
-        return False
-    try:
-        data = os.read(fd, 12)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return False
-    return len(data) == 12 and int.from_bytes(data[:4], sys.byteorder, signed=True) == HM_MSG_DONE
-
-
 def _wait(
     proc: Any, timeout: float | None, grace: float, check: Any, serve: Serve | None = None
-) -> tuple[bool, str | None, int | None, Any, bool]:
-    """Wait for the sandbox to finish: (timed_out, breach, status, rusage, done).
+) -> tuple[bool, str | None, int | None, Any]:
+    """Wait for the sandbox's pid 1 and reap it: (timed_out, breach, status, rusage).
 
-    ``done``: pid 1 reported everything reaped and is exiting; its status
-    and rusage are in ``proc`` and pid 1 itself is left for the reaper (see
-    _Reaper).  Otherwise pid 1 is reaped here; ``status`` is None (and the
-    rusage too) when something else reaped it.
+    ``status`` is None (and the rusage too) when something else reaped pid 1.
     """
     pidfd = proc.pidfd
 
@@ -579,85 +545,14 @@ def _wait(
                 return
         signal.pidfd_send_signal(pidfd, sig)
 
-    # Readable when pid 1 reports it is done, or when it has exited.
-    either = select.epoll(2)
+    timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check, serve)
     try:
-        if proc.report_fd >= 0:
-            os.set_blocking(proc.report_fd, False)
-            either.register(proc.report_fd, select.EPOLLIN)
-        either.register(pidfd, select.EPOLLIN)
-        timed_out, breach = wait_or_kill(either.fileno(), timeout, send, grace, check, serve)
-    finally:
-        either.close()
-    if _done_record(proc.report_fd):
-        ru = _Rusage(
-            proc.ru_utime_us / 1e6,
-            proc.ru_stime_us / 1e6,
-            proc.ru_maxrss_kb,
-            proc.ru_inblock,
-            proc.ru_oublock,
-        )
-        return timed_out, breach, None, ru, True
-    try:
-        _, status, wru = os.wait4(proc.pid, 0)
+        _, status, ru = os.wait4(proc.pid, 0)
     except ChildProcessError:
         # SIGCHLD ignored by the caller: the kernel reaped pid 1 itself.
         # pid 1's record of the action is still valid; the rusage is lost.
-        return timed_out, breach, None, None, False
-    return timed_out, breach, status, wru, False
-
-
-class _Reaper:
-    """Reaps the pid 1s that reported they are done, off the callers' path.
-
-    pid 1's exit tears its namespaces down (about 0.13 ms here); the result
-    does not wait for it.  Its stack stays out of the pool until it is
-    reaped.  ``settle()`` waits until every handed pid 1 is gone.
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def hand(self, pid: int, proc: Any, stack: Any) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="hermetic-reaper", daemon=True
-                )
-                self._thread.start()
-        self._queue.put((pid, proc, stack))
-
-    def _run(self) -> None:
-        lib = _native().lib
-        while True:
-            pid, proc, stack = self._queue.get()
-            try:
-                with contextlib.suppress(ChildProcessError):
-                    while True:
-                        try:
-                            os.waitpid(pid, 0)
-                            break
-                        except InterruptedError:
-                            continue
-                lib.hm_proc_release(proc)
-                STACKS.give(stack)
-            finally:
-                self._queue.task_done()
-
-    def settle(self) -> None:
-        """Wait until every pid 1 handed so far has been reaped."""
-        self._queue.join()
-
-
-REAPER = _Reaper()
-atexit.register(REAPER.settle)
-
-
-def settle() -> None:
-    """Wait until no sandbox process of this process is left, pid 1s included."""
-    REAPER.settle()
+        return timed_out, breach, None, None
+    return timed_out, breach, status, ru
 
 
 #: Stage names for a profile, from the caller's and pid 1's stamps.
@@ -878,7 +773,7 @@ def _run(
             proxied: list[Violation] = []
             stack = STACKS.take()
             proc.stack = stack
-            reaped = done = handed = False
+            reaped = False
             try:
                 # Inside the try: an exception raised as the call returns
                 # (a signal handler's) must still end and reap the sandbox.
@@ -903,13 +798,7 @@ def _run(
                 serve: Serve | None = None
                 if audit is not None and proc.notify_fd >= 0:
                     serve = audit.attach(proc.notify_fd)
-                timed_out, breach, status, ru, done = _wait(proc, timeout, kill_grace, check, serve)
-                if done and worker is not None:
-                    # In a cgroup v1 slot the next action must not count
-                    # this pid 1: reap it now.
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(proc.pid, 0)
-                    done = False
+                timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check, serve)
                 reaped = True
                 if profile is not None:
                     _stages(profile, proc, called, returned, time.monotonic_ns())
@@ -925,12 +814,7 @@ def _run(
                 finally:
                     # Only once pid 1 is gone is its stack free.  (A failed
                     # spawn has released everything itself: pid is -1.)
-                    if handed:
-                        pass
-                    elif reaped and done:
-                        REAPER.hand(proc.pid, proc, stack)
-                        handed = True
-                    elif reaped or proc.pid <= 0:
+                    if reaped or proc.pid <= 0:
                         lib.hm_proc_release(proc)
                         STACKS.give(stack)
             duration = time.monotonic() - start
