@@ -206,6 +206,14 @@ struct hm_proc {
     int notify_fd;      /* the seccomp listener, or -1; closed by hm_proc_release */
     int proxy_fd;       /* the proxy's listening socket, or -1; closed by hm_proc_release */
     unsigned long long stamps[8]; /* see enum hm_stamp; written only with plan.profile */
+    /* getrusage(RUSAGE_CHILDREN) of pid 1 once everything is reaped (the
+     * whole sandbox but pid 1 itself): the accounting when the caller
+     * cannot wait4() pid 1 (SIGCHLD ignored). */
+    long long ru_utime_us;
+    long long ru_stime_us;
+    long long ru_inblock;
+    long long ru_oublock;
+    int ru_valid;
 };
 
 /* A thread that clones sandboxes for the caller (see csrc/linux/worker.c). */

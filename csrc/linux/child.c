@@ -730,6 +730,14 @@ int hm__pid1_main(void *argp)
     }
     proc->status = status;
     proc->main_exited = main_done;
+    struct rusage ru;
+    if (HM_SYS2(SYS_getrusage, RUSAGE_CHILDREN, &ru) == 0) {
+        proc->ru_utime_us = (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec;
+        proc->ru_stime_us = (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+        proc->ru_inblock = ru.ru_inblock;
+        proc->ru_oublock = ru.ru_oublock;
+        proc->ru_valid = 1;
+    }
     stamp(proc, profile, HM_STAMP_DONE);
     hm_exit(0);
 }

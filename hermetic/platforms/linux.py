@@ -10,6 +10,7 @@ adds the command, clones the sandbox's pid 1 from this process
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
@@ -550,9 +551,26 @@ def _wait(
         _, status, ru = os.wait4(proc.pid, 0)
     except ChildProcessError:
         # SIGCHLD ignored by the caller: the kernel reaped pid 1 itself.
-        # pid 1's record of the action is still valid; the rusage is lost.
-        return timed_out, breach, None, None
+        # pid 1's records of the action's status and of the sandbox's
+        # rusage are still valid.
+        return timed_out, breach, None, _pid1_rusage(proc)
     return timed_out, breach, status, ru
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rusage:
+    """pid 1's getrusage(RUSAGE_CHILDREN), shaped like os.wait4's."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_inblock: int
+    ru_oublock: int
+
+
+def _pid1_rusage(proc: Any) -> _Rusage | None:
+    if not proc.ru_valid:
+        return None
+    return _Rusage(proc.ru_utime_us / 1e6, proc.ru_stime_us / 1e6, proc.ru_inblock, proc.ru_oublock)
 
 
 #: Stage names for a profile, from the caller's and pid 1's stamps.
