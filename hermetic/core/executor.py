@@ -262,7 +262,7 @@ class HermeticExecutor:
             args = [a for a in argv] if not isinstance(argv, (str, bytes)) else None
             if not args or not all(isinstance(a, str) for a in args):
                 raise SpecError("argv must be a non-empty sequence of str", field="argv")
-            env = getattr(self._prepared, "env", None) or self._spec.environment.to_dict()
+            env = getattr(self._prepared, "env", None) or self._spec.action_environment()
             return Ok(
                 _digest.action_digest(self._spec, args, cwd, env, system_inputs=system_inputs)
             )

@@ -229,6 +229,19 @@ class SandboxSpec:
         target = canonical(path)
         return self.outputs.contains(target) or self.temps.contains(target)
 
+    def action_environment(self) -> dict[str, str]:
+        """The variables the action starts with: ``environment``'s, the
+        caller's PATH and HOME when it asks to inherit them, and
+        SOURCE_DATE_EPOCH from ``reproducibility``."""
+        env = self.environment.to_dict()
+        if self.environment.inherit_path and "PATH" in os.environ:
+            env["PATH"] = os.environ["PATH"]
+        if self.environment.inherit_home and "HOME" in os.environ:
+            env["HOME"] = os.environ["HOME"]
+        if self.reproducibility.source_date_epoch is not None:
+            env["SOURCE_DATE_EPOCH"] = str(self.reproducibility.source_date_epoch)
+        return env
+
     def can_network(self) -> bool:
         return not self.network.is_hermetic
 

@@ -130,15 +130,6 @@ class _CMemory:
         return arr
 
 
-def _environment(spec: SandboxSpec) -> dict[str, str]:
-    env = spec.environment.to_dict()
-    if spec.environment.inherit_path and "PATH" in os.environ:
-        env["PATH"] = os.environ["PATH"]
-    if spec.environment.inherit_home and "HOME" in os.environ:
-        env["HOME"] = os.environ["HOME"]
-    return env
-
-
 class _StackPool:
     """Stack regions for pid 1 and the action, reused across spawns.
 
@@ -209,15 +200,12 @@ class Prepared:
             if p not in writable:
                 raise SpecError(f"only outputs and temps can be remapped: {p!r}", value=p)
         self.ops = linux_plan.build_ops(spec, self.workdir, remap) if namespaces else ()
-        self.env = _environment(spec)
+        self.env = spec.action_environment()
         if net.uses_proxy:
             # The proxy's variables win over the spec's: they are the only
             # way out of the sandbox.
             self.env.update(proxy_env(net.allowed_hosts))
-        repro = spec.reproducibility
-        if repro.source_date_epoch is not None:
-            self.env["SOURCE_DATE_EPOCH"] = str(repro.source_date_epoch)
-        self.fresh_clocks = repro.fresh_clocks
+        self.fresh_clocks = spec.reproducibility.fresh_clocks
         if self.fresh_clocks and not (namespaces and os.path.exists("/proc/self/ns/time")):
             raise UnsupportedError(
                 "fresh clocks",
@@ -667,21 +655,21 @@ def execute(
         is_within(cwd, prepared.workdir) or linux_plan.visible(prepared.spec, cwd) or cwd == "/"
     ):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
+    run = functools.partial(
+        _run,
+        prepared,
+        args,
+        workdir,
+        stdin,
+        timeout,
+        kill_grace,
+        observer=observer,
+        cancel=cancel,
+        profile=profile,
+    )
     if prepared.limits.cgroup and prepared.cgroup_version == 1:
         with WORKERS.lease() as worker:
-            return _run(
-                prepared,
-                args,
-                workdir,
-                stdin,
-                timeout,
-                kill_grace,
-                worker,
-                observer,
-                None,
-                cancel,
-                profile,
-            )
+            return run(worker=worker)
     if prepared.limits.cgroup:
         leased: list[V2Group] = []
         try:
@@ -691,35 +679,11 @@ def execute(
                 raise UnsupportedError(
                     "resource limits", f"cannot create a cgroup v2 group: {e}"
                 ) from e
-            return _run(
-                prepared,
-                args,
-                workdir,
-                stdin,
-                timeout,
-                kill_grace,
-                None,
-                observer,
-                group,
-                cancel,
-                profile,
-            )
+            return run(group=group)
         finally:
             for g in leased:
                 g.close()
-    return _run(
-        prepared,
-        args,
-        workdir,
-        stdin,
-        timeout,
-        kill_grace,
-        None,
-        observer,
-        None,
-        cancel,
-        profile,
-    )
+    return run()
 
 
 def cgroup_mechanism() -> tuple[int | None, str | None]:
@@ -740,9 +704,10 @@ def _run(
     stdin: bytes | None,
     timeout: float | None,
     kill_grace: float,
-    worker: Worker | None,
-    observer: Any = None,
+    *,
+    worker: Worker | None = None,
     group: V2Group | None = None,
+    observer: Any = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
 ) -> ExecutionResult:

@@ -146,14 +146,7 @@ class Prepared:
         self.spec = spec
         self.workdir = spec.workdir or "/"
         self.rlimits, self.unenforced = _limits(spec)
-        env = spec.environment.to_dict()
-        if spec.environment.inherit_path and "PATH" in os.environ:
-            env["PATH"] = os.environ["PATH"]
-        if spec.environment.inherit_home and "HOME" in os.environ:
-            env["HOME"] = os.environ["HOME"]
-        if spec.reproducibility.source_date_epoch is not None:
-            env["SOURCE_DATE_EPOCH"] = str(spec.reproducibility.source_date_epoch)
-        self.env = env
+        self.env = spec.action_environment()
         # Profiles without a proxy port are the same for every execution.
         self.profile = None if spec.network.uses_proxy else sbpl_profile(spec)
         if not spec.process.allow_fork and self.profile is not None:

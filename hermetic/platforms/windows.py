@@ -124,17 +124,11 @@ class Prepared:
         self.spec = spec
         self.unenforced = tuple(weak)
         self.workdir = spec.workdir or os.getcwd()
-        env = spec.environment.to_dict()
-        inherit = {"PATH": spec.environment.inherit_path, "HOME": spec.environment.inherit_home}
-        for key, flag in inherit.items():
-            if flag and key in os.environ:
-                env[key] = os.environ[key]
+        env = spec.action_environment()
         # Windows itself needs these to start most programs.
         for key in ("SYSTEMROOT", "WINDIR"):
             if key in os.environ and key not in env:
                 env[key] = os.environ[key]
-        if spec.reproducibility.source_date_epoch is not None:
-            env["SOURCE_DATE_EPOCH"] = str(spec.reproducibility.source_date_epoch)
         self.env = env
 
 
