@@ -27,7 +27,7 @@ from hermetic.core import manifest
 from hermetic.core.errors import ActionFailedError, ExecutionTimeout, HermeticError, SpecError
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.result import Err, Ok, Result
-from hermetic.core.spec import SandboxSpec
+from hermetic.core.spec import SandboxSpec, check_argv
 from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
@@ -259,9 +259,7 @@ class HermeticExecutor:
         ``system_inputs="content"``.
         """
         try:
-            args = [a for a in argv] if not isinstance(argv, (str, bytes)) else None
-            if not args or not all(isinstance(a, str) for a in args):
-                raise SpecError("argv must be a non-empty sequence of str", field="argv")
+            args = list(check_argv(argv))
             env = getattr(self._prepared, "env", None) or self._spec.action_environment()
             return Ok(
                 _digest.action_digest(self._spec, args, cwd, env, system_inputs=system_inputs)

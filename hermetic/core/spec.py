@@ -26,7 +26,7 @@ from hermetic.core.policies import (
 )
 from hermetic.core.result import Err, Ok, Result
 
-__all__ = ["SPEC_VERSION", "SandboxSpec"]
+__all__ = ["SPEC_VERSION", "SandboxSpec", "check_argv"]
 
 SPEC_VERSION = 1
 
@@ -347,6 +347,22 @@ class SandboxSpec:
         # surrogatepass keeps undecodable file names (surrogate-escaped by
         # os.fsdecode) hashable and distinct instead of raising.
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_argv(argv: object) -> tuple[str, ...]:
+    """``argv`` as a tuple of str, or SpecError naming the bad entry."""
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Iterable):
+        raise SpecError("argv must be a non-empty sequence of strings", field="argv", value=argv)
+    out = []
+    for a in argv:
+        if not isinstance(a, str):
+            raise SpecError(f"argv entries must be str, got {a!r}", field="argv", value=a)
+        if "\0" in a:
+            raise SpecError(f"argv entry contains a NUL byte: {a!r}", field="argv", value=a)
+        out.append(a)
+    if not out:
+        raise SpecError("argv must be a non-empty sequence of strings", field="argv", value=argv)
+    return tuple(out)
 
 
 # -- parsing helpers ---------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import is_within
-from hermetic.core.spec import SandboxSpec
+from hermetic.core.spec import SandboxSpec, check_argv
 from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.monitoring.cgroup_v2 import V2Group
@@ -447,19 +447,6 @@ def _fresh_clock_offsets() -> str:
     return "".join(lines)
 
 
-def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(argv, (str, bytes)) or not argv:
-        raise SpecError("argv must be a non-empty sequence of strings", field="argv", value=argv)
-    out = []
-    for a in argv:
-        if not isinstance(a, str):
-            raise SpecError(f"argv entries must be str, got {a!r}", field="argv", value=a)
-        if "\0" in a:
-            raise SpecError(f"argv entry contains a NUL byte: {a!r}", field="argv", value=a)
-        out.append(a)
-    return tuple(out)
-
-
 def _stdin_fd(stdin: bytes | None) -> int:
     if stdin is None:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -647,7 +634,7 @@ def execute(
     resident in a cgroup slot (hermetic/platforms/linux_workers.py); the
     calling thread still does all the waiting.
     """
-    args = _check_argv(argv)
+    args = check_argv(argv)
     workdir = cwd or prepared.workdir
     if "\0" in workdir or not workdir.startswith("/"):
         raise SpecError(f"cwd must be an absolute path: {workdir!r}", field="cwd", value=workdir)
@@ -767,15 +754,7 @@ def _run(
                     raise _setup_error(prepared, args, workdir, error)
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
-                    net = prepared.spec.network
-                    proxy = EgressProxy(
-                        proc.proxy_fd,
-                        net.allowed_hosts,
-                        allow_http=net.allow_http,
-                        allow_https=net.allow_https,
-                        allow_dns=net.allow_dns,
-                        max_bytes=limits.max_network_io,
-                    ).start()
+                    proxy = EgressProxy.for_spec(proc.proxy_fd, prepared.spec).start()
                 if observer is not None:
                     observer.started(proc.pid)
                 serve: Serve | None = None

@@ -41,7 +41,7 @@ from typing import Any
 
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
-from hermetic.core.spec import SandboxSpec
+from hermetic.core.spec import SandboxSpec, check_argv
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos_sbpl import macos_path, sbpl_profile
@@ -332,9 +332,7 @@ def execute(
     profile: dict[str, float] | None = None,
 ) -> ExecutionResult:
     """Run one action under the spec's profile and return its result."""
-    args = tuple(argv)
-    if not args or not all(isinstance(a, str) and "\0" not in a for a in args):
-        raise SpecError("argv must be a non-empty sequence of str without NUL", field="argv")
+    args = check_argv(argv)
     spec = prepared.spec
     workdir = macos_path(cwd or prepared.workdir)
     env = dict(prepared.env)
@@ -361,15 +359,7 @@ def execute(
                     for k, v in proxy_env(spec.network.allowed_hosts).items()
                 }
             )
-            net = spec.network
-            proxy = EgressProxy(
-                listener.fileno(),
-                net.allowed_hosts,
-                allow_http=net.allow_http,
-                allow_https=net.allow_https,
-                allow_dns=net.allow_dns,
-                max_bytes=limits.max_network_io,
-            ).start()
+            proxy = EgressProxy.for_spec(listener.fileno(), spec).start()
         files = [stack.enter_context(tempfile.TemporaryFile()) for _ in range(3)]
         if stdin:
             files[0].write(stdin)

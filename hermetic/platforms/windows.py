@@ -36,9 +36,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
+from hermetic.core.errors import SandboxError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
-from hermetic.core.spec import SandboxSpec
+from hermetic.core.spec import SandboxSpec, check_argv
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.security.timeout import DEFAULT_KILL_GRACE
@@ -173,9 +173,7 @@ def execute(
     msvcrt: Any = importlib.import_module("msvcrt")
     set_inheritable: Any = getattr(os, "set_handle_inheritable")  # noqa: B009
 
-    args = tuple(argv)
-    if not args or not all(isinstance(a, str) and "\0" not in a for a in args):
-        raise SpecError("argv must be a non-empty sequence of str without NUL", field="argv")
+    args = check_argv(argv)
     nat = _native()
     ffi, lib = nat.ffi, nat.lib
     spec = prepared.spec

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterable
 
 from hermetic.core.outcome import Violation, ViolationKind
+from hermetic.core.spec import SandboxSpec
 
 __all__ = ["PROXY_PORT", "EgressProxy", "proxy_env"]
 
@@ -115,6 +116,19 @@ class EgressProxy:
         self._stopping = False
         self._thread = threading.Thread(
             target=self._accept_loop, name="hermetic-proxy", daemon=True
+        )
+
+    @classmethod
+    def for_spec(cls, listener_fd: int, spec: SandboxSpec) -> EgressProxy:
+        """The proxy a spec's NetworkPolicy and max_network_io ask for."""
+        net = spec.network
+        return cls(
+            listener_fd,
+            net.allowed_hosts,
+            allow_http=net.allow_http,
+            allow_https=net.allow_https,
+            allow_dns=net.allow_dns,
+            max_bytes=spec.resources.max_network_io,
         )
 
     def start(self) -> EgressProxy:
