@@ -146,6 +146,25 @@ def test_unchanged_trees_are_not_read_again(tmp_path):
     assert hasher.tree(str(tmp_path)) == first
 
 
+def test_changes_anywhere_in_a_larger_tree_are_seen(tmp_path):
+    # 12 directories: the re-check takes the snapshots on several threads.
+    for i in range(12):
+        (tmp_path / f"d{i}" / "deep").mkdir(parents=True)
+        (tmp_path / f"d{i}" / "deep" / "f").write_text(str(i))
+    hasher = digest.TreeHasher()
+    first = hasher.tree(str(tmp_path))
+    assert hasher.tree(str(tmp_path)) == first
+    (tmp_path / "d7" / "deep" / "f").write_text("changed")
+    changed = hasher.tree(str(tmp_path))
+    assert changed != first
+    (tmp_path / "d3" / "deep" / "new").write_text("")
+    assert hasher.tree(str(tmp_path)) not in (first, changed)
+    os.unlink(tmp_path / "d3" / "deep" / "new")
+    (tmp_path / "d7" / "deep" / "f").write_text("7")
+    assert hasher.tree(str(tmp_path)) == first
+    assert digest.TreeHasher().tree(str(tmp_path)) == first  # equal to a cold hash
+
+
 def test_the_c_snapshot_matches_the_portable_one(tmp_path):
     (tmp_path / "b").write_text("x")
     (tmp_path / "a").mkdir()

@@ -12,8 +12,8 @@ keeps each file's content hash keyed by its path and by the stat fields
 that change when the content does (device, inode, size, mtime, ctime), and
 each directory's digest keyed by a snapshot of its entries' stat fields
 taken in C (csrc/linux/tree.c), so an unchanged tree costs one C call per
-directory.  A file whose mtime alone changed is read again and hashes the
-same.
+directory, and for a tree seen before those calls run on a few threads.
+A file whose mtime alone changed is read again and hashes the same.
 
 The system directories a spec takes from the host (``/usr``, ``/lib``...,
 ``HermeticSpecBuilder.TOOLCHAIN_INPUTS``) are identified by their path by
@@ -23,6 +23,7 @@ hashes them too (the first time takes as long as reading them).
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hashlib
 import json
@@ -110,6 +111,41 @@ def _uncleared(ctype: str, size: int) -> Any:
 _ALLOC: Any = None
 
 
+#: Directories from which an unchanged tree's snapshots go parallel.
+_PARALLEL_DIRS = 8
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _snapshots(dirs: list[bytes], hints: dict[bytes, int]) -> dict[bytes, bytes]:
+    """Snapshots of ``dirs``, taken by a few threads (the C call releases the
+    GIL), each taking every n-th directory; a directory that vanished is
+    left out (its parent's snapshot shows the change)."""
+    global _POOL
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix="hermetic-digest"
+            )
+        pool = _POOL
+
+    def chunk(part: list[bytes]) -> list[tuple[bytes, bytes]]:
+        out = []
+        for d in part:
+            try:
+                out.append((d, _snapshot(os.fsdecode(d), hints.get(d, 0))))
+            except OSError:
+                continue
+        return out
+
+    parts = [dirs[i::workers] for i in range(workers)]
+    found: dict[bytes, bytes] = {}
+    for result in pool.map(chunk, parts):
+        found.update(result)
+    return found
+
+
 def _entries(snap: bytes) -> list[tuple[bytes, tuple[int, ...]]]:
     out = []
     at = 0
@@ -144,9 +180,31 @@ class TreeHasher:
         """The digest of the file, symlink or directory tree at ``path``."""
         st = os.lstat(path)
         fields = (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        return self._node(os.fsencode(path), fields)
+        raw = os.fsencode(path)
+        fresh: dict[bytes, bytes] = {}
+        if stat.S_ISDIR(st.st_mode):
+            # A tree seen before: its directories are known, so their
+            # snapshots (the whole cost of an unchanged tree, one fstatat
+            # per entry) are taken on several threads at once.
+            known = self._known_dirs(raw)
+            if known is not None and len(known) >= _PARALLEL_DIRS:
+                fresh = _snapshots(known, {d: len(self._dirs[d][0]) for d in known})
+        return self._node(raw, fields, fresh)
 
-    def _node(self, path: bytes, fields: tuple[int, ...]) -> str:
+    def _known_dirs(self, root: bytes) -> list[bytes] | None:
+        """Every directory of a cached tree, or None if part of it is not cached."""
+        out = []
+        todo = [root]
+        while todo:
+            d = todo.pop()
+            cached = self._dirs.get(d)
+            if cached is None:
+                return None
+            out.append(d)
+            todo.extend(d + b"/" + name for name in cached[2])
+        return out
+
+    def _node(self, path: bytes, fields: tuple[int, ...], fresh: dict[bytes, bytes]) -> str:
         mode = fields[0]
         if stat.S_ISREG(mode):
             executable = b"x" if mode & 0o111 else b"-"
@@ -154,22 +212,24 @@ class TreeHasher:
         if stat.S_ISLNK(mode):
             return _h(b"link\0", os.readlink(path))
         if stat.S_ISDIR(mode):
-            return self._dir(path)
+            return self._dir(path, fresh)
         # Devices, fifos, sockets: their kind is all that is stable.
         return _h(b"special\0", str(stat.S_IFMT(mode)).encode())
 
-    def _dir(self, path: bytes) -> str:
+    def _dir(self, path: bytes, fresh: dict[bytes, bytes]) -> str:
         cached = self._dirs.get(path)
-        snap = _snapshot(os.fsdecode(path), len(cached[0]) if cached else 0)
+        snap = fresh.get(path)
+        if snap is None:
+            snap = _snapshot(os.fsdecode(path), len(cached[0]) if cached else 0)
         if cached is not None and cached[0] == snap:
-            subs = tuple(self._dir(path + b"/" + name) for name in cached[2])
+            subs = tuple(self._dir(path + b"/" + name, fresh) for name in cached[2])
             if subs == cached[3]:
                 return cached[1]
         h = hashlib.sha256(b"dir\0")
         sub_names: list[bytes] = []
         sub_digests: list[str] = []
         for name, fields in _entries(snap):
-            child = self._node(path + b"/" + name, fields)
+            child = self._node(path + b"/" + name, fields, fresh)
             if stat.S_ISDIR(fields[0]):
                 sub_names.append(name)
                 sub_digests.append(child)
