@@ -243,3 +243,20 @@ def test_a_flood_of_denied_calls_does_not_stretch_the_timeout(runner):
     # deadline was checked: 13 s and more), not a measurement.
     assert out.timed_out
     assert time.monotonic() - start < 10
+
+
+def test_write_audit_can_be_turned_off_and_writes_stay_refused(scratch):
+    from hermetic import HermeticExecutor
+
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    ex = HermeticExecutor.create(spec_for(inputs=[src]), audit_writes=False).unwrap()
+    code = (
+        ERRNO
+        + f"print(attempt(open, '{src}/planted', 'w'))\n"
+        + "import socket\nprint(attempt(socket.sethostname, 'x'))\n"
+    )
+    r = ex.execute(["python3", "-c", code]).unwrap()
+    assert r.stdout.split() == [b"EROFS", b"EPERM"], r.stderr
+    kinds = {v.kind.value for v in r.violations}
+    assert kinds == {"syscall"}  # the denial is still recorded, the write is not

@@ -161,9 +161,14 @@ class Prepared:
 
 
 def prepare(
-    spec: SandboxSpec, *, remap: dict[str, str] | None = None, require_hermetic: bool = True
+    spec: SandboxSpec,
+    *,
+    remap: dict[str, str] | None = None,
+    require_hermetic: bool = True,
+    audit_writes: bool = True,
 ) -> Prepared:
-    """``require_hermetic`` changes nothing here: every layer is applied or refused."""
+    """``require_hermetic`` and ``audit_writes`` change nothing here: every
+    layer is applied or refused, and denials come from the unified log."""
     return Prepared(spec, remap)
 
 

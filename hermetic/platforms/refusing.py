@@ -32,7 +32,11 @@ def refusing_backend(
         return Capabilities(platform=sys.platform, backend=backend, notes=(("sandbox", reason),))
 
     def prepare(
-        spec: SandboxSpec, *, remap: dict[str, str] | None = None, require_hermetic: bool = True
+        spec: SandboxSpec,
+        *,
+        remap: dict[str, str] | None = None,
+        require_hermetic: bool = True,
+        audit_writes: bool = True,
     ) -> Prepared:
         raise UnsupportedError("sandbox", reason)
 

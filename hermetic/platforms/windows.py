@@ -133,7 +133,11 @@ class Prepared:
 
 
 def prepare(
-    spec: SandboxSpec, *, remap: dict[str, str] | None = None, require_hermetic: bool = True
+    spec: SandboxSpec,
+    *,
+    remap: dict[str, str] | None = None,
+    require_hermetic: bool = True,
+    audit_writes: bool = True,
 ) -> Prepared:
     return Prepared(spec, remap, require_hermetic)
 
