@@ -61,7 +61,8 @@ enum hm_op_kind {
     HM_OP_BIND = 4,     /* src (under the old root) onto dst; flags HM_BIND_* */
     HM_OP_TMPFS = 5,    /* dst, data = mount options, flags = MS_* */
     HM_OP_PROC = 6,     /* proc of the new pid namespace at dst */
-    HM_OP_REMOUNT_RO = 7 /* dst read-only, keeping flags (MS_*) */
+    HM_OP_REMOUNT_RO = 7, /* dst read-only, keeping flags (MS_*) */
+    HM_OP_MKNOD = 8     /* a device node: dst, mode (type and bits), flags = device */
 };
 
 /* Sent to pid 1: kill every process of the sandbox, reap them all (so the

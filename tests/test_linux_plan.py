@@ -77,3 +77,35 @@ def test_root_symlinks_follow_visibility():
     links = {o.dst: o.src for o in ops_for(inputs=PathSet.of("/usr")) if o.kind == lp.OP_SYMLINK}
     assert links["/bin"] == os.readlink("/bin")
     assert "/bin" not in {o.dst for o in ops_for() if o.kind == lp.OP_SYMLINK}
+
+
+def test_devices_are_made_or_bound():
+    spec = SandboxSpec()
+    made = {op.dst: op for op in lp.build_ops(spec, make_nodes=True) if op.kind == lp.OP_MKNOD}
+    null = os.stat("/dev/null")
+    assert made["/dev/null"].mode == null.st_mode
+    assert made["/dev/null"].flags == (os.minor(null.st_rdev) | os.major(null.st_rdev) << 8)
+    dev = [op for op in lp.build_ops(spec, make_nodes=True) if op.dst == "/dev"]
+    assert all(
+        not op.flags & lp.MS_NODEV for op in dev if op.kind in (lp.OP_TMPFS, lp.OP_REMOUNT_RO)
+    )
+    bound = lp.build_ops(spec)  # a user's sandbox cannot mknod: binds, nodev tmpfs
+    assert not any(op.kind == lp.OP_MKNOD for op in bound)
+    assert any(op.kind == lp.OP_BIND and op.dst == "/dev/null" for op in bound)
+
+
+def test_the_sandbox_devices_work_as_root_and_as_a_user(runner):
+    from test_linux_isolation import probe, spec_for
+
+    out = probe(
+        runner,
+        spec_for(),
+        """
+import os, stat
+st = os.stat("/dev/null")
+print(stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev), oct(st.st_mode & 0o777))
+open("/dev/null", "w").write("x")
+print(len(open("/dev/urandom", "rb").read(8)))
+""",
+    )
+    assert out.text.split() == ["True", "1", "3", "0o666", "8"]

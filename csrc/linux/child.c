@@ -324,6 +324,8 @@ static long run_op(const struct hm_op *op)
     case HM_OP_REMOUNT_RO:
         return HM_SYS5(SYS_mount, 0, op->dst, 0,
                        MS_REMOUNT | MS_BIND | MS_RDONLY | (unsigned long)op->flags, 0);
+    case HM_OP_MKNOD:
+        return HM_SYS4(SYS_mknodat, AT_FDCWD, op->dst, op->mode, (unsigned int)op->flags);
     }
     return -EINVAL;
 }
@@ -522,6 +524,9 @@ static int action_main(void *arg)
 static void build_sandbox(const struct hm_plan *p, struct hm_proc *proc)
 {
     long r;
+    /* The plan's modes exactly, not the caller's umask (pid 1 has its own
+     * fs_struct: the caller's umask is untouched). */
+    HM_SYS1(SYS_umask, 0);
     /* Ids first: until the maps exist, files cannot be created in the new
      * user namespace.  setgroups must be denied before an unprivileged
      * gid_map write. */

@@ -92,6 +92,7 @@ _OP_STAGES = {
     linux_plan.OP_TMPFS: "tmpfs",
     linux_plan.OP_PROC: "proc",
     linux_plan.OP_REMOUNT_RO: "remount-ro",
+    linux_plan.OP_MKNOD: "mknod",
 }
 
 
@@ -204,7 +205,18 @@ class Prepared:
         for p in remap or {}:
             if p not in writable:
                 raise SpecError(f"only outputs and temps can be remapped: {p!r}", value=p)
-        self.ops = linux_plan.build_ops(spec, self.workdir, remap) if namespaces else ()
+        # The host's root needs no user namespace: its sandbox runs as uid 0
+        # either way (a namespace would map 0 to 0), capabilities dropped.
+        # Skipping it saves creating it and writing the id maps, and pid 1,
+        # still root, makes /dev's nodes instead of binding them.
+        self.userns = namespaces and not _global_root()
+        self.ops = (
+            linux_plan.build_ops(
+                spec, self.workdir, remap, make_nodes=namespaces and not self.userns
+            )
+            if namespaces
+            else ()
+        )
         self.env = spec.action_environment()
         if net.uses_proxy:
             # The proxy's variables win over the spec's: they are the only
@@ -253,10 +265,6 @@ class Prepared:
         ns_flags = ALL_NAMESPACES
         if self.pooled_network or net.host_network:
             ns_flags &= ~CLONE_NEWNET
-        # The host's root needs no user namespace: its sandbox runs as uid 0
-        # either way (a namespace would map 0 to 0), capabilities dropped.
-        # Skipping it saves creating it and writing the id maps.
-        self.userns = namespaces and not _global_root()
         if namespaces and not self.userns:
             ns_flags &= ~CLONE_NEWUSER
         if not namespaces:

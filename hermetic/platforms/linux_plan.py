@@ -38,6 +38,7 @@ OP_BIND = 4
 OP_TMPFS = 5
 OP_PROC = 6
 OP_REMOUNT_RO = 7
+OP_MKNOD = 8
 BIND_RDONLY = 1
 BIND_DEVICES = 2
 BIND_SYSTEM = 4
@@ -63,6 +64,8 @@ DEV_LINKS = (
 _RESERVED = ("/proc", "/dev", OLDROOT)
 DEV_TMPFS_DATA = "mode=0755,size=65536"
 DEV_TMPFS_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+#: /dev when its nodes are made in it (a root caller): device nodes must work.
+DEV_TMPFS_FLAGS_NODES = MS_NOSUID | MS_NOEXEC
 PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 #: /proc/1/cmdline: pid 1 shares the caller's memory, so its command line
 #: would be the caller's.
@@ -99,6 +102,7 @@ class _Entry:
     is_dir: bool = True
     data: str | None = None
     mount_flags: int = 0
+    mode: int = 0
 
 
 def _depth_key(path: str) -> tuple[str, ...]:
@@ -148,7 +152,13 @@ def _bind(path: str, flags: int, origin: str, source: str | None = None) -> _Ent
     return _Entry(path, "bind", origin, src=OLDROOT + source, flags=flags, is_dir=is_dir)
 
 
-def _system(declared: list[_Entry]) -> list[_Entry]:
+def _encode_dev(rdev: int) -> int:
+    """A device number as mknodat(2) takes it (the kernel's new encoding)."""
+    major, minor = os.major(rdev), os.minor(rdev)
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+def _system(declared: list[_Entry], make_nodes: bool) -> list[_Entry]:
     entries = [
         _Entry("/proc", "proc", "the sandbox's /proc"),
         _Entry(
@@ -156,12 +166,27 @@ def _system(declared: list[_Entry]) -> list[_Entry]:
             "tmpfs",
             "the sandbox's /dev",
             data=DEV_TMPFS_DATA,
-            mount_flags=DEV_TMPFS_FLAGS,
+            mount_flags=DEV_TMPFS_FLAGS_NODES if make_nodes else DEV_TMPFS_FLAGS,
         ),
     ]
     for name in DEVICES:
         host = "/dev/" + name
-        if os.path.exists(host):
+        if make_nodes and os.path.exists(host):
+            # Made in the sandbox's own /dev, which is read-only once set up:
+            # one mknodat instead of a file, a bind and its flags.  Only
+            # pid 1 of a root caller may (no user namespace).
+            st = os.stat(host)
+            entries.append(
+                _Entry(
+                    host,
+                    "mknod",
+                    f"device {host}",
+                    flags=_encode_dev(st.st_rdev),
+                    mode=st.st_mode,
+                    is_dir=False,
+                )
+            )
+        elif os.path.exists(host):
             # Read-only binds: reading and writing a device node still work,
             # changing its owner or mode on the host does not.
             entries.append(
@@ -236,15 +261,19 @@ def _root_links(entries: list[_Entry]) -> list[_Entry]:
 
 
 def build_ops(
-    spec: SandboxSpec, workdir: str | None = None, remap: dict[str, str] | None = None
+    spec: SandboxSpec,
+    workdir: str | None = None,
+    remap: dict[str, str] | None = None,
+    make_nodes: bool = False,
 ) -> tuple[Op, ...]:
     """The op list for ``spec``; raises SpecError naming the culprit path.
 
     ``remap`` binds other host paths at some outputs and temps (the fresh
-    copies of a reproducibility check).
+    copies of a reproducibility check).  ``make_nodes``: /dev's devices are
+    made with mknod (pid 1 runs as the host's root) instead of bound.
     """
     declared = _declared(spec, remap or {})
-    entries = declared + _system(declared)
+    entries = declared + _system(declared, make_nodes)
     entries += _root_links(entries)
     if workdir and workdir != "/":
         entries.append(_Entry(workdir, "dir", f"working directory {workdir!r}"))
@@ -300,9 +329,12 @@ def build_ops(
             ops.append(Op(OP_PROC, e.path, origin=e.origin))
         elif e.kind == "symlink":
             ops.append(Op(OP_SYMLINK, e.path, src=e.src, origin=e.origin))
+        elif e.kind == "mknod":
+            ops.append(Op(OP_MKNOD, e.path, flags=e.flags, mode=e.mode, origin=e.origin))
         placed.append(e)
     # /dev is complete: nothing more may be created in it.
-    ops.append(Op(OP_REMOUNT_RO, "/dev", flags=DEV_TMPFS_FLAGS, origin="read-only /dev"))
+    dev_flags = DEV_TMPFS_FLAGS_NODES if make_nodes else DEV_TMPFS_FLAGS
+    ops.append(Op(OP_REMOUNT_RO, "/dev", flags=dev_flags, origin="read-only /dev"))
     return tuple(ops)
 
 
