@@ -45,7 +45,8 @@ enum hm_stage {
     HM_STAGE_PROXY = 26,        /* the egress proxy's listening socket */
     HM_STAGE_LANDLOCK = 27,     /* a Landlock rule (op_index: which) or the ruleset */
     HM_STAGE_SUBREAPER = 28,    /* pid 1 without namespaces becoming a subreaper */
-    HM_STAGE_TIMENS = 29        /* a time namespace for the action (fresh clocks) */
+    HM_STAGE_TIMENS = 29,       /* a time namespace for the action (fresh clocks) */
+    HM_STAGE_MNTNS = 30         /* joining the prepared mount namespace, or copying it */
 };
 
 /* Records on the report channel that carry a descriptor (SCM_RIGHTS)
@@ -62,8 +63,13 @@ enum hm_op_kind {
     HM_OP_TMPFS = 5,    /* dst, data = mount options, flags = MS_* */
     HM_OP_PROC = 6,     /* proc of the new pid namespace at dst */
     HM_OP_REMOUNT_RO = 7, /* dst read-only, keeping flags (MS_*) */
-    HM_OP_MKNOD = 8     /* a device node: dst, mode (type and bits), flags = device */
+    HM_OP_MKNOD = 8,    /* a device node: dst, mode (type and bits), flags = device */
+    HM_OP_GRAB = 9,     /* a detached copy of the mount tree at dst, kept in slot flags */
+    HM_OP_PLACE = 10    /* the copy in slot flags attached at dst */
 };
+
+/* Copies of mount trees one op list can hold (HM_OP_GRAB slots). */
+#define HM_MAX_GRABS 32
 
 /* Sent to pid 1: kill every process of the sandbox, reap them all (so the
  * caller's wait4 accounts for them), record the action's status, exit.
@@ -105,6 +111,10 @@ struct hm_plan {
                                         creating one (ns_flags has no CLONE_NEWNET) */
     int cgroup_fd;                   /* >= 0: a cgroup v2 directory pid 1 is born in
                                         (clone3 CLONE_INTO_CGROUP) */
+    int mntns_fd;                    /* >= 0: a mount namespace made by hm_mntns_create;
+                                        pid 1 joins it and unshares a private copy, ops
+                                        are then only the per-action steps, and ns_flags
+                                        has no CLONE_NEWNS */
     const char *uid_map;             /* text for /proc/self/uid_map */
     const char *gid_map;
     const char *staging;             /* host dir the new root is mounted on */
@@ -233,6 +243,7 @@ void *hm_stack_new(void);
 void hm_stack_free(void *stack);
 int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);
+int hm_mntns_create(const struct hm_plan *plan, struct hm_error *error);
 int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts);
 int hm_notify_serve(int fd, struct hm_notice *out, int max);
 int hm_notify_wait(int target, int listener, int timeout_ms, struct hm_notice *out, int max,

@@ -30,6 +30,11 @@ def test_backend_signatures_match():
         assert len(sigs) == 1, (fn, sigs)
 
 
+def test_every_prepared_spec_can_be_closed():
+    for m in (linux, macos, windows):
+        assert callable(getattr(m.Prepared, "close", None)), m.__name__
+
+
 def test_an_unknown_os_fails_closed():
     with pytest.raises(UnsupportedError, match="not implemented"):
         unsupported.prepare(SandboxSpec())

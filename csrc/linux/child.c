@@ -214,19 +214,20 @@ static void reset_signal_handlers(void)
  * table, including descriptors other threads opened without O_CLOEXEC. */
 static void setup_fds(const struct hm_plan *p, int report_fd, int parent_pidfd)
 {
-    int src[6] = {p->stdin_fd, p->stdout_fd, p->stderr_fd, report_fd, parent_pidfd, p->cgroup_fd};
-    int tmp[6];
+    int src[HM_FD_FIRST_FREE] = {p->stdin_fd,  p->stdout_fd,   p->stderr_fd, report_fd,
+                                 parent_pidfd, p->cgroup_fd, p->mntns_fd};
+    int tmp[HM_FD_FIRST_FREE];
     /* First above every target, so no dup3 below overwrites a source. */
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < HM_FD_FIRST_FREE; i++) {
         tmp[i] = -1;
         if (src[i] < 0)
             continue;
-        long r = HM_SYS3(SYS_fcntl, src[i], F_DUPFD_CLOEXEC, 10);
+        long r = HM_SYS3(SYS_fcntl, src[i], F_DUPFD_CLOEXEC, HM_FD_FIRST_FREE + 4);
         if (r < 0)
             fail(report_fd, HM_STAGE_FDS, i, r);
         tmp[i] = (int)r;
     }
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < HM_FD_FIRST_FREE; i++) {
         if (tmp[i] < 0) {
             HM_SYS1(SYS_close, i);
             continue;
@@ -299,7 +300,43 @@ static long bind_tree(const struct hm_op *op)
     return r;
 }
 
-static long run_op(const struct hm_op *op)
+/* A detached copy of the mount tree at dst (HM_OP_GRAB): taken from the
+ * prepared namespace's copy before a fresh mount covers it. */
+static long grab_tree(const struct hm_op *op, long *slots)
+{
+    if (op->flags < 0 || op->flags >= HM_MAX_GRABS)
+        return -EINVAL;
+    long at = open_nofollow(op->dst);
+    if (at < 0)
+        return at;
+    long tree = HM_SYS3(SYS_open_tree, at, "",
+                        HM_OPEN_TREE_CLONE | O_CLOEXEC | HM_AT_RECURSIVE | HM_AT_EMPTY_PATH);
+    HM_SYS1(SYS_close, at);
+    if (tree < 0)
+        return tree;
+    slots[op->flags] = tree;
+    return 0;
+}
+
+/* The copy in a slot attached at dst (HM_OP_PLACE); its flags are those of
+ * the mount it was copied from. */
+static long place_tree(const struct hm_op *op, long *slots)
+{
+    if (op->flags < 0 || op->flags >= HM_MAX_GRABS || slots[op->flags] < 0)
+        return -EINVAL;
+    long dst = open_nofollow(op->dst);
+    long r = dst;
+    if (dst >= 0) {
+        r = HM_SYS5(SYS_move_mount, slots[op->flags], "", dst, "",
+                    HM_MOVE_MOUNT_F_EMPTY_PATH | HM_MOVE_MOUNT_T_EMPTY_PATH);
+        HM_SYS1(SYS_close, dst);
+    }
+    HM_SYS1(SYS_close, slots[op->flags]);
+    slots[op->flags] = -1;
+    return r;
+}
+
+static long run_op(const struct hm_op *op, long *slots)
 {
     long r;
     switch ((enum hm_op_kind)op->kind) {
@@ -326,8 +363,105 @@ static long run_op(const struct hm_op *op)
                        MS_REMOUNT | MS_BIND | MS_RDONLY | (unsigned long)op->flags, 0);
     case HM_OP_MKNOD:
         return HM_SYS4(SYS_mknodat, AT_FDCWD, op->dst, op->mode, (unsigned int)op->flags);
+    case HM_OP_GRAB:
+        return grab_tree(op, slots);
+    case HM_OP_PLACE:
+        return place_tree(op, slots);
     }
     return -EINVAL;
+}
+
+/* Where setup stopped: a stage, the op's index (HM_STAGE_OP) and -errno. */
+struct hm_fail {
+    int stage;
+    int op_index;
+    long err;
+};
+
+static int failed(struct hm_fail *f, int stage, int op_index, long err)
+{
+    f->stage = stage;
+    f->op_index = op_index;
+    f->err = err;
+    return -1;
+}
+
+/* The op list in order; copies still held when one fails are dropped. */
+static int run_ops(const struct hm_op *ops, int n, struct hm_fail *f)
+{
+    long slots[HM_MAX_GRABS];
+    for (int i = 0; i < HM_MAX_GRABS; i++)
+        slots[i] = -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        long r = run_op(&ops[i], slots);
+        if (r < 0)
+            rc = failed(f, HM_STAGE_OP, i, r);
+    }
+    for (int i = 0; i < HM_MAX_GRABS; i++)
+        if (slots[i] >= 0)
+            HM_SYS1(SYS_close, slots[i]);
+    return rc;
+}
+
+/* The sandbox's filesystem from the host's, in this process's new mount
+ * namespace: private, a tmpfs root, pivot_root, the op list, the old root
+ * detached, the root read-only. */
+static int build_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail *f)
+{
+    /* Private first, so nothing below propagates to the host. */
+    long r = HM_SYS5(SYS_mount, 0, "/", 0, MS_REC | MS_PRIVATE, 0);
+    if (r < 0)
+        return failed(f, HM_STAGE_MOUNT_PRIVATE, -1, r);
+    /* The new root is a tmpfs mounted on the staging directory, then made
+     * the root with the host's root kept at oldroot until every bind has
+     * taken its source from it.  pivot_root detaches the tmpfs from the
+     * staging directory, so sources under it stay reachable. */
+    r = HM_SYS5(SYS_mount, "tmpfs", p->staging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+    if (r < 0)
+        return failed(f, HM_STAGE_ROOT_TMPFS, -1, r);
+    r = HM_SYS1(SYS_chdir, p->staging);
+    if (r == 0)
+        r = HM_SYS3(SYS_mkdirat, AT_FDCWD, p->oldroot + 1, 0700);
+    if (r == 0)
+        r = HM_SYS2(SYS_pivot_root, ".", p->oldroot + 1);
+    if (r == 0)
+        r = HM_SYS1(SYS_chdir, "/");
+    if (r < 0)
+        return failed(f, HM_STAGE_PIVOT_ROOT, -1, r);
+    if (run_ops(p->ops, p->n_ops, f) < 0)
+        return -1;
+    if (proc)
+        stamp(proc, p->profile, HM_STAMP_OPS);
+    /* Only now is the host unreachable. */
+    r = HM_SYS2(SYS_umount2, p->oldroot, MNT_DETACH);
+    if (r == 0)
+        r = HM_SYS3(SYS_unlinkat, AT_FDCWD, p->oldroot, AT_REMOVEDIR);
+    if (r < 0)
+        return failed(f, HM_STAGE_DETACH_OLDROOT, -1, r);
+    /* Read-only last: the ops above create mount points in the root. */
+    r = HM_SYS5(SYS_mount, 0, "/", 0, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, 0);
+    if (r < 0)
+        return failed(f, HM_STAGE_ROOT_READONLY, -1, r);
+    return 0;
+}
+
+/* The sandbox's filesystem as a private copy of a prepared mount namespace
+ * (hm_mntns_create): joining it makes its root this process's root, the
+ * copy keeps each action's mounts from the others', and the op list adds
+ * what each action gets fresh (/proc, the private /tmp). */
+static int copy_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail *f)
+{
+    long r = HM_SYS2(SYS_setns, HM_FD_MNTNS, CLONE_NEWNS);
+    if (r == 0)
+        r = HM_SYS1(SYS_unshare, CLONE_NEWNS);
+    HM_SYS1(SYS_close, HM_FD_MNTNS);
+    if (r < 0)
+        return failed(f, HM_STAGE_MNTNS, -1, r);
+    if (run_ops(p->ops, p->n_ops, f) < 0)
+        return -1;
+    stamp(proc, p->profile, HM_STAMP_OPS);
+    return 0;
 }
 
 static long loopback_up(void)
@@ -543,42 +677,9 @@ static void build_sandbox(const struct hm_plan *p, struct hm_proc *proc)
     }
 
     stamp(proc, p->profile, HM_STAMP_IDS);
-    /* Mounts.  Private first, so nothing below propagates to the host. */
-    r = HM_SYS5(SYS_mount, 0, "/", 0, MS_REC | MS_PRIVATE, 0);
-    if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_MOUNT_PRIVATE, -1, r);
-    /* The new root is a tmpfs mounted on the staging directory, then made
-     * the root with the host's root kept at oldroot until every bind has
-     * taken its source from it.  pivot_root detaches the tmpfs from the
-     * staging directory, so sources under it stay reachable. */
-    r = HM_SYS5(SYS_mount, "tmpfs", p->staging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
-    if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_ROOT_TMPFS, -1, r);
-    r = HM_SYS1(SYS_chdir, p->staging);
-    if (r == 0)
-        r = HM_SYS3(SYS_mkdirat, AT_FDCWD, p->oldroot + 1, 0700);
-    if (r == 0)
-        r = HM_SYS2(SYS_pivot_root, ".", p->oldroot + 1);
-    if (r == 0)
-        r = HM_SYS1(SYS_chdir, "/");
-    if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_PIVOT_ROOT, -1, r);
-    for (int i = 0; i < p->n_ops; i++) {
-        r = run_op(&p->ops[i]);
-        if (r < 0)
-            fail(HM_FD_REPORT, HM_STAGE_OP, i, r);
-    }
-    stamp(proc, p->profile, HM_STAMP_OPS);
-    /* Only now is the host unreachable. */
-    r = HM_SYS2(SYS_umount2, p->oldroot, MNT_DETACH);
-    if (r == 0)
-        r = HM_SYS3(SYS_unlinkat, AT_FDCWD, p->oldroot, AT_REMOVEDIR);
-    if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_DETACH_OLDROOT, -1, r);
-    /* Read-only last: the ops above create mount points in the root. */
-    r = HM_SYS5(SYS_mount, 0, "/", 0, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, 0);
-    if (r < 0)
-        fail(HM_FD_REPORT, HM_STAGE_ROOT_READONLY, -1, r);
+    struct hm_fail f = {0, -1, 0};
+    if ((p->mntns_fd >= 0 ? copy_root(p, proc, &f) : build_root(p, proc, &f)) < 0)
+        fail(HM_FD_REPORT, f.stage, f.op_index, f.err);
 
     if (p->hostname) {
         r = HM_SYS2(SYS_sethostname, p->hostname, hm_strlen(p->hostname));
@@ -745,6 +846,30 @@ int hm__pid1_main(void *argp)
     }
     stamp(proc, profile, HM_STAMP_DONE);
     hm_exit(0);
+}
+
+/* Makes a prepared mount namespace (hm_mntns_create): the root built from
+ * plan->ops, in a namespace of its own that a descriptor keeps.  Cloned
+ * with CLONE_FILES, so the descriptor lands in the caller's table, and
+ * CLONE_VFORK, so the caller waits. */
+int hm__mntns_main(void *argp)
+{
+    struct hm_mntns_args *a = argp;
+    struct hm_fail f = {0, -1, 0};
+    /* The plan's modes exactly: this process has its own fs_struct. */
+    HM_SYS1(SYS_umask, 0);
+    long fd = HM_SYS4(SYS_openat, AT_FDCWD, "/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) {
+        failed(&f, HM_STAGE_MNTNS, -1, fd);
+    } else if (build_root(a->plan, 0, &f) < 0) {
+        HM_SYS1(SYS_close, fd);
+        fd = -1;
+    }
+    a->fd = (int)fd;
+    a->stage = f.stage;
+    a->op_index = f.op_index;
+    a->err = (int)f.err;
+    return 0;
 }
 
 /* Makes a network namespace for the pool: loopback up, and a descriptor

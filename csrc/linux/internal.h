@@ -8,7 +8,8 @@
 #define HM_FD_REPORT 3  /* write end of the error pipe, close-on-exec */
 #define HM_FD_PARENT 4  /* pidfd of the caller, or -1 */
 #define HM_FD_CGROUP 5  /* the action's cgroup v2 directory, or closed */
-#define HM_FD_FIRST_FREE 6
+#define HM_FD_MNTNS 6   /* the prepared mount namespace to copy, or closed */
+#define HM_FD_FIRST_FREE 7
 
 /* Size of the action's stack (spawn.c lays out the region). */
 #define HM_ACTION_STACK 65536UL
@@ -27,6 +28,15 @@ struct hm_netns_args {
     int err;              /* out: 0 or -errno */
 };
 
+/* A prepared mount namespace (hm_mntns_create). */
+struct hm_mntns_args {
+    const struct hm_plan *plan; /* staging, oldroot and the op list */
+    int fd;                     /* out: /proc/self/ns/mnt, or -1 */
+    int stage;                  /* out: where it failed (HM_STAGE_*), op_index, -errno */
+    int op_index;
+    int err;
+};
+
 /* A call that writes a path, as the seccomp listener reads it: argument
  * indexes of the path and its directory descriptor (-1: none), of rename's
  * source, and of open's flags (-1: always a write). */
@@ -43,5 +53,6 @@ const struct hm_write_call *hm__write_call(int nr);
 
 int hm__pid1_main(void *arg);
 int hm__netns_main(void *arg);
+int hm__mntns_main(void *arg);
 
 #endif

@@ -372,3 +372,38 @@ int hm_netns_create(void)
     munmap(region, HM_STACK);
     return args.err < 0 ? args.err : args.fd;
 }
+
+/* A prepared mount namespace: plan->ops built into a new root (as pid 1
+ * would, from the caller's view of the filesystem), held by the returned
+ * descriptor.  Returns the descriptor or -errno, with error filled in. */
+int hm_mntns_create(const struct hm_plan *plan, struct hm_error *error)
+{
+    memset(error, 0, sizeof *error);
+    error->op_index = -1;
+    char *region = mmap(NULL, HM_STACK, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (region == MAP_FAILED)
+        return -errno;
+    struct hm_mntns_args args = {plan, -1, HM_STAGE_MNTNS, -1, -EPROTO};
+    int flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_NEWNS | SIGCHLD;
+    unsigned long old;
+    block_all(&old);
+    pid_t pid = clone(hm__mntns_main, region + HM_STACK, flags, &args);
+    int e = errno;
+    restore_mask(&old);
+    if (pid < 0) {
+        munmap(region, HM_STACK);
+        error->stage = HM_STAGE_CLONE;
+        error->err = e;
+        return -e;
+    }
+    while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+        ;
+    munmap(region, HM_STACK);
+    if (args.fd >= 0)
+        return args.fd;
+    error->stage = args.stage;
+    error->op_index = args.op_index;
+    error->err = -args.err;
+    return args.err < 0 ? args.err : -EPROTO;
+}

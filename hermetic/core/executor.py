@@ -125,11 +125,15 @@ class HermeticExecutor:
             return Err(e)
 
     def close(self) -> None:
-        """Stop the threads ``execute_async`` started (running actions finish first)."""
+        """Stop the threads ``execute_async`` started (running actions finish
+        first) and release what the prepared spec holds (on Linux, for a root
+        caller, the mount namespace its actions copy).  An execute after
+        close prepares again."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self._prepared.close()
 
     def __enter__(self) -> HermeticExecutor:
         return self
@@ -309,7 +313,12 @@ class HermeticExecutor:
                     p: _fresh_copy(p, fresh_dirs) for p in (*self._spec.outputs, *self._spec.temps)
                 }
                 prepared = self._backend.prepare(self._spec, remap=remap)
-                result = self._backend.execute(prepared, argv, cwd=cwd, stdin=data, timeout=seconds)
+                try:
+                    result = self._backend.execute(
+                        prepared, argv, cwd=cwd, stdin=data, timeout=seconds
+                    )
+                finally:
+                    prepared.close()
                 self._record(result)
                 roots = [remap[p] for p in self._spec.outputs]
                 shown = {remap[p]: p for p in self._spec.outputs}

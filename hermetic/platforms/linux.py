@@ -27,11 +27,17 @@ from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.monitoring.usage import ResourceUsage
-from hermetic.platforms import linux_landlock, linux_plan
+from hermetic.platforms import linux_landlock, linux_plan, linux_template
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.linux_limits import _global_root, plan_limits
 from hermetic.platforms.linux_netns import POOL as NETNS
-from hermetic.platforms.linux_probe import ALL_NAMESPACES, CLONE_NEWNET, CLONE_NEWUSER, probe
+from hermetic.platforms.linux_probe import (
+    ALL_NAMESPACES,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWUSER,
+    probe,
+)
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
@@ -52,6 +58,10 @@ END_WAIT = 1.0
 DOMAINNAME = "localdomain"
 #: PATH searched for argv[0] when the spec's environment has none (execvp's).
 DEFAULT_SEARCH_PATH = "/bin:/usr/bin"
+#: Root callers build each spec's root once and copy it per action
+#: (hermetic/platforms/linux_template.py).  False builds it per action, as
+#: for unprivileged callers (benchmarks compare both).
+MOUNT_TEMPLATE = True
 
 _STAGES = {
     1: "fds",
@@ -83,6 +93,7 @@ _STAGES = {
     27: "landlock",
     28: "subreaper",
     29: "time-namespace",
+    30: "mount-namespace",
 }
 _OP_STAGES = {
     linux_plan.OP_MKDIR: "mkdir",
@@ -93,6 +104,8 @@ _OP_STAGES = {
     linux_plan.OP_PROC: "proc",
     linux_plan.OP_REMOUNT_RO: "remount-ro",
     linux_plan.OP_MKNOD: "mknod",
+    linux_plan.OP_GRAB: "bind",
+    linux_plan.OP_PLACE: "bind",
 }
 
 
@@ -121,6 +134,19 @@ class _CMemory:
         c = self.ffi.new("char[]", os.fsencode(s))
         self.keep.append(c)
         return c
+
+    def ops(self, ops: Sequence[linux_plan.Op]) -> Any:
+        arr = self.ffi.new("struct hm_op[]", len(ops))
+        for i, op in enumerate(ops):
+            c = arr[i]
+            c.kind = op.kind
+            c.flags = op.flags
+            c.mode = op.mode
+            c.src = self.cstr(op.src)
+            c.dst = self.cstr(op.dst)
+            c.data = self.cstr(op.data)
+        self.keep.append(arr)
+        return arr
 
     def strv(self, items: Sequence[str]) -> Any:
         arr = self.ffi.new("char *[]", len(items) + 1)
@@ -240,16 +266,38 @@ class Prepared:
         mem = _CMemory()
         ffi = mem.ffi
         self._mem = mem
-        ops = ffi.new("struct hm_op[]", len(self.ops))
-        for i, op in enumerate(self.ops):
-            c = ops[i]
-            c.kind = op.kind
-            c.flags = op.flags
-            c.mode = op.mode
-            c.src = mem.cstr(op.src)
-            c.dst = mem.cstr(op.dst)
-            c.data = mem.cstr(op.data)
-        mem.keep.append(ops)
+        # The ops pid 1 runs; with a prepared mount namespace, only the
+        # per-action part, the rest being built once into the namespace.
+        self.action_ops = self.ops
+        self.template_ops: tuple[linux_plan.Op, ...] = ()
+        self.mount_template: linux_template.MountTemplate | None = None
+        split = (
+            linux_template.split_ops(self.ops)
+            if MOUNT_TEMPLATE and namespaces and not self.userns
+            else None
+        )
+        if split is not None:
+            self.template_ops, self.action_ops = split
+            t_ops = self.template_ops
+            tplan = ffi.new(
+                "struct hm_plan *",
+                {
+                    "staging": mem.cstr(linux_plan.STAGING),
+                    "oldroot": mem.cstr(linux_plan.OLDROOT),
+                    "ops": mem.ops(self.template_ops),
+                    "n_ops": len(self.template_ops),
+                },
+            )
+            mem.keep.append(tplan)
+            terr = ffi.new("struct hm_error *")
+            mem.keep.append(terr)
+            self.mount_template = linux_template.MountTemplate(
+                linux_template.host_sources(self.template_ops),
+                linux_template.native_build(
+                    tplan, terr, lambda e: _setup_error(None, ("",), "/", e, t_ops)
+                ),
+            )
+        ops = mem.ops(self.action_ops)
         rl = ffi.new("struct hm_rlimit[]", len(self.limits.rlimits))
         for i, (res, cur, mx) in enumerate(self.limits.rlimits):
             rl[i].resource = res
@@ -267,6 +315,8 @@ class Prepared:
             ns_flags &= ~CLONE_NEWNET
         if namespaces and not self.userns:
             ns_flags &= ~CLONE_NEWUSER
+        if self.mount_template is not None:
+            ns_flags &= ~CLONE_NEWNS  # pid 1 copies the prepared one
         if not namespaces:
             self.pooled_network = False
             ns_flags = 0
@@ -286,12 +336,13 @@ class Prepared:
             "ns_flags": ns_flags,
             "netns_fd": -1,
             "cgroup_fd": -1,
+            "mntns_fd": -1,
             "uid_map": mem.cstr(f"{uid} {uid} 1\n" if self.userns else None),
             "gid_map": mem.cstr(f"{gid} {gid} 1\n" if self.userns else None),
             "staging": mem.cstr(linux_plan.STAGING),
             "oldroot": mem.cstr(linux_plan.OLDROOT),
             "ops": ops,
-            "n_ops": len(self.ops),
+            "n_ops": len(self.action_ops),
             "hostname": mem.cstr(HOSTNAME if namespaces else None),
             "domainname": mem.cstr(DOMAINNAME if namespaces else None),
             "loopback_up": 0 if self.pooled_network or net.host_network or not namespaces else 1,
@@ -310,6 +361,12 @@ class Prepared:
         self._plan_size = ffi.sizeof("struct hm_plan")
         self._c_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._c_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the prepared mount namespace, if any (running actions keep
+        theirs until they end; a later execute prepares a new one)."""
+        if self.mount_template is not None:
+            self.mount_template.close()
 
     def _filter(self, exec_ptrs: Sequence[int]) -> tuple[Any, int]:
         """The seccomp program for this spec; ``exec_ptrs`` the action's own
@@ -495,22 +552,32 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _setup_error(prepared: Prepared, argv: tuple[str, ...], cwd: str, err: Any) -> SandboxError:
+def _setup_error(
+    prepared: Prepared | None,
+    argv: tuple[str, ...],
+    cwd: str,
+    err: Any,
+    ops: tuple[linux_plan.Op, ...] | None = None,
+) -> SandboxError:
+    """The error for a failed setup; ``ops``: the list op_index is in (the
+    prepared namespace's, or by default the one pid 1 runs)."""
     stage = _STAGES.get(err.stage, f"stage {err.stage}")
     path = None
     detail = None
     idx = err.op_index
-    if err.stage == 9 and 0 <= idx < len(prepared.ops):
-        op = prepared.ops[idx]
+    if ops is None:
+        ops = prepared.action_ops if prepared is not None else ()
+    if err.stage == 9 and 0 <= idx < len(ops):
+        op = ops[idx]
         stage = _OP_STAGES.get(op.kind, stage)
         path = op.dst
         detail = op.origin
-    elif stage == "exec":
+    elif stage == "exec" and prepared is not None:
         cands = prepared.exec_candidates(argv[0])
         path = cands[idx] if 0 <= idx < len(cands) else argv[0]
         if err.err == 2:
             detail = f"{argv[0]!r} not found in the sandbox (searched {':'.join(cands)})"
-    elif stage == "landlock" and 0 <= idx < len(prepared.landlock_rules):
+    elif stage == "landlock" and prepared is not None and 0 <= idx < len(prepared.landlock_rules):
         path = prepared.landlock_rules[idx].path
         detail = "Landlock rule"
     elif stage == "chdir":
@@ -757,6 +824,8 @@ def _run(
         with contextlib.ExitStack() as lease:
             if prepared.pooled_network:
                 plan.netns_fd = lease.enter_context(NETNS.lease())
+            if prepared.mount_template is not None:
+                plan.mntns_fd = lease.enter_context(prepared.mount_template.lease())
             start = time.monotonic()
             proc.pid = -1
             proxy: EgressProxy | None = None

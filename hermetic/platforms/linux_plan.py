@@ -39,6 +39,10 @@ OP_TMPFS = 5
 OP_PROC = 6
 OP_REMOUNT_RO = 7
 OP_MKNOD = 8
+OP_GRAB = 9
+OP_PLACE = 10
+#: HM_MAX_GRABS: copies of mount trees one op list can hold.
+MAX_GRABS = 32
 BIND_RDONLY = 1
 BIND_DEVICES = 2
 BIND_SYSTEM = 4

@@ -125,6 +125,9 @@ def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], list[str]]:
 class Prepared:
     """A spec made ready to run on macOS: its profile and plan."""
 
+    def close(self) -> None:
+        """Nothing to release: every resource is per action here."""
+
     def __init__(self, spec: SandboxSpec, remap: dict[str, str] | None = None) -> None:
         caps = capabilities()
         if caps.isolation == "none":

@@ -81,6 +81,9 @@ def capabilities() -> Capabilities:
 class Prepared:
     """A spec made ready to run in job objects."""
 
+    def close(self) -> None:
+        """Nothing to release: every resource is per action here."""
+
     def __init__(
         self,
         spec: SandboxSpec,

@@ -1,0 +1,231 @@
+"""A prepared mount namespace per spec, copied for each action (root callers).
+
+Building the sandbox's root costs about fifty system calls per action: a
+tmpfs, pivot_root, a bind and its flags per input and output, /dev's nodes,
+detaching the host's root.  All of it depends on the spec alone, so for a
+caller that is root on the host it is done once: a helper process builds the
+root in a mount namespace of its own (``hm_mntns_create``), and a descriptor
+keeps that namespace.  Each action's pid 1 joins it and unshares a private
+copy (``setns`` + ``unshare(CLONE_NEWNS)``), then adds what every action must
+get fresh:
+
+- /proc, for its own pid namespace, with the read-only and masked entries;
+- its private /tmp, a new tmpfs; outputs and inputs declared below /tmp are
+  copied over from the prepared namespace (``HM_OP_GRAB``) before the new
+  tmpfs covers them, and attached in it (``HM_OP_PLACE``).
+
+What actions share: the read-only root tmpfs (mount points and the host
+root's top-level symlinks) and /dev's read-only tmpfs with its nodes.  Both
+are read-only mounts, and an action holds no capability to change a mount.
+The binds of inputs, outputs and temps are the same host directories either
+way.  Nothing an action writes survives into the next: its writable places
+are the declared outputs and temps (shared with the host anyway) and its own
+/tmp.
+
+The prepared namespace pins the host inodes it binds.  Before each action the
+bound host paths are checked with ``lstat``: if any no longer resolves to the
+inode that was bound (a directory removed and made again, a file replaced by
+rename as ``ldconfig`` does with /etc/ld.so.cache), the namespace is built
+again.  As the pinned inodes cannot be freed, their numbers cannot be reused,
+so an equal (device, inode) pair is the same file.
+
+Joining a mount namespace needs CAP_SYS_ADMIN over it and CAP_SYS_CHROOT, and
+a process sharing memory with its caller cannot enter a user namespace: an
+unprivileged caller's pid 1 builds its root per action as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from hermetic.core.paths import is_within
+from hermetic.platforms.linux_plan import (
+    MAX_GRABS,
+    OLDROOT,
+    OP_BIND,
+    OP_GRAB,
+    OP_MKDIR,
+    OP_PLACE,
+    OP_PROC,
+    OP_TMPFS,
+    Op,
+)
+
+Identity = tuple[tuple[str, int, int, int], ...]
+
+
+def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | None:
+    """``(prepared, per_action)``: the ops a prepared namespace runs once, and
+    those each action's pid 1 runs in its copy.  None when the per-action part
+    would need more tree copies than an op list holds.
+
+    Per action: everything at or below /proc and below the private /tmp (and
+    the mounts themselves); the mount points stay in the prepared root,
+    which is read-only afterwards.  A host bind below /tmp is made in the
+    prepared namespace too, copied from there before the fresh tmpfs covers
+    it, and attached again; binds nested in it come along with the copy.
+    """
+    fresh = [
+        op.dst for op in ops if op.kind == OP_PROC or (op.kind == OP_TMPFS and op.dst != "/dev")
+    ]
+    prepared: list[Op] = []
+    grabs: list[Op] = []
+    action: list[Op] = []
+    copied: list[str] = []
+    for op in ops:
+        root = next((r for r in fresh if is_within(op.dst, r)), None)
+        if root is None or (op.dst == root and op.kind == OP_MKDIR):
+            prepared.append(op)
+            continue
+        if any(is_within(op.dst, c) for c in copied):
+            # Below a copied bind: the prepared namespace has it, the copy
+            # (recursive) brings it.
+            prepared.append(op)
+            continue
+        host_bind = op.kind == OP_BIND and (op.src or "").startswith(OLDROOT + "/")
+        if root != "/proc":
+            prepared.append(op)
+        if host_bind:
+            slot = len(grabs)
+            if slot >= MAX_GRABS:
+                return None
+            grabs.append(replace(op, kind=OP_GRAB, src=None, flags=slot))
+            action.append(replace(op, kind=OP_PLACE, src=None, flags=slot))
+            copied.append(op.dst)
+        else:
+            action.append(op)
+    return tuple(prepared), tuple(grabs + action)
+
+
+def host_sources(ops: tuple[Op, ...]) -> tuple[str, ...]:
+    """The host paths the prepared namespace binds."""
+    return tuple(
+        op.src[len(OLDROOT) :]
+        for op in ops
+        if op.kind == OP_BIND and op.src is not None and op.src.startswith(OLDROOT + "/")
+    )
+
+
+def identity(paths: tuple[str, ...]) -> Identity | None:
+    """(path, device, inode, type) of each path, None if one is missing."""
+    out = []
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return None
+        out.append((p, st.st_dev, st.st_ino, st.st_mode >> 12))
+    return tuple(out)
+
+
+class _Namespace:
+    __slots__ = ("fd", "identity", "leases", "retired")
+
+    def __init__(self, fd: int, ident: Identity) -> None:
+        self.fd = fd
+        self.identity = ident
+        self.leases = 0
+        self.retired = False
+
+
+def _close_all(held: list[_Namespace]) -> None:
+    for ns in held:
+        with contextlib.suppress(OSError):
+            os.close(ns.fd)
+    held.clear()
+
+
+class MountTemplate:
+    """The prepared namespace of one spec, rebuilt when a bound path changes.
+
+    ``build`` makes a namespace and returns its descriptor (raising the
+    setup error that names the op otherwise).  Thread-safe; a namespace in
+    use by an action is closed only when that action is done with it.
+    """
+
+    def __init__(self, sources: tuple[str, ...], build: Callable[[], int]) -> None:
+        self._sources = sources
+        self._build = build
+        self._lock = threading.Lock()
+        self._current: _Namespace | None = None
+        self._pid = os.getpid()
+        # Descriptors still open, closed at the latest when this is collected.
+        self._open: list[_Namespace] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._open)
+
+    def _retire(self, ns: _Namespace) -> None:
+        ns.retired = True
+        if ns.leases == 0:
+            with contextlib.suppress(OSError):
+                os.close(ns.fd)
+            self._open.remove(ns)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[int]:
+        """The descriptor of a current namespace, for one action."""
+        ident = identity(self._sources)
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child: the parent's leases mean nothing here.
+                self._pid = os.getpid()
+                for held in self._open:
+                    held.leases = 0
+            ns = self._current
+            if ns is None or ident is None or ns.identity != ident:
+                if ns is not None:
+                    self._retire(ns)
+                    self._current = None
+                ns = self._new()
+            ns.leases += 1
+        try:
+            yield ns.fd
+        finally:
+            with self._lock:
+                ns.leases -= 1
+                if ns.retired and ns.leases == 0 and ns in self._open:
+                    self._retire(ns)
+
+    def _new(self) -> _Namespace:
+        before = identity(self._sources)
+        fd = self._build()
+        after = identity(self._sources)
+        # A path that changed while the namespace was built matches no
+        # identity: the next action builds it again.
+        ns = _Namespace(fd, after if after == before and after is not None else ())
+        self._open.append(ns)
+        self._current = ns
+        return ns
+
+    def close(self) -> None:
+        """Close the namespace (actions still running keep theirs until done)."""
+        with self._lock:
+            if self._current is not None:
+                self._retire(self._current)
+                self._current = None
+
+    def descriptors(self) -> int:
+        """How many namespaces this holds open (current and still leased)."""
+        with self._lock:
+            return len(self._open)
+
+
+def native_build(
+    plan: Any, error: Any, on_error: Callable[[Any], BaseException]
+) -> Callable[[], int]:
+    """A ``build`` for MountTemplate: hm_mntns_create over ``plan``."""
+
+    def build() -> int:
+        from hermetic._native import lib
+
+        fd = int(lib.hm_mntns_create(plan, error))
+        if fd < 0:
+            raise on_error(error)
+        return fd
+
+    return build

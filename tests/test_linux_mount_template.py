@@ -1,0 +1,207 @@
+"""The prepared mount namespace a root caller's actions copy
+(hermetic/platforms/linux_template.py): each action still gets its own /proc
+and /tmp, and a bound host path that changes is bound again."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import threading
+
+import pytest
+
+from hermetic import EnvSet, HermeticExecutor, HermeticSpecBuilder, PathSet, SandboxSpec
+from hermetic.platforms import linux_plan
+from hermetic.platforms.linux_template import split_ops
+
+pytestmark = [
+    pytest.mark.linux,
+    pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason="only a caller that is root on the host copies a prepared mount namespace",
+    ),
+]
+
+ENV = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin")
+
+
+def _executor(inputs=(), outputs=(), temps=()):
+    spec = SandboxSpec(
+        inputs=PathSet((*HermeticSpecBuilder.toolchain_inputs(), *inputs)),
+        outputs=PathSet(tuple(outputs)),
+        temps=PathSet(tuple(temps)),
+        environment=ENV,
+    )
+    ex = HermeticExecutor.create(spec).unwrap()
+    assert ex._prepared.mount_template is not None  # the path under test
+    return ex
+
+
+def _sh(ex, script):
+    r = ex.execute(["sh", "-c", script]).unwrap()
+    return r.exit_code, r.stdout.decode(), r.stderr.decode()
+
+
+def _namespaces_held():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("mnt:[")
+        except OSError:
+            pass
+    return n
+
+
+def test_the_split_keeps_proc_and_tmp_per_action(scratch):
+    # scratch is below /tmp: its output is bound in the prepared namespace,
+    # then copied into each action's fresh /tmp.
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    spec = SandboxSpec(
+        inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()), outputs=PathSet((out,))
+    )
+    ops = linux_plan.build_ops(spec, make_nodes=True)
+    prepared, action = split_ops(ops)
+    kinds = [(op.kind, op.dst) for op in action]
+    assert (linux_plan.OP_PROC, "/proc") in kinds
+    assert (linux_plan.OP_TMPFS, "/tmp") in kinds
+    grab = kinds.index((linux_plan.OP_GRAB, out))
+    assert (
+        grab < kinds.index((linux_plan.OP_TMPFS, "/tmp")) < kinds.index((linux_plan.OP_PLACE, out))
+    )
+    # Nothing of /proc is built once, except its mount point; every host
+    # bind is made in the prepared namespace.
+    assert [op.kind for op in prepared if op.dst.startswith("/proc")] == [linux_plan.OP_MKDIR]
+    host_binds = [
+        op.dst
+        for op in ops
+        if op.kind == linux_plan.OP_BIND and op.src.startswith(linux_plan.OLDROOT)
+    ]
+    assert host_binds and all(
+        any(p.kind == linux_plan.OP_BIND and p.dst == d for p in prepared) for d in host_binds
+    )
+    assert not any(
+        op.kind == linux_plan.OP_BIND and op.src.startswith(linux_plan.OLDROOT) for op in action
+    )
+
+
+def test_each_action_gets_its_own_tmp_and_proc(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    ex = _executor(outputs=[out])
+    code, text, _ = _sh(ex, f"echo one > /tmp/left-behind; echo x > {out}/f; ls /proc")
+    # pid 1, sh, ls: nothing of the host's processes
+    assert code == 0 and max(int(n) for n in text.split() if n.isdigit()) <= 3
+    code, text, _ = _sh(ex, "ls -A /tmp")
+    assert code == 0
+    # The output's mount point, and nothing the first action wrote.
+    assert text.split() == [os.path.basename(scratch)]
+    with open(os.path.join(out, "f")) as f:
+        assert f.read() == "x\n"
+
+
+def test_binds_below_tmp_keep_their_flags_in_the_copy(scratch):
+    # Both are copied from the prepared namespace into each action's /tmp:
+    # the output stays writable, the input read-only.
+    out = os.path.join(scratch, "out")
+    nested = os.path.join(scratch, "src")
+    os.makedirs(nested)
+    os.mkdir(out)
+    with open(os.path.join(nested, "in.txt"), "w") as f:
+        f.write("input\n")
+    ex = _executor(inputs=[nested], outputs=[out])
+    for _ in range(2):
+        code, text, err = _sh(
+            ex,
+            f"echo made > {out}/made; cat {nested}/in.txt; "
+            f"echo no > {nested}/planted || echo refused",
+        )
+        assert code == 0, err
+        assert text == "input\nrefused\n"
+        assert "Read-only file system" in err
+    assert not os.path.exists(os.path.join(nested, "planted"))
+    with open(os.path.join(out, "made")) as f:
+        assert f.read() == "made\n"
+
+
+def test_a_replaced_input_is_bound_again(scratch):
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    one = os.path.join(scratch, "one.conf")
+    for path, text in ((os.path.join(src, "a"), "first\n"), (one, "old\n")):
+        with open(path, "w") as f:
+            f.write(text)
+    ex = _executor(inputs=[src, one])
+    assert _sh(ex, f"cat {src}/a {one}")[1] == "first\nold\n"
+    # A directory removed and made again, a file replaced by rename (as
+    # ldconfig replaces /etc/ld.so.cache).
+    shutil.rmtree(src)
+    os.mkdir(src)
+    with open(os.path.join(src, "a"), "w") as f:
+        f.write("second\n")
+    with open(one + ".new", "w") as f:
+        f.write("new\n")
+    os.rename(one + ".new", one)
+    assert _sh(ex, f"cat {src}/a {one}")[1] == "second\nnew\n"
+    # In place changes need no rebuild: the bind shows the same inode.
+    with open(os.path.join(src, "a"), "w") as f:
+        f.write("third\n")
+    assert _sh(ex, f"cat {src}/a")[1] == "third\n"
+
+
+def test_a_replaced_output_receives_the_outputs(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    ex = _executor(outputs=[out])
+    assert _sh(ex, f"echo 1 > {out}/f")[0] == 0
+    shutil.rmtree(out)
+    os.mkdir(out)
+    assert _sh(ex, f"echo 2 > {out}/f")[0] == 0
+    with open(os.path.join(out, "f")) as f:
+        assert f.read() == "2\n"
+
+
+def test_a_vanished_input_fails_naming_it(scratch):
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    ex = _executor(inputs=[src])
+    assert _sh(ex, "true")[0] == 0
+    os.rmdir(src)
+    err = ex.execute(["true"]).unwrap_err()
+    assert src in str(err)
+    os.mkdir(src)
+    assert _sh(ex, f"ls -d {src}")[1] == src + "\n"
+
+
+def test_concurrent_actions_share_one_namespace_and_close_releases_it(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    gc.collect()  # executors of earlier tests that only the collector frees
+    before = _namespaces_held()
+    ex = _executor(outputs=[out])
+    errors: list[str] = []
+
+    def work(n: int) -> None:
+        for i in range(10):
+            code, text, err = _sh(
+                ex, f"echo {n}-{i} > /tmp/mine; cat /tmp/mine; echo > {out}/{n}-{i}"
+            )
+            if code != 0 or text != f"{n}-{i}\n":
+                errors.append(f"{n}-{i}: {code} {text!r} {err!r}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(os.listdir(out)) == 40
+    assert _namespaces_held() == before + 1
+    ex.close()
+    assert _namespaces_held() == before
+    # A later execute prepares a new one.
+    assert _sh(ex, "true")[0] == 0
+    assert _namespaces_held() == before + 1
+    ex.close()
+    assert _namespaces_held() == before
