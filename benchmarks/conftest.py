@@ -121,6 +121,18 @@ def fresh_netns_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def rebuilt_root_executor(scratch: Scratch, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The full spec with the root built per action, as for an unprivileged
+    caller, instead of copied from the prepared mount namespace (root callers)."""
+    from hermetic.platforms import linux
+
+    monkeypatch.setattr(linux, "MOUNT_TEMPLATE", False)
+    ex = _executor(make_spec(scratch))
+    assert ex._prepared.mount_template is None
+    return ex
+
+
+@pytest.fixture
 def source_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
     """The full spec plus ``src`` as a read-only input (for gcc and cat)."""
     return _executor(make_spec(scratch, with_sources=True))

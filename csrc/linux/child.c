@@ -11,6 +11,11 @@
  *   action    cloned by pid 1 with CLONE_VM|CLONE_VFORK.  It lowers its own
  *             privileges and execs the command.
  *
+ * For a caller that is root on the host, the root filesystem is built once
+ * per spec by a third (hm__mntns_main, cloned by hm_mntns_create) into a
+ * mount namespace the caller keeps; pid 1 then joins it and unshares a
+ * copy instead of building the root itself.
+ *
  * Because the memory (and the calling thread's TLS) is shared with a running
  * Python interpreter, this file follows the rules of a vfork child: raw
  * system calls over buffers the caller formatted (rawsys.h), no malloc, no

@@ -639,8 +639,8 @@ def _pid1_rusage(proc: Any) -> _Rusage | None:
 STAGES = (
     "clone until pid 1 runs",
     "id maps",
-    "mounts: tmpfs root, pivot_root, op list",
-    "old root detached, root read-only, names, loopback",
+    "mounts: the root built, or the prepared one copied, and the op list",
+    "old root detached, root read-only (when built), names, loopback",
     "action: clone, setup, seccomp, exec",
     "setup report back in the caller",
     "the action runs until reaped by pid 1",
