@@ -27,6 +27,7 @@ from typing import Any
 
 from hermetic.core.outcome import Violation, ViolationKind
 from hermetic.core.paths import is_within
+from hermetic.security.timeout import SIGNAL_SLICE
 
 __all__ = ["MAX_RECORDS", "SyscallAudit"]
 
@@ -86,11 +87,10 @@ class SyscallAudit:
         deadline = None if seconds is None else time.monotonic() + seconds
         count = self._ffi.new("int *")
         while True:
-            ms = (
-                -1
-                if deadline is None
-                else max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
-            )
+            # Sliced, so that the interpreter runs its signal handlers (see
+            # SIGNAL_SLICE).
+            left = SIGNAL_SLICE if deadline is None else deadline - time.monotonic()
+            ms = max(0, int(min(left, SIGNAL_SLICE) * 1000 + 0.999))
             r = self._lib.hm_notify_wait(target, self._listener, ms, self._buf, _BATCH, count)
             for i in range(count[0]):
                 self._take(self._buf[i])

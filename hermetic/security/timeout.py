@@ -19,6 +19,10 @@ from typing import Protocol
 DEFAULT_KILL_GRACE = 0.5
 #: Seconds between two limit checks while a check is active.
 CHECK_INTERVAL = 0.02
+#: Longest single wait in C.  A signal the kernel hands to another thread of
+#: the caller (one that does not block it) sets the interpreter's flag but
+#: wakes no wait of the main thread: its handler runs when the wait returns.
+SIGNAL_SLICE = 0.1
 
 
 class Serve(Protocol):
@@ -36,8 +40,14 @@ def wait_readable(fd: int, seconds: float | None, serve: Serve | None = None) ->
         return serve.wait(fd, seconds)
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    ms = None if seconds is None else max(0, int(seconds * 1000 + 0.999))
-    return bool(poller.poll(ms))
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        left = SIGNAL_SLICE if deadline is None else deadline - time.monotonic()
+        ms = max(0, int(min(left, SIGNAL_SLICE) * 1000 + 0.999))
+        if poller.poll(ms):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
 
 
 def wait_or_kill(
