@@ -121,12 +121,26 @@ def fresh_netns_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def no_standby_executor(scratch: Scratch, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """The full spec without a standby sandbox: every execute sets up its
+    sandbox from scratch (as a single-use executor does)."""
+    from hermetic.platforms import linux
+
+    monkeypatch.setattr(linux, "STANDBY", False)
+    ex = _executor(make_spec(scratch))
+    assert ex._prepared.standby is None
+    return ex
+
+
+@pytest.fixture
 def rebuilt_root_executor(scratch: Scratch, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """The full spec with the root built per action, as for an unprivileged
-    caller, instead of copied from the prepared mount namespace (root callers)."""
+    caller, instead of copied from the prepared mount namespace (root
+    callers), and without a standby sandbox."""
     from hermetic.platforms import linux
 
     monkeypatch.setattr(linux, "MOUNT_TEMPLATE", False)
+    monkeypatch.setattr(linux, "STANDBY", False)
     ex = _executor(make_spec(scratch))
     assert ex._prepared.mount_template is None
     return ex

@@ -131,6 +131,7 @@ HERMETIC_VARIANTS = {
     "executor": "hermetic",
     "unlimited_executor": "hermetic-no-limits",
     "fresh_netns_executor": "hermetic-fresh-netns",
+    "no_standby_executor": "hermetic-no-standby",
     "rebuilt_root_executor": "hermetic-rebuilt-root",
 }
 

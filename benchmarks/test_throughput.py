@@ -44,10 +44,17 @@ def test_throughput_posix_spawn(benchmark: Any, pool: Any) -> None:
     assert codes == [0] * BATCH
 
 
-def test_throughput_hermetic(benchmark: Any, pool: Any, executor: Any) -> None:
+@pytest.mark.parametrize(
+    "variant", ["executor", "no_standby_executor"], ids=["standby", "no-standby"]
+)
+def test_throughput_hermetic(
+    benchmark: Any, pool: Any, request: pytest.FixtureRequest, variant: str
+) -> None:
     callers, p = pool
+    executor = request.getfixturevalue(variant)
     benchmark.group = f"throughput-{callers}"
-    benchmark.extra_info.update(method="hermetic", baseline=False, actions=BATCH)
+    method = "hermetic" if variant == "executor" else "hermetic-no-standby"
+    benchmark.extra_info.update(method=method, baseline=False, actions=BATCH)
 
     def one() -> int:
         return int(executor.execute([TRUE]).unwrap().exit_code)

@@ -53,6 +53,11 @@ enum hm_stage {
  * rather than end setup: stage is one of these. */
 #define HM_MSG_NOTIFY_FD 100
 #define HM_MSG_PROXY_FD 101
+/* A standby sandbox is set up and waits for hm_activate() (no descriptor). */
+#define HM_MSG_READY 102
+/* The caller's go to a standby action: stdin, stdout, stderr attached
+ * (op_index: a bit per descriptor sent, in that order). */
+#define HM_MSG_GO 103
 
 /* Kinds of filesystem ops, executed in list order after pivot_root. */
 enum hm_op_kind {
@@ -153,6 +158,10 @@ struct hm_plan {
     const char *timens_offsets;      /* non-NULL: the action gets a time namespace with
                                         these /proc/self/timens_offsets lines */
     int profile;                     /* pid 1 stamps its stages into hm_proc.stamps */
+    int standby;                     /* the action stops after seccomp, reports
+                                        HM_MSG_READY and waits for hm_activate(): its
+                                        stdio arrive then, and only then are argv,
+                                        cwd and exec_paths read */
 };
 
 /* Stage stamps (CLOCK_MONOTONIC, ns) pid 1 records when plan.profile is set. */
@@ -216,6 +225,7 @@ struct hm_proc {
     int stack_borrowed; /* the caller owns the stack: release leaves it mapped */
     int notify_fd;      /* the seccomp listener, or -1; closed by hm_proc_release */
     int proxy_fd;       /* the proxy's listening socket, or -1; closed by hm_proc_release */
+    int channel_fd;     /* a standby's report channel, until hm_activate(); else -1 */
     unsigned long long stamps[8]; /* see enum hm_stamp; written only with plan.profile */
     /* getrusage(RUSAGE_CHILDREN) of pid 1 once everything is reaped (the
      * whole sandbox but pid 1 itself): the accounting when the caller
@@ -234,6 +244,8 @@ struct hm_worker {
 };
 
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error);
+int hm_activate(struct hm_proc *proc, int stdin_fd, int stdout_fd, int stderr_fd,
+                struct hm_error *error);
 int hm_worker_start(struct hm_worker *worker);
 int hm_worker_spawn(struct hm_worker *worker, const struct hm_plan *plan, struct hm_proc *proc,
                     struct hm_error *error);

@@ -3,6 +3,7 @@ mounts and temporary directories as they were."""
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 
@@ -17,6 +18,7 @@ from hermetic import (
     ResourceLimits,
     SandboxSpec,
 )
+from hermetic.platforms.linux_standby import KEEPER
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 
@@ -45,7 +47,17 @@ def test_200_executions_leave_nothing_behind(scratch):
         resources=ResourceLimits.defaults(),
     )
     ex = HermeticExecutor.create(spec).unwrap()
-    ex.execute(["true"]).unwrap()  # warm caches (probe, plan) before the snapshot
+    # Warm up before the snapshot: the probe, the plan, and the second
+    # execute starts the standby thread and grows the pools to what a
+    # standby and an action hold at once.  close() drops the standby (a
+    # child process) and the prepared mount namespace, here and at the end.
+    for _ in range(3):
+        ex.execute(["true"]).unwrap()
+    ex.close()
+    # Earlier tests' executors, and their standby sandboxes (dropped by the
+    # standby thread).
+    gc.collect()
+    KEEPER.flush()
     before = _state()
     outcomes = {"ok": 0, "fail": 0, "timeout": 0, "setup-error": 0}
     for i in range(200):
@@ -62,4 +74,5 @@ def test_200_executions_leave_nothing_behind(scratch):
         else:
             outcomes["setup-error"] += ex.execute(["no-such-command"]).is_err()
     assert outcomes == {"ok": 50, "fail": 50, "timeout": 50, "setup-error": 50}
+    ex.close()
     assert _state() == before

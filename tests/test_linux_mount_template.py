@@ -13,6 +13,7 @@ import pytest
 
 from hermetic import EnvSet, HermeticExecutor, HermeticSpecBuilder, PathSet, SandboxSpec
 from hermetic.platforms import linux_plan
+from hermetic.platforms.linux_standby import KEEPER
 from hermetic.platforms.linux_template import split_ops
 
 pytestmark = [
@@ -177,7 +178,10 @@ def test_a_vanished_input_fails_naming_it(scratch):
 def test_concurrent_actions_share_one_namespace_and_close_releases_it(scratch):
     out = os.path.join(scratch, "out")
     os.mkdir(out)
-    gc.collect()  # executors of earlier tests that only the collector frees
+    # Executors of earlier tests that only the collector frees, and their
+    # standby sandboxes (dropped by the standby thread).
+    gc.collect()
+    KEEPER.flush()
     before = _namespaces_held()
     ex = _executor(outputs=[out])
     errors: list[str] = []

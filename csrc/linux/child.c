@@ -557,6 +557,77 @@ static long drop_capabilities(void)
     return HM_SYS2(SYS_capset, &hdr, data);
 }
 
+/* A standby action: report ready, then wait for the caller's go (HM_MSG_GO)
+ * and put the descriptors it carries at 0, 1 and 2.  The channel closing
+ * first means the standby was dropped: exit quietly. */
+static long await_go(void)
+{
+    struct hm_error ready = {HM_MSG_READY, -1, 0};
+    long r = HM_SYS3(SYS_write, HM_FD_REPORT, &ready, sizeof ready);
+    if (r < 0)
+        return r;
+    struct hm_error go;
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(3 * sizeof(int))];
+    } ctl;
+    char *b = (char *)&ctl;
+    for (unsigned long i = 0; i < sizeof ctl; i++)
+        b[i] = 0;
+    struct iovec iov = {&go, sizeof go};
+    struct msghdr msg = {0, 0, &iov, 1, &ctl, sizeof ctl, 0};
+    do
+        r = HM_SYS3(SYS_recvmsg, HM_FD_REPORT, &msg, MSG_CMSG_CLOEXEC);
+    while (r == -EINTR);
+    if (r == 0)
+        hm_exit(127);
+    if (r < 0)
+        return r;
+    int got[3] = {-1, -1, -1};
+    int n = 0;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        if (n > 3)
+            n = 3;
+        const int *in = (const int *)CMSG_DATA(c);
+        for (int i = 0; i < n; i++)
+            got[i] = in[i];
+    }
+    if (r != (long)sizeof go || go.stage != HM_MSG_GO || (msg.msg_flags & MSG_CTRUNC))
+        return -EPROTO;
+    /* Above every target first: a received descriptor may sit at any of
+     * 0, 1, 2. */
+    int tmp[3] = {-1, -1, -1};
+    int k = 0;
+    r = 0;
+    for (int i = 0; i < 3 && r == 0; i++) {
+        if (!(go.op_index & (1 << i)))
+            continue;
+        if (k >= n)
+            r = -EPROTO;
+        else {
+            long d = HM_SYS3(SYS_fcntl, got[k++], F_DUPFD_CLOEXEC, 10);
+            if (d < 0)
+                r = d;
+            else
+                tmp[i] = (int)d;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        HM_SYS1(SYS_close, got[i]);
+    for (int i = 0; i < 3; i++) {
+        if (tmp[i] < 0)
+            continue;
+        if (r == 0) {
+            long d = HM_SYS3(SYS_dup3, tmp[i], i, 0);
+            r = d < 0 ? d : 0;
+        }
+        HM_SYS1(SYS_close, tmp[i]);
+    }
+    return r < 0 ? r : 0;
+}
+
 /* What pid 1 hands to the action's process; both live in pid 1's frame. */
 struct hm_action_args {
     const struct hm_plan *plan;
@@ -587,9 +658,11 @@ static int action_main(void *arg)
     r = HM_SYS0(SYS_setsid);
     if (r < 0)
         action_fail(a, HM_STAGE_SETSID, -1, r);
-    r = HM_SYS1(SYS_chdir, p->cwd);
-    if (r < 0)
-        action_fail(a, HM_STAGE_CHDIR, -1, r);
+    if (!p->standby) {
+        r = HM_SYS1(SYS_chdir, p->cwd);
+        if (r < 0)
+            action_fail(a, HM_STAGE_CHDIR, -1, r);
+    }
     /* A fixed umask: the caller's would decide the modes of the outputs. */
     HM_SYS1(SYS_umask, 022);
     for (int i = 0; i < p->n_rlimits; i++) {
@@ -631,6 +704,16 @@ static int action_main(void *arg)
             if (r < 0)
                 action_fail(a, HM_STAGE_NOTIFY, -1, r);
         }
+    }
+    if (p->standby) {
+        /* Everything above is the spec's; what belongs to one execution
+         * (stdio, cwd, argv) comes with the go. */
+        r = await_go();
+        if (r < 0)
+            action_fail(a, HM_STAGE_FDS, -1, r);
+        r = HM_SYS1(SYS_chdir, p->cwd);
+        if (r < 0)
+            action_fail(a, HM_STAGE_CHDIR, -1, r);
     }
     unsigned long none = 0;
     r = HM_SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, HM_SIGSET_SIZE);

@@ -94,6 +94,88 @@ static void close_handed(struct hm_proc *proc)
     proc->notify_fd = proc->proxy_fd = -1;
 }
 
+/* One record comes: stage 0 when the action has exec'd (or HM_MSG_READY
+ * from a standby), else where setup failed; the descriptor records before
+ * it are kept in proc.  pid 1's pidfd is watched too, in case it dies
+ * without a word (killed from outside); end-of-file cannot be relied on, as
+ * a process forked meanwhile by another thread may hold the pipe.  Returns
+ * the record's size or -errno. */
+static int await_report(struct hm_proc *proc, int chan, struct hm_error *rec)
+{
+    int n = -EPROTO;
+    struct pollfd fds[2] = {{chan, POLLIN, 0}, {proc->pidfd, POLLIN, 0}};
+    /* Bounded: setup takes milliseconds; a sandbox stuck before its exec
+     * (a bug, a filesystem that hangs) must not hang the caller. */
+    int waited_ms = 0;
+    for (;;) {
+        int r = poll(fds, 2, 1000);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0) {
+            waited_ms += 1000;
+            if (waited_ms >= HM_SETUP_TIMEOUT_MS) {
+                n = -ETIMEDOUT;
+                break;
+            }
+            continue;
+        }
+        if (r < 0) {
+            n = -errno;
+            break;
+        }
+        if (fds[0].revents || fds[1].revents) {
+            /* The records, if any, are in the channel before pid 1 can
+             * exit. */
+            int fd;
+            n = read_record(chan, rec, &fd);
+            if (n == -EAGAIN)
+                n = 0;
+            if (n == (int)sizeof *rec && fd >= 0 && rec->stage == HM_MSG_NOTIFY_FD &&
+                proc->notify_fd < 0) {
+                proc->notify_fd = fd;
+                continue;
+            }
+            if (n == (int)sizeof *rec && fd >= 0 && rec->stage == HM_MSG_PROXY_FD &&
+                proc->proxy_fd < 0) {
+                proc->proxy_fd = fd;
+                continue;
+            }
+            if (fd >= 0) {
+                close(fd);
+                n = -EPROTO;
+            }
+            break;
+        }
+    }
+    return n;
+}
+
+/* After the report: 0 on success; else the error recorded, and the sandbox
+ * ended, reaped and released. */
+static int settle(struct hm_proc *proc, int n, const struct hm_error *rec, struct hm_error *error)
+{
+    pid_t pid = proc->pid;
+    if (n == (int)sizeof *rec && rec->stage == HM_STAGE_NONE)
+        return 0;
+    if (n == (int)sizeof *rec) {
+        *error = *rec;
+    } else {
+        /* No record: pid 1 died during setup, or the pipe failed. */
+        error->stage = HM_STAGE_NONE;
+        error->op_index = -1;
+        error->err = n < 0 ? -n : EPROTO;
+    }
+    close_handed(proc);
+    /* Never leave a sandbox running unsupervised. */
+    kill(pid, SIGKILL);
+    int status;
+    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
+        ;
+    proc->pid = -1;
+    hm_proc_release(proc);
+    return -(error->err ? error->err : EPROTO);
+}
+
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error)
 {
     int e;
@@ -104,6 +186,7 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     proc->main_exited = 0;
     proc->notify_fd = -1;
     proc->proxy_fd = -1;
+    proc->channel_fd = -1;
     /* A stack the caller lends (reused across spawns saves the mapping
      * and, above all, the unmapping with its TLB shootdown), or our own. */
     char *region = proc->stack;
@@ -205,82 +288,80 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
         return -restore_err;
     }
 
-    /* One record comes: stage 0 when the action has exec'd, else where
-     * setup failed.  pid 1's pidfd is watched too, in case it dies without
-     * a word (killed from outside); end-of-file cannot be relied on, as a
-     * process forked meanwhile by another thread may hold the pipe. */
     struct hm_error rec;
-    int n = -EPROTO;
-    struct pollfd fds[2] = {{pipefd[0], POLLIN, 0}, {pidfd, POLLIN, 0}};
-    /* Bounded: setup takes milliseconds; a sandbox stuck before its exec
-     * (a bug, a filesystem that hangs) must not hang the caller. */
-    int waited_ms = 0;
-    for (;;) {
-        int r = poll(fds, 2, 1000);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0) {
-            waited_ms += 1000;
-            if (waited_ms >= HM_SETUP_TIMEOUT_MS) {
-                n = -ETIMEDOUT;
-                break;
-            }
-            continue;
-        }
-        if (r < 0) {
-            n = -errno;
-            break;
-        }
-        if (fds[0].revents || fds[1].revents) {
-            /* The records, if any, are in the channel before pid 1 can
-             * exit. */
-            int fd;
-            n = read_record(pipefd[0], &rec, &fd);
-            if (n == -EAGAIN)
-                n = 0;
-            if (n == (int)sizeof rec && fd >= 0 && rec.stage == HM_MSG_NOTIFY_FD &&
-                proc->notify_fd < 0) {
-                proc->notify_fd = fd;
-                continue;
-            }
-            if (n == (int)sizeof rec && fd >= 0 && rec.stage == HM_MSG_PROXY_FD &&
-                proc->proxy_fd < 0) {
-                proc->proxy_fd = fd;
-                continue;
-            }
-            if (fd >= 0) {
-                close(fd);
-                n = -EPROTO;
-            }
-            break;
-        }
+    int n = await_report(proc, pipefd[0], &rec);
+    if (plan->standby && n == (int)sizeof rec && rec.stage == HM_MSG_READY) {
+        /* Set up and waiting: hm_activate() sends the go on this channel. */
+        proc->channel_fd = pipefd[0];
+        return 0;
     }
     close(pipefd[0]);
-    if (n == (int)sizeof rec && rec.stage == HM_STAGE_NONE)
-        return 0;
-    if (n == (int)sizeof rec) {
-        *error = rec;
-    } else {
-        /* No record: pid 1 died during setup, or the pipe failed. */
-        error->stage = HM_STAGE_NONE;
-        error->op_index = -1;
-        error->err = n < 0 ? -n : EPROTO;
+    return settle(proc, n, &rec, error);
+}
+
+/* Start a standby sandbox's action (see hm_plan.standby): its stdio go
+ * over the report channel, then the same report as hm_spawn() waits for.
+ * argv, cwd and exec_paths of the plan it was spawned with must be filled
+ * in before.  0 once the action has exec'd; else -errno, error filled in
+ * and the sandbox ended and released. */
+int hm_activate(struct hm_proc *proc, int stdin_fd, int stdout_fd, int stderr_fd,
+                struct hm_error *error)
+{
+    memset(error, 0, sizeof *error);
+    error->op_index = -1;
+    int chan = proc->channel_fd;
+    if (chan < 0 || proc->pid <= 0)
+        return -EINVAL;
+    proc->channel_fd = -1;
+    int src[3] = {stdin_fd, stdout_fd, stderr_fd};
+    int fds[3];
+    int nfds = 0;
+    struct hm_error go = {HM_MSG_GO, 0, 0};
+    for (int i = 0; i < 3; i++)
+        if (src[i] >= 0) {
+            fds[nfds++] = src[i];
+            go.op_index |= 1 << i;
+        }
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(3 * sizeof(int))];
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct iovec iov = {&go, sizeof go};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        msg.msg_control = &ctl;
+        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        ctl.h.cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        ctl.h.cmsg_level = SOL_SOCKET;
+        ctl.h.cmsg_type = SCM_RIGHTS;
+        memcpy(CMSG_DATA(&ctl.h), fds, nfds * sizeof(int));
     }
-    close_handed(proc);
-    /* Never leave a sandbox running unsupervised. */
-    kill(pid, SIGKILL);
-    int status;
-    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
-        ;
-    proc->pid = -1;
-    hm_proc_release(proc);
-    return -(error->err ? error->err : EPROTO);
+    struct hm_error rec;
+    int n;
+    ssize_t sent;
+    do
+        sent = sendmsg(chan, &msg, MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0)
+        n = -errno;
+    else
+        n = await_report(proc, chan, &rec);
+    close(chan);
+    return settle(proc, n, &rec, error);
 }
 
 /* Only after pid 1 has been reaped: its stack is still in use until then. */
 void hm_proc_release(struct hm_proc *proc)
 {
     close_handed(proc);
+    if (proc->channel_fd >= 0) {
+        close(proc->channel_fd);
+        proc->channel_fd = -1;
+    }
     if (proc->pidfd >= 0) {
         close(proc->pidfd);
         proc->pidfd = -1;

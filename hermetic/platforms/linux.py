@@ -38,6 +38,7 @@ from hermetic.platforms.linux_probe import (
     CLONE_NEWUSER,
     probe,
 )
+from hermetic.platforms.linux_standby import Standby, StandbySlot
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
@@ -62,6 +63,9 @@ DEFAULT_SEARCH_PATH = "/bin:/usr/bin"
 #: (hermetic/platforms/linux_template.py).  False builds it per action, as
 #: for unprivileged callers (benchmarks compare both).
 MOUNT_TEMPLATE = True
+#: A reused executor sets up the next action's sandbox while the current one
+#: runs (hermetic/platforms/linux_standby.py).  False: never (benchmarks).
+STANDBY = True
 
 _STAGES = {
     1: "fds",
@@ -361,10 +365,26 @@ class Prepared:
         self._plan_size = ffi.sizeof("struct hm_plan")
         self._c_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._c_lock = threading.Lock()
+        #: The host paths the sandbox binds (checked before a prepared
+        #: namespace or a standby is used).
+        self.host_sources = linux_template.host_sources(self.ops)
+        #: The next action's sandbox, set up ahead once the spec is reused.
+        self.standby: StandbySlot | None = None
+        if (
+            STANDBY
+            and namespaces
+            and not self.deny_exec
+            and not self.fresh_clocks
+            and not net.uses_proxy
+        ):
+            self.standby = StandbySlot(self, _make_standby, self.host_sources)
 
     def close(self) -> None:
-        """Release the prepared mount namespace, if any (running actions keep
-        theirs until they end; a later execute prepares a new one)."""
+        """Release the prepared mount namespace, if any, and drop the standby
+        sandbox (running actions keep theirs until they end; a later execute
+        prepares again)."""
+        if self.standby is not None:
+            self.standby.close()
         if self.mount_template is not None:
             self.mount_template.close()
 
@@ -399,6 +419,10 @@ class Prepared:
         ffi = self._mem.ffi
         plan = ffi.new("struct hm_plan *")
         ffi.memmove(plan, self._template, self._plan_size)
+        return plan, self.fill_action(plan, workdir, arg0)
+
+    def fill_action(self, plan: Any, workdir: str, arg0: str) -> list[Any]:
+        """Set ``plan``'s cwd and argv[0]'s candidates; returns what keeps them alive."""
         cwd, keep_cwd = self._cached("cwd", workdir)
         plan.cwd = cwd
         plan.n_exec_paths = len(self.exec_candidates(arg0))
@@ -411,7 +435,7 @@ class Prepared:
         else:
             paths, keep_exec = self._cached("exec", arg0)
         plan.exec_paths = paths
-        return plan, [keep_cwd, keep_exec]
+        return [keep_cwd, keep_exec]
 
     def _cached(self, kind: str, key: str) -> tuple[Any, Any]:
         """A C string (cwd), array (candidates), or array and the seccomp
@@ -741,6 +765,13 @@ def execute(
         cancel=cancel,
         profile=profile,
     )
+    standby = prepared.standby.take() if prepared.standby and profile is None else None
+    if standby is not None:
+        try:
+            return run(standby=standby)
+        finally:
+            if not standby.used:  # failed before its activation
+                standby.drop()
     if prepared.limits.cgroup and prepared.cgroup_version == 1:
         with WORKERS.lease() as worker:
             return run(worker=worker)
@@ -758,6 +789,64 @@ def execute(
             for g in leased:
                 g.close()
     return run()
+
+
+def _make_standby(prepared: Prepared) -> Standby | None:
+    """A sandbox for ``prepared`` set up to its action's exec (on the keeper
+    thread); None when setup failed (the next execute spawns directly and
+    reports the error)."""
+    lib = _native().lib
+    leases = contextlib.ExitStack()
+    try:
+        worker = group = None
+        if prepared.limits.cgroup and prepared.cgroup_version == 1:
+            worker = leases.enter_context(WORKERS.lease())
+            worker.slot.prepare(prepared.spec.resources)
+        elif prepared.limits.cgroup:
+            made: list[V2Group] = []
+
+            def close_groups() -> None:
+                for g in made:
+                    g.close()
+
+            leases.callback(close_groups)
+            group = V2.new_group(prepared.spec.resources, made)
+        ident = linux_template.identity(prepared.host_sources)
+        if ident is None:
+            leases.close()
+            return None
+        plan, keep = prepared.new_plan(prepared.workdir, "/")
+        plan.standby = 1
+        plan.stdin_fd = plan.stdout_fd = plan.stderr_fd = -1
+        if group is not None:
+            plan.cgroup_fd = group.fd
+        if prepared.pooled_network:
+            plan.netns_fd = leases.enter_context(NETNS.lease())
+        if prepared.mount_template is not None:
+            plan.mntns_fd = leases.enter_context(prepared.mount_template.lease())
+        ffi = _native().ffi
+        proc = ffi.new("struct hm_proc *")
+        proc.notify_fd = proc.proxy_fd = -1
+        proc.pid = -1
+        error = ffi.new("struct hm_error *")
+        stack = STACKS.take()
+        proc.stack = stack
+        spawn = worker.spawn if worker is not None else lib.hm_spawn
+        if spawn(plan, proc, error) < 0:
+            # Released by hm_spawn; the stack was borrowed.
+            STACKS.give(stack)
+            leases.close()
+            return None
+    except BaseException:
+        leases.close()
+        raise
+
+    def release(sb: Standby) -> None:
+        lib.hm_proc_release(sb.proc)
+        STACKS.give(sb.stack)
+
+    keep.append(prepared._mem)
+    return Standby(plan, keep, proc, stack, leases, ident, release, worker, group)
 
 
 def cgroup_mechanism() -> tuple[int | None, str | None]:
@@ -781,6 +870,7 @@ def _run(
     *,
     worker: Worker | None = None,
     group: V2Group | None = None,
+    standby: Standby | None = None,
     observer: Any = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
@@ -788,10 +878,16 @@ def _run(
     nat = _native()
     ffi, lib = nat.ffi, nat.lib
     limits = prepared.spec.resources
+    if standby is not None:
+        worker, group = standby.worker, standby.group
     slot: V1Slot | V2Group | None = worker.slot if worker is not None else group
     spawn = worker.spawn if worker is not None else lib.hm_spawn
     mem = _CMemory()
-    plan, keep = prepared.new_plan(workdir, args[0])
+    if standby is not None:
+        plan = standby.plan
+        keep = prepared.fill_action(plan, workdir, args[0])
+    else:
+        plan, keep = prepared.new_plan(workdir, args[0])
     if group is not None:
         plan.cgroup_fd = group.fd
     plan.argv = mem.strv(args)
@@ -799,7 +895,7 @@ def _run(
         plan.timens_offsets = mem.cstr(_fresh_clock_offsets())
     if profile is not None:
         plan.profile = 1
-    if worker is not None:
+    if worker is not None and standby is None:
         try:
             worker.slot.prepare(limits)
         except OSError as e:
@@ -810,37 +906,54 @@ def _run(
     try:
         out_fd = os.memfd_create("hermetic-stdout", os.MFD_CLOEXEC)
         err_fd = os.memfd_create("hermetic-stderr", os.MFD_CLOEXEC)
-        plan.stdin_fd = stdin_fd
-        plan.stdout_fd = out_fd
-        plan.stderr_fd = err_fd
+        if standby is None:
+            plan.stdin_fd = stdin_fd
+            plan.stdout_fd = out_fd
+            plan.stderr_fd = err_fd
         watch = Watch(prepared.limits, bool(limits.max_memory_bytes), slot, out_fd, err_fd)
         check = watch if prepared.limits.watched or (slot and limits.max_memory_bytes) else None
         if cancel is not None:
             check = _cancellable(check, cancel)
-        proc = ffi.new("struct hm_proc *")
-        proc.notify_fd = proc.proxy_fd = -1
+        if standby is not None:
+            proc = standby.proc
+        else:
+            proc = ffi.new("struct hm_proc *")
+            proc.notify_fd = proc.proxy_fd = -1
         error = ffi.new("struct hm_error *")
         audit = SyscallAudit(prepared.writable, prepared.spec.inputs) if prepared.notify else None
         with contextlib.ExitStack() as lease:
-            if prepared.pooled_network:
+            if standby is not None:
+                lease.enter_context(standby.leases)
+            elif prepared.pooled_network:
                 plan.netns_fd = lease.enter_context(NETNS.lease())
-            if prepared.mount_template is not None:
+            if standby is None and prepared.mount_template is not None:
                 plan.mntns_fd = lease.enter_context(prepared.mount_template.lease())
             start = time.monotonic()
-            proc.pid = -1
             proxy: EgressProxy | None = None
             proxied: list[Violation] = []
-            stack = STACKS.take()
-            proc.stack = stack
+            if standby is not None:
+                stack = standby.stack
+            else:
+                proc.pid = -1
+                stack = STACKS.take()
+                proc.stack = stack
             reaped = False
+            if standby is not None:
+                # From here on this execution ends, reaps and releases it.
+                standby.used = True
             try:
                 # Inside the try: an exception raised as the call returns
                 # (a signal handler's) must still end and reap the sandbox.
                 called = time.monotonic_ns()
-                rc = spawn(plan, proc, error)
+                if standby is not None:
+                    rc = lib.hm_activate(proc, stdin_fd, out_fd, err_fd, error)
+                else:
+                    rc = spawn(plan, proc, error)
                 returned = time.monotonic_ns()
                 if rc < 0:
                     raise _setup_error(prepared, args, workdir, error)
+                if prepared.standby is not None and profile is None:
+                    prepared.standby.want()
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
                     proxy = EgressProxy.for_spec(proc.proxy_fd, prepared.spec).start()

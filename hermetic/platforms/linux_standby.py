@@ -1,0 +1,280 @@
+"""Standby sandboxes: the next action's sandbox set up while the current one runs.
+
+Most of an action's cost before its command starts depends on the spec
+alone: pid 1 and its namespaces, the mounts, and the action's own setup
+(session, rlimits, no_new_privs, capabilities, Landlock, seccomp).  Once an
+executor has run a second action (so it is being reused), every execute
+also asks a background thread to prepare one sandbox ahead: cloned and set
+up like any other, with ``hm_plan.standby`` set, so that its action stops
+after installing seccomp and waits on its report channel.  The next execute
+takes it: ``hm_activate`` sends the action its stdin, stdout and stderr and
+fills in argv, the working directory and the candidate paths of argv[0];
+the action changes directory and execs.  The setup then overlaps the
+previous action instead of preceding the next one, on a machine with a core
+to spare.
+
+A standby is one sandbox, used once, like any other: it shares nothing with
+the action before it.  It is dropped (killed and reaped) instead of used
+when a host path it binds no longer resolves to the inode it bound (checked
+as for the prepared mount namespace), when the executor is closed or
+collected, or in a forked child.  Specs whose filter names the action's own
+exec paths (``allow_exec=False``), fresh clocks (their offsets are set when
+the sandbox starts) and the egress proxy never stand by.  At most one
+standby exists per executor; concurrent executes that find none spawn
+their sandbox directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from hermetic.platforms.linux_template import Identity, identity
+
+
+class Standby:
+    """A sandbox set up to the exec of its action, waiting for ``hm_activate``."""
+
+    def __init__(
+        self,
+        plan: Any,
+        keep: list[Any],
+        proc: Any,
+        stack: Any,
+        leases: contextlib.ExitStack,
+        ident: Identity,
+        release: Callable[[Standby], None],
+        worker: Any = None,
+        group: Any = None,
+    ) -> None:
+        self.plan = plan
+        self.keep = keep  # C memory the sandbox reads: alive as long as it is
+        self.proc = proc
+        self.stack = stack
+        self.leases = leases
+        self.identity = ident
+        self.worker = worker
+        self.group = group
+        self.owner = os.getpid()
+        #: Set once it is activated (or dropped): from then on the
+        #: execution that took it ends and reaps it.
+        self.used = False
+        self._release = release
+
+    def drop(self) -> None:
+        """Kill and reap it, and give back what it held.  An exception raised
+        meanwhile (a signal handler's) is raised again once that is done."""
+        self.used = True
+        if self.owner != os.getpid():
+            return  # the parent's sandbox, not this process's child
+        interrupted: BaseException | None = None
+        pid, pidfd = int(self.proc.pid), int(self.proc.pidfd)
+        if pid > 0:
+            # A standby is its own pid namespace: SIGKILL of pid 1 ends it.
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            while True:
+                try:
+                    os.waitpid(pid, 0)
+                    break
+                except ChildProcessError:
+                    break
+                except BaseException as e:  # finish the reap first
+                    interrupted = interrupted or e
+        self._release(self)
+        self.leases.close()
+        if interrupted is not None:
+            raise interrupted
+
+
+KEEPER_THREAD = "hermetic-standby"
+#: Seconds an execute waits for a standby that is being set up.
+WAIT_FOR_PENDING = 0.05
+
+
+class _Keeper:
+    """The one thread that makes standbys, for every executor of the process.
+
+    It is also the parent thread of the standbys' pid 1, which their
+    parent-death signal watches: it lives as long as the process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None]] | None = None
+        self._pid = 0
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            if self._queue is None or self._pid != os.getpid():
+                q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._serve, args=(q,), name=KEEPER_THREAD, daemon=True
+                ).start()
+                # Published only once its thread runs.
+                self._queue, self._pid = q, os.getpid()
+            q = self._queue
+        q.put(task)
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until every task submitted so far is done (tests)."""
+        done = threading.Event()
+        self.submit(done.set)
+        return done.wait(timeout)
+
+    @staticmethod
+    def _serve(q: queue.SimpleQueue[Callable[[], None]]) -> None:
+        # Signals are the main thread's business: a signal delivered to this
+        # thread would not wake a main thread blocked in a wait.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        while True:
+            task = q.get()
+            with contextlib.suppress(Exception):
+                task()
+            del task
+
+
+KEEPER = _Keeper()
+
+
+class StandbySlot:
+    """At most one standby for one prepared spec.
+
+    ``make(owner)`` sets one up (None when it cannot: the next execute then
+    spawns directly and reports any error itself); ``sources`` are the host
+    paths the sandbox binds.
+    """
+
+    def __init__(
+        self,
+        owner: object,
+        make: Callable[[Any], Standby | None],
+        sources: tuple[str, ...],
+    ) -> None:
+        self._owner = weakref.ref(owner)
+        self._make = make
+        self._sources = sources
+        self._lock = threading.Lock()
+        self._filled = threading.Condition(self._lock)
+        self._standby: Standby | None = None
+        self._pending = False
+        self._claimed = False
+        self._runs = 0
+        self._failures = 0
+        #: Executions that started in a standby (tests, benchmarks).
+        self.taken = 0
+        weakref.finalize(owner, self._collected)
+
+    def take(self, wait: float = WAIT_FOR_PENDING) -> Standby | None:
+        """The standby, if there is one still current; it is the caller's now.
+
+        One being made is waited for (up to ``wait`` seconds, by one caller
+        at a time): its setup has started, so finishing it is quicker than
+        a second one from scratch.
+        """
+        with self._lock:
+            if self._standby is None and self._pending and not self._claimed:
+                self._claimed = True
+                try:
+                    deadline = time.monotonic() + wait
+                    while self._standby is None and self._pending:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._filled.wait(left)
+                finally:
+                    self._claimed = False
+            sb, self._standby = self._standby, None
+        if sb is None:
+            return None
+        try:
+            current = sb.owner == os.getpid() and identity(self._sources) == sb.identity
+        except BaseException:
+            sb.drop()
+            raise
+        if not current:
+            sb.drop()
+            return None
+        self.taken += 1
+        return sb
+
+    def want(self) -> None:
+        """An action has started: once the spec is being reused, prepare the next."""
+        with self._lock:
+            self._runs += 1
+            if self._runs < 2 or self._pending or self._standby is not None:
+                return
+            if self._failures >= 3:
+                return  # the sandbox keeps failing to set up: stop trying
+            self._pending = True
+        try:
+            KEEPER.submit(self.fill)
+        except BaseException:
+            with self._lock:
+                self._pending = False
+                self._filled.notify_all()
+            raise
+
+    def fill(self) -> None:
+        """Make the standby (on the keeper thread)."""
+        owner = self._owner()
+        sb = None
+        try:
+            if owner is not None:
+                sb = self._make(owner)
+        except Exception:
+            sb = None
+        finally:
+            del owner
+        with self._lock:
+            self._failures = self._failures + 1 if sb is None else 0
+            if sb is not None and self._standby is None and self._runs > 0:
+                self._standby, sb = sb, None
+                self._filled.notify_all()  # a take() may be waiting for it
+        try:
+            if sb is not None:
+                sb.drop()  # closed or collected meanwhile
+        finally:
+            # Only now: close() waits for this, and nothing of the dropped
+            # one may outlive it.
+            with self._lock:
+                self._pending = False
+                self._filled.notify_all()
+
+    def close(self) -> None:
+        """Drop the standby; the next ones come after the spec is reused again.
+
+        One being made is waited for (and dropped), so that nothing of the
+        executor runs once this returns.
+        """
+        with self._lock:
+            self._runs = 0
+            if threading.current_thread().name != KEEPER_THREAD:
+                while self._pending:
+                    self._filled.wait()
+            sb, self._standby = self._standby, None
+        if sb is not None:
+            sb.drop()
+
+    def _collected(self) -> None:
+        # At collection, which may come at any point of any thread: drop
+        # what is there without waiting; one still being made is dropped by
+        # fill() as the count of runs is 0.
+        with self._lock:
+            self._runs = 0
+            sb, self._standby = self._standby, None
+        if sb is not None:
+            # Not here: a finalizer swallows what a signal handler raises
+            # while it waits for the reap.
+            KEEPER.submit(sb.drop)
+
+    def ready(self) -> bool:
+        with self._lock:
+            return self._standby is not None

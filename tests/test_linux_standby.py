@@ -1,0 +1,202 @@
+"""Standby sandboxes (hermetic/platforms/linux_standby.py): a reused executor
+sets up the next sandbox while the current action runs, and the next
+execute only hands it its stdio, argv and working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+from conftest import _as_user_cmd, _user_env
+
+from hermetic import (
+    EnvSet,
+    HermeticExecutor,
+    HermeticSpecBuilder,
+    NetworkPolicy,
+    PathSet,
+    ProcessPolicy,
+    ReproducibilityPolicy,
+    ResourceLimits,
+    SandboxError,
+    SandboxSpec,
+)
+from hermetic.platforms.linux_standby import KEEPER
+
+pytestmark = pytest.mark.linux
+
+ENV = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin")
+
+
+def _spec(inputs=(), outputs=(), **kw):
+    return SandboxSpec(
+        inputs=PathSet((*HermeticSpecBuilder.toolchain_inputs(), *inputs)),
+        outputs=PathSet(tuple(outputs)),
+        environment=ENV,
+        resources=ResourceLimits.defaults(),
+        **kw,
+    )
+
+
+def _warm(ex):
+    """Two executions (the spec is reused), then wait for the standby."""
+    for _ in range(2):
+        ex.execute(["true"]).unwrap()
+    KEEPER.flush()
+    assert ex._prepared.standby.ready()
+
+
+def _inits():
+    """This process's sandboxes: children running as hermetic-init."""
+    return [p for p in psutil.Process().children() if p.name() == "hermetic-init"]
+
+
+def test_each_execution_gets_its_own_stdio_argv_and_cwd(scratch):
+    src = os.path.join(scratch, "src")
+    out = os.path.join(scratch, "out")
+    os.makedirs(os.path.join(src, "sub"))
+    os.mkdir(out)
+    ex = HermeticExecutor.create(_spec(inputs=[src], outputs=[out])).unwrap()
+    _warm(ex)
+    for i in range(6):
+        taken = ex._prepared.standby.taken
+        cwd = src if i % 2 else os.path.join(src, "sub")
+        r = ex.execute(
+            [
+                "sh",
+                "-c",
+                f'read x; echo "$x $(pwd) $#" ; echo e{i} >&2; echo {i} > {out}/{i}; exit {i}',
+                "a",
+                "b",
+            ],
+            cwd=cwd,
+            stdin=f"in{i}\n".encode(),
+        ).unwrap()
+        assert (r.exit_code, r.stdout, r.stderr) == (
+            i,
+            f"in{i} {cwd} 1\n".encode(),
+            f"e{i}\n".encode(),
+        )
+        # The sandbox was set up ahead (the previous execution asked for it).
+        assert ex._prepared.standby.taken == taken + 1
+        KEEPER.flush()
+    assert sorted(os.listdir(out)) == [str(i) for i in range(6)]
+    ex.close()
+
+
+def test_a_standby_is_as_fresh_as_any_sandbox(scratch):
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    _warm(ex)
+    for _ in range(4):
+        r = ex.execute(
+            ["sh", "-c", "ls -A /tmp; echo x > /tmp/mine; ls /proc | grep -c '^[0-9]'"]
+        ).unwrap()
+        # Nothing of the previous action; only this sandbox's processes.
+        lines = r.stdout.decode().split()
+        assert lines[0].isdigit() and int(lines[0]) <= 4, r.stdout
+        KEEPER.flush()
+    assert ex._prepared.standby.taken >= 4
+    ex.close()
+
+
+def test_a_replaced_input_is_seen_through_a_standby(scratch):
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    with open(os.path.join(src, "a"), "w") as f:
+        f.write("first\n")
+    ex = HermeticExecutor.create(_spec(inputs=[src])).unwrap()
+    _warm(ex)
+    # Set up before the directory is replaced: it binds the old one, so it
+    # is dropped, and this execution sees the new directory.
+    shutil.rmtree(src)
+    os.mkdir(src)
+    with open(os.path.join(src, "a"), "w") as f:
+        f.write("second\n")
+    assert ex.execute(["cat", f"{src}/a"]).unwrap().stdout == b"second\n"
+    ex.close()
+
+
+def test_errors_and_timeouts_through_a_standby(scratch):
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    _warm(ex)
+    err = ex.execute(["no-such-command"]).unwrap_err()
+    assert isinstance(err, SandboxError) and "no-such-command" in str(err)
+    KEEPER.flush()
+    assert ex._prepared.standby.ready() or ex.execute(["true"]).unwrap().success()
+    KEEPER.flush()
+    taken = ex._prepared.standby.taken
+    r = ex.execute(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.2).unwrap()
+    assert r.timed_out and ex._prepared.standby.taken == taken + 1
+    ex.close()
+
+
+def test_close_and_collection_leave_no_sandbox_behind():
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    _warm(ex)
+    assert len(_inits()) == 1
+    ex.close()
+    assert _inits() == []
+    _warm(ex)  # reused again after close: a standby again
+    assert len(_inits()) == 1
+    del ex  # collected: dropped by the standby thread
+    KEEPER.flush()
+    assert _inits() == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _spec(process=ProcessPolicy(allow_exec=False)),
+        _spec(reproducibility=ReproducibilityPolicy(fresh_clocks=True)),
+        _spec(network=NetworkPolicy.allow_hosts(["127.0.0.1:9"])),
+    ],
+    ids=["exec-denied", "fresh-clocks", "proxy"],
+)
+def test_specs_that_never_stand_by(spec):
+    ex = HermeticExecutor.create(spec).unwrap()
+    assert ex._prepared.standby is None
+
+
+def test_standby_as_an_unprivileged_caller(test_user, scratch):
+    # No prepared mount namespace there: the standby builds its root itself.
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    shutil.chown(out, test_user.pw_uid, test_user.pw_gid)
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path[:0] = {sys.path!r}
+        from hermetic import *
+        from hermetic.platforms.linux_standby import KEEPER
+        spec = SandboxSpec(inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+                           outputs=PathSet(({out!r},)),
+                           environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+                           # No cgroup here: only the rlimits.
+                           resources=ResourceLimits(max_memory_bytes=0, max_cpu_time_ms=0))
+        ex = HermeticExecutor.create(spec).unwrap()
+        seen = []
+        for i in range(5):
+            r = ex.execute(["sh", "-c", f"id -u; echo {{i}} > {out}/{{i}}; ls -A /tmp"]).unwrap()
+            seen.append(r.stdout.decode())
+            KEEPER.flush()
+        print(json.dumps({{"seen": seen, "taken": ex._prepared.standby.taken,
+                          "template": ex._prepared.mount_template is not None}}))
+        ex.close()
+    """)
+    p = subprocess.run(
+        _as_user_cmd(test_user, [sys.executable, "-c", code]),
+        capture_output=True,
+        text=True,
+        env=_user_env(),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["taken"] >= 3 and not data["template"]
+    assert all(s == f"{test_user.pw_uid}\n{os.path.basename(scratch)}\n" for s in data["seen"])
+    assert sorted(os.listdir(out)) == [str(i) for i in range(5)]
