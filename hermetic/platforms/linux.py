@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
@@ -765,13 +765,21 @@ def execute(
         cancel=cancel,
         profile=profile,
     )
-    standby = prepared.standby.take() if prepared.standby and profile is None else None
-    if standby is not None:
+    if prepared.standby is None:
+        return _execute_fresh(prepared, run)
+    with prepared.standby.running():
+        standby = prepared.standby.take() if profile is None else None
+        if standby is None:
+            return _execute_fresh(prepared, run)
         try:
             return run(standby=standby)
         finally:
             if not standby.used:  # failed before its activation
                 standby.drop()
+
+
+def _execute_fresh(prepared: Prepared, run: Callable[..., ExecutionResult]) -> ExecutionResult:
+    """``run`` in a sandbox spawned now, in its cgroup slot or group if limited."""
     if prepared.limits.cgroup and prepared.cgroup_version == 1:
         with WORKERS.lease() as worker:
             return run(worker=worker)
@@ -797,6 +805,7 @@ def _make_standby(prepared: Prepared) -> Standby | None:
     reports the error)."""
     lib = _native().lib
     leases = contextlib.ExitStack()
+    stack = None
     try:
         worker = group = None
         if prepared.limits.cgroup and prepared.cgroup_version == 1:
@@ -838,6 +847,8 @@ def _make_standby(prepared: Prepared) -> Standby | None:
             leases.close()
             return None
     except BaseException:
+        if stack is not None and proc.pid <= 0:
+            STACKS.give(stack)
         leases.close()
         raise
 

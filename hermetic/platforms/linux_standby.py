@@ -21,7 +21,8 @@ collected, or in a forked child.  Specs whose filter names the action's own
 exec paths (``allow_exec=False``), fresh clocks (their offsets are set when
 the sandbox starts) and the egress proxy never stand by.  At most one
 standby exists per executor; concurrent executes that find none spawn
-their sandbox directly.
+their sandbox directly, and while more than one execution of the spec
+runs, none is made: the callers keep the CPUs busy already.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hermetic.platforms.linux_template import Identity, identity
@@ -166,6 +167,7 @@ class StandbySlot:
         self._standby: Standby | None = None
         self._pending = False
         self._claimed = False
+        self._active = 0
         self._runs = 0
         self._failures = 0
         #: Executions that started in a standby (tests, benchmarks).
@@ -205,11 +207,28 @@ class StandbySlot:
         self.taken += 1
         return sb
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Counts the executions in progress (see want())."""
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
     def want(self) -> None:
-        """An action has started: once the spec is being reused, prepare the next."""
+        """An action has started: once the spec is being reused, prepare the next.
+
+        Not while other executions of this spec run: concurrent callers keep
+        the CPUs busy already, and a standby would only take its share.
+        """
         with self._lock:
             self._runs += 1
             if self._runs < 2 or self._pending or self._standby is not None:
+                return
+            if self._active > 1:
                 return
             if self._failures >= 3:
                 return  # the sandbox keeps failing to set up: stop trying
