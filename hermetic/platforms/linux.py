@@ -776,6 +776,10 @@ def execute(
         finally:
             if not standby.used:  # failed before its activation
                 standby.drop()
+            else:
+                # Its slot or group, network and mount namespaces: after the
+                # result has read the group's counters, as for a fresh one.
+                standby.leases.close()
 
 
 def _execute_fresh(prepared: Prepared, run: Callable[..., ExecutionResult]) -> ExecutionResult:
@@ -933,9 +937,8 @@ def _run(
         error = ffi.new("struct hm_error *")
         audit = SyscallAudit(prepared.writable, prepared.spec.inputs) if prepared.notify else None
         with contextlib.ExitStack() as lease:
-            if standby is not None:
-                lease.enter_context(standby.leases)
-            elif prepared.pooled_network:
+            # A standby holds its own leases; execute() ends them.
+            if standby is None and prepared.pooled_network:
                 plan.netns_fd = lease.enter_context(NETNS.lease())
             if standby is None and prepared.mount_template is not None:
                 plan.mntns_fd = lease.enter_context(prepared.mount_template.lease())
