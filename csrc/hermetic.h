@@ -160,8 +160,8 @@ struct hm_plan {
     int profile;                     /* pid 1 stamps its stages into hm_proc.stamps */
     int standby;                     /* the action stops after seccomp, reports
                                         HM_MSG_READY and waits for hm_activate(): its
-                                        stdio arrive then, and only then are argv,
-                                        cwd and exec_paths read */
+                                        stdio arrive then, and only then are argv
+                                        and exec_paths read (cwd is not changed) */
 };
 
 /* Stage stamps (CLOCK_MONOTONIC, ns) pid 1 records when plan.profile is set. */

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from hermetic import (
     SandboxError,
     SandboxSpec,
 )
-from hermetic.platforms.linux_standby import KEEPER
+from hermetic.platforms.linux_standby import KEEPER, Standby
 
 pytestmark = pytest.mark.linux
 
@@ -57,30 +58,18 @@ def _inits():
     return [p for p in psutil.Process().children() if p.name() == "hermetic-init"]
 
 
-def test_each_execution_gets_its_own_stdio_argv_and_cwd(scratch):
-    src = os.path.join(scratch, "src")
+def test_each_execution_gets_its_own_stdio_and_argv(scratch):
     out = os.path.join(scratch, "out")
-    os.makedirs(os.path.join(src, "sub"))
     os.mkdir(out)
-    ex = HermeticExecutor.create(_spec(inputs=[src], outputs=[out])).unwrap()
+    ex = HermeticExecutor.create(_spec(outputs=[out])).unwrap()
     _warm(ex)
     for i in range(6):
         taken = ex._prepared.standby.taken
-        cwd = src if i % 2 else os.path.join(src, "sub")
-        r = ex.execute(
-            [
-                "sh",
-                "-c",
-                f'read x; echo "$x $(pwd) $#" ; echo e{i} >&2; echo {i} > {out}/{i}; exit {i}',
-                "a",
-                "b",
-            ],
-            cwd=cwd,
-            stdin=f"in{i}\n".encode(),
-        ).unwrap()
+        script = f'read x; echo "$x $(pwd) $# $1"; echo e{i} >&2; echo {i} > {out}/{i}; exit {i}'
+        r = ex.execute(["sh", "-c", script, "a", f"b{i}"], stdin=f"in{i}\n".encode()).unwrap()
         assert (r.exit_code, r.stdout, r.stderr) == (
             i,
-            f"in{i} {cwd} 1\n".encode(),
+            f"in{i} / 1 b{i}\n".encode(),
             f"e{i}\n".encode(),
         )
         # The sandbox was set up ahead (the previous execution asked for it).
@@ -172,7 +161,7 @@ def test_standby_as_an_unprivileged_caller(test_user, scratch):
         import json, sys
         sys.path[:0] = {sys.path!r}
         from hermetic import *
-        from hermetic.platforms.linux_standby import KEEPER
+        from hermetic.platforms.linux_standby import KEEPER, Standby
         spec = SandboxSpec(inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
                            outputs=PathSet(({out!r},)),
                            environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
@@ -200,3 +189,50 @@ def test_standby_as_an_unprivileged_caller(test_user, scratch):
     assert data["taken"] >= 3 and not data["template"]
     assert all(s == f"{test_user.pw_uid}\n{os.path.basename(scratch)}\n" for s in data["seen"])
     assert sorted(os.listdir(out)) == [str(i) for i in range(5)]
+
+
+def test_few_open_files_still_get_their_stdio():
+    # The action's RLIMIT_NOFILE is set before it waits for its stdio.
+    spec = _spec()
+    spec = spec.__class__(**{**spec.__dict__, "resources": ResourceLimits(max_open_files=10)})
+    ex = HermeticExecutor.create(spec).unwrap()
+    _warm(ex)
+    taken = ex._prepared.standby.taken
+    # (No redirection in the command: dash saves descriptors above 10.)
+    r = ex.execute(["sh", "-c", "cat; ls /none"], stdin=b"in\n").unwrap()
+    assert (r.exit_code, r.stdout) == (2, b"in\n") and b"/none" in r.stderr
+    assert ex._prepared.standby.taken == taken + 1
+    ex.close()
+
+
+def test_another_working_directory_is_not_served_by_a_standby(scratch):
+    # A standby entered its working directory while it still had its
+    # capabilities, as every sandbox does: it serves only that one.
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    ex = HermeticExecutor.create(_spec(inputs=[src])).unwrap()
+    _warm(ex)
+    taken = ex._prepared.standby.taken
+    assert ex.execute(["pwd"], cwd=src).unwrap().stdout == f"{src}\n".encode()
+    assert ex._prepared.standby.taken == taken
+    assert ex.execute(["pwd"]).unwrap().stdout == b"/\n"
+    assert ex._prepared.standby.taken == taken + 1
+    ex.close()
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["before", "at-activation"])
+def test_a_standby_that_died_is_not_used(monkeypatch, noticed):
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    _warm(ex)
+    slot = ex._prepared.standby
+    sb = slot._standby
+    os.kill(sb.proc.pid, 9)  # as the OOM killer or a stray kill would
+    select.select([sb.proc.pidfd], [], [], 10)  # pid 1 has exited
+    if not noticed:
+        # As if it died just after the check: the go finds nobody, and the
+        # execution starts afresh instead of failing.
+        monkeypatch.setattr(Standby, "alive", lambda self: True)
+    assert ex.execute(["echo", "fresh"]).unwrap().stdout == b"fresh\n"
+    monkeypatch.undo()
+    ex.close()
+    assert _inits() == []

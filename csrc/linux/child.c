@@ -596,18 +596,25 @@ static long await_go(void)
     }
     if (r != (long)sizeof go || go.stage != HM_MSG_GO || (msg.msg_flags & MSG_CTRUNC))
         return -EPROTO;
-    /* Above every target first: a received descriptor may sit at any of
-     * 0, 1, 2. */
+    /* 0, 1 and 2 are closed here, so the three descriptors the caller
+     * sends arrive there in order: only their close-on-exec flag goes.
+     * Otherwise each is moved into place through a free number above 2
+     * (not higher: RLIMIT_NOFILE is already the action's). */
     int tmp[3] = {-1, -1, -1};
     int k = 0;
     r = 0;
     for (int i = 0; i < 3 && r == 0; i++) {
         if (!(go.op_index & (1 << i)))
             continue;
-        if (k >= n)
+        if (k >= n) {
             r = -EPROTO;
-        else {
-            long d = HM_SYS3(SYS_fcntl, got[k++], F_DUPFD_CLOEXEC, 10);
+        } else if (got[k] == i) {
+            long d = HM_SYS3(SYS_fcntl, i, F_SETFD, 0);
+            if (d < 0)
+                r = d;
+            got[k++] = -1;
+        } else {
+            long d = HM_SYS3(SYS_fcntl, got[k++], F_DUPFD_CLOEXEC, 3);
             if (d < 0)
                 r = d;
             else
@@ -615,7 +622,8 @@ static long await_go(void)
         }
     }
     for (int i = 0; i < n; i++)
-        HM_SYS1(SYS_close, got[i]);
+        if (got[i] >= 0)
+            HM_SYS1(SYS_close, got[i]);
     for (int i = 0; i < 3; i++) {
         if (tmp[i] < 0)
             continue;
@@ -658,11 +666,11 @@ static int action_main(void *arg)
     r = HM_SYS0(SYS_setsid);
     if (r < 0)
         action_fail(a, HM_STAGE_SETSID, -1, r);
-    if (!p->standby) {
-        r = HM_SYS1(SYS_chdir, p->cwd);
-        if (r < 0)
-            action_fail(a, HM_STAGE_CHDIR, -1, r);
-    }
+    /* Before the capabilities go, as always: a standby is only used for an
+     * execution with this same working directory. */
+    r = HM_SYS1(SYS_chdir, p->cwd);
+    if (r < 0)
+        action_fail(a, HM_STAGE_CHDIR, -1, r);
     /* A fixed umask: the caller's would decide the modes of the outputs. */
     HM_SYS1(SYS_umask, 022);
     for (int i = 0; i < p->n_rlimits; i++) {
@@ -706,14 +714,11 @@ static int action_main(void *arg)
         }
     }
     if (p->standby) {
-        /* Everything above is the spec's; what belongs to one execution
-         * (stdio, cwd, argv) comes with the go. */
+        /* Everything above is the spec's (and the working directory's);
+         * what belongs to one execution (stdio, argv) comes with the go. */
         r = await_go();
         if (r < 0)
             action_fail(a, HM_STAGE_FDS, -1, r);
-        r = HM_SYS1(SYS_chdir, p->cwd);
-        if (r < 0)
-            action_fail(a, HM_STAGE_CHDIR, -1, r);
     }
     unsigned long none = 0;
     r = HM_SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, HM_SIGSET_SIZE);

@@ -768,18 +768,25 @@ def execute(
     if prepared.standby is None:
         return _execute_fresh(prepared, run)
     with prepared.standby.running():
-        standby = prepared.standby.take() if profile is None else None
+        standby = prepared.standby.take(workdir) if profile is None else None
         if standby is None:
             return _execute_fresh(prepared, run)
         try:
             return run(standby=standby)
+        except _StandbyLost:
+            pass
         finally:
             if not standby.used:  # failed before its activation
                 standby.drop()
             else:
                 # Its slot or group, network and mount namespaces: after the
                 # result has read the group's counters, as for a fresh one.
-                standby.leases.close()
+                standby.done()
+        return _execute_fresh(prepared, run)
+
+
+class _StandbyLost(Exception):
+    """A standby gone before its activation: the execution starts afresh."""
 
 
 def _execute_fresh(prepared: Prepared, run: Callable[..., ExecutionResult]) -> ExecutionResult:
@@ -847,7 +854,8 @@ def _make_standby(prepared: Prepared) -> Standby | None:
         spawn = worker.spawn if worker is not None else lib.hm_spawn
         if spawn(plan, proc, error) < 0:
             # Released by hm_spawn; the stack was borrowed.
-            STACKS.give(stack)
+            given, stack = stack, None
+            STACKS.give(given)
             leases.close()
             return None
     except BaseException:
@@ -861,7 +869,12 @@ def _make_standby(prepared: Prepared) -> Standby | None:
         STACKS.give(sb.stack)
 
     keep.append(prepared._mem)
-    return Standby(plan, keep, proc, stack, leases, ident, release, worker, group)
+    sb = Standby(plan, keep, proc, stack, leases, ident, prepared.workdir, release, worker, group)
+    # A bound path replaced while it was set up: its binds may be either.
+    if linux_template.identity(prepared.host_sources) != ident:
+        sb.drop()
+        return None
+    return sb
 
 
 def cgroup_mechanism() -> tuple[int | None, str | None]:
@@ -965,9 +978,15 @@ def _run(
                     rc = spawn(plan, proc, error)
                 returned = time.monotonic_ns()
                 if rc < 0:
+                    if standby is not None and error.stage == 0:
+                        # No word from it at all: it had died (killed from
+                        # outside) before its go.  Not this action's fault.
+                        raise _StandbyLost
                     raise _setup_error(prepared, args, workdir, error)
                 if prepared.standby is not None and profile is None:
-                    prepared.standby.want()
+                    # Never at the cost of the action just started.
+                    with contextlib.suppress(Exception):
+                        prepared.standby.want()
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
                     proxy = EgressProxy.for_spec(proc.proxy_fd, prepared.spec).start()

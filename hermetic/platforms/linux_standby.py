@@ -27,9 +27,11 @@ runs, none is made: the callers keep the CPUs busy already.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import queue
+import select
 import signal
 import threading
 import time
@@ -38,6 +40,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from hermetic.platforms.linux_template import Identity, identity
+
+#: Every standby not yet reaped and released: it runs in this process's
+#: memory (its plan, its stack), which must outlive it whatever happens to
+#: the object that took it.
+_LIVE: set[Standby] = set()
 
 
 class Standby:
@@ -51,6 +58,7 @@ class Standby:
         stack: Any,
         leases: contextlib.ExitStack,
         ident: Identity,
+        cwd: str,
         release: Callable[[Standby], None],
         worker: Any = None,
         group: Any = None,
@@ -61,6 +69,8 @@ class Standby:
         self.stack = stack
         self.leases = leases
         self.identity = ident
+        #: Its action's working directory, entered while it had capabilities.
+        self.cwd = cwd
         self.worker = worker
         self.group = group
         self.owner = os.getpid()
@@ -68,31 +78,71 @@ class Standby:
         #: execution that took it ends and reaps it.
         self.used = False
         self._release = release
+        self._stage = 0  # what drop() has done: 1 killed, 2 reaped, 3 released, 4 done
+        _LIVE.add(self)
+
+    def alive(self) -> bool:
+        """Whether its pid 1 still runs (a parent-death signal, the OOM
+        killer or someone else may have ended it)."""
+        poller = select.poll()
+        poller.register(int(self.proc.pidfd), select.POLLIN)
+        return not poller.poll(0)
 
     def drop(self) -> None:
-        """Kill and reap it, and give back what it held.  An exception raised
-        meanwhile (a signal handler's) is raised again once that is done."""
+        """Kill and reap it, and give back what it held.  Whatever a signal
+        handler raises meanwhile is raised again once all of that is done."""
         self.used = True
         if self.owner != os.getpid():
+            _LIVE.discard(self)
             return  # the parent's sandbox, not this process's child
         interrupted: BaseException | None = None
-        pid, pidfd = int(self.proc.pid), int(self.proc.pidfd)
-        if pid > 0:
-            # A standby is its own pid namespace: SIGKILL of pid 1 ends it.
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            while True:
-                try:
-                    os.waitpid(pid, 0)
-                    break
-                except ChildProcessError:
-                    break
-                except BaseException as e:  # finish the reap first
-                    interrupted = interrupted or e
-        self._release(self)
-        self.leases.close()
+        while self._stage < 4:
+            try:
+                self._step()
+            except BaseException as e:  # finish first
+                interrupted = interrupted or e
         if interrupted is not None:
             raise interrupted
+
+    def _step(self) -> None:
+        pid, pidfd = int(self.proc.pid), int(self.proc.pidfd)
+        if self._stage == 0:
+            if pid > 0:
+                # A standby is its own pid namespace: SIGKILL of pid 1 ends it.
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            self._stage = 1
+        elif self._stage == 1:
+            if pid > 0:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            self._stage = 2
+        elif self._stage == 2:
+            self._stage = 3
+            self._release(self)
+        else:
+            self._stage = 4
+            try:
+                self.leases.close()
+            finally:
+                _LIVE.discard(self)
+
+    def done(self) -> None:
+        """After the execution that used it: reaped and released there; its
+        slot or group and its namespaces go back now."""
+        try:
+            self.leases.close()
+        finally:
+            _LIVE.discard(self)
+
+
+def drop_all() -> None:
+    """Every standby of this process (at exit: before the cgroup slots and
+    groups are removed)."""
+    for sb in list(_LIVE):
+        if not sb.used:
+            with contextlib.suppress(Exception):
+                sb.drop()
 
 
 KEEPER_THREAD = "hermetic-standby"
@@ -111,6 +161,7 @@ class _Keeper:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Callable[[], None]] | None = None
         self._pid = 0
+        self._exit_hook = False
 
     def submit(self, task: Callable[[], None]) -> None:
         with self._lock:
@@ -121,6 +172,11 @@ class _Keeper:
                 ).start()
                 # Published only once its thread runs.
                 self._queue, self._pid = q, os.getpid()
+                if not self._exit_hook:
+                    # Registered after the worker pool's and the cgroup
+                    # parent's cleanups (atexit runs the latest first).
+                    atexit.register(drop_all)
+                    self._exit_hook = True
             q = self._queue
         q.put(task)
 
@@ -144,6 +200,9 @@ class _Keeper:
 
 KEEPER = _Keeper()
 
+#: Every slot, for the fork handler.
+_SLOTS: weakref.WeakSet[StandbySlot] = weakref.WeakSet()
+
 
 class StandbySlot:
     """At most one standby for one prepared spec.
@@ -162,7 +221,9 @@ class StandbySlot:
         self._owner = weakref.ref(owner)
         self._make = make
         self._sources = sources
-        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        # Reentrant: a collection on a thread holding it runs _collected().
+        self._lock = threading.RLock()
         self._filled = threading.Condition(self._lock)
         self._standby: Standby | None = None
         self._pending = False
@@ -173,9 +234,11 @@ class StandbySlot:
         #: Executions that started in a standby (tests, benchmarks).
         self.taken = 0
         weakref.finalize(owner, self._collected)
+        _SLOTS.add(self)
 
-    def take(self, wait: float = WAIT_FOR_PENDING) -> Standby | None:
-        """The standby, if there is one still current; it is the caller's now.
+    def take(self, cwd: str, wait: float = WAIT_FOR_PENDING) -> Standby | None:
+        """The standby, if there is one still current for working directory
+        ``cwd``; it is the caller's now.
 
         One being made is waited for (up to ``wait`` seconds, by one caller
         at a time): its setup has started, so finishing it is quicker than
@@ -193,11 +256,14 @@ class StandbySlot:
                         self._filled.wait(left)
                 finally:
                     self._claimed = False
-            sb, self._standby = self._standby, None
-        if sb is None:
-            return None
+            sb = self._standby
+            if sb is None or sb.cwd != cwd:
+                return None  # (a standby for another directory stays)
+            self._standby = None
         try:
-            current = sb.owner == os.getpid() and identity(self._sources) == sb.identity
+            current = (
+                sb.owner == os.getpid() and sb.alive() and identity(self._sources) == sb.identity
+            )
         except BaseException:
             sb.drop()
             raise
@@ -294,6 +360,27 @@ class StandbySlot:
             # while it waits for the reap.
             KEEPER.submit(sb.drop)
 
+    def _after_fork(self) -> None:
+        # The parent's standby and its keeper's work are not this process's;
+        # its locks may have been held by a thread that does not exist here.
+        self._lock = threading.RLock()
+        self._filled = threading.Condition(self._lock)
+        self._standby = None
+        self._pending = self._claimed = False
+        self._active = self._runs = 0
+        self._pid = os.getpid()
+
     def ready(self) -> bool:
         with self._lock:
             return self._standby is not None
+
+
+def _after_fork_in_child() -> None:
+    _LIVE.clear()
+    KEEPER._lock = threading.Lock()
+    KEEPER._queue = None
+    for slot in list(_SLOTS):
+        slot._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
