@@ -984,8 +984,10 @@ def _run(
                         raise _StandbyLost
                     raise _setup_error(prepared, args, workdir, error)
                 if prepared.standby is not None and profile is None:
-                    # Never at the cost of the action just started.
-                    with contextlib.suppress(Exception):
+                    # Never at the cost of the action just started (a thread
+                    # that cannot start).  Nothing broader is caught: what a
+                    # signal handler raises here must reach the caller.
+                    with contextlib.suppress(RuntimeError, OSError):
                         prepared.standby.want()
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
