@@ -270,6 +270,9 @@ class Prepared:
         mem = _CMemory()
         ffi = mem.ffi
         self._mem = mem
+        #: The host paths the sandbox binds (checked before a prepared
+        #: namespace or a standby is used).
+        self.host_sources = linux_template.host_sources(self.ops)
         # The ops pid 1 runs; with a prepared mount namespace, only the
         # per-action part, the rest being built once into the namespace.
         self.action_ops = self.ops
@@ -296,7 +299,7 @@ class Prepared:
             terr = ffi.new("struct hm_error *")
             mem.keep.append(terr)
             self.mount_template = linux_template.MountTemplate(
-                linux_template.host_sources(self.template_ops),
+                self.host_sources,
                 linux_template.native_build(
                     tplan, terr, lambda e: _setup_error(None, ("",), "/", e, t_ops)
                 ),
@@ -365,9 +368,6 @@ class Prepared:
         self._plan_size = ffi.sizeof("struct hm_plan")
         self._c_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._c_lock = threading.Lock()
-        #: The host paths the sandbox binds (checked before a prepared
-        #: namespace or a standby is used).
-        self.host_sources = linux_template.host_sources(self.ops)
         #: The next action's sandbox, set up ahead once the spec is reused.
         self.standby: StandbySlot | None = None
         if (
