@@ -159,19 +159,20 @@ class _Keeper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # None until the first task, and again in a forked child (the fork
+        # handler below): the thread is started then.
         self._queue: queue.SimpleQueue[Callable[[], None]] | None = None
-        self._pid = 0
         self._exit_hook = False
 
     def submit(self, task: Callable[[], None]) -> None:
         with self._lock:
-            if self._queue is None or self._pid != os.getpid():
+            if self._queue is None:
                 q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
                 threading.Thread(
                     target=self._serve, args=(q,), name=KEEPER_THREAD, daemon=True
                 ).start()
                 # Published only once its thread runs.
-                self._queue, self._pid = q, os.getpid()
+                self._queue = q
                 if not self._exit_hook:
                     # Registered after the worker pool's and the cgroup
                     # parent's cleanups (atexit runs the latest first).
@@ -221,7 +222,6 @@ class StandbySlot:
         self._owner = weakref.ref(owner)
         self._make = make
         self._sources = sources
-        self._pid = os.getpid()
         # Reentrant: a collection on a thread holding it runs _collected().
         self._lock = threading.RLock()
         self._filled = threading.Condition(self._lock)
@@ -368,7 +368,6 @@ class StandbySlot:
         self._standby = None
         self._pending = self._claimed = False
         self._active = self._runs = 0
-        self._pid = os.getpid()
 
     def ready(self) -> bool:
         with self._lock:
