@@ -74,10 +74,10 @@ def make_spec(scratch: Scratch, *, with_sources: bool = False):  # type: ignore[
     )
 
 
-def _executor(spec):  # type: ignore[no-untyped-def]
+def _executor(spec, **create: object):  # type: ignore[no-untyped-def]
     from hermetic import HermeticError, HermeticExecutor
 
-    created = HermeticExecutor.create(spec)
+    created = HermeticExecutor.create(spec, **create)  # type: ignore[arg-type]
     try:
         ex = created.unwrap()
     except HermeticError as e:
@@ -118,6 +118,13 @@ def fresh_netns_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
     spec = make_spec(scratch)
     return _executor(dataclasses.replace(spec, network=NetworkPolicy(fresh_namespace=True)))
+
+
+@pytest.fixture
+def unaudited_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
+    """The full spec with ``audit_writes=False``: path writes are not shown
+    to the seccomp listener (refused ones are then not recorded)."""
+    return _executor(make_spec(scratch), audit_writes=False)
 
 
 @pytest.fixture

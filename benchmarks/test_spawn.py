@@ -15,6 +15,10 @@ can be compared side by side (``python benchmarks/compare.py FILE``):
   should match ``true``.  A copy (fork) would show up as milliseconds.
 - ``gcc``: ``gcc -c`` of a small C file, directly (baseline) and sandboxed.
 - ``cat``: ``sh -c 'cat in > out'``, directly (baseline) and sandboxed.
+- ``writes``: a shell loop opening a file in the outputs for writing 200
+  times, directly (baseline), sandboxed, and sandboxed with
+  ``audit_writes=False``: the difference is what recording refused writes
+  costs (a round trip to the seccomp listener per open for writing).
 
 Every round's exit status is recorded and checked after the timed loop;
 nothing here asserts on speed.
@@ -38,6 +42,10 @@ PATH = "/usr/bin:/bin"
 TRUE_ROUNDS, TRUE_WARMUP = 300, 20
 GCC_ROUNDS, GCC_WARMUP = 30, 3
 CAT_ROUNDS, CAT_WARMUP = 100, 10
+#: Opens for writing per action in the ``writes`` group: each is one round
+#: trip to the seccomp listener when writes are audited.
+WRITES = 200
+WRITES_ROUNDS, WRITES_WARMUP = 30, 3
 
 HELLO_C = """\
 #include <stdio.h>
@@ -307,6 +315,52 @@ def test_cat_hermetic(benchmark: Any, scratch: Any, source_executor: Any) -> Non
     )
     _all_ok(results)
     _check_copy(dst)
+
+
+# -- many writes: what recording refused writes costs ------------------------
+
+
+def _writes_job(scratch: Any) -> list[str]:
+    """WRITES opens for writing of a file in the outputs, one process."""
+    out = os.path.join(scratch.out, "f")
+    loop = f"i=0; while [ $i -lt {WRITES} ]; do : > {out}; i=$((i+1)); done"
+    return [SH, "-c", loop]
+
+
+@pytest.mark.benchmark(group="writes")
+def test_writes_direct(benchmark: Any, scratch: Any, direct_env: dict[str, str]) -> None:
+    argv = _writes_job(scratch)
+    _all_ok(
+        _measure(
+            benchmark,
+            lambda: subprocess.run(argv, env=direct_env, capture_output=True),
+            method="direct",
+            baseline=True,
+            rounds=WRITES_ROUNDS,
+            warmup=WRITES_WARMUP,
+        )
+    )
+
+
+@pytest.mark.benchmark(group="writes")
+@pytest.mark.parametrize(
+    "variant", ["executor", "unaudited_executor"], ids=["audited", "unaudited"]
+)
+def test_writes_hermetic(
+    benchmark: Any, scratch: Any, request: pytest.FixtureRequest, variant: str
+) -> None:
+    argv = _writes_job(scratch)
+    executor = request.getfixturevalue(variant)
+    _all_ok(
+        _measure(
+            benchmark,
+            lambda: executor.execute(argv).unwrap(),
+            method="hermetic" if variant == "executor" else "hermetic-no-write-audit",
+            baseline=False,
+            rounds=WRITES_ROUNDS,
+            warmup=WRITES_WARMUP,
+        )
+    )
 
 
 # -- bubblewrap, when installed ---------------------------------------------
