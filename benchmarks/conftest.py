@@ -69,7 +69,9 @@ def make_spec(scratch: Scratch, *, with_sources: bool = False):  # type: ignore[
         inputs=PathSet(inputs),
         outputs=PathSet((scratch.out,)),
         temps=PathSet((scratch.tmp,)),
-        environment=EnvSet.minimal().with_var("PATH", PATH),
+        # TMPDIR as for the direct runs: gcc's temporary files on the same
+        # filesystem on both sides (not the sandbox's private tmpfs /tmp).
+        environment=EnvSet.minimal().with_var("PATH", PATH).with_var("TMPDIR", scratch.tmp),
         resources=ResourceLimits.defaults(),
     )
 

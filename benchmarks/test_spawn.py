@@ -382,6 +382,7 @@ def _bwrap(scratch: Any, argv: list[str], *, with_sources: bool = False) -> list
 
     cmd = [BWRAP, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
     cmd += ["--setenv", "PATH", PATH, "--setenv", "LANG", "C.UTF-8", "--setenv", "TZ", "UTC"]
+    cmd += ["--setenv", "TMPDIR", scratch.tmp]
     for p in HermeticSpecBuilder.toolchain_inputs():
         if os.path.islink(p):
             cmd += ["--symlink", os.readlink(p), p]

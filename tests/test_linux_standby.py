@@ -1,6 +1,6 @@
 """Standby sandboxes (hermetic/platforms/linux_standby.py): a reused executor
 sets up the next sandbox while the current action runs, and the next
-execute only hands it its stdio, argv and working directory."""
+execute only hands it its stdio and argv."""
 
 from __future__ import annotations
 
@@ -205,19 +205,29 @@ def test_few_open_files_still_get_their_stdio():
     ex.close()
 
 
-def test_another_working_directory_is_not_served_by_a_standby(scratch):
+def test_a_standby_serves_the_working_directory_it_was_made_for(scratch):
     # A standby entered its working directory while it still had its
-    # capabilities, as every sandbox does: it serves only that one.
+    # capabilities, as every sandbox does: it serves only that one, and the
+    # next is made for the directory of the execution that asked for it.
     src = os.path.join(scratch, "src")
     os.mkdir(src)
     ex = HermeticExecutor.create(_spec(inputs=[src])).unwrap()
+    slot = ex._prepared.standby
     _warm(ex)
-    taken = ex._prepared.standby.taken
+    taken = slot.taken
     assert ex.execute(["pwd"], cwd=src).unwrap().stdout == f"{src}\n".encode()
-    assert ex._prepared.standby.taken == taken
+    assert slot.taken == taken  # the standby was made for /
+    KEEPER.flush()
+    assert slot.ready()
+    assert ex.execute(["pwd"], cwd=src).unwrap().stdout == f"{src}\n".encode()
+    assert slot.taken == taken + 1
+    KEEPER.flush()
     assert ex.execute(["pwd"]).unwrap().stdout == b"/\n"
-    assert ex._prepared.standby.taken == taken + 1
+    assert slot.taken == taken + 1
     ex.close()
+    KEEPER.flush()
+    # The one dropped for another directory is gone with the rest.
+    assert _inits() == []
 
 
 @pytest.mark.parametrize("noticed", [True, False], ids=["before", "at-activation"])

@@ -810,10 +810,10 @@ def _execute_fresh(prepared: Prepared, run: Callable[..., ExecutionResult]) -> E
     return run()
 
 
-def _make_standby(prepared: Prepared) -> Standby | None:
-    """A sandbox for ``prepared`` set up to its action's exec (on the keeper
-    thread); None when setup failed (the next execute spawns directly and
-    reports the error)."""
+def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
+    """A sandbox for ``prepared`` set up to its action's exec in working
+    directory ``cwd`` (on the keeper thread); None when setup failed (the
+    next execute spawns directly and reports the error)."""
     lib = _native().lib
     leases = contextlib.ExitStack()
     stack = None
@@ -835,7 +835,7 @@ def _make_standby(prepared: Prepared) -> Standby | None:
         if ident is None:
             leases.close()
             return None
-        plan, keep = prepared.new_plan(prepared.workdir, "/")
+        plan, keep = prepared.new_plan(cwd, "/")
         plan.standby = 1
         plan.stdin_fd = plan.stdout_fd = plan.stderr_fd = -1
         if group is not None:
@@ -869,7 +869,7 @@ def _make_standby(prepared: Prepared) -> Standby | None:
         STACKS.give(sb.stack)
 
     keep.append(prepared._mem)
-    sb = Standby(plan, keep, proc, stack, leases, ident, prepared.workdir, release, worker, group)
+    sb = Standby(plan, keep, proc, stack, leases, ident, cwd, release, worker, group)
     # A bound path replaced while it was set up: its binds may be either.
     if linux_template.identity(prepared.host_sources) != ident:
         sb.drop()
@@ -988,7 +988,7 @@ def _run(
                     # that cannot start).  Nothing broader is caught: what a
                     # signal handler raises here must reach the caller.
                     with contextlib.suppress(RuntimeError, OSError):
-                        prepared.standby.want()
+                        prepared.standby.want(workdir)
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
                     proxy = EgressProxy.for_spec(proc.proxy_fd, prepared.spec).start()

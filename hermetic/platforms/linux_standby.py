@@ -8,10 +8,15 @@ also asks a background thread to prepare one sandbox ahead: cloned and set
 up like any other, with ``hm_plan.standby`` set, so that its action stops
 after installing seccomp and waits on its report channel.  The next execute
 takes it: ``hm_activate`` sends the action its stdin, stdout and stderr and
-fills in argv, the working directory and the candidate paths of argv[0];
-the action changes directory and execs.  The setup then overlaps the
-previous action instead of preceding the next one, on a machine with a core
-to spare.
+fills in argv and the candidate paths of argv[0]; the action execs.  The
+setup then overlaps the previous action instead of preceding the next one,
+on a machine with a core to spare.
+
+The action enters its working directory while it still has capabilities,
+as every sandbox's does, so a standby serves only an execution with that
+same directory: it is made for the directory of the execution that asked
+for it.  An execution with another directory drops it (on the background
+thread) and starts afresh, and the next standby is made for its directory.
 
 A standby is one sandbox, used once, like any other: it shares nothing with
 the action before it.  It is dropped (killed and reaped) instead of used
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import queue
 import select
@@ -208,15 +214,15 @@ _SLOTS: weakref.WeakSet[StandbySlot] = weakref.WeakSet()
 class StandbySlot:
     """At most one standby for one prepared spec.
 
-    ``make(owner)`` sets one up (None when it cannot: the next execute then
-    spawns directly and reports any error itself); ``sources`` are the host
-    paths the sandbox binds.
+    ``make(owner, cwd)`` sets one up for working directory ``cwd`` (None
+    when it cannot: the next execute then spawns directly and reports any
+    error itself); ``sources`` are the host paths the sandbox binds.
     """
 
     def __init__(
         self,
         owner: object,
-        make: Callable[[Any], Standby | None],
+        make: Callable[[Any, str], Standby | None],
         sources: tuple[str, ...],
     ) -> None:
         self._owner = weakref.ref(owner)
@@ -257,9 +263,15 @@ class StandbySlot:
                 finally:
                     self._claimed = False
             sb = self._standby
-            if sb is None or sb.cwd != cwd:
-                return None  # (a standby for another directory stays)
+            if sb is None:
+                return None
             self._standby = None
+        if sb.cwd != cwd:
+            # Made for the working directory of the execution before: the
+            # next one is made for this one's (want()).  Dropped off this
+            # execution's path.
+            KEEPER.submit(sb.drop)
+            return None
         try:
             current = (
                 sb.owner == os.getpid() and sb.alive() and identity(self._sources) == sb.identity
@@ -284,8 +296,9 @@ class StandbySlot:
             with self._lock:
                 self._active -= 1
 
-    def want(self) -> None:
-        """An action has started: once the spec is being reused, prepare the next.
+    def want(self, cwd: str) -> None:
+        """An action has started in ``cwd``: once the spec is being reused,
+        prepare the next, in the same working directory.
 
         Not while other executions of this spec run: concurrent callers keep
         the CPUs busy already, and a standby would only take its share.
@@ -300,20 +313,20 @@ class StandbySlot:
                 return  # the sandbox keeps failing to set up: stop trying
             self._pending = True
         try:
-            KEEPER.submit(self.fill)
+            KEEPER.submit(functools.partial(self.fill, cwd))
         except BaseException:
             with self._lock:
                 self._pending = False
                 self._filled.notify_all()
             raise
 
-    def fill(self) -> None:
-        """Make the standby (on the keeper thread)."""
+    def fill(self, cwd: str) -> None:
+        """Make the standby for ``cwd`` (on the keeper thread)."""
         owner = self._owner()
         sb = None
         try:
             if owner is not None:
-                sb = self._make(owner)
+                sb = self._make(owner, cwd)
         except Exception:
             sb = None
         finally:
