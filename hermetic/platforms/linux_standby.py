@@ -269,8 +269,12 @@ class StandbySlot:
         if sb.cwd != cwd:
             # Made for the working directory of the execution before: the
             # next one is made for this one's (want()).  Dropped off this
-            # execution's path.
-            KEEPER.submit(sb.drop)
+            # execution's path (here if the keeper cannot take it).
+            try:
+                KEEPER.submit(sb.drop)
+            except BaseException:
+                sb.drop()
+                raise
             return None
         try:
             current = (
