@@ -99,7 +99,9 @@ class SyscallAudit:
                 raise OSError(-r, f"seccomp listener: {os.strerror(-r)}")
             if r == 1:
                 return True
-            if r == 0 and deadline is not None and time.monotonic() >= deadline:
+            # Also after a full batch (r == 2): a flood of calls that never
+            # leaves the listener idle must not hold the deadline off.
+            if deadline is not None and time.monotonic() >= deadline:
                 return False
 
     def _take(self, ev: Any) -> None:
