@@ -17,8 +17,9 @@ can be compared side by side (``python benchmarks/compare.py FILE``):
 - ``cat``: ``sh -c 'cat in > out'``, directly (baseline) and sandboxed.
 - ``writes``: a shell loop opening a file in the outputs for writing 200
   times, directly (baseline), sandboxed, and sandboxed with
-  ``audit_writes=False``: the difference is what recording refused writes
-  costs (a round trip to the seccomp listener per open for writing).
+  ``audit_writes=False``: the difference is what auditing every open for
+  writing costs (a round trip to the seccomp listener each), allowed or
+  refused.
 
 Every round's exit status is recorded and checked after the timed loop;
 nothing here asserts on speed.
@@ -265,7 +266,7 @@ def test_cat_hermetic(benchmark: Any, scratch: Any, source_executor: Any) -> Non
     _check_copy(dst)
 
 
-# -- many writes: what recording refused writes costs ------------------------
+# -- many writes: what auditing path writes costs -----------------------------
 
 
 def _writes_job(scratch: Any) -> list[str]:

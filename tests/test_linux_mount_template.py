@@ -14,7 +14,7 @@ import pytest
 from hermetic import EnvSet, HermeticExecutor, HermeticSpecBuilder, PathSet, SandboxSpec
 from hermetic.platforms import linux_plan
 from hermetic.platforms.linux_standby import KEEPER
-from hermetic.platforms.linux_template import split_ops
+from hermetic.platforms.linux_template import host_path, split_ops
 
 pytestmark = [
     pytest.mark.linux,
@@ -209,3 +209,20 @@ def test_concurrent_actions_share_one_namespace_and_close_releases_it(scratch):
     assert _namespaces_held() == before + 1
     ex.close()
     assert _namespaces_held() == before
+
+
+def test_host_path_follows_the_deepest_host_bind():
+    B, old = linux_plan.OP_BIND, linux_plan.OLDROOT
+    ops = (
+        linux_plan.Op(linux_plan.OP_TMPFS, "/tmp"),
+        linux_plan.Op(B, "/work", f"{old}/srv/work"),
+        linux_plan.Op(B, "/work/out", f"{old}/data/out"),
+        linux_plan.Op(B, "/dev/null", "/dev/null"),  # not a host bind below the old root
+    )
+    assert host_path(ops, "/work/src/a") == "/srv/work/src/a"
+    assert host_path(ops, "/work/out") == "/data/out"
+    assert host_path(ops, "/work/out/x/y") == "/data/out/x/y"
+    assert host_path(ops, "/work/outside") == "/srv/work/outside"  # whole components
+    assert host_path(ops, "/tmp/x") is None
+    assert host_path(ops, "/dev/null") is None
+    assert host_path(ops, "/") is None

@@ -207,8 +207,9 @@ def test_few_open_files_still_get_their_stdio():
 
 def test_a_standby_serves_the_working_directory_it_was_made_for(scratch):
     # A standby entered its working directory while it still had its
-    # capabilities, as every sandbox does: it serves only that one, and the
-    # next is made for the directory of the execution that asked for it.
+    # capabilities, as every sandbox does: it serves only that one.  The
+    # next is made for the directory of the executions that asked for it,
+    # once two in a row used it.
     src = os.path.join(scratch, "src")
     os.mkdir(src)
     ex = HermeticExecutor.create(_spec(inputs=[src])).unwrap()
@@ -218,16 +219,41 @@ def test_a_standby_serves_the_working_directory_it_was_made_for(scratch):
     assert ex.execute(["pwd"], cwd=src).unwrap().stdout == f"{src}\n".encode()
     assert slot.taken == taken  # the standby was made for /
     KEEPER.flush()
+    assert not slot.ready() and _inits() == []  # dropped, none made yet
+    assert ex.execute(["pwd"], cwd=src).unwrap().stdout == f"{src}\n".encode()
+    KEEPER.flush()
     assert slot.ready()
     assert ex.execute(["pwd"], cwd=src).unwrap().stdout == f"{src}\n".encode()
     assert slot.taken == taken + 1
     KEEPER.flush()
     assert ex.execute(["pwd"]).unwrap().stdout == b"/\n"
     assert slot.taken == taken + 1
+    # close() does not return before the standby dropped for / is gone,
+    # whether or not the background thread got to it.
     ex.close()
-    KEEPER.flush()
-    # The one dropped for another directory is gone with the rest.
     assert _inits() == []
+
+
+def test_a_working_directory_replaced_on_the_host_is_seen(scratch):
+    # A standby is in its working directory; one replaced on the host since
+    # is not the directory the next action must run in.
+    out = os.path.join(scratch, "out")
+    sub = os.path.join(out, "sub")
+    os.makedirs(sub)
+    ex = HermeticExecutor.create(_spec(outputs=[out])).unwrap()
+    for _ in range(3):
+        ex.execute(["true"], cwd=sub).unwrap()
+    KEEPER.flush()
+    assert ex._prepared.standby.ready()
+    taken = ex._prepared.standby.taken
+    shutil.rmtree(sub)
+    os.mkdir(sub)
+    r = ex.execute(["sh", "-c", "echo x > f && pwd"], cwd=sub).unwrap()
+    assert (r.exit_code, r.stdout) == (0, f"{sub}\n".encode()), r
+    assert ex._prepared.standby.taken == taken
+    with open(os.path.join(sub, "f")) as f:
+        assert f.read() == "x\n"
+    ex.close()
 
 
 @pytest.mark.parametrize("noticed", [True, False], ids=["before", "at-activation"])

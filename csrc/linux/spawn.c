@@ -99,23 +99,23 @@ static void close_handed(struct hm_proc *proc)
     proc->notify_fd = proc->proxy_fd = -1;
 }
 
-/* One record comes: stage 0 when the action has exec'd (or HM_MSG_READY
- * from a standby), else where setup failed; the descriptor records before
- * it are kept in proc.  pid 1's pidfd is watched too, in case it dies
- * without a word (killed from outside); end-of-file cannot be relied on, as
- * a process forked meanwhile by another thread may hold the pipe.  Returns
- * the record's size or -errno. */
 /* Each notification stops the action until the caller answers: two
  * wakeups per call.  With this flag (Linux 6.6) the kernel wakes the other
  * side on the CPU that wakes it, as a direct hand-off, instead of wherever
- * the scheduler would put it: a round trip measured 37 us without, 11 us
- * with.  Only a speed hint: an older kernel refuses it (EINVAL), and the
+ * the scheduler would put it: a round trip measured 37 us without, 11-12
+ * us with.  Only a speed hint: an older kernel refuses it (EINVAL), and the
  * listener works as before. */
 static void notify_sync_wakeups(int fd)
 {
     (void)ioctl(fd, HM_SECCOMP_IOCTL_NOTIF_SET_FLAGS, HM_SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
 }
 
+/* One record comes: stage 0 when the action has exec'd (or HM_MSG_READY
+ * from a standby), else where setup failed; the descriptor records before
+ * it are kept in proc.  pid 1's pidfd is watched too, in case it dies
+ * without a word (killed from outside); end-of-file cannot be relied on, as
+ * a process forked meanwhile by another thread may hold the pipe.  Returns
+ * the record's size or -errno. */
 static int await_report(struct hm_proc *proc, int chan, struct hm_error *rec)
 {
     int n = -EPROTO;

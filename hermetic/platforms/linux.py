@@ -377,7 +377,7 @@ class Prepared:
             and not self.fresh_clocks
             and not net.uses_proxy
         ):
-            self.standby = StandbySlot(self, _make_standby, self.host_sources)
+            self.standby = StandbySlot(self, _make_standby)
 
     def close(self) -> None:
         """Release the prepared mount namespace, if any, and drop the standby
@@ -831,7 +831,13 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
 
             leases.callback(close_groups)
             group = V2.new_group(prepared.spec.resources, made)
-        ident = linux_template.identity(prepared.host_sources)
+        # The bound host paths, and the working directory's own: one
+        # replaced on the host since must not be the one the action is in.
+        sources = prepared.host_sources
+        at = linux_template.host_path(prepared.ops, cwd)
+        if at is not None and at not in sources:
+            sources += (at,)
+        ident = linux_template.identity(sources)
         if ident is None:
             leases.close()
             return None
@@ -871,7 +877,7 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
     keep.append(prepared._mem)
     sb = Standby(plan, keep, proc, stack, leases, ident, cwd, release, worker, group)
     # A bound path replaced while it was set up: its binds may be either.
-    if linux_template.identity(prepared.host_sources) != ident:
+    if linux_template.identity(sources) != ident:
         sb.drop()
         return None
     return sb

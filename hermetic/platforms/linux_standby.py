@@ -15,8 +15,10 @@ on a machine with a core to spare.
 The action enters its working directory while it still has capabilities,
 as every sandbox's does, so a standby serves only an execution with that
 same directory: it is made for the directory of the execution that asked
-for it.  An execution with another directory drops it (on the background
-thread) and starts afresh, and the next standby is made for its directory.
+for it, once two in a row used it (a directory per action would only make
+standbys to drop), and the directory's host inode is checked with the
+bound paths'.  An execution with another directory drops it (on the
+background thread; close() waits for that) and starts afresh.
 
 A standby is one sandbox, used once, like any other: it shares nothing with
 the action before it.  It is dropped (killed and reaped) instead of used
@@ -85,6 +87,8 @@ class Standby:
         self.used = False
         self._release = release
         self._stage = 0  # what drop() has done: 1 killed, 2 reaped, 3 released, 4 done
+        # One drop at a time: the keeper's and a close()'s may meet.
+        self._dropping = threading.RLock()
         _LIVE.add(self)
 
     def alive(self) -> bool:
@@ -102,27 +106,33 @@ class Standby:
             _LIVE.discard(self)
             return  # the parent's sandbox, not this process's child
         interrupted: BaseException | None = None
-        while self._stage < 4:
-            try:
-                self._step()
-            except BaseException as e:  # finish first
-                interrupted = interrupted or e
+        with self._dropping:
+            while self._stage < 4:
+                try:
+                    self._step()
+                except BaseException as e:  # finish first
+                    interrupted = interrupted or e
         if interrupted is not None:
             raise interrupted
 
     def _step(self) -> None:
         pid, pidfd = int(self.proc.pid), int(self.proc.pidfd)
+        # Killing and reaping may be repeated; the stages after them are
+        # marked before their effect.  A stage is only ever advanced: a
+        # reentrant drop may have finished meanwhile.
         if self._stage == 0:
             if pid > 0:
                 # A standby is its own pid namespace: SIGKILL of pid 1 ends it.
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            self._stage = 1
+            self._stage = max(self._stage, 1)
         elif self._stage == 1:
             if pid > 0:
+                # By its pidfd: a repeated reap can never take a process
+                # that reused the pid.
                 with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-            self._stage = 2
+                    os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            self._stage = max(self._stage, 2)
         elif self._stage == 2:
             self._stage = 3
             self._release(self)
@@ -216,24 +226,23 @@ class StandbySlot:
 
     ``make(owner, cwd)`` sets one up for working directory ``cwd`` (None
     when it cannot: the next execute then spawns directly and reports any
-    error itself); ``sources`` are the host paths the sandbox binds.
+    error itself).
     """
 
-    def __init__(
-        self,
-        owner: object,
-        make: Callable[[Any, str], Standby | None],
-        sources: tuple[str, ...],
-    ) -> None:
+    def __init__(self, owner: object, make: Callable[[Any, str], Standby | None]) -> None:
         self._owner = weakref.ref(owner)
         self._make = make
-        self._sources = sources
         # Reentrant: a collection on a thread holding it runs _collected().
         self._lock = threading.RLock()
         self._filled = threading.Condition(self._lock)
         self._standby: Standby | None = None
         self._pending = False
+        self._pending_cwd = ""
         self._claimed = False
+        # The working directory of the last execution (see want()), and
+        # standbys handed to the keeper to drop (see close()).
+        self._last_cwd: str | None = None
+        self._dropping: set[Standby] = set()
         self._active = 0
         self._runs = 0
         self._failures = 0
@@ -251,7 +260,12 @@ class StandbySlot:
         a second one from scratch.
         """
         with self._lock:
-            if self._standby is None and self._pending and not self._claimed:
+            if (
+                self._standby is None
+                and self._pending
+                and self._pending_cwd == cwd
+                and not self._claimed
+            ):
                 self._claimed = True
                 try:
                     deadline = time.monotonic() + wait
@@ -267,19 +281,13 @@ class StandbySlot:
                 return None
             self._standby = None
         if sb.cwd != cwd:
-            # Made for the working directory of the execution before: the
-            # next one is made for this one's (want()).  Dropped off this
-            # execution's path (here if the keeper cannot take it).
-            try:
-                KEEPER.submit(sb.drop)
-            except BaseException:
-                sb.drop()
-                raise
+            # Made for the working directory of the executions before: off
+            # this execution's path (here if the keeper cannot take it).
+            self._drop_later(sb)
             return None
         try:
-            current = (
-                sb.owner == os.getpid() and sb.alive() and identity(self._sources) == sb.identity
-            )
+            paths = tuple(entry[0] for entry in sb.identity)
+            current = sb.owner == os.getpid() and sb.alive() and identity(paths) == sb.identity
         except BaseException:
             sb.drop()
             raise
@@ -300,22 +308,46 @@ class StandbySlot:
             with self._lock:
                 self._active -= 1
 
+    def _drop_later(self, sb: Standby) -> None:
+        """Drop ``sb`` on the keeper thread; close() waits for it."""
+        with self._lock:
+            self._dropping.add(sb)
+
+        def drop() -> None:
+            try:
+                sb.drop()
+            finally:
+                with self._lock:
+                    self._dropping.discard(sb)
+
+        try:
+            KEEPER.submit(drop)
+        except RuntimeError:  # no thread to run it
+            drop()
+        except BaseException:
+            drop()  # (one the keeper started meanwhile is waited for)
+            raise
+
     def want(self, cwd: str) -> None:
         """An action has started in ``cwd``: once the spec is being reused,
-        prepare the next, in the same working directory.
+        prepare the next, for the same working directory, if the execution
+        before used it too (one that changes every time would only make
+        standbys to drop).
 
         Not while other executions of this spec run: concurrent callers keep
         the CPUs busy already, and a standby would only take its share.
         """
         with self._lock:
             self._runs += 1
-            if self._runs < 2 or self._pending or self._standby is not None:
+            same_cwd, self._last_cwd = self._last_cwd == cwd, cwd
+            if self._runs < 2 or not same_cwd or self._pending or self._standby is not None:
                 return
             if self._active > 1:
                 return
             if self._failures >= 3:
                 return  # the sandbox keeps failing to set up: stop trying
             self._pending = True
+            self._pending_cwd = cwd
         try:
             KEEPER.submit(functools.partial(self.fill, cwd))
         except BaseException:
@@ -358,10 +390,15 @@ class StandbySlot:
         """
         with self._lock:
             self._runs = 0
+            self._last_cwd = None
             if threading.current_thread().name != KEEPER_THREAD:
                 while self._pending:
                     self._filled.wait()
             sb, self._standby = self._standby, None
+            queued = list(self._dropping)
+        # Those handed to the keeper too: drop() runs once, whoever calls it.
+        for other in queued:
+            other.drop()
         if sb is not None:
             sb.drop()
 
@@ -385,6 +422,8 @@ class StandbySlot:
         self._standby = None
         self._pending = self._claimed = False
         self._active = self._runs = 0
+        self._last_cwd = None
+        self._dropping = set()
 
     def ready(self) -> bool:
         with self._lock:

@@ -112,6 +112,22 @@ def host_sources(ops: tuple[Op, ...]) -> tuple[str, ...]:
     )
 
 
+def host_path(ops: tuple[Op, ...], path: str) -> str | None:
+    """The host path that the deepest host bind at or above sandbox path
+    ``path`` shows there; None when no bind covers it (a directory the
+    sandbox makes itself)."""
+    best: tuple[str, str] | None = None
+    for op in ops:
+        if op.kind != OP_BIND or op.src is None or not op.src.startswith(OLDROOT + "/"):
+            continue
+        if is_within(path, op.dst) and (best is None or len(op.dst) > len(best[0])):
+            best = (op.dst, op.src[len(OLDROOT) :])
+    if best is None:
+        return None
+    dst, src = best
+    return src + path[len(dst) :] if path != dst else src
+
+
 def identity(paths: tuple[str, ...]) -> Identity | None:
     """(path, device, inode, type) of each path, None if one is missing."""
     out = []
