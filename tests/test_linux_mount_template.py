@@ -211,18 +211,25 @@ def test_concurrent_actions_share_one_namespace_and_close_releases_it(scratch):
     assert _namespaces_held() == before
 
 
-def test_host_path_follows_the_deepest_host_bind():
-    B, old = linux_plan.OP_BIND, linux_plan.OLDROOT
+def test_host_path_follows_the_deepest_mount():
+    B, T, old = linux_plan.OP_BIND, linux_plan.OP_TMPFS, linux_plan.OLDROOT
     ops = (
-        linux_plan.Op(linux_plan.OP_TMPFS, "/tmp"),
+        linux_plan.Op(T, "/tmp"),
         linux_plan.Op(B, "/work", f"{old}/srv/work"),
         linux_plan.Op(B, "/work/out", f"{old}/data/out"),
-        linux_plan.Op(B, "/dev/null", "/dev/null"),  # not a host bind below the old root
+        linux_plan.Op(T, "/work/scratch"),  # the sandbox's own, below a bind
+        linux_plan.Op(linux_plan.OP_MKDIR, "/work/made"),  # not a mount
+        linux_plan.Op(B, "/tmp/in", f"{old}/data/in"),
     )
     assert host_path(ops, "/work/src/a") == "/srv/work/src/a"
     assert host_path(ops, "/work/out") == "/data/out"
     assert host_path(ops, "/work/out/x/y") == "/data/out/x/y"
     assert host_path(ops, "/work/outside") == "/srv/work/outside"  # whole components
+    assert host_path(ops, "/work/out/../src") == "/srv/work/src"  # normalized first
+    assert host_path(ops, "/work/made") == "/srv/work/made"
+    assert host_path(ops, "/work/scratch/x") is None
     assert host_path(ops, "/tmp/x") is None
-    assert host_path(ops, "/dev/null") is None
+    assert host_path(ops, "/tmp/in/x") == "/data/in/x"
     assert host_path(ops, "/") is None
+    # A host directory bound at the sandbox's root.
+    assert host_path((linux_plan.Op(B, "/", f"{old}/srv/root"),), "/a/b") == "/srv/root/a/b"

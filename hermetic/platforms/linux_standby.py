@@ -87,8 +87,11 @@ class Standby:
         self.used = False
         self._release = release
         self._stage = 0  # what drop() has done: 1 killed, 2 reaped, 3 released, 4 done
-        # One drop at a time: the keeper's and a close()'s may meet.
+        # One drop at a time: the keeper's and a close()'s may meet.  A drop
+        # a signal handler starts inside one on the same thread leaves the
+        # work to the outer one (which holds the descriptors it read).
         self._dropping = threading.RLock()
+        self._dropper: int | None = None
         _LIVE.add(self)
 
     def alive(self) -> bool:
@@ -105,34 +108,40 @@ class Standby:
         if self.owner != os.getpid():
             _LIVE.discard(self)
             return  # the parent's sandbox, not this process's child
+        me = threading.get_ident()
+        if self._dropper == me:
+            return
         interrupted: BaseException | None = None
         with self._dropping:
-            while self._stage < 4:
-                try:
-                    self._step()
-                except BaseException as e:  # finish first
-                    interrupted = interrupted or e
+            self._dropper = me
+            try:
+                while self._stage < 4:
+                    try:
+                        self._step()
+                    except BaseException as e:  # finish first
+                        interrupted = interrupted or e
+            finally:
+                self._dropper = None
         if interrupted is not None:
             raise interrupted
 
     def _step(self) -> None:
         pid, pidfd = int(self.proc.pid), int(self.proc.pidfd)
         # Killing and reaping may be repeated; the stages after them are
-        # marked before their effect.  A stage is only ever advanced: a
-        # reentrant drop may have finished meanwhile.
+        # marked before their effect.
         if self._stage == 0:
             if pid > 0:
                 # A standby is its own pid namespace: SIGKILL of pid 1 ends it.
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            self._stage = max(self._stage, 1)
+            self._stage = 1
         elif self._stage == 1:
             if pid > 0:
                 # By its pidfd: a repeated reap can never take a process
                 # that reused the pid.
                 with contextlib.suppress(ChildProcessError):
                     os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-            self._stage = max(self._stage, 2)
+            self._stage = 2
         elif self._stage == 2:
             self._stage = 3
             self._release(self)
@@ -280,12 +289,12 @@ class StandbySlot:
             if sb is None:
                 return None
             self._standby = None
-        if sb.cwd != cwd:
-            # Made for the working directory of the executions before: off
-            # this execution's path (here if the keeper cannot take it).
-            self._drop_later(sb)
-            return None
         try:
+            if sb.cwd != cwd:
+                # Made for the working directory of the executions before:
+                # off this execution's path (here if the keeper cannot).
+                self._drop_later(sb)
+                return None
             paths = tuple(entry[0] for entry in sb.identity)
             current = sb.owner == os.getpid() and sb.alive() and identity(paths) == sb.identity
         except BaseException:
@@ -397,10 +406,15 @@ class StandbySlot:
             sb, self._standby = self._standby, None
             queued = list(self._dropping)
         # Those handed to the keeper too: drop() runs once, whoever calls it.
-        for other in queued:
-            other.drop()
-        if sb is not None:
-            sb.drop()
+        # Each is dropped whatever a signal handler raises meanwhile.
+        interrupted: BaseException | None = None
+        for other in [*queued, *([sb] if sb is not None else [])]:
+            try:
+                other.drop()
+            except BaseException as e:
+                interrupted = interrupted or e
+        if interrupted is not None:
+            raise interrupted
 
     def _collected(self) -> None:
         # At collection, which may come at any point of any thread: drop
@@ -409,10 +423,12 @@ class StandbySlot:
         with self._lock:
             self._runs = 0
             sb, self._standby = self._standby, None
-        if sb is not None:
-            # Not here: a finalizer swallows what a signal handler raises
-            # while it waits for the reap.
-            KEEPER.submit(sb.drop)
+            queued = list(self._dropping)
+        # Not here: a finalizer swallows what a signal handler raises while
+        # it waits for the reap.  (Those already queued again: drop() runs
+        # once.)
+        for other in [*queued, *([sb] if sb is not None else [])]:
+            KEEPER.submit(other.drop)
 
     def _after_fork(self) -> None:
         # The parent's standby and its keeper's work are not this process's;

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -58,6 +59,9 @@ from hermetic.platforms.linux_plan import (
 )
 
 Identity = tuple[tuple[str, int, int, int], ...]
+
+#: Ops that mount something at their dst.
+_MOUNTS = (OP_BIND, OP_TMPFS, OP_PROC)
 
 
 def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | None:
@@ -113,19 +117,20 @@ def host_sources(ops: tuple[Op, ...]) -> tuple[str, ...]:
 
 
 def host_path(ops: tuple[Op, ...], path: str) -> str | None:
-    """The host path that the deepest host bind at or above sandbox path
-    ``path`` shows there; None when no bind covers it (a directory the
-    sandbox makes itself)."""
-    best: tuple[str, str] | None = None
+    """The host directory the sandbox shows at ``path``: through the deepest
+    mount above it, when that is a host bind; None when it is one the
+    sandbox makes itself (its root, /tmp, /proc)."""
+    path = posixpath.normpath(path)
+    best: Op | None = None
     for op in ops:
-        if op.kind != OP_BIND or op.src is None or not op.src.startswith(OLDROOT + "/"):
-            continue
-        if is_within(path, op.dst) and (best is None or len(op.dst) > len(best[0])):
-            best = (op.dst, op.src[len(OLDROOT) :])
-    if best is None:
+        if op.kind in _MOUNTS and is_within(path, op.dst):
+            if best is None or len(op.dst) >= len(best.dst):
+                best = op
+    if best is None or best.kind != OP_BIND or not (best.src or "").startswith(OLDROOT + "/"):
         return None
-    dst, src = best
-    return src + path[len(dst) :] if path != dst else src
+    src = (best.src or "")[len(OLDROOT) :]
+    rel = path[len(best.dst) :] if best.dst != "/" else path
+    return src + rel if path != best.dst else src
 
 
 def identity(paths: tuple[str, ...]) -> Identity | None:
