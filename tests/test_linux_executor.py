@@ -384,6 +384,14 @@ def test_exception_at_any_point_ends_the_sandbox(ex):
 
     if cgroup_mechanism()[0] == 2:
         assert [e.name for e in os.scandir(PARENT.path()) if e.is_dir()] == []
+    # Nor a lease of the prepared mount namespace (only a standby holds one).
+    from hermetic.platforms.linux_standby import KEEPER
+
+    KEEPER.flush()
+    template, standby = ex._prepared.mount_template, ex._prepared.standby
+    if template is not None:
+        held = sum(len(ns.holders) for ns in template._open)
+        assert held == (1 if standby is not None and standby.ready() else 0)
     assert ex.execute(["true"]).unwrap().success()
 
 

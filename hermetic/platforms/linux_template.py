@@ -146,12 +146,14 @@ def identity(paths: tuple[str, ...]) -> Identity | None:
 
 
 class _Namespace:
-    __slots__ = ("fd", "identity", "leases", "retired")
+    __slots__ = ("fd", "holders", "identity", "retired")
 
     def __init__(self, fd: int, ident: Identity) -> None:
         self.fd = fd
         self.identity = ident
-        self.leases = 0
+        # One token per lease: a list append or remove is one step that no
+        # signal handler can split, where a count's read and write are two.
+        self.holders: list[object] = []
         self.retired = False
 
 
@@ -182,7 +184,7 @@ class MountTemplate:
 
     def _retire(self, ns: _Namespace) -> None:
         ns.retired = True
-        if ns.leases == 0:
+        if not ns.holders:
             with contextlib.suppress(OSError):
                 os.close(ns.fd)
             self._open.remove(ns)
@@ -191,26 +193,35 @@ class MountTemplate:
     def lease(self) -> Iterator[int]:
         """The descriptor of a current namespace, for one action."""
         ident = identity(self._sources)
-        with self._lock:
-            if self._pid != os.getpid():
-                # A forked child: the parent's leases mean nothing here.
-                self._pid = os.getpid()
-                for held in self._open:
-                    held.leases = 0
-            ns = self._current
-            if ns is None or ident is None or ns.identity != ident:
-                if ns is not None:
-                    self._retire(ns)
-                    self._current = None
-                ns = self._new()
-            ns.leases += 1
+        token = object()
+        ns: _Namespace | None = None
+        # One try from the start: whatever a signal handler raises, the token
+        # is in a list exactly when the finally must take it out.
         try:
+            with self._lock:
+                if self._pid != os.getpid():
+                    # A forked child: the parent's leases mean nothing here.
+                    self._pid = os.getpid()
+                    for held in self._open:
+                        held.holders.clear()
+                ns = self._current
+                if ns is None or ident is None or ns.identity != ident:
+                    if ns is not None:
+                        self._retire(ns)
+                        self._current = None
+                    ns = self._new()
+                ns.holders.append(token)
             yield ns.fd
         finally:
-            with self._lock:
-                ns.leases -= 1
-                if ns.retired and ns.leases == 0 and ns in self._open:
-                    self._retire(ns)
+            if ns is not None:
+                with self._lock:
+                    self._release(ns, token)
+
+    def _release(self, ns: _Namespace, token: object) -> None:
+        if token in ns.holders:
+            ns.holders.remove(token)
+        if ns.retired and not ns.holders and ns in self._open:
+            self._retire(ns)
 
     def _new(self) -> _Namespace:
         before = identity(self._sources)
