@@ -139,6 +139,31 @@ def test_close_and_collection_leave_no_sandbox_behind():
     assert _inits() == []
 
 
+def test_a_drop_inside_a_drop_leaves_the_work_to_the_outer_one(monkeypatch):
+    # As when a signal handler drops the standby (close()) while the same
+    # thread is reaping it: the inner drop must not release what the outer
+    # one is still using (its pid 1's descriptor).
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    _warm(ex)
+    sb = ex._prepared.standby.take("/")
+    assert sb is not None
+    waitid, seen = os.waitid, []
+
+    def nested(*args):
+        if not seen:  # once
+            seen.append(None)
+            sb.drop()
+            seen.append(sb.proc.pidfd)  # still open: the outer drop holds it
+        return waitid(*args)
+
+    monkeypatch.setattr(os, "waitid", nested)
+    sb.drop()
+    assert seen[1] >= 0
+    assert sb.proc.pidfd == -1  # released once, by the outer drop
+    assert _inits() == []
+    ex.close()
+
+
 @pytest.mark.parametrize(
     "spec",
     [
