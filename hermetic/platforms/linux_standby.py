@@ -18,7 +18,7 @@ same directory: it is made for the directory of the execution that asked
 for it, once two in a row used it (a directory per action would only make
 standbys to drop), and the directory's host inode is checked with the
 bound paths'.  An execution with another directory drops it (on the
-background thread; close() waits for that) and starts afresh.
+background thread, or in close() if that comes first) and starts afresh.
 
 A standby is one sandbox, used once, like any other: it shares nothing with
 the action before it.  It is dropped (killed and reaped) instead of used
@@ -318,7 +318,7 @@ class StandbySlot:
                 self._active -= 1
 
     def _drop_later(self, sb: Standby) -> None:
-        """Drop ``sb`` on the keeper thread; close() waits for it."""
+        """Drop ``sb`` on the keeper thread (or in close(), if that comes first)."""
         with self._lock:
             self._dropping.add(sb)
 
