@@ -264,6 +264,31 @@ static long open_nofollow(const char *path)
     return HM_SYS4(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
 }
 
+/* A detached copy of the mount tree at path (recursive), the path
+ * resolved without symlinks. */
+static long clone_tree(const char *path)
+{
+    long at = open_nofollow(path);
+    if (at < 0)
+        return at;
+    long tree = HM_SYS3(SYS_open_tree, at, "",
+                        HM_OPEN_TREE_CLONE | O_CLOEXEC | HM_AT_RECURSIVE | HM_AT_EMPTY_PATH);
+    HM_SYS1(SYS_close, at);
+    return tree;
+}
+
+/* A detached tree attached at dst (resolved without symlinks). */
+static long attach_tree(long tree, const char *dst)
+{
+    long at = open_nofollow(dst);
+    if (at < 0)
+        return at;
+    long r = HM_SYS5(SYS_move_mount, tree, "", at, "",
+                     HM_MOVE_MOUNT_F_EMPTY_PATH | HM_MOVE_MOUNT_T_EMPTY_PATH);
+    HM_SYS1(SYS_close, at);
+    return r;
+}
+
 /* A bind as a detached copy of the source tree: flagged (read-only,
  * nosuid, nodev, recursively) before it is attached, then moved onto the
  * target.  Each path is resolved once, without symlinks, and nothing is
@@ -281,26 +306,13 @@ static long bind_tree(const struct hm_op *op)
             r = HM_SYS5(SYS_mount_setattr, AT_FDCWD, op->dst, HM_AT_RECURSIVE, &attr, sizeof attr);
         return r;
     }
-    long src = open_nofollow(op->src);
-    if (src < 0)
-        return src;
-    long tree = HM_SYS3(SYS_open_tree, src, "",
-                        HM_OPEN_TREE_CLONE | O_CLOEXEC | HM_AT_RECURSIVE | HM_AT_EMPTY_PATH);
-    HM_SYS1(SYS_close, src);
+    long tree = clone_tree(op->src);
     if (tree < 0)
         return tree;
     long r = HM_SYS5(SYS_mount_setattr, tree, "", HM_AT_EMPTY_PATH | HM_AT_RECURSIVE, &attr,
                      sizeof attr);
-    if (r == 0) {
-        long dst = open_nofollow(op->dst);
-        if (dst < 0) {
-            r = dst;
-        } else {
-            r = HM_SYS5(SYS_move_mount, tree, "", dst, "",
-                        HM_MOVE_MOUNT_F_EMPTY_PATH | HM_MOVE_MOUNT_T_EMPTY_PATH);
-            HM_SYS1(SYS_close, dst);
-        }
-    }
+    if (r == 0)
+        r = attach_tree(tree, op->dst);
     HM_SYS1(SYS_close, tree);
     return r;
 }
@@ -311,12 +323,7 @@ static long grab_tree(const struct hm_op *op, long *slots)
 {
     if (op->flags < 0 || op->flags >= HM_MAX_GRABS)
         return -EINVAL;
-    long at = open_nofollow(op->dst);
-    if (at < 0)
-        return at;
-    long tree = HM_SYS3(SYS_open_tree, at, "",
-                        HM_OPEN_TREE_CLONE | O_CLOEXEC | HM_AT_RECURSIVE | HM_AT_EMPTY_PATH);
-    HM_SYS1(SYS_close, at);
+    long tree = clone_tree(op->dst);
     if (tree < 0)
         return tree;
     slots[op->flags] = tree;
@@ -329,13 +336,7 @@ static long place_tree(const struct hm_op *op, long *slots)
 {
     if (op->flags < 0 || op->flags >= HM_MAX_GRABS || slots[op->flags] < 0)
         return -EINVAL;
-    long dst = open_nofollow(op->dst);
-    long r = dst;
-    if (dst >= 0) {
-        r = HM_SYS5(SYS_move_mount, slots[op->flags], "", dst, "",
-                    HM_MOVE_MOUNT_F_EMPTY_PATH | HM_MOVE_MOUNT_T_EMPTY_PATH);
-        HM_SYS1(SYS_close, dst);
-    }
+    long r = attach_tree(slots[op->flags], op->dst);
     HM_SYS1(SYS_close, slots[op->flags]);
     slots[op->flags] = -1;
     return r;
