@@ -420,54 +420,52 @@ static int probe_child(void *arg)
     return 0;
 }
 
-/* Can this process create these namespaces?  0 or -errno. */
-int hm_probe_clone(unsigned long long ns_flags)
+/* Runs fn(arg) in a child cloned with `flags` | CLONE_VM | CLONE_VFORK on
+ * a stack of its own, and reaps it: CLONE_VFORK keeps the stack alive
+ * until the child has exited.  0, or -errno with *at_clone set when clone
+ * itself failed (not the stack). */
+static int run_vforked(int (*fn)(void *), void *arg, int flags, int *at_clone)
 {
+    *at_clone = 0;
     char *region = mmap(NULL, HM_STACK, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (region == MAP_FAILED)
         return -errno;
     unsigned long old;
     block_all(&old);
-    /* The child runs nothing but a return: CLONE_VFORK keeps its stack
-     * alive until it has exited. */
-    pid_t pid = clone(probe_child, region + HM_STACK, (int)ns_flags | CLONE_VM | CLONE_VFORK | SIGCHLD,
-                      NULL);
+    pid_t pid = clone(fn, region + HM_STACK, flags | CLONE_VM | CLONE_VFORK | SIGCHLD, arg);
     int e = errno;
     restore_mask(&old);
+    if (pid >= 0) {
+        while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+            ;
+    }
+    munmap(region, HM_STACK);
     if (pid < 0) {
-        munmap(region, HM_STACK);
+        *at_clone = 1;
         return -e;
     }
-    int status;
-    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
-        ;
-    munmap(region, HM_STACK);
     return 0;
 }
 
+/* Can this process create these namespaces?  0 or -errno. */
+int hm_probe_clone(unsigned long long ns_flags)
+{
+    int at_clone;
+    /* The child runs nothing but a return. */
+    return run_vforked(probe_child, NULL, (int)ns_flags, &at_clone);
+}
+
 /* A new network namespace with loopback up, owned by the caller's user
- * namespace; returns a descriptor for it or -errno. */
+ * namespace; returns a descriptor for it or -errno.  CLONE_FILES: the
+ * descriptor lands in the caller's table. */
 int hm_netns_create(void)
 {
-    char *region = mmap(NULL, HM_STACK, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (region == MAP_FAILED)
-        return -errno;
     struct hm_netns_args args = {-1, -EPROTO};
-    int flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_NEWNET | SIGCHLD;
-    unsigned long old;
-    block_all(&old);
-    pid_t pid = clone(hm__netns_main, region + HM_STACK, flags, &args);
-    int e = errno;
-    restore_mask(&old);
-    if (pid < 0) {
-        munmap(region, HM_STACK);
-        return -e;
-    }
-    while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
-        ;
-    munmap(region, HM_STACK);
+    int at_clone;
+    int r = run_vforked(hm__netns_main, &args, CLONE_FILES | CLONE_NEWNET, &at_clone);
+    if (r < 0)
+        return r;
     return args.err < 0 ? args.err : args.fd;
 }
 
@@ -478,26 +476,16 @@ int hm_mntns_create(const struct hm_plan *plan, struct hm_error *error)
 {
     memset(error, 0, sizeof *error);
     error->op_index = -1;
-    char *region = mmap(NULL, HM_STACK, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (region == MAP_FAILED)
-        return -errno;
     struct hm_mntns_args args = {plan, -1, HM_STAGE_MNTNS, -1, -EPROTO};
-    int flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_NEWNS | SIGCHLD;
-    unsigned long old;
-    block_all(&old);
-    pid_t pid = clone(hm__mntns_main, region + HM_STACK, flags, &args);
-    int e = errno;
-    restore_mask(&old);
-    if (pid < 0) {
-        munmap(region, HM_STACK);
-        error->stage = HM_STAGE_CLONE;
-        error->err = e;
-        return -e;
+    int at_clone;
+    int r = run_vforked(hm__mntns_main, &args, CLONE_FILES | CLONE_NEWNS, &at_clone);
+    if (r < 0) {
+        if (at_clone) {
+            error->stage = HM_STAGE_CLONE;
+            error->err = -r;
+        }
+        return r;
     }
-    while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
-        ;
-    munmap(region, HM_STACK);
     if (args.fd >= 0)
         return args.fd;
     error->stage = args.stage;
