@@ -29,7 +29,8 @@ from hermetic import (
     SandboxError,
     SandboxSpec,
 )
-from hermetic.platforms.linux_standby import KEEPER, Standby
+from hermetic.platforms.linux_standby import KEEPER, KEEPER_THREAD, Standby
+from hermetic.platforms.linux_workers import POOL
 
 pytestmark = pytest.mark.linux
 
@@ -93,6 +94,37 @@ def test_a_standby_is_as_fresh_as_any_sandbox(scratch):
         KEEPER.flush()
     assert ex._prepared.standby.taken >= 4
     ex.close()
+
+
+def _caps(text):
+    """{"CapBnd": int, ...} from /proc/.../status text."""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if line.startswith("Cap"))
+    return {k: int(v, 16) for k, v in fields.items()}
+
+
+def test_no_capabilities_through_a_standby_and_the_caller_keeps_its_own():
+    # The keeper thread that clones standbys holds an empty bounding set,
+    # so the action finds nothing left to drop; the caller's thread keeps
+    # its own (capabilities belong to a thread).
+    with open("/proc/thread-self/status") as f:
+        mine = _caps(f.read())
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    _warm(ex)
+    taken = ex._prepared.standby.taken
+    r = ex.execute(["cat", "/proc/self/status"]).unwrap()
+    assert ex._prepared.standby.taken == taken + 1
+    assert set(_caps(r.stdout.decode()).values()) == {0}, r.stdout
+    ex.close()
+    with open("/proc/thread-self/status") as f:
+        assert _caps(f.read()) == mine
+    if os.geteuid() == 0:
+        assert mine["CapBnd"] != 0
+        (keeper,) = [t for t in threading.enumerate() if t.name == KEEPER_THREAD]
+        # And the cgroup v1 workers, which clone pid 1 for limited specs.
+        for tid in [keeper.native_id, *(w.native.tid for w in POOL._all)]:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                theirs = _caps(f.read())
+            assert theirs["CapBnd"] == 0 and theirs["CapEff"] == mine["CapEff"], tid
 
 
 def test_a_replaced_input_is_seen_through_a_standby(scratch):
@@ -196,7 +228,9 @@ def test_standby_as_an_unprivileged_caller(test_user, scratch):
         ex = HermeticExecutor.create(spec).unwrap()
         seen = []
         for i in range(5):
-            r = ex.execute(["sh", "-c", f"id -u; echo {{i}} > {out}/{{i}}; ls -A /tmp"]).unwrap()
+            r = ex.execute(["sh", "-c", f"id -u; echo {{i}} > {out}/{{i}}; ls -A /tmp; "
+                                        "grep -c '^Cap...:.0000000000000000$' /proc/self/status"]
+                           ).unwrap()
             seen.append(r.stdout.decode())
             KEEPER.flush()
         print(json.dumps({{"seen": seen, "taken": ex._prepared.standby.taken,
@@ -213,7 +247,11 @@ def test_standby_as_an_unprivileged_caller(test_user, scratch):
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["taken"] >= 3 and not data["template"]
-    assert all(s == f"{test_user.pw_uid}\n{os.path.basename(scratch)}\n" for s in data["seen"])
+    # Every capability set empty (5): a new user namespace starts with a
+    # full bounding set, which the action drops itself.
+    assert all(
+        s == f"{test_user.pw_uid}\n{os.path.basename(scratch)}\n5\n" for s in data["seen"]
+    ), data["seen"]
     assert sorted(os.listdir(out)) == [str(i) for i in range(5)]
 
 

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -191,6 +192,27 @@ static int settle(struct hm_proc *proc, int n, const struct hm_error *rec, struc
     proc->pid = -1;
     hm_proc_release(proc);
     return -(error->err ? error->err : EPROTO);
+}
+
+/* Once on each thread of hermetic's own that spawns sandboxes (the keeper
+ * of standbys, the cgroup v1 workers): empty the thread's capability
+ * bounding set.  pid 1 and the action inherit it when no user namespace is
+ * made (a new one starts with a full set), so the action's own drop finds
+ * nothing left to drop.  The thread keeps its effective capabilities, which
+ * is what setting up a sandbox needs; capabilities belong to a thread, so
+ * the caller's threads keep their bounding set.  0, or -errno (EPERM
+ * without CAP_SETPCAP: then no action of this caller can exec with more
+ * than the caller's threads could). */
+int hm_spawner_thread_init(void)
+{
+    for (int cap = 0; cap < 64; cap++) {
+        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (r < 0)
+            return errno == EINVAL ? 0 : -errno;
+        if (r == 1 && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            return -errno;
+    }
+    return 0;
 }
 
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error)

@@ -43,6 +43,8 @@ static void *worker_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, NULL);
+    /* Best effort: without it each action drops the set itself. */
+    hm_spawner_thread_init();
     pthread_mutex_lock(&w->mu);
     w->tid = (int)syscall(SYS_gettid);
     w->started = 1;

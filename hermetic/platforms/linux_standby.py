@@ -217,6 +217,11 @@ class _Keeper:
         # Signals are the main thread's business: a signal delivered to this
         # thread would not wake a main thread blocked in a wait.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        # This thread clones the standbys' pid 1: an empty bounding set here
+        # saves each action dropping it (see hm_spawner_thread_init).
+        from hermetic import _native
+
+        _native.lib.hm_spawner_thread_init()
         while True:
             task = q.get()
             with contextlib.suppress(Exception):
