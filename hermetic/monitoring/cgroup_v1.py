@@ -37,7 +37,6 @@ class SlotUsage:
     """What the slot's counters say about one action (None: not measured)."""
 
     peak_memory: int | None
-    cpu_ns: int | None
     oom_kills: int
     fork_refusals: int
 
@@ -168,7 +167,7 @@ class V1Slot:
             peak = None if top is None else max(0, int(top) - self._base.get("memory", 0))
         oom = field(self._get("oom") or "", "oom_kill") - self._base.get("oom", 0)
         forks = field(self._get("forks") or "", "max") - self._base.get("forks", 0)
-        return SlotUsage(peak, self.cpu_ns(), oom, forks)
+        return SlotUsage(peak, oom, forks)
 
     def _close(self) -> None:
         for fd in self._fds.values():

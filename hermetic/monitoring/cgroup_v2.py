@@ -191,7 +191,7 @@ class V2Group:
             oom = field(read_text(self._f("memory.events")), "oom_kill")
         with contextlib.suppress(OSError):
             forks = field(read_text(self._f("pids.events")), "max")
-        return SlotUsage(peak, self.cpu_ns(), oom, forks)
+        return SlotUsage(peak, oom, forks)
 
     def peak_processes(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):

@@ -266,6 +266,7 @@ class Prepared:
             spec.resources, no_cgroup, network_counted=net.is_hermetic or net.uses_proxy
         )
         self._exec_cache: dict[str, tuple[str, ...]] = {}
+        self._host_paths: dict[str, str | None] = {}
 
         mem = _CMemory()
         ffi = mem.ffi
@@ -337,6 +338,7 @@ class Prepared:
         self.writable = tuple(spec.outputs) + tuple(spec.temps)
         if namespaces and not any(p == "/tmp" for p in self.writable + tuple(spec.inputs)):
             self.writable += ("/tmp",)  # the sandbox's private /tmp
+        self.audit_roots = SyscallAudit.roots(self.writable, spec.inputs)
         seccomp, n_seccomp = self._filter(())
         mem.keep.append(seccomp)
         template = {
@@ -465,6 +467,16 @@ class Prepared:
             if len(self._c_cache) < 1024:
                 self._c_cache[(kind, key)] = found
         return found
+
+    def host_path(self, path: str) -> str | None:
+        """linux_template.host_path of ``path`` in this sandbox, cached."""
+        try:
+            return self._host_paths[path]
+        except KeyError:
+            found = linux_template.host_path(self.ops, path)
+            if len(self._host_paths) < 1024:
+                self._host_paths[path] = found
+            return found
 
     def exec_candidates(self, arg0: str) -> tuple[str, ...]:
         """Where execve looks for argv[0]: the spec's PATH, as inside the sandbox."""
@@ -831,16 +843,15 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
 
             leases.callback(close_groups)
             group = V2.new_group(prepared.spec.resources, made)
-        # The bound host paths, and the working directory's own: one
-        # replaced on the host since must not be the one the action is in.
+        # The identity of the bound host paths, and of the working
+        # directory's own, as the sandbox will bind and enter them: take()
+        # checks it again, so that a path replaced on the host since (or
+        # while this is set up) is never the one the action sees.  The
+        # prepared namespace's was taken as it was built and checked as it
+        # was leased; without one, the binds come after this.
         sources = prepared.host_sources
-        at = linux_template.host_path(prepared.ops, cwd)
-        if at is not None and at not in sources:
-            sources += (at,)
-        ident = linux_template.identity(sources)
-        if ident is None:
-            leases.close()
-            return None
+        at = prepared.host_path(cwd)
+        extra = (at,) if at is not None and at not in sources else ()
         plan, keep = prepared.new_plan(cwd, "/")
         plan.standby = 1
         plan.stdin_fd = plan.stdout_fd = plan.stderr_fd = -1
@@ -849,7 +860,14 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
         if prepared.pooled_network:
             plan.netns_fd = leases.enter_context(NETNS.lease())
         if prepared.mount_template is not None:
-            plan.mntns_fd = leases.enter_context(prepared.mount_template.lease())
+            plan.mntns_fd, bound = leases.enter_context(prepared.mount_template.lease())
+            own = linux_template.identity(extra)
+            ident = bound + own if bound is not None and own is not None else None
+        else:
+            ident = linux_template.identity(sources + extra)
+        if ident is None:
+            leases.close()
+            return None
         ffi = _native().ffi
         proc = ffi.new("struct hm_proc *")
         proc.notify_fd = proc.proxy_fd = -1
@@ -875,12 +893,7 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
         STACKS.give(sb.stack)
 
     keep.append(prepared._mem)
-    sb = Standby(plan, keep, proc, stack, leases, ident, cwd, release, worker, group)
-    # A bound path replaced while it was set up: its binds may be either.
-    if linux_template.identity(sources) != ident:
-        sb.drop()
-        return None
-    return sb
+    return Standby(plan, keep, proc, stack, leases, ident, cwd, release, worker, group)
 
 
 def cgroup_mechanism() -> tuple[int | None, str | None]:
@@ -954,13 +967,13 @@ def _run(
             proc = ffi.new("struct hm_proc *")
             proc.notify_fd = proc.proxy_fd = -1
         error = ffi.new("struct hm_error *")
-        audit = SyscallAudit(prepared.writable, prepared.spec.inputs) if prepared.notify else None
+        audit = SyscallAudit(prepared.audit_roots) if prepared.notify else None
         with contextlib.ExitStack() as lease:
             # A standby holds its own leases; execute() ends them.
             if standby is None and prepared.pooled_network:
                 plan.netns_fd = lease.enter_context(NETNS.lease())
             if standby is None and prepared.mount_template is not None:
-                plan.mntns_fd = lease.enter_context(prepared.mount_template.lease())
+                plan.mntns_fd, _ = lease.enter_context(prepared.mount_template.lease())
             start = time.monotonic()
             proxy: EgressProxy | None = None
             proxied: list[Violation] = []
@@ -1022,6 +1035,8 @@ def _run(
                     if reaped or proc.pid <= 0:
                         lib.hm_proc_release(proc)
                         STACKS.give(stack)
+                    if audit is not None:
+                        audit.close()
             duration = time.monotonic() - start
         if proc.main_exited:
             status = proc.status
@@ -1052,7 +1067,7 @@ def _run(
             counted = slot.usage()
             usage = usage.with_cgroup(counted.peak_memory, "cgroup-v1")
         else:
-            counted = SlotUsage(None, None, 0, 0)
+            counted = SlotUsage(None, 0, 0)
         if watch.peak_processes is not None:
             usage = usage.with_figure("peak_processes", watch.peak_processes, "sampled")
         stdout, stderr = _read_all(out_fd), _read_all(err_fd)

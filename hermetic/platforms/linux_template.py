@@ -148,7 +148,7 @@ def identity(paths: tuple[str, ...]) -> Identity | None:
 class _Namespace:
     __slots__ = ("fd", "holders", "identity", "retired")
 
-    def __init__(self, fd: int, ident: Identity) -> None:
+    def __init__(self, fd: int, ident: Identity | None) -> None:
         self.fd = fd
         self.identity = ident
         # One token per lease: a list append or remove is one step that no
@@ -190,8 +190,10 @@ class MountTemplate:
             self._open.remove(ns)
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[int]:
-        """The descriptor of a current namespace, for one action."""
+    def lease(self) -> Iterator[tuple[int, Identity | None]]:
+        """The descriptor of a current namespace, for one action, and the
+        identity of the paths it binds (as built, and as they are now);
+        None when a path changed while it was built or cannot be found."""
         ident = identity(self._sources)
         token = object()
         ns: _Namespace | None = None
@@ -211,7 +213,7 @@ class MountTemplate:
                         self._current = None
                     ns = self._new()
                 ns.holders.append(token)
-            yield ns.fd
+            yield ns.fd, ns.identity
         finally:
             if ns is not None:
                 with self._lock:
@@ -229,7 +231,7 @@ class MountTemplate:
         after = identity(self._sources)
         # A path that changed while the namespace was built matches no
         # identity: the next action builds it again.
-        ns = _Namespace(fd, after if after == before and after is not None else ())
+        ns = _Namespace(fd, after if after == before else None)
         self._open.append(ns)
         self._current = ns
         return ns

@@ -52,26 +52,50 @@ def _native() -> Any:
     return _native
 
 
+#: Notice buffers (33 KiB each) of finished executions, for the next ones:
+#: a list's pop and append are each one step, so an execution started by a
+#: signal handler amid another's wait takes a buffer of its own.
+_BUFFERS: list[Any] = []
+
+Roots = tuple[tuple[str, bool], ...]
+
+
 class SyscallAudit:
     """Serves one execution's listener and keeps its violations."""
 
-    def __init__(self, writable: Iterable[str], readonly: Iterable[str] = ()) -> None:
+    @staticmethod
+    def roots(writable: Iterable[str], readonly: Iterable[str] = ()) -> Roots:
+        """The declared paths, deepest first, each with whether it is
+        writable: the deepest above a written path decides (an input inside
+        the private /tmp is read-only).  Computed once per spec."""
+        return tuple(
+            sorted(
+                [(p, True) for p in writable] + [(p, False) for p in readonly],
+                key=lambda e: len(e[0]),
+                reverse=True,
+            )
+        )
+
+    def __init__(self, roots: Roots) -> None:
         nat = _native()
         self._lib = nat.lib
         self._ffi = nat.ffi
-        self._buf = nat.ffi.new("struct hm_notice[]", _BATCH)
-        # The deepest declared path above a written path decides: an input
-        # inside the private /tmp is read-only.
-        self._roots = sorted(
-            [(p, True) for p in writable] + [(p, False) for p in readonly],
-            key=lambda e: len(e[0]),
-            reverse=True,
-        )
+        try:
+            self._buf = _BUFFERS.pop()
+        except IndexError:
+            self._buf = nat.ffi.new("struct hm_notice[]", _BATCH)
+        self._roots = roots
         self._seen: dict[tuple[ViolationKind, str, str], int] = {}
         self._shown: dict[tuple[ViolationKind, str, str], str] = {}
         self._dropped = 0
         self.served = 0
         self._listener = -1
+
+    def close(self) -> None:
+        """Done serving: the buffer goes to the next execution."""
+        buf, self._buf = self._buf, None
+        if buf is not None and len(_BUFFERS) < 8:
+            _BUFFERS.append(buf)
 
     def attach(self, listener: int) -> SyscallAudit:
         """Serve ``listener`` (the action's seccomp listener) while waiting."""
