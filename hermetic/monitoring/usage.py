@@ -74,8 +74,15 @@ class ResourceUsage:
         """The same figures plus what a cgroup measured."""
         if peak_memory is None:
             return self
-        return replace(
-            self,
-            peak_memory=peak_memory,
-            sources=tuple(sorted((*self.sources, ("peak_memory", source)))),
+        # The constructor, not replace(): this runs once per execution.
+        return ResourceUsage(
+            self.wall_time,
+            self.cpu_time,
+            self.user_time,
+            self.system_time,
+            peak_memory,
+            self.io_read_bytes,
+            self.io_write_bytes,
+            self.peak_processes,
+            tuple(sorted((*self.sources, ("peak_memory", source)))),
         )
