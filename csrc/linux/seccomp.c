@@ -311,57 +311,130 @@ static void emit_block(struct hm_prog *p, const struct hm_rule *r, const struct 
     }
 }
 
-/* Instructions emit(rules [lo, hi)) takes, by emitting into nowhere. */
-static void emit_tree(struct hm_prog *p, const struct hm_rule *rules, int lo, int hi,
-                      const struct hm_filter_opts *opts);
+/* The returns every search leaf shares: one instruction each, right
+ * after the search. */
+enum hm_ret { HM_RET_ALLOW, HM_RET_DENY, HM_RET_ENOSYS, HM_RET_NOTIFY, HM_RETS };
 
-static int tree_len(const struct hm_rule *rules, int lo, int hi, const struct hm_filter_opts *opts)
-{
-    struct hm_prog count = {0, 0, 0, 0};
-    emit_tree(&count, rules, lo, hi, opts);
-    return count.n;
-}
+/* Numbers from `start` up to the next run's start, all going to one
+ * place: a shared return, or (ret < 0) the argument checks of `rule`. */
+struct hm_run {
+    unsigned int start;
+    int ret;
+    int rule;
+};
 
-static int block_len(const struct hm_rule *r, const struct hm_filter_opts *opts)
-{
-    struct hm_prog count = {0, 0, 0, 0};
-    emit_block(&count, r, opts);
-    return count.n;
-}
+#define HM_MAX_RUNS (2 * HM_MAX_RULES + 1)
 
-/* A binary search over the sorted rules [lo, hi) on the number in the
- * accumulator; numbers without a rule are allowed.  A linear chain is
- * long to evaluate and, above all, to install: the kernel precomputes,
- * by emulating the program for every syscall number, which ones are
- * always allowed.  A jump beyond a conditional's 8-bit reach goes through
- * an unconditional one (32-bit offset). */
-static void emit_tree(struct hm_prog *p, const struct hm_rule *rules, int lo, int hi,
-                      const struct hm_filter_opts *opts)
+static int shared_ret(const struct hm_rule *r)
 {
-    if (hi - lo <= 3) {
-        for (int i = lo; i < hi; i++) {
-            int len = block_len(&rules[i], opts);
-            if (len <= 255) {
-                EMIT(BPF_JMP | BPF_JEQ | BPF_K, rules[i].nr, 0, len);
-            } else {
-                EMIT(BPF_JMP | BPF_JEQ | BPF_K, rules[i].nr, 1, 0);
-                EMIT(BPF_JMP | BPF_JA, len, 0, 0);
-            }
-            emit_block(p, &rules[i], opts);
-        }
-        RET_ALLOW;
-        return;
+    switch ((enum hm_rule_kind)r->kind) {
+    case R_DENY:
+        return HM_RET_DENY;
+    case R_ENOSYS:
+        return HM_RET_ENOSYS;
+    case R_NOTIFY:
+        return HM_RET_NOTIFY;
+    case R_WRITE_FLAGS:
+    case R_CLONE:
+    case R_IOCTL:
+    case R_MODE_BITS:
+    case R_EXECVE:
+        return -1;
     }
+    return -1;
+}
+
+static int push_run(struct hm_run *runs, int k, unsigned int start, int ret, int rule)
+{
+    if (k > 0 && ret >= 0 && runs[k - 1].ret == ret)
+        return k; /* the same return as the numbers just below: one run */
+    runs[k] = (struct hm_run){start, ret, rule};
+    return k + 1;
+}
+
+/* The number line cut into runs, from the rules sorted by number: numbers
+ * without a rule are allowed, and neighbours with the same return merge
+ * (mount, umount2, swapon, swapoff, reboot... are one run on x86_64). */
+static int make_runs(const struct hm_rule *rules, int n, struct hm_run *runs)
+{
+    int k = 0;
+    unsigned int next = 0; /* the first number not covered yet */
+    for (int i = 0; i < n; i++) {
+        unsigned int nr = (unsigned int)rules[i].nr;
+        if (nr > next)
+            k = push_run(runs, k, next, HM_RET_ALLOW, -1);
+        k = push_run(runs, k, nr, shared_ret(&rules[i]), i);
+        next = nr + 1;
+    }
+    return push_run(runs, k, next, HM_RET_ALLOW, -1);
+}
+
+struct hm_layout {
+    const struct hm_run *runs;
+    int ret_at[HM_RETS];          /* where each shared return is */
+    int block_at[HM_MAX_RULES];   /* where each rule's argument checks are */
+};
+
+static int run_target(const struct hm_layout *l, int r)
+{
+    const struct hm_run *run = &l->runs[r];
+    return run->ret >= 0 ? l->ret_at[run->ret] : l->block_at[run->rule];
+}
+
+/* A binary search over runs [lo, hi) on the number in the accumulator:
+ * one conditional jump per boundary, laid out node, lower half, upper
+ * half; a half of one run jumps straight to its target.  Short to
+ * evaluate and, above all, to install: the kernel translates and compiles
+ * every instruction, and emulates the program for each syscall number to
+ * find those always allowed. */
+static void emit_search(struct hm_prog *p, const struct hm_layout *l, int lo, int hi)
+{
     int mid = lo + (hi - lo) / 2;
-    int left = tree_len(rules, lo, mid, opts);
-    if (left <= 255) {
-        EMIT(BPF_JMP | BPF_JGE | BPF_K, rules[mid].nr, left, 0);
-    } else {
-        EMIT(BPF_JMP | BPF_JGE | BPF_K, rules[mid].nr, 0, 1);
-        EMIT(BPF_JMP | BPF_JA, left, 0, 0);
-    }
-    emit_tree(p, rules, lo, mid, opts);
-    emit_tree(p, rules, mid, hi, opts);
+    int at = p->n;
+    int jt = hi - mid == 1 ? run_target(l, mid) - (at + 1) : mid - lo - 1;
+    int jf = mid - lo == 1 ? run_target(l, lo) - (at + 1) : 0;
+    EMIT(BPF_JMP | BPF_JGE | BPF_K, l->runs[mid].start, jt, jf);
+    if (mid - lo > 1)
+        emit_search(p, l, lo, mid);
+    if (hi - mid > 1)
+        emit_search(p, l, mid, hi);
+}
+
+/* The search, the shared returns, then each argument-checking rule's
+ * block (execve's last: with many candidate paths it is the long one,
+ * and the others stay within a conditional jump's 8-bit reach). */
+static void emit_rules(struct hm_prog *p, const struct hm_rule *rules, int n,
+                       const struct hm_filter_opts *opts)
+{
+    static struct hm_layout zero;
+    struct hm_run runs[HM_MAX_RUNS];
+    struct hm_layout layout = zero;
+    struct hm_layout *l = &layout;
+    int k = make_runs(rules, n, runs);
+    l->runs = runs;
+    int at = p->n + k - 1; /* k runs: k - 1 boundaries */
+    for (int i = 0; i < HM_RETS; i++)
+        l->ret_at[i] = at++;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++) {
+            if (shared_ret(&rules[i]) >= 0 || (rules[i].kind == R_EXECVE) != pass)
+                continue;
+            struct hm_prog count = {0, 0, 0, 0};
+            emit_block(&count, &rules[i], opts);
+            l->block_at[i] = at;
+            at += count.n;
+        }
+    if (k > 1)
+        emit_search(p, l, 0, k);
+    /* A single run (no rules) falls through to the first return: allow. */
+    RET_ALLOW;
+    RET_DENY;
+    RET_ERRNO(ENOSYS);
+    RET_NOTIFY;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++)
+            if (shared_ret(&rules[i]) < 0 && (rules[i].kind == R_EXECVE) == pass)
+                emit_block(p, &rules[i], opts);
 }
 
 /* Write the program into out (at most max instructions); returns the count,
@@ -447,7 +520,7 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
     EMIT(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
     RET_ERRNO(EPERM);
 #endif
-    emit_tree(p, rs->r, 0, rs->n, opts);
+    emit_rules(p, rs->r, rs->n, opts);
     if (prog.bad_jump)
         return -E2BIG;
     return prog.n <= max ? prog.n : -ENOSPC;
