@@ -251,6 +251,7 @@ int hm_worker_spawn(struct hm_worker *worker, const struct hm_plan *plan, struct
                     struct hm_error *error);
 void hm_worker_stop(struct hm_worker *worker);
 int hm_spawner_thread_init(void);
+void hm_spawner_thread_fini(void);
 void hm_proc_release(struct hm_proc *proc);
 void *hm_stack_new(void);
 void hm_stack_free(void *stack);

@@ -125,6 +125,11 @@ def test_no_capabilities_through_a_standby_and_the_caller_keeps_its_own():
             with open(f"/proc/self/task/{tid}/status") as f:
                 theirs = _caps(f.read())
             assert theirs["CapBnd"] == 0 and theirs["CapEff"] == mine["CapEff"], tid
+            # Back in the process's network namespace after cloning into a
+            # pooled one.
+            assert os.readlink(f"/proc/self/task/{tid}/ns/net") == os.readlink(
+                "/proc/thread-self/ns/net"
+            ), tid
 
 
 def test_a_replaced_input_is_seen_through_a_standby(scratch):

@@ -200,11 +200,26 @@ static int settle(struct hm_proc *proc, int n, const struct hm_error *rec, struc
  * made (a new one starts with a full set), so the action's own drop finds
  * nothing left to drop.  The thread keeps its effective capabilities, which
  * is what setting up a sandbox needs; capabilities belong to a thread, so
- * the caller's threads keep their bounding set.  0, or -errno (EPERM
+ * the caller's threads keep their bounding set.  It also keeps the
+ * descriptors below open for the thread's spawns.  0, or -errno (EPERM
  * without CAP_SETPCAP: then no action of this caller can exec with more
  * than the caller's threads could). */
+/* What every spawn on one of those threads would otherwise open and close
+ * again (-1: not kept, opened per spawn): the thread's own network
+ * namespace, to come back to from a pooled one, and a pidfd of this
+ * process for pid 1's check that its caller lives.  Only there: a
+ * caller's thread may move between network namespaces, and a process
+ * forked from it has another pid, while these threads never do either
+ * (a forked child starts its own). */
+static __thread int own_home_net = -1;
+static __thread int own_self = -1;
+
 int hm_spawner_thread_init(void)
 {
+    if (own_home_net < 0)
+        own_home_net = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (own_self < 0)
+        own_self = (int)syscall(SYS_pidfd_open, getpid(), 0);
     for (int cap = 0; cap < 64; cap++) {
         int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
         if (r < 0)
@@ -213,6 +228,16 @@ int hm_spawner_thread_init(void)
             return -errno;
     }
     return 0;
+}
+
+/* Before such a thread ends: close what hm_spawner_thread_init kept. */
+void hm_spawner_thread_fini(void)
+{
+    if (own_home_net >= 0)
+        close(own_home_net);
+    if (own_self >= 0)
+        close(own_self);
+    own_home_net = own_self = -1;
 }
 
 int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *error)
@@ -248,7 +273,7 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     }
     /* Lets pid 1 tell whether the caller died before it armed
      * PR_SET_PDEATHSIG; absent on kernels without pidfds. */
-    int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    int self = own_self >= 0 ? own_self : (int)syscall(SYS_pidfd_open, getpid(), 0);
 
     struct hm_child_args args;
     args.plan = plan;
@@ -265,14 +290,15 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
      * inherits it; the caller's other threads never see it. */
     int home_net = -1;
     if (plan->netns_fd >= 0) {
-        home_net = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        home_net = own_home_net >= 0 ? own_home_net
+                                     : open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
         if (home_net < 0 || setns(plan->netns_fd, CLONE_NEWNET) < 0) {
             e = errno;
-            if (home_net >= 0)
+            if (home_net >= 0 && home_net != own_home_net)
                 close(home_net);
             close(pipefd[0]);
             close(pipefd[1]);
-            if (self >= 0)
+            if (self >= 0 && self != own_self)
                 close(self);
             drop_region(proc, region);
             error->stage = HM_STAGE_NETNS;
@@ -294,11 +320,12 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
          * was in a moment ago; if it ever does, the caller must know. */
         if (setns(home_net, CLONE_NEWNET) < 0)
             restore_err = errno;
-        close(home_net);
+        if (home_net != own_home_net)
+            close(home_net);
     }
 
     close(pipefd[1]);
-    if (self >= 0)
+    if (self >= 0 && self != own_self)
         close(self);
     if (pid < 0) {
         close(pipefd[0]);

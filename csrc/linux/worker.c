@@ -63,6 +63,7 @@ static void *worker_main(void *arg)
         pthread_cond_broadcast(&w->cv);
     }
     pthread_mutex_unlock(&w->mu);
+    hm_spawner_thread_fini();
     return NULL;
 }
 
