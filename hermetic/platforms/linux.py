@@ -907,6 +907,15 @@ def cgroup_mechanism() -> tuple[int | None, str | None]:
     return None, f"{no_v2}; {no_v1}"
 
 
+def _want_next(prepared: Prepared, workdir: str) -> None:
+    """Ask for the next standby (see StandbySlot.want), never at the cost of
+    the action being started (a thread that cannot start).  Nothing broader
+    is caught: what a signal handler raises here must reach the caller."""
+    if prepared.standby is not None:
+        with contextlib.suppress(RuntimeError, OSError):
+            prepared.standby.want(workdir)
+
+
 def _run(
     prepared: Prepared,
     args: tuple[str, ...],
@@ -992,6 +1001,11 @@ def _run(
                 # (a signal handler's) must still end and reap the sandbox.
                 called = time.monotonic_ns()
                 if standby is not None:
+                    # The next standby is asked for before this one's exec:
+                    # its setup has the whole action to catch up (measured:
+                    # ready in time, about 10 % less per action than asking
+                    # once the exec is done).
+                    _want_next(prepared, workdir)
                     rc = lib.hm_activate(proc, stdin_fd, out_fd, err_fd, error)
                 else:
                     rc = spawn(plan, proc, error)
@@ -1002,12 +1016,8 @@ def _run(
                         # outside) before its go.  Not this action's fault.
                         raise _StandbyLost
                     raise _setup_error(prepared, args, workdir, error)
-                if prepared.standby is not None and profile is None:
-                    # Never at the cost of the action just started (a thread
-                    # that cannot start).  Nothing broader is caught: what a
-                    # signal handler raises here must reach the caller.
-                    with contextlib.suppress(RuntimeError, OSError):
-                        prepared.standby.want(workdir)
+                if standby is None and profile is None:
+                    _want_next(prepared, workdir)
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
                     proxy = EgressProxy.for_spec(proc.proxy_fd, prepared.spec).start()
