@@ -233,3 +233,31 @@ def test_host_path_follows_the_deepest_mount():
     assert host_path(ops, "/") is None
     # A host directory bound at the sandbox's root.
     assert host_path((linux_plan.Op(B, "/", f"{old}/srv/root"),), "/a/b") == "/srv/root/a/b"
+
+
+def test_an_unchecked_lease_returns_the_identity_it_was_built_with(scratch):
+    # A standby's lease skips looking at the host paths: the identity it
+    # gets back is the one the namespace was built with, so take() sees a
+    # path replaced since, and the next checked lease builds again.
+    from hermetic.platforms.linux_template import MountTemplate, identity
+
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    built = []
+
+    def build():
+        built.append(identity((src,)))
+        return os.open("/", os.O_RDONLY | os.O_CLOEXEC)  # any descriptor
+
+    template = MountTemplate((src,), build)
+    with template.lease() as (_, first):
+        assert first == identity((src,))
+    os.rename(src, src + ".old")
+    os.mkdir(src)
+    with template.lease(check=False) as (_, unchecked):
+        assert unchecked == first != identity((src,))
+    assert len(built) == 1
+    with template.lease() as (_, rebuilt):
+        assert rebuilt == identity((src,))
+    assert len(built) == 2
+    template.close()

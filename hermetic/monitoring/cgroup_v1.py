@@ -135,15 +135,20 @@ class V1Slot:
         self._base["memory"] = int(usage) if usage else 0
         self._base["forks"] = field(self._get("forks") or "", "max")
         self._base["oom"] = field(self._get("oom") or "", "oom_kill")
-        self._base["cpu"] = self._cpu_total()
+        # Only a CPU limit reads the group's CPU (see cpu_ns).
+        if limits.max_cpu_time_ms:
+            self._base["cpu"] = self._cpu_total()
+        else:
+            self._base.pop("cpu", None)
 
     def _cpu_total(self) -> int:
         text = self._get("cpu")
         return int(text) if text else 0
 
     def cpu_ns(self) -> int | None:
-        """CPU used since prepare(), in ns, all tasks of the group."""
-        if "cpu" not in self._fds:
+        """CPU used since prepare(), in ns, all tasks of the group; None
+        when prepare() had no CPU limit to watch."""
+        if "cpu" not in self._fds or "cpu" not in self._base:
             return None
         return self._cpu_total() - self._base.get("cpu", 0)
 

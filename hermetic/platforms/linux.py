@@ -860,7 +860,9 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
         if prepared.pooled_network:
             plan.netns_fd = leases.enter_context(NETNS.lease())
         if prepared.mount_template is not None:
-            plan.mntns_fd, bound = leases.enter_context(prepared.mount_template.lease())
+            # take() checks the identity: no need to look at the paths twice.
+            lease = prepared.mount_template.lease(check=False)
+            plan.mntns_fd, bound = leases.enter_context(lease)
             own = linux_template.identity(extra)
             ident = bound + own if bound is not None and own is not None else None
         else:

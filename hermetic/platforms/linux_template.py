@@ -190,11 +190,21 @@ class MountTemplate:
             self._open.remove(ns)
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[tuple[int, Identity | None]]:
+    def lease(self, check: bool = True) -> Iterator[tuple[int, Identity | None]]:
         """The descriptor of a current namespace, for one action, and the
         identity of the paths it binds (as built, and as they are now);
-        None when a path changed while it was built or cannot be found."""
-        ident = identity(self._sources)
+        None when a path changed while it was built or cannot be found.
+
+        ``check=False`` skips looking at the paths now when a namespace is
+        there: for a caller that compares the identity returned with the
+        paths before its action runs (a standby's take()), and drops the
+        sandbox if they differ.
+        """
+        current = self._current
+        if check or current is None or current.identity is None:
+            ident = identity(self._sources)
+        else:
+            ident = current.identity
         token = object()
         ns: _Namespace | None = None
         # One try from the start: whatever a signal handler raises, the token
