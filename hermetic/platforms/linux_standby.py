@@ -77,6 +77,7 @@ class Standby:
         self.stack = stack
         self.leases = leases
         self.identity = ident
+        self.paths = tuple(entry[0] for entry in ident)
         #: Its action's working directory, entered while it had capabilities.
         self.cwd = cwd
         self.worker = worker
@@ -300,8 +301,7 @@ class StandbySlot:
                 # off this execution's path (here if the keeper cannot).
                 self._drop_later(sb)
                 return None
-            paths = tuple(entry[0] for entry in sb.identity)
-            current = sb.owner == os.getpid() and sb.alive() and identity(paths) == sb.identity
+            current = sb.owner == os.getpid() and sb.alive() and identity(sb.paths) == sb.identity
         except BaseException:
             sb.drop()
             raise
