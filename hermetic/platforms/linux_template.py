@@ -200,11 +200,7 @@ class MountTemplate:
         paths before its action runs (a standby's take()), and drops the
         sandbox if they differ.
         """
-        current = self._current
-        if check or current is None or current.identity is None:
-            ident = identity(self._sources)
-        else:
-            ident = current.identity
+        ident = identity(self._sources) if check else None
         token = object()
         ns: _Namespace | None = None
         # One try from the start: whatever a signal handler raises, the token
@@ -217,6 +213,8 @@ class MountTemplate:
                     for held in self._open:
                         held.holders.clear()
                 ns = self._current
+                if not check and ns is not None:
+                    ident = ns.identity  # None (changed while built): build again
                 if ns is None or ident is None or ns.identity != ident:
                     if ns is not None:
                         self._retire(ns)
