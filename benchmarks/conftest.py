@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -186,14 +187,20 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def big_rss() -> Iterator[bytearray]:
-    """1 GiB allocated and made resident (one byte written per page), freed after."""
+    """1 GiB allocated and made resident (one byte written per page), freed
+    after the module's last test.  Once for the whole group: a gigabyte
+    freed between two rows leaves the kernel (and, on a VM reporting free
+    pages to its host, a kworker) busy with it while the next row runs."""
     before = _rss_bytes()
     buf = bytearray(BIG_RSS_BYTES)
     buf[::PAGE] = b"\x01" * (BIG_RSS_BYTES // PAGE)
     grown = _rss_bytes() - before
     assert grown >= BIG_RSS_BYTES * 0.95, f"only {grown >> 20} MiB became resident"
+    # The same for the allocation: let what the kernel does after it settle
+    # before the first row.
+    time.sleep(2)
     try:
         yield buf
     finally:
