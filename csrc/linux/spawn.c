@@ -194,16 +194,6 @@ static int settle(struct hm_proc *proc, int n, const struct hm_error *rec, struc
     return -(error->err ? error->err : EPROTO);
 }
 
-/* Once on each thread of hermetic's own that spawns sandboxes (the keeper
- * of standbys, the cgroup v1 workers): empty the thread's capability
- * bounding set.  pid 1 and the action inherit it when no user namespace is
- * made (a new one starts with a full set), so the action's own drop finds
- * nothing left to drop.  The thread keeps its effective capabilities, which
- * is what setting up a sandbox needs; capabilities belong to a thread, so
- * the caller's threads keep their bounding set.  It also keeps the
- * descriptors below open for the thread's spawns.  0, or -errno (EPERM
- * without CAP_SETPCAP: then no action of this caller can exec with more
- * than the caller's threads could). */
 /* What every spawn on one of those threads would otherwise open and close
  * again (-1: not kept, opened per spawn): the thread's own network
  * namespace, to come back to from a pooled one, and a pidfd of this
@@ -214,6 +204,16 @@ static int settle(struct hm_proc *proc, int n, const struct hm_error *rec, struc
 static __thread int own_home_net = -1;
 static __thread int own_self = -1;
 
+/* Once on each thread of hermetic's own that spawns sandboxes (the keeper
+ * of standbys, the cgroup v1 workers): empty the thread's capability
+ * bounding set.  pid 1 and the action inherit it when no user namespace is
+ * made (a new one starts with a full set), so the action's own drop finds
+ * nothing left to drop.  The thread keeps its effective capabilities, which
+ * is what setting up a sandbox needs; capabilities belong to a thread, so
+ * the caller's threads keep their bounding set.  It also opens the
+ * descriptors above for the thread's spawns.  0, or -errno (EPERM
+ * without CAP_SETPCAP: then no action of this caller can exec with more
+ * than the caller's threads could). */
 int hm_spawner_thread_init(void)
 {
     if (own_home_net < 0)

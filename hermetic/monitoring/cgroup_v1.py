@@ -150,7 +150,7 @@ class V1Slot:
         when prepare() had no CPU limit to watch."""
         if "cpu" not in self._fds or "cpu" not in self._base:
             return None
-        return self._cpu_total() - self._base.get("cpu", 0)
+        return self._cpu_total() - self._base["cpu"]
 
     def under_oom(self) -> bool:
         """Whether a task of the group waits for memory the limit does not allow."""
