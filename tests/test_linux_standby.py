@@ -348,3 +348,23 @@ def test_a_standby_that_died_is_not_used(monkeypatch, noticed):
     monkeypatch.undo()
     ex.close()
     assert _inits() == []
+
+
+def test_a_missing_path_does_not_turn_standbys_off(monkeypatch):
+    # Three failed setups in a row stop the standbys of an executor; a path
+    # missing when one is made (a working directory removed meanwhile) is
+    # not a failed setup, and standbys come back once it is there.
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    prepared = ex._prepared
+    with monkeypatch.context() as m:
+        m.setattr(prepared, "host_path", lambda path: "/nonexistent/hermetic-test")
+        for _ in range(6):
+            ex.execute(["true"]).unwrap()
+            KEEPER.flush()
+            assert not prepared.standby.ready()
+    taken = prepared.standby.taken
+    for _ in range(3):
+        ex.execute(["true"]).unwrap()
+        KEEPER.flush()
+    assert prepared.standby.taken > taken
+    ex.close()

@@ -38,7 +38,7 @@ from hermetic.platforms.linux_probe import (
     CLONE_NEWUSER,
     probe,
 )
-from hermetic.platforms.linux_standby import Standby, StandbySlot
+from hermetic.platforms.linux_standby import Standby, StandbySlot, Unavailable
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
@@ -825,7 +825,8 @@ def _execute_fresh(prepared: Prepared, run: Callable[..., ExecutionResult]) -> E
 def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
     """A sandbox for ``prepared`` set up to its action's exec in working
     directory ``cwd`` (on the keeper thread); None when setup failed (the
-    next execute spawns directly and reports the error)."""
+    next execute spawns directly and reports the error).  Raises
+    Unavailable when a path it would bind or enter is missing."""
     lib = _native().lib
     leases = contextlib.ExitStack()
     stack = None
@@ -868,8 +869,8 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
         else:
             ident = linux_template.identity(sources + extra)
         if ident is None:
-            leases.close()
-            return None
+            # (The leases are ended below.)
+            raise Unavailable("a bound path or the working directory is missing")
         ffi = _native().ffi
         proc = ffi.new("struct hm_proc *")
         proc.notify_fd = proc.proxy_fd = -1

@@ -236,12 +236,19 @@ KEEPER = _Keeper()
 _SLOTS: weakref.WeakSet[StandbySlot] = weakref.WeakSet()
 
 
+class Unavailable(Exception):
+    """No standby can be made now: a path it would bind or enter is missing
+    (a working directory removed, say).  Not a failed setup: the next
+    request tries again."""
+
+
 class StandbySlot:
     """At most one standby for one prepared spec.
 
     ``make(owner, cwd)`` sets one up for working directory ``cwd`` (None
     when it cannot: the next execute then spawns directly and reports any
-    error itself).
+    error itself; after three such failures in a row no more are made).
+    It raises Unavailable when a path is missing, which is not counted.
     """
 
     def __init__(self, owner: object, make: Callable[[Any, str], Standby | None]) -> None:
@@ -374,15 +381,19 @@ class StandbySlot:
         """Make the standby for ``cwd`` (on the keeper thread)."""
         owner = self._owner()
         sb = None
+        unavailable = False
         try:
             if owner is not None:
                 sb = self._make(owner, cwd)
+        except Unavailable:
+            unavailable = True
         except Exception:
             sb = None
         finally:
             del owner
         with self._lock:
-            self._failures = self._failures + 1 if sb is None else 0
+            if not unavailable:
+                self._failures = self._failures + 1 if sb is None else 0
             if sb is not None and self._standby is None and self._runs > 0:
                 self._standby, sb = sb, None
                 self._filled.notify_all()  # a take() may be waiting for it
