@@ -869,7 +869,7 @@ def _make_standby(prepared: Prepared, cwd: str) -> Standby | None:
         else:
             ident = linux_template.identity(sources + extra)
         if ident is None:
-            # (The leases are ended below.)
+            # The handler below ends the leases taken so far.
             raise Unavailable("a bound path or the working directory is missing")
         ffi = _native().ffi
         proc = ffi.new("struct hm_proc *")
