@@ -502,3 +502,20 @@ def test_a_signal_another_thread_received_still_interrupts_the_wait(ex):
         t.join()
         signal.signal(signal.SIGALRM, old)
     assert _marked(marker) == []
+
+
+def test_the_cgroup_mechanism_is_looked_up_at_most_once_a_second(monkeypatch):
+    # Two parses of the mount table per executor created, saved for a
+    # build that creates one per action; looked up again after the TTL.
+    from hermetic.platforms import linux
+
+    calls: list[str] = []
+    monkeypatch.setattr(linux.V2, "available", lambda: calls.append("v2") or "no v2 (test)")
+    monkeypatch.setattr(linux.WORKERS, "available", lambda: calls.append("v1") or None)
+    monkeypatch.setattr(linux, "_mechanism", None)
+    assert linux.cgroup_mechanism() == (1, None)
+    assert linux.cgroup_mechanism() == (1, None)
+    assert calls == ["v2", "v1"]
+    monkeypatch.setattr(linux, "MECHANISM_TTL", 0.0)
+    assert linux.cgroup_mechanism() == (1, None)
+    assert calls == ["v2", "v1", "v2", "v1"]

@@ -109,3 +109,21 @@ print(len(open("/dev/urandom", "rb").read(8)))
 """,
     )
     assert out.text.split() == ["True", "1", "3", "0o666", "8"]
+
+
+def test_root_symlinks_are_read_again_when_the_root_changes(scratch):
+    # Kept per executor created, keyed on the directory's mtime: a link
+    # added, retargeted (renamed over) or removed is seen by the next plan.
+    os.mkdir(os.path.join(scratch, "usr"))
+    os.symlink("usr/bin", os.path.join(scratch, "bin"))
+    first = lp.host_root_links(scratch)
+    assert first == (("/bin", os.path.join(scratch, "usr", "bin"), "usr/bin"),)
+    assert lp.host_root_links(scratch) is first  # unchanged: not read again
+    os.symlink("usr/lib", os.path.join(scratch, "lib"))
+    assert [p for p, _, _ in lp.host_root_links(scratch)] == ["/bin", "/lib"]
+    os.symlink("usr/sbin", os.path.join(scratch, "new"))
+    os.rename(os.path.join(scratch, "new"), os.path.join(scratch, "bin"))
+    assert dict((p, t) for p, _, t in lp.host_root_links(scratch))["/bin"] == "usr/sbin"
+    os.unlink(os.path.join(scratch, "lib"))
+    os.unlink(os.path.join(scratch, "bin"))
+    assert lp.host_root_links(scratch) == ()

@@ -246,21 +246,51 @@ def _system(declared: list[_Entry], make_nodes: bool) -> list[_Entry]:
     return entries
 
 
+#: Per root directory: its (device, inode, mtime) when read, and its
+#: top-level symlinks as (path, resolved target, link text).
+_ROOT_LINKS: dict[str, tuple[tuple[int, int, int], tuple[tuple[str, str, str], ...]]] = {}
+
+
+def host_root_links(root: str = "/") -> tuple[tuple[str, str, str], ...]:
+    """The top-level symlinks of ``root`` (the host's /), read again only
+    when the directory changed: an entry added, removed or renamed over
+    changes its mtime.  Every executor created needs them, and reading them
+    is about 30 system calls."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return ()
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    kept = _ROOT_LINKS.get(root)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    links = []
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return ()
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            text = os.readlink(path)
+        except OSError:  # not a symlink
+            continue
+        links.append(("/" + name, os.path.realpath(path), text))
+    found = tuple(links)
+    _ROOT_LINKS[root] = (key, found)
+    return found
+
+
 def _root_links(entries: list[_Entry]) -> list[_Entry]:
     """The host root's top-level symlinks whose target the sandbox shows."""
     links: list[_Entry] = []
-    try:
-        names = sorted(os.listdir("/"))
-    except OSError:
-        return links
     taken = [e.path for e in entries]
-    for name in names:
-        path = "/" + name
-        if not os.path.islink(path) or any(is_within(t, path) for t in taken):
+    shown = [e.path for e in entries if e.kind in ("bind", "tmpfs")]
+    for path, target, text in host_root_links():
+        if any(is_within(t, path) for t in taken):
             continue
-        target = os.path.realpath(path)
-        if any(e.kind in ("bind", "tmpfs") and is_within(target, e.path) for e in entries):
-            links.append(_Entry(path, "symlink", f"link {path}", src=os.readlink(path)))
+        if any(is_within(target, s) for s in shown):
+            links.append(_Entry(path, "symlink", f"link {path}", src=text))
     return links
 
 
@@ -285,17 +315,15 @@ def build_ops(
 
     ops: list[Op] = []
     made: set[str] = {"/"}
-    placed: list[_Entry] = []
+    # The mounts placed so far by path: an entry's cover is the nearest of
+    # its ancestors found here (entries come parents first).
+    mounts: dict[str, _Entry] = {}
     for e in entries:
         cover = None
-        for p in placed:
-            if (
-                p.kind in ("bind", "tmpfs", "proc")
-                and is_within(e.path, p.path)
-                and e.path != p.path
-            ):
-                if cover is None or len(p.path) > len(cover.path):
-                    cover = p
+        up = e.path
+        while up != "/" and cover is None:
+            up = os.path.dirname(up)
+            cover = mounts.get(up)
         if cover is not None and cover.kind != "tmpfs":
             # Under a bind the host's own tree is what the sandbox shows: the
             # mount point must already be there (nothing is created in a
@@ -335,7 +363,8 @@ def build_ops(
             ops.append(Op(OP_SYMLINK, e.path, src=e.src, origin=e.origin))
         elif e.kind == "mknod":
             ops.append(Op(OP_MKNOD, e.path, flags=e.flags, mode=e.mode, origin=e.origin))
-        placed.append(e)
+        if e.kind in ("bind", "tmpfs", "proc"):
+            mounts.setdefault(e.path, e)
     # /dev is complete: nothing more may be created in it.
     dev_flags = DEV_TMPFS_FLAGS_NODES if make_nodes else DEV_TMPFS_FLAGS
     ops.append(Op(OP_REMOUNT_RO, "/dev", flags=dev_flags, origin="read-only /dev"))
