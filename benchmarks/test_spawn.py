@@ -7,7 +7,10 @@ can be compared side by side (``python benchmarks/compare.py FILE``):
   ``subprocess.run`` and ``HermeticExecutor.execute`` with the full spec,
   once with the pooled network namespace (the default), once with
   ``NetworkPolicy(fresh_namespace=True)`` and once without resource limits
-  (no cgroup slot: the cost of limits and accounting is the difference).
+  (no cgroup slot: the cost of limits and accounting is the difference),
+  and with an executor created and closed around every action for a spec
+  of its own ("one shot", as for a build system whose actions each
+  declare their own inputs).
 - ``true-1GiB``: the same three while this process holds 1 GiB resident.
   glibc's posix_spawn uses ``clone(CLONE_VM | CLONE_VFORK)``, CPython's
   subprocess uses vfork when it can, and the sandbox is cloned with
@@ -153,6 +156,46 @@ def test_true_hermetic(benchmark: Any, request: pytest.FixtureRequest, variant: 
             benchmark,
             _hermetic_true(request.getfixturevalue(variant)),
             method=HERMETIC_VARIANTS[variant],
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
+    """An executor per action, as a build system whose actions each declare
+    their own inputs uses it: every round creates one for a spec of its own
+    (the full spec plus a directory of sources no other round declares),
+    executes and closes it.  Nothing of an executor is carried over; what
+    the process keeps (the pooled network namespaces, the threads) is."""
+    import dataclasses
+
+    from conftest import make_spec
+
+    from hermetic import HermeticExecutor, PathSet
+
+    base = make_spec(scratch)
+    specs = []
+    for i in range(TRUE_ROUNDS + TRUE_WARMUP):
+        own = os.path.join(scratch.src, f"action-{i}")
+        os.mkdir(own)
+        specs.append(dataclasses.replace(base, inputs=PathSet((*base.inputs, own))))
+    pending = iter(specs)
+
+    def once() -> Any:
+        ex = HermeticExecutor.create(next(pending)).unwrap()
+        try:
+            return ex.execute([TRUE]).unwrap()
+        finally:
+            ex.close()
+
+    _all_ok(
+        _measure(
+            benchmark,
+            once,
+            method="hermetic-one-shot",
             baseline=False,
             rounds=TRUE_ROUNDS,
             warmup=TRUE_WARMUP,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -127,3 +128,32 @@ def test_root_symlinks_are_read_again_when_the_root_changes(scratch):
     os.unlink(os.path.join(scratch, "lib"))
     os.unlink(os.path.join(scratch, "bin"))
     assert lp.host_root_links(scratch) == ()
+
+
+def test_system_entries_are_kept_until_dev_changes(monkeypatch):
+    # Kept per executor created; equal to a fresh look, not shared with the
+    # caller's list, and looked at again once /dev's mtime moves.
+    monkeypatch.setattr(lp, "_SYSTEM", {})
+    for make_nodes in (False, True):
+        fresh = lp._system_entries(False, make_nodes)
+        first = lp._system([], make_nodes)
+        assert first == fresh
+        first.append(None)
+        assert lp._system([], make_nodes) == fresh
+    calls = []
+    monkeypatch.setattr(lp, "_system_entries", lambda *a: calls.append(a) or [])
+    lp._system([], True)
+    assert calls == []
+    real = os.stat
+
+    def moved(path, *a, **kw):
+        st = real(path, *a, **kw)
+        if path == "/dev":
+            return SimpleNamespace(
+                st_dev=st.st_dev, st_ino=st.st_ino, st_mtime_ns=st.st_mtime_ns + 1
+            )
+        return st
+
+    monkeypatch.setattr(lp.os, "stat", moved)
+    lp._system([], True)
+    assert calls == [(False, True)]

@@ -128,16 +128,18 @@ def rules(spec: SandboxSpec, *, namespaces: bool, private_tmp: bool = False) -> 
 def _collapse(rules: list[Rule]) -> tuple[Rule, ...]:
     """Without the rules an ancestor rule already covers (each costs three
     system calls per action): /usr/bin under /usr, say."""
+    by_path: dict[str, list[int]] = {}
+    for r in rules:
+        by_path.setdefault(r.path, []).append(r.access)
     kept: list[Rule] = []
     for r in rules:
-        covered = any(
-            other is not r
-            and other.path != "/"
-            and (r.path + "/").startswith(other.path.rstrip("/") + "/")
-            and other.path != r.path
-            and r.access & ~other.access == 0
-            for other in rules
-        )
+        covered = False
+        up = r.path
+        while not covered:
+            up = os.path.dirname(up)
+            if up == "/" or up == r.path:  # "/" grants too little to cover anything
+                break
+            covered = any(r.access & ~a == 0 for a in by_path.get(up, ()))
         if not covered and r not in kept:
             kept.append(r)
     return tuple(kept)

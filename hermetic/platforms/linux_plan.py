@@ -162,7 +162,33 @@ def _encode_dev(rdev: int) -> int:
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
+#: _system()'s entries per (make_nodes, /tmp declared), and the (device,
+#: inode, mtime) of the host's /dev they were made at.
+_SYSTEM: dict[tuple[bool, bool], tuple[tuple[int, int, int], tuple[_Entry, ...]]] = {}
+
+
 def _system(declared: list[_Entry], make_nodes: bool) -> list[_Entry]:
+    """What every sandbox gets: /proc (its knobs read-only, a few files
+    masked), /dev, a private /tmp unless one is declared.  They depend on
+    the host only through which nodes /dev and /proc have, so they are
+    made again only when /dev changed (a node added or removed changes its
+    mtime; /proc's entries are the kernel's)."""
+    tmp_declared = any(e.path == "/tmp" for e in declared)
+    try:
+        st = os.stat("/dev")
+        key: tuple[int, int, int] | None = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    except OSError:
+        key = None
+    kept = _SYSTEM.get((make_nodes, tmp_declared))
+    if kept is not None and kept[0] == key:
+        return list(kept[1])
+    entries = _system_entries(tmp_declared, make_nodes)
+    if key is not None:
+        _SYSTEM[(make_nodes, tmp_declared)] = (key, tuple(entries))
+    return entries
+
+
+def _system_entries(tmp_declared: bool, make_nodes: bool) -> list[_Entry]:
     entries = [
         _Entry("/proc", "proc", "the sandbox's /proc"),
         _Entry(
@@ -233,7 +259,7 @@ def _system(declared: list[_Entry], make_nodes: bool) -> list[_Entry]:
                     is_dir=False,
                 )
             )
-    if not any(e.path == "/tmp" for e in declared):
+    if not tmp_declared:
         entries.append(
             _Entry(
                 "/tmp",
