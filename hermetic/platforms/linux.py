@@ -131,12 +131,16 @@ class _CMemory:
     def __init__(self) -> None:
         self.ffi = _native().ffi
         self.keep: list[Any] = []
+        # One C copy per distinct string (the C side never writes them): a
+        # plan names most of its paths twice or more.
+        self._strings: dict[str, Any] = {}
 
     def cstr(self, s: str | None) -> Any:
         if s is None:
             return self.ffi.NULL
-        c = self.ffi.new("char[]", os.fsencode(s))
-        self.keep.append(c)
+        c = self._strings.get(s)
+        if c is None:
+            c = self._strings[s] = self.ffi.new("char[]", os.fsencode(s))
         return c
 
     def ops(self, ops: Sequence[linux_plan.Op]) -> Any:

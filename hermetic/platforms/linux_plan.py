@@ -310,14 +310,24 @@ def host_root_links(root: str = "/") -> tuple[tuple[str, str, str], ...]:
 def _root_links(entries: list[_Entry]) -> list[_Entry]:
     """The host root's top-level symlinks whose target the sandbox shows."""
     links: list[_Entry] = []
-    taken = [e.path for e in entries]
-    shown = [e.path for e in entries if e.kind in ("bind", "tmpfs")]
+    # A link is left out when an entry is at or below it (its top-level
+    # name is taken), kept when its target lies within a bind or tmpfs.
+    taken = {e.path.split("/", 2)[1] for e in entries}
+    shown = {e.path for e in entries if e.kind in ("bind", "tmpfs")}
     for path, target, text in host_root_links():
-        if any(is_within(t, path) for t in taken):
+        if path[1:] in taken:
             continue
-        if any(is_within(target, s) for s in shown):
+        up = target
+        while up not in shown and up != "/":
+            up = _parent(up)
+        if up in shown:
             links.append(_Entry(path, "symlink", f"link {path}", src=text))
     return links
+
+
+def _parent(path: str) -> str:
+    """os.path.dirname of a canonical absolute path other than /, faster."""
+    return path[: path.rfind("/")] or "/"
 
 
 def build_ops(
@@ -348,7 +358,7 @@ def build_ops(
         cover = None
         up = e.path
         while up != "/" and cover is None:
-            up = os.path.dirname(up)
+            up = _parent(up)
             cover = mounts.get(up)
         if cover is not None and cover.kind != "tmpfs":
             # Under a bind the host's own tree is what the sandbox shows: the
