@@ -261,3 +261,59 @@ def test_an_unchecked_lease_returns_the_identity_it_was_built_with(scratch):
         assert rebuilt == identity((src,))
     assert len(built) == 2
     template.close()
+
+
+def test_the_namespace_is_built_as_the_executor_is_created(scratch):
+    # The standby thread builds it in the background; the first action
+    # leases that one instead of building its own.
+    KEEPER.flush()
+    ex = _executor()
+    KEEPER.flush()
+    template = ex._prepared.mount_template
+    assert template.descriptors() == 1
+    built = template._current
+    assert _sh(ex, "true")[0] == 0
+    assert template._current is built
+    ex.close()
+    assert template.descriptors() == 0
+
+
+def test_prime_builds_once_and_never_after_close_or_beside_a_lease(scratch):
+    from hermetic.platforms.linux_template import MountTemplate
+
+    builds = []
+
+    def build():
+        builds.append(1)
+        return os.open("/", os.O_RDONLY | os.O_CLOEXEC)  # any descriptor
+
+    template = MountTemplate((scratch,), build)
+    template.prime()
+    template.prime()
+    assert len(builds) == 1
+    with template.lease():
+        pass
+    assert len(builds) == 1  # the lease took the primed one
+    template.close()
+    template.prime()
+    assert len(builds) == 1 and template.descriptors() == 0
+    with template.lease():  # a lease after close builds again...
+        pass
+    assert len(builds) == 2
+    template.close()
+    with template._lock:  # ...and prime defers to whoever holds the lock
+        template.prime()
+    assert len(builds) == 2
+
+
+def test_a_failed_prime_leaves_the_error_to_the_lease(scratch):
+    from hermetic.platforms.linux_template import MountTemplate
+
+    def build():
+        raise OSError(2, "the build failed", scratch)
+
+    template = MountTemplate((scratch,), build)
+    template.prime()  # swallowed: no one to tell yet
+    with pytest.raises(OSError, match="the build failed"):
+        with template.lease():
+            pass

@@ -38,7 +38,7 @@ from hermetic.platforms.linux_probe import (
     CLONE_NEWUSER,
     probe,
 )
-from hermetic.platforms.linux_standby import Standby, StandbySlot, Unavailable
+from hermetic.platforms.linux_standby import KEEPER, Standby, StandbySlot, Unavailable
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
@@ -66,6 +66,9 @@ MOUNT_TEMPLATE = True
 #: A reused executor sets up the next action's sandbox while the current one
 #: runs (hermetic/platforms/linux_standby.py).  False: never (benchmarks).
 STANDBY = True
+#: The prepared mount namespace is built in the background as the executor
+#: is created, ready for its first action.  False: by the first action.
+PRIME_TEMPLATE = True
 
 _STAGES = {
     1: "fds",
@@ -309,6 +312,11 @@ class Prepared:
                     tplan, terr, lambda e: _setup_error(None, ("",), "/", e, t_ops)
                 ),
             )
+            if PRIME_TEMPLATE:
+                # Built beside the rest of create() and the first execute's
+                # own preparation, on the standby thread.
+                with contextlib.suppress(RuntimeError):  # no thread can start
+                    KEEPER.submit(self.mount_template.prime)
         ops = mem.ops(self.action_ops)
         rl = ffi.new("struct hm_rlimit[]", len(self.limits.rlimits))
         for i, (res, cur, mx) in enumerate(self.limits.rlimits):

@@ -181,6 +181,8 @@ class MountTemplate:
         # Descriptors still open, closed at the latest when this is collected.
         self._open: list[_Namespace] = []
         self._finalizer = weakref.finalize(self, _close_all, self._open)
+        # Set by close(), cleared by a lease: prime() builds nothing then.
+        self._closed = False
 
     def _retire(self, ns: _Namespace) -> None:
         ns.retired = True
@@ -221,6 +223,7 @@ class MountTemplate:
                         self._current = None
                     ns = self._new()
                 ns.holders.append(token)
+                self._closed = False
             yield ns.fd, ns.identity
         finally:
             if ns is not None:
@@ -244,9 +247,27 @@ class MountTemplate:
         self._current = ns
         return ns
 
+    def prime(self) -> None:
+        """Build the namespace now, from a background thread, so that the
+        first lease finds it made or being made: called as the executor is
+        created, it overlaps the rest of create() and the first execute's
+        own preparation.  Does nothing when one is there, when another
+        thread holds the lock (a lease, which builds itself), after close(),
+        and in a forked child.  A failed build is left for the lease to
+        repeat and report."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._current is None and not self._closed and self._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    self._new()
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         """Close the namespace (actions still running keep theirs until done)."""
         with self._lock:
+            self._closed = True
             if self._current is not None:
                 self._retire(self._current)
                 self._current = None
