@@ -340,7 +340,7 @@ class Prepared:
         if not namespaces:
             self.pooled_network = False
             ns_flags = 0
-        landlock, self.landlock_rules = _landlock_plan(spec, caps, namespaces, mem)
+        landlock, self.landlock_rules = _landlock_plan(spec, caps, namespaces, mem, self.ops)
         # The seccomp program (csrc/linux/seccomp.c), built for this
         # architecture; installed last, just before exec.  With a listener,
         # denials and refused writes are recorded (hermetic/security/syscalls.py).
@@ -522,8 +522,22 @@ def isolation_mode(caps: Capabilities) -> str:
     return "landlock"
 
 
+def _mount_point_kinds(ops: Sequence[linux_plan.Op]) -> dict[str, bool]:
+    """Path -> whether it is a directory, for the mount points the plan
+    makes (a mount point has its source's type)."""
+    return {
+        op.dst: op.kind == linux_plan.OP_MKDIR
+        for op in ops
+        if op.kind in (linux_plan.OP_MKDIR, linux_plan.OP_MKFILE)
+    }
+
+
 def _landlock_plan(
-    spec: SandboxSpec, caps: Capabilities, namespaces: bool, mem: _CMemory
+    spec: SandboxSpec,
+    caps: Capabilities,
+    namespaces: bool,
+    mem: _CMemory,
+    ops: Sequence[linux_plan.Op] = (),
 ) -> tuple[dict[str, Any], tuple[linux_landlock.Rule, ...]]:
     """The plan's Landlock fields: an extra layer under namespaces, the only
     filesystem layer without them (hermetic/platforms/linux_landlock.py)."""
@@ -531,7 +545,9 @@ def _landlock_plan(
     if abi <= 0:
         return {"landlock_abi": 0}, ()
     private_tmp = not any(p == "/tmp" for p in (*spec.inputs, *spec.outputs, *spec.temps))
-    rules = linux_landlock.rules(spec, namespaces=namespaces, private_tmp=private_tmp)
+    rules = linux_landlock.rules(
+        spec, namespaces=namespaces, private_tmp=private_tmp, dirs=_mount_point_kinds(ops)
+    )
     arr = mem.ffi.new("struct hm_landlock_rule[]", len(rules))
     for i, rule in enumerate(rules):
         arr[i].path = mem.cstr(rule.path)

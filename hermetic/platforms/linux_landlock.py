@@ -23,6 +23,7 @@ Two uses (csrc/linux/child.c applies the rules in the action, after
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hermetic.core.spec import SandboxSpec
@@ -102,15 +103,26 @@ class Rule:
     access: int
 
 
-def _rule(path: str, access: int) -> Rule:
-    is_dir = os.path.isdir(path)
+def _rule(path: str, access: int, dirs: Mapping[str, bool]) -> Rule:
+    is_dir = dirs.get(path)
+    if is_dir is None:
+        is_dir = os.path.isdir(path)
     return Rule(path, access if is_dir else access & FILE_RIGHTS)
 
 
-def rules(spec: SandboxSpec, *, namespaces: bool, private_tmp: bool = False) -> tuple[Rule, ...]:
-    """The rules for ``spec``: paths as the action sees them."""
-    out = [_rule(p, READ_ONLY) for p in spec.inputs]
-    out += [_rule(p, READ_WRITE) for p in (*spec.outputs, *spec.temps)]
+def rules(
+    spec: SandboxSpec,
+    *,
+    namespaces: bool,
+    private_tmp: bool = False,
+    dirs: Mapping[str, bool] | None = None,
+) -> tuple[Rule, ...]:
+    """The rules for ``spec``: paths as the action sees them.  ``dirs``
+    says which paths are directories where the plan already knows (the
+    mount points it makes), saving a look at the host."""
+    known = dirs or {}
+    out = [_rule(p, READ_ONLY, known) for p in spec.inputs]
+    out += [_rule(p, READ_WRITE, known) for p in (*spec.outputs, *spec.temps)]
     if namespaces:
         # The sandbox's own root, /dev and /proc: their contents are the
         # plan's (csrc/linux/child.c); the mounts keep them read-only.
@@ -136,7 +148,7 @@ def _collapse(rules: list[Rule]) -> tuple[Rule, ...]:
         covered = False
         up = r.path
         while not covered:
-            up = os.path.dirname(up)
+            up = up[: up.rfind("/")] or "/"
             if up == "/" or up == r.path:  # "/" grants too little to cover anything
                 break
             covered = any(r.access & ~a == 0 for a in by_path.get(up, ()))

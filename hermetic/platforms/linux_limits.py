@@ -58,14 +58,30 @@ def _global_root() -> bool:
     if os.geteuid() != 0:
         return False
     try:
+        ns = os.stat("/proc/self/ns/user")
+        key: tuple[int, int] | None = (ns.st_dev, ns.st_ino)
+    except OSError:
+        key = None
+    # A user namespace's uid_map is written once: the answer is kept for it.
+    if key is not None and key in _ROOT_OF:
+        return _ROOT_OF[key]
+    answer = True
+    try:
         with open("/proc/self/uid_map") as f:
             for line in f:
                 inside, outside, count = (int(x) for x in line.split())
                 if inside <= 0 < inside + count:
-                    return outside - inside == 0
+                    answer = outside - inside == 0
+                    break
     except (OSError, ValueError):
         pass
-    return True
+    if key is not None:
+        _ROOT_OF[key] = answer
+    return answer
+
+
+#: _global_root()'s answer per user namespace (device, inode).
+_ROOT_OF: dict[tuple[int, int], bool] = {}
 
 
 def plan_limits(

@@ -83,7 +83,11 @@ def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | No
     action: list[Op] = []
     copied: list[str] = []
     for op in ops:
-        root = next((r for r in fresh if is_within(op.dst, r)), None)
+        root = None
+        for r in fresh:
+            if is_within(op.dst, r):
+                root = r
+                break
         if root is None or (op.dst == root and op.kind == OP_MKDIR):
             prepared.append(op)
             continue
