@@ -57,13 +57,11 @@ def _global_root() -> bool:
     namespace maps to another uid and is counted like any user."""
     if os.geteuid() != 0:
         return False
-    try:
-        ns = os.stat("/proc/self/ns/user")
-        key: tuple[int, int] | None = (ns.st_dev, ns.st_ino)
-    except OSError:
-        key = None
-    # A user namespace's uid_map is written once: the answer is kept for it.
-    if key is not None and key in _ROOT_OF:
+    # Kept for the process, as the host probe is (capabilities()): a
+    # uid_map is written once, and a process changes user namespace only by
+    # unsharing or joining one itself.
+    key = os.getpid()
+    if key in _ROOT_OF:
         return _ROOT_OF[key]
     answer = True
     try:
@@ -75,13 +73,12 @@ def _global_root() -> bool:
                     break
     except (OSError, ValueError):
         pass
-    if key is not None:
-        _ROOT_OF[key] = answer
+    _ROOT_OF[key] = answer
     return answer
 
 
-#: _global_root()'s answer per user namespace (device, inode).
-_ROOT_OF: dict[tuple[int, int], bool] = {}
+#: _global_root()'s answer per process (a forked child looks again).
+_ROOT_OF: dict[int, bool] = {}
 
 
 def plan_limits(

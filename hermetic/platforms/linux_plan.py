@@ -107,6 +107,9 @@ class _Entry:
     data: str | None = None
     mount_flags: int = 0
     mode: int = 0
+    #: The host path at ``path`` was seen to exist with type ``is_dir``
+    #: as the entry was made (no need to look again for its mount point).
+    seen: bool = False
 
 
 def _depth_key(path: str) -> tuple[str, ...]:
@@ -153,7 +156,9 @@ def _bind(path: str, flags: int, origin: str, source: str | None = None) -> _Ent
     except OSError as e:
         raise SpecError(f"{origin} cannot be used: {e.strerror}", field="paths", value=path) from e
     is_dir = stat.S_ISDIR(st.st_mode)
-    return _Entry(path, "bind", origin, src=OLDROOT + source, flags=flags, is_dir=is_dir)
+    return _Entry(
+        path, "bind", origin, src=OLDROOT + source, flags=flags, is_dir=is_dir, seen=source == path
+    )
 
 
 def _encode_dev(rdev: int) -> int:
@@ -245,6 +250,7 @@ def _system_entries(tmp_declared: bool, make_nodes: bool) -> list[_Entry]:
                     src=path,
                     flags=BIND_RDONLY | BIND_SYSTEM,
                     is_dir=os.path.isdir(path),
+                    seen=True,
                 )
             )
     for path in PROC_MASKED:
@@ -257,6 +263,7 @@ def _system_entries(tmp_declared: bool, make_nodes: bool) -> list[_Entry]:
                     src="/dev/null",
                     flags=BIND_RDONLY | BIND_DEVICES | BIND_SYSTEM,
                     is_dir=False,
+                    seen=True,
                 )
             )
     if not tmp_declared:
@@ -325,6 +332,14 @@ def _root_links(entries: list[_Entry]) -> list[_Entry]:
     return links
 
 
+def _host_is_dir(path: str) -> bool | None:
+    """Whether the host's ``path`` is a directory; None when it is missing."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
 def _parent(path: str) -> str:
     """os.path.dirname of a canonical absolute path other than /, faster."""
     return path[: path.rfind("/")] or "/"
@@ -368,7 +383,7 @@ def build_ops(
                 continue
             if e.kind == "symlink":
                 continue
-            if not os.path.exists(e.path) or os.path.isdir(e.path) != e.is_dir:
+            if not e.seen and _host_is_dir(e.path) != e.is_dir:
                 raise SpecError(
                     f"{e.origin} needs a mount point inside {cover.origin}, "
                     f"which has no {'directory' if e.is_dir else 'file'} at {e.path!r}",
