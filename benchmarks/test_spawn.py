@@ -16,7 +16,8 @@ can be compared side by side (``python benchmarks/compare.py FILE``):
   subprocess uses vfork when it can, and the sandbox is cloned with
   ``CLONE_VM``: none of them copies the parent's page tables, so the row
   should match ``true``.  A copy (fork) would show up as milliseconds.
-- ``gcc``: ``gcc -c`` of a small C file, directly (baseline) and sandboxed.
+- ``gcc``: ``gcc -c`` of a small C file, directly (baseline), sandboxed,
+  and one shot (an executor per action, each with its own source directory).
 - ``cat``: ``sh -c 'cat in > out'``, directly (baseline) and sandboxed.
 - ``writes``: a shell loop opening a file in the outputs for writing 200
   times, directly (baseline), sandboxed, and sandboxed with
@@ -163,13 +164,13 @@ def test_true_hermetic(benchmark: Any, request: pytest.FixtureRequest, variant: 
     )
 
 
-@pytest.mark.benchmark(group="true")
-def test_true_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
+def _one_shot(scratch: Any, rounds: int, argv_for: Callable[[str], list[str]]) -> Callable[[], Any]:
     """An executor per action, as a build system whose actions each declare
-    their own inputs uses it: every round creates one for a spec of its own
-    (the full spec plus a directory of sources no other round declares),
-    executes and closes it.  Nothing of an executor is carried over; what
-    the process keeps (the pooled network namespaces, the threads) is."""
+    their own inputs uses it: every call creates one for a spec of its own
+    (the full spec plus a directory of sources no other call declares),
+    executes ``argv_for(that directory)`` in the outputs and closes it.
+    Nothing of an executor is carried over; what the process keeps (the
+    pooled network namespaces, the threads) is."""
     import dataclasses
 
     from conftest import make_spec
@@ -177,24 +178,31 @@ def test_true_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
     from hermetic import HermeticExecutor, PathSet
 
     base = make_spec(scratch)
-    specs = []
-    for i in range(TRUE_ROUNDS + TRUE_WARMUP):
+    jobs = []
+    for i in range(rounds):
         own = os.path.join(scratch.src, f"action-{i}")
         os.mkdir(own)
-        specs.append(dataclasses.replace(base, inputs=PathSet((*base.inputs, own))))
-    pending = iter(specs)
+        spec = dataclasses.replace(base, inputs=PathSet((*base.inputs, own)))
+        jobs.append((spec, argv_for(own)))
+    pending = iter(jobs)
 
     def once() -> Any:
-        ex = HermeticExecutor.create(next(pending)).unwrap()
+        spec, argv = next(pending)
+        ex = HermeticExecutor.create(spec).unwrap()
         try:
-            return ex.execute([TRUE]).unwrap()
+            return ex.execute(argv, cwd=scratch.out).unwrap()
         finally:
             ex.close()
 
+    return once
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
     _all_ok(
         _measure(
             benchmark,
-            once,
+            _one_shot(scratch, TRUE_ROUNDS + TRUE_WARMUP, lambda _: [TRUE]),
             method="hermetic-one-shot",
             baseline=False,
             rounds=TRUE_ROUNDS,
@@ -255,6 +263,31 @@ def test_gcc_hermetic(
         benchmark,
         lambda: executor.execute(argv, cwd=scratch.out).unwrap(),
         method="hermetic" if variant == "source_executor" else "hermetic-no-limits",
+        baseline=False,
+        rounds=GCC_ROUNDS,
+        warmup=GCC_WARMUP,
+    )
+    _all_ok(results)
+    _check_object(obj)
+
+
+@needs_gcc
+@pytest.mark.benchmark(group="gcc")
+def test_gcc_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
+    """gcc -c with an executor per action (see _one_shot): each action's
+    source in a directory of its own, the object in the outputs."""
+    obj = os.path.join(scratch.out, "hello.o")
+
+    def job(own: str) -> list[str]:
+        src = os.path.join(own, "hello.c")
+        with open(src, "w") as f:
+            f.write(HELLO_C)
+        return [GCC, "-c", src, "-o", obj]
+
+    results = _measure(
+        benchmark,
+        _one_shot(scratch, GCC_ROUNDS + GCC_WARMUP, job),
+        method="hermetic-one-shot",
         baseline=False,
         rounds=GCC_ROUNDS,
         warmup=GCC_WARMUP,

@@ -177,7 +177,9 @@ WAIT_FOR_PENDING = 0.05
 
 
 class _Keeper:
-    """The one thread that makes standbys, for every executor of the process.
+    """The one thread that makes standbys, for every executor of the process
+    (and builds each new executor's prepared mount namespace ahead of its
+    first action: MountTemplate.prime).
 
     It is also the parent thread of the standbys' pid 1, which their
     parent-death signal watches: it lives as long as the process.
