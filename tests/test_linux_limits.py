@@ -139,12 +139,21 @@ def test_cpu_time_is_accurate():
         while time.process_time() < end:
             pass
     """
-    limited = spec(max_cpu_time_ms=60_000)
-    # The interpreter's start-up is measured too: take it off.
-    idle = run(limited, busy.format(s=0)).usage.cpu_time
-    r = run(limited, busy.format(s=0.5))
-    assert r.success()
-    assert 0.5 * 0.8 <= r.usage.cpu_time - idle <= 0.5 * 1.2
+    ex = HermeticExecutor.create(spec(max_cpu_time_ms=60_000)).unwrap()
+    # Nothing of hermetic's own running beside the actions (the prepared
+    # namespace is built in the background): under emulation a busy
+    # neighbour inflates the CPU time the guest charges.
+    KEEPER.flush()
+
+    def cpu(seconds: float) -> float:
+        r = ex.execute([PY, "-c", textwrap.dedent(busy.format(s=seconds))]).unwrap()
+        assert r.success()
+        return r.usage.cpu_time
+
+    # The interpreter's start-up is measured too: take it off (the least
+    # of two, which a noisy start-up inflates less).
+    idle = min(cpu(0), cpu(0))
+    assert 0.5 * 0.8 <= cpu(0.5) - idle <= 0.5 * 1.2
 
 
 def test_io_figures_show_a_written_file(scratch):
