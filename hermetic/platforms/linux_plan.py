@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hermetic.core.errors import SpecError
 from hermetic.core.paths import is_within
@@ -83,9 +83,11 @@ PROC_MASKED = (
 )
 
 
-@dataclass(frozen=True)
-class Op:
-    """One filesystem step.  ``origin`` says why it exists, for error messages."""
+class Op(NamedTuple):
+    """One filesystem step.  ``origin`` says why it exists, for error messages.
+
+    A named tuple: a plan makes dozens per executor, and a tuple is made
+    four times faster than a frozen dataclass."""
 
     kind: int
     dst: str
@@ -96,8 +98,7 @@ class Op:
     origin: str = ""
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     path: str
     kind: str  # "bind" | "tmpfs" | "proc" | "symlink" | "dir"
     origin: str

@@ -42,7 +42,6 @@ import posixpath
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 from hermetic.core.paths import is_within
@@ -103,8 +102,8 @@ def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | No
             slot = len(grabs)
             if slot >= MAX_GRABS:
                 return None
-            grabs.append(replace(op, kind=OP_GRAB, src=None, flags=slot))
-            action.append(replace(op, kind=OP_PLACE, src=None, flags=slot))
+            grabs.append(op._replace(kind=OP_GRAB, src=None, flags=slot))
+            action.append(op._replace(kind=OP_PLACE, src=None, flags=slot))
             copied.append(op.dst)
         else:
             action.append(op)
