@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import threading
 
 import pytest
@@ -317,3 +318,62 @@ def test_a_failed_prime_leaves_the_error_to_the_lease(scratch):
     with pytest.raises(OSError, match="the build failed"):
         with template.lease():
             pass
+
+
+def test_a_background_build_keeps_the_plan_alive_after_the_executor_is_gone(scratch):
+    # The build's plan points into C memory the executor made; an executor
+    # dropped while its build waits on the standby thread must not free it.
+    import weakref
+
+    KEEPER.flush()
+    hold, held = threading.Event(), threading.Event()
+    KEEPER.submit(lambda: (held.set(), hold.wait(30)))
+    try:
+        assert held.wait(30)
+        ex = _executor()
+        memory = weakref.ref(ex._prepared._mem)
+        template = weakref.ref(ex._prepared.mount_template)
+        del ex
+        gc.collect()
+        junk = [bytearray(256) for _ in range(10000)]  # reuse freed memory, if any
+        assert memory() is not None and template() is not None  # the queued build's
+    finally:
+        hold.set()
+    assert KEEPER.flush()
+    del junk
+    gc.collect()
+    assert memory() is None and template() is None  # and nothing kept after it
+
+
+def test_a_fork_during_a_build_leaves_the_child_a_working_template(scratch):
+    # A build holds the template's lock; a child forked meanwhile would
+    # otherwise inherit it locked, and its first lease would hang.
+    from hermetic.platforms.linux_template import MountTemplate
+
+    building, finish = threading.Event(), threading.Event()
+
+    def build():
+        if threading.current_thread() is not threading.main_thread():
+            building.set()
+            finish.wait(30)
+        return os.open("/", os.O_RDONLY | os.O_CLOEXEC)
+
+    template = MountTemplate((scratch,), build)
+    builder = threading.Thread(target=template.prime)
+    builder.start()
+    try:
+        assert building.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: a lease builds its own, or hangs until the alarm
+            signal.alarm(10)
+            try:
+                with template.lease() as (fd, _):
+                    os._exit(0 if fd >= 0 else 1)
+            except BaseException:
+                os._exit(2)
+    finally:
+        finish.set()
+        builder.join(30)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    template.close()

@@ -308,7 +308,7 @@ class Prepared:
             self.mount_template = linux_template.MountTemplate(
                 self.host_sources,
                 linux_template.native_build(
-                    tplan, terr, lambda e: _setup_error(None, ("",), "/", e, t_ops)
+                    tplan, terr, lambda e: _setup_error(None, ("",), "/", e, t_ops), mem
                 ),
             )
             if PRIME_TEMPLATE:

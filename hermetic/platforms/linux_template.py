@@ -167,6 +167,10 @@ def _close_all(held: list[_Namespace]) -> None:
     held.clear()
 
 
+#: Every template, for the fork handler below.
+_TEMPLATES: weakref.WeakSet[MountTemplate] = weakref.WeakSet()
+
+
 class MountTemplate:
     """The prepared namespace of one spec, rebuilt when a bound path changes.
 
@@ -186,6 +190,7 @@ class MountTemplate:
         self._finalizer = weakref.finalize(self, _close_all, self._open)
         # Set by close(), cleared by a lease: prime() builds nothing then.
         self._closed = False
+        _TEMPLATES.add(self)
 
     def _retire(self, ns: _Namespace) -> None:
         ns.retired = True
@@ -281,17 +286,39 @@ class MountTemplate:
             return len(self._open)
 
 
-def native_build(
-    plan: Any, error: Any, on_error: Callable[[Any], BaseException]
-) -> Callable[[], int]:
-    """A ``build`` for MountTemplate: hm_mntns_create over ``plan``."""
+class native_build:
+    """A ``build`` for MountTemplate: hm_mntns_create over ``plan``.
 
-    def build() -> int:
+    ``memory`` owns what the plan points to (its ops and their strings: a
+    cffi struct does not keep its pointers' targets alive).  The build holds
+    it, as a build on the standby thread may run after the executor that
+    made the plan is gone."""
+
+    __slots__ = ("error", "memory", "on_error", "plan")
+
+    def __init__(
+        self, plan: Any, error: Any, on_error: Callable[[Any], BaseException], memory: Any
+    ) -> None:
+        self.plan = plan
+        self.error = error
+        self.on_error = on_error
+        self.memory = memory
+
+    def __call__(self) -> int:
         from hermetic._native import lib
 
-        fd = int(lib.hm_mntns_create(plan, error))
+        fd = int(lib.hm_mntns_create(self.plan, self.error))
         if fd < 0:
-            raise on_error(error)
+            raise self.on_error(self.error)
         return fd
 
-    return build
+
+def _after_fork_in_child() -> None:
+    # A build holds its template's lock for milliseconds (a prime on the
+    # standby thread, a lease on another): a fork meanwhile must not leave
+    # the child a lock that nothing will release.  lease() sees the new pid.
+    for template in list(_TEMPLATES):
+        template._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
