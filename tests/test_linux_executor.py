@@ -519,3 +519,31 @@ def test_the_cgroup_mechanism_is_looked_up_at_most_once_a_second(monkeypatch):
     monkeypatch.setattr(linux, "MECHANISM_TTL", 0.0)
     assert linux.cgroup_mechanism() == (1, None)
     assert calls == ["v2", "v1", "v2", "v1"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts as the host's root, then drops it")
+def test_the_host_root_check_follows_a_change_of_user_namespace():
+    # Whether the caller is the host's root is kept per user namespace: a
+    # process that gives up root and becomes root of a namespace of its own
+    # (mapped to another uid) is not the host's root any more.
+    import ctypes
+
+    from hermetic.platforms.linux_limits import _global_root
+
+    pid = os.fork()
+    if pid == 0:  # single-threaded: it may unshare a user namespace
+        code = 2
+        try:
+            first = _global_root()
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: /proc/self is its own again
+            if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+                with open("/proc/self/uid_map", "w") as f:
+                    f.write("0 65534 1")
+                code = 0 if first and os.geteuid() == 0 and not _global_root() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

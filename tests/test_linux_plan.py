@@ -157,3 +157,32 @@ def test_system_entries_are_kept_until_dev_changes(monkeypatch):
     monkeypatch.setattr(lp.os, "stat", moved)
     lp._system([], True)
     assert calls == [(False, True)]
+
+
+def test_made_device_nodes_follow_a_change_of_the_host_node(monkeypatch):
+    # A chmod of /dev/null changes its own ctime, not /dev's mtime: nodes
+    # made with mknod take their mode from the host's, so they are made
+    # again; bound nodes (make_nodes False) show the host's node itself.
+    monkeypatch.setattr(lp, "_SYSTEM", {})
+    lp._system([], True)
+    lp._system([], False)
+    calls = []
+    monkeypatch.setattr(lp, "_system_entries", lambda *a: calls.append(a) or [])
+    real = os.stat
+
+    def chmodded(path, *a, **kw):
+        st = real(path, *a, **kw)
+        if path == "/dev/null":
+            return SimpleNamespace(
+                st_ino=st.st_ino,
+                st_mode=st.st_mode & ~0o002,
+                st_rdev=st.st_rdev,
+                st_ctime_ns=st.st_ctime_ns + 1,
+            )
+        return st
+
+    monkeypatch.setattr(lp.os, "stat", chmodded)
+    lp._system([], False)
+    assert calls == []
+    lp._system([], True)
+    assert calls == [(False, True)]

@@ -57,11 +57,14 @@ def _global_root() -> bool:
     namespace maps to another uid and is counted like any user."""
     if os.geteuid() != 0:
         return False
-    # Kept for the process, as the host probe is (capabilities()): a
-    # uid_map is written once, and a process changes user namespace only by
-    # unsharing or joining one itself.
-    key = os.getpid()
-    if key in _ROOT_OF:
+    # Kept per user namespace (its device and inode): a uid_map is written
+    # once, and a process that unshares or joins another one looks again.
+    try:
+        st = os.stat("/proc/self/ns/user")
+        key: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        key = None
+    if key is not None and key in _ROOT_OF:
         return _ROOT_OF[key]
     answer = True
     try:
@@ -73,12 +76,13 @@ def _global_root() -> bool:
                     break
     except (OSError, ValueError):
         pass
-    _ROOT_OF[key] = answer
+    if key is not None:
+        _ROOT_OF[key] = answer
     return answer
 
 
-#: _global_root()'s answer per process (a forked child looks again).
-_ROOT_OF: dict[int, bool] = {}
+#: _global_root()'s answer per user namespace (/proc/self/ns/user's device, inode).
+_ROOT_OF: dict[tuple[int, int], bool] = {}
 
 
 def plan_limits(

@@ -168,9 +168,9 @@ def _encode_dev(rdev: int) -> int:
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
-#: _system()'s entries per (make_nodes, /tmp declared), and the (device,
-#: inode, mtime) of the host's /dev they were made at.
-_SYSTEM: dict[tuple[bool, bool], tuple[tuple[int, int, int], tuple[_Entry, ...]]] = {}
+#: _system()'s entries per (make_nodes, /tmp declared), and what of the
+#: host's /dev they were made from (see _system).
+_SYSTEM: dict[tuple[bool, bool], tuple[tuple[object, ...], tuple[_Entry, ...]]] = {}
 
 
 def _system(declared: list[_Entry], make_nodes: bool) -> list[_Entry]:
@@ -178,11 +178,16 @@ def _system(declared: list[_Entry], make_nodes: bool) -> list[_Entry]:
     masked), /dev, a private /tmp unless one is declared.  They depend on
     the host only through which nodes /dev and /proc have, so they are
     made again only when /dev changed (a node added or removed changes its
-    mtime; /proc's entries are the kernel's)."""
+    mtime; /proc's entries are the kernel's), and, for nodes made with
+    mknod (``make_nodes``), when one of the devices changed (its inode,
+    mode, number or ctime: a chmod changes only the node's own)."""
     tmp_declared = any(e.path == "/tmp" for e in declared)
+    key: tuple[object, ...] | None
     try:
         st = os.stat("/dev")
-        key: tuple[int, int, int] | None = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if make_nodes:
+            key += tuple(_node_key("/dev/" + name) for name in DEVICES)
     except OSError:
         key = None
     kept = _SYSTEM.get((make_nodes, tmp_declared))
@@ -192,6 +197,14 @@ def _system(declared: list[_Entry], make_nodes: bool) -> list[_Entry]:
     if key is not None:
         _SYSTEM[(make_nodes, tmp_declared)] = (key, tuple(entries))
     return entries
+
+
+def _node_key(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mode, st.st_rdev, st.st_ctime_ns)
 
 
 def _system_entries(tmp_declared: bool, make_nodes: bool) -> list[_Entry]:
