@@ -1,0 +1,52 @@
+"""benchmarks/profile_syscalls.py's reading of an strace -f trace: who made
+each call (the README's system-call table comes from it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+TRACE = """\
+100 getpid() = 100
+100 clone(child_stack=0x7f, flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD\
+|CLONE_SYSVSEM|CLONE_SETTLS, parent_tid=[101], tls=0x7f) = 101
+101 futex(0x1, FUTEX_WAIT_PRIVATE, 0, NULL) = 0
+101 clone(child_stack=0x7f, flags=CLONE_VM|CLONE_PIDFD|CLONE_NEWPID|SIGCHLD <unfinished ...>
+102 rt_sigaction(SIGHUP, {sa_handler=SIG_DFL, sa_mask=[], sa_flags=0}, NULL, 8) = 0
+101 <... clone resumed>, parent_tid=[5]) = 102
+102 mount("none", "/", NULL, MS_REC|MS_PRIVATE, NULL) = 0
+102 clone(child_stack=0x7f, flags=CLONE_VM|CLONE_VFORK|SIGCHLD <unfinished ...>
+103 prctl(PR_SET_PDEATHSIG, SIGKILL) = 0
+103 execve("/bin/true", ["/bin/true"], 0x7f /* 5 vars */) = 0
+103 brk(NULL) = 0x5
+102 <... clone resumed>) = 2
+103 exit_group(0) = ?
+100 wait4(102, NULL, 0, NULL) = 102
+100 clone(child_stack=0x7f, flags=CLONE_VM|CLONE_VFORK|CLONE_FILES|CLONE_NEWNS|SIGCHLD \
+<unfinished ...>
+104 openat(AT_FDCWD, "/proc/self/ns/mnt", O_RDONLY|O_CLOEXEC) = 3
+100 <... clone resumed>) = 104
+"""
+
+
+def test_calls_are_counted_by_who_made_them(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "profile_syscalls", ROOT / "benchmarks" / "profile_syscalls.py"
+    )
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    trace = tmp_path / "trace"
+    trace.write_text(TRACE)
+    calls = {role: dict(counts) for role, counts in tool.count(str(trace)).items()}
+    # pid 1's clone returns the action's pid in its own namespace (2): the
+    # action is the process that appears while that clone is pending.
+    assert calls == {
+        "caller": {"getpid": 1, "clone": 3, "futex": 1, "wait4": 1},
+        "helper": {"openat": 1},
+        "pid 1": {"rt_sigaction": 1, "mount": 1, "clone": 1},
+        "setup": {"prctl": 1, "execve": 1},
+        "command": {"brk": 1, "exit_group": 1},
+    }
