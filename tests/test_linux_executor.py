@@ -106,6 +106,26 @@ def test_run_raises_timeout_and_check(ex):
     assert hermetic.run(["true"], base(), check=True).success()
 
 
+def _mount_namespaces_held():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("mnt:[")
+    return n
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root caller prepares a mount namespace")
+def test_run_releases_its_sandbox_even_while_its_error_is_kept():
+    # The error's traceback keeps run()'s frame, and so its executor, alive:
+    # run() closes the executor itself.
+    before = _mount_namespaces_held()
+    with pytest.raises(ActionFailedError) as failed:
+        hermetic.run(["false"], base(), check=True)
+    kept = failed.value
+    assert kept.__traceback__ is not None
+    assert _mount_namespaces_held() == before
+
+
 def test_bad_arguments_are_errors_naming_the_culprit(ex):
     for argv in ([], "true", ["echo", "a\0b"], [b"true"]):
         err = ex.execute(argv).unwrap_err()

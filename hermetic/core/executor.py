@@ -436,7 +436,11 @@ def run(
     when the action did not succeed.  Setup failures raise SandboxError.
     """
     executor = HermeticExecutor.create(spec).unwrap()
-    result = executor.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout).unwrap()
+    try:
+        result = executor.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout).unwrap()
+    finally:
+        # Its prepared mount namespace goes now, not when it is collected.
+        executor.close()
     if result.timed_out:
         seconds = _seconds(timeout)
         raise ExecutionTimeout(
