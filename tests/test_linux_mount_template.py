@@ -377,3 +377,27 @@ def test_a_fork_during_a_build_leaves_the_child_a_working_template(scratch):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     template.close()
+
+
+def test_a_fork_keeps_only_descriptors_still_open(scratch):
+    # The state a fork between a descriptor's close and its removal from
+    # the list leaves: the child forgets the closed one, so that its
+    # finalizer never closes a number another file has taken since.
+    from hermetic.platforms.linux_template import MountTemplate
+
+    def build():
+        return os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+
+    template = MountTemplate((scratch,), build)
+    template.prime()
+    assert template.descriptors() == 1
+    os.close(template._current.fd)  # closed, still listed
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if template.descriptors() == 0 and template._current is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        template._open.clear()  # this process's stale entry, which it must not close
+        template._current = None

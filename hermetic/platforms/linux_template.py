@@ -313,12 +313,25 @@ class native_build:
         return fd
 
 
+def _is_mount_namespace(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("mnt:[")
+    except OSError:
+        return False
+
+
 def _after_fork_in_child() -> None:
     # A build holds its template's lock for milliseconds (a prime on the
     # standby thread, a lease on another): a fork meanwhile must not leave
     # the child a lock that nothing will release.  lease() sees the new pid.
+    # A fork between a descriptor's close and its removal from the list
+    # (the lock held) must not leave the child's finalizer a number that
+    # another file may take: only descriptors still open are kept.
     for template in list(_TEMPLATES):
         template._lock = threading.Lock()
+        template._open[:] = [ns for ns in template._open if _is_mount_namespace(ns.fd)]
+        if template._current is not None and template._current not in template._open:
+            template._current = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
