@@ -40,7 +40,9 @@ ROLES = ("caller", "helper", "pid 1", "setup", "command")
 # "PID name(args" at the start of a line; resumed and signal lines are not calls.
 _CALL = re.compile(r"^(\d+)\s+([a-z_0-9]+)\((.*)$")
 _RESUMED = re.compile(r"^(\d+)\s+<\.\.\. ([a-z_0-9]+) resumed>(.*)$")
-_RESULT = re.compile(r"\)\s+=\s+(-?\d+)")
+_RESULT = re.compile(r"\)\s+=\s+(-?\d+)(?: /\* (\d+) in strace's PID NS \*/)?")
+#: Calls that make a process (or a thread: CLONE_THREAD).
+_SPAWNING = ("clone", "clone3", "fork", "vfork")
 
 
 def _run_traced(runs: int, command: list[str], mode: str, out: str) -> None:
@@ -49,7 +51,9 @@ def _run_traced(runs: int, command: list[str], mode: str, out: str) -> None:
     if mode != "standby":
         args.append(f"--{mode}")
     subprocess.run(
-        ["strace", "-f", "-qq", "-s", "0", "-o", out, *args, "--", *command],
+        # --pidns-translation: a child's pid as strace sees it, where the
+        # clone returns its pid in the sandbox's namespace.
+        ["strace", "-f", "-qq", "-s", "0", "--pidns-translation", "-o", out, *args, "--", *command],
         check=True,
         env=env,
     )
@@ -84,22 +88,30 @@ def _child(runs: int, command: list[str], mode: str) -> None:
 
 
 def count(trace: str) -> dict[str, collections.Counter[str]]:
-    """Calls per role and name in an ``strace -f`` output file."""
-    # One pass for the calls and who cloned whom (a child's first calls
-    # may come before its parent's clone returns), one to assign roles.
+    """Calls per role and name in an ``strace -f --pidns-translation`` output file."""
+    # One pass for the calls and who made which process, one to assign
+    # roles: a child's first calls may come before its parent's clone
+    # returns, and some clones never return (a standby's pid 1 killed while
+    # its action is being set up).
     events: list[tuple[int, str]] = []
-    clones: dict[int, tuple[int, str]] = {}  # child: (parent, flags text)
+    made: dict[int, tuple[int, str, int]] = {}  # child: (parent, flags text, event index)
+    # A child seen before its parent's call returned: the calls pending
+    # then, any of which may be its parent (most recent last).
+    candidates: dict[int, list[tuple[int, str, int]]] = {}
+    resolved: set[tuple[int, int]] = set()  # (parent, event index) of calls that returned
     exec_at: dict[int, int] = {}  # pid: index of its first successful execve
-    pending: dict[int, tuple[str, str]] = {}  # in the order the calls began
+    pending: dict[int, tuple[str, str, int]] = {}  # in the order the calls began
     seen: set[int] = set()
 
     def finished(pid: int, name: str, text: str, index: int) -> None:
         m = _RESULT.search(text)
         if m is None:
             return
-        result = int(m.group(1))
-        if name in ("clone", "clone3") and result > 0:
-            clones.setdefault(result, (pid, text))
+        result = int(m.group(2) or m.group(1))
+        if name in _SPAWNING and result > 0:
+            flags = text + (" CLONE_VFORK" if name == "vfork" else "")
+            made[result] = (pid, flags, index)
+            resolved.add((pid, index))
         elif name == "execve" and result == 0:
             exec_at.setdefault(pid, index)
 
@@ -110,49 +122,60 @@ def count(trace: str) -> dict[str, collections.Counter[str]]:
                 pid, name, rest = int(m.group(1)), m.group(2), m.group(3)
                 if pid not in seen:
                     seen.add(pid)
-                    # A child of the clone still pending: pid 1's clone
-                    # returns the action's pid in its own namespace, which
-                    # is not the number strace shows.
-                    cloning = [(q, c) for q, c in pending.items() if c[0].startswith("clone")]
-                    if cloning and pid not in clones:
-                        q, (_, flags) = cloning[-1]
-                        clones[pid] = (q, flags)
+                    candidates[pid] = [
+                        (q, flags + (" CLONE_VFORK" if call == "vfork" else ""), at)
+                        for q, (call, flags, at) in pending.items()
+                        if call in _SPAWNING
+                    ]
                 events.append((pid, name))
                 if rest.endswith("<unfinished ...>"):
                     pending.pop(pid, None)
-                    pending[pid] = (name, rest)
+                    pending[pid] = (name, rest, len(events) - 1)
                 else:
                     finished(pid, name, rest, len(events) - 1)
                 continue
             m = _RESUMED.match(line)
             if m is not None:
                 pid = int(m.group(1))
-                name, start = pending.pop(pid, (m.group(2), ""))
-                finished(pid, name, start + m.group(3), len(events) - 1)
+                name, start, at = pending.pop(pid, (m.group(2), "", len(events) - 1))
+                finished(pid, name, start + m.group(3), at)
+
+    def _guess(calls: list[tuple[int, str, int]]) -> tuple[int, str, int] | None:
+        # A call that returned made another process: of the others, the
+        # latest (a clone that never returns: pid 1 killed during its
+        # action's setup).
+        open_calls = [c for c in calls if (c[0], c[2]) not in resolved]
+        return (open_calls or calls or [None])[-1]
 
     roles: dict[int, str] = {}
 
+    def role_at(pid: int, index: int) -> str:
+        """``pid``'s role at event ``index`` (setup and helpers become
+        the command at their exec)."""
+        r = role(pid)
+        if r in ("setup", "helper") and index > exec_at.get(pid, len(events)):
+            return "command"
+        return r
+
     def role(pid: int) -> str:
         if pid not in roles:
-            if pid not in clones:
+            origin = made.get(pid) or _guess(candidates.get(pid, []))
+            if origin is None:
                 roles[pid] = "caller"  # the traced interpreter
             else:
-                parent, flags = clones[pid]
-                mine = role(parent)
+                parent, flags, at = origin
+                mine = role_at(parent, at)
                 if "CLONE_THREAD" in flags or mine in ("helper", "command"):
                     roles[pid] = mine
                 elif mine == "caller":
                     roles[pid] = "helper" if "CLONE_VFORK" in flags else "pid 1"
-                else:  # cloned by pid 1, or by the action's setup
+                else:  # made by pid 1 (the action), or by the setup
                     roles[pid] = "setup" if mine == "pid 1" else "command"
         return roles[pid]
 
     calls: dict[str, collections.Counter[str]] = {r: collections.Counter() for r in ROLES}
     for index, (pid, name) in enumerate(events):
-        r = role(pid)
-        if r in ("setup", "helper") and index > exec_at.get(pid, len(events)):
-            r = "command"
-        calls[r][name] += 1
+        calls[role_at(pid, index)][name] += 1
     return calls
 
 
