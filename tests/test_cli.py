@@ -139,3 +139,18 @@ def test_console_script_is_installed():
     assert os.access(script, os.X_OK)
     p = subprocess.run([script, "run", "--", "echo", "via script"], capture_output=True, cwd="/")
     assert p.stdout == b"via script\n"
+
+
+def test_a_command_line_run_imports_only_what_it_uses():
+    # A build that runs `hermetic run` per action pays the imports every
+    # time: asyncio (execute_async), concurrent.futures (the pools), uuid
+    # and the verify helpers' modules are imported where they are used.
+    probe = (
+        "import sys, hermetic.cli, hermetic.platforms.linux; "
+        "print(sorted(m for m in ('asyncio', 'concurrent.futures', 'uuid', 'shutil', "
+        "'tempfile', 'datetime') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -23,7 +23,6 @@ hashes them too (the first time takes as long as reading them).
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import hashlib
 import json
@@ -32,11 +31,14 @@ import stat
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hermetic.core.errors import SpecError
 from hermetic.core.manifest import file_sha256
 from hermetic.core.spec import SandboxSpec
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = ["DIGEST_FORMAT", "TREES", "TreeHasher", "action_digest"]
 
@@ -122,6 +124,8 @@ def _snapshots(dirs: list[bytes], hints: dict[bytes, int]) -> dict[bytes, bytes]
     GIL), each taking every n-th directory; a directory that vanished is
     left out (its parent's snapshot shows the change)."""
     global _POOL
+    import concurrent.futures  # only here: it is slow to import
+
     workers = max(1, min(4, os.cpu_count() or 1))
     with _POOL_LOCK:
         if _POOL is None:

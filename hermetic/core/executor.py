@@ -8,19 +8,14 @@ at once (every execution has its own sandbox and its own buffers).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
-import datetime
 import functools
 import os
-import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hermetic.core import digest as _digest
 from hermetic.core import manifest
@@ -33,14 +28,28 @@ from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
 from hermetic.security.audit import AuditLog, new_execution_id, record
 
+if TYPE_CHECKING:
+    import concurrent.futures
+    import datetime
+
+# asyncio, concurrent.futures, datetime, shutil and tempfile are imported
+# where they are used: together they are about a third of the package's
+# import time, which a command-line run per action pays every time.
+
+
+def _is_timedelta(value: object) -> bool:
+    import datetime
+
+    return isinstance(value, datetime.timedelta)
+
 
 def _seconds(timeout: float | datetime.timedelta | None) -> float | None:
     if timeout is None:
         return None
-    if isinstance(timeout, datetime.timedelta):
-        value = timeout.total_seconds()
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         value = float(timeout)
+    elif _is_timedelta(timeout):
+        value = timeout.total_seconds()  # type: ignore[union-attr]
     else:
         raise SpecError(
             f"timeout must be seconds or a timedelta, got {timeout!r}",
@@ -154,6 +163,9 @@ class HermeticExecutor:
         """``execute`` for asyncio: at most ``max_concurrency`` actions run at
         once, on a pool of threads (the C core and the waits release the
         GIL).  Cancelling the awaiting task ends the sandbox."""
+        import asyncio
+        import concurrent.futures
+
         with self._pool_lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -379,6 +391,8 @@ def _checked(
 
 def _fresh_copy(path: str, made: list[str]) -> str:
     """An empty directory (or file) like ``path``, with its permission bits."""
+    import tempfile
+
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
         fresh = tempfile.mkdtemp(prefix="hermetic-verify-")
@@ -411,6 +425,8 @@ def _remove(path: str) -> None:
             func(p)
 
     if os.path.isdir(path) and not os.path.islink(path):
+        import shutil
+
         with contextlib.suppress(OSError):
             os.chmod(path, 0o700)
         shutil.rmtree(path, onerror=writable)

@@ -15,7 +15,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,7 +23,9 @@ from hermetic.core.outcome import Violation
 
 
 def new_execution_id() -> str:
-    return uuid.uuid4().hex
+    # os.urandom, as uuid4 does, without importing uuid (and with it
+    # platform and more) for every command-line run.
+    return os.urandom(16).hex()
 
 
 def record(
