@@ -379,25 +379,34 @@ def test_a_fork_during_a_build_leaves_the_child_a_working_template(scratch):
     template.close()
 
 
-def test_a_fork_keeps_only_descriptors_still_open(scratch):
-    # The state a fork between a descriptor's close and its removal from
-    # the list leaves: the child forgets the closed one, so that its
-    # finalizer never closes a number another file has taken since.
+def test_a_descriptor_leaves_the_list_before_it_is_closed(scratch, monkeypatch):
+    # os.close lets other threads run, and one may fork: the child must
+    # never list a number that is already free (its finalizer would close
+    # whatever file took it), so every close comes after the removal.
+    from hermetic.platforms import linux_template
     from hermetic.platforms.linux_template import MountTemplate
 
-    def build():
-        return os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    built = []
 
-    template = MountTemplate((scratch,), build)
-    template.prime()
-    assert template.descriptors() == 1
-    os.close(template._current.fd)  # closed, still listed
-    try:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0 if template.descriptors() == 0 and template._current is None else 1)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        template._open.clear()  # this process's stale entry, which it must not close
-        template._current = None
+    def build():
+        built.append(os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
+        return built[-1]
+
+    templates = [MountTemplate((scratch,), build) for _ in range(2)]
+    closed = []
+    real_close = os.close
+
+    def close(fd):
+        closed.append(fd)
+        assert all(ns.fd != fd for t in templates for ns in t._open), "closed while listed"
+        real_close(fd)
+
+    monkeypatch.setattr(linux_template.os, "close", close)
+    templates[0].prime()
+    with templates[0].lease():
+        templates[0].close()  # retired once the lease ends
+    templates[1].prime()
+    templates[1]._finalizer()  # the finalizer's path
+    # (Other threads may close files meanwhile: only these count.)
+    assert sorted(fd for fd in closed if fd in built) == sorted(built) and len(built) == 2
+    assert templates[0].descriptors() == templates[1].descriptors() == 0

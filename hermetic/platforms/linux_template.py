@@ -161,10 +161,11 @@ class _Namespace:
 
 
 def _close_all(held: list[_Namespace]) -> None:
-    for ns in held:
+    # Out of the list before closed, as in _retire.
+    while held:
+        ns = held.pop()
         with contextlib.suppress(OSError):
             os.close(ns.fd)
-    held.clear()
 
 
 #: Every template, for the fork handler below.
@@ -195,9 +196,14 @@ class MountTemplate:
     def _retire(self, ns: _Namespace) -> None:
         ns.retired = True
         if not ns.holders:
+            # Out of the list before its number is free: a fork in between
+            # (os.close lets other threads run) must not leave the child a
+            # listed number that another file may take, which its
+            # finalizer would close.  The other way round the child only
+            # inherits a close-on-exec descriptor it does not list.
+            self._open.remove(ns)
             with contextlib.suppress(OSError):
                 os.close(ns.fd)
-            self._open.remove(ns)
 
     @contextlib.contextmanager
     def lease(self, check: bool = True) -> Iterator[tuple[int, Identity | None]]:
@@ -313,25 +319,12 @@ class native_build:
         return fd
 
 
-def _is_mount_namespace(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}").startswith("mnt:[")
-    except OSError:
-        return False
-
-
 def _after_fork_in_child() -> None:
     # A build holds its template's lock for milliseconds (a prime on the
     # standby thread, a lease on another): a fork meanwhile must not leave
     # the child a lock that nothing will release.  lease() sees the new pid.
-    # A fork between a descriptor's close and its removal from the list
-    # (the lock held) must not leave the child's finalizer a number that
-    # another file may take: only descriptors still open are kept.
     for template in list(_TEMPLATES):
         template._lock = threading.Lock()
-        template._open[:] = [ns for ns in template._open if _is_mount_namespace(ns.fd)]
-        if template._current is not None and template._current not in template._open:
-            template._current = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
