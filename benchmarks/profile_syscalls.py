@@ -144,8 +144,8 @@ def count(trace: str) -> dict[str, collections.Counter[str]]:
         # A call that returned made another process: of the others, the
         # latest (a clone that never returns: pid 1 killed during its
         # action's setup).
-        open_calls = [c for c in calls if (c[0], c[2]) not in resolved]
-        return (open_calls or calls or [None])[-1]
+        pool = [c for c in calls if (c[0], c[2]) not in resolved] or calls
+        return pool[-1] if pool else None
 
     roles: dict[int, str] = {}
 

@@ -103,3 +103,15 @@ def test_records_and_summary(scratch):
         [sys.executable, "-m", "hermetic", "audit", log], capture_output=True, cwd="/"
     )
     assert p.returncode == 123 and b":3:" in p.stderr and b"Traceback" not in p.stderr
+
+
+def test_execution_ids_are_random_uuids():
+    import uuid
+
+    from hermetic.security.audit import new_execution_id
+
+    ids = {new_execution_id() for _ in range(100)}
+    assert len(ids) == 100
+    for i in ids:
+        u = uuid.UUID(hex=i)
+        assert u.hex == i and u.version == 4 and u.variant == uuid.RFC_4122
