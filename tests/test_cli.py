@@ -143,12 +143,23 @@ def test_console_script_is_installed():
 
 def test_a_command_line_run_imports_only_what_it_uses():
     # A build that runs `hermetic run` per action pays the imports every
-    # time: asyncio (execute_async), concurrent.futures (the pools), uuid
-    # and the verify helpers' modules are imported where they are used.
+    # time: asyncio (execute_async), concurrent.futures (the pools), uuid,
+    # the verify helpers' modules, hashing (OpenSSL) and the egress proxy's
+    # sockets are imported where they are used.
+    unused = (
+        "asyncio",
+        "concurrent.futures",
+        "uuid",
+        "tempfile",
+        "datetime",
+        "hashlib",
+        "socket",
+        "hermetic.core.digest",
+        "hermetic.security.proxy",
+    )
     probe = (
         "import sys, hermetic.cli, hermetic.platforms.linux; "
-        "print(sorted(m for m in ('asyncio', 'concurrent.futures', 'uuid', 'shutil', "
-        "'tempfile', 'datetime') if m in sys.modules))"
+        f"print(sorted(m for m in {unused!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

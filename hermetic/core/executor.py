@@ -17,7 +17,6 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hermetic.core import digest as _digest
 from hermetic.core import manifest
 from hermetic.core.errors import ActionFailedError, ExecutionTimeout, HermeticError, SpecError
 from hermetic.core.outcome import ExecutionResult
@@ -293,12 +292,12 @@ class HermeticExecutor:
         host's system directories are identified by path unless
         ``system_inputs="content"``.
         """
+        from hermetic.core import digest  # (hashing: imported when first asked)
+
         try:
             args = list(check_argv(argv))
             env = getattr(self._prepared, "env", None) or self._spec.action_environment()
-            return Ok(
-                _digest.action_digest(self._spec, args, cwd, env, system_inputs=system_inputs)
-            )
+            return Ok(digest.action_digest(self._spec, args, cwd, env, system_inputs=system_inputs))
         except HermeticError as e:
             return Err(e)
         except OSError as e:

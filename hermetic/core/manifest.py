@@ -8,7 +8,6 @@ files, the SHA-256 of the content.  It is computed only when asked for
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -43,6 +42,8 @@ class OutputEntry:
 
 
 def file_sha256(path: str | bytes | os.PathLike[str], *, dir_fd: int | None = None) -> str:
+    import hashlib  # (loads OpenSSL: only when hashing)
+
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         h = hashlib.sha256()

@@ -8,7 +8,6 @@ resources and process creation are each governed by their policy object.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -343,6 +342,8 @@ class SandboxSpec:
         Equal specs give equal digests in any process: the text is built
         with sorted keys and fixed separators, never from hash order.
         """
+        import hashlib  # (loads OpenSSL: only when hashing)
+
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         # surrogatepass keeps undecodable file names (surrogate-escaped by
         # os.fsdecode) hashable and distinct instead of raising.

@@ -42,7 +42,6 @@ from hermetic.platforms.linux_standby import KEEPER, Standby, StandbySlot, Unava
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
-from hermetic.security.proxy import PROXY_PORT, EgressProxy, proxy_env
 from hermetic.security.syscalls import SyscallAudit
 from hermetic.security.timeout import DEFAULT_KILL_GRACE, Serve, wait_or_kill, wait_readable
 
@@ -120,6 +119,14 @@ _OP_STAGES = {
 def capabilities() -> Capabilities:
     """What this host supports, probed once per process."""
     return probe()
+
+
+def _proxy_port() -> int:
+    # The egress proxy's module (sockets, selectors, ipaddress) is imported
+    # only by specs that use it.
+    from hermetic.security.proxy import PROXY_PORT
+
+    return PROXY_PORT
 
 
 def _native() -> Any:
@@ -257,6 +264,8 @@ class Prepared:
         if net.uses_proxy:
             # The proxy's variables win over the spec's: they are the only
             # way out of the sandbox.
+            from hermetic.security.proxy import proxy_env  # (sockets: only here)
+
             self.env.update(proxy_env(net.allowed_hosts))
         self.fresh_clocks = spec.reproducibility.fresh_clocks
         if self.fresh_clocks and not (namespaces and os.path.exists("/proc/self/ns/time")):
@@ -368,7 +377,7 @@ class Prepared:
             "loopback_up": 0 if self.pooled_network or net.host_network or not namespaces else 1,
             "no_namespaces": 0 if namespaces else 1,
             **landlock,
-            "proxy_port": PROXY_PORT if net.uses_proxy else 0,
+            "proxy_port": _proxy_port() if net.uses_proxy else 0,
             "envp": mem.strv([f"{k}={v}" for k, v in sorted(self.env.items())]),
             "rlimits": rl,
             "n_rlimits": len(self.limits.rlimits),
@@ -1047,7 +1056,7 @@ def _run(
             if standby is None and prepared.mount_template is not None:
                 plan.mntns_fd, _ = lease.enter_context(prepared.mount_template.lease())
             start = time.monotonic()
-            proxy: EgressProxy | None = None
+            proxy: Any = None  # an EgressProxy once started
             proxied: list[Violation] = []
             if standby is not None:
                 stack = standby.stack
@@ -1083,6 +1092,8 @@ def _run(
                     _want_next(prepared, workdir)
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
+                    from hermetic.security.proxy import EgressProxy
+
                     proxy = EgressProxy.for_spec(proc.proxy_fd, prepared.spec).start()
                 if observer is not None:
                     observer.started(proc.pid)
