@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -527,3 +528,59 @@ def test_true_1gib_hermetic(benchmark: Any, big_rss: bytearray, executor: Any) -
         )
     )
     assert len(big_rss) == 1 << 30
+
+
+# -- the command line, a process per action -----------------------------------
+
+CLI_ROUNDS, CLI_WARMUP = 20, 3
+
+
+@pytest.mark.benchmark(group="cli")
+def test_cli_python_start(benchmark: Any, scratch: Any) -> None:
+    """The floor of any command line in Python: the interpreter's start."""
+    argv = [sys.executable, "-c", "pass"]
+    _all_ok(
+        _measure(
+            benchmark,
+            lambda: subprocess.run(argv, capture_output=True, cwd=scratch.root),
+            method="python -c pass",
+            baseline=True,
+            rounds=CLI_ROUNDS,
+            warmup=CLI_WARMUP,
+        )
+    )
+
+
+@pytest.mark.benchmark(group="cli")
+def test_cli_hermetic_run(benchmark: Any, scratch: Any) -> None:
+    """`hermetic run -- /bin/true`: its default spec (the toolchain
+    read-only, default limits), a new process per action.  Run outside the
+    checkout, so that the installed package is the one imported: from a
+    regular install, whose modules are byte-compiled (an editable one with
+    PYTHONDONTWRITEBYTECODE set compiles them at every start)."""
+    argv = [sys.executable, "-m", "hermetic", "run", "--", TRUE]
+    _all_ok(
+        _measure(
+            benchmark,
+            lambda: subprocess.run(argv, capture_output=True, cwd=scratch.root),
+            method="hermetic run",
+            baseline=False,
+            rounds=CLI_ROUNDS,
+            warmup=CLI_WARMUP,
+        )
+    )
+
+
+@needs_bwrap
+@pytest.mark.benchmark(group="cli")
+def test_cli_bwrap(benchmark: Any, scratch: Any) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _bwrap_run(_bwrap(scratch, [TRUE])),
+            method="bwrap",
+            baseline=False,
+            rounds=CLI_ROUNDS,
+            warmup=CLI_WARMUP,
+        )
+    )
