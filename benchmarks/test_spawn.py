@@ -426,19 +426,23 @@ def _bwrap_run(argv: list[str]) -> Callable[[], subprocess.CompletedProcess[byte
     return lambda: subprocess.run(argv, capture_output=True)
 
 
-@needs_bwrap
-@pytest.mark.benchmark(group="true")
-def test_true_bwrap(benchmark: Any, scratch: Any) -> None:
+def _bwrap_true(benchmark: Any, scratch: Any, rounds: int, warmup: int) -> None:
     _all_ok(
         _measure(
             benchmark,
             _bwrap_run(_bwrap(scratch, [TRUE])),
             method="bwrap",
             baseline=False,
-            rounds=TRUE_ROUNDS // 3,
-            warmup=TRUE_WARMUP,
+            rounds=rounds,
+            warmup=warmup,
         )
     )
+
+
+@needs_bwrap
+@pytest.mark.benchmark(group="true")
+def test_true_bwrap(benchmark: Any, scratch: Any) -> None:
+    _bwrap_true(benchmark, scratch, TRUE_ROUNDS // 3, TRUE_WARMUP)
 
 
 @needs_bwrap
@@ -574,13 +578,4 @@ def test_cli_hermetic_run(benchmark: Any, scratch: Any) -> None:
 @needs_bwrap
 @pytest.mark.benchmark(group="cli")
 def test_cli_bwrap(benchmark: Any, scratch: Any) -> None:
-    _all_ok(
-        _measure(
-            benchmark,
-            _bwrap_run(_bwrap(scratch, [TRUE])),
-            method="bwrap",
-            baseline=False,
-            rounds=CLI_ROUNDS,
-            warmup=CLI_WARMUP,
-        )
-    )
+    _bwrap_true(benchmark, scratch, CLI_ROUNDS, CLI_WARMUP)
