@@ -539,20 +539,27 @@ def test_true_1gib_hermetic(benchmark: Any, big_rss: bytearray, executor: Any) -
 CLI_ROUNDS, CLI_WARMUP = 20, 3
 
 
-@pytest.mark.benchmark(group="cli")
-def test_cli_python_start(benchmark: Any, scratch: Any) -> None:
-    """The floor of any command line in Python: the interpreter's start."""
-    argv = [sys.executable, "-c", "pass"]
+def _process_per_round(
+    benchmark: Any, scratch: Any, argv: list[str], method: str, baseline: bool
+) -> None:
+    """``argv`` as a new process each round, started in the scratch
+    directory (outside the checkout)."""
     _all_ok(
         _measure(
             benchmark,
             lambda: subprocess.run(argv, capture_output=True, cwd=scratch.root),
-            method="python -c pass",
-            baseline=True,
+            method=method,
+            baseline=baseline,
             rounds=CLI_ROUNDS,
             warmup=CLI_WARMUP,
         )
     )
+
+
+@pytest.mark.benchmark(group="cli")
+def test_cli_python_start(benchmark: Any, scratch: Any) -> None:
+    """The floor of any command line in Python: the interpreter's start."""
+    _process_per_round(benchmark, scratch, [sys.executable, "-c", "pass"], "python -c pass", True)
 
 
 @pytest.mark.benchmark(group="cli")
@@ -563,16 +570,7 @@ def test_cli_hermetic_run(benchmark: Any, scratch: Any) -> None:
     regular install, whose modules are byte-compiled (an editable one with
     PYTHONDONTWRITEBYTECODE set compiles them at every start)."""
     argv = [sys.executable, "-m", "hermetic", "run", "--", TRUE]
-    _all_ok(
-        _measure(
-            benchmark,
-            lambda: subprocess.run(argv, capture_output=True, cwd=scratch.root),
-            method="hermetic run",
-            baseline=False,
-            rounds=CLI_ROUNDS,
-            warmup=CLI_WARMUP,
-        )
-    )
+    _process_per_round(benchmark, scratch, argv, "hermetic run", False)
 
 
 @needs_bwrap
