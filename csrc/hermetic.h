@@ -249,6 +249,7 @@ int hm_activate(struct hm_proc *proc, int stdin_fd, int stdout_fd, int stderr_fd
 int hm_worker_start(struct hm_worker *worker);
 int hm_worker_spawn(struct hm_worker *worker, const struct hm_plan *plan, struct hm_proc *proc,
                     struct hm_error *error);
+int hm_worker_join(struct hm_worker *worker, const int *fds, int n, int *failed);
 void hm_worker_stop(struct hm_worker *worker);
 int hm_spawner_thread_init(void);
 void hm_spawner_thread_fini(void);

@@ -274,3 +274,45 @@ def test_groups_of_a_crashed_caller_are_removed_by_the_next_run(scratch):
     V2.close()
     run(spec(max_memory_bytes=1 << 30), "pass")
     assert not any(os.path.exists(d) for d in left)
+
+
+def _v1_only():
+    if VERSION != 1:
+        pytest.skip("cgroup v1 worker threads: this host's limits use cgroup v2")
+
+
+def test_a_worker_thread_moves_itself_into_every_group_of_its_slot():
+    _v1_only()
+    r = run(spec(max_memory_bytes=64 << 20), "pass")
+    assert r.exit_code == 0, r
+    assert POOL.size() >= 1
+    for w in POOL._all:
+        with open(f"/proc/self/task/{w.native.tid}/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        where = {c: path for _, ctrls, path in lines for c in ctrls.split(",") if c}
+        for controller, group in w.slot.dirs.items():
+            assert where[controller] != "/"
+            assert group.endswith(where[controller]), (controller, group, where)
+
+
+def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(monkeypatch):
+    _v1_only()
+    from hermetic.core.errors import UnsupportedError
+    from hermetic.monitoring.cgroup_v1 import V1Slot
+
+    gc.collect()
+    KEEPER.flush()
+    POOL.close()
+    real = V1Slot.task_files
+    # /dev/full refuses every write (ENOSPC): the worker's own write fails.
+    monkeypatch.setattr(V1Slot, "task_files", lambda self: [*real(self)[:1], "/dev/full"])
+    threads = set(os.listdir("/proc/self/task"))
+    with pytest.raises(UnsupportedError) as e:
+        POOL._start()
+    assert "resource limits" in str(e.value)
+    assert "/dev/full" in str(e.value)
+    assert os.strerror(28) in str(e.value)
+    assert POOL.size() == 0
+    assert _slot_dirs() == []
+    # The thread that could not join was stopped.
+    assert set(os.listdir("/proc/self/task")) <= threads

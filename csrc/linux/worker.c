@@ -1,12 +1,18 @@
 /*
  * worker.c: threads that only clone sandboxes.
  *
- * A sandbox is born in the cgroups of the thread that clones it.  Placing a
- * thread in a cgroup v1 group costs 10-15 ms, so hermetic places a few
+ * A sandbox is born in the cgroups of the thread that clones it.  Moving a
+ * process into a cgroup v1 group is slow, so hermetic places a few
  * long-lived threads once and has them do the clone: the caller hands its
  * plan over, the worker runs hm_spawn(), and the caller goes on to wait for
  * the sandbox itself.  The hand-over is a mutex and a condition variable,
  * without the interpreter: microseconds.
+ *
+ * A worker places itself (hm_worker_join): it writes "0" to each group's
+ * `tasks` file.  The kernel moves the calling thread alone then, without
+ * write-locking every thread group of the system (cgroup_threadgroup_rwsem)
+ * as it does for a move by id, which waits for an RCU grace period: on
+ * this machine 0.3 ms for four hierarchies instead of 9-16 ms.
  *
  * A worker blocks every signal, so no signal handler ever runs on it, and
  * it never runs Python.  It is also the parent thread of the sandboxes it
@@ -34,8 +40,27 @@ struct hm_worker_impl {
     const struct hm_plan *plan;
     struct hm_proc *proc;
     struct hm_error *error;
+    const int *join_fds; /* a join request instead of a spawn */
+    int n_join;
     int rc;
 };
+
+/* "0" to each `tasks` file: the calling thread moves.  The index of the
+ * file that failed goes to *failed. */
+static int join_self(const int *fds, int n, int *failed)
+{
+    for (int i = 0; i < n; i++) {
+        ssize_t r;
+        do
+            r = pwrite(fds[i], "0", 1, 0);
+        while (r < 0 && errno == EINTR);
+        if (r != 1) {
+            *failed = i;
+            return r < 0 ? -errno : -EIO;
+        }
+    }
+    return 0;
+}
 
 static void *worker_main(void *arg)
 {
@@ -56,7 +81,11 @@ static void *worker_main(void *arg)
             break;
         w->pending = 0;
         pthread_mutex_unlock(&w->mu);
-        int rc = hm_spawn(w->plan, w->proc, w->error);
+        int rc;
+        if (w->join_fds)
+            rc = join_self(w->join_fds, w->n_join, &w->n_join);
+        else
+            rc = hm_spawn(w->plan, w->proc, w->error);
         pthread_mutex_lock(&w->mu);
         w->rc = rc;
         w->done = 1;
@@ -96,6 +125,18 @@ int hm_worker_start(struct hm_worker *worker)
     return 0;
 }
 
+/* Hand the request set in w (under w->mu) to the worker and wait for its
+ * answer; returns with w->mu held. */
+static int request(struct hm_worker_impl *w)
+{
+    w->done = 0;
+    w->pending = 1;
+    pthread_cond_broadcast(&w->cv);
+    while (!w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
+    return w->rc;
+}
+
 /* hm_spawn() run by the worker thread.  One request at a time per worker:
  * the caller leases a worker exclusively. */
 int hm_worker_spawn(struct hm_worker *worker, const struct hm_plan *plan, struct hm_proc *proc,
@@ -108,15 +149,29 @@ int hm_worker_spawn(struct hm_worker *worker, const struct hm_plan *plan, struct
     w->plan = plan;
     w->proc = proc;
     w->error = error;
-    w->done = 0;
-    w->pending = 1;
-    pthread_cond_broadcast(&w->cv);
-    while (!w->done)
-        pthread_cond_wait(&w->cv, &w->mu);
-    int rc = w->rc;
+    int rc = request(w);
     w->plan = NULL;
     w->proc = NULL;
     w->error = NULL;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+/* The worker thread moves itself into the groups whose `tasks` files are
+ * open (for writing) at fds[0..n-1].  On failure *failed is the index of
+ * the file it could not write. */
+int hm_worker_join(struct hm_worker *worker, const int *fds, int n, int *failed)
+{
+    struct hm_worker_impl *w = worker->impl;
+    if (!w)
+        return -EINVAL;
+    pthread_mutex_lock(&w->mu);
+    w->join_fds = fds;
+    w->n_join = n;
+    int rc = request(w);
+    *failed = rc < 0 ? w->n_join : -1;
+    w->join_fds = NULL;
+    w->n_join = 0;
     pthread_mutex_unlock(&w->mu);
     return rc;
 }

@@ -1,10 +1,13 @@
 """cgroup v1 groups for sandboxes: limits, counters, and their reset between actions.
 
-Moving a task into a v1 group costs 10-15 ms here (the write waits for an
-RCU grace period), far more than a whole sandbox.  So migrations are kept
-off the per-action path: a V1Slot is a set of groups (memory, pids, cpu,
-cpuacct, blkio) that one long-lived worker thread joins once; every sandbox
-that thread clones is born in the slot's groups and needs no migration.
+Moving a task into a v1 group by its id costs 10-15 ms here (the write
+write-locks every thread group of the system, which waits for an RCU grace
+period), far more than a whole sandbox; a thread that moves itself (writes
+"0") skips that lock, but still takes 45-80 us per group.  So migrations
+are kept off the per-action path: a V1Slot is a set of groups (memory,
+pids, cpu, cpuacct, blkio) that one long-lived worker thread joins once,
+moving itself; every sandbox that thread clones is born in the slot's
+groups and needs no migration.
 Between two actions the slot's limits are rewritten and its counters taken
 as a baseline (writes and reads of control files cost microseconds).
 
@@ -27,7 +30,7 @@ import os
 from dataclasses import dataclass
 
 from hermetic.core.policies import ResourceLimits
-from hermetic.monitoring.cgroups import PREFIX, field, remove_stale, remove_tree, write_text
+from hermetic.monitoring.cgroups import PREFIX, field, remove_stale, remove_tree
 
 UNLIMITED = -1
 
@@ -99,10 +102,10 @@ class V1Slot:
                 remove_tree(path)
             raise
 
-    def join(self, tid: int) -> None:
-        """Move the calling worker thread (``tid``) into every group: once per slot."""
-        for path in sorted(set(self.dirs.values())):
-            write_text(os.path.join(path, "tasks"), tid)
+    def task_files(self) -> list[str]:
+        """Each group's ``tasks`` file, for a worker thread to join them all
+        (once per slot: it writes "0" to each, see csrc/linux/worker.c)."""
+        return [os.path.join(path, "tasks") for path in sorted(set(self.dirs.values()))]
 
     def _get(self, key: str) -> str | None:
         fd = self._fds.get(key)
