@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -314,5 +315,9 @@ def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(
     assert os.strerror(28) in str(e.value)
     assert POOL.size() == 0
     assert _slot_dirs() == []
-    # The thread that could not join was stopped.
+    # The thread that could not join was stopped (its kernel task may
+    # linger a moment after pthread_join).
+    deadline = time.monotonic() + 5
+    while not set(os.listdir("/proc/self/task")) <= threads and time.monotonic() < deadline:
+        time.sleep(0.001)
     assert set(os.listdir("/proc/self/task")) <= threads
