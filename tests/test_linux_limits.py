@@ -282,18 +282,32 @@ def _v1_only():
         pytest.skip("cgroup v1 worker threads: this host's limits use cgroup v2")
 
 
+def _cgroups_of(task: str) -> dict[str, str]:
+    """controller -> the group's path in that hierarchy, for /proc/<task>/cgroup."""
+    with open(f"/proc/{task}/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    return {c: path for _, ctrls, path in lines for c in ctrls.split(",") if c}
+
+
+def _mount_of(controller: str) -> str:
+    """The hierarchy's mount point: the own group's directory less its path."""
+    own = cgroups.v1_dirs()[controller]
+    path = _cgroups_of("self")[controller]
+    return own[: len(own) - len(path)] if path != "/" else own
+
+
 def test_a_worker_thread_moves_itself_into_every_group_of_its_slot():
     _v1_only()
+    main_before = _cgroups_of(f"self/task/{os.getpid()}")
     r = run(spec(max_memory_bytes=64 << 20), "pass")
     assert r.exit_code == 0, r
     assert POOL.size() >= 1
     for w in POOL._all:
-        with open(f"/proc/self/task/{w.native.tid}/cgroup") as f:
-            lines = [line.rstrip("\n").split(":", 2) for line in f]
-        where = {c: path for _, ctrls, path in lines for c in ctrls.split(",") if c}
+        where = _cgroups_of(f"self/task/{w.native.tid}")
         for controller, group in w.slot.dirs.items():
-            assert where[controller] != "/"
-            assert group.endswith(where[controller]), (controller, group, where)
+            assert _mount_of(controller).rstrip("/") + where[controller] == group
+    # Only the worker thread moved: the process's main thread is where it was.
+    assert _cgroups_of(f"self/task/{os.getpid()}") == main_before
 
 
 def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(monkeypatch):
@@ -304,19 +318,56 @@ def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(
     gc.collect()
     KEEPER.flush()
     POOL.close()
+    size, dirs = POOL.size(), _slot_dirs()
     real = V1Slot.task_files
-    # /dev/full refuses every write (ENOSPC): the worker's own write fails.
-    monkeypatch.setattr(V1Slot, "task_files", lambda self: [*real(self)[:1], "/dev/full"])
+    joined: list[list[str]] = []
+
+    def files(self):
+        paths = real(self)
+        joined.append(paths)
+        # /dev/full refuses every write (ENOSPC): the worker's own write
+        # fails there, after the first group and before the others.
+        return [paths[0], "/dev/full", *paths[1:]]
+
+    monkeypatch.setattr(V1Slot, "task_files", files)
     threads = set(os.listdir("/proc/self/task"))
     with pytest.raises(UnsupportedError) as e:
         POOL._start()
     assert "resource limits" in str(e.value)
     assert "/dev/full" in str(e.value)
     assert os.strerror(28) in str(e.value)
-    assert POOL.size() == 0
-    assert _slot_dirs() == []
+    assert POOL.size() == size
+    assert _slot_dirs() == dirs
+    assert joined and all(not os.path.exists(p) for p in joined[0])
     # The thread that could not join was stopped (its kernel task may
     # linger a moment after pthread_join).
+    deadline = time.monotonic() + 5
+    while not set(os.listdir("/proc/self/task")) <= threads and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert set(os.listdir("/proc/self/task")) <= threads
+
+
+def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypatch):
+    _v1_only()
+    from hermetic.platforms import linux_workers
+
+    gc.collect()
+    KEEPER.flush()
+    POOL.close()
+    size, dirs = POOL.size(), _slot_dirs()
+    real = linux_workers._join
+
+    def interrupted(native, files):
+        real(native, files)
+        raise KeyboardInterrupt  # as a handler raises it right after the join
+
+    monkeypatch.setattr(linux_workers, "_join", interrupted)
+    threads = set(os.listdir("/proc/self/task"))
+    with pytest.raises(KeyboardInterrupt):
+        with POOL.lease():
+            pass
+    assert POOL.size() == size
+    assert _slot_dirs() == dirs
     deadline = time.monotonic() + 5
     while not set(os.listdir("/proc/self/task")) <= threads and time.monotonic() < deadline:
         time.sleep(0.001)

@@ -60,6 +60,21 @@ def _join(native: Any, files: list[str]) -> None:
             os.close(fd)
 
 
+def _stop(native: Any) -> None:
+    """Stop a worker thread (none started: nothing to do) and wait until its
+    task is gone from the groups it joined."""
+    from hermetic._native import ffi, lib
+
+    tid = native.tid
+    started = native.impl != ffi.NULL
+    lib.hm_worker_stop(native)
+    # pthread_join returns once the thread is done; the kernel task, a
+    # member of the groups until it is reaped, may linger briefly.
+    deadline = time.monotonic() + 5
+    while started and os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 class WorkerPool:
     """Workers leased one action at a time."""
 
@@ -82,6 +97,9 @@ class WorkerPool:
         return None
 
     def _start(self) -> Worker:
+        """A new worker in a new slot, in the pool (leased to the caller).
+        Whatever fails or is raised meanwhile (a signal handler's), nothing
+        of it is left: no thread, no group."""
         from hermetic._native import ffi, lib
 
         own = {c: d for c, d in v1_dirs().items() if c in (*REQUIRED, "blkio")}
@@ -89,40 +107,49 @@ class WorkerPool:
             slot = V1Slot.create(own, f"w{next(self._names)}")
         except OSError as e:
             raise UnsupportedError("resource limits", f"cannot create cgroup v1 groups: {e}") from e
-        native = ffi.new("struct hm_worker *")
-        rc = lib.hm_worker_start(native)
-        if rc < 0:
-            slot.remove()
-            raise UnsupportedError("resource limits", f"cannot start a thread: {os.strerror(-rc)}")
+        native: Any = None
         try:
-            _join(native, slot.task_files())
-        except OSError as e:
-            lib.hm_worker_stop(native)
+            native = ffi.new("struct hm_worker *")
+            rc = lib.hm_worker_start(native)
+            if rc < 0:
+                raise UnsupportedError(
+                    "resource limits", f"cannot start a thread: {os.strerror(-rc)}"
+                )
+            try:
+                _join(native, slot.task_files())
+            except OSError as e:
+                raise UnsupportedError(
+                    "resource limits", f"cannot place a thread in cgroup v1 groups: {e}"
+                ) from e
+            worker = Worker(native, slot)
+            with self._lock:
+                self._all.append(worker)
+            return worker
+        except BaseException:
+            if native is not None:
+                _stop(native)
             slot.remove()
-            raise UnsupportedError(
-                "resource limits", f"cannot place a thread in cgroup v1 groups: {e}"
-            ) from e
-        return Worker(native, slot)
+            raise
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[Worker]:
         """A worker for one action, exclusively; back to the pool afterwards."""
-        with self._lock:
-            if self._pid != os.getpid():
-                # After fork the threads are gone (their groups stay with
-                # the parent): start afresh.
-                self._idle, self._all, self._pid = [], [], os.getpid()
-            worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            worker = self._start()
-            with self._lock:
-                self._all.append(worker)
+        worker: Worker | None = None
         try:
+            with self._lock:
+                if self._pid != os.getpid():
+                    # After fork the threads are gone (their groups stay
+                    # with the parent): start afresh.
+                    self._idle, self._all, self._pid = [], [], os.getpid()
+                worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                worker = self._start()
             yield worker
         finally:
-            with self._lock:
-                if worker in self._all:
-                    self._idle.append(worker)
+            if worker is not None:
+                with self._lock:
+                    if worker in self._all:
+                        self._idle.append(worker)
 
     def size(self) -> int:
         with self._lock:
@@ -130,8 +157,6 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop the idle workers and remove their groups."""
-        from hermetic._native import lib
-
         with self._lock:
             if self._pid != os.getpid():
                 self._idle, self._all = [], []
@@ -140,13 +165,7 @@ class WorkerPool:
             self._all = [w for w in self._all if w not in workers]
             self._idle = []
         for w in workers:
-            tid = w.native.tid
-            lib.hm_worker_stop(w.native)
-            # pthread_join returns once the thread is done; the kernel task,
-            # a member of the groups until it is reaped, may linger briefly.
-            deadline = time.monotonic() + 5
-            while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
-                time.sleep(0.001)
+            _stop(w.native)
             w.slot.remove()
 
 
