@@ -198,6 +198,51 @@ def _one_shot(scratch: Any, rounds: int, argv_for: Callable[[str], list[str]]) -
     return once
 
 
+def _staged(scratch: Any, rounds: int, argv_for: Callable[[str], list[str]]) -> Callable[[], Any]:
+    """The same actions as ``_one_shot`` (each with a directory of its own),
+    on one executor: its spec declares a staging directory, and before each
+    action ``stage_inputs`` fills it with that action's directory (as
+    ``action/``); ``argv_for(the staged directory)`` runs.  The staging is
+    timed with the action."""
+    import dataclasses
+
+    from conftest import _executor, make_spec
+
+    from hermetic import PathSet, stage_inputs
+
+    stage = os.path.join(scratch.root, "stage")
+    os.mkdir(stage)
+    base = make_spec(scratch)
+    executor = _executor(dataclasses.replace(base, inputs=PathSet((*base.inputs, stage))))
+    jobs = []
+    for i in range(rounds):
+        own = os.path.join(scratch.src, f"action-{i}")
+        os.mkdir(own)
+        jobs.append((own, argv_for(os.path.join(stage, "action"))))
+    pending = iter(jobs)
+
+    def once() -> Any:
+        own, argv = next(pending)
+        stage_inputs(stage, {"action": own})
+        return executor.execute(argv, cwd=scratch.out).unwrap()
+
+    return once
+
+
+@pytest.mark.benchmark(group="true")
+def test_true_hermetic_staged(benchmark: Any, scratch: Any) -> None:
+    _all_ok(
+        _measure(
+            benchmark,
+            _staged(scratch, TRUE_ROUNDS + TRUE_WARMUP, lambda _: [TRUE]),
+            method="hermetic-staged",
+            baseline=False,
+            rounds=TRUE_ROUNDS,
+            warmup=TRUE_WARMUP,
+        )
+    )
+
+
 @pytest.mark.benchmark(group="true")
 def test_true_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
     _all_ok(
@@ -289,6 +334,35 @@ def test_gcc_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
         benchmark,
         _one_shot(scratch, GCC_ROUNDS + GCC_WARMUP, job),
         method="hermetic-one-shot",
+        baseline=False,
+        rounds=GCC_ROUNDS,
+        warmup=GCC_WARMUP,
+    )
+    _all_ok(results)
+    _check_object(obj)
+
+
+@needs_gcc
+@pytest.mark.benchmark(group="gcc")
+def test_gcc_hermetic_staged(benchmark: Any, scratch: Any) -> None:
+    """The one-shot row's actions on one executor, each action's directory
+    staged before it (see _staged)."""
+    obj = os.path.join(scratch.out, "hello.o")
+
+    def job(staged: str) -> list[str]:
+        return [GCC, "-c", os.path.join(staged, "hello.c"), "-o", obj]
+
+    def with_source(rounds: int) -> Callable[[], Any]:
+        once = _staged(scratch, rounds, job)
+        for i in range(rounds):
+            with open(os.path.join(scratch.src, f"action-{i}", "hello.c"), "w") as f:
+                f.write(HELLO_C)
+        return once
+
+    results = _measure(
+        benchmark,
+        with_source(GCC_ROUNDS + GCC_WARMUP),
+        method="hermetic-staged",
         baseline=False,
         rounds=GCC_ROUNDS,
         warmup=GCC_WARMUP,

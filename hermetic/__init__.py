@@ -33,6 +33,7 @@ from hermetic.core import (
     Violation,
     ViolationKind,
     run,
+    stage_inputs,
 )
 from hermetic.monitoring import ResourceUsage
 from hermetic.monitoring.monitor import ResourceMonitor, create_monitor
@@ -78,5 +79,6 @@ __all__ = [
     "capabilities",
     "create_monitor",
     "run",
+    "stage_inputs",
     "__version__",
 ]

@@ -21,6 +21,7 @@ from hermetic.core.policies import (
 )
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec
+from hermetic.core.staging import stage_inputs
 
 __all__ = [
     "ActionFailedError",
@@ -46,4 +47,5 @@ __all__ = [
     "Violation",
     "ViolationKind",
     "run",
+    "stage_inputs",
 ]

@@ -1,0 +1,270 @@
+"""Per-action inputs on one executor through a staging directory.
+
+``stage_inputs`` itself on the file system, then the sandbox: each action of
+one reused executor sees exactly what was staged for it, read-only, as root
+(the prepared mount namespace is not built again) and as an unprivileged
+caller (whose root is built per action).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import _as_user_cmd, _user_env
+
+from hermetic import (
+    EnvSet,
+    HermeticExecutor,
+    HermeticSpecBuilder,
+    PathSet,
+    ResourceLimits,
+    SandboxSpec,
+    SpecError,
+    stage_inputs,
+)
+from hermetic.core import staging
+from hermetic.platforms.linux_standby import KEEPER
+
+ENV = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin")
+
+
+def _tree(root: str) -> dict[str, str]:
+    """relative path -> content, for every file below root."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(d, f)
+            with open(path) as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def _write(path: str, text: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@pytest.fixture
+def sources(scratch):
+    src = os.path.join(scratch, "src")
+    _write(os.path.join(src, "a.c"), "a\n")
+    _write(os.path.join(src, "b.c"), "b\n")
+    _write(os.path.join(src, "inc", "x.h"), "x\n")
+    _write(os.path.join(src, "inc", "sub", "y.h"), "y\n")
+    stage = os.path.join(scratch, "stage")
+    os.mkdir(stage)
+    return src, stage
+
+
+# -- stage_inputs on the file system -------------------------------------------
+
+
+def test_staging_leaves_exactly_the_inputs_in_the_same_directory(sources):
+    src, stage = sources
+    ino = os.stat(stage).st_ino
+    _write(os.path.join(stage, "old", "left.txt"), "from an earlier action\n")
+    stage_inputs(stage, {"main.c": f"{src}/a.c", "include": f"{src}/inc"})
+    assert _tree(stage) == {"main.c": "a\n", "include/x.h": "x\n", "include/sub/y.h": "y\n"}
+    assert os.stat(stage).st_ino == ino  # emptied, not made again
+    # A hard link: no data copied.
+    assert os.stat(f"{stage}/main.c").st_ino == os.stat(f"{src}/a.c").st_ino
+    stage_inputs(stage, {"deep/er/b.c": f"{src}/b.c"})
+    assert _tree(stage) == {"deep/er/b.c": "b\n"}
+    stage_inputs(stage, {})
+    assert os.listdir(stage) == []
+
+
+def test_staging_copies_where_a_link_is_refused(sources, monkeypatch):
+    src, stage = sources
+
+    def cross_device(*args, **kwargs):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(staging.os, "link", cross_device)
+    stage_inputs(stage, {"a.c": f"{src}/a.c"})
+    assert _tree(stage) == {"a.c": "a\n"}
+    assert os.stat(f"{stage}/a.c").st_ino != os.stat(f"{src}/a.c").st_ino
+
+
+def test_staging_follows_symlinks_and_refuses_what_is_not_a_file_or_directory(sources):
+    src, stage = sources
+    os.symlink(f"{src}/a.c", f"{src}/link.c")
+    os.symlink(f"{src}/inc", f"{src}/inc-link")
+    stage_inputs(stage, {"l.c": f"{src}/link.c", "i": f"{src}/inc-link"})
+    assert _tree(stage) == {"l.c": "a\n", "i/x.h": "x\n", "i/sub/y.h": "y\n"}
+    assert not os.path.islink(f"{stage}/l.c")
+    # A FIFO (also one inside a staged directory) would be a channel to the
+    # host that a read-only mount does not close.
+    os.mkfifo(f"{src}/inc/pipe")
+    for inputs in ({"p": f"{src}/inc/pipe"}, {"i": f"{src}/inc"}):
+        with pytest.raises(SpecError) as e:
+            stage_inputs(stage, inputs)
+        assert f"{src}/inc/pipe" in str(e.value)
+        assert "neither a regular file nor a directory" in str(e.value)
+
+
+def test_staging_refuses_a_directory_that_contains_itself(sources):
+    src, stage = sources
+    os.symlink(f"{src}/inc", f"{src}/inc/sub/loop")
+    with pytest.raises(SpecError) as e:
+        stage_inputs(stage, {"i": f"{src}/inc"})
+    assert "leads back to a directory above it" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "culprit"),
+    [
+        ({"/abs.c": "SRC/a.c"}, "/abs.c"),
+        ({"../up.c": "SRC/a.c"}, "../up.c"),
+        ({"a/../../up.c": "SRC/a.c"}, "a/../../up.c"),
+        ({".": "SRC/a.c"}, "'.'"),
+        ({"": "SRC/a.c"}, "''"),
+        ({"nul\0.c": "SRC/a.c"}, "nul"),
+        ({"a.c": "SRC/missing.c"}, "SRC/missing.c"),
+        ({"a.c": "SRC/a\0.c"}, "a.c"),
+        ({"d": "SRC/inc", "d/x.h": "SRC/b.c"}, "d/x.h"),
+        ({"d/x.h": "SRC/b.c", "d": "SRC/inc"}, "'d'"),
+    ],
+)
+def test_bad_inputs_are_refused_naming_them_before_anything_is_touched(sources, inputs, culprit):
+    src, stage = sources
+    stage_inputs(stage, {"kept.c": f"{src}/a.c"})
+    inputs = {k: v.replace("SRC", src) for k, v in inputs.items()}
+    with pytest.raises(SpecError) as e:
+        stage_inputs(stage, inputs)
+    assert culprit.replace("SRC", src) in str(e.value)
+    assert _tree(stage) == {"kept.c": "a\n"}
+
+
+def test_the_staging_directory_must_exist_and_not_be_a_symlink(sources, scratch):
+    src, stage = sources
+    os.symlink(stage, f"{scratch}/stage-link")
+    for bad in (f"{scratch}/nowhere", f"{scratch}/stage-link", f"{src}/a.c"):
+        with pytest.raises(SpecError) as e:
+            stage_inputs(bad, {})
+        assert bad in str(e.value)
+
+
+# -- in the sandbox ------------------------------------------------------------
+
+#: Each action: what was staged for it, and what it must see.
+ACTIONS = [
+    {"main.c": "a.c", "include": "inc"},
+    {"main.c": "b.c"},
+    {"other.c": "a.c", "include": "inc"},
+]
+#: What the action prints: the staged tree, its files, whether it could
+#: write into them, and whether it sees the host's source directory.
+SCRIPT = (
+    "find . -type f | sort; cat $(find . -type f | sort); "
+    "echo x >> $(find . -type f | head -n 1) 2>/dev/null && echo WROTE; "
+    "ls {src} >/dev/null 2>&1 && echo SEES-SOURCES; "
+    "cat $(find . -type f | sort) > {out}/seen-{n}"
+)
+
+
+def _expected(i: int, src: str) -> str:
+    files = []
+    for name, what in ACTIONS[i].items():
+        if what == "inc":
+            files += [(f"./{name}/sub/y.h", "y\n"), (f"./{name}/x.h", "x\n")]
+        else:
+            files.append((f"./{name}", "a\n" if what == "a.c" else "b\n"))
+    files.sort()
+    return "".join(f"{p}\n" for p, _ in files) + "".join(t for _, t in files)
+
+
+def _spec(stage: str, out: str, **resources: int) -> SandboxSpec:
+    return SandboxSpec(
+        inputs=PathSet((*HermeticSpecBuilder.toolchain_inputs(), stage)),
+        outputs=PathSet((out,)),
+        environment=ENV,
+        workdir=stage,
+        resources=dataclasses.replace(ResourceLimits(), **resources),
+    )
+
+
+@pytest.mark.root
+def test_each_action_of_one_executor_sees_only_what_was_staged_for_it(sources, scratch):
+    if os.geteuid() != 0:
+        pytest.skip("the root half: the prepared mount namespace (the unprivileged one is below)")
+    src, stage = sources
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    gc.collect()
+    KEEPER.flush()
+    ex = HermeticExecutor.create(_spec(stage, out)).unwrap()
+    template = ex._prepared.mount_template
+    assert template is not None
+    assert ex.execute(["true"]).unwrap().exit_code == 0
+    # The same prepared namespace throughout: the directory is emptied and
+    # filled, never made again, so nothing is built after the first.
+    builds: list[int] = []
+    build = template._build
+    template._build = lambda: builds.append(1) or build()
+    for n in range(9):
+        i = n % len(ACTIONS)
+        stage_inputs(stage, {k: f"{src}/{v}" for k, v in ACTIONS[i].items()})
+        r = ex.execute(["sh", "-c", SCRIPT.format(src=src, out=out, n=n)]).unwrap()
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout.decode() == _expected(i, src)
+        KEEPER.flush()
+    assert builds == []
+    assert ex._prepared.standby is not None and ex._prepared.standby.taken >= 5
+    assert _tree(src) == {"a.c": "a\n", "b.c": "b\n", "inc/x.h": "x\n", "inc/sub/y.h": "y\n"}
+    assert len(os.listdir(out)) == 9
+    ex.close()
+
+
+@pytest.mark.unprivileged
+def test_staged_inputs_as_an_unprivileged_caller(sources, scratch, test_user):
+    if test_user is None:
+        pytest.skip("the suite runs unprivileged: the test above covers this caller")
+    src, stage = sources
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    for path in (stage, out):
+        shutil.chown(path, test_user.pw_uid, test_user.pw_gid)
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path[:0] = {sys.path!r}
+        from hermetic import *
+        from test_linux_staging import ACTIONS, SCRIPT, _spec
+        # No cgroup for this user: only the rlimits.
+        spec = _spec({stage!r}, {out!r}, max_memory_bytes=0, max_cpu_time_ms=0)
+        ex = HermeticExecutor.create(spec).unwrap()
+        seen = []
+        for n in range(6):
+            i = n % len(ACTIONS)
+            stage_inputs({stage!r}, {{k: f"{src}/{{v}}" for k, v in ACTIONS[i].items()}})
+            r = ex.execute(["sh", "-c", SCRIPT.format(src={src!r}, out={out!r}, n=n)]).unwrap()
+            seen.append([r.exit_code, r.stdout.decode(), r.stderr.decode()])
+        print(json.dumps({{"seen": seen, "template": ex._prepared.mount_template is not None}}))
+        ex.close()
+    """)
+    p = subprocess.run(
+        _as_user_cmd(test_user, [sys.executable, "-c", code]),
+        capture_output=True,
+        text=True,
+        env=_user_env(),
+        cwd=os.path.dirname(__file__),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert not data["template"]
+    for n, (code_, stdout, stderr) in enumerate(data["seen"]):
+        assert code_ == 0, stderr
+        assert stdout == _expected(n % len(ACTIONS), src)
+    assert len(os.listdir(out)) == 6
