@@ -16,7 +16,14 @@ import threading
 
 import pytest
 
-from hermetic import EnvSet, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
+from hermetic import (
+    EnvSet,
+    HermeticSpecBuilder,
+    PathSet,
+    ProcessPolicy,
+    ResourceLimits,
+    SandboxSpec,
+)
 
 pytestmark = pytest.mark.linux
 
@@ -490,12 +497,7 @@ def test_setup_error_names_the_path(fs_runner, scratch):
     assert "no-such-tool-xyz" in out.error
 
 
-def test_process_limit_bounds_the_whole_sandbox(runner):
-    spec = spec_for(resources=ResourceLimits(max_processes=8))
-    out = probe(
-        runner,
-        spec,
-        """
+FORK_20 = """
 import errno, os, time
 kids, refused = [], None
 for i in range(20):
@@ -509,8 +511,22 @@ for i in range(20):
         os._exit(0)
     kids.append(pid)
 print(len(kids), refused, len([p for p in os.listdir("/proc") if p.isdigit()]))
-""",
-    )
+"""
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [
+        {"resources": ResourceLimits(max_processes=8)},
+        # max_children counts besides the action: the same bound.
+        {"process": ProcessPolicy(max_children=7)},
+        {"resources": ResourceLimits(max_processes=50), "process": ProcessPolicy(max_children=7)},
+        {"resources": ResourceLimits(max_processes=8), "process": ProcessPolicy(max_children=30)},
+    ],
+    ids=["max_processes", "max_children", "children-smaller", "processes-smaller"],
+)
+def test_process_limit_bounds_the_whole_sandbox(runner, bound):
+    out = probe(runner, spec_for(**bound), FORK_20)
     kids, refused, total = out.text.split()
     # pid 1 + the probe + 7 children = 8 + 1; the ninth fork is refused.  As
     # root the pids cgroup enforces it (RLIMIT_NPROC exempts root), otherwise
@@ -520,6 +536,16 @@ print(len(kids), refused, len([p for p in os.listdir("/proc") if p.isdigit()]))
     if runner.mode == "root":
         kinds = [v["kind"] for v in out.raw["violations"]]
         assert kinds == ["process"]
+
+
+def test_a_sandbox_that_should_outlive_its_caller_is_refused():
+    from hermetic import HermeticExecutor, UnsupportedError
+
+    err = HermeticExecutor.create(
+        spec_for(process=ProcessPolicy(kill_on_parent_exit=False))
+    ).unwrap_err()
+    assert isinstance(err, UnsupportedError)
+    assert "process policy" in str(err) and "kill_on_parent_exit=False" in str(err)
 
 
 def test_kernel_knobs_and_devices_cannot_be_changed(runner):

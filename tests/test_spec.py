@@ -190,7 +190,7 @@ def test_resource_limits_presets_and_validation() -> None:
 
 
 def test_process_policy_validation() -> None:
-    assert ProcessPolicy.hermetic().max_children == 32
+    assert ProcessPolicy.hermetic().max_children == 0  # bounded by the resource limits
     with pytest.raises(SpecError, match="allow_fork"):
         ProcessPolicy(allow_fork=1)  # type: ignore[arg-type]
 

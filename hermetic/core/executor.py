@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hermetic.core import manifest
-from hermetic.core.errors import ActionFailedError, ExecutionTimeout, HermeticError, SpecError
+from hermetic.core.errors import (
+    ActionFailedError,
+    ExecutionTimeout,
+    HermeticError,
+    SpecError,
+    UnsupportedError,
+)
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec, check_argv
@@ -126,7 +132,7 @@ class HermeticExecutor:
             backend = current()
             log = AuditLog(audit_log) if audit_log is not None else None
             prepared = backend.prepare(
-                spec, require_hermetic=require_hermetic, audit_writes=audit_writes
+                _applied(spec), require_hermetic=require_hermetic, audit_writes=audit_writes
             )
             return Ok(cls(spec, prepared, backend, log, max_concurrency))
         except HermeticError as e:
@@ -336,7 +342,7 @@ class HermeticExecutor:
                 remap = {
                     p: _fresh_copy(p, fresh_dirs) for p in (*self._spec.outputs, *self._spec.temps)
                 }
-                prepared = self._backend.prepare(self._spec, remap=remap)
+                prepared = self._backend.prepare(_applied(self._spec), remap=remap)
                 try:
                     result = self._backend.execute(
                         prepared, argv, cwd=cwd, stdin=data, timeout=seconds
@@ -377,6 +383,25 @@ class HermeticExecutor:
     ) -> Result[ExecutionResult]:
         """``execute`` with a timeout in seconds or as a timedelta."""
         return self.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout)
+
+
+def _applied(spec: SandboxSpec) -> SandboxSpec:
+    """``spec`` as the backends apply it: ``process.max_children`` bounds
+    the action's processes together with ``resources.max_processes`` (the
+    smaller one, the action itself counted), and a sandbox never outlives
+    its caller, so ``kill_on_parent_exit=False`` cannot be honoured."""
+    process = spec.process
+    if not process.kill_on_parent_exit:
+        raise UnsupportedError(
+            "process policy",
+            "kill_on_parent_exit=False: a sandbox always ends with its caller "
+            "(its first process dies with the caller's)",
+        )
+    limits = spec.resources
+    cap = process.max_children + 1 if process.max_children else 0
+    if cap and (not limits.max_processes or limits.max_processes > cap):
+        return dataclasses.replace(spec, resources=dataclasses.replace(limits, max_processes=cap))
+    return spec
 
 
 def _checked(

@@ -372,11 +372,21 @@ class ResourceLimits:
 
 @dataclass(frozen=True)
 class ProcessPolicy:
-    """How the action may create processes and what happens to them."""
+    """How the action may create processes and what happens to them.
+
+    ``max_children`` (0, the default: no bound of its own) caps the tasks
+    the action may have at once besides itself.  It is applied as the
+    process limit, together with ``ResourceLimits.max_processes`` (the
+    smaller of the two, the action counted), so like that limit it counts
+    threads too: the kernel's counters (the pids controller,
+    RLIMIT_NPROC) count tasks.  A sandbox always ends with its caller, so
+    ``kill_on_parent_exit=False`` is refused (UnsupportedError) rather than
+    ignored.
+    """
 
     allow_fork: bool = True
     allow_exec: bool = True
-    max_children: int = 64
+    max_children: int = 0
     kill_on_parent_exit: bool = True
 
     def __post_init__(self) -> None:
@@ -387,8 +397,9 @@ class ProcessPolicy:
 
     @classmethod
     def hermetic(cls) -> ProcessPolicy:
-        """Fewer children, and nothing outlives the caller."""
-        return cls(max_children=32, kill_on_parent_exit=True)
+        """Nothing outlives the caller; processes are bounded by the
+        resource limits (``ResourceLimits.hermetic()``: 128)."""
+        return cls(kill_on_parent_exit=True)
 
 
 @dataclass(frozen=True)
