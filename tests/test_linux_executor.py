@@ -222,6 +222,23 @@ def test_output_limit(ex):
     assert [(v.kind.value, v.decision) for v in r.violations] == [("resource", "killed")]
 
 
+def test_a_sparse_gigabyte_of_output_costs_the_caller_no_more_than_the_cap():
+    import resource
+
+    spec = dataclasses.replace(base(), resources=ResourceLimits(max_output_bytes=1024))
+    limited = HermeticExecutor.create(spec).unwrap()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Free for the action (a hole), before the first check of the caller.
+    r = limited.execute(["sh", "-c", "truncate -s 1G /dev/stdout; truncate -s 1G /dev/stderr"])
+    r = r.unwrap()
+    assert (len(r.stdout), len(r.stderr)) == (1024, 0)
+    [v] = r.violations
+    assert (v.kind.value, v.decision) in (("resource", "truncated"), ("resource", "killed"))
+    assert str(2 << 30) in v.observed
+    # ru_maxrss is in KiB: the caller did not read the gigabytes.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 << 10
+
+
 def test_file_size_limit(scratch):
     out = os.path.join(scratch, "out")
     os.mkdir(out)
@@ -567,3 +584,26 @@ def test_the_host_root_check_follows_a_change_of_user_namespace():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_capture_descriptors_are_all_closed_whatever_a_signal_handler_raises(monkeypatch):
+    from hermetic.platforms import linux
+
+    fds = [os.memfd_create("t", os.MFD_CLOEXEC) for _ in range(3)]
+    real = os.close
+    calls = []
+
+    def close_then_interrupt(fd):
+        real(fd)
+        calls.append(fd)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # a handler run as the first close returns
+
+    monkeypatch.setattr(os, "close", close_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        linux._close_fds(fds[0], -1, fds[1], fds[2])
+    monkeypatch.setattr(os, "close", real)
+    assert calls == fds
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)

@@ -368,3 +368,44 @@ def test_a_missing_path_does_not_turn_standbys_off(monkeypatch):
         KEEPER.flush()
     assert prepared.standby.taken > taken
     ex.close()
+
+
+def test_a_request_interrupted_before_the_standby_thread_has_it_does_not_hang_close():
+    # A signal handler raising as want() releases its lock, after it marked
+    # a standby as pending and before the keeper had the task: close()
+    # waited forever for a fill that never came.
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    ex.execute(["true"]).unwrap()
+    slot = ex._prepared.standby
+
+    class RaisingOnRelease:
+        """The slot's lock, raising once as it is released with a standby
+        pending (the moment a signal handler may run)."""
+
+        def __init__(self, lock):
+            self.lock = lock
+            self.armed = True
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            if self.armed and slot._pending:
+                self.armed = False
+                raise KeyboardInterrupt
+
+    real = slot._lock
+    slot._lock = RaisingOnRelease(real)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.execute(["true"]).unwrap()
+    finally:
+        slot._lock = real
+    closed = threading.Thread(target=ex.close, daemon=True)
+    closed.start()
+    closed.join(10)
+    assert not closed.is_alive()
+    # And the executor makes standbys again.
+    _warm(ex)
+    ex.close()

@@ -611,8 +611,10 @@ def _stdin_fd(stdin: bytes | None) -> int:
     return fd
 
 
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
+def _read_all(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes of a captured stream: never more than the
+    output cap, whatever the action wrote (a sparse gigabyte costs it
+    nothing, reading it would cost the caller a gigabyte)."""
     chunks = []
     offset = 0
     while offset < size:
@@ -1029,9 +1031,9 @@ def _run(
         except OSError as e:
             raise UnsupportedError("resource limits", f"cannot set cgroup limits: {e}") from e
 
-    stdin_fd = _stdin_fd(stdin)
-    out_fd = err_fd = -1
+    stdin_fd = out_fd = err_fd = -1
     try:
+        stdin_fd = _stdin_fd(stdin)
         out_fd = os.memfd_create("hermetic-stdout", os.MFD_CLOEXEC)
         err_fd = os.memfd_create("hermetic-stderr", os.MFD_CLOEXEC)
         if standby is None:
@@ -1154,15 +1156,16 @@ def _run(
             counted = SlotUsage(None, 0, 0)
         if watch.peak_processes is not None:
             usage = usage.with_figure("peak_processes", watch.peak_processes, "sampled")
-        stdout, stderr = _read_all(out_fd), _read_all(err_fd)
-        written = len(stdout) + len(stderr)
+        out_size, err_size = os.fstat(out_fd).st_size, os.fstat(err_fd).st_size
+        written = out_size + err_size
         violations += _limit_violations(
             limits, counted, breach, watch.observed, sig if not timed_out else None, written
         )
         cap = prepared.limits.output_bytes
         if cap and written > cap:
-            stdout = stdout[:cap]
-            stderr = stderr[: max(0, cap - len(stdout))]
+            out_size = min(out_size, cap)
+            err_size = min(err_size, cap - out_size)
+        stdout, stderr = _read_all(out_fd, out_size), _read_all(err_fd, err_size)
         return ExecutionResult(
             argv=args,
             exit_code=exit_code,
@@ -1178,9 +1181,21 @@ def _run(
             unenforced_limits=prepared.limits.unenforced,
         )
     finally:
-        for fd in (stdin_fd, out_fd, err_fd):
-            if fd >= 0:
+        _close_fds(stdin_fd, out_fd, err_fd)
+
+
+def _close_fds(*fds: int) -> None:
+    """Close each (>= 0): what a signal handler raises meanwhile is raised
+    again once all are closed, not in place of the closes left."""
+    interrupted: BaseException | None = None
+    for fd in fds:
+        if fd >= 0:
+            try:
                 os.close(fd)
+            except BaseException as e:
+                interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
 
 
 #: Signals the kernel sends for a breached rlimit: the limit and what was tried.

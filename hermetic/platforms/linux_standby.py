@@ -360,23 +360,33 @@ class StandbySlot:
         Not while other executions of this spec run: concurrent callers keep
         the CPUs busy already, and a standby would only take its share.
         """
-        with self._lock:
-            self._runs += 1
-            same_cwd, self._last_cwd = self._last_cwd == cwd, cwd
-            if self._runs < 2 or not same_cwd or self._pending or self._standby is not None:
-                return
-            if self._active > 1:
-                return
-            if self._failures >= 3:
-                return  # the sandbox keeps failing to set up: stop trying
-            self._pending = True
-            self._pending_cwd = cwd
+        claimed = submitted = False
+        # One try from the start: a signal handler may raise as the lock is
+        # released, after _pending is set; close() would then wait for a
+        # fill that was never submitted.
         try:
-            KEEPER.submit(functools.partial(self.fill, cwd))
-        except BaseException:
             with self._lock:
-                self._pending = False
-                self._filled.notify_all()
+                self._runs += 1
+                same_cwd, self._last_cwd = self._last_cwd == cwd, cwd
+                if self._runs < 2 or not same_cwd or self._pending or self._standby is not None:
+                    return
+                if self._active > 1:
+                    return
+                if self._failures >= 3:
+                    return  # the sandbox keeps failing to set up: stop trying
+                self._pending = claimed = True
+                self._pending_cwd = cwd
+            KEEPER.submit(functools.partial(self.fill, cwd))
+            submitted = True
+        except BaseException:
+            if claimed and not submitted:
+                # (Submitted but raised before it was marked: the fill runs
+                # and clears _pending itself; clearing it here too only
+                # lets a close() not wait for it, and the fill then drops
+                # what it made, as the runs were reset.)
+                with self._lock:
+                    self._pending = False
+                    self._filled.notify_all()
             raise
 
     def fill(self, cwd: str) -> None:
