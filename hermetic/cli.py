@@ -54,11 +54,27 @@ def _default_spec(toolchain: bool) -> SandboxSpec:
     return SandboxSpec(inputs=inputs, environment=env, resources=ResourceLimits.defaults())
 
 
+#: A spec file larger than this is refused (a spec is a few kilobytes; a
+#: path like /dev/zero would otherwise be read until memory runs out).
+MAX_SPEC_BYTES = 16 << 20
+
+
+def _read_spec(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(
+            f"spec file {path!r} is larger than {MAX_SPEC_BYTES >> 20} MiB",
+            field="spec",
+            value=path,
+        )
+    return data
+
+
 def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
     if ns.spec:
         try:
-            with open(ns.spec, "rb") as f:
-                spec = SandboxSpec.from_json(f.read())
+            spec = SandboxSpec.from_json(_read_spec(ns.spec))
         except OSError as e:
             raise SpecError(
                 f"cannot read spec file {ns.spec!r}: {e.strerror}", field="spec", value=ns.spec
@@ -215,8 +231,7 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
 
 def _cmd_spec(ns: argparse.Namespace) -> int:
     try:
-        with open(ns.file, "rb") as f:
-            spec = SandboxSpec.from_json(f.read())
+        spec = SandboxSpec.from_json(_read_spec(ns.file))
         spec.validate()
     except OSError as e:
         return _fail(f"cannot read spec file {ns.file!r}: {e.strerror}", EXIT_SPEC)

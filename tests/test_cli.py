@@ -91,6 +91,16 @@ def test_exit_codes_for_errors(scratch):
     assert p.returncode == 123
     for p in (hermetic_cli("run", "--", "no-such-tool-here"), hermetic_cli("spec", "/nope")):
         assert b"Traceback" not in p.stderr
+    # An endless spec file is refused, not read until memory runs out.
+    for p in (
+        hermetic_cli("run", "--spec", "/dev/zero", "--", "true"),
+        hermetic_cli("spec", "/dev/zero"),
+    ):
+        assert p.returncode == 123 and b"/dev/zero" in p.stderr and b"16 MiB" in p.stderr
+    p = hermetic_cli("run", "--input", "/", "--", "true")
+    assert p.returncode == 123 and b"input '/'" in p.stderr and b"whole root" in p.stderr
+    p = hermetic_cli("run", "--", "")
+    assert p.returncode == 123 and b"argv[0]" in p.stderr
 
 
 def test_spec_validates_and_prints(scratch):

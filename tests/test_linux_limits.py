@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import os
 import subprocess
@@ -372,3 +373,43 @@ def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypat
     while not set(os.listdir("/proc/self/task")) <= threads and time.monotonic() < deadline:
         time.sleep(0.001)
     assert set(os.listdir("/proc/self/task")) <= threads
+
+
+def test_a_memory_limit_the_kernel_refuses_is_named_and_the_next_is_written_whole():
+    _v1_only()
+    gc.collect()
+    KEEPER.flush()
+    POOL.close()
+    with POOL.lease() as worker:
+        slot = worker.slot
+        slot.prepare(ResourceLimits(max_memory_bytes=64 << 20))
+        real = slot._set
+
+        def busy(key, value):
+            if key == "limit":  # below what the group holds already
+                raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+            real(key, value)
+
+        slot._set = busy
+        with pytest.raises(OSError) as e:
+            slot.prepare(ResourceLimits(max_memory_bytes=1))
+        slot._set = real
+        assert "max_memory_bytes=1" in str(e.value)
+        # memsw was lifted before the refused write: the same limit as
+        # before is written again, memsw included.
+        slot.prepare(ResourceLimits(max_memory_bytes=64 << 20))
+        memsw = os.path.join(slot.dirs["memory"], "memory.memsw.limit_in_bytes")
+        if os.path.exists(memsw):
+            with open(memsw) as f:
+                assert int(f.read()) == 64 << 20
+        with open(os.path.join(slot.dirs["memory"], "memory.limit_in_bytes")) as f:
+            assert int(f.read()) == 64 << 20
+    POOL.close()
+
+
+def test_an_executor_whose_memory_limit_the_kernel_refuses_names_it():
+    _v1_only()
+    err = HermeticExecutor.create(spec(max_memory_bytes=1)).unwrap().execute(["true"]).unwrap_err()
+    # Too small to start the sandbox at all: said so, with the limit.
+    assert "max_memory_bytes=1" in str(err)
+    assert "[Errno 0]" not in str(err)

@@ -113,7 +113,8 @@ class SandboxError(HermeticError, OSError):
         where = f"sandbox setup failed at stage {self.stage!r}"
         if self.path is not None:
             where += f" for {self.path!r}"
-        text = f"{where}: [Errno {self.errno}] {self.strerror}"
+        # errno 0: no call failed (the sandbox ended before it reported).
+        text = f"{where}: [Errno {self.errno}] {self.strerror}" if self.errno else where
         if self.detail:
             text += f" ({self.detail})"
         return text

@@ -363,6 +363,9 @@ def check_argv(argv: object) -> tuple[str, ...]:
         out.append(a)
     if not out:
         raise SpecError("argv must be a non-empty sequence of strings", field="argv", value=argv)
+    if not out[0]:
+        # subprocess refuses it too; exec would search PATH for "".
+        raise SpecError("argv[0] (the command) is empty", field="argv", value=argv)
     return tuple(out)
 
 

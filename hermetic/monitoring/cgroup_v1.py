@@ -125,11 +125,18 @@ class V1Slot:
         """Set this action's limits and take the counters' baselines."""
         mem = str(limits.max_memory_bytes or UNLIMITED)
         if self._written.get("limit", str(UNLIMITED)) != mem:
-            # memsw (memory+swap) must stay >= memory: lift it, set memory,
-            # then cap memsw too (no swap beyond the limit).
-            self._set("memsw", str(UNLIMITED))
-            self._set("limit", mem)
-            self._set("memsw", mem)
+            # Unknown until all three writes are done: a failed one makes
+            # the next action write them again (memsw may be lifted).
+            self._written["limit"] = "?"
+            try:
+                # memsw (memory+swap) must stay >= memory: lift it, set
+                # memory, then cap memsw too (no swap beyond the limit).
+                self._set("memsw", str(UNLIMITED))
+                self._set("limit", mem)
+                self._set("memsw", mem)
+            except OSError as e:
+                # EBUSY: below what the group uses already.
+                raise OSError(e.errno, f"max_memory_bytes={mem}: {e.strerror}") from e
             self._written["limit"] = mem
         self._limit("pids", str(limits.max_processes + 2) if limits.max_processes else "max")
         self._limit("shares", str(max(2, limits.cpu_shares)))

@@ -659,6 +659,16 @@ def _setup_error(
         detail = "working directory"
     elif stage in ("uid_map", "gid_map", "setgroups"):
         path = f"/proc/self/{stage}"
+    limits = prepared.spec.resources if prepared is not None else None
+    if err.stage == 0:
+        stage = "start"
+        detail = "the sandbox ended before it reported its setup"
+        if limits is not None and limits.max_memory_bytes:
+            detail += f": max_memory_bytes={limits.max_memory_bytes} may be too small to start it"
+    if err.err == 24 and limits is not None and limits.max_open_files:  # EMFILE
+        detail = (detail + "; " if detail else "") + (
+            f"max_open_files={limits.max_open_files} leaves the setup too few descriptors"
+        )
     return SandboxError(
         err.err, stage=stage, path=path, op_index=idx if idx >= 0 else None, detail=detail
     )

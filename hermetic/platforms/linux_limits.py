@@ -124,6 +124,23 @@ def plan_limits(
             unenforced.append(f"{name}: {how[name]} ({cgroup_unavailable})")
     if r.max_network_io and not network_counted:
         unenforced.append("max_network_io: not counted on the host network")
+    if not root:
+        # The action cannot raise a hard limit above this process's (that
+        # needs CAP_SYS_RESOURCE on the host): every execute would fail.
+        fields = {
+            resource.RLIMIT_NOFILE: "max_open_files",
+            resource.RLIMIT_FSIZE: "max_file_size",
+            resource.RLIMIT_NPROC: "max_processes",
+            resource.RLIMIT_CPU: "max_cpu_time_ms",
+        }
+        for res, _, hard in values:
+            mine = resource.getrlimit(res)[1]
+            if res in fields and mine != resource.RLIM_INFINITY and hard > mine:
+                raise UnsupportedError(
+                    "resource limits",
+                    f"{fields[res]} needs a hard limit of {hard}, above this process's "
+                    f"({mine}); lower it or raise the caller's limit",
+                )
     if unenforced and not r.best_effort:
         raise UnsupportedError(
             "resource limits",

@@ -137,6 +137,14 @@ def _declared(spec: SandboxSpec, remap: dict[str, str]) -> list[_Entry]:
     for p in sorted(writable, key=_depth_key):
         entries.append(_bind(p, 0, f"{writable[p]} {p!r}", remap.get(p, p)))
     for e in entries:
+        if e.path == "/":
+            raise SpecError(
+                f"{e.origin} is the host's whole root: the sandbox's root is its own (with "
+                "its /proc, /dev and /tmp); declare the directories the action needs "
+                "(HermeticSpecBuilder.toolchain_inputs() lists the system's)",
+                field="paths",
+                value=e.path,
+            )
         for r in _RESERVED:
             if is_within(e.path, r):
                 raise SpecError(
