@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError
@@ -242,8 +242,17 @@ def _cmd_spec(ns: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Exits with EXIT_SPEC (123) on a bad command line, as documented,
+    instead of argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_SPEC, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hermetic",
         description="Run a command hermetically: declared inputs read-only, declared outputs "
         "writable, nothing else of the host visible, no network, exactly the declared "

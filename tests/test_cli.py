@@ -55,6 +55,24 @@ def test_run_json(scratch):
     assert data["hermetic"] is True
     with open(os.path.join(out, "g")) as f:
         assert f.read() == "hi\n"
+    assert "stdout_base64" not in data  # UTF-8: the text is the output
+
+
+def test_run_json_keeps_output_that_is_not_utf8():
+    import base64
+
+    p = hermetic_cli("run", "--json", "--", "sh", "-c", r"printf '\377\376ok'; printf '\200' >&2")
+    data = json.loads(p.stdout)
+    assert base64.b64decode(data["stdout_base64"]) == b"\xff\xfeok"
+    assert base64.b64decode(data["stderr_base64"]) == b"\x80"
+    assert data["stdout"] == "\ufffd\ufffdok"
+
+
+def test_a_bad_command_line_exits_123():
+    for argv in (("run", "--timeout", "abc", "--", "true"), ("run", "--no-such-option")):
+        p = hermetic_cli(*argv)
+        assert p.returncode == 123, (argv, p.returncode, p.stderr)
+        assert b"usage:" in p.stderr
 
 
 def test_run_stdin_and_workdir(scratch):

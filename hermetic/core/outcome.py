@@ -95,7 +95,9 @@ class ExecutionResult:
         return self.exit_code if self.exit_code is not None else 1
 
     def to_dict(self, *, text: bool = True) -> dict[str, Any]:
-        """A JSON-ready dict; output is decoded (replacing bad bytes) when text is True."""
+        """A JSON-ready dict; output is decoded (replacing bad bytes) when
+        text is True, and then a stream that is not UTF-8 also comes whole
+        as ``stdout_base64`` / ``stderr_base64``: nothing is lost."""
 
         def out(b: bytes) -> Any:
             return b.decode("utf-8", "replace") if text else list(b)
@@ -106,7 +108,7 @@ class ExecutionResult:
                 sig_name = _signal.Signals(self.signal).name
             except ValueError:
                 sig_name = None
-        return {
+        d = {
             "argv": list(self.argv),
             "exit_code": self.exit_code,
             "signal": self.signal,
@@ -124,3 +126,12 @@ class ExecutionResult:
             "stdout": out(self.stdout),
             "stderr": out(self.stderr),
         }
+        if text:
+            for name, raw in (("stdout", self.stdout), ("stderr", self.stderr)):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    import base64
+
+                    d[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
+        return d
