@@ -409,3 +409,26 @@ def test_a_request_interrupted_before_the_standby_thread_has_it_does_not_hang_cl
     # And the executor makes standbys again.
     _warm(ex)
     ex.close()
+
+
+def test_a_standby_taken_as_a_signal_handler_raises_is_not_lost(monkeypatch):
+    from hermetic.platforms import linux_standby
+
+    ex = HermeticExecutor.create(_spec()).unwrap()
+    _warm(ex)
+    assert len(_inits()) == 1
+    slot = ex._prepared.standby
+    real = type(slot).take
+
+    def take_then_interrupt(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        raise KeyboardInterrupt  # a handler run as take() returns
+
+    monkeypatch.setattr(type(slot), "take", take_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ex.execute(["true"])
+    monkeypatch.setattr(type(slot), "take", real)
+    # Dropped by the execute it was taken for, not left to the exit.
+    assert _inits() == []
+    assert not [sb for sb in linux_standby._LIVE if not sb.used]
+    ex.close()

@@ -828,20 +828,26 @@ def execute(
     if prepared.standby is None:
         return _execute_fresh(prepared, run)
     with prepared.standby.running():
-        standby = prepared.standby.take(workdir) if profile is None else None
-        if standby is None:
-            return _execute_fresh(prepared, run)
+        # The standby is in ``held`` from before it leaves the slot: a
+        # signal handler raising anywhere from here on cannot lose it.
+        held: list[Standby] = []
         try:
-            return run(standby=standby)
-        except _StandbyLost:
-            pass
+            standby = prepared.standby.take(workdir, into=held) if profile is None else None
+            if standby is None:
+                return _execute_fresh(prepared, run)
+            try:
+                return run(standby=standby)
+            except _StandbyLost:
+                pass
         finally:
-            if not standby.used:  # failed before its activation
-                standby.drop()
-            else:
-                # Its slot or group, network and mount namespaces: after the
-                # result has read the group's counters, as for a fresh one.
-                standby.done()
+            for sb in held:
+                if not sb.used:  # failed before its activation
+                    sb.drop()
+                else:
+                    # Its slot or group, network and mount namespaces: after
+                    # the result has read the group's counters, as for a
+                    # fresh one.
+                    sb.done()
         return _execute_fresh(prepared, run)
 
 

@@ -162,6 +162,13 @@ class Standby:
             _LIVE.discard(self)
 
 
+def _forget(held: list[Standby] | None, sb: Standby) -> None:
+    # After it is dropped (or handed to the keeper to drop): a second drop
+    # is harmless, a lost one is not.
+    if held is not None and sb in held:
+        held.remove(sb)
+
+
 def drop_all() -> None:
     """Every standby of this process (at exit: before the cgroup slots and
     groups are removed)."""
@@ -275,13 +282,18 @@ class StandbySlot:
         weakref.finalize(owner, self._collected)
         _SLOTS.add(self)
 
-    def take(self, cwd: str, wait: float = WAIT_FOR_PENDING) -> Standby | None:
+    def take(
+        self, cwd: str, wait: float = WAIT_FOR_PENDING, into: list[Standby] | None = None
+    ) -> Standby | None:
         """The standby, if there is one still current for working directory
         ``cwd``; it is the caller's now.
 
         One being made is waited for (up to ``wait`` seconds, by one caller
         at a time): its setup has started, so finishing it is quicker than
-        a second one from scratch.
+        a second one from scratch.  With ``into``, the standby is appended
+        to it before it leaves the slot (and removed again if it is not
+        returned): whatever a signal handler raises in between, it is in
+        one of the two, for the caller's ``finally`` to end.
         """
         with self._lock:
             if (
@@ -303,12 +315,15 @@ class StandbySlot:
             sb = self._standby
             if sb is None:
                 return None
+            if into is not None:
+                into.append(sb)
             self._standby = None
         try:
             if sb.cwd != cwd:
                 # Made for the working directory of the executions before:
                 # off this execution's path (here if the keeper cannot).
                 self._drop_later(sb)
+                _forget(into, sb)
                 return None
             current = sb.owner == os.getpid() and sb.alive() and identity(sb.paths) == sb.identity
         except BaseException:
@@ -316,6 +331,7 @@ class StandbySlot:
             raise
         if not current:
             sb.drop()
+            _forget(into, sb)
             return None
         self.taken += 1
         return sb
