@@ -198,12 +198,15 @@ def _one_shot(scratch: Any, rounds: int, argv_for: Callable[[str], list[str]]) -
     return once
 
 
-def _staged(scratch: Any, rounds: int, argv_for: Callable[[str], list[str]]) -> Callable[[], Any]:
-    """The same actions as ``_one_shot`` (each with a directory of its own),
-    on one executor: its spec declares a staging directory, and before each
-    action ``stage_inputs`` fills it with that action's directory (as
-    ``action/``); ``argv_for(the staged directory)`` runs.  The staging is
-    timed with the action."""
+def _staged(
+    scratch: Any, rounds: int, name: str, text: str, argv_for: Callable[[str], list[str]]
+) -> Callable[[], Any]:
+    """The same actions as ``_one_shot`` (each with an input of its own, the
+    file ``name`` holding ``text`` in a directory of its own), on one
+    executor: its spec declares a staging directory, and before each
+    action ``stage_inputs`` puts that action's file in it (a hard link);
+    ``argv_for(the staged file)`` runs.  The staging is timed with the
+    action."""
     import dataclasses
 
     from conftest import _executor, make_spec
@@ -218,12 +221,14 @@ def _staged(scratch: Any, rounds: int, argv_for: Callable[[str], list[str]]) -> 
     for i in range(rounds):
         own = os.path.join(scratch.src, f"action-{i}")
         os.mkdir(own)
-        jobs.append((own, argv_for(os.path.join(stage, "action"))))
+        with open(os.path.join(own, name), "w") as f:
+            f.write(text)
+        jobs.append((os.path.join(own, name), argv_for(os.path.join(stage, name))))
     pending = iter(jobs)
 
     def once() -> Any:
-        own, argv = next(pending)
-        stage_inputs(stage, {"action": own})
+        src, argv = next(pending)
+        stage_inputs(stage, {name: src})
         return executor.execute(argv, cwd=scratch.out).unwrap()
 
     return once
@@ -234,7 +239,7 @@ def test_true_hermetic_staged(benchmark: Any, scratch: Any) -> None:
     _all_ok(
         _measure(
             benchmark,
-            _staged(scratch, TRUE_ROUNDS + TRUE_WARMUP, lambda _: [TRUE]),
+            _staged(scratch, TRUE_ROUNDS + TRUE_WARMUP, "input", "in\n", lambda _: [TRUE]),
             method="hermetic-staged",
             baseline=False,
             rounds=TRUE_ROUNDS,
@@ -345,23 +350,18 @@ def test_gcc_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
 @needs_gcc
 @pytest.mark.benchmark(group="gcc")
 def test_gcc_hermetic_staged(benchmark: Any, scratch: Any) -> None:
-    """The one-shot row's actions on one executor, each action's directory
+    """The one-shot row's actions on one executor, each action's source
     staged before it (see _staged)."""
     obj = os.path.join(scratch.out, "hello.o")
-
-    def job(staged: str) -> list[str]:
-        return [GCC, "-c", os.path.join(staged, "hello.c"), "-o", obj]
-
-    def with_source(rounds: int) -> Callable[[], Any]:
-        once = _staged(scratch, rounds, job)
-        for i in range(rounds):
-            with open(os.path.join(scratch.src, f"action-{i}", "hello.c"), "w") as f:
-                f.write(HELLO_C)
-        return once
-
     results = _measure(
         benchmark,
-        with_source(GCC_ROUNDS + GCC_WARMUP),
+        _staged(
+            scratch,
+            GCC_ROUNDS + GCC_WARMUP,
+            "hello.c",
+            HELLO_C,
+            lambda staged: [GCC, "-c", staged, "-o", obj],
+        ),
         method="hermetic-staged",
         baseline=False,
         rounds=GCC_ROUNDS,
