@@ -647,3 +647,26 @@ def test_a_limit_above_the_callers_hard_limit_is_refused_at_create(test_user):
     kind, message = json.loads(p.stdout)
     assert kind == "UnsupportedError"
     assert "max_open_files" in message and "100" in message and "64" in message
+
+
+def test_stdio_made_before_an_interrupt_is_closed(ex, monkeypatch):
+    from hermetic.platforms import linux
+
+    def memfds():
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return sorted(p for p in out if p.startswith("/memfd:hermetic"))
+
+    before = memfds()
+
+    def interrupted(fd, data):
+        raise KeyboardInterrupt  # a handler run while stdin is written
+
+    monkeypatch.setattr(linux, "_fill", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ex.execute(["cat"], stdin=b"data")
+    assert memfds() == before

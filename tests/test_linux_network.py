@@ -171,3 +171,41 @@ def test_max_network_io_bounds_what_the_proxy_relays(runner, servers):
     cut = [v for v in out.raw["violations"] if v["kind"] == "resource"]
     assert [v["attempted"] for v in cut] == [f"127.0.0.1:{listed}"]
     assert "max_network_io=64" in cut[0]["observed"]
+
+
+def test_a_pooled_namespace_lease_interrupted_as_it_starts_goes_back_to_the_pool():
+    import os
+
+    from hermetic.platforms.linux_netns import POOL
+
+    if os.geteuid() != 0:
+        pytest.skip("pooled network namespaces are for root callers")
+    with POOL.lease():
+        pass
+    size = POOL.size()
+    real = POOL._lock
+
+    class RaisingOnRelease:
+        """The pool's lock, raising once as it is released after a
+        descriptor left the free list (where a signal handler may run)."""
+
+        def __init__(self) -> None:
+            self.armed = True
+
+        def __enter__(self):
+            return real.__enter__()
+
+        def __exit__(self, *exc):
+            real.__exit__(*exc)
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt
+
+    POOL._lock = RaisingOnRelease()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with POOL.lease():
+                pass
+    finally:
+        POOL._lock = real
+    assert POOL.size() == size

@@ -440,6 +440,29 @@ void hm_proc_release(struct hm_proc *proc)
     }
 }
 
+/* An action's stdin, stdout and stderr, made into fds[0..2] (each -1
+ * until made): stdin /dev/null or an empty memfd the caller fills, stdout
+ * and stderr memfds; all close-on-exec.  Made here rather than one by one
+ * in Python: there a signal handler raising as a call returns would lose
+ * its descriptor, here each lands in the caller's array, which its
+ * cleanup closes whatever happened.  -errno, fds still to close, on
+ * failure. */
+int hm_capture_fds(int fds[3], int stdin_from_devnull)
+{
+    static const char *const names[3] = {"hermetic-stdin", "hermetic-stdout", "hermetic-stderr"};
+    for (int i = 0; i < 3; i++) {
+        int fd;
+        if (i == 0 && stdin_from_devnull)
+            fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        else
+            fd = (int)syscall(SYS_memfd_create, names[i], MFD_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        fds[i] = fd;
+    }
+    return 0;
+}
+
 /* [guard][action stack][guard][pid 1 stack]; NULL with errno on failure. */
 void *hm_stack_new(void)
 {

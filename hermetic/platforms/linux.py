@@ -596,19 +596,12 @@ def _fresh_clock_offsets() -> str:
     return "".join(lines)
 
 
-def _stdin_fd(stdin: bytes | None) -> int:
-    if stdin is None:
-        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    fd = os.memfd_create("hermetic-stdin", os.MFD_CLOEXEC)
-    try:
-        view = memoryview(stdin)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def _fill(fd: int, data: bytes) -> None:
+    """``data`` into the action's stdin memfd, read from its start."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -1047,11 +1040,17 @@ def _run(
         except OSError as e:
             raise UnsupportedError("resource limits", f"cannot set cgroup limits: {e}") from e
 
-    stdin_fd = out_fd = err_fd = -1
+    # Made in C into this array, which the finally closes: made one by one
+    # here, a descriptor would be lost to a signal handler raising as its
+    # call returns.
+    capture = ffi.new("int[3]", [-1, -1, -1])
     try:
-        stdin_fd = _stdin_fd(stdin)
-        out_fd = os.memfd_create("hermetic-stdout", os.MFD_CLOEXEC)
-        err_fd = os.memfd_create("hermetic-stderr", os.MFD_CLOEXEC)
+        rc = lib.hm_capture_fds(capture, stdin is None)
+        if rc < 0:
+            raise OSError(-rc, f"cannot make the action's stdio: {os.strerror(-rc)}")
+        stdin_fd, out_fd, err_fd = capture[0], capture[1], capture[2]
+        if stdin is not None:
+            _fill(stdin_fd, stdin)
         if standby is None:
             plan.stdin_fd = stdin_fd
             plan.stdout_fd = out_fd
@@ -1197,7 +1196,7 @@ def _run(
             unenforced_limits=prepared.limits.unenforced,
         )
     finally:
-        _close_fds(stdin_fd, out_fd, err_fd)
+        _close_fds(capture[0], capture[1], capture[2])
 
 
 def _close_fds(*fds: int) -> None:

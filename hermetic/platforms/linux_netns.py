@@ -50,28 +50,32 @@ class NetnsPool:
     @contextlib.contextmanager
     def lease(self) -> Iterator[int]:
         """A namespace descriptor for one action; returned to the pool afterwards."""
-        with self._lock:
-            if self._pid != os.getpid():
-                # A forked child must not share namespaces with its parent's
-                # running actions: drop the inherited ones.
-                for fd in self._free:
-                    os.close(fd)
-                self._free = []
-                self._pid = os.getpid()
-            fd = self._free.pop() if self._free else -1
-        if fd < 0:
-            fd = self._create()
+        fd = -1
+        # One try from the start: a signal handler may raise as the lock is
+        # released, with the descriptor already out of the free list.
         try:
+            with self._lock:
+                if self._pid != os.getpid():
+                    # A forked child must not share namespaces with its
+                    # parent's running actions: drop the inherited ones.
+                    for held in self._free:
+                        os.close(held)
+                    self._free = []
+                    self._pid = os.getpid()
+                fd = self._free.pop() if self._free else -1
+            if fd < 0:
+                fd = self._create()
             yield fd
         finally:
             # Every process of the action is dead by now (its pid 1 was
             # reaped, or setup failed and pid 1 was reaped): nothing of it
             # runs in the namespace any more.
-            with self._lock:
-                if self._pid == os.getpid():
-                    self._free.append(fd)
-                else:
-                    os.close(fd)
+            if fd >= 0:
+                with self._lock:
+                    if self._pid == os.getpid():
+                        self._free.append(fd)
+                    else:
+                        os.close(fd)
 
     def size(self) -> int:
         with self._lock:
