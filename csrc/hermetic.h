@@ -256,6 +256,7 @@ void hm_spawner_thread_fini(void);
 void hm_proc_release(struct hm_proc *proc);
 void *hm_stack_new(void);
 int hm_capture_fds(int fds[3], int stdin_from_devnull);
+void hm_close_fds(int *fds, int n);
 void hm_stack_free(void *stack);
 int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);

@@ -536,6 +536,10 @@ def test_process_limit_bounds_the_whole_sandbox(runner, bound):
     if runner.mode == "root":
         kinds = [v["kind"] for v in out.raw["violations"]]
         assert kinds == ["process"]
+        # Named after the field the bound came from.
+        children = bound.get("process", ProcessPolicy()).max_children
+        named = "process.max_children=7" if children == 7 else "max_processes=8"
+        assert named in out.raw["violations"][0]["limit"]
 
 
 def test_a_sandbox_that_should_outlive_its_caller_is_refused():

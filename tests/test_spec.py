@@ -368,7 +368,7 @@ def test_json_round_trip_exact(tmp_path: Path) -> None:
 
 def test_json_format(tmp_path: Path) -> None:
     data = json.loads(rich_spec(tmp_path).to_json())
-    assert data["version"] == 1
+    assert data["version"] == 2
     assert set(data) == {
         "version",
         "inputs",
@@ -414,7 +414,8 @@ def test_short_document_fills_defaults() -> None:
         ('{"workdir": 5}', "workdir"),
         ('{"environment": {"vars": {"K": 1}}}', "environment.vars.K"),
         ('{"environment": {"inherit_path": 1}}', "environment.inherit_path"),
-        ('{"version": 2}', "version"),
+        ('{"version": 3}', "version"),
+        ('{"version": 0}', "version"),
         ('{"version": true}', "version"),
         ('{"network": []}', "network"),
     ],
@@ -497,3 +498,12 @@ def test_digest_stable_across_processes(tmp_path: Path) -> None:
 def test_digest_handles_undecodable_file_names() -> None:
     name = os.fsdecode(b"/nonexistent-hm/\xff")
     assert SandboxSpec(inputs=PathSet.of(name)).digest() != SandboxSpec().digest()
+
+
+def test_a_version_1_spec_runs_as_it_did_its_max_children_unset() -> None:
+    # Version 1 wrote max_children (32 by default) but never applied it.
+    old = SandboxSpec.from_json('{"version": 1, "process": {"max_children": 32}}')
+    assert old.process.max_children == 0
+    assert SandboxSpec.from_json('{"version": 1}') == SandboxSpec()
+    new = SandboxSpec.from_json('{"version": 2, "process": {"max_children": 32}}')
+    assert new.process.max_children == 32

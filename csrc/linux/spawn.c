@@ -463,6 +463,18 @@ int hm_capture_fds(int fds[3], int stdin_from_devnull)
     return 0;
 }
 
+/* Close each of fds[0..n-1] that is >= 0 and mark it -1: in one call, so
+ * that no signal handler can run between two of them. */
+void hm_close_fds(int *fds, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+    }
+}
+
 /* [guard][action stack][guard][pid 1 stack]; NULL with errno on failure. */
 void *hm_stack_new(void)
 {

@@ -25,9 +25,13 @@ from hermetic.core.policies import (
 )
 from hermetic.core.result import Err, Ok, Result
 
-__all__ = ["SPEC_VERSION", "SandboxSpec", "check_argv"]
+__all__ = ["SPEC_VERSION", "SandboxSpec", "check_argv", "process_limit"]
 
-SPEC_VERSION = 1
+#: 2: ProcessPolicy.max_children is enforced (version 1 files said 32 by
+#: default and nothing applied it; they are read with it unset).
+SPEC_VERSION = 2
+#: The versions from_dict reads.
+_READABLE_VERSIONS = (1, 2)
 
 _PATH_FIELDS = ("inputs", "outputs", "temps")
 _TOP_KEYS = frozenset(
@@ -286,16 +290,23 @@ class SandboxSpec:
         errors naming the key path) and lenient about what is absent: a
         missing key, section or section entry takes the value of a default
         ``SandboxSpec()``.  ``environment.vars``, when given, replaces the
-        default variables as a whole.
+        default variables as a whole.  Version 1 documents are read too,
+        their ``process.max_children`` as unset (version 1 did not apply
+        it).
         """
         _check_keys(data, _TOP_KEYS, "")
         version = data.get("version", SPEC_VERSION)
-        if isinstance(version, bool) or version != SPEC_VERSION:
+        if isinstance(version, bool) or version not in _READABLE_VERSIONS:
             raise SpecError(
-                f"version: unsupported spec version {version!r} (expected {SPEC_VERSION})",
+                f"version: unsupported spec version {version!r} (expected "
+                f"{' or '.join(map(str, _READABLE_VERSIONS))})",
                 field="version",
                 value=version,
             )
+        if version == 1 and isinstance(data.get("process"), Mapping):
+            # Version 1 never applied max_children (its default said 32):
+            # read as unset, so a saved spec runs as it did.
+            data = {**data, "process": {**data["process"], "max_children": 0}}
         base = cls()
         kwargs: dict[str, Any] = {}
         for name in _PATH_FIELDS:
@@ -348,6 +359,15 @@ class SandboxSpec:
         # surrogatepass keeps undecodable file names (surrogate-escaped by
         # os.fsdecode) hashable and distinct instead of raising.
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def process_limit(spec: SandboxSpec) -> str:
+    """The process limit as a message names it: the field it comes from
+    (``process.max_children`` is applied as max_children + 1 processes)."""
+    n, children = spec.resources.max_processes, spec.process.max_children
+    if children and n == children + 1:
+        return f"process.max_children={children} (max_processes={n})"
+    return f"max_processes={n}"
 
 
 def check_argv(argv: object) -> tuple[str, ...]:

@@ -136,7 +136,8 @@ class V1Slot:
                 self._set("memsw", mem)
             except OSError as e:
                 # EBUSY: below what the group uses already.
-                raise OSError(e.errno, f"max_memory_bytes={mem}: {e.strerror}") from e
+                shown = mem if limits.max_memory_bytes else "unset"
+                raise OSError(e.errno, f"max_memory_bytes={shown}: {e.strerror}") from e
             self._written["limit"] = mem
         self._limit("pids", str(limits.max_processes + 2) if limits.max_processes else "max")
         self._limit("shares", str(max(2, limits.cpu_shares)))

@@ -22,7 +22,7 @@ from typing import Any
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import is_within
-from hermetic.core.spec import SandboxSpec, check_argv
+from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.monitoring.cgroup_v2 import V2Group
@@ -655,9 +655,16 @@ def _setup_error(
     limits = prepared.spec.resources if prepared is not None else None
     if err.stage == 0:
         stage = "start"
-        detail = "the sandbox ended before it reported its setup"
-        if limits is not None and limits.max_memory_bytes:
-            detail += f": max_memory_bytes={limits.max_memory_bytes} may be too small to start it"
+        if err.err == 0:
+            detail = "the sandbox ended before it reported its setup"
+            if limits is not None and limits.max_memory_bytes:
+                detail += (
+                    f": max_memory_bytes={limits.max_memory_bytes} may be too small to start it"
+                )
+        elif err.err == 110:  # ETIMEDOUT
+            detail = "no report of its setup in time: the sandbox was ended"
+        else:
+            detail = "its setup report could not be read: the sandbox was ended"
     if err.err == 24 and limits is not None and limits.max_open_files:  # EMFILE
         detail = (detail + "; " if detail else "") + (
             f"max_open_files={limits.max_open_files} leaves the setup too few descriptors"
@@ -1047,7 +1054,7 @@ def _run(
     try:
         rc = lib.hm_capture_fds(capture, stdin is None)
         if rc < 0:
-            raise OSError(-rc, f"cannot make the action's stdio: {os.strerror(-rc)}")
+            raise SandboxError(-rc, stage="stdio", detail="the action's stdin, stdout, stderr")
         stdin_fd, out_fd, err_fd = capture[0], capture[1], capture[2]
         if stdin is not None:
             _fill(stdin_fd, stdin)
@@ -1174,7 +1181,13 @@ def _run(
         out_size, err_size = os.fstat(out_fd).st_size, os.fstat(err_fd).st_size
         written = out_size + err_size
         violations += _limit_violations(
-            limits, counted, breach, watch.observed, sig if not timed_out else None, written
+            prepared.spec,
+            limits,
+            counted,
+            breach,
+            watch.observed,
+            sig if not timed_out else None,
+            written,
         )
         cap = prepared.limits.output_bytes
         if cap and written > cap:
@@ -1196,21 +1209,8 @@ def _run(
             unenforced_limits=prepared.limits.unenforced,
         )
     finally:
-        _close_fds(capture[0], capture[1], capture[2])
-
-
-def _close_fds(*fds: int) -> None:
-    """Close each (>= 0): what a signal handler raises meanwhile is raised
-    again once all are closed, not in place of the closes left."""
-    interrupted: BaseException | None = None
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except BaseException as e:
-                interrupted = interrupted or e
-    if interrupted is not None:
-        raise interrupted
+        # All three in one C call: no signal handler runs between them.
+        lib.hm_close_fds(capture, 3)
 
 
 #: Signals the kernel sends for a breached rlimit: the limit and what was tried.
@@ -1221,6 +1221,7 @@ _RLIMIT_SIGNALS: dict[int, tuple[str, str]] = {
 
 
 def _limit_violations(
+    spec: SandboxSpec,
     limits: Any,
     counted: SlotUsage,
     breach: str | None,
@@ -1255,9 +1256,9 @@ def _limit_violations(
         out.append(
             Violation(
                 ViolationKind.PROCESS,
-                attempted="fork beyond max_processes",
+                attempted="fork beyond the process limit",
                 decision="denied",
-                limit=f"max_processes={limits.max_processes}",
+                limit=process_limit(spec),
                 observed=f"{counted.fork_refusals} fork(s) refused",
             )
         )

@@ -136,9 +136,10 @@ def plan_limits(
         for res, _, hard in values:
             mine = resource.getrlimit(res)[1]
             if res in fields and mine != resource.RLIM_INFINITY and hard > mine:
+                unit = " s of RLIMIT_CPU" if res == resource.RLIMIT_CPU else ""
                 raise UnsupportedError(
                     "resource limits",
-                    f"{fields[res]} needs a hard limit of {hard}, above this process's "
+                    f"{fields[res]} needs a hard limit of {hard}{unit}, above this process's "
                     f"({mine}); lower it or raise the caller's limit",
                 )
     if unenforced and not r.best_effort:

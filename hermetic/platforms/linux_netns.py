@@ -62,7 +62,11 @@ class NetnsPool:
                         os.close(held)
                     self._free = []
                     self._pid = os.getpid()
-                fd = self._free.pop() if self._free else -1
+                if self._free:
+                    # Indexing, not pop(): no call returns between the
+                    # descriptor leaving the list and its being held here.
+                    fd = self._free[-1]
+                    del self._free[-1]
             if fd < 0:
                 fd = self._create()
             yield fd
@@ -71,11 +75,11 @@ class NetnsPool:
             # reaped, or setup failed and pid 1 was reaped): nothing of it
             # runs in the namespace any more.
             if fd >= 0:
+                # Back to the list even in a forked child (the lease's
+                # holder forked): the child's next lease closes the
+                # parent's descriptors it finds there.
                 with self._lock:
-                    if self._pid == os.getpid():
-                        self._free.append(fd)
-                    else:
-                        os.close(fd)
+                    self._free.append(fd)
 
     def size(self) -> int:
         with self._lock:

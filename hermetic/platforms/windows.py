@@ -38,7 +38,7 @@ from typing import Any
 
 from hermetic.core.errors import SandboxError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
-from hermetic.core.spec import SandboxSpec, check_argv
+from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.security.timeout import DEFAULT_KILL_GRACE
@@ -264,9 +264,9 @@ def execute(
         violations.append(
             Violation(
                 ViolationKind.PROCESS,
-                attempted="a process beyond max_processes",
+                attempted="a process beyond the process limit",
                 decision="denied",
-                limit=f"max_processes={limits.max_processes}",
+                limit=process_limit(spec),
             )
         )
     cpu = (usage_c.user_100ns + usage_c.kernel_100ns) / 1e7
