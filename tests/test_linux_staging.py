@@ -169,6 +169,47 @@ def test_a_file_replaced_by_a_fifo_after_the_check_is_refused(sources, monkeypat
     assert os.listdir(stage) == []  # left empty, not half filled
 
 
+def test_a_directory_swapped_for_a_symlink_meanwhile_stages_nothing_from_it(
+    sources, scratch, monkeypatch
+):
+    src, stage = sources
+    secret = _write(os.path.join(scratch, "secret", "x.h"), "TOPSECRET\n")
+    real = staging._clear
+
+    def swap_then_clear(dfd):
+        # Between the look at every source and the staging: a writer of the
+        # source tree puts a symlink to a host directory where one was.
+        if not os.path.islink(f"{src}/inc/sub"):
+            shutil.rmtree(f"{src}/inc/sub")
+            os.symlink(os.path.dirname(secret), f"{src}/inc/sub")
+        real(dfd)
+
+    monkeypatch.setattr(staging, "_clear", swap_then_clear)
+    with pytest.raises(SpecError) as e:
+        stage_inputs(stage, {"inc": f"{src}/inc"})
+    assert f"{src}/inc/sub" in str(e.value)
+    monkeypatch.setattr(staging, "_clear", real)
+    assert os.listdir(stage) == []
+
+
+def test_trees_deeper_than_the_bound_are_refused_and_deep_ones_emptied(sources, scratch):
+    src, stage = sources
+    deep = os.path.join(scratch, "deep")
+    path = deep
+    for _ in range(staging.MAX_DEPTH - 2):
+        path = os.path.join(path, "d")
+    _write(os.path.join(path, "leaf"), "leaf\n")
+    stage_inputs(stage, {"t": deep})  # MAX_DEPTH - 1 levels below the stage
+    stage_inputs(stage, {"a.c": f"{src}/a.c"})  # emptied without recursion
+    assert _tree(stage) == {"a.c": "a\n"}
+    os.mkdir(os.path.join(path, "d"))
+    os.mkdir(os.path.join(path, "d", "d"))
+    with pytest.raises(SpecError) as e:
+        stage_inputs(stage, {"t": deep})
+    assert f"deeper than {staging.MAX_DEPTH} levels" in str(e.value)
+    assert _tree(stage) == {"a.c": "a\n"}  # refused before anything was touched
+
+
 def test_a_failure_after_the_directory_was_touched_leaves_it_empty(sources):
     src, stage = sources
     stage_inputs(stage, {"kept.c": f"{src}/a.c"})
@@ -202,6 +243,8 @@ def test_a_failure_after_the_directory_was_touched_leaves_it_empty(sources):
         ({"a.c": "SRC/a\0.c"}, "a.c"),
         ({"d": "SRC/inc", "d/x.h": "SRC/b.c"}, "d/x.h"),
         ({"d/x.h": "SRC/b.c", "d": "SRC/inc"}, "'d'"),
+        ({"x" * 256: "SRC/a.c"}, "x" * 256),
+        ({"bad\ud800": "SRC/a.c"}, "bad"),
         ({"all": "STAGE/.."}, "STAGE/.."),
         ({"self": "STAGE"}, "STAGE"),
         ({"kept": "STAGE/kept.c"}, "STAGE/kept.c"),
@@ -221,6 +264,14 @@ def test_bad_inputs_are_refused_naming_them_before_anything_is_touched(sources, 
     assert _tree(stage) == {"kept.c": "a\n"}
 
 
+def test_inputs_must_be_a_mapping(sources):
+    src, stage = sources
+    for bad in (None, [("a.c", f"{src}/a.c")]):
+        with pytest.raises(SpecError) as e:
+            stage_inputs(stage, bad)  # type: ignore[arg-type]
+        assert "inputs must map" in str(e.value)
+
+
 def test_the_staging_directory_must_exist_and_not_be_a_symlink(sources, scratch):
     src, stage = sources
     os.symlink(stage, f"{scratch}/stage-link")
@@ -235,7 +286,8 @@ def test_directories_keep_their_bits_and_are_emptied_again(sources):
     os.chmod(f"{src}/inc/sub", 0o550)
     try:
         stage_inputs(stage, {"inc": f"{src}/inc"})
-        assert stat.S_IMODE(os.stat(f"{stage}/inc/sub").st_mode) == 0o550
+        # The source's bits, and the owner's (the caller's) to empty it.
+        assert stat.S_IMODE(os.stat(f"{stage}/inc/sub").st_mode) == 0o750
         assert _tree(stage) == {"inc/x.h": "x\n", "inc/sub/y.h": "y\n"}
         stage_inputs(stage, {"a.c": f"{src}/a.c"})
         assert _tree(stage) == {"a.c": "a\n"}

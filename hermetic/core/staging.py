@@ -12,11 +12,15 @@ directory itself: the action sees what it holds, read-only.
 ``stage_inputs`` keeps a staged tree to what the same files would show as
 declared inputs, and no more:
 
-- Every source is looked at (``lstat``) before the directory is touched; a
-  bad or missing one is refused naming it.  Only the paths the caller
-  names are followed if they are symlinks; below a directory input a
-  symlink is staged as a symlink (resolved in the sandbox's view, as a
-  bind shows it), never followed on the host.
+- Every source is looked at before the directory is touched; a bad or
+  missing one is refused naming it.  Only the paths the caller names are
+  followed if they are symlinks (as a declared input's path is); below a
+  directory input a symlink is staged as a symlink (resolved in the
+  sandbox's view, as a bind shows it), never followed on the host, and
+  everything is reached through descriptors of checked directories, so a
+  directory swapped for a symlink meanwhile stages nothing from elsewhere.
+  Then everything is walked again as it is staged, checked against what
+  was looked at.
 - Only regular files, directories and symlinks are staged: a FIFO, socket
   or device would be a channel to the host that a read-only mount does not
   close.  Each file is opened and checked again as it is staged, and the
@@ -25,8 +29,11 @@ declared inputs, and no more:
 - A file is hard-linked (no data copied) unless ``link=False`` or the file
   system refuses (another file system, ``fs.protected_hardlinks``); a copy
   has the source's data, permission bits (never setuid, setgid or sticky)
-  and modification time, and no extended attributes.  Directories get
-  their source's permission bits.
+  and modification time, and no extended attributes.  A hard link is the
+  source's inode: a source the sandbox can also write through another
+  path (one in its outputs) must be copied (``link=False``).  Directories
+  get their source's permission bits plus the owner's (the caller's, who
+  empties them again); trees deeper than MAX_DEPTH levels are refused.
 - The directory is emptied, never made again (an executor builds its mount
   namespace again when a bound path is a new inode), through one
   descriptor: nothing is done by its path once it is open.  After an error
@@ -38,7 +45,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from hermetic.core.errors import SpecError, UnsupportedError
@@ -55,15 +62,21 @@ _DIR_FLAGS = (
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
 
 
-class _Entry(NamedTuple):
+#: Levels a staged tree may have below the staging directory: each level
+#: holds a descriptor while it is walked (and emptied again).
+MAX_DEPTH = 128
+#: Bytes of one path component (NAME_MAX).
+_NAME_MAX = 255
+
+
+class _Node(NamedTuple):
     rel: str  # path in the staging directory
     kind: str  # "dir" | "file" | "symlink"
-    src: str  # host path (for a symlink: its target)
-    follow: bool  # a file the caller named: its symlinks are followed
-    mode: int  # permission bits (directories, copies)
+    shown: str  # the host path, for messages
+    mode: int  # permission bits
     dev: int
     ino: int
-    real: str = ""  # a followed file's path without symlinks, to link
+    target: str = ""  # a symlink's
 
 
 def _bad(message: str, value: object) -> SpecError:
@@ -79,14 +92,17 @@ def _relative(name: object) -> str:
         raise _bad(
             f"staged path {name!r} must be relative and stay inside the staging directory", name
         )
-    return clean
-
-
-def _status(path: str, name: str, follow: bool) -> os.stat_result:
     try:
-        return os.stat(path) if follow else os.lstat(path)
-    except OSError as e:
-        raise _bad(f"input {path!r} (staged as {name!r}): {e.strerror}", path) from e
+        parts = [os.fsencode(part) for part in clean.split("/")]
+    except UnicodeError:
+        raise _bad(f"staged path {name!r} cannot be encoded for the file system", name) from None
+    if any(len(part) > _NAME_MAX for part in parts) or len(parts) > MAX_DEPTH:
+        raise _bad(
+            f"staged path {name!r} has a component longer than {_NAME_MAX} bytes or more "
+            f"than {MAX_DEPTH} levels",
+            name,
+        )
+    return clean
 
 
 def _neither(path: str, name: str) -> SpecError:
@@ -97,62 +113,139 @@ def _neither(path: str, name: str) -> SpecError:
     )
 
 
-def _plan(name: str, src: str, real: str, stage: os.stat_result, out: list[_Entry]) -> None:
-    """Everything ``src`` (the caller's, followed: ``real``) stages as
-    ``name``, parents before children, without recursion (any depth)."""
-    top = _status(src, name, follow=True)
-    todo = [(name, src, top)]
-    while todo:
-        rel, path, st = todo.pop()
-        mode = stat.S_IMODE(st.st_mode) & 0o777
-        if stat.S_ISREG(st.st_mode):
-            named = rel == name
-            out.append(
-                _Entry(
-                    rel, "file", path, named, mode, st.st_dev, st.st_ino, real if named else path
-                )
-            )
-        elif stat.S_ISLNK(st.st_mode):
+def _changed(path: str) -> SpecError:
+    return _bad(f"input {path!r} changed while it was staged", path)
+
+
+def _mode(st: os.stat_result) -> int:
+    return stat.S_IMODE(st.st_mode) & 0o777
+
+
+def _walk(src: str, real: str, rel: str, name: str) -> Iterator[tuple[_Node, int, str]]:
+    """Every node ``src`` (the caller's path, followed) stages as ``rel``,
+    parents before children, names sorted, each with the descriptor of the
+    directory it was found in (-1 for the named one) and its name there.
+
+    Below the named path everything is reached through descriptors, never
+    by a host path: a directory is opened relative to its parent without
+    following a symlink and checked to be the one listed, so swapping a
+    directory for a symlink meanwhile stages nothing from elsewhere."""
+    try:
+        st = os.stat(src)
+    except OSError as e:
+        raise _bad(f"input {src!r} (staged as {name!r}): {e.strerror}", src) from e
+    if stat.S_ISREG(st.st_mode):
+        # (A named file's target: its path without symlinks, to link.)
+        yield _Node(rel, "file", src, _mode(st), st.st_dev, st.st_ino, real), -1, src
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise _neither(src, name)
+    try:
+        top = os.open(src, _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise _bad(f"input {src!r} (staged as {name!r}): {e.strerror}", src) from e
+    held = [top]  # the descriptors of the directories being walked
+    try:
+        got = os.fstat(top)
+        if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+            raise _changed(src)
+        yield _Node(rel, "dir", src, _mode(st), st.st_dev, st.st_ino), -1, src
+        # One frame per directory being listed: its descriptor, where it
+        # stages, its host path and the names left in it.
+        frames = [(top, rel, src, _names(top, src, name))]
+        while frames:
+            fd, here, shown, names = frames[-1]
+            if not names:
+                frames.pop()
+                os.close(held.pop())
+                continue
+            entry = names.pop()
+            path, staged = f"{shown}/{entry}", f"{here}/{entry}"
             try:
-                target = os.readlink(path)
+                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
             except OSError as e:
                 raise _bad(f"input {path!r} (staged as {name!r}): {e.strerror}", path) from e
-            out.append(_Entry(rel, "symlink", target, False, 0, 0, 0))
-        elif stat.S_ISDIR(st.st_mode):
-            if (st.st_dev, st.st_ino) == (stage.st_dev, stage.st_ino):
-                raise _bad(f"input {path!r} (staged as {name!r}) is the staging directory", path)
-            out.append(_Entry(rel, "dir", path, False, mode, st.st_dev, st.st_ino))
-            try:
-                names = sorted(os.listdir(path), reverse=True)
-            except OSError as e:
-                raise _bad(f"input {path!r} (staged as {name!r}): {e.strerror}", path) from e
-            for child in names:
-                child_path = os.path.join(path, child)
-                todo.append((f"{rel}/{child}", child_path, _status(child_path, name, False)))
-        else:
-            raise _neither(path, name)
+            if stat.S_ISREG(st.st_mode):
+                yield _Node(staged, "file", path, _mode(st), st.st_dev, st.st_ino), fd, entry
+            elif stat.S_ISLNK(st.st_mode):
+                try:
+                    target = os.readlink(entry, dir_fd=fd)
+                except OSError as e:
+                    raise _bad(f"input {path!r}: {e.strerror}", path) from e
+                yield _Node(staged, "symlink", path, 0, 0, 0, target), fd, entry
+            elif stat.S_ISDIR(st.st_mode):
+                if staged.count("/") + 1 > MAX_DEPTH:
+                    raise _bad(
+                        f"input {src!r} (staged as {name!r}) is deeper than {MAX_DEPTH} levels",
+                        src,
+                    )
+                try:
+                    sub = os.open(entry, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    raise _bad(f"input {path!r}: {e.strerror}", path) from e
+                held.append(sub)
+                got = os.fstat(sub)
+                if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+                    raise _changed(path)
+                yield _Node(staged, "dir", path, _mode(st), st.st_dev, st.st_ino), fd, entry
+                frames.append((sub, staged, path, _names(sub, path, name)))
+            else:
+                raise _neither(path, name)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _names(fd: int, path: str, name: str) -> list[str]:
+    """The entries of the directory open at ``fd``, last first."""
+    try:
+        with os.scandir(fd) as entries:
+            return sorted((e.name for e in entries), reverse=True)
+    except OSError as e:
+        raise _bad(f"input {path!r} (staged as {name!r}): {e.strerror}", path) from e
 
 
 def _clear(dfd: int) -> None:
-    """Remove everything in the directory open at ``dfd`` (not following
-    symlinks; subdirectories made writable first: staged ones keep their
-    source's bits)."""
-    with os.scandir(dfd) as entries:
-        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-    for name, is_dir in names:
-        if not is_dir:
-            os.unlink(name, dir_fd=dfd)
-            continue
-        sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-        try:
+    """Remove everything in the directory open at ``dfd``, without
+    recursion (a staged tree is at most MAX_DEPTH levels: one descriptor
+    per level is held) and without following a symlink."""
+    frames = [(dfd, _entries(dfd))]
+    held: list[int] = []
+    try:
+        while frames:
+            fd, entries = frames[-1]
+            if not entries:
+                frames.pop()
+                if held:
+                    os.close(held.pop())
+                    parent, rest = frames[-1]
+                    os.rmdir(rest.pop()[0], dir_fd=parent)
+                continue
+            name, is_dir = entries[-1]
+            if not is_dir:
+                os.unlink(name, dir_fd=fd)
+                entries.pop()
+                continue
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except PermissionError:
+                # A directory of ours without the owner's bits.
+                os.chmod(name, 0o700, dir_fd=fd)
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            held.append(sub)
             try:
                 os.fchmod(sub, 0o700)
             except OSError:
-                pass  # not ours: rmdir below tells
-            _clear(sub)
-        finally:
-            os.close(sub)
-        os.rmdir(name, dir_fd=dfd)
+                pass  # not ours: rmdir tells
+            frames.append((sub, _entries(sub)))
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _entries(fd: int) -> list[tuple[str, bool]]:
+    with os.scandir(fd) as entries:
+        return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
 
 
 def _copy(fd: int, st: os.stat_result, rel: str, dfd: int) -> None:
@@ -167,39 +260,53 @@ def _copy(fd: int, st: os.stat_result, rel: str, dfd: int) -> None:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(out, view) :]
-        os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
+        os.fchmod(out, _mode(st))
         os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
     finally:
         os.close(out)
 
 
-def _file(entry: _Entry, dfd: int, link: bool) -> None:
+def _file(node: _Node, parent: int, entry: str, dfd: int, link: bool) -> None:
     """Stage one file: opened without blocking (a FIFO put there meanwhile
-    does not hang this), checked to be the regular file planned, then
-    linked (the staged name checked to be that file) or copied from the
-    open descriptor."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if entry.follow else os.O_NOFOLLOW)
+    does not hang this) and relative to its checked directory without
+    following a symlink (the named file: by its path, followed), checked to
+    be the regular file planned, then linked (the staged name checked to be
+    that file) or copied from the open descriptor."""
+    named = parent < 0
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if named else os.O_NOFOLLOW)
     try:
-        fd = os.open(entry.src, flags)
+        fd = os.open(node.shown, flags) if named else os.open(entry, flags, dir_fd=parent)
     except OSError as e:
-        raise _bad(f"input {entry.src!r} (staged as {entry.rel!r}): {e.strerror}", entry.src) from e
+        raise _bad(
+            f"input {node.shown!r} (staged as {node.rel!r}): {e.strerror}", node.shown
+        ) from e
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
-            raise _bad(f"input {entry.src!r} changed while it was staged", entry.src)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (node.dev, node.ino):
+            raise _changed(node.shown)
         if link:
             try:
-                os.link(entry.real, entry.rel, dst_dir_fd=dfd, follow_symlinks=False)
+                if named:
+                    os.link(
+                        node.target,
+                        node.rel,
+                        dst_dir_fd=dfd,
+                        follow_symlinks=False,
+                    )
+                else:
+                    os.link(
+                        entry, node.rel, src_dir_fd=parent, dst_dir_fd=dfd, follow_symlinks=False
+                    )
             except OSError as e:
                 if e.errno not in _NO_LINK:
                     raise
             else:
-                got = os.stat(entry.rel, dir_fd=dfd, follow_symlinks=False)
+                got = os.stat(node.rel, dir_fd=dfd, follow_symlinks=False)
                 if (got.st_dev, got.st_ino) == (st.st_dev, st.st_ino):
                     return
-                os.unlink(entry.rel, dir_fd=dfd)
-                raise _bad(f"input {entry.src!r} changed while it was staged", entry.src)
-        _copy(fd, st, entry.rel, dfd)
+                os.unlink(node.rel, dir_fd=dfd)
+                raise _changed(node.shown)
+        _copy(fd, st, node.rel, dfd)
     finally:
         os.close(fd)
 
@@ -207,34 +314,42 @@ def _file(entry: _Entry, dfd: int, link: bool) -> None:
 def stage_inputs(directory: str, inputs: Mapping[str, str], *, link: bool = True) -> None:
     """Make ``directory`` hold exactly ``inputs``: relative path in the
     directory -> host file, directory or symlink (a directory staged file
-    by file; see the module's docstring).  ``link=False`` copies every file
-    (in Landlock-only mode a hard link is the host's file, whose times and
-    mode Landlock does not protect).  Raises SpecError naming a bad or
-    missing input, OSError for a failure of the file system; after either,
-    once the directory was touched, it is left empty."""
+    by file; see the module's docstring).  ``link=False`` copies every file:
+    a hard link is the host's file (the same inode), so a source another
+    path of the sandbox can write (one in its outputs) must be copied, and
+    in Landlock-only mode its times and mode are not protected.  Raises
+    SpecError naming a bad or missing input, OSError for a failure of the
+    file system; after either, once the directory was touched, it is left
+    empty."""
     if os.open not in os.supports_dir_fd or not _DIR_FLAGS & getattr(os, "O_NOFOLLOW", 0):
         raise UnsupportedError("staging", "this platform has no openat() and O_NOFOLLOW")
     if not isinstance(directory, str) or "\0" in directory:
-        raise _bad(f"staging directory {directory!r} must be a path without NUL", directory)
+        raise _bad(f"staging directory {directory!r} must be a str path without NUL", directory)
+    if not isinstance(inputs, Mapping):
+        raise _bad(f"inputs must map staged paths to sources, got {type(inputs).__name__}", inputs)
     try:
         dfd = os.open(directory, _DIR_FLAGS)
-    except OSError as e:
+    except (OSError, UnicodeError) as e:
         raise _bad(
             f"staging directory {directory!r} must be an existing directory, not a symlink: "
-            f"{e.strerror}",
+            f"{getattr(e, 'strerror', None) or e}",
             directory,
         ) from e
     try:
         stage = os.fstat(dfd)
         real_stage = os.path.realpath(directory)
-        plan: list[_Entry] = []
+        named: list[tuple[str, str, str]] = []
         staged: set[str] = set()
         below: set[str] = set()  # every directory that holds a staged path
         for name, src in inputs.items():
             rel = _relative(name)
             if not isinstance(src, str) or not src or "\0" in src:
-                raise _bad(f"source of {name!r} must be a path without NUL", src)
-            real = os.path.realpath(src)
+                raise _bad(f"source of {name!r} must be a str path without NUL", src)
+            try:
+                real = os.path.realpath(src)
+                os.fsencode(src)
+            except (OSError, UnicodeError) as e:
+                raise _bad(f"input {src!r} (staged as {name!r}): {e}", src) from e
             if is_within(real, real_stage) or is_within(real_stage, real):
                 raise _bad(
                     f"input {src!r} (staged as {name!r}) is, holds or lies in the staging "
@@ -250,10 +365,15 @@ def stage_inputs(directory: str, inputs: Mapping[str, str], *, link: bool = True
                 )
             staged.add(rel)
             below.update(parents)
-            _plan(rel, src, real, stage, plan)
-        _clear(dfd)
+            named.append((rel, src, real))
+        # Every source looked at before the directory is touched.
+        plan = [node for rel, src, real in named for node, _, _ in _walk(src, real, rel, rel)]
+        for node in plan:
+            if (node.dev, node.ino) == (stage.st_dev, stage.st_ino) and node.kind == "dir":
+                raise _bad(f"input {node.shown!r} is the staging directory", node.shown)
         try:
-            _fill(dfd, plan, sorted(below), link)
+            _clear(dfd)
+            _fill(dfd, named, plan, sorted(below), link)
         except BaseException:
             try:
                 _clear(dfd)
@@ -264,20 +384,35 @@ def stage_inputs(directory: str, inputs: Mapping[str, str], *, link: bool = True
         os.close(dfd)
 
 
-def _fill(dfd: int, plan: list[_Entry], parents: list[str], link: bool) -> None:
+def _fill(
+    dfd: int,
+    named: list[tuple[str, str, str]],
+    plan: list[_Node],
+    parents: list[str],
+    link: bool,
+) -> None:
+    """Walk the sources again, each node checked against the plan, and
+    stage them: what changed since it was looked at is refused."""
     for rel in parents:  # sorted: a parent before what it holds
         os.mkdir(rel, 0o700, dir_fd=dfd)
-    dirs: list[_Entry] = []
-    for entry in plan:
-        if entry.kind == "dir":
-            os.mkdir(entry.rel, 0o700, dir_fd=dfd)
-            dirs.append(entry)
-        elif entry.kind == "symlink":
-            os.symlink(entry.src, entry.rel, dir_fd=dfd)
-        else:
-            _file(entry, dfd, link)
-    # Their own bits last (a read-only one could not be filled), deepest first.
+    planned = iter(plan)
+    dirs: list[_Node] = []
+    for rel, src, real in named:
+        for node, parent, entry in _walk(src, real, rel, rel):
+            if node != next(planned, None):
+                raise _changed(node.shown)
+            if node.kind == "dir":
+                os.mkdir(node.rel, 0o700, dir_fd=dfd)
+                dirs.append(node)
+            elif node.kind == "symlink":
+                os.symlink(node.target, node.rel, dir_fd=dfd)
+            else:
+                _file(node, parent, entry, dfd, link)
+    if next(planned, None) is not None:
+        raise _changed(named[-1][1])
+    # Their own bits last (a read-only one could not be filled), deepest
+    # first; the owner (the caller) keeps its access, to empty them again.
     for rel in parents:
         os.chmod(rel, 0o755, dir_fd=dfd)
-    for entry in reversed(dirs):
-        os.chmod(entry.rel, entry.mode, dir_fd=dfd)
+    for node in reversed(dirs):
+        os.chmod(node.rel, node.mode | 0o700, dir_fd=dfd)
