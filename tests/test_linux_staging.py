@@ -429,3 +429,20 @@ def test_a_symlink_out_of_a_staged_directory_leads_nowhere_in_the_sandbox(source
         ex.close()
     assert r.stdout == b"x\n"
     assert r.exit_code != 0 and b"No such file or directory" in r.stderr
+
+
+def test_a_change_between_the_walks_names_the_input_it_was_in(sources, monkeypatch):
+    src, stage = sources
+    real = staging._clear
+
+    def remove_then_clear(dfd):
+        if os.path.exists(f"{src}/inc/x.h"):
+            os.unlink(f"{src}/inc/x.h")  # in the first input, after it was looked at
+        real(dfd)
+
+    monkeypatch.setattr(staging, "_clear", remove_then_clear)
+    with pytest.raises(SpecError) as e:
+        stage_inputs(stage, {"inc": f"{src}/inc", "b.c": f"{src}/b.c"})
+    assert f"{src}/inc" in str(e.value) and f"{src}/b.c" not in str(e.value)
+    monkeypatch.setattr(staging, "_clear", real)
+    assert os.listdir(stage) == []

@@ -12,8 +12,9 @@ directory itself: the action sees what it holds, read-only.
 ``stage_inputs`` keeps a staged tree to what the same files would show as
 declared inputs, and no more:
 
-- Every source is looked at before the directory is touched; a bad or
-  missing one is refused naming it.  Only the paths the caller names are
+- Every source is looked at (its kind, and every directory listed) before
+  the directory is touched; a bad or missing one is refused naming it (a
+  file that cannot be read shows only as it is staged).  Only the paths the caller names are
   followed if they are symlinks (as a declared input's path is); below a
   directory input a symlink is staged as a symlink (resolved in the
   sandbox's view, as a bind shows it), never followed on the host, and
@@ -42,10 +43,11 @@ declared inputs, and no more:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from typing import NamedTuple
 
 from hermetic.core.errors import SpecError, UnsupportedError
@@ -121,7 +123,7 @@ def _mode(st: os.stat_result) -> int:
     return stat.S_IMODE(st.st_mode) & 0o777
 
 
-def _walk(src: str, real: str, rel: str, name: str) -> Iterator[tuple[_Node, int, str]]:
+def _walk(src: str, real: str, rel: str, name: str) -> Generator[tuple[_Node, int, str]]:
     """Every node ``src`` (the caller's path, followed) stages as ``rel``,
     parents before children, names sorted, each with the descriptor of the
     directory it was found in (-1 for the named one) and its name there.
@@ -273,7 +275,8 @@ def _file(node: _Node, parent: int, entry: str, dfd: int, link: bool) -> None:
     be the regular file planned, then linked (the staged name checked to be
     that file) or copied from the open descriptor."""
     named = parent < 0
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if named else os.O_NOFOLLOW)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    flags |= 0 if named else os.O_NOFOLLOW
     try:
         fd = os.open(node.shown, flags) if named else os.open(entry, flags, dir_fd=parent)
     except OSError as e:
@@ -367,10 +370,11 @@ def stage_inputs(directory: str, inputs: Mapping[str, str], *, link: bool = True
             below.update(parents)
             named.append((rel, src, real))
         # Every source looked at before the directory is touched.
-        plan = [node for rel, src, real in named for node, _, _ in _walk(src, real, rel, rel)]
-        for node in plan:
-            if (node.dev, node.ino) == (stage.st_dev, stage.st_ino) and node.kind == "dir":
-                raise _bad(f"input {node.shown!r} is the staging directory", node.shown)
+        plan = [[node for node, _, _ in _walk(src, real, rel, rel)] for rel, src, real in named]
+        for nodes in plan:
+            for node in nodes:
+                if (node.dev, node.ino) == (stage.st_dev, stage.st_ino) and node.kind == "dir":
+                    raise _bad(f"input {node.shown!r} is the staging directory", node.shown)
         try:
             _clear(dfd)
             _fill(dfd, named, plan, sorted(below), link)
@@ -387,7 +391,7 @@ def stage_inputs(directory: str, inputs: Mapping[str, str], *, link: bool = True
 def _fill(
     dfd: int,
     named: list[tuple[str, str, str]],
-    plan: list[_Node],
+    plan: list[list[_Node]],
     parents: list[str],
     link: bool,
 ) -> None:
@@ -395,21 +399,24 @@ def _fill(
     stage them: what changed since it was looked at is refused."""
     for rel in parents:  # sorted: a parent before what it holds
         os.mkdir(rel, 0o700, dir_fd=dfd)
-    planned = iter(plan)
     dirs: list[_Node] = []
-    for rel, src, real in named:
-        for node, parent, entry in _walk(src, real, rel, rel):
-            if node != next(planned, None):
-                raise _changed(node.shown)
-            if node.kind == "dir":
-                os.mkdir(node.rel, 0o700, dir_fd=dfd)
-                dirs.append(node)
-            elif node.kind == "symlink":
-                os.symlink(node.target, node.rel, dir_fd=dfd)
-            else:
-                _file(node, parent, entry, dfd, link)
-    if next(planned, None) is not None:
-        raise _changed(named[-1][1])
+    for (rel, src, real), nodes in zip(named, plan, strict=True):
+        planned = iter(nodes)
+        # closing(): the walk's descriptors are closed as this loop is left,
+        # whatever is raised in it.
+        with contextlib.closing(_walk(src, real, rel, rel)) as walk:
+            for node, parent, entry in walk:
+                if node != next(planned, None):
+                    raise _changed(node.shown)
+                if node.kind == "dir":
+                    os.mkdir(node.rel, 0o700, dir_fd=dfd)
+                    dirs.append(node)
+                elif node.kind == "symlink":
+                    os.symlink(node.target, node.rel, dir_fd=dfd)
+                else:
+                    _file(node, parent, entry, dfd, link)
+        if next(planned, None) is not None:
+            raise _changed(src)
     # Their own bits last (a read-only one could not be filled), deepest
     # first; the owner (the caller) keeps its access, to empty them again.
     for rel in parents:
