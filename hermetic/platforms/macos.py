@@ -41,7 +41,7 @@ from typing import Any
 
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
-from hermetic.core.spec import SandboxSpec, check_argv
+from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos_sbpl import macos_path, sbpl_profile
@@ -378,7 +378,9 @@ def execute(
         if observer is not None:
             observer.started(pid)
         try:
-            status, ru, timed_out, breach = _wait(pid, timeout, kill_grace, limits, files, cancel)
+            status, ru, timed_out, breach = _wait(
+                pid, timeout, kill_grace, limits, files, cancel, process_limit(spec)
+            )
         finally:
             popen = _FALLBACK.pop(pid, None)
             if popen is not None:
@@ -425,6 +427,7 @@ def _wait(
     limits: Any,
     files: list[Any],
     cancel: threading.Event | None,
+    processes: str = "",
 ) -> tuple[int, Any, bool, str | None]:
     """Poll the main process every 20 ms; end the whole group when it is
     done, on timeout, on cancel or on a breached limit."""
@@ -454,7 +457,8 @@ def _wait(
             elif limits.max_cpu_time_ms and cpu * 1000 > limits.max_cpu_time_ms:
                 breach = f"CPU time beyond max_cpu_time_ms={limits.max_cpu_time_ms}"
             elif limits.max_processes and count > limits.max_processes:
-                breach = f"processes beyond max_processes={limits.max_processes}"
+                limit = processes or f"max_processes={limits.max_processes}"
+                breach = f"processes beyond {limit}"
         if breach is None and limits.max_output_bytes:
             written = sum(os.fstat(f.fileno()).st_size for f in files[1:])
             if written > limits.max_output_bytes:
