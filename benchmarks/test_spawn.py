@@ -283,21 +283,31 @@ def _check_object(obj: str) -> None:
         assert f.read(4) == b"\x7fELF", f"{obj} is not an ELF object"
 
 
+def _gcc_row(
+    benchmark: Any, fn: Callable[[], Any], obj: str, *, method: str, baseline: bool = False
+) -> None:
+    """A row of the gcc group: ``fn`` timed, every round's status checked,
+    and the object it wrote checked at the end."""
+    _all_ok(
+        _measure(
+            benchmark, fn, method=method, baseline=baseline, rounds=GCC_ROUNDS, warmup=GCC_WARMUP
+        )
+    )
+    _check_object(obj)
+
+
 @needs_gcc
 @pytest.mark.benchmark(group="gcc")
 def test_gcc_direct(benchmark: Any, scratch: Any, direct_env: dict[str, str]) -> None:
     argv, obj = _gcc_job(scratch)
     env = {**direct_env, "TMPDIR": scratch.tmp}
-    results = _measure(
+    _gcc_row(
         benchmark,
         lambda: subprocess.run(argv, env=env, cwd=scratch.out, capture_output=True),
+        obj,
         method="direct",
         baseline=True,
-        rounds=GCC_ROUNDS,
-        warmup=GCC_WARMUP,
     )
-    _all_ok(results)
-    _check_object(obj)
 
 
 @needs_gcc
@@ -310,16 +320,12 @@ def test_gcc_hermetic(
 ) -> None:
     argv, obj = _gcc_job(scratch)
     executor = request.getfixturevalue(variant)
-    results = _measure(
+    _gcc_row(
         benchmark,
         lambda: executor.execute(argv, cwd=scratch.out).unwrap(),
+        obj,
         method="hermetic" if variant == "source_executor" else "hermetic-no-limits",
-        baseline=False,
-        rounds=GCC_ROUNDS,
-        warmup=GCC_WARMUP,
     )
-    _all_ok(results)
-    _check_object(obj)
 
 
 @needs_gcc
@@ -335,16 +341,9 @@ def test_gcc_hermetic_one_shot(benchmark: Any, scratch: Any) -> None:
             f.write(HELLO_C)
         return [GCC, "-c", src, "-o", obj]
 
-    results = _measure(
-        benchmark,
-        _one_shot(scratch, GCC_ROUNDS + GCC_WARMUP, job),
-        method="hermetic-one-shot",
-        baseline=False,
-        rounds=GCC_ROUNDS,
-        warmup=GCC_WARMUP,
+    _gcc_row(
+        benchmark, _one_shot(scratch, GCC_ROUNDS + GCC_WARMUP, job), obj, method="hermetic-one-shot"
     )
-    _all_ok(results)
-    _check_object(obj)
 
 
 @needs_gcc
@@ -353,22 +352,14 @@ def test_gcc_hermetic_staged(benchmark: Any, scratch: Any) -> None:
     """The one-shot row's actions on one executor, each action's source
     staged before it (see _staged)."""
     obj = os.path.join(scratch.out, "hello.o")
-    results = _measure(
-        benchmark,
-        _staged(
-            scratch,
-            GCC_ROUNDS + GCC_WARMUP,
-            "hello.c",
-            HELLO_C,
-            lambda staged: [GCC, "-c", staged, "-o", obj],
-        ),
-        method="hermetic-staged",
-        baseline=False,
-        rounds=GCC_ROUNDS,
-        warmup=GCC_WARMUP,
+    staged = _staged(
+        scratch,
+        GCC_ROUNDS + GCC_WARMUP,
+        "hello.c",
+        HELLO_C,
+        lambda path: [GCC, "-c", path, "-o", obj],
     )
-    _all_ok(results)
-    _check_object(obj)
+    _gcc_row(benchmark, staged, obj, method="hermetic-staged")
 
 
 # -- sh -c 'cat in > out' ------------------------------------------------------
@@ -524,17 +515,7 @@ def test_true_bwrap(benchmark: Any, scratch: Any) -> None:
 @pytest.mark.benchmark(group="gcc")
 def test_gcc_bwrap(benchmark: Any, scratch: Any) -> None:
     argv, obj = _gcc_job(scratch)
-    _all_ok(
-        _measure(
-            benchmark,
-            _bwrap_run(_bwrap(scratch, argv, with_sources=True)),
-            method="bwrap",
-            baseline=False,
-            rounds=GCC_ROUNDS,
-            warmup=GCC_WARMUP,
-        )
-    )
-    _check_object(obj)
+    _gcc_row(benchmark, _bwrap_run(_bwrap(scratch, argv, with_sources=True)), obj, method="bwrap")
 
 
 @needs_bwrap

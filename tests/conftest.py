@@ -103,6 +103,19 @@ def _as_user_cmd(user: pwd.struct_passwd, argv: Sequence[str]) -> list[str]:
     ]
 
 
+def python_as(user: pwd.struct_passwd, code: str, *, cwd: str = "/", timeout: float = 120) -> Any:
+    """``code`` run by this interpreter as ``user``: the CompletedProcess,
+    its output as text."""
+    return subprocess.run(
+        _as_user_cmd(user, [sys.executable, "-c", code]),
+        capture_output=True,
+        text=True,
+        env=_user_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
 #: Runs a command with user namespaces forbidden, as on a host that disables
 #: them: a user namespace of its own whose limit on nested ones is 0.  Every
 #: clone(CLONE_NEWUSER) below then fails (ENOSPC), and hermetic must fall

@@ -638,3 +638,35 @@ def test_stdio_made_before_an_interrupt_is_closed(ex, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ex.execute(["cat"], stdin=b"data")
     assert memfds() == before
+
+
+def test_too_few_open_files_for_the_setup_names_the_limit():
+    spec = dataclasses.replace(base(), resources=ResourceLimits(max_open_files=3))
+    err = HermeticExecutor.create(spec).unwrap().execute(["true"]).unwrap_err()
+    assert "max_open_files=3" in str(err), err
+
+
+def test_a_limit_above_the_callers_hard_limit_is_refused_at_create(test_user):
+    import json
+    import sys
+    import textwrap
+
+    from conftest import python_as
+
+    if test_user is None:
+        pytest.skip("runs as the unprivileged user, from a root suite")
+    code = textwrap.dedent(f"""
+        import json, resource, sys
+        sys.path[:0] = {sys.path!r}
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        from hermetic import *
+        spec = SandboxSpec(inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+                           resources=ResourceLimits(max_open_files=100))
+        err = HermeticExecutor.create(spec).unwrap_err()
+        print(json.dumps([type(err).__name__, str(err)]))
+    """)
+    p = python_as(test_user, code, timeout=60)
+    assert p.returncode == 0, p.stderr
+    kind, message = json.loads(p.stdout)
+    assert kind == "UnsupportedError"
+    assert "max_open_files" in message and "100" in message and "64" in message

@@ -278,6 +278,15 @@ def test_groups_of_a_crashed_caller_are_removed_by_the_next_run(scratch):
     assert not any(os.path.exists(d) for d in left)
 
 
+def _assert_no_thread_beyond(threads: set[str]) -> None:
+    """No thread of this process but ``threads``: a stopped worker's kernel
+    task may linger a moment after pthread_join."""
+    deadline = time.monotonic() + 5
+    while not set(os.listdir("/proc/self/task")) <= threads and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert set(os.listdir("/proc/self/task")) <= threads
+
+
 def _v1_only():
     if VERSION != 1:
         pytest.skip("cgroup v1 worker threads: this host's limits use cgroup v2")
@@ -340,12 +349,8 @@ def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(
     assert POOL.size() == size
     assert _slot_dirs() == dirs
     assert joined and all(not os.path.exists(p) for p in joined[0])
-    # The thread that could not join was stopped (its kernel task may
-    # linger a moment after pthread_join).
-    deadline = time.monotonic() + 5
-    while not set(os.listdir("/proc/self/task")) <= threads and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert set(os.listdir("/proc/self/task")) <= threads
+    # The thread that could not join was stopped.
+    _assert_no_thread_beyond(threads)
 
 
 def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypatch):
@@ -369,10 +374,7 @@ def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypat
             pass
     assert POOL.size() == size
     assert _slot_dirs() == dirs
-    deadline = time.monotonic() + 5
-    while not set(os.listdir("/proc/self/task")) <= threads and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert set(os.listdir("/proc/self/task")) <= threads
+    _assert_no_thread_beyond(threads)
 
 
 def test_a_memory_limit_the_kernel_refuses_is_named_and_the_next_is_written_whole():

@@ -15,12 +15,11 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import textwrap
 
 import pytest
-from conftest import _as_user_cmd, _user_env
+from conftest import python_as
 
 from hermetic import (
     EnvSet,
@@ -392,14 +391,7 @@ def test_staged_inputs_as_an_unprivileged_caller(sources, scratch, test_user):
         print(json.dumps({{"seen": seen, "template": ex._prepared.mount_template is not None}}))
         ex.close()
     """)
-    p = subprocess.run(
-        _as_user_cmd(test_user, [sys.executable, "-c", code]),
-        capture_output=True,
-        text=True,
-        env=_user_env(),
-        cwd=os.path.dirname(__file__),
-        timeout=120,
-    )
+    p = python_as(test_user, code, cwd=os.path.dirname(__file__))
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert not data["template"]

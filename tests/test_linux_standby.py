@@ -8,14 +8,13 @@ import json
 import os
 import select
 import shutil
-import subprocess
 import sys
 import textwrap
 import threading
 
 import psutil
 import pytest
-from conftest import _as_user_cmd, _user_env
+from conftest import python_as
 
 from hermetic import (
     EnvSet,
@@ -242,13 +241,7 @@ def test_standby_as_an_unprivileged_caller(test_user, scratch):
                           "template": ex._prepared.mount_template is not None}}))
         ex.close()
     """)
-    p = subprocess.run(
-        _as_user_cmd(test_user, [sys.executable, "-c", code]),
-        capture_output=True,
-        text=True,
-        env=_user_env(),
-        timeout=120,
-    )
+    p = python_as(test_user, code)
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["taken"] >= 3 and not data["template"]
