@@ -14,14 +14,14 @@ declared inputs, and no more:
 
 - Every source is looked at (its kind, and every directory listed) before
   the directory is touched; a bad or missing one is refused naming it (a
-  file that cannot be read shows only as it is staged).  Only the paths the caller names are
-  followed if they are symlinks (as a declared input's path is); below a
-  directory input a symlink is staged as a symlink (resolved in the
-  sandbox's view, as a bind shows it), never followed on the host, and
-  everything is reached through descriptors of checked directories, so a
-  directory swapped for a symlink meanwhile stages nothing from elsewhere.
-  Then everything is walked again as it is staged, checked against what
-  was looked at.
+  file that cannot be read shows only as it is staged).  Only the paths
+  the caller names are followed if they are symlinks (as a declared
+  input's path is); below a directory input a symlink is staged as a
+  symlink (resolved in the sandbox's view, as a bind shows it), never
+  followed on the host, and everything is reached through descriptors of
+  checked directories, so a directory swapped for a symlink meanwhile
+  stages nothing from elsewhere.  Then everything is walked again as it
+  is staged, checked against what was looked at.
 - Only regular files, directories and symlinks are staged: a FIFO, socket
   or device would be a channel to the host that a read-only mount does not
   close.  Each file is opened and checked again as it is staged, and the
@@ -78,7 +78,7 @@ class _Node(NamedTuple):
     mode: int  # permission bits
     dev: int
     ino: int
-    target: str = ""  # a symlink's
+    target: str = ""  # a symlink's target; a named file's path without symlinks
 
 
 def _bad(message: str, value: object) -> SpecError:
