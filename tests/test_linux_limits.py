@@ -217,11 +217,7 @@ def _slot_dirs() -> list[str]:
 
 @pytest.mark.slow
 def test_no_group_remains_after_200_limited_executions():
-    # Executors of earlier tests that only the collector frees hold their
-    # standby sandbox's worker until then.
-    gc.collect()
-    KEEPER.flush()
-    POOL.close()
+    _idle_pool()
     ex = HermeticExecutor.create(spec(max_memory_bytes=32 << 20, max_processes=8)).unwrap()
     kinds = {"ok": 0, "oom": 0, "timeout": 0}
     for i in range(200):
@@ -287,6 +283,14 @@ def _assert_no_thread_beyond(threads: set[str]) -> None:
     assert set(os.listdir("/proc/self/task")) <= threads
 
 
+def _idle_pool() -> None:
+    """No worker left: executors of earlier tests that only the collector
+    frees hold their standby sandbox's worker until then."""
+    gc.collect()
+    KEEPER.flush()
+    POOL.close()
+
+
 def _v1_only():
     if VERSION != 1:
         pytest.skip("cgroup v1 worker threads: this host's limits use cgroup v2")
@@ -325,9 +329,7 @@ def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(
     from hermetic.core.errors import UnsupportedError
     from hermetic.monitoring.cgroup_v1 import V1Slot
 
-    gc.collect()
-    KEEPER.flush()
-    POOL.close()
+    _idle_pool()
     size, dirs = POOL.size(), _slot_dirs()
     real = V1Slot.task_files
     joined: list[list[str]] = []
@@ -357,9 +359,7 @@ def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypat
     _v1_only()
     from hermetic.platforms import linux_workers
 
-    gc.collect()
-    KEEPER.flush()
-    POOL.close()
+    _idle_pool()
     size, dirs = POOL.size(), _slot_dirs()
     real = linux_workers._join
 
@@ -379,9 +379,7 @@ def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypat
 
 def test_a_memory_limit_the_kernel_refuses_is_named_and_the_next_is_written_whole():
     _v1_only()
-    gc.collect()
-    KEEPER.flush()
-    POOL.close()
+    _idle_pool()
     with POOL.lease() as worker:
         slot = worker.slot
         slot.prepare(ResourceLimits(max_memory_bytes=64 << 20))

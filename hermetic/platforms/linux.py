@@ -1182,7 +1182,6 @@ def _run(
         written = out_size + err_size
         violations += _limit_violations(
             prepared.spec,
-            limits,
             counted,
             breach,
             watch.observed,
@@ -1222,7 +1221,6 @@ _RLIMIT_SIGNALS: dict[int, tuple[str, str]] = {
 
 def _limit_violations(
     spec: SandboxSpec,
-    limits: Any,
     counted: SlotUsage,
     breach: str | None,
     observed: dict[str, int],
@@ -1232,6 +1230,7 @@ def _limit_violations(
     """Every limit breach of one action: from the cgroup's counters, the
     periodic check (``breach``), the main process's end signal, and the
     captured output's size (``written``)."""
+    limits = spec.resources
     out = []
 
     def resource_killed(what: str, limit: str, seen: str) -> None:

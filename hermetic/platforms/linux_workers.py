@@ -3,7 +3,7 @@
 A sandbox is born in the cgroups of the thread that clones it.  Each worker
 is a small C thread (csrc/linux/worker.c) that joins its own slot of groups
 once (the only migration, when the pool grows: the thread moves itself,
-about 0.3 ms) and afterwards only clones: the caller leases a worker,
+about 0.2 ms) and afterwards only clones: the caller leases a worker,
 prepares the slot's limits, has the worker run the clone, and waits for
 the sandbox in its own thread.  The pool grows to the number of limited
 actions run at once, and is closed (threads stopped, groups removed) at
@@ -54,7 +54,9 @@ def _join(native: Any, files: list[str]) -> None:
         failed = ffi.new("int *", -1)
         rc = lib.hm_worker_join(native, fds, len(fds), failed)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc), files[failed[0]])
+            # (No file when the request itself was refused: -1.)
+            culprit = files[failed[0]] if failed[0] >= 0 else None
+            raise OSError(-rc, os.strerror(-rc), culprit)
     finally:
         for fd in fds:
             os.close(fd)
