@@ -181,3 +181,46 @@ print(json.dumps([first.isolation, first.exit_code, outcome]))
         "Permission denied" in outcome
     )
     assert os.listdir(secret) == []
+
+
+def _rights(rules, path):
+    return {r.path: r.access for r in rules}.get(path)
+
+
+@pytest.mark.parametrize("abi", range(1, 10))
+def test_rules_per_abi(abi):
+    """The rules and the layer's ABI as a pure function of the ABI.
+
+    This machine's kernel has one ABI (7), so ABI 1 (Linux 5.13-5.18: no
+    REFER, every cross-directory rename and link EXDEV) and ABI 9 (Linux
+    7.1: RESOLVE_UNIX) cannot run here: the plan built for them is checked.
+    """
+    from hermetic.platforms import linux_landlock as ll
+
+    src, out = "/ws/src", "/ws/out"  # as the action sees them; not looked at
+    spec = spec_for(inputs=[src], outputs=[out])
+    dirs = {src: True, out: True}
+    # Under namespaces ABI 1 is left out: the mounts already keep inputs
+    # read-only, and the layer would break renames inside the outputs.
+    assert ll.layer_abi(abi, namespaces=True) == (0 if abi == 1 else abi)
+    assert ll.layer_abi(abi, namespaces=False) == abi
+    if abi == 1:
+        plan, rules = linux._landlock_plan(spec, _caps(landlock_abi=1), True, linux._CMemory())
+        assert (plan, rules) == ({"landlock_abi": 0}, ())
+        return
+    handled = ll.handled_fs(abi)
+    assert bool(handled & ll.REFER) == (abi >= 2)
+    assert bool(handled & ll.TRUNCATE) == (abi >= 3)
+    assert bool(handled & ll.RESOLVE_UNIX) == (abi >= 9)
+    for namespaces in (True, False):
+        rules = ll.rules(spec, abi=abi, namespaces=namespaces, private_tmp=namespaces, dirs=dirs)
+        assert all(r.access & ~handled == 0 for r in rules)
+        # Inputs: never writing (a FIFO included), never a socket's lookup.
+        assert _rights(rules, src) == ll.READ_ONLY
+        assert _rights(rules, out) == ll.READ_WRITE & handled
+        assert _rights(rules, out) & ll.REFER
+        if namespaces:
+            assert _rights(rules, "/tmp") == ll.PRIVATE_TMP & handled
+            assert not _rights(rules, "/tmp") & ll.RESOLVE_UNIX
+    plan, _ = linux._landlock_plan(spec, _caps(landlock_abi=abi), True, linux._CMemory())
+    assert (plan["landlock_abi"], plan["landlock_fs"]) == (abi, handled)

@@ -241,6 +241,8 @@ class Prepared:
                 raise SpecError(
                     f"output or temp path does not exist: {p!r}", field="paths", value=p
                 )
+        # Before anything is built: a refusal leaves nothing behind.
+        _refuse_ipc_inputs(spec, self.isolation == "namespaces")
         self.spec = spec
         self.workdir = spec.workdir or "/"
         namespaces = self.isolation == "namespaces"
@@ -540,6 +542,21 @@ def _mount_point_kinds(ops: Sequence[linux_plan.Op]) -> dict[str, bool]:
     }
 
 
+def _private_tmp(spec: SandboxSpec) -> bool:
+    """Whether a sandbox with namespaces mounts its own /tmp."""
+    return not any(p == "/tmp" for p in (*spec.inputs, *spec.outputs, *spec.temps))
+
+
+def _refuse_ipc_inputs(spec: SandboxSpec, namespaces: bool) -> None:
+    """SpecError for the inputs no layer keeps read-only, whatever the
+    Landlock ABI: a FIFO or socket declared as an input, or held by an input
+    beneath a writable path (the private /tmp), whose Landlock rights then
+    cover it (hermetic/platforms/linux_landlock.py)."""
+    linux_landlock.refuse_ipc_inputs(spec.inputs)
+    tmp = ("/tmp",) if namespaces and _private_tmp(spec) else ()
+    linux_landlock.refuse_ipc_beneath_writable(spec.inputs, (*spec.outputs, *spec.temps, *tmp))
+
+
 def _landlock_plan(
     spec: SandboxSpec,
     caps: Capabilities,
@@ -549,12 +566,12 @@ def _landlock_plan(
 ) -> tuple[dict[str, Any], tuple[linux_landlock.Rule, ...]]:
     """The plan's Landlock fields: an extra layer under namespaces, the only
     filesystem layer without them (hermetic/platforms/linux_landlock.py)."""
-    abi = caps.landlock_abi or 0
+    private_tmp = namespaces and _private_tmp(spec)
+    abi = linux_landlock.layer_abi(caps.landlock_abi or 0, namespaces=namespaces)
     if abi <= 0:
         return {"landlock_abi": 0}, ()
-    private_tmp = not any(p == "/tmp" for p in (*spec.inputs, *spec.outputs, *spec.temps))
     rules = linux_landlock.rules(
-        spec, namespaces=namespaces, private_tmp=private_tmp, dirs=_mount_point_kinds(ops)
+        spec, abi=abi, namespaces=namespaces, private_tmp=private_tmp, dirs=_mount_point_kinds(ops)
     )
     arr = mem.ffi.new("struct hm_landlock_rule[]", len(rules))
     for i, rule in enumerate(rules):

@@ -18,14 +18,40 @@ Two uses (csrc/linux/child.c applies the rules in the action, after
   it gives EACCES), does not cover UDP or Unix-socket connects (seccomp
   refuses ``socket()`` instead), and needs ABI 6 to keep signals and
   abstract Unix sockets inside the sandbox.
+
+Per ABI (``layer_abi``, ``handled_fs``; the kernel reports its own):
+
+- ABI 1 (Linux 5.13-5.18) has no REFER right: every rename or link across
+  directories fails with EXDEV under any ruleset, in the outputs too.  Under
+  namespaces the mounts already make inputs read-only and hide the rest, so
+  there the layer is left out rather than break ``mv out/a out/b/``;
+  Landlock-only needs ABI 6 and refuses anything lower.
+- ABI 2 adds REFER (granted on outputs and temps), ABI 3 TRUNCATE, ABI 4 TCP
+  bind and connect (handled without namespaces), ABI 5 device ioctls, ABI 6
+  the signal and abstract-socket scopes.
+- ABI 9 (Linux 7.1) adds RESOLVE_UNIX: connecting or sending to a pathname
+  Unix socket.  It is granted on outputs and temps only, never on inputs or
+  the private /tmp (a socket the action makes there is its own domain's,
+  which the kernel allows without a rule).  Before ABI 9 no layer refuses
+  connecting to a host process's socket under an input (README, "Known
+  limits").
+
+FIFOs: WRITE_FILE covers opening one for writing, and inputs never get it,
+but a read-only mount does not refuse it.  Under the private /tmp, whose
+rule grants WRITE_FILE to its whole subtree (and under an output or temp
+likewise), an input holding a FIFO or a socket is refused when the spec is
+prepared (``refuse_ipc_beneath_writable``), as is an input that is itself
+a FIFO or a socket (``refuse_ipc_inputs``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from hermetic.core.errors import SpecError
 from hermetic.core.spec import SandboxSpec
 
 # LANDLOCK_ACCESS_FS_* (include/uapi/linux/landlock.h) and the ABI that
@@ -46,6 +72,7 @@ MAKE_SYM = 1 << 12
 REFER = 1 << 13  # ABI 2
 TRUNCATE = 1 << 14  # ABI 3
 IOCTL_DEV = 1 << 15  # ABI 5
+RESOLVE_UNIX = 1 << 16  # ABI 9: connect()/sendmsg() to a pathname Unix socket
 # LANDLOCK_ACCESS_NET_* (ABI 4) and LANDLOCK_SCOPE_* (ABI 6).
 NET_BIND_TCP = 1 << 0
 NET_CONNECT_TCP = 1 << 1
@@ -67,7 +94,14 @@ READ_WRITE = (
     | MAKE_SYM
     | REFER
     | TRUNCATE
+    | RESOLVE_UNIX
 )
+#: The private /tmp: read-write, but no connecting to sockets an input bound
+#: under it holds (the action's own sockets need no rule).
+PRIVATE_TMP = READ_WRITE & ~RESOLVE_UNIX
+#: The first ABI the layer under namespaces uses: ABI 1 would refuse every
+#: cross-directory rename and link (no REFER), which the mounts do not.
+MIN_ABI_LAYER = 2
 #: Landlock-only needs ABI 6: without its scopes an action could signal
 #: any process of its user, the caller included.
 MIN_ABI_ALONE = 6
@@ -90,7 +124,19 @@ def handled_fs(abi: int) -> int:
         rights |= TRUNCATE
     if abi >= 5:
         rights |= IOCTL_DEV
+    if abi >= 9:
+        rights |= RESOLVE_UNIX
     return rights
+
+
+def layer_abi(abi: int, *, namespaces: bool) -> int:
+    """The ABI an action's ruleset is built for, 0 for no Landlock at all.
+
+    Under namespaces ABI 1 is left out (see the module docstring); without
+    them ``linux.isolation_mode`` has already refused anything below 6."""
+    if namespaces and abi < MIN_ABI_LAYER:
+        return 0
+    return abi
 
 
 def scopes(abi: int) -> int:
@@ -113,13 +159,15 @@ def _rule(path: str, access: int, dirs: Mapping[str, bool]) -> Rule:
 def rules(
     spec: SandboxSpec,
     *,
+    abi: int,
     namespaces: bool,
     private_tmp: bool = False,
     dirs: Mapping[str, bool] | None = None,
 ) -> tuple[Rule, ...]:
-    """The rules for ``spec``: paths as the action sees them.  ``dirs``
-    says which paths are directories where the plan already knows (the
-    mount points it makes), saving a look at the host."""
+    """The rules for ``spec`` at ``abi``: paths as the action sees them,
+    each granting only rights that ABI handles.  ``dirs`` says which paths
+    are directories where the plan already knows (the mount points it
+    makes), saving a look at the host."""
     known = dirs or {}
     out = [_rule(p, READ_ONLY, known) for p in spec.inputs]
     out += [_rule(p, READ_WRITE, known) for p in (*spec.outputs, *spec.temps)]
@@ -130,11 +178,72 @@ def rules(
         out.append(Rule("/dev", READ_DIR | READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV))
         out.append(Rule("/proc", READ_DIR | READ_FILE | WRITE_FILE))
         if private_tmp:
-            out.append(Rule("/tmp", READ_WRITE))
+            out.append(Rule("/tmp", PRIVATE_TMP))
     else:
         out += [Rule(p, a) for p, a in HOST_DEVICES if os.path.exists(p)]
         out.append(Rule("/proc", READ_DIR | READ_FILE))
-    return _collapse(out)
+    handled = handled_fs(abi)
+    return _collapse([Rule(r.path, r.access & handled) for r in out])
+
+
+def refuse_ipc_inputs(inputs: Iterable[str]) -> None:
+    """SpecError for an input that is itself a FIFO or a socket: reading it
+    is talking to a host process, which no read-only layer refuses."""
+    for path in inputs:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue  # a missing input fails at its bind, naming it
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else None
+        if kind is not None:
+            raise SpecError(
+                f"input {path!r} is a {kind}: a channel to a host process, not a file to read",
+                field="inputs",
+                value=path,
+            )
+
+
+def refuse_ipc_beneath_writable(inputs: Iterable[str], writable: Iterable[str]) -> None:
+    """SpecError naming a FIFO or socket inside an input that lies beneath a
+    writable path (an output, a temp, the private /tmp).
+
+    Landlock grants subtrees: the writable path's rule gives everything
+    beneath it WRITE_FILE (and, with ABI 9, RESOLVE_UNIX), the input's
+    FIFOs and sockets included, and the input's read-only mount refuses
+    neither opening a FIFO for writing nor connecting to a socket.  Each
+    such input is walked (directory entries; a stat only for the rare entry
+    that is neither file, directory nor symlink); directories the caller
+    cannot list are skipped, the action (the same user, or root without
+    capabilities) cannot list them either."""
+    roots = tuple(writable)
+    for top in inputs:
+        if not any(top.startswith(r.rstrip("/") + "/") for r in roots):
+            continue
+        stack = [top]
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    continue
+                try:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                except OSError:
+                    continue
+                kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else None
+                if kind is not None:
+                    raise SpecError(
+                        f"input {top!r} holds a {kind}, {entry.path!r}, and lies beneath a "
+                        "writable path whose rights cover it: nothing would refuse "
+                        "writing to it (move the input out of the outputs, temps and /tmp)",
+                        field="inputs",
+                        value=top,
+                    )
 
 
 def _collapse(rules: list[Rule]) -> tuple[Rule, ...]:
