@@ -243,6 +243,7 @@ class Prepared:
                 )
         # Before anything is built: a refusal leaves nothing behind.
         _refuse_ipc_inputs(spec, self.isolation == "namespaces")
+        require_exec_layer(spec, caps, namespaces=self.isolation == "namespaces")
         self.spec = spec
         self.workdir = spec.workdir or "/"
         namespaces = self.isolation == "namespaces"
@@ -452,10 +453,13 @@ class Prepared:
         plan.n_exec_paths = len(self.exec_candidates(arg0))
         if self.deny_exec:
             # The filter names this action's execve paths by address: both
-            # come from one cache entry, built together.
-            (paths, prog, n), keep_exec = self._cached("exec+filter", arg0)
+            # come from one cache entry, built together, with the Landlock
+            # rules that make the action's own program the only executable.
+            (paths, prog, n, rules, n_rules), keep_exec = self._cached("exec+filter", arg0)
             plan.seccomp_filter = prog
             plan.seccomp_len = n
+            plan.landlock_rules = rules
+            plan.n_landlock_rules = n_rules
         else:
             paths, keep_exec = self._cached("exec", arg0)
         plan.exec_paths = paths
@@ -483,12 +487,35 @@ class Prepared:
                     [int(ffi.cast("uintptr_t", paths[i])) for i in range(n)]
                 )
                 mem.keep.append(prog)
-                value = (paths, prog, length)
+                rules, n_rules = self._exec_rules(key, mem)
+                value = (paths, prog, length, rules, n_rules)
         found = (value, mem)
         with self._c_lock:
             if len(self._c_cache) < 1024:
                 self._c_cache[(kind, key)] = found
         return found
+
+    def _exec_rules(self, arg0: str, mem: _CMemory) -> tuple[Any, int]:
+        """The Landlock rules of an action whose argv[0] is ``arg0`` under
+        allow_exec=False: the prepared ones (nothing executable, same
+        order, so a failing rule's index names the same path), then
+        EXECUTE on its program and interpreters."""
+        spec = self.spec
+        roots = tuple(r.rstrip("/") + "/" for r in (*spec.inputs, *spec.outputs, *spec.temps))
+        files = linux_landlock.exec_files(
+            self.exec_candidates(arg0),
+            lambda p: any(p.startswith(r) or p + "/" == r for r in roots),
+        )
+        rules = (
+            *self.landlock_rules,
+            *(linux_landlock.Rule(f, linux_landlock.EXECUTE) for f in files),
+        )
+        arr = mem.ffi.new("struct hm_landlock_rule[]", max(len(rules), 1))
+        for i, rule in enumerate(rules):
+            arr[i].path = mem.cstr(rule.path)
+            arr[i].access = rule.access
+        mem.keep.append(arr)
+        return arr, len(rules)
 
     def host_path(self, path: str) -> str | None:
         """linux_template.host_path of ``path`` in this sandbox, cached."""
@@ -557,6 +584,27 @@ def _refuse_ipc_inputs(spec: SandboxSpec, namespaces: bool) -> None:
     linux_landlock.refuse_ipc_beneath_writable(spec.inputs, (*spec.outputs, *spec.temps, *tmp))
 
 
+def require_exec_layer(spec: SandboxSpec, caps: Capabilities, *, namespaces: bool = True) -> None:
+    """UnsupportedError when ``allow_exec=False`` has no Landlock layer to hold it.
+
+    The seccomp filter lets through the execve whose path pointer is the
+    plan's, and an action can put any path at that address after its own
+    exec: only Landlock's EXECUTE right, granted on the action's program
+    and its interpreters alone, makes the refusal a boundary."""
+    if spec.process.allow_exec:
+        return
+    abi = linux_landlock.layer_abi(caps.landlock_abi or 0, namespaces=namespaces)
+    if abi <= 0:
+        why = dict(caps.notes).get("landlock") or (
+            f"Landlock ABI {caps.landlock_abi} is below {linux_landlock.MIN_ABI_LAYER}"
+        )
+        raise UnsupportedError(
+            "allow_exec=False",
+            f"only Landlock's EXECUTE right can refuse other programs (seccomp compares "
+            f"pointers): {why}",
+        )
+
+
 def _landlock_plan(
     spec: SandboxSpec,
     caps: Capabilities,
@@ -571,7 +619,14 @@ def _landlock_plan(
     if abi <= 0:
         return {"landlock_abi": 0}, ()
     rules = linux_landlock.rules(
-        spec, abi=abi, namespaces=namespaces, private_tmp=private_tmp, dirs=_mount_point_kinds(ops)
+        spec,
+        abi=abi,
+        namespaces=namespaces,
+        private_tmp=private_tmp,
+        dirs=_mount_point_kinds(ops),
+        # allow_exec=False: nothing executable here; each action's plan adds
+        # its own program (Prepared.fill_action).
+        exec_files=None if spec.process.allow_exec else (),
     )
     arr = mem.ffi.new("struct hm_landlock_rule[]", len(rules))
     for i, rule in enumerate(rules):

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hermetic.core.errors import SpecError
@@ -163,11 +164,14 @@ def rules(
     namespaces: bool,
     private_tmp: bool = False,
     dirs: Mapping[str, bool] | None = None,
+    exec_files: Sequence[str] | None = None,
 ) -> tuple[Rule, ...]:
     """The rules for ``spec`` at ``abi``: paths as the action sees them,
     each granting only rights that ABI handles.  ``dirs`` says which paths
     are directories where the plan already knows (the mount points it
-    makes), saving a look at the host."""
+    makes), saving a look at the host.  ``exec_files`` (allow_exec=False)
+    are the only files given EXECUTE; without it inputs, outputs and temps
+    are executable."""
     known = dirs or {}
     out = [_rule(p, READ_ONLY, known) for p in spec.inputs]
     out += [_rule(p, READ_WRITE, known) for p in (*spec.outputs, *spec.temps)]
@@ -182,8 +186,76 @@ def rules(
     else:
         out += [Rule(p, a) for p, a in HOST_DEVICES if os.path.exists(p)]
         out.append(Rule("/proc", READ_DIR | READ_FILE))
+    if exec_files is not None:
+        # allow_exec=False: nothing is executable but the action's own
+        # program and its interpreters (``exec_files``).
+        out = [Rule(r.path, r.access & ~EXECUTE) for r in out]
+        out += [Rule(p, EXECUTE) for p in exec_files]
     handled = handled_fs(abi)
     return _collapse([Rule(r.path, r.access & handled) for r in out])
+
+
+#: The kernel follows at most this many interpreters (#! lines) per execve.
+MAX_INTERPRETERS = 5
+
+
+def exec_files(candidates: Sequence[str], visible: Callable[[str], bool]) -> tuple[str, ...]:
+    """The files an action's own execve opens for execution: each existing
+    candidate for argv[0], resolved (Landlock checks the inode), then the
+    interpreter it names (a script's ``#!`` line, an ELF's PT_INTERP
+    loader: the kernel opens both for execution, and Landlock checks
+    EXECUTE on each; libraries are mapped, not executed, and need none).
+    Only files ``visible`` in the sandbox: a rule on a missing one would
+    fail setup, and EXECUTE alone reads nothing."""
+    found: list[str] = []
+    todo = [(c, 0) for c in candidates]
+    while todo:
+        path, depth = todo.pop(0)
+        real = os.path.realpath(path)
+        if real in found or not os.path.isfile(real) or not visible(real):
+            continue
+        found.append(real)
+        interp = _interpreter(real)
+        if interp is not None and depth < MAX_INTERPRETERS:
+            todo.append((interp, depth + 1))
+    return tuple(found)
+
+
+def _interpreter(path: str) -> str | None:
+    """The interpreter ``path`` names for execve, if any: a ``#!`` line's, or
+    an ELF file's PT_INTERP (its dynamic loader)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+            if head.startswith(b"#!"):
+                words = head[2:].split(b"\n", 1)[0].split()
+                return os.fsdecode(words[0]) if words else None
+            if head[:4] != b"\x7fELF" or len(head) < 64:
+                return None
+            end = "<" if head[5] == 1 else ">"
+            if head[4] == 2:  # ELFCLASS64
+                (phoff,) = struct.unpack(end + "Q", head[32:40])
+                phentsize, phnum = struct.unpack(end + "HH", head[54:58])
+            else:
+                (phoff,) = struct.unpack(end + "I", head[28:32])
+                phentsize, phnum = struct.unpack(end + "HH", head[42:46])
+            f.seek(phoff)
+            table = f.read(phentsize * min(phnum, 256))
+            for i in range(len(table) // max(phentsize, 1)):
+                entry = table[i * phentsize : (i + 1) * phentsize]
+                if struct.unpack(end + "I", entry[:4])[0] != 3:  # PT_INTERP
+                    continue
+                if head[4] == 2:
+                    (off,) = struct.unpack(end + "Q", entry[8:16])
+                    (size,) = struct.unpack(end + "Q", entry[32:40])
+                else:
+                    (off,) = struct.unpack(end + "I", entry[4:8])
+                    (size,) = struct.unpack(end + "I", entry[16:20])
+                f.seek(off)
+                return os.fsdecode(f.read(min(size, 4096)).split(b"\0", 1)[0]) or None
+    except (OSError, struct.error):
+        return None
+    return None
 
 
 def refuse_ipc_inputs(inputs: Iterable[str]) -> None:
