@@ -495,21 +495,27 @@ class Prepared:
                 self._c_cache[(kind, key)] = found
         return found
 
-    def _exec_rules(self, arg0: str, mem: _CMemory) -> tuple[Any, int]:
-        """The Landlock rules of an action whose argv[0] is ``arg0`` under
-        allow_exec=False: the prepared ones (nothing executable, same
-        order, so a failing rule's index names the same path), then
-        EXECUTE on its program and interpreters."""
+    def landlock_paths(self, arg0: str) -> tuple[linux_landlock.Rule, ...]:
+        """An action's Landlock rules: the prepared ones, then, under
+        allow_exec=False, EXECUTE on its program and interpreters (those
+        declared paths hold: a rule on a missing file would fail setup)."""
+        if not self.deny_exec:
+            return self.landlock_rules
         spec = self.spec
         roots = tuple(r.rstrip("/") + "/" for r in (*spec.inputs, *spec.outputs, *spec.temps))
         files = linux_landlock.exec_files(
             self.exec_candidates(arg0),
             lambda p: any(p.startswith(r) or p + "/" == r for r in roots),
         )
-        rules = (
-            *self.landlock_rules,
-            *(linux_landlock.Rule(f, linux_landlock.EXECUTE) for f in files),
-        )
+        extra = (linux_landlock.Rule(f, linux_landlock.EXECUTE) for f in files)
+        return (*self.landlock_rules, *extra)
+
+    def _exec_rules(self, arg0: str, mem: _CMemory) -> tuple[Any, int]:
+        """The Landlock rules of an action whose argv[0] is ``arg0`` under
+        allow_exec=False: the prepared ones (nothing executable, same
+        order, so a failing rule's index names the same path), then
+        EXECUTE on its program and interpreters."""
+        rules = self.landlock_paths(arg0)
         arr = mem.ffi.new("struct hm_landlock_rule[]", max(len(rules), 1))
         for i, rule in enumerate(rules):
             arr[i].path = mem.cstr(rule.path)
@@ -716,9 +722,11 @@ def _setup_error(
         path = cands[idx] if 0 <= idx < len(cands) else argv[0]
         if err.err == 2:
             detail = f"{argv[0]!r} not found in the sandbox (searched {':'.join(cands)})"
-    elif stage == "landlock" and prepared is not None and 0 <= idx < len(prepared.landlock_rules):
-        path = prepared.landlock_rules[idx].path
-        detail = "Landlock rule"
+    elif stage == "landlock" and prepared is not None:
+        rules = prepared.landlock_paths(argv[0]) if argv else prepared.landlock_rules
+        if 0 <= idx < len(rules):
+            path = rules[idx].path
+            detail = "Landlock rule"
     elif stage == "chdir":
         path = cwd
         detail = "working directory"
