@@ -224,3 +224,20 @@ def test_rules_per_abi(abi):
             assert not _rights(rules, "/tmp") & ll.RESOLVE_UNIX
     plan, _ = linux._landlock_plan(spec, _caps(landlock_abi=abi), True, linux._CMemory())
     assert (plan["landlock_abi"], plan["landlock_fs"]) == (abi, handled)
+
+
+def test_abi_1_says_the_layer_is_left_out(monkeypatch):
+    """Pure (this kernel has ABI 7): capabilities() notes it on an ABI 1 host."""
+    from hermetic.platforms import linux_landlock as ll
+
+    def notes(abi: int) -> dict[str, str]:
+        monkeypatch.setattr(linux, "probe", lambda: _caps(user_namespaces=True, landlock_abi=abi))
+        linux.capabilities.cache_clear()
+        return dict(linux.capabilities().notes)
+
+    try:
+        assert notes(1)["landlock_layer"] == ll.ABI1_NOTE
+        assert "landlock_layer" not in notes(2)
+    finally:
+        monkeypatch.undo()
+        linux.capabilities.cache_clear()  # the next caller probes this host again

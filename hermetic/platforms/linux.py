@@ -118,7 +118,13 @@ _OP_STAGES = {
 @functools.lru_cache(maxsize=1)
 def capabilities() -> Capabilities:
     """What this host supports, probed once per process."""
-    return probe()
+    caps = probe()
+    if caps.landlock_abi == 1:
+        # Said where a user looks: the layer the ABI would give is left out.
+        caps = dataclasses.replace(
+            caps, notes=(*caps.notes, ("landlock_layer", linux_landlock.ABI1_NOTE))
+        )
+    return caps
 
 
 def _proxy_port() -> int:
@@ -502,10 +508,9 @@ class Prepared:
         if not self.deny_exec:
             return self.landlock_rules
         spec = self.spec
-        roots = tuple(r.rstrip("/") + "/" for r in (*spec.inputs, *spec.outputs, *spec.temps))
+        roots = (*spec.inputs, *spec.outputs, *spec.temps)
         files = linux_landlock.exec_files(
-            self.exec_candidates(arg0),
-            lambda p: any(p.startswith(r) or p + "/" == r for r in roots),
+            self.exec_candidates(arg0), lambda p: any(is_within(p, r) for r in roots)
         )
         extra = (linux_landlock.Rule(f, linux_landlock.EXECUTE) for f in files)
         return (*self.landlock_rules, *extra)

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hermetic.core.errors import SpecError
+from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec
 
 # LANDLOCK_ACCESS_FS_* (include/uapi/linux/landlock.h) and the ABI that
@@ -100,6 +101,11 @@ READ_WRITE = (
 #: The private /tmp: read-write, but no connecting to sockets an input bound
 #: under it holds (the action's own sockets need no rule).
 PRIVATE_TMP = READ_WRITE & ~RESOLVE_UNIX
+#: capabilities()'s note on a kernel with ABI 1.
+ABI1_NOTE = (
+    "Landlock ABI 1 cannot grant renames across directories (no REFER): actions with "
+    "namespaces run without the Landlock layer, the mounts alone enforcing the spec"
+)
 #: The first ABI the layer under namespaces uses: ABI 1 would refuse every
 #: cross-directory rename and link (no REFER), which the mounts do not.
 MIN_ABI_LAYER = 2
@@ -289,7 +295,7 @@ def refuse_ipc_beneath_writable(inputs: Iterable[str], writable: Iterable[str]) 
     capabilities) cannot list them either."""
     roots = tuple(writable)
     for top in inputs:
-        if not any(top.startswith(r.rstrip("/") + "/") for r in roots):
+        if not any(top != r and is_within(top, r) for r in roots):
             continue
         stack = [top]
         while stack:
