@@ -99,6 +99,8 @@ def test_allow_exec_false_still_runs_the_action_and_its_interpreters(runner, scr
     assert out.exit_code != 0
     out = runner.run(spec, ["python3", "-c", "print('ok')"])  # found along PATH
     assert (out.error, out.text.split()) == (None, ["ok"]), out.stderr
+    out = runner.run(spec, ["./tool"], cwd=scratch)  # relative: from the working directory
+    assert (out.error, out.text.split()) == (None, ["started"]), out.stderr
 
 
 def test_allow_exec_false_fails_closed_without_landlock():

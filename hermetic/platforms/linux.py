@@ -461,7 +461,12 @@ class Prepared:
             # The filter names this action's execve paths by address: both
             # come from one cache entry, built together, with the Landlock
             # rules that make the action's own program the only executable.
-            (paths, prog, n, rules, n_rules), keep_exec = self._cached("exec+filter", arg0)
+            # A relative candidate is resolved from the working directory,
+            # which then keys the entry too.
+            relative = any(not c.startswith("/") for c in self.exec_candidates(arg0))
+            (paths, prog, n, rules, n_rules), keep_exec = self._cached(
+                "exec+filter", arg0, workdir if relative else ""
+            )
             plan.seccomp_filter = prog
             plan.seccomp_len = n
             plan.landlock_rules = rules
@@ -471,12 +476,14 @@ class Prepared:
         plan.exec_paths = paths
         return [keep_cwd, keep_exec]
 
-    def _cached(self, kind: str, key: str) -> tuple[Any, Any]:
+    def _cached(self, kind: str, key: str, workdir: str = "") -> tuple[Any, Any]:
         """A C string (cwd), array (candidates), or array and the seccomp
-        program naming its pointers ("exec+filter"), reused across actions
+        program naming its pointers and the Landlock rules ("exec+filter",
+        ``workdir`` resolving relative candidates), reused across actions
         up to a bound.  Returns the value and what keeps it alive."""
+        entry = (kind, f"{workdir}\0{key}" if workdir else key)
         with self._c_lock:
-            found = self._c_cache.get((kind, key))
+            found = self._c_cache.get(entry)
         if found is not None:
             return found
         mem = _CMemory()
@@ -493,15 +500,15 @@ class Prepared:
                     [int(ffi.cast("uintptr_t", paths[i])) for i in range(n)]
                 )
                 mem.keep.append(prog)
-                rules, n_rules = self._exec_rules(key, mem)
+                rules, n_rules = self._exec_rules(key, workdir or "/", mem)
                 value = (paths, prog, length, rules, n_rules)
         found = (value, mem)
         with self._c_lock:
             if len(self._c_cache) < 1024:
-                self._c_cache[(kind, key)] = found
+                self._c_cache[entry] = found
         return found
 
-    def landlock_paths(self, arg0: str) -> tuple[linux_landlock.Rule, ...]:
+    def landlock_paths(self, arg0: str, workdir: str = "/") -> tuple[linux_landlock.Rule, ...]:
         """An action's Landlock rules: the prepared ones, then, under
         allow_exec=False, EXECUTE on its program and interpreters (those
         declared paths hold: a rule on a missing file would fail setup)."""
@@ -510,17 +517,18 @@ class Prepared:
         spec = self.spec
         roots = (*spec.inputs, *spec.outputs, *spec.temps)
         files = linux_landlock.exec_files(
-            self.exec_candidates(arg0), lambda p: any(is_within(p, r) for r in roots)
+            [os.path.join(workdir, c) for c in self.exec_candidates(arg0)],
+            lambda p: any(is_within(p, r) for r in roots),
         )
         extra = (linux_landlock.Rule(f, linux_landlock.EXECUTE) for f in files)
         return (*self.landlock_rules, *extra)
 
-    def _exec_rules(self, arg0: str, mem: _CMemory) -> tuple[Any, int]:
+    def _exec_rules(self, arg0: str, workdir: str, mem: _CMemory) -> tuple[Any, int]:
         """The Landlock rules of an action whose argv[0] is ``arg0`` under
         allow_exec=False: the prepared ones (nothing executable, same
         order, so a failing rule's index names the same path), then
         EXECUTE on its program and interpreters."""
-        rules = self.landlock_paths(arg0)
+        rules = self.landlock_paths(arg0, workdir)
         arr = mem.ffi.new("struct hm_landlock_rule[]", max(len(rules), 1))
         for i, rule in enumerate(rules):
             arr[i].path = mem.cstr(rule.path)
@@ -728,7 +736,7 @@ def _setup_error(
         if err.err == 2:
             detail = f"{argv[0]!r} not found in the sandbox (searched {':'.join(cands)})"
     elif stage == "landlock" and prepared is not None:
-        rules = prepared.landlock_paths(argv[0]) if argv else prepared.landlock_rules
+        rules = prepared.landlock_paths(argv[0], cwd) if argv else prepared.landlock_rules
         if 0 <= idx < len(rules):
             path = rules[idx].path
             detail = "Landlock rule"
