@@ -11,6 +11,7 @@ exec still fails.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -83,11 +84,34 @@ def test_an_exec_at_the_allowed_address_is_refused(mode, test_user):
     assert (code, stdout.split()) == (0, ["EACCES"]), stderr
 
 
+def test_the_loader_still_runs_another_readable_program():
+    """The documented limit (README, Known limits): the ELF loader of a
+    dynamic executable must keep EXECUTE (the kernel opens it to start the
+    program), and given another program's path it maps and runs it, as the
+    action could itself.  allow_exec=False limits which files the kernel
+    executes, not which code the action runs."""
+    trick = POINTER_TRICK.replace(
+        'target = b"/usr/bin/uname\\0"', 'target = b"/lib64/ld-linux-x86-64.so.2\\0"'
+    ).replace(
+        '(ctypes.c_char_p * 2)(b"uname", None)',
+        '(ctypes.c_char_p * 3)(b"ld.so", b"/usr/bin/uname", None)',
+    )
+    assert trick != POINTER_TRICK
+    if not os.path.exists("/lib64/ld-linux-x86-64.so.2"):
+        pytest.skip("the loader path of x86_64 glibc is spelled out here")
+    spec = spec_for(process=ProcessPolicy(allow_exec=False))
+    cmd = [sys.executable, "-c", CALLER.format(code=textwrap.dedent(trick))]
+    p = subprocess.run(
+        cmd, input=spec.to_json(), capture_output=True, text=True, env=_user_env(), cwd="/"
+    )
+    assert p.returncode == 0, p.stderr
+    _, code, stdout, stderr = json.loads(p.stdout)
+    assert (code, stdout.split()) == (0, ["Linux"]), stderr
+
+
 def test_allow_exec_false_still_runs_the_action_and_its_interpreters(runner, scratch):
     """The action's own executable, found along PATH, runs (a script: its
     interpreter too, and the ELF loader of each), and exec inside it fails."""
-    import os
-
     script = os.path.join(scratch, "tool")
     with open(script, "w") as f:
         f.write("#!/bin/sh\necho started\nexec /usr/bin/true\n")
