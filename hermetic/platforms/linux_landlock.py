@@ -41,7 +41,18 @@ but a read-only mount does not refuse it.  Under the private /tmp, whose
 rule grants WRITE_FILE to its whole subtree (and under an output or temp
 likewise), an input holding a FIFO or a socket is refused when the spec is
 prepared (``refuse_ipc_beneath_writable``), as is an input that is itself
-a FIFO or a socket (``refuse_ipc_inputs``).
+a FIFO or a socket (``refuse_ipc_inputs``).  A FIFO a host process makes
+there after that is not seen.
+
+``allow_exec=False``: the seccomp filter lets through the execve whose path
+pointer is the plan's, which an action can point at another path after its
+own exec, so the boundary is here: no rule grants EXECUTE but the ones on
+the action's own program and the interpreters the kernel opens to start it
+(``exec_files``: a script's ``#!`` interpreter, an ELF's loader).  Without
+a usable layer (no Landlock, ABI 1 under namespaces) such a spec fails
+closed.  It limits which files the kernel executes, not which code runs: the
+loader, given another readable program, maps and runs it, as the action
+could by mapping it itself.
 """
 
 from __future__ import annotations
