@@ -170,3 +170,25 @@ print(attempt(connect), attempt(send))
         expected = ["ok", "ok"]  # README, Known limits: no layer refuses it here
     assert out.text.split() == expected, out.stderr
     assert (accepted, received) == ((True, b"leak") if expected == ["ok", "ok"] else (False, b""))
+
+
+def test_a_fifo_under_an_input_can_be_opened_for_reading(fs_runner, var_scratch):
+    """The documented behaviour (README, Known limits): READ_FILE covers a
+    FIFO as any file, so an action may read what a host process writes into
+    a FIFO under an input (taking it from any other reader)."""
+    src = os.path.join(var_scratch, "src")
+    os.mkdir(src)
+    os.chmod(src, 0o755)
+    fifo, reader = _fifo_with_reader(src)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(writer, b"from-host")
+        out = probe(
+            fs_runner,
+            spec_for(inputs=[src]),
+            f"import os\nprint(os.read(os.open({fifo!r}, os.O_RDONLY | os.O_NONBLOCK), 64))",
+        )
+    finally:
+        os.close(writer)
+    assert out.text.split() == ["b'from-host'"], out.stderr
+    assert _drain(reader) == b""
