@@ -508,7 +508,9 @@ class Prepared:
                 self._c_cache[entry] = found
         return found
 
-    def landlock_paths(self, arg0: str, workdir: str = "/") -> tuple[linux_landlock.Rule, ...]:
+    def action_landlock_rules(
+        self, arg0: str, workdir: str = "/"
+    ) -> tuple[linux_landlock.Rule, ...]:
         """An action's Landlock rules: the prepared ones, then, under
         allow_exec=False, EXECUTE on its program and interpreters (those
         declared paths hold: a rule on a missing file would fail setup)."""
@@ -528,7 +530,7 @@ class Prepared:
         allow_exec=False: the prepared ones (nothing executable, same
         order, so a failing rule's index names the same path), then
         EXECUTE on its program and interpreters."""
-        rules = self.landlock_paths(arg0, workdir)
+        rules = self.action_landlock_rules(arg0, workdir)
         arr = mem.ffi.new("struct hm_landlock_rule[]", max(len(rules), 1))
         for i, rule in enumerate(rules):
             arr[i].path = mem.cstr(rule.path)
@@ -736,7 +738,7 @@ def _setup_error(
         if err.err == 2:
             detail = f"{argv[0]!r} not found in the sandbox (searched {':'.join(cands)})"
     elif stage == "landlock" and prepared is not None:
-        rules = prepared.landlock_paths(argv[0], cwd) if argv else prepared.landlock_rules
+        rules = prepared.action_landlock_rules(argv[0], cwd) if argv else prepared.landlock_rules
         if 0 <= idx < len(rules):
             path = rules[idx].path
             detail = "Landlock rule"
