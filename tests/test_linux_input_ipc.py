@@ -87,10 +87,14 @@ def test_a_declared_input_that_is_a_fifo_or_socket_is_refused(scratch):
     sock_path = os.path.join(scratch, "sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(sock_path)
+        fds = sorted(os.listdir("/proc/self/fd"))
         for path, kind in ((fifo, "FIFO"), (sock_path, "socket")):
             with pytest.raises(SpecError, match=f"input {path!r} is a {kind}") as info:
                 linux.prepare(spec_for(inputs=[path]))
             assert info.value.value == path
+        # Refused before anything is built: no descriptor (a prepared mount
+        # namespace's, say) is left open.
+        assert sorted(os.listdir("/proc/self/fd")) == fds
 
 
 def test_a_fifo_in_an_output_stays_writable(fs_runner, scratch):
