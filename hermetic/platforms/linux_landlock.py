@@ -209,7 +209,8 @@ def rules(
         out = [Rule(r.path, r.access & ~EXECUTE) for r in out]
         out += [Rule(p, EXECUTE) for p in exec_files]
     handled = handled_fs(abi)
-    return _collapse([Rule(r.path, r.access & handled) for r in out])
+    # A rule granting nothing is refused by the kernel (ENOMSG): left out.
+    return _collapse([Rule(r.path, r.access & handled) for r in out if r.access & handled])
 
 
 #: The kernel follows at most this many interpreters (#! lines) per execve.
