@@ -203,7 +203,7 @@ struct hm_notice {
                                         sandbox when it could be resolved */
     char path2[1024];                /* rename's source, else empty */
 };
-#define HM_NOTICE_DENIED 1           /* answered EPERM */
+#define HM_NOTICE_DENIED 1           /* refused: answered its errno */
 #define HM_NOTICE_WRITE 2            /* let through: the kernel's mounts decide */
 
 /* A setup failure, sent once from the child over a close-on-exec pipe. */

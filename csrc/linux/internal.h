@@ -51,6 +51,11 @@ struct hm_write_call {
 
 const struct hm_write_call *hm__write_call(int nr);
 
+/* What the listener answers a notification of call nr with these
+ * arguments: 0 lets a path write continue, else the errno of the refusal
+ * (the filter's own tests, applied again: seccomp.c). */
+int hm__notice_errno(int nr, const unsigned long long *args);
+
 int hm__pid1_main(void *arg);
 int hm__netns_main(void *arg);
 int hm__mntns_main(void *arg);

@@ -3,7 +3,8 @@
  *
  * The action's filter (seccomp.c) sends denied calls, and calls that write
  * a path, to a listener the caller holds.  hm_notify_serve() takes what is
- * pending without blocking: a denied call is answered EPERM; a write is
+ * pending without blocking: a denied call is answered its errno (EPERM,
+ * or EAFNOSUPPORT for a socket family, EOPNOTSUPP for set*xattr); a write is
  * let through (SECCOMP_USER_NOTIF_FLAG_CONTINUE), the sandbox's mounts
  * deciding, after its path was read from the action's memory.  Each is
  * returned as a struct hm_notice for the audit.
@@ -116,7 +117,10 @@ int hm_notify_serve(int fd, struct hm_notice *out, int max)
         for (int i = 0; i < 6; i++)
             ev->args[i] = req.n.data.args[i];
         ev->path[0] = ev->path2[0] = 0;
-        const struct hm_write_call *w = hm__write_call(req.n.data.nr);
+        /* A creation with a set-id mode comes as a path write does: which
+         * it is, the arguments say. */
+        int refusal = hm__notice_errno(req.n.data.nr, ev->args);
+        const struct hm_write_call *w = refusal ? 0 : hm__write_call(req.n.data.nr);
         ev->kind = w ? HM_NOTICE_WRITE : HM_NOTICE_DENIED;
         if (w) {
             read_path(ev->pid, ev->args, w->dirfd_arg, w->path_arg, ev->path, sizeof ev->path);
@@ -132,7 +136,7 @@ int hm_notify_serve(int fd, struct hm_notice *out, int max)
         if (w)
             resp.r.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
         else
-            resp.r.error = -EPERM;
+            resp.r.error = -refusal;
         if (ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp.r) < 0 && errno != ENOENT)
             return count ? count : -errno;
         count++;
