@@ -10,21 +10,9 @@ import stat
 
 import pytest
 from test_linux_isolation import ERRNO, probe, spec_for
+from test_linux_seccomp import syscall_numbers
 
 pytestmark = pytest.mark.linux
-
-
-def syscall_numbers() -> dict[str, int]:
-    """This architecture's numbers of the calls the filter can name, read
-    from the compiled module (so that no test hard-codes x86_64's)."""
-    from hermetic._native import ffi, lib
-
-    out = {}
-    for nr in range(1024):
-        name = lib.hm_syscall_name(nr)
-        if name != ffi.NULL:
-            out[ffi.string(name).decode()] = nr
-    return out
 
 
 def _syscall_violations(out) -> set[str]:
@@ -176,9 +164,7 @@ def test_only_the_contained_socket_families_open(runner):
     assert refused == {k: "EAFNOSUPPORT" for k in refused}, out.stderr
     assert allowed == {k: "ok" for k in allowed}, out.stderr
     # Recorded as denials of the call, with its arguments: the family first.
-    attempted = [
-        v["attempted"] for v in out.raw["violations"] if v["kind"] == "syscall"
-    ]
+    attempted = [v["attempted"] for v in out.raw["violations"] if v["kind"] == "syscall"]
     assert {"socket", "socketpair"} <= _syscall_violations(out), attempted
     assert any(a.startswith("socket(0x28,") for a in attempted), attempted
 
