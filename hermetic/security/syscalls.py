@@ -5,7 +5,10 @@ listener the caller holds; ``hm_notify_serve`` (csrc/linux/notify.c)
 answers them and returns what it saw:
 
 - a denied call (the default deny list, a namespace flag, fork or exec a
-  ProcessPolicy forbids): answered EPERM, recorded as a "syscall" or
+  ProcessPolicy forbids, a set-id mode, a set*xattr, a socket family the
+  sandbox does not contain): answered its errno (EPERM; EOPNOTSUPP for
+  set*xattr, EAFNOSUPPORT for a socket family, what libcs and tools expect
+  when a filesystem or the kernel lacks them), recorded as a "syscall" or
   "process" violation with the call's name and arguments;
 - a call that writes a path: let through, the sandbox's mounts deciding.
   When the path is outside the spec's outputs and temps the mounts refuse
