@@ -63,6 +63,9 @@ seen["lsetxattr cap"] = attempt(
     lambda: os.setxattr(OUT + "/link", "security.capability", cap, follow_symlinks=False))
 seen["fsetxattr cap"] = attempt(os.setxattr, fd, "security.capability", cap)
 seen["setxattr user"] = attempt(os.setxattr, OUT + "/target", "user.note", b"x")
+value = ctypes.create_string_buffer(b"x")
+args = struct.pack("QII", ctypes.addressof(value), 1, 0)  # struct xattr_args
+seen["setxattrat user"] = sys("setxattrat", AT_FDCWD, p("target"), 0, b"user.at", args, len(args))
 # An existing set-id file linked or moved in (EXDEV across the sandbox's
 # mounts; Landlock refuses it without its refer right).
 for src in ("/usr/bin/su", "/usr/bin/passwd", "/usr/bin/mount"):
@@ -88,6 +91,7 @@ def test_setid_and_capability_files_cannot_be_created(fs_runner, scratch):
     wanted = {k: numbers[k] for k in ("openat2", "open", "creat", "mknod") if k in numbers}
     # 452 on every architecture (calls added since Linux 5.1 share numbers).
     wanted["fchmodat2"] = numbers.get("fchmodat2", 452)
+    wanted["setxattrat"] = numbers.get("setxattrat", 463)
     code = SETID_PROBE.format(numbers=json.dumps(wanted), out_dir=out_dir, cap=_FILE_CAP)
     out = probe(runner, spec_for(outputs=[out_dir]), ERRNO + "import json, stat\n" + code)
     seen = json.loads(out.text)
@@ -122,7 +126,15 @@ def test_setid_and_capability_files_cannot_be_created(fs_runner, scratch):
     assert sorted(os.listdir(out_dir)) == ["dir", "link", "plain", "plain-chmod", "target", "tool"]
     # Each refusal is recorded with its call's name.
     recorded = _syscall_violations(out)
-    assert {"openat", "mknodat", "fchmodat2", "setxattr", "lsetxattr", "fsetxattr"} <= recorded
+    assert {
+        "openat",
+        "mknodat",
+        "fchmodat2",
+        "setxattr",
+        "lsetxattr",
+        "fsetxattr",
+        "setxattrat",
+    } <= recorded
     if "open" in numbers:
         assert {"open", "creat", "mknod"} <= recorded
 
