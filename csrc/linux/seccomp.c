@@ -26,12 +26,12 @@
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/netlink.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
-#include <linux/netlink.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -197,9 +197,10 @@ const char *hm_syscall_name(int nr)
 
 /* Set-id bits: a root caller's sandbox runs as host uid 0, and a set-id
  * file left in an output would run with root's rights on the host (a later
- * write by root keeps the bits).  Refused wherever a call takes a mode that
- * the kernel keeps them from: the chmod family and the calls that create a
- * file.  mkdir is not one: the kernel drops both bits from its mode. */
+ * write by root keeps the bits).  Refused wherever a call takes a mode
+ * whose set-id bits the kernel would keep: the chmod family and the calls
+ * that create a file.  mkdir is not one: the kernel drops both bits from
+ * its mode. */
 #define HM_SETID (S_ISUID | S_ISGID)
 
 /* open() flags under which the mode is used: a file is created.  O_TMPFILE
