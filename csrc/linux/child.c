@@ -753,7 +753,22 @@ static int action_main(void *arg)
     action_fail(a, HM_STAGE_EXEC, failed_at, err);
 }
 
-/* pid 1's setup of the namespaces: ids, mounts, root, names, loopback. */
+/* A time namespace for the action (plan.timens_offsets): processes created
+ * from now on (the action) enter it, so its offsets must be set before the
+ * first is.  Written through the /proc pid 1 starts with (the caller's):
+ * the sandbox's own hides /proc/1, which /proc/self is there. */
+static void enter_timens(const struct hm_plan *p)
+{
+    if (!p->timens_offsets)
+        return;
+    long r = HM_SYS1(SYS_unshare, HM_CLONE_NEWTIME);
+    if (r == 0)
+        r = write_file("/proc/self/timens_offsets", p->timens_offsets);
+    if (r < 0)
+        fail(HM_FD_REPORT, HM_STAGE_TIMENS, -1, r);
+}
+
+/* pid 1's setup of the namespaces: ids, time, mounts, root, names, loopback. */
 static void build_sandbox(const struct hm_plan *p, struct hm_proc *proc)
 {
     long r;
@@ -776,6 +791,9 @@ static void build_sandbox(const struct hm_plan *p, struct hm_proc *proc)
     }
 
     stamp(proc, p->profile, HM_STAMP_IDS);
+    /* Before the mounts: /proc/self of the sandbox's own /proc is /proc/1,
+     * which the op list masks. */
+    enter_timens(p);
     struct hm_fail f = {0, -1, 0};
     if ((p->mntns_fd >= 0 ? copy_root(p, proc, &f) : build_root(p, proc, &f)) < 0)
         fail(HM_FD_REPORT, f.stage, f.op_index, f.err);
@@ -835,19 +853,11 @@ int hm__pid1_main(void *argp)
         r = HM_SYS2(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
         if (r < 0)
             fail(HM_FD_REPORT, HM_STAGE_SUBREAPER, -1, r);
+        enter_timens(p);
     } else {
         build_sandbox(p, proc);
     }
     stamp(proc, profile, HM_STAMP_SEALED);
-    if (p->timens_offsets) {
-        /* Processes created from now on (the action) enter the new time
-         * namespace; its offsets must be set before the first does. */
-        r = HM_SYS1(SYS_unshare, HM_CLONE_NEWTIME);
-        if (r == 0)
-            r = write_file("/proc/self/timens_offsets", p->timens_offsets);
-        if (r < 0)
-            fail(HM_FD_REPORT, HM_STAGE_TIMENS, -1, r);
-    }
     if (p->proxy_port > 0) {
         r = proxy_listen(p->proxy_port);
         if (r < 0)

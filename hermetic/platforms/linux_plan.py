@@ -13,7 +13,8 @@ Layout of the sandbox's root (a tmpfs, read-only once set up):
 - /dev: a small read-only tmpfs with null, zero, full, random, urandom, tty
   bound read-only from the host, and the fd, stdin, stdout, stderr links;
 - /proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus, /proc/fs read-only,
-  and a few /proc files masked (see PROC_MASKED);
+  a few /proc files masked (see PROC_MASKED), and /proc/1 (pid 1 shares
+  the caller's memory) covered by an empty read-only tmpfs;
 - /tmp: a private tmpfs, unless /tmp itself is declared;
 - the host root's top-level symlinks (/bin -> usr/bin on merged-/usr
   systems) when their target is visible;
@@ -47,6 +48,7 @@ BIND_RDONLY = 1
 BIND_DEVICES = 2
 BIND_SYSTEM = 4
 
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
@@ -71,16 +73,25 @@ DEV_TMPFS_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
 #: /dev when its nodes are made in it (a root caller): device nodes must work.
 DEV_TMPFS_FLAGS_NODES = MS_NOSUID | MS_NOEXEC
 PROC_READONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
-#: /proc/1/cmdline: pid 1 shares the caller's memory, so its command line
-#: would be the caller's.
 PROC_MASKED = (
     "/proc/kcore",
     "/proc/keys",
     "/proc/timer_list",
     "/proc/sched_debug",
     "/proc/latency_stats",
-    "/proc/1/cmdline",
 )
+#: The sandbox's pid 1 is a clone of the caller that shares its memory and
+#: never execs: its cmdline, environ, auxv, maps, mem, stack, and those of
+#: its tasks (/proc/1/task/1/...), are the caller's.  The whole directory
+#: is covered with an empty read-only tmpfs, not file by file: a file left
+#: out (or one a later kernel adds) would show the caller again.  Being a
+#: mount on a non-empty directory of a proc the action cannot unmount (a
+#: lower-privileged mount namespace locks it), it also makes the kernel
+#: refuse a fresh proc mount inside a nested user namespace, which would
+#: show /proc/1 unmasked (mount_too_revealing).
+PROC_PID1 = "/proc/1"
+PROC_PID1_DATA = "mode=0555,size=4k,nr_inodes=1"
+PROC_PID1_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 
 class Op(NamedTuple):
@@ -288,6 +299,16 @@ def _system_entries(tmp_declared: bool, make_nodes: bool) -> list[_Entry]:
                     seen=True,
                 )
             )
+    entries.append(
+        _Entry(
+            PROC_PID1,
+            "tmpfs",
+            "the mask over /proc/1 (the caller's memory)",
+            data=PROC_PID1_DATA,
+            mount_flags=PROC_PID1_FLAGS,
+            seen=True,
+        )
+    )
     if not tmp_declared:
         entries.append(
             _Entry(

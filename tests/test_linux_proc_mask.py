@@ -1,0 +1,148 @@
+"""Nothing of the caller's memory is readable through the sandbox's /proc/1.
+
+The sandbox's pid 1 is a clone of the caller that shares its memory and
+never execs: its command line, environment, auxiliary vector, maps, stack
+and every file of its tasks under /proc/1 are the caller's.  The probe runs
+inside the sandbox of a real caller (a separate interpreter, as root and as
+the unprivileged test user) whose argv and environment hold a marker, and
+reads everything under /proc/1.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.linux
+
+#: The caller: argv[1] the probe's code, argv[2] the marker (in its argv
+#: and, by the test, in its environment).  The action gets the marker
+#: reversed, so that its own argv does not hold it.  Several runs: the first
+#: builds the sandbox itself, later ones may come from a prepared mount
+#: namespace or a standby.
+CALLER = textwrap.dedent(
+    """
+    import json, sys
+    from hermetic import (
+        EnvSet, HermeticExecutor, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec,
+    )
+    spec = SandboxSpec(
+        inputs=PathSet(tuple(HermeticSpecBuilder.toolchain_inputs())),
+        environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+        resources=ResourceLimits.defaults(),
+    )
+    ex = HermeticExecutor.create(spec).unwrap()
+    outs = []
+    for _ in range(3):
+        r = ex.execute(["/usr/bin/python3", "-c", sys.argv[1], sys.argv[2][::-1]]).unwrap()
+        outs.append({"exit": r.exit_code, "out": r.stdout.decode(), "err": r.stderr.decode()})
+    ex.close()
+    print(json.dumps(outs))
+    """
+)
+
+PROBE = textwrap.dedent(
+    """
+    import ctypes, errno, json, os, sys
+    marker = sys.argv[1][::-1].encode()
+    hits, files = [], 0
+
+    def scan(path, depth):
+        global files
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if os.path.islink(path):
+            try:
+                if marker in os.readlink(path).encode():
+                    hits.append(path)
+            except OSError:
+                pass
+        elif os.path.isdir(path):
+            if depth > 5:
+                return
+            try:
+                names = os.listdir(path)
+            except OSError:
+                return
+            for name in names:
+                scan(os.path.join(path, name), depth + 1)
+        else:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(1 << 20)
+            except OSError:
+                return
+            files += 1
+            if marker in data:
+                hits.append(path)
+
+    scan("/proc/1", 0)
+    listing = sorted(os.listdir("/proc/1"))
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def mount_proc():
+        os.makedirs("/tmp/p", exist_ok=True)
+        if libc.mount(b"proc", b"/tmp/p", b"proc", 0, None) == 0:
+            return "ok"
+        return errno.errorcode.get(ctypes.get_errno(), "?")
+
+    direct = mount_proc()
+    # A fresh proc of a new pid namespace, in a user namespace of the
+    # action's own: refused whatever layer stops it first.
+    if libc.unshare(0x10000000 | 0x00020000 | 0x20000000) != 0:
+        nested = "unshare:" + errno.errorcode.get(ctypes.get_errno(), "?")
+    else:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, mount_proc().encode())
+            os._exit(0)
+        os.close(w)
+        nested = os.read(r, 100).decode()
+        os.waitpid(pid, 0)
+    print(json.dumps({"hits": hits, "files": files, "listing": listing,
+                      "direct": direct, "nested": nested}))
+    """
+)
+
+
+def _caller(user, marker: str) -> list[dict[str, object]]:
+    from conftest import _as_user_cmd, _user_env
+
+    cmd = [sys.executable, "-c", CALLER, PROBE, marker]
+    env = {**_user_env(), "HM_SECRET_OF_THE_CALLER": marker}
+    p = subprocess.run(
+        _as_user_cmd(user, cmd) if user is not None else cmd,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return list(json.loads(p.stdout))
+
+
+def test_caller_memory_is_not_readable_through_proc_1(runner):
+    marker = "hm-caller-marker-" + secrets.token_hex(8)
+    outs = _caller(runner.user, marker)
+    assert len(outs) == 3
+    for o in outs:
+        assert o["exit"] == 0, o["err"]
+        seen = json.loads(str(o["out"]))
+        # Not one file or link under /proc/1 (its tasks included) shows the
+        # caller's argv or environment ...
+        assert seen["hits"] == [], seen["hits"]
+        # ... because there is nothing there at all.
+        assert seen["listing"] == [] and seen["files"] == 0, seen
+        # A fresh proc (which would show pid 1 unmasked) cannot be mounted.
+        assert seen["direct"] != "ok", seen
+        assert seen["nested"] != "ok", seen
