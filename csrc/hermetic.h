@@ -237,6 +237,16 @@ struct hm_proc {
     int ru_valid;
 };
 
+/* What hm_reap() took from a reaped process: its wait status and its
+ * rusage (its own and that of the descendants it reaped). */
+struct hm_reaped {
+    int status;
+    long long utime_us;
+    long long stime_us;
+    long long inblock;
+    long long oublock;
+};
+
 /* A thread that clones sandboxes for the caller (see csrc/linux/worker.c). */
 struct hm_worker {
     void *impl;
@@ -254,6 +264,7 @@ void hm_worker_stop(struct hm_worker *worker);
 int hm_spawner_thread_init(void);
 void hm_spawner_thread_fini(void);
 void hm_proc_release(struct hm_proc *proc);
+int hm_reap(int pidfd, struct hm_reaped *out);
 void *hm_stack_new(void);
 int hm_capture_fds(int fds[3], int stdin_from_devnull);
 void hm_close_fds(int *fds, int n);

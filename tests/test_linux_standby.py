@@ -183,16 +183,18 @@ def test_a_drop_inside_a_drop_leaves_the_work_to_the_outer_one(monkeypatch):
     _warm(ex)
     sb = ex._prepared.standby.take("/")
     assert sb is not None
-    waitid, seen = os.waitid, []
+    from hermetic.platforms import linux_standby
+
+    reap, seen = linux_standby.reap, []
 
     def nested(*args):
         if not seen:  # once
             seen.append(None)
             sb.drop()
             seen.append(sb.proc.pidfd)  # still open: the outer drop holds it
-        return waitid(*args)
+        return reap(*args)
 
-    monkeypatch.setattr(os, "waitid", nested)
+    monkeypatch.setattr(linux_standby, "reap", nested)
     sb.drop()
     assert seen[1] >= 0
     assert sb.proc.pidfd == -1  # released once, by the outer drop

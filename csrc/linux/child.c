@@ -812,6 +812,26 @@ static void build_sandbox(const struct hm_plan *p, struct hm_proc *proc)
     }
 }
 
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+/* <linux/pidfd.h> (Linux 6.9): the pidfd's process group, not its process. */
+#define HM_PIDFD_SIGNAL_PROCESS_GROUP 4UL
+
+/* Every process of the sandbox but pid 1.  With a pid namespace,
+ * kill(-1) from its init: the namespace's processes and no others, named
+ * by no number.  Without one (group >= 0, Landlock-only, which needs Linux
+ * 6.12 and so has pidfd process-group signals), the action's process
+ * group through the action's pidfd: seccomp keeps every process of the
+ * action in it. */
+static void signal_sandbox(long group, int sig)
+{
+    if (group >= 0)
+        HM_SYS4(SYS_pidfd_send_signal, group, sig, 0, HM_PIDFD_SIGNAL_PROCESS_GROUP);
+    else
+        HM_SYS2(SYS_kill, -1, sig);
+}
+
 int hm__pid1_main(void *argp)
 {
     const struct hm_child_args *a = argp;
@@ -884,6 +904,19 @@ int hm__pid1_main(void *argp)
     }
     if (action < 0)
         fail(HM_FD_REPORT, HM_STAGE_SPAWN, -1, action);
+    /* Without a pid namespace the sandbox is the action's process group,
+     * named by its pidfd rather than its number: once the last member is
+     * reaped the number is free, and a kill(-number) after that (the
+     * final sweep below) could end an unrelated group that took it.  Taken
+     * before anything reaps the action (only this process does), so it is
+     * the action's; if it cannot be had, the action dies with this
+     * process (its parent-death signal). */
+    long group = -1;
+    if (no_ns) {
+        group = HM_SYS2(SYS_pidfd_open, action, 0);
+        if (group < 0)
+            fail(HM_FD_REPORT, HM_STAGE_SPAWN, -1, group);
+    }
     /* The action has exec'd, or has reported its failure.  An explicit
      * success record (stage 0), not the pipe's end-of-file, tells the
      * caller: a process the caller forked meanwhile may hold a copy of the
@@ -926,18 +959,18 @@ int hm__pid1_main(void *argp)
             /* kill(-1) from init reaches every process of the namespace
              * but init itself; without one, the action's process group
              * (seccomp keeps every process in it). */
-            HM_SYS2(SYS_kill, no_ns ? -action : -1, sig);
+            signal_sandbox(group, sig);
         }
     }
     /* The main process is done, or the caller ends the sandbox: nothing
      * may outlive it.  Reaping everything here, rather than dying, lets the
      * caller's wait4() on pid 1 account for every process. */
-    HM_SYS2(SYS_kill, no_ns ? -action : -1, SIGKILL);
+    signal_sandbox(group, SIGKILL);
     long pid;
     while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {
         /* An orphan adopted after the kill above is in the group too. */
         if (no_ns)
-            HM_SYS2(SYS_kill, -action, SIGKILL);
+            signal_sandbox(group, SIGKILL);
         if (pid == action && !main_done) {
             status = st;
             main_done = 1;

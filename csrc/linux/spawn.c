@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +26,12 @@
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
 #endif
 
 /* <linux/seccomp.h> of Linux 6.6, for older headers. */
@@ -89,6 +96,58 @@ static int read_record(int sock, struct hm_error *rec, int *fd)
             c->cmsg_len == CMSG_LEN(sizeof(int)))
             memcpy(fd, CMSG_DATA(c), sizeof(int));
     return (int)n;
+}
+
+/* Every child of ours is signalled and reaped through its pidfd, never by
+ * its pid: once a child is reaped its number is free, and a kill or wait by
+ * number (a retry, a second path) could reach whatever process took it.
+ * The children are also cloned with no exit signal (a "clone child"), which
+ * a waitpid(-1) without __WALL or __WCLONE elsewhere in the caller never
+ * sees: no one else reaps them, so their pidfds stay good for waitid. */
+static int signal_child(int pidfd, int sig)
+{
+    return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? -errno : 0;
+}
+
+/* waitid(P_PIDFD) of a child (clone child or not: __WALL), with the rusage
+ * the raw system call takes as its fifth argument: status and accounting
+ * in one step.  0, or -errno (-EINTR included: the caller decides whether
+ * to repeat). */
+int hm_reap(int pidfd, struct hm_reaped *out)
+{
+    siginfo_t info;
+    struct rusage ru;
+    memset(&info, 0, sizeof info);
+    memset(&ru, 0, sizeof ru);
+    if (syscall(SYS_waitid, P_PIDFD, pidfd, &info, WEXITED | __WALL, &ru) < 0)
+        return -errno;
+    /* The wait status waitpid() would have given. */
+    int code = info.si_status;
+    switch (info.si_code) {
+    case CLD_EXITED:
+        out->status = (code & 0xff) << 8;
+        break;
+    case CLD_DUMPED:
+        out->status = (code & 0x7f) | 0x80;
+        break;
+    default: /* CLD_KILLED */
+        out->status = code & 0x7f;
+        break;
+    }
+    out->utime_us = (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec;
+    out->stime_us = (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+    out->inblock = ru.ru_inblock;
+    out->oublock = ru.ru_oublock;
+    return 0;
+}
+
+/* Kill a child of ours and reap it, both through its pidfd. */
+static void kill_and_reap(int pidfd)
+{
+    struct hm_reaped gone;
+    (void)signal_child(pidfd, SIGKILL);
+    while (hm_reap(pidfd, &gone) == -EINTR)
+        ;
 }
 
 static void close_handed(struct hm_proc *proc)
@@ -172,7 +231,6 @@ static int await_report(struct hm_proc *proc, int chan, struct hm_error *rec)
  * ended, reaped and released. */
 static int settle(struct hm_proc *proc, int n, const struct hm_error *rec, struct hm_error *error)
 {
-    pid_t pid = proc->pid;
     if (n == (int)sizeof *rec && rec->stage == HM_STAGE_NONE)
         return 0;
     if (n == (int)sizeof *rec) {
@@ -185,10 +243,7 @@ static int settle(struct hm_proc *proc, int n, const struct hm_error *rec, struc
     }
     close_handed(proc);
     /* Never leave a sandbox running unsupervised. */
-    kill(pid, SIGKILL);
-    int status;
-    while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR)
-        ;
+    kill_and_reap(proc->pidfd);
     proc->pid = -1;
     hm_proc_release(proc);
     return -(error->err ? error->err : EPROTO);
@@ -310,7 +365,8 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     unsigned long old;
     block_all(&old);
     int pidfd = -1;
-    int flags = (int)plan->ns_flags | CLONE_VM | CLONE_PIDFD | SIGCHLD;
+    /* No exit signal (see signal_child): pid 1 is ours alone to reap. */
+    int flags = (int)plan->ns_flags | CLONE_VM | CLONE_PIDFD;
     pid_t pid = clone(hm__pid1_main, region + HM_STACK_REGION, flags, &args, &pidfd);
     e = errno;
     restore_mask(&old);
@@ -342,10 +398,8 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
     if (restore_err) {
         /* The sandbox runs, but this thread is in the wrong network
          * namespace: end the sandbox and report. */
-        kill(pid, SIGKILL);
         close(pipefd[0]);
-        while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
-            ;
+        kill_and_reap(pidfd);
         proc->pid = -1;
         hm_proc_release(proc);
         error->stage = HM_STAGE_NETNS;
@@ -517,12 +571,17 @@ static int run_vforked(int (*fn)(void *), void *arg, int flags, int *at_clone)
         return -errno;
     unsigned long old;
     block_all(&old);
-    pid_t pid = clone(fn, region + HM_STACK, flags | CLONE_VM | CLONE_VFORK | SIGCHLD, arg);
+    /* No exit signal, and reaped through its pidfd (see signal_child). */
+    int pidfd = -1;
+    pid_t pid = clone(fn, region + HM_STACK, flags | CLONE_VM | CLONE_VFORK | CLONE_PIDFD, arg,
+                      &pidfd);
     int e = errno;
     restore_mask(&old);
     if (pid >= 0) {
-        while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+        struct hm_reaped gone;
+        while (hm_reap(pidfd, &gone) == -EINTR)
             ;
+        close(pidfd);
     }
     munmap(region, HM_STACK);
     if (pid < 0) {

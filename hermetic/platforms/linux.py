@@ -10,7 +10,6 @@ adds the command, clones the sandbox's pid 1 from this process
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import signal
@@ -38,6 +37,8 @@ from hermetic.platforms.linux_probe import (
     CLONE_NEWUSER,
     probe,
 )
+from hermetic.platforms.linux_reap import Rusage as _Rusage
+from hermetic.platforms.linux_reap import reap as _reap
 from hermetic.platforms.linux_standby import KEEPER, Standby, StandbySlot, Unavailable
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
@@ -789,23 +790,13 @@ def _wait(
 
     timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check, serve)
     try:
-        _, status, ru = os.wait4(proc.pid, 0)
+        status, ru = _reap(pidfd)
     except ChildProcessError:
-        # SIGCHLD ignored by the caller: the kernel reaped pid 1 itself.
-        # pid 1's records of the action's status and of the sandbox's
-        # rusage are still valid.
+        # Reaped by someone else (a waitpid with __WALL elsewhere in the
+        # caller): pid 1's records of the action's status and of the
+        # sandbox's rusage are still valid.
         return timed_out, breach, None, _pid1_rusage(proc)
     return timed_out, breach, status, ru
-
-
-@dataclasses.dataclass(frozen=True)
-class _Rusage:
-    """pid 1's getrusage(RUSAGE_CHILDREN), shaped like os.wait4's."""
-
-    ru_utime: float
-    ru_stime: float
-    ru_inblock: int
-    ru_oublock: int
 
 
 def _pid1_rusage(proc: Any) -> _Rusage | None:
@@ -851,7 +842,7 @@ def _cancellable(check: Any, cancel: threading.Event) -> Any:
     return checked
 
 
-def _kill_and_reap(pid: int, pidfd: int) -> None:
+def _kill_and_reap(pidfd: int) -> None:
     """End a sandbox whose wait was interrupted, and reap its pid 1.
 
     Never raises: pid 1 runs on a stack in this process's memory, so it must
@@ -869,9 +860,9 @@ def _kill_and_reap(pid: int, pidfd: int) -> None:
                 wait_readable(pidfd, END_WAIT)
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _reap(pidfd)
             return
-        except ChildProcessError:
+        except OSError:  # ECHILD: reaped already; anything else would repeat
             return
         except BaseException:  # a second interrupt: finish the reap first
             continue
@@ -1225,7 +1216,7 @@ def _run(
                     _stages(profile, proc, called, returned, time.monotonic_ns())
             except BaseException:
                 if proc.pid > 0 and not reaped:
-                    _kill_and_reap(proc.pid, proc.pidfd)
+                    _kill_and_reap(proc.pidfd)
                     reaped = True
                 raise
             finally:

@@ -47,6 +47,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from hermetic.platforms.linux_reap import reap
 from hermetic.platforms.linux_template import Identity, identity
 
 #: Every standby not yet reaped and released: it runs in this process's
@@ -139,9 +140,10 @@ class Standby:
         elif self._stage == 1:
             if pid > 0:
                 # By its pidfd: a repeated reap can never take a process
-                # that reused the pid.
+                # that reused the pid (pid 1 has no exit signal: see
+                # linux_reap).
                 with contextlib.suppress(ChildProcessError):
-                    os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+                    reap(pidfd)
             self._stage = 2
         elif self._stage == 2:
             self._stage = 3
