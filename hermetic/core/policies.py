@@ -338,6 +338,13 @@ class ResourceLimits:
     max_network_io: int = 0  # 0 = unlimited
     max_open_files: int = 1024
     max_output_bytes: int = 0  # 0 = unlimited
+    #: Size of the sandbox's private /tmp, a tmpfs held in memory: a write
+    #: beyond it gets ENOSPC, and the result records a violation.  Capped
+    #: at max_memory_bytes when that is smaller, and its pages count as the
+    #: sandbox's memory.  Never unlimited (a tmpfs's own default is half of
+    #: the host's RAM).  Not used where /tmp is declared (a host directory)
+    #: or without mount namespaces (Landlock-only: there is no private /tmp).
+    max_tmp_bytes: int = 256 * _MiB
     #: False: a limit this host cannot enforce for the whole sandbox makes
     #: execution fail (closed).  True: such limits are applied as well as
     #: the host allows (per process, by sampling, or not at all), and each
@@ -350,6 +357,13 @@ class ResourceLimits:
                 _check_bool(self.best_effort, "best_effort")
             else:
                 _check_limit(getattr(self, f.name), f.name)
+        if self.max_tmp_bytes == 0:
+            raise SpecError(
+                "max_tmp_bytes must be > 0: the private /tmp always has a size "
+                "(declare /tmp as a temp to give the action a host directory instead)",
+                field="max_tmp_bytes",
+                value=self.max_tmp_bytes,
+            )
 
     @classmethod
     def defaults(cls) -> ResourceLimits:

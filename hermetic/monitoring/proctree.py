@@ -65,3 +65,15 @@ def resident_bytes(pids: list[int], exclude: int) -> int:
         except (OSError, ValueError, IndexError):
             pass
     return total
+
+
+def private_tmp(pid1: int) -> tuple[int, bool] | None:
+    """The sandbox's private /tmp (a tmpfs), seen through pid 1's root: the
+    bytes it holds, and whether it is full (no block or no inode left, so
+    a write got ENOSPC).  Its pages are memory no process's resident size
+    shows.  None once pid 1 is gone."""
+    try:
+        st = os.statvfs(f"/proc/{pid1}/root/tmp")
+    except OSError:
+        return None
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bfree == 0 or st.f_ffree == 0

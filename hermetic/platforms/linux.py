@@ -290,6 +290,8 @@ class Prepared:
         self.limits = plan_limits(
             spec.resources, no_cgroup, network_counted=net.is_hermetic or net.uses_proxy
         )
+        #: The private /tmp's size (0: none), watched while the action runs.
+        self.tmp_bytes = linux_plan.private_tmp(spec, self.ops)
         self._exec_cache: dict[str, tuple[str, ...]] = {}
         self._host_paths: dict[str, str | None] = {}
 
@@ -1148,8 +1150,19 @@ def _run(
             plan.stdin_fd = stdin_fd
             plan.stdout_fd = out_fd
             plan.stderr_fd = err_fd
-        watch = Watch(prepared.limits, bool(limits.max_memory_bytes), slot, out_fd, err_fd)
-        check = watch if prepared.limits.watched or (slot and limits.max_memory_bytes) else None
+        watch = Watch(
+            prepared.limits,
+            bool(limits.max_memory_bytes),
+            slot,
+            out_fd,
+            err_fd,
+            prepared.tmp_bytes,
+            linux_plan.private_tmp_limit(prepared.spec),
+        )
+        # The private /tmp is always watched: the first check comes after
+        # an interval, so a short action costs nothing more.
+        watched = prepared.limits.watched or prepared.tmp_bytes
+        check = watch if watched or (slot and limits.max_memory_bytes) else None
         if cancel is not None:
             check = _cancellable(check, cancel)
         if standby is not None:
@@ -1274,6 +1287,9 @@ def _run(
             sig if not timed_out else None,
             written,
         )
+        tmp_full = watch.tmp_violation()
+        if tmp_full is not None:
+            violations.append(tmp_full)
         cap = prepared.limits.output_bytes
         if cap and written > cap:
             out_size = min(out_size, cap)

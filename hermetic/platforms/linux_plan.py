@@ -15,7 +15,8 @@ Layout of the sandbox's root (a tmpfs, read-only once set up):
 - /proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus, /proc/fs read-only,
   a few /proc files masked (see PROC_MASKED), and /proc/1 (pid 1 shares
   the caller's memory) covered by an empty read-only tmpfs;
-- /tmp: a private tmpfs, unless /tmp itself is declared;
+- /tmp: a private tmpfs of ``max_tmp_bytes`` (see private_tmp_bytes), unless
+  /tmp itself is declared;
 - the host root's top-level symlinks (/bin -> usr/bin on merged-/usr
   systems) when their target is visible;
 - the working directory, created empty when nothing declared covers it.
@@ -92,6 +93,42 @@ PROC_MASKED = (
 PROC_PID1 = "/proc/1"
 PROC_PID1_DATA = "mode=0555,size=4k,nr_inodes=1"
 PROC_PID1_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+#: The private /tmp's inodes: one per 16 KiB of its size, within these
+#: bounds.  An inode costs kernel memory that the size does not count.
+TMP_INODES_MIN = 1024
+TMP_INODES_MAX = 1 << 20
+
+
+def private_tmp_bytes(spec: SandboxSpec) -> int:
+    """The size of the private /tmp: ``max_tmp_bytes``, or ``max_memory_bytes``
+    when that is smaller (its pages are the sandbox's memory)."""
+    r = spec.resources
+    if r.max_memory_bytes and r.max_memory_bytes < r.max_tmp_bytes:
+        return r.max_memory_bytes
+    return r.max_tmp_bytes
+
+
+def private_tmp_limit(spec: SandboxSpec) -> str:
+    """Which limit sets the private /tmp's size, for a violation record."""
+    size, r = private_tmp_bytes(spec), spec.resources
+    if size == r.max_tmp_bytes:
+        return f"max_tmp_bytes={size}"
+    return f"max_memory_bytes={size} (below max_tmp_bytes={r.max_tmp_bytes})"
+
+
+def _tmp_data(size: int) -> str:
+    inodes = min(TMP_INODES_MAX, max(TMP_INODES_MIN, size // 16384))
+    return f"mode=1777,size={size},nr_inodes={inodes}"
+
+
+def private_tmp(spec: SandboxSpec, ops: tuple[Op, ...]) -> int:
+    """The size of the private /tmp ``ops`` mount, or 0 when they mount none
+    (/tmp declared, or no mounts at all)."""
+    if any(op.kind == OP_TMPFS and op.dst == "/tmp" for op in ops):
+        return private_tmp_bytes(spec)
+    return 0
 
 
 class Op(NamedTuple):
@@ -401,7 +438,13 @@ def build_ops(
     made with mknod (pid 1 runs as the host's root) instead of bound.
     """
     declared = _declared(spec, remap or {})
-    entries = declared + _system(declared, make_nodes)
+    # The system entries are kept across specs; the private /tmp's size is
+    # this spec's (a tmpfs is otherwise half of the host's RAM).
+    tmp_data = _tmp_data(private_tmp_bytes(spec))
+    entries = declared + [
+        e._replace(data=tmp_data) if e.kind == "tmpfs" and e.path == "/tmp" else e
+        for e in _system(declared, make_nodes)
+    ]
     entries += _root_links(entries)
     if workdir and workdir != "/":
         entries.append(_Entry(workdir, "dir", f"working directory {workdir!r}"))
