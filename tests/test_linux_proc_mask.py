@@ -95,6 +95,14 @@ PROBE = textwrap.dedent(
         return errno.errorcode.get(ctypes.get_errno(), "?")
 
     direct = mount_proc()
+
+    def outcome(r):
+        return "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+    # Nor uncovered: unmounted, or /proc copied without what covers it.
+    umount = outcome(libc.umount2(b"/proc/1", 2))  # MNT_DETACH
+    libc.syscall.restype = ctypes.c_long
+    clone = outcome(libc.syscall(428, -100, b"/proc", 1))  # open_tree(OPEN_TREE_CLONE)
     # A fresh proc of a new pid namespace, in a user namespace of the
     # action's own: refused whatever layer stops it first.
     if libc.unshare(0x10000000 | 0x00020000 | 0x20000000) != 0:
@@ -109,7 +117,8 @@ PROBE = textwrap.dedent(
         nested = os.read(r, 100).decode()
         os.waitpid(pid, 0)
     print(json.dumps({"hits": hits, "files": files, "listing": listing,
-                      "direct": direct, "nested": nested}))
+                      "direct": direct, "nested": nested, "umount": umount,
+                      "open_tree": clone}))
     """
 )
 
@@ -146,6 +155,8 @@ def test_caller_memory_is_not_readable_through_proc_1(runner):
         # A fresh proc (which would show pid 1 unmasked) cannot be mounted.
         assert seen["direct"] != "ok", seen
         assert seen["nested"] != "ok", seen
+        # Nor can the mask be taken off, or /proc copied without it.
+        assert seen["umount"] != "ok" and seen["open_tree"] != "ok", seen
 
 
 #: From inside: the memory-derived files of the action's parent (pid 1, a
