@@ -77,7 +77,7 @@ enum hm_op_kind {
 #define HM_MAX_GRABS 32
 
 /* Sent to pid 1: kill every process of the sandbox, reap them all (so the
- * caller's wait4 accounts for them), record the action's status, exit.
+ * caller's reap of pid 1 accounts for them), record the action's status, exit.
  * The kernel's highest real-time signal, which libcs leave to programs. */
 #define HM_SIG_END 64
 
@@ -229,7 +229,8 @@ struct hm_proc {
     unsigned long long stamps[8]; /* see enum hm_stamp; written only with plan.profile */
     /* getrusage(RUSAGE_CHILDREN) of pid 1 once everything is reaped (the
      * whole sandbox but pid 1 itself): the accounting when the caller
-     * cannot wait4() pid 1 (SIGCHLD ignored). */
+     * cannot reap pid 1 itself (a waitpid with __WALL elsewhere in the
+     * caller took it first). */
     long long ru_utime_us;
     long long ru_stime_us;
     long long ru_inblock;

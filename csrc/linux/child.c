@@ -964,7 +964,7 @@ int hm__pid1_main(void *argp)
     }
     /* The main process is done, or the caller ends the sandbox: nothing
      * may outlive it.  Reaping everything here, rather than dying, lets the
-     * caller's wait4() on pid 1 account for every process. */
+     * caller's reap of pid 1 (hm_reap) account for every process. */
     signal_sandbox(group, SIGKILL);
     long pid;
     while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {

@@ -36,7 +36,7 @@ class ResourceUsage:
 
     @classmethod
     def from_rusage(cls, wall_time: float, ru: Any) -> ResourceUsage:
-        """From the rusage of a wait4() on a pid 1 that reaped every descendant.
+        """From the rusage of the reap of a pid 1 that reaped every descendant.
 
         ru_maxrss is the largest single process, not the sandbox's total, so
         it is not reported as peak_memory.  ru_inblock and ru_oublock count

@@ -141,8 +141,9 @@ class Standby:
             if pid > 0:
                 # By its pidfd: a repeated reap can never take a process
                 # that reused the pid (pid 1 has no exit signal: see
-                # linux_reap).
-                with contextlib.suppress(ChildProcessError):
+                # linux_reap).  ECHILD: reaped already; any other error
+                # would only repeat.
+                with contextlib.suppress(OSError):
                     reap(pidfd)
             self._stage = 2
         elif self._stage == 2:
