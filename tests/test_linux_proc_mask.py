@@ -206,3 +206,20 @@ def test_the_memory_of_the_actions_parents_is_not_readable(fs_runner):
         assert len(seen) == 14, seen
         refused = {k for k, v in seen.items() if v == "refused"}
         assert {k for k in seen if not k.endswith("/cmdline")} <= refused, seen
+
+
+def test_the_mask_is_made_fresh_for_each_action_of_a_prepared_namespace():
+    # A prepared mount namespace (root callers) gets /proc per action: the
+    # mask must come with it, not stay in the namespace built once.
+    from hermetic import HermeticSpecBuilder, PathSet, SandboxSpec
+    from hermetic.platforms import linux_plan, linux_template
+
+    spec = SandboxSpec(inputs=PathSet(tuple(HermeticSpecBuilder.toolchain_inputs())))
+    split = linux_template.split_ops(linux_plan.build_ops(spec, make_nodes=True))
+    assert split is not None
+    prepared, per_action = split
+    order = [(op.kind, op.dst) for op in per_action]
+    assert order.index((linux_plan.OP_PROC, "/proc")) < order.index(
+        (linux_plan.OP_TMPFS, linux_plan.PROC_PID1)
+    )
+    assert not any(op.dst.startswith("/proc/") for op in prepared)
