@@ -89,7 +89,10 @@ PROC_MASKED = (
 #: mount on a non-empty directory of a proc the action cannot unmount (a
 #: lower-privileged mount namespace locks it), it also makes the kernel
 #: refuse a fresh proc mount inside a nested user namespace, which would
-#: show /proc/1 unmasked (mount_too_revealing).
+#: show /proc/1 unmasked (mount_too_revealing).  Without namespaces
+#: (Landlock-only) there are no mounts: the host's /proc shows pid 1 and
+#: the caller, whose command lines stay readable; Landlock refuses their
+#: environment, memory and maps (they need ptrace access).
 PROC_PID1 = "/proc/1"
 PROC_PID1_DATA = "mode=0555,size=4k,nr_inodes=1"
 PROC_PID1_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
