@@ -10,6 +10,7 @@ adds the command, clones the sandbox's pid 1 from this process
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
