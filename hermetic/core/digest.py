@@ -15,6 +15,11 @@ taken in C (csrc/linux/tree.c), so an unchanged tree costs one C call per
 directory, and for a tree seen before those calls run on a few threads.
 A file whose mtime alone changed is read again and hashes the same.
 
+Trees are walked without recursion (an explicit stack, children before
+their directory), and a path longer than PATH_MAX, as in a tree an action
+nested thousands of levels deep, is opened a run of components at a time
+(``hermetic.core.tree.open_long``): any depth the filesystem holds has a digest.
+
 The system directories a spec takes from the host (``/usr``, ``/lib``...,
 ``HermeticSpecBuilder.TOOLCHAIN_INPUTS``) are identified by their path by
 default, as build systems treat a host toolchain; ``system_inputs="content"``
@@ -36,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from hermetic.core.errors import SpecError
 from hermetic.core.manifest import file_sha256
 from hermetic.core.spec import SandboxSpec
+from hermetic.core.tree import open_long
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -57,9 +63,14 @@ _FIELDS = struct.Struct("=6Q")  # mode, dev, ino, size, mtime_ns, ctime_ns
 _LEN = struct.Struct("=I")
 
 
+#: Longer paths are too long for one system call: opened by runs of components.
+_SHORT = 3072
+
+
 def _snapshot_py(path: str) -> bytes:
-    """hm_dir_snapshot's format, for hosts without the C core's version."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    """hm_dir_snapshot's format, for hosts without the C core's version and
+    for paths longer than PATH_MAX."""
+    fd = open_long(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         names = sorted(os.fsencode(n) for n in os.listdir(fd))
         parts = []
@@ -81,6 +92,8 @@ def _snapshot_py(path: str) -> bytes:
 
 def _snapshot(path: str, hint: int) -> bytes:
     """The directory's entries and their stat fields, sorted (csrc/linux/tree.c)."""
+    if len(os.fsencode(path)) > _SHORT:
+        return _snapshot_py(path)
     try:
         from hermetic import _native
     except ImportError:
@@ -214,35 +227,57 @@ class TreeHasher:
             executable = b"x" if mode & 0o111 else b"-"
             return _h(b"file\0", executable, self._content(path, fields).encode())
         if stat.S_ISLNK(mode):
-            return _h(b"link\0", os.readlink(path))
+            return _h(b"link\0", _readlink(path))
         if stat.S_ISDIR(mode):
             return self._dir(path, fresh)
         # Devices, fifos, sockets: their kind is all that is stable.
         return _h(b"special\0", str(stat.S_IFMT(mode)).encode())
 
-    def _dir(self, path: bytes, fresh: dict[bytes, bytes]) -> str:
+    def _dir(self, root: bytes, fresh: dict[bytes, bytes]) -> str:
+        """The digest of the tree at ``root``: every directory's snapshot is
+        taken on the way down, its digest made once all its subdirectories
+        have one (an explicit stack, so any depth works)."""
+        done: dict[bytes, str] = {}
+        todo: list[tuple[bytes, bytes | None]] = [(root, None)]
+        while todo:
+            path, snap = todo.pop()
+            if snap is None:
+                snap = fresh.get(path)
+                if snap is None:
+                    cached = self._dirs.get(path)
+                    snap = _snapshot(os.fsdecode(path), len(cached[0]) if cached else 0)
+                todo.append((path, snap))
+                todo.extend(
+                    (path + b"/" + name, None)
+                    for name, fields in _entries(snap)
+                    if stat.S_ISDIR(fields[0])
+                )
+            else:
+                done[path] = self._dir_digest(path, snap, done, fresh)
+        return done[root]
+
+    def _dir_digest(
+        self, path: bytes, snap: bytes, done: dict[bytes, str], fresh: dict[bytes, bytes]
+    ) -> str:
+        """One directory's digest, its subdirectories' taken from ``done``."""
+        entries = _entries(snap)
+        subs = {
+            name: done.pop(path + b"/" + name)
+            for name, fields in entries
+            if stat.S_ISDIR(fields[0])
+        }
         cached = self._dirs.get(path)
-        snap = fresh.get(path)
-        if snap is None:
-            snap = _snapshot(os.fsdecode(path), len(cached[0]) if cached else 0)
-        if cached is not None and cached[0] == snap:
-            subs = tuple(self._dir(path + b"/" + name, fresh) for name in cached[2])
-            if subs == cached[3]:
-                return cached[1]
+        if cached is not None and cached[0] == snap and tuple(subs.values()) == cached[3]:
+            return cached[1]
         h = hashlib.sha256(b"dir\0")
-        sub_names: list[bytes] = []
-        sub_digests: list[str] = []
-        for name, fields in _entries(snap):
-            child = self._node(path + b"/" + name, fields, fresh)
-            if stat.S_ISDIR(fields[0]):
-                sub_names.append(name)
-                sub_digests.append(child)
+        for name, fields in entries:
+            child = subs[name] if name in subs else self._node(path + b"/" + name, fields, fresh)
             h.update(name + b"\0" + child.encode() + b"\n")
         digest = h.hexdigest()
         with self._lock:
             if len(self._dirs) >= self._max:
                 self._dirs.clear()
-            self._dirs[path] = (snap, digest, tuple(sub_names), tuple(sub_digests))
+            self._dirs[path] = (snap, digest, tuple(subs), tuple(subs.values()))
         return digest
 
     def _content(self, path: bytes, fields: tuple[int, ...]) -> str:
@@ -250,13 +285,39 @@ class TreeHasher:
         hit = self._files.get(path)
         if hit is not None and hit[0] == key:
             return hit[1]
-        digest = file_sha256(path)
+        digest = _file_sha256(path)
         with self._lock:
             self.reads += 1
             if len(self._files) >= self._max:
                 self._files.clear()
             self._files[path] = (key, digest)
         return digest
+
+
+def _at(path: bytes) -> tuple[int | None, bytes]:
+    """(a descriptor of the directory, the name) for a long path; else (None, path)."""
+    if len(path) <= _SHORT:
+        return None, path
+    head, _, name = path.rpartition(b"/")
+    return open_long(head, os.O_PATH | os.O_DIRECTORY), name
+
+
+def _readlink(path: bytes) -> bytes:
+    dir_fd, name = _at(path)
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+
+
+def _file_sha256(path: bytes) -> str:
+    dir_fd, name = _at(path)
+    try:
+        return file_sha256(name, dir_fd=dir_fd)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
 
 
 #: The process-wide cache executors share.

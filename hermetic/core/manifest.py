@@ -4,6 +4,11 @@
 every directory, regular file and symlink with its size, mode and, for
 files, the SHA-256 of the content.  It is computed only when asked for
 (``execute(..., collect_outputs=True)``): the fast path stays fast.
+
+The walk is hermetic/core/tree.py's: descriptor-relative, iterative, so
+an action's tree of any depth (beyond PATH_MAX too) is listed, and no link
+it planted is followed.  ``OutputEntry.to_dict`` gives a path that is not
+UTF-8 losslessly (hermetic/core/text.py).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from hermetic.core import text, tree
 
 __all__ = ["OutputEntry", "collect", "file_sha256"]
 
@@ -31,14 +38,11 @@ class OutputEntry:
     target: str | None = None  # symlinks only
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "kind": self.kind,
-            "size": self.size,
-            "mode": oct(self.mode),
-            "sha256": self.sha256,
-            "target": self.target,
-        }
+        d: dict[str, Any] = {}
+        text.put(d, "path", self.path)
+        d.update(kind=self.kind, size=self.size, mode=oct(self.mode), sha256=self.sha256)
+        text.put(d, "target", self.target)
+        return d
 
 
 def file_sha256(path: str | bytes | os.PathLike[str], *, dir_fd: int | None = None) -> str:
@@ -64,30 +68,33 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def _entry(real: str, shown: str, st: os.stat_result, digest: bool) -> OutputEntry:
+def _entry(
+    name: str, dir_fd: int | None, shown: str, st: os.stat_result, digest: bool
+) -> OutputEntry:
     kind = _kind(st.st_mode)
     return OutputEntry(
         path=shown,
         kind=kind,
         size=st.st_size if kind != "dir" else 0,
         mode=stat.S_IMODE(st.st_mode),
-        sha256=file_sha256(real) if digest and kind == "file" else None,
-        target=os.readlink(real) if kind == "symlink" else None,
+        sha256=file_sha256(name, dir_fd=dir_fd) if digest and kind == "file" else None,
+        target=os.readlink(name, dir_fd=dir_fd) if kind == "symlink" else None,
     )
 
 
 def _walk(real: str, shown: str, digest: bool) -> Iterator[OutputEntry]:
+    # prefix[d] is the shown path of the directory entries of depth d + 1 are in.
+    prefix = [shown]
     try:
-        st = os.lstat(real)
-    except FileNotFoundError:
-        return
-    yield _entry(real, shown, st, digest)
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    with os.scandir(real) as it:
-        children = sorted(e.name for e in it)
-    for name in children:
-        yield from _walk(os.path.join(real, name), os.path.join(shown, name), digest)
+        for depth, name, dir_fd, st in tree.walk(real):
+            path = shown if depth == 0 else prefix[depth - 1] + "/" + name
+            yield _entry(name, dir_fd, path, st, digest)
+            if stat.S_ISDIR(st.st_mode):
+                del prefix[depth:]
+                prefix.append(path)
+    except FileNotFoundError as e:
+        if e.filename != real:
+            raise
 
 
 def collect(
