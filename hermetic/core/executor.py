@@ -130,12 +130,20 @@ class HermeticExecutor:
                 )
             spec.validate()
             backend = current()
-            log = AuditLog(audit_log) if audit_log is not None else None
+        except HermeticError as e:
+            return Err(e)
+        log = None
+        try:
+            if audit_log is not None:
+                # Opened now, once, never again by path: see audit.py.
+                log = AuditLog(audit_log, writable=(*spec.outputs, *spec.temps))
             prepared = backend.prepare(
                 _applied(spec), require_hermetic=require_hermetic, audit_writes=audit_writes
             )
             return Ok(cls(spec, prepared, backend, log, max_concurrency))
         except HermeticError as e:
+            if log is not None:
+                log.close()
             return Err(e)
 
     def close(self) -> None:
@@ -148,6 +156,8 @@ class HermeticExecutor:
         if pool is not None:
             pool.shutdown(wait=True)
         self._prepared.close()
+        if self._audit is not None:
+            self._audit.close()
 
     def __enter__(self) -> HermeticExecutor:
         return self
@@ -240,6 +250,7 @@ class HermeticExecutor:
     ) -> Result[ExecutionResult]:
         try:
             seconds, data = _checked(timeout, stdin)
+            self._audit_open()
         except HermeticError as e:
             return Err(e)
         # Every started monitor, and ``monitor``, counts this execution.
@@ -261,7 +272,7 @@ class HermeticExecutor:
             if observer:
                 observer.finished(result)
         assert result is not None
-        self._record(result)
+        result = self._record(result)
         if collect_outputs:
             result = dataclasses.replace(result, outputs=manifest.collect(self._spec.outputs))
         return Ok(result)
@@ -274,9 +285,23 @@ class HermeticExecutor:
             self._spec_digest = self._spec.digest()
         return self._spec_digest
 
-    def _record(self, result: ExecutionResult) -> None:
-        if self._audit is not None and result.violations:
-            execution = new_execution_id()
+    def _audit_open(self) -> None:
+        """Refuse to run an action whose violations could not be recorded."""
+        if self._audit is not None and self._audit.closed:
+            raise SpecError(
+                f"the audit log {self._audit.path!r} was closed with the executor; "
+                "create a new executor to run more actions",
+                field="audit_log",
+                value=self._audit.path,
+            )
+
+    def _record(self, result: ExecutionResult) -> ExecutionResult:
+        """Append the result's violations to the audit log.  A failed write
+        never costs the result: it comes back with ``audit_error`` saying why."""
+        if self._audit is None or not result.violations:
+            return result
+        execution = new_execution_id()
+        try:
             self._audit.append(
                 record(
                     v,
@@ -286,6 +311,11 @@ class HermeticExecutor:
                 )
                 for v in result.violations
             )
+        except (OSError, ValueError) as e:
+            return dataclasses.replace(
+                result, audit_error=f"audit log {self._audit.path!r} not written: {e}"
+            )
+        return result
 
     def action_digest(
         self, argv: Sequence[str], cwd: str | None = None, *, system_inputs: str = "path"

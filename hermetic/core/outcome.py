@@ -7,6 +7,7 @@ import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from hermetic.core import text
 from hermetic.core.manifest import OutputEntry
 from hermetic.monitoring.usage import ResourceUsage
 
@@ -29,6 +30,10 @@ class Violation:
     ``attempted`` says what the action tried (a path, an address, a syscall,
     a duration); ``decision`` what was done about it ("denied", "killed",
     "discarded").  Never holds environment values.
+
+    A path is held as ``os.fsdecode`` gives it; ``to_dict`` shows one that is
+    not UTF-8 with each bad byte as ``\\xNN`` and adds its bytes in base64
+    (``attempted_b64``...): see hermetic/core/text.py.
     """
 
     kind: ViolationKind
@@ -38,13 +43,12 @@ class Violation:
     observed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind.value,
-            "attempted": self.attempted,
-            "decision": self.decision,
-            "limit": self.limit,
-            "observed": self.observed,
-        }
+        d: dict[str, Any] = {"kind": self.kind.value}
+        text.put(d, "attempted", self.attempted)
+        text.put(d, "decision", self.decision)
+        text.put(d, "limit", self.limit)
+        text.put(d, "observed", self.observed)
+        return d
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class ExecutionResult:
     #: Isolation layers that were not applied, when the caller accepted that
     #: (``HermeticExecutor.create(spec, require_hermetic=False)`` on Windows).
     unenforced_layers: tuple[str, ...] = ()
+    #: Why this execution's violations could not be written to the audit log
+    #: (the write failed); None when they were, or when there is no log.
+    audit_error: str | None = None
 
     def success(self) -> bool:
         """Exit status 0, no signal, no timeout."""
@@ -122,6 +129,7 @@ class ExecutionResult:
             "unenforced_layers": list(self.unenforced_layers),
             "usage": self.usage.to_dict(),
             "violations": [v.to_dict() for v in self.violations],
+            "audit_error": self.audit_error,
             "outputs": [e.to_dict() for e in self.outputs],
             "stdout": out(self.stdout),
             "stderr": out(self.stderr),
