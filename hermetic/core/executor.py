@@ -8,20 +8,20 @@ at once (every execution has its own sandbox and its own buffers).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import errno
 import functools
 import os
-import stat
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hermetic.core import manifest
+from hermetic.core import manifest, verify
 from hermetic.core.errors import (
     ActionFailedError,
     ExecutionTimeout,
     HermeticError,
+    SandboxError,
     SpecError,
     UnsupportedError,
 )
@@ -354,23 +354,56 @@ class HermeticExecutor:
         where the spec declares them, so the runs see the same starting
         state and the declared outputs are left as they are.  The report
         lists every difference (output files, stdout, stderr, exit status).
-        Err: a bad argument, a run that could not start, or a host that
-        cannot bind fresh copies (Landlock-only isolation).
+        The fresh copies are removed without following any link an action
+        left in them, and copies a killed caller left behind are removed
+        first (hermetic/core/verify.py).  Err: a bad argument, a run that
+        could not start, outputs that cannot be read back, a fresh copy that
+        cannot be removed, or a host that cannot bind fresh copies
+        (Landlock-only isolation).
         """
         try:
             seconds, data = _checked(timeout, stdin)
             if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
                 raise SpecError(f"runs must be an int >= 2, got {runs!r}", field="runs", value=runs)
+            self._audit_open()
         except HermeticError as e:
             return Err(e)
+        # Copies a killed caller left behind: theirs, never a live caller's.
+        verify.remove_stale()
         fresh_dirs: list[str] = []
+        try:
+            outcome = self._verify_runs(argv, runs, cwd, data, seconds, fresh_dirs)
+        finally:
+            failed = verify.remove_copies(fresh_dirs)
+        if failed:
+            path, err = failed[0]
+            return Err(
+                SandboxError(
+                    err.errno or errno.EIO,
+                    stage="verify cleanup",
+                    path=path,
+                    detail=f"removing a fresh copy of the outputs: {err}",
+                )
+            )
+        return outcome
+
+    def _verify_runs(
+        self,
+        argv: Sequence[str],
+        runs: int,
+        cwd: str | None,
+        data: bytes | None,
+        seconds: float | None,
+        fresh_dirs: list[str],
+    ) -> Result[ReproducibilityReport]:
         try:
             results: list[ExecutionResult] = []
             manifests = []
             real_paths = []
-            for _ in range(runs):
+            for run in range(1, runs + 1):
                 remap = {
-                    p: _fresh_copy(p, fresh_dirs) for p in (*self._spec.outputs, *self._spec.temps)
+                    p: verify.fresh_copy(p, fresh_dirs)
+                    for p in (*self._spec.outputs, *self._spec.temps)
                 }
                 prepared = self._backend.prepare(_applied(self._spec), remap=remap)
                 try:
@@ -379,12 +412,20 @@ class HermeticExecutor:
                     )
                 finally:
                     prepared.close()
-                self._record(result)
+                result = self._record(result)
                 roots = [remap[p] for p in self._spec.outputs]
                 shown = {remap[p]: p for p in self._spec.outputs}
-                entries = manifest.collect(roots, shown_as=shown)
+                try:
+                    entries = manifest.collect(roots, shown_as=shown)
+                except OSError as e:
+                    raise SandboxError(
+                        e.errno or errno.EIO,
+                        stage="verify outputs",
+                        path=_shown(e.filename, shown),
+                        detail=f"reading what run {run} left in its outputs: {e.strerror}",
+                    ) from None
                 reverse = {p: remap[p] for p in self._spec.outputs}
-                real_paths.append({e.path: _real(e.path, reverse) for e in entries})
+                real_paths.append({e.path: verify.real_path(e.path, reverse) for e in entries})
                 results.append(result)
                 manifests.append(entries)
             differences = compare(results, manifests, real_paths)
@@ -399,9 +440,6 @@ class HermeticExecutor:
             )
         except HermeticError as e:
             return Err(e)
-        finally:
-            for path in fresh_dirs:
-                _remove(path)
 
     def execute_with_timeout(
         self,
@@ -443,50 +481,14 @@ def _checked(
     return seconds, bytes(stdin) if stdin is not None else None
 
 
-def _fresh_copy(path: str, made: list[str]) -> str:
-    """An empty directory (or file) like ``path``, with its permission bits."""
-    import tempfile
-
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        fresh = tempfile.mkdtemp(prefix="hermetic-verify-")
-    else:
-        fd, fresh = tempfile.mkstemp(prefix="hermetic-verify-")
-        os.close(fd)
-    made.append(fresh)
-    os.chmod(fresh, stat.S_IMODE(st.st_mode))
-    return fresh
-
-
-def _real(shown: str, roots: dict[str, str]) -> str:
-    """Where a path the action saw under an output is in its fresh copy."""
-    for declared, fresh in roots.items():
-        if shown == declared:
-            return fresh
-        if shown.startswith(declared.rstrip("/") + "/"):
-            return fresh + shown[len(declared.rstrip("/")) :]
-    return shown
-
-
-def _remove(path: str) -> None:
-    """Remove a fresh copy, whatever modes the action left in it."""
-
-    def writable(func: Any, p: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-        with contextlib.suppress(OSError):
-            func(p)
-
-    if os.path.isdir(path) and not os.path.islink(path):
-        import shutil
-
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=writable)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def _shown(name: object, shown: dict[str, str]) -> str | None:
+    """A fresh copy's path as the action saw it (for messages)."""
+    if not isinstance(name, str):
+        return None
+    for fresh, declared in shown.items():
+        if name == fresh or name.startswith(fresh + "/"):
+            return declared + name[len(fresh) :]
+    return name
 
 
 def run(

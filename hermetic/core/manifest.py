@@ -85,6 +85,7 @@ def _entry(
 def _walk(real: str, shown: str, digest: bool) -> Iterator[OutputEntry]:
     # prefix[d] is the shown path of the directory entries of depth d + 1 are in.
     prefix = [shown]
+    path = shown
     try:
         for depth, name, dir_fd, st in tree.walk(real):
             path = shown if depth == 0 else prefix[depth - 1] + "/" + name
@@ -94,7 +95,11 @@ def _walk(real: str, shown: str, digest: bool) -> Iterator[OutputEntry]:
                 prefix.append(path)
     except FileNotFoundError as e:
         if e.filename != real:
-            raise
+            raise OSError(e.errno, e.strerror, path) from None
+    except OSError as e:
+        # The walk names entries relative to their directory: say which
+        # output path it was at (the last entry listed, or the one under it).
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def collect(

@@ -7,18 +7,43 @@ path (as the action saw it), what differs (content, mode, kind, symlink
 target, presence), the runs that differ from the first, and for content the
 first differing byte offset and, when both sides are text, the first
 differing line.  stdout, stderr and the exit status are compared too.
+
+The fresh copies live in the temporary directory (``tempfile``), named
+``hermetic-verify-<pid>-<start>-<random>``: the caller's pid and its start
+time (clock ticks since boot, /proc/PID/stat), which together name one
+process for the life of the host.  A caller killed before it removed its
+copies (SIGKILL, or SIGTERM's default action) leaves them behind; the next
+check by the same user removes those whose process is gone
+(``remove_stale``), as the Linux backend does with its cgroups.  A copy
+whose process still runs, or is unknown, is never touched.  Every removal
+is hermetic/core/tree.py's: no link the action planted is followed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hermetic.core import tree
 from hermetic.core.manifest import OutputEntry
 from hermetic.core.outcome import ExecutionResult
 
-__all__ = ["Difference", "ReproducibilityReport", "compare", "first_difference"]
+__all__ = [
+    "Difference",
+    "ReproducibilityReport",
+    "compare",
+    "first_difference",
+    "fresh_copy",
+    "real_path",
+    "remove_copies",
+    "remove_stale",
+]
+
+PREFIX = "hermetic-verify-"
 
 _CHUNK = 1 << 16
 
@@ -86,10 +111,15 @@ def first_difference(a: bytes, b: bytes) -> tuple[int | None, int | None]:
     return offset, line_a if line_a is not None and line_b is not None else None
 
 
+def _open(path: str) -> Any:
+    """A file of a fresh copy, for reading: a path of any length, no link followed."""
+    return os.fdopen(tree.open_long(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+
 def _file_difference(path_a: str, path_b: str) -> tuple[int | None, int | None]:
     """First difference of two files, read in chunks; the line needs both to be text."""
     offset = 0
-    with open(path_a, "rb") as fa, open(path_b, "rb") as fb:
+    with _open(path_a) as fa, _open(path_b) as fb:
         while True:
             ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
             if ca != cb:
@@ -100,7 +130,7 @@ def _file_difference(path_a: str, path_b: str) -> tuple[int | None, int | None]:
             if not ca:
                 return None, None
             offset += len(ca)
-    with open(path_a, "rb") as fa, open(path_b, "rb") as fb:
+    with _open(path_a) as fa, _open(path_b) as fb:
         head_a, head_b = fa.read(), fb.read()
     la, lb = _line_of(head_a, offset), _line_of(head_b, offset)
     return offset, la if la is not None and lb is not None else None
@@ -156,3 +186,101 @@ def compare(
         Difference(path, what, tuple(runs), *where[(path, what)])
         for (path, what), runs in sorted(found.items())
     )
+
+
+# --- The fresh copies ---------------------------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (the start time in clock ticks), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its end.
+    fields = data[data.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def _owner_tag() -> str:
+    return f"{os.getpid()}-{_start_time(os.getpid()) or 0}-"
+
+
+def fresh_copy(path: str, made: list[str]) -> str:
+    """An empty directory (or file) like ``path``, with its permission bits,
+    named after this process; appended to ``made`` before anything can fail."""
+    import tempfile
+
+    st = os.stat(path)
+    prefix = PREFIX + _owner_tag()
+    if stat.S_ISDIR(st.st_mode):
+        fresh = tempfile.mkdtemp(prefix=prefix)
+        made.append(fresh)
+    else:
+        fd, fresh = tempfile.mkstemp(prefix=prefix)
+        made.append(fresh)
+        os.close(fd)
+    os.chmod(fresh, stat.S_IMODE(st.st_mode))
+    return fresh
+
+
+def real_path(shown: str, roots: dict[str, str]) -> str:
+    """Where a path the action saw under an output is in its fresh copy."""
+    for declared, fresh in roots.items():
+        if shown == declared:
+            return fresh
+        if shown.startswith(declared.rstrip("/") + "/"):
+            return fresh + shown[len(declared.rstrip("/")) :]
+    return shown
+
+
+def remove_copies(paths: Sequence[str]) -> list[tuple[str, OSError]]:
+    """Remove every fresh copy in ``paths``; the ones that could not be, with why."""
+    failed = []
+    for path in paths:
+        try:
+            tree.remove_tree(path)
+        except OSError as e:
+            failed.append((path, e))
+    return failed
+
+
+def _dead(pid: int, start: str) -> bool:
+    """True only when the process that made a copy surely no longer runs."""
+    now = _start_time(pid)
+    if now is not None and start != "0":
+        return now != start  # the pid was reused by another process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False  # alive, but its /proc entry is hidden from us
+
+
+def remove_stale(directory: str | None = None) -> list[str]:
+    """Remove this user's fresh copies whose process no longer runs; the paths removed."""
+    import tempfile
+
+    where = directory or tempfile.gettempdir()
+    removed = []
+    uid = os.geteuid()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(where):
+            if not name.startswith(PREFIX):
+                continue
+            pid_text, _, rest = name[len(PREFIX) :].partition("-")
+            start, _, _ = rest.partition("-")
+            if not (pid_text.isdigit() and start.isdigit()):
+                continue
+            path = os.path.join(where, name)
+            try:
+                if os.lstat(path).st_uid != uid or not _dead(int(pid_text), start):
+                    continue
+                tree.remove_tree(path)
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
