@@ -310,3 +310,15 @@ def test_the_fresh_copies_of_a_killed_caller_go_with_the_next_verify(area):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.unprivileged
+def test_an_output_the_caller_cannot_read_back_is_named(area, test_user):
+    """collect_outputs as the test user, after the action made a directory
+    mode 0: a clear error naming it, not a traceback."""
+    out, _ = area
+    _own(test_user, out)
+    script = f"mkdir {out}/locked && echo x > {out}/locked/f && chmod 0 {out}/locked"
+    p = _cli(test_user, ["run", "-o", out, "--collect-outputs", "--json", "--", "sh", "-c", script])
+    assert p.returncode == 125, p.stderr
+    assert f"{out}/locked".encode() in p.stderr and b"Traceback" not in p.stderr

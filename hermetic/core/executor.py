@@ -274,7 +274,11 @@ class HermeticExecutor:
         assert result is not None
         result = self._record(result)
         if collect_outputs:
-            result = dataclasses.replace(result, outputs=manifest.collect(self._spec.outputs))
+            try:
+                entries = manifest.collect(self._spec.outputs)
+            except OSError as e:
+                return Err(_unreadable_outputs(e, "listing the outputs"))
+            result = dataclasses.replace(result, outputs=entries)
         return Ok(result)
 
     def _spec_digest_once(self) -> str:
@@ -418,11 +422,8 @@ class HermeticExecutor:
                 try:
                     entries = manifest.collect(roots, shown_as=shown)
                 except OSError as e:
-                    raise SandboxError(
-                        e.errno or errno.EIO,
-                        stage="verify outputs",
-                        path=_shown(e.filename, shown),
-                        detail=f"reading what run {run} left in its outputs: {e.strerror}",
+                    raise _unreadable_outputs(
+                        e, f"reading what run {run} left in its outputs"
                     ) from None
                 reverse = {p: remap[p] for p in self._spec.outputs}
                 real_paths.append({e.path: verify.real_path(e.path, reverse) for e in entries})
@@ -481,14 +482,14 @@ def _checked(
     return seconds, bytes(stdin) if stdin is not None else None
 
 
-def _shown(name: object, shown: dict[str, str]) -> str | None:
-    """A fresh copy's path as the action saw it (for messages)."""
-    if not isinstance(name, str):
-        return None
-    for fresh, declared in shown.items():
-        if name == fresh or name.startswith(fresh + "/"):
-            return declared + name[len(fresh) :]
-    return name
+def _unreadable_outputs(e: OSError, doing: str) -> SandboxError:
+    """What an action left under its outputs could not be read back (it made
+    a directory unreadable, say); manifest.collect names the path as the
+    action saw it."""
+    name = e.filename if isinstance(e.filename, str) else None
+    return SandboxError(
+        e.errno or errno.EIO, stage="outputs", path=name, detail=f"{doing}: {e.strerror}"
+    )
 
 
 def run(

@@ -13,6 +13,7 @@ UTF-8 losslessly (hermetic/core/text.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -46,10 +47,16 @@ class OutputEntry:
 
 
 def file_sha256(path: str | bytes | os.PathLike[str], *, dir_fd: int | None = None) -> str:
+    """The SHA-256 of a regular file's content, never through a symlink.
+
+    O_NONBLOCK: a FIFO put where a file was listed must not hang the
+    caller; anything but a regular file is refused (EINVAL)."""
     import hashlib  # (loads OpenSSL: only when hashing)
 
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(path))
         h = hashlib.sha256()
         while chunk := os.read(fd, _CHUNK):
             h.update(chunk)
