@@ -218,3 +218,23 @@ def test_reproducibility_section_round_trips_through_json():
         SandboxSpec.from_json('{"reproducibility": {"source_date_epoch": -1}}')
     with pytest.raises(SpecError, match="fresh_clocks"):
         SandboxSpec.from_json('{"reproducibility": {"fresh_clocks": 1}}')
+
+
+def test_an_output_name_that_is_not_utf8_is_reported_losslessly(workspace):
+    import base64
+
+    src, out, tmp = workspace
+    cli = [sys.executable, "-m", "hermetic", "verify", "-o", out, "--"]
+    script = f"date +%N > \"$(printf '{out}/bad-\\377')\""
+    text_mode = subprocess.run([*cli, "sh", "-c", script], capture_output=True, cwd="/")
+    assert text_mode.returncode == 1, text_mode.stderr
+    assert f"{out}/bad-\\xff: content differs".encode() in text_mode.stdout
+    as_json = subprocess.run(
+        [*cli[:-1], "--json", "--", "sh", "-c", script], capture_output=True, cwd="/"
+    )
+    assert as_json.returncode == 1, as_json.stderr
+    report = json.loads(as_json.stdout)
+    (difference,) = report["differences"]
+    assert base64.b64decode(difference["path_b64"]) == os.fsencode(out) + b"/bad-\xff"
+    entry = next(e for e in report["outputs"] if "path_b64" in e)
+    assert base64.b64decode(entry["path_b64"]) == os.fsencode(out) + b"/bad-\xff"

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hermetic.core import tree
+from hermetic.core import text, tree
 from hermetic.core.manifest import OutputEntry
 from hermetic.core.outcome import ExecutionResult
 
@@ -59,20 +59,18 @@ class Difference:
     line: int | None = None  # first differing line, 1-based, when both sides are text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "what": self.what,
-            "runs": list(self.runs),
-            "offset": self.offset,
-            "line": self.line,
-        }
+        d: dict[str, Any] = {}
+        text.put(d, "path", self.path)  # an action's path need not be UTF-8
+        d.update(what=self.what, runs=list(self.runs), offset=self.offset, line=self.line)
+        return d
 
     def describe(self) -> str:
         where = ""
         if self.offset is not None:
             where = f" at byte {self.offset}" + (f" (line {self.line})" if self.line else "")
         runs = ", ".join(str(r) for r in self.runs)
-        return f"{self.path}: {self.what} differs{where} in run(s) {runs} from run 1"
+        path = text.raw_bytes(self.path).decode("utf-8", "backslashreplace")
+        return f"{path}: {self.what} differs{where} in run(s) {runs} from run 1"
 
 
 @dataclass(frozen=True)
