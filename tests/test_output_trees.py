@@ -287,7 +287,7 @@ def _verify_here(out: str, tmp: str) -> None:
 
 
 @pytest.mark.root
-def test_the_fresh_copies_of_a_killed_caller_go_with_the_next_verify(area):
+def test_the_fresh_copies_of_a_killed_caller_go_with_the_next_verify(area, test_user):
     out, tmp = area
     killed, killed_dir = _start_waiting_caller(out, tmp, "killed")
     live, live_dir = _start_waiting_caller(out, tmp, "live")
@@ -295,8 +295,15 @@ def test_the_fresh_copies_of_a_killed_caller_go_with_the_next_verify(area):
         killed.kill()  # SIGKILL: no finally runs in the caller
         killed.wait()
         assert os.path.isdir(killed_dir)
+        # The same dead caller's name on another user's directory: not ours.
+        foreign = killed_dir + "-foreign"
+        os.mkdir(foreign)
+        _own(test_user, foreign)
         _verify_here(out, tmp)
         assert not os.path.lexists(killed_dir)
+        assert os.path.isdir(foreign) == (test_user is not None)
+        if test_user is not None:
+            os.rmdir(foreign)
         assert os.path.isdir(live_dir)  # a live caller's copies are never touched
         with open(os.path.join(live_dir, "started")) as f:
             assert f.read().strip() == "live"
