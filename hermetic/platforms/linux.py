@@ -58,6 +58,12 @@ SECCOMP_MAX = 4096  # BPF_MAXINSNS
 #: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
 END_WAIT = 1.0
 DOMAINNAME = "localdomain"
+#: Bytes of each captured stream (stdout, stderr) the caller keeps when the
+#: spec sets no ``max_output_bytes``: the caller holds the output in its own
+#: memory, and an action can make a stream look as large as it likes for
+#: free (ftruncate leaves a hole), so some bound always applies.  A stream
+#: cut to it is reported as a "resource" violation, decision "truncated".
+DEFAULT_STREAM_CAP = 64 << 20
 #: PATH searched for argv[0] when the spec's environment has none (execvp's).
 DEFAULT_SEARCH_PATH = "/bin:/usr/bin"
 #: Root callers build each spec's root once and copy it per action
@@ -701,10 +707,41 @@ def _fill(fd: int, data: bytes) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
 
 
+def _kept_sizes(limit: int, out_size: int, err_size: int) -> tuple[int, int]:
+    """How many bytes of stdout and stderr the result holds, from their
+    sizes as the action left them (st_size: a hole counts in full).
+
+    With ``max_output_bytes`` (``limit``) the two share it, stdout first;
+    without, each is kept to DEFAULT_STREAM_CAP.  Either way the caller's
+    memory is bounded by the cap, never by what the action claims."""
+    if limit:
+        kept_out = min(out_size, limit)
+        return kept_out, min(err_size, limit - kept_out)
+    return min(out_size, DEFAULT_STREAM_CAP), min(err_size, DEFAULT_STREAM_CAP)
+
+
+def _default_cap_violations(streams: Sequence[tuple[str, int, int]]) -> list[Violation]:
+    """One "truncated" record per stream (name, size, kept) cut to
+    DEFAULT_STREAM_CAP."""
+    return [
+        Violation(
+            ViolationKind.RESOURCE,
+            attempted=f"{name} beyond the default output cap (output_truncated)",
+            decision="truncated",
+            limit=f"{DEFAULT_STREAM_CAP} bytes per stream (the spec sets no max_output_bytes)",
+            observed=f"{size} bytes, the first {kept} kept",
+        )
+        for name, size, kept in streams
+        if size > kept
+    ]
+
+
 def _read_all(fd: int, size: int) -> bytes:
-    """The first ``size`` bytes of a captured stream: never more than the
-    output cap, whatever the action wrote (a sparse gigabyte costs it
-    nothing, reading it would cost the caller a gigabyte)."""
+    """The first ``size`` bytes of a captured stream (``size`` from
+    _kept_sizes, so never more than the cap, whatever the action wrote: a
+    sparse gigabyte costs it nothing, reading it would cost the caller a
+    gigabyte).  One read usually does it, into a buffer of ``size`` bytes
+    and no copy; a file cut short meanwhile ends the read early."""
     chunks = []
     offset = 0
     while offset < size:
@@ -1279,23 +1316,23 @@ def _run(
         if watch.peak_processes is not None:
             usage = usage.with_figure("peak_processes", watch.peak_processes, "sampled")
         out_size, err_size = os.fstat(out_fd).st_size, os.fstat(err_fd).st_size
-        written = out_size + err_size
+        keep_out, keep_err = _kept_sizes(prepared.limits.output_bytes, out_size, err_size)
+        streams = (("stdout", out_size, keep_out), ("stderr", err_size, keep_err))
         violations += _limit_violations(
             prepared.spec,
             counted,
             breach,
             watch.observed,
             sig if not timed_out else None,
-            written,
+            out_size + err_size,
+            [name for name, size, kept in streams if size > kept],
         )
         tmp_full = watch.tmp_violation()
         if tmp_full is not None:
             violations.append(tmp_full)
-        cap = prepared.limits.output_bytes
-        if cap and written > cap:
-            out_size = min(out_size, cap)
-            err_size = min(err_size, cap - out_size)
-        stdout, stderr = _read_all(out_fd, out_size), _read_all(err_fd, err_size)
+        if not prepared.limits.output_bytes:
+            violations += _default_cap_violations(streams)
+        stdout, stderr = _read_all(out_fd, keep_out), _read_all(err_fd, keep_err)
         return ExecutionResult(
             argv=args,
             exit_code=exit_code,
@@ -1329,10 +1366,12 @@ def _limit_violations(
     observed: dict[str, int],
     sig: int | None,
     written: int,
+    cut: Sequence[str] = (),
 ) -> list[Violation]:
     """Every limit breach of one action: from the cgroup's counters, the
     periodic check (``breach``), the main process's end signal, and the
-    captured output's size (``written``)."""
+    captured output's size (``written``; ``cut``: the streams the result
+    holds only part of)."""
     limits = spec.resources
     out = []
 
@@ -1387,7 +1426,8 @@ def _limit_violations(
         out.append(
             Violation(
                 ViolationKind.RESOURCE,
-                attempted="output beyond max_output_bytes",
+                attempted="output beyond max_output_bytes"
+                + (f" ({', '.join(cut)} output_truncated)" if cut else ""),
                 decision="truncated",
                 limit=f"max_output_bytes={limits.max_output_bytes}",
                 observed=f"{written} bytes",
