@@ -140,3 +140,44 @@ def test_an_explicit_cap_bounds_sparse_streams_and_names_them(mode: str, user: A
     assert v["kind"] == "resource" and v["decision"] in ("truncated", "killed")
     assert "max_output_bytes=4096" in v["limit"]
     assert r["grown_kib"] < (64 << 20) >> 10, r
+
+
+FLOOD = """
+import socket
+for _ in range({calls}):
+    try:
+        socket.sethostname("elsewhere")
+    except OSError:
+        pass
+refused = 0
+for i in range({paths}):
+    try:
+        open(f"/usr/hermetic-flood-{{i}}", "w")
+    except OSError:
+        refused += 1
+print(refused)
+"""
+
+
+def test_a_flood_of_denials_is_held_as_a_bounded_number_of_records(runner: Any) -> None:
+    from hermetic import EnvSet, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
+    from hermetic.security.syscalls import MAX_RECORDS
+
+    spec = SandboxSpec(
+        inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+        environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+        resources=ResourceLimits.defaults(),
+    )
+    paths, calls = 3 * MAX_RECORDS, 100_000
+    r = runner.run(spec, ["python3", "-c", FLOOD.format(paths=paths, calls=calls)], timeout=300)
+    assert r.error is None and r.exit_code == 0, r
+    assert r.text.strip() == str(paths)
+    violations = r.raw["violations"]
+    # Every distinct record up to the bound, then one that counts the rest;
+    # a call already recorded is counted in its record.
+    assert len(violations) == MAX_RECORDS + 1
+    [rest] = [v for v in violations if v["attempted"].endswith("more calls")]
+    refused_paths = sum(1 for v in violations if v["kind"] == "filesystem")
+    assert int(rest["attempted"].split()[0]) == paths - refused_paths
+    [hostname] = [v for v in violations if v["attempted"].startswith("sethostname(")]
+    assert hostname["observed"] == f"{calls} times"
