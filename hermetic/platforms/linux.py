@@ -36,6 +36,8 @@ from hermetic.platforms.linux_probe import (
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWUSER,
+    clone_error,
+    flag_names,
     probe,
 )
 from hermetic.platforms.linux_reap import Rusage as _Rusage
@@ -268,8 +270,34 @@ class Prepared:
         # The host's root needs no user namespace: its sandbox runs as uid 0
         # either way (a namespace would map 0 to 0), capabilities dropped.
         # Skipping it saves creating it and writing the id maps, and pid 1,
-        # still root, makes /dev's nodes instead of binding them.
-        self.userns = namespaces and not _global_root()
+        # still root, makes /dev's nodes instead of binding them.  That path
+        # needs CAP_SYS_ADMIN, which a root with a bounded capability set
+        # lacks: probed with the very flags it uses, such a root takes the
+        # user namespace path, as any user does.
+        privileged = (
+            namespaces and _global_root() and clone_error(ALL_NAMESPACES & ~CLONE_NEWUSER) == 0
+        )
+        self.userns = namespaces and not privileged
+        if namespaces:
+            # The namespaces this plan creates (pid 1's, and on root's path
+            # the prepared mount namespace's and the pooled network
+            # namespaces'), probed as such once per process: a plan that
+            # cannot start fails here, at create(), not at every execute.
+            needed = ALL_NAMESPACES if self.userns else ALL_NAMESPACES & ~CLONE_NEWUSER
+            if net.host_network:
+                needed &= ~CLONE_NEWNET
+            err = clone_error(needed)
+            if err:
+                raise UnsupportedError(
+                    "namespaces",
+                    f"creating {flag_names(needed)} namespaces failed here: "
+                    f"{os.strerror(err)}"
+                    + (
+                        " (root without CAP_SYS_ADMIN, and no user namespace either)"
+                        if self.userns and _global_root()
+                        else ""
+                    ),
+                )
         self.ops = (
             linux_plan.build_ops(
                 spec, self.workdir, remap, make_nodes=namespaces and not self.userns
@@ -356,7 +384,14 @@ class Prepared:
         # capability over it to change that.
         # setns() into a network namespace needs CAP_SYS_ADMIN in the caller's
         # own user namespace too, so only a privileged caller can use the pool.
-        self.pooled_network = not net.fresh_namespace and not net.host_network and os.geteuid() == 0
+        # Probed as such: a root of its own user namespace without
+        # CAP_SYS_ADMIN there can make neither.
+        self.pooled_network = (
+            not net.fresh_namespace
+            and not net.host_network
+            and os.geteuid() == 0
+            and (privileged or clone_error(CLONE_NEWNET) == 0)
+        )
         ns_flags = ALL_NAMESPACES
         if self.pooled_network or net.host_network:
             ns_flags &= ~CLONE_NEWNET

@@ -27,6 +27,31 @@ NAMESPACES = {
 ALL_NAMESPACES = sum(NAMESPACES.values())
 
 
+#: clone_error()'s answers, by (process, flag set).
+_CLONED: dict[tuple[int, int], int] = {}
+
+
+def clone_error(flags: int) -> int:
+    """0 when this process can create the namespaces ``flags`` names (one
+    clone with exactly these flags, whose child returns at once), else the
+    errno.  Asked once per process and flag set: a plan is checked against
+    the flags it will use, not against another path's (root's path creates
+    no user namespace and needs CAP_SYS_ADMIN; the user namespace path
+    needs none)."""
+    key = (os.getpid(), flags)
+    found = _CLONED.get(key)
+    if found is None:
+        from hermetic._native import lib
+
+        found = _CLONED[key] = -lib.hm_probe_clone(flags)
+    return found
+
+
+def flag_names(flags: int) -> str:
+    """The namespaces ``flags`` names, as "user+mount+pid"."""
+    return "+".join(name for name, flag in NAMESPACES.items() if flags & flag) or "no"
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
@@ -59,7 +84,7 @@ def probe() -> Capabilities:
     from hermetic._native import lib
 
     notes: dict[str, str] = {}
-    r = lib.hm_probe_clone(ALL_NAMESPACES)
+    r = -clone_error(ALL_NAMESPACES)
     userns = r == 0
     namespaces: list[str] = []
     if userns:
@@ -73,6 +98,16 @@ def probe() -> Capabilities:
             extra = CLONE_NEWUSER if name != "user" else 0
             if lib.hm_probe_clone(flag | extra) == 0:
                 namespaces.append(name)
+    from hermetic.platforms.linux_limits import _global_root
+
+    if userns and _global_root():
+        no_admin = clone_error(ALL_NAMESPACES & ~CLONE_NEWUSER)
+        if no_admin:
+            notes["privileged_namespaces"] = (
+                f"root, but creating namespaces without a user namespace failed: "
+                f"{os.strerror(no_admin)} (no CAP_SYS_ADMIN?): actions run in a user "
+                f"namespace, as for any user"
+            )
     mount_setattr = lib.hm_probe_mount_setattr() == 0
     if not mount_setattr:
         notes["mount_setattr"] = "mount_setattr(2) is missing (Linux >= 5.12 needed)"
