@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
@@ -46,6 +46,7 @@ from hermetic.platforms.linux_standby import KEEPER, Standby, StandbySlot, Unava
 from hermetic.platforms.linux_watch import Watch
 from hermetic.platforms.linux_workers import POOL as WORKERS
 from hermetic.platforms.linux_workers import Worker
+from hermetic.security.outputs import scan as scan_outputs
 from hermetic.security.syscalls import SyscallAudit
 from hermetic.security.timeout import DEFAULT_KILL_GRACE, Serve, wait_or_kill, wait_readable
 
@@ -413,6 +414,9 @@ class Prepared:
         if namespaces and not any(p == "/tmp" for p in self.writable + tuple(spec.inputs)):
             self.writable += ("/tmp",)  # the sandbox's private /tmp
         self.audit_roots = SyscallAudit.roots(self.writable, spec.inputs)
+        #: The host paths the action could write (its outputs and temps, or
+        #: their fresh copies), scanned for set-id files after each run.
+        self.scan_roots = _outermost((remap or {}).get(p, p) for p in (*spec.outputs, *spec.temps))
         seccomp, n_seccomp = self._filter(())
         mem.keep.append(seccomp)
         template = {
@@ -604,6 +608,12 @@ class Prepared:
                 found = tuple(os.path.join(d or ".", arg0) for d in search.split(":"))
             self._exec_cache[arg0] = found
         return found
+
+
+def _outermost(paths: Iterable[str]) -> tuple[str, ...]:
+    """``paths`` without those under another of them, in order."""
+    unique = list(dict.fromkeys(paths))
+    return tuple(p for p in unique if not any(q != p and is_within(p, q) for q in unique))
 
 
 def isolation_mode(caps: Capabilities) -> str:
@@ -1367,6 +1377,9 @@ def _run(
             violations.append(tmp_full)
         if not prepared.limits.output_bytes:
             violations += _default_cap_violations(streams)
+        if prepared.scan_roots:
+            # After pid 1 is reaped: nothing of the action's is left to race.
+            violations += scan_outputs(prepared.scan_roots)
         stdout, stderr = _read_all(out_fd, keep_out), _read_all(err_fd, keep_err)
         return ExecutionResult(
             argv=args,

@@ -1,0 +1,276 @@
+"""After each run: no set-id file, and no file capability, left where the action wrote.
+
+The outputs and temps are the host paths an action can write.  A set-uid
+or set-gid file there (or one with a ``security.capability`` attribute)
+would hand whoever runs it later the file owner's identity or the
+capabilities, whatever the sandbox refused while the action ran: the
+seccomp filter refuses making such files, this scan is the layer behind it,
+and also catches a set-id file that was in an output before the run.
+
+``scan(roots)`` walks each root without following a symbolic link (every
+directory is opened with O_NOFOLLOW relative to its parent's descriptor, so
+a name swapped for a link is never entered) and, for each regular file:
+
+- set-uid or set-gid: the bits are cleared with fchmod on a descriptor of
+  the file (opened O_NOFOLLOW, its identity checked against the entry's);
+  a file with more than one name may be one the host has elsewhere (a hard
+  link of an input), so its name in the output is removed instead: the
+  host's other names keep their mode;
+- executable with a ``security.capability`` attribute: the attribute is
+  removed (or, where the caller may not, the execute bits: file
+  capabilities act only at exec).
+
+Each is one "filesystem" violation (``attempted`` names the path and
+"setid_output"), decision "stripped", "removed" or "left" (with why).
+The walk is bounded: at most MAX_ENTRIES entries and MAX_DEPTH levels (a
+directory at the depth bound is made inaccessible, mode 000, and
+reported), and at most MAX_RECORDS violations, the rest counted in one.
+With no roots it costs nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
+
+from hermetic.core.outcome import Violation, ViolationKind
+
+__all__ = ["MAX_DEPTH", "MAX_ENTRIES", "MAX_RECORDS", "scan"]
+
+#: Entries looked at per run; beyond, the rest is reported as not scanned.
+MAX_ENTRIES = 1_000_000
+#: Directory levels below a root held open at once (one descriptor each).
+MAX_DEPTH = 128
+#: Violations kept per run; the rest are counted in one more.
+MAX_RECORDS = 100
+
+_SETID = stat.S_ISUID | stat.S_ISGID
+_EXEC = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+_FCAPS = "security.capability"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+@dataclass
+class _Report:
+    records: list[Violation] = field(default_factory=list)
+    dropped: int = 0
+    entries: int = 0
+
+    def add(self, path: str, decision: str, observed: str) -> None:
+        if len(self.records) < MAX_RECORDS:
+            self.records.append(
+                Violation(
+                    ViolationKind.FILESYSTEM,
+                    attempted=f"{path}: left by the action (setid_output)",
+                    decision=decision,
+                    observed=observed,
+                )
+            )
+        else:
+            self.dropped += 1
+
+    def violations(self) -> list[Violation]:
+        out = list(self.records)
+        if self.dropped:
+            out.append(
+                Violation(
+                    ViolationKind.FILESYSTEM,
+                    attempted=f"{self.dropped} more set-id or capability files (setid_output)",
+                    decision="stripped, removed or left",
+                    observed=f"beyond {MAX_RECORDS} records",
+                )
+            )
+        return out
+
+
+def scan(roots: Iterable[str]) -> list[Violation]:
+    """Clear set-id bits and file capabilities under ``roots`` (host paths,
+    each a directory or a file); one violation per file found (see the
+    module docstring)."""
+    report = _Report()
+    for root in roots:
+        parent, name = os.path.split(root.rstrip("/") or "/")
+        try:
+            pfd = os.open(parent or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
+            continue
+        try:
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                _walk(pfd, name, root, report)
+            elif stat.S_ISREG(st.st_mode):
+                _check_file(pfd, name, root, st, report)
+        finally:
+            os.close(pfd)
+    return report.violations()
+
+
+def _walk(pfd: int, name: str, path: str, report: _Report) -> None:
+    """Depth first, one open descriptor per level below ``path``."""
+    try:
+        top = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+    except OSError as e:
+        report.add(path, "left", f"not scanned: {os.strerror(e.errno or 0)}")
+        return
+    # Each level: its descriptor, its path, and its entries not yet seen.
+    stack: list[tuple[int, str, Generator[os.DirEntry[str], None, None]]] = []
+    try:
+        stack.append((top, path, _entries(top)))
+        while stack:
+            fd, here, it = stack[-1]
+            entry = next(it, None)
+            if entry is None:
+                stack.pop()
+                it.close()
+                os.close(fd)
+                continue
+            report.entries += 1
+            if report.entries > MAX_ENTRIES:
+                report.add(
+                    here,
+                    "left",
+                    f"not scanned: more than {MAX_ENTRIES} entries under the outputs",
+                )
+                return
+            child = f"{here}/{entry.name}"
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if len(stack) > MAX_DEPTH:
+                        _seal(fd, entry.name, child, report)
+                        continue
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        stack.append((sub, child, _entries(sub)))
+                    except BaseException:
+                        os.close(sub)
+                        raise
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    _check_file(fd, entry.name, child, st, report)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    report.add(child, "left", f"not scanned: {os.strerror(e.errno or 0)}")
+    finally:
+        for fd, _, it in stack:
+            it.close()
+            os.close(fd)
+
+
+def _entries(fd: int) -> Generator[os.DirEntry[str], None, None]:
+    """The entries of the directory open as ``fd`` (read on a duplicate,
+    so closing ``fd`` is the caller's)."""
+    with os.scandir(fd) as it:
+        yield from it
+
+
+def _seal(fd: int, name: str, path: str, report: _Report) -> None:
+    """A directory deeper than the walk goes: nobody but root may enter it."""
+    try:
+        sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        try:
+            os.fchmod(sub, 0)
+        finally:
+            os.close(sub)
+        report.add(path, "sealed", f"deeper than {MAX_DEPTH} levels: not scanned, made mode 000")
+    except OSError as e:
+        report.add(path, "left", f"deeper than {MAX_DEPTH} levels: {os.strerror(e.errno or 0)}")
+
+
+def _check_file(dfd: int, name: str, path: str, st: os.stat_result, report: _Report) -> None:
+    mode = st.st_mode
+    setid = mode & _SETID
+    if not setid and not mode & _EXEC:
+        return  # the common case: no system call beyond the entry's stat
+    try:
+        pfd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
+    except OSError:
+        return  # gone, or replaced by a link since the listing
+    try:
+        now = os.fstat(pfd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return  # replaced since the listing: not the file seen
+        caps = False
+        if not setid:
+            caps = _has_caps(pfd)
+            if not caps:
+                return
+        what = _describe(now, caps)
+        if now.st_nlink > 1:
+            # Perhaps a host file's other name (a hard link of an input):
+            # its mode is not the output's to change.
+            try:
+                os.unlink(name, dir_fd=dfd)
+                report.add(path, "removed", f"{what}, {now.st_nlink} names: this one removed")
+            except OSError as e:
+                report.add(path, "left", f"{what}: cannot remove: {os.strerror(e.errno or 0)}")
+            return
+        try:
+            if setid:
+                _chmod(pfd, name, dfd, stat.S_IMODE(now.st_mode) & ~_SETID)
+            if caps or (setid and _has_caps(pfd)):
+                _drop_caps(pfd, name, dfd, stat.S_IMODE(now.st_mode) & ~_SETID)
+            report.add(path, "stripped", what)
+        except OSError as e:
+            report.add(path, "left", f"{what}: {os.strerror(e.errno or 0)}")
+    finally:
+        os.close(pfd)
+
+
+def _describe(st: os.stat_result, caps: bool) -> str:
+    kinds = [
+        label
+        for bit, label in ((stat.S_ISUID, "set-uid"), (stat.S_ISGID, "set-gid"))
+        if st.st_mode & bit
+    ]
+    if caps:
+        kinds.append("file capabilities")
+    return f"{' and '.join(kinds)} file, mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
+
+
+def _has_caps(pfd: int) -> bool:
+    try:
+        os.getxattr(f"/proc/self/fd/{pfd}", _FCAPS)
+    except OSError:
+        return False  # none (ENODATA), or no attributes on this filesystem
+    return True
+
+
+def _chmod(pfd: int, name: str, dfd: int, mode: int) -> None:
+    """``mode`` on the file ``pfd`` (an O_PATH descriptor) holds: fchmod
+    through a descriptor opened for reading, or where the caller may not
+    read it, chmod through /proc/self/fd (the same inode either way)."""
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+    except OSError:
+        os.chmod(f"/proc/self/fd/{pfd}", mode)
+        return
+    try:
+        a, b = os.fstat(fd), os.fstat(pfd)
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            raise OSError(errno.ESTALE, "replaced while being stripped")
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _drop_caps(pfd: int, name: str, dfd: int, mode: int) -> None:
+    try:
+        os.removexattr(f"/proc/self/fd/{pfd}", _FCAPS)
+    except OSError as e:
+        if e.errno == errno.ENODATA:
+            return
+        # Not the caller's to remove (CAP_SETFCAP): capabilities act only at
+        # exec, so the file is no longer executable.
+        _chmod(pfd, name, dfd, mode & ~_EXEC)

@@ -1,0 +1,226 @@
+"""No set-id file (nor file capability) is left where an action wrote.
+
+The scan (hermetic/security/outputs.py) is tested twice: on trees the test
+makes as root (set-uid and set-gid files, file capabilities, symbolic and
+hard links to host files, the walk's bounds), and end to end, from inside
+the sandbox, in every mode: a set-id file in an output when the run ends
+(one the caller put there, one the action makes) is stripped and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from typing import Any
+
+import pytest
+
+from hermetic import EnvSet, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
+from hermetic.security import outputs
+
+pytestmark = [pytest.mark.linux]
+
+#: struct vfs_cap_data, revision 2, effective: CAP_NET_RAW permitted.
+_CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making set-uid files owned by others needs root")
+
+
+def _file(path: str, mode: int, data: bytes = b"#!/bin/sh\n") -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+    return path
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _found(violations: list[Any]) -> dict[str, str]:
+    """Path -> decision, for the scan's records."""
+    out = {}
+    for v in violations:
+        assert v.kind.value == "filesystem"
+        assert "setid_output" in v.attempted
+        out[v.attempted.split(": ")[0]] = v.decision
+    return out
+
+
+def test_scan_strips_set_id_bits_and_capabilities_and_follows_no_link(scratch: str) -> None:
+    _needs_root()
+    out = os.path.join(scratch, "out")
+    host = os.path.join(scratch, "host")
+    os.makedirs(os.path.join(out, "a", "b"))
+    os.mkdir(host)
+    suid = _file(os.path.join(out, "a", "suid"), 0o4755)
+    sgid = _file(os.path.join(out, "a", "b", "sgid"), 0o2711)
+    hidden = _file(os.path.join(out, "a", "b", "unreadable"), 0o4000)
+    plain = _file(os.path.join(out, "plain"), 0o644)
+    exe = _file(os.path.join(out, "exe"), 0o755)
+    capped = _file(os.path.join(out, "capped"), 0o755)
+    os.setxattr(capped, "security.capability", _CAP_NET_RAW)
+    # Host files the output points at or shares an inode with: never changed.
+    victim = _file(os.path.join(host, "victim"), 0o4755)
+    os.symlink(victim, os.path.join(out, "link"))
+    os.symlink(host, os.path.join(out, "linkdir"))
+    shared = _file(os.path.join(host, "shared"), 0o4755)
+    os.link(shared, os.path.join(out, "hardlink"))
+
+    found = _found(outputs.scan([out]))
+
+    assert found == {
+        suid: "stripped",
+        sgid: "stripped",
+        hidden: "stripped",
+        capped: "stripped",
+        os.path.join(out, "hardlink"): "removed",
+    }
+    assert (_mode(suid), _mode(sgid), _mode(hidden)) == (0o755, 0o711, 0o000)
+    with pytest.raises(OSError):
+        os.getxattr(capped, "security.capability")
+    assert (_mode(plain), _mode(exe), _mode(capped)) == (0o644, 0o755, 0o755)
+    assert (_mode(victim), _mode(shared)) == (0o4755, 0o4755)
+    assert not os.path.lexists(os.path.join(out, "hardlink"))
+    assert os.path.islink(os.path.join(out, "link"))
+    # A second scan finds nothing left.
+    assert outputs.scan([out]) == []
+
+
+def test_scan_of_a_file_output(scratch: str) -> None:
+    _needs_root()
+    tool = _file(os.path.join(scratch, "tool"), 0o6755)
+    assert _found(outputs.scan([tool])) == {tool: "stripped"}
+    assert _mode(tool) == 0o755
+
+
+def test_scan_bounds(scratch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _needs_root()
+    # Depth: a directory below the bound is sealed (mode 000), not entered.
+    monkeypatch.setattr(outputs, "MAX_DEPTH", 3)
+    deep = os.path.join(scratch, "deep")
+    path = deep
+    for i in range(6):
+        path = os.path.join(path, f"d{i}")
+    os.makedirs(path)
+    _file(os.path.join(path, "suid"), 0o4755)
+    [v] = outputs.scan([deep])
+    assert v.decision == "sealed" and "deeper than 3 levels" in (v.observed or "")
+    sealed = v.attempted.split(": ")[0]
+    assert _mode(sealed) == 0 and sealed.startswith(deep + "/")
+    # Records: the first MAX_RECORDS, then one that counts the rest.
+    monkeypatch.setattr(outputs, "MAX_RECORDS", 3)
+    many = os.path.join(scratch, "many")
+    os.mkdir(many)
+    for i in range(5):
+        _file(os.path.join(many, f"s{i}"), 0o4755)
+    found = outputs.scan([many])
+    assert [v.decision for v in found[:3]] == ["stripped"] * 3
+    assert found[3].attempted.startswith("2 more") and len(found) == 4
+    assert all(_mode(os.path.join(many, f"s{i}")) == 0o755 for i in range(5))
+    # Entries: past the bound the rest is reported as not scanned.
+    monkeypatch.setattr(outputs, "MAX_ENTRIES", 10)
+    wide = os.path.join(scratch, "wide")
+    os.mkdir(wide)
+    for i in range(20):
+        _file(os.path.join(wide, f"f{i}"), 0o644)
+    [v] = outputs.scan([wide])
+    assert v.decision == "left" and "more than 10 entries" in (v.observed or "")
+
+
+def _spec(out: str) -> SandboxSpec:
+    return SandboxSpec(
+        inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+        outputs=PathSet((out,)),
+        environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+        resources=ResourceLimits.defaults(),
+    )
+
+
+def _setid_records(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        v["attempted"].split(": ")[0]: v
+        for v in raw["violations"]
+        if "setid_output" in v["attempted"]
+    }
+
+
+def test_a_set_id_file_in_an_output_when_the_run_ends_is_stripped(
+    fs_runner: Any, scratch: str
+) -> None:
+    _needs_root()
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    fs_runner.own(out)
+    # Put there by the caller before the run, owned as the action's files are.
+    seeded = _file(os.path.join(out, "seeded"), 0o644)
+    fs_runner.own(seeded)
+    os.chmod(seeded, 0o4755)
+    r = fs_runner.run(_spec(out), ["true"])
+    assert r.error is None and r.exit_code == 0, r
+    assert _mode(seeded) == 0o755
+    [v] = _setid_records(r.raw).values()
+    assert v["kind"] == "filesystem" and v["decision"] == "stripped"
+    assert v["attempted"].startswith(seeded + ": ")
+    assert "set-uid" in v["observed"]
+
+
+#: Every way an action might make a set-id file; prints what each made.
+MAKE_SETID = """
+import ctypes, json, os, stat, sys
+out = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def creat(p):
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o6755))
+def chmod(p):
+    creat_plain(p)
+    os.chmod(p, 0o4755)
+def fchmod(p):
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o755)
+    try:
+        os.fchmod(fd, 0o2755)
+    finally:
+        os.close(fd)
+def fchmodat2(p):
+    creat_plain(p)
+    if libc.syscall(452, -100, p.encode(), 0o4755, 0) < 0:  # fchmodat2, AT_FDCWD
+        raise OSError(ctypes.get_errno(), "fchmodat2")
+def mknod(p):
+    os.mknod(p, stat.S_IFREG | 0o4755)
+def creat_plain(p):
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o755))
+os.mkdir(os.path.join(out, "sub"))
+made = {}
+for fn in (creat, chmod, fchmod, fchmodat2, mknod):
+    p = os.path.join(out, "sub", fn.__name__)
+    try:
+        fn(p)
+    except OSError:
+        continue
+    if os.lstat(p).st_mode & (stat.S_ISUID | stat.S_ISGID):
+        made[p] = oct(stat.S_IMODE(os.lstat(p).st_mode))
+print(json.dumps(made))
+"""
+
+
+def test_a_set_id_file_the_action_makes_is_not_left(fs_runner: Any, scratch: str) -> None:
+    _needs_root()
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    fs_runner.own(out)
+    r = fs_runner.run(_spec(out), ["python3", "-c", MAKE_SETID, out])
+    assert r.error is None and r.exit_code == 0, r
+    made = json.loads(r.text)
+    # Refused in the sandbox, or made there and stripped once the run ended.
+    for name in os.listdir(os.path.join(out, "sub")):
+        path = os.path.join(out, "sub", name)
+        assert not _mode(path) & (stat.S_ISUID | stat.S_ISGID), (path, oct(_mode(path)))
+    records = _setid_records(r.raw)
+    assert set(records) == set(made), (records, made)
+    for v in records.values():
+        assert v["decision"] == "stripped", v
