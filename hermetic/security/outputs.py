@@ -49,6 +49,8 @@ MAX_RECORDS = 100
 
 _SETID = stat.S_ISUID | stat.S_ISGID
 _EXEC = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+#: A file with none of these bits needs no more than its entry's stat.
+_LOOK = _SETID | _EXEC
 _FCAPS = "security.capability"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -144,9 +146,9 @@ def _walk(pfd: int, name: str, path: str, report: _Report) -> None:
                     f"not scanned: more than {MAX_ENTRIES} entries under the outputs",
                 )
                 return
-            child = f"{here}/{entry.name}"
             try:
                 if entry.is_dir(follow_symlinks=False):
+                    child = f"{here}/{entry.name}"
                     if len(stack) > MAX_DEPTH:
                         _seal(fd, entry.name, child, report)
                         continue
@@ -158,10 +160,12 @@ def _walk(pfd: int, name: str, path: str, report: _Report) -> None:
                         raise
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    _check_file(fd, entry.name, child, st, report)
+                    if st.st_mode & _LOOK:
+                        _check_file(fd, entry.name, f"{here}/{entry.name}", st, report)
             except OSError as e:
                 if e.errno != errno.ENOENT:
-                    report.add(child, "left", f"not scanned: {os.strerror(e.errno or 0)}")
+                    where = f"{here}/{entry.name}"
+                    report.add(where, "left", f"not scanned: {os.strerror(e.errno or 0)}")
     finally:
         for fd, _, it in stack:
             it.close()
@@ -189,10 +193,9 @@ def _seal(fd: int, name: str, path: str, report: _Report) -> None:
 
 
 def _check_file(dfd: int, name: str, path: str, st: os.stat_result, report: _Report) -> None:
-    mode = st.st_mode
-    setid = mode & _SETID
-    if not setid and not mode & _EXEC:
-        return  # the common case: no system call beyond the entry's stat
+    setid = st.st_mode & _SETID
+    if not setid and not _has_caps_at(dfd, name):
+        return  # an executable without capabilities: one more system call
     try:
         pfd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
     except OSError:
@@ -237,6 +240,17 @@ def _describe(st: os.stat_result, caps: bool) -> str:
     if caps:
         kinds.append("file capabilities")
     return f"{' and '.join(kinds)} file, mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
+
+
+def _has_caps_at(dfd: int, name: str) -> bool:
+    """Whether ``name`` in the directory open as ``dfd`` has file
+    capabilities, the name itself never followed: one lgetxattr through
+    the directory's descriptor (/proc/self/fd/N is that very directory)."""
+    try:
+        os.getxattr(f"/proc/self/fd/{dfd}/{name}", _FCAPS, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def _has_caps(pfd: int) -> bool:
