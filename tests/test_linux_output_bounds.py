@@ -181,3 +181,44 @@ def test_a_flood_of_denials_is_held_as_a_bounded_number_of_records(runner: Any) 
     assert int(rest["attempted"].split()[0]) == paths - refused_paths
     [hostname] = [v for v in violations if v["attempted"].startswith("sethostname(")]
     assert hostname["observed"] == f"{calls} times"
+
+
+PROXY_FLOOD = """
+import socket
+refused = 0
+for port in range(1, {n} + 1):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=30)
+    s.sendall(f"CONNECT 192.0.2.1:{{port}} HTTP/1.1\\r\\n\\r\\n".encode())
+    if b" 403 " in s.recv(4096).split(b"\\r\\n")[0]:
+        refused += 1
+    s.close()
+print(refused)
+"""
+
+
+def test_a_flood_of_refused_endpoints_is_held_as_a_bounded_number_of_records(
+    runner: Any,
+) -> None:
+    from hermetic import (
+        EnvSet,
+        HermeticSpecBuilder,
+        NetworkPolicy,
+        PathSet,
+        ResourceLimits,
+        SandboxSpec,
+    )
+    from hermetic.security.proxy import MAX_RECORDS
+
+    spec = SandboxSpec(
+        inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+        environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+        resources=ResourceLimits.defaults(),
+        network=NetworkPolicy.allow_hosts(["127.0.0.1:9"]),
+    )
+    n = MAX_RECORDS + 100
+    r = runner.run(spec, ["python3", "-c", PROXY_FLOOD.format(n=n)], timeout=300)
+    assert r.error is None and r.exit_code == 0, r
+    assert r.text.strip() == str(n)
+    violations = [v for v in r.raw["violations"] if v["kind"] == "network"]
+    assert len(violations) == MAX_RECORDS + 1
+    assert violations[-1]["attempted"] == "100 more requests"

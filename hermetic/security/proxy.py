@@ -45,6 +45,9 @@ HEAD_TIMEOUT = 30.0
 IDLE_TIMEOUT = 300.0
 #: Connections relayed at once per execution; more wait in the backlog.
 MAX_CONNECTIONS = 64
+#: Distinct violation records kept per execution (endpoints are the
+#: action's to choose); the rest are counted in one more.
+MAX_RECORDS = 1000
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
@@ -110,6 +113,7 @@ class EgressProxy:
         self._relayed = 0
         self._lock = threading.Lock()
         self._violations: dict[tuple[str, str], int] = {}
+        self._dropped = 0
         self._open: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -160,6 +164,15 @@ class EgressProxy:
             decision = "killed" if how.startswith("max_network_io") else "denied"
             kind = ViolationKind.RESOURCE if decision == "killed" else ViolationKind.NETWORK
             out.append(Violation(kind, attempted=attempted, decision=decision, observed=observed))
+        if self._dropped:
+            out.append(
+                Violation(
+                    ViolationKind.NETWORK,
+                    attempted=f"{self._dropped} more requests",
+                    decision="denied",
+                    observed=f"beyond {MAX_RECORDS} distinct records",
+                )
+            )
         return out
 
     # -- accepting -----------------------------------------------------------
@@ -194,7 +207,10 @@ class EgressProxy:
     def _record(self, attempted: str, how: str) -> None:
         with self._lock:
             key = (attempted, how)
-            self._violations[key] = self._violations.get(key, 0) + 1
+            if key in self._violations or len(self._violations) < MAX_RECORDS:
+                self._violations[key] = self._violations.get(key, 0) + 1
+            else:
+                self._dropped += 1
 
     # -- one connection ------------------------------------------------------
 
