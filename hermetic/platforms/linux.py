@@ -33,10 +33,14 @@ from hermetic.platforms.linux_limits import _global_root, plan_limits
 from hermetic.platforms.linux_netns import POOL as NETNS
 from hermetic.platforms.linux_probe import (
     ALL_NAMESPACES,
+    CAP_SETFCAP,
     CLONE_NEWNET,
     CLONE_NEWNS,
     CLONE_NEWUSER,
+    ROOT_PATH_CAPS,
+    capability_names,
     clone_error,
+    effective_capabilities,
     flag_names,
     probe,
 )
@@ -272,32 +276,42 @@ class Prepared:
         # either way (a namespace would map 0 to 0), capabilities dropped.
         # Skipping it saves creating it and writing the id maps, and pid 1,
         # still root, makes /dev's nodes instead of binding them.  That path
-        # needs CAP_SYS_ADMIN, which a root with a bounded capability set
-        # lacks: probed with the very flags it uses, such a root takes the
-        # user namespace path, as any user does.
+        # needs some of root's capabilities (ROOT_PATH_CAPS): a root with
+        # any of them dropped takes the user namespace path, as any user
+        # does, and both are probed here, at create(), with what they will
+        # use: a plan that cannot start fails now, naming why, never at
+        # every execute.
+        root = os.geteuid() == 0
+        eff = effective_capabilities() if root else 0
+        root_caps = root and eff & ROOT_PATH_CAPS == ROOT_PATH_CAPS
         privileged = (
-            namespaces and _global_root() and clone_error(ALL_NAMESPACES & ~CLONE_NEWUSER) == 0
+            namespaces
+            and root_caps
+            and _global_root()
+            and clone_error(ALL_NAMESPACES & ~CLONE_NEWUSER, eff) == 0
         )
         self.userns = namespaces and not privileged
+        if self.userns and root and not eff >> CAP_SETFCAP & 1:
+            # Mapping uid 0 into a user namespace needs CAP_SETFCAP
+            # (Linux >= 5.12): the id map write would fail in every action.
+            raise UnsupportedError(
+                "namespaces",
+                f"this root lacks {capability_names(ROOT_PATH_CAPS & ~eff)}, which its own "
+                "path needs, and the user namespace path cannot map uid 0 without setfcap "
+                "(missing too)",
+            )
         if namespaces:
             # The namespaces this plan creates (pid 1's, and on root's path
             # the prepared mount namespace's and the pooled network
-            # namespaces'), probed as such once per process: a plan that
-            # cannot start fails here, at create(), not at every execute.
+            # namespaces'), probed as such once per process.
             needed = ALL_NAMESPACES if self.userns else ALL_NAMESPACES & ~CLONE_NEWUSER
             if net.host_network:
                 needed &= ~CLONE_NEWNET
-            err = clone_error(needed)
+            err = clone_error(needed, eff)
             if err:
                 raise UnsupportedError(
                     "namespaces",
-                    f"creating {flag_names(needed)} namespaces failed here: "
-                    f"{os.strerror(err)}"
-                    + (
-                        " (root without CAP_SYS_ADMIN, and no user namespace either)"
-                        if self.userns and _global_root()
-                        else ""
-                    ),
+                    f"creating {flag_names(needed)} namespaces failed here: {os.strerror(err)}",
                 )
         self.ops = (
             linux_plan.build_ops(
@@ -385,13 +399,13 @@ class Prepared:
         # capability over it to change that.
         # setns() into a network namespace needs CAP_SYS_ADMIN in the caller's
         # own user namespace too, so only a privileged caller can use the pool.
-        # Probed as such: a root of its own user namespace without
-        # CAP_SYS_ADMIN there can make neither.
+        # Making one needs CAP_NET_ADMIN too (loopback up): only a root with
+        # root's path capabilities, whose clone of a network namespace works.
         self.pooled_network = (
             not net.fresh_namespace
             and not net.host_network
-            and os.geteuid() == 0
-            and (privileged or clone_error(CLONE_NEWNET) == 0)
+            and root_caps
+            and (privileged or clone_error(CLONE_NEWNET, eff) == 0)
         )
         ns_flags = ALL_NAMESPACES
         if self.pooled_network or net.host_network:

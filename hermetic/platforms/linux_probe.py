@@ -27,18 +27,57 @@ NAMESPACES = {
 ALL_NAMESPACES = sum(NAMESPACES.values())
 
 
-#: clone_error()'s answers, by (process, flag set).
-_CLONED: dict[tuple[int, int], int] = {}
+#: clone_error()'s answers, by (process, flag set, effective capabilities).
+_CLONED: dict[tuple[int, int, int], int] = {}
+
+#: Capability numbers (linux/capability.h), for messages.
+CAP_NAMES = (
+    "chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap "
+    "linux_immutable net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner "
+    "sys_module sys_rawio sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice "
+    "sys_resource sys_time sys_tty_config mknod lease audit_write audit_control setfcap "
+    "mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf "
+    "checkpoint_restore"
+).split()
+CAP_SETFCAP = 31
+#: What root's own path (no user namespace) needs, each found by running
+#: without it: sys_admin (namespaces, mounts), sys_chroot (entering the
+#: prepared mount namespace), mknod (/dev's nodes), net_admin (loopback
+#: up), setpcap (dropping the bounding set in the action).
+ROOT_PATH_CAPS = sum(
+    1 << CAP_NAMES.index(name)
+    for name in ("sys_admin", "sys_chroot", "mknod", "net_admin", "setpcap")
+)
 
 
-def clone_error(flags: int) -> int:
+def effective_capabilities() -> int:
+    """This thread's effective capabilities as a bit mask, read now: a
+    process may drop some at any time."""
+    status = _read("/proc/thread-self/status") or _read("/proc/self/status") or ""
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def capability_names(mask: int) -> str:
+    """ "sys_admin, mknod" for the capabilities set in ``mask``."""
+    return ", ".join(
+        CAP_NAMES[i] if i < len(CAP_NAMES) else f"capability {i}"
+        for i in range(mask.bit_length())
+        if mask >> i & 1
+    )
+
+
+def clone_error(flags: int, capabilities: int = -1) -> int:
     """0 when this process can create the namespaces ``flags`` names (one
     clone with exactly these flags, whose child returns at once), else the
-    errno.  Asked once per process and flag set: a plan is checked against
-    the flags it will use, not against another path's (root's path creates
-    no user namespace and needs CAP_SYS_ADMIN; the user namespace path
-    needs none)."""
-    key = (os.getpid(), flags)
+    errno.  Asked once per process, flag set and ``capabilities`` (the
+    effective set, for a root that drops some while it runs): a plan is
+    checked against the flags it will use, not against another path's
+    (root's path creates no user namespace and needs CAP_SYS_ADMIN; the
+    user namespace path needs none)."""
+    key = (os.getpid(), flags, capabilities)
     found = _CLONED.get(key)
     if found is None:
         from hermetic._native import lib
@@ -101,12 +140,12 @@ def probe() -> Capabilities:
     from hermetic.platforms.linux_limits import _global_root
 
     if userns and _global_root():
-        no_admin = clone_error(ALL_NAMESPACES & ~CLONE_NEWUSER)
-        if no_admin:
+        eff = effective_capabilities()
+        if eff & ROOT_PATH_CAPS != ROOT_PATH_CAPS:
+            missing = capability_names(ROOT_PATH_CAPS & ~eff)
             notes["privileged_namespaces"] = (
-                f"root, but creating namespaces without a user namespace failed: "
-                f"{os.strerror(no_admin)} (no CAP_SYS_ADMIN?): actions run in a user "
-                f"namespace, as for any user"
+                f"root without {missing}: actions run in a user namespace, as for any user"
+                + ("" if eff >> CAP_SETFCAP & 1 else ", which needs CAP_SETFCAP (missing too)")
             )
     mount_setattr = lib.hm_probe_mount_setattr() == 0
     if not mount_setattr:
