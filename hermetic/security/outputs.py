@@ -96,36 +96,40 @@ def scan(roots: Iterable[str]) -> list[Violation]:
     module docstring)."""
     report = _Report()
     for root in roots:
-        parent, name = os.path.split(root.rstrip("/") or "/")
         try:
-            pfd = os.open(parent or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            top = os.open(root, _DIR_FLAGS)
         except OSError as e:
-            if e.errno != errno.ENOENT:
+            if e.errno == errno.ENOTDIR:
+                _check_root_file(root, report)
+            elif e.errno != errno.ENOENT:
                 report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
             continue
-        try:
-            try:
-                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                _walk(pfd, name, root, report)
-            elif stat.S_ISREG(st.st_mode):
-                _check_file(pfd, name, root, st, report)
-        finally:
-            os.close(pfd)
+        _walk(top, root, report)
     return report.violations()
 
 
-def _walk(pfd: int, name: str, path: str, report: _Report) -> None:
-    """Depth first, one open descriptor per level below ``path``."""
+def _check_root_file(root: str, report: _Report) -> None:
+    """A root that is a file (an output may be one)."""
+    parent, name = os.path.split(root)
     try:
-        top = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        pfd = os.open(parent or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        report.add(path, "left", f"not scanned: {os.strerror(e.errno or 0)}")
+        report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
         return
+    try:
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & _LOOK:
+            _check_file(pfd, name, root, st, report)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
+    finally:
+        os.close(pfd)
+
+
+def _walk(top: int, path: str, report: _Report) -> None:
+    """Depth first from the directory open as ``top`` (closed here), one
+    open descriptor per level below ``path``."""
     # Each level: its descriptor, its path, and its entries not yet seen.
     stack: list[tuple[int, str, Generator[os.DirEntry[str], None, None]]] = []
     try:
