@@ -294,11 +294,16 @@ class Prepared:
         if self.userns and root and not eff >> CAP_SETFCAP & 1:
             # Mapping uid 0 into a user namespace needs CAP_SETFCAP
             # (Linux >= 5.12): the id map write would fail in every action.
+            missing = capability_names(ROOT_PATH_CAPS & ~eff)
+            why = (
+                f"this root lacks {missing}, which its own path needs"
+                if missing
+                else "this root cannot create namespaces without a user namespace"
+            )
             raise UnsupportedError(
                 "namespaces",
-                f"this root lacks {capability_names(ROOT_PATH_CAPS & ~eff)}, which its own "
-                "path needs, and the user namespace path cannot map uid 0 without setfcap "
-                "(missing too)",
+                f"{why}, and the user namespace path cannot map uid 0 without setfcap, "
+                "which it lacks too",
             )
         if namespaces:
             # The namespaces this plan creates (pid 1's, and on root's path
