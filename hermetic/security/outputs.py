@@ -68,7 +68,7 @@ class _Report:
             self.records.append(
                 Violation(
                     ViolationKind.FILESYSTEM,
-                    attempted=f"{path}: left by the action (setid_output)",
+                    attempted=f"{path}: in an output as the run ended (setid_output)",
                     decision=decision,
                     observed=observed,
                 )
