@@ -69,7 +69,7 @@ def capability_names(mask: int) -> str:
     )
 
 
-def clone_error(flags: int, capabilities: int = -1) -> int:
+def clone_error(flags: int, capabilities: int) -> int:
     """0 when this process can create the namespaces ``flags`` names (one
     clone with exactly these flags, whose child returns at once), else the
     errno.  Asked once per process, flag set and ``capabilities`` (the
@@ -123,7 +123,9 @@ def probe() -> Capabilities:
     from hermetic._native import lib
 
     notes: dict[str, str] = {}
-    r = -clone_error(ALL_NAMESPACES)
+    # Keyed as Prepared asks (the effective capabilities for root, else 0),
+    # so that its check of the same flags finds this answer.
+    r = -clone_error(ALL_NAMESPACES, effective_capabilities() if os.geteuid() == 0 else 0)
     userns = r == 0
     namespaces: list[str] = []
     if userns:
