@@ -223,3 +223,52 @@ def test_the_mask_is_made_fresh_for_each_action_of_a_prepared_namespace():
         (linux_plan.OP_TMPFS, linux_plan.PROC_PID1)
     )
     assert not any(op.dst.startswith("/proc/") for op in prepared)
+
+
+#: From inside: every way to reach the memory of the action's parent (pid 1
+#: in its own pid namespace, a clone of the caller) other than /proc.
+TRACE = textwrap.dedent(
+    """
+    import ctypes, errno, json, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.syscall.restype = ctypes.c_long
+    pid1 = os.getppid()
+
+    def outcome(r):
+        return "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    buf = ctypes.create_string_buffer(64)
+    local = iovec(ctypes.cast(buf, ctypes.c_void_p), 64)
+    # Any address will do: the check comes before the address is looked at.
+    remote = iovec(0x400000, 64)
+    seen = {
+        "attach": outcome(libc.ptrace(16, pid1, 0, 0)),  # PTRACE_ATTACH
+        "seize": outcome(libc.ptrace(0x4206, pid1, 0, 0)),  # PTRACE_SEIZE
+        "vm_readv": outcome(libc.process_vm_readv(
+            pid1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)),
+        "pidfd_getfd": "n/a",
+    }
+    fd = libc.syscall(434, pid1, 0)  # pidfd_open
+    if fd >= 0:
+        seen["pidfd_getfd"] = outcome(libc.syscall(438, fd, 0, 0))  # pidfd_getfd
+    print(json.dumps({"pid1": pid1, "seen": seen}))
+    """
+)
+
+
+def test_the_action_cannot_trace_or_read_pid_1(runner):
+    # ptrace stays allowed inside (debuggers, sanitizers), and pid 1 shares
+    # the caller's memory: the kernel's ptrace access check must keep the
+    # action away from it.  pid 1 keeps capabilities the action has dropped,
+    # so every call that needs ptrace access to it is refused.
+    from test_linux_isolation import spec_for
+
+    out = runner.run(spec_for(), ["/usr/bin/python3", "-c", TRACE])
+    assert out.error is None, out.error
+    got = json.loads(out.text)
+    assert got["pid1"] == 1, got
+    assert "ok" not in got["seen"].values(), got["seen"]
