@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hermetic import EnvSet, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
+from hermetic.core import tree
 from hermetic.security import outputs
 
 pytestmark = [pytest.mark.linux]
@@ -101,18 +102,28 @@ def test_scan_of_a_file_output(scratch: str) -> None:
 
 def test_scan_bounds(scratch: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _needs_root()
-    # Depth: a directory below the bound is sealed (mode 000), not entered.
-    monkeypatch.setattr(outputs, "MAX_DEPTH", 3)
+    # Depth: no bound but the filesystem's; what is at the bottom of a tree
+    # deeper than PATH_MAX and the recursion limit is found and stripped,
+    # and no directory's mode is changed on the way.
     deep = os.path.join(scratch, "deep")
-    path = deep
-    for i in range(6):
-        path = os.path.join(path, f"d{i}")
-    os.makedirs(path)
-    _file(os.path.join(path, "suid"), 0o4755)
-    [v] = outputs.scan([deep])
-    assert v.decision == "sealed" and "deeper than 3 levels" in (v.observed or "")
-    sealed = v.attempted.split(": ")[0]
-    assert _mode(sealed) == 0 and sealed.startswith(deep + "/")
+    os.mkdir(deep, 0o755)
+    fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(1500):
+            os.mkdir("level-dir", 0o755, dir_fd=fd)
+            nxt = os.open("level-dir", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.close(os.open("suid", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+        os.chmod(f"/proc/self/fd/{fd}/suid", 0o4755)
+        [v] = outputs.scan([deep])
+        assert v.decision == "stripped" and v.attempted.startswith(deep + "/level-dir/"), v
+        assert v.attempted.count("/level-dir") == 1500, v.attempted[-200:]
+        assert stat.S_IMODE(os.stat("suid", dir_fd=fd).st_mode) == 0o755
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o755
+    finally:
+        os.close(fd)
+        tree.remove_tree(deep)  # (shutil.rmtree recurses)
     # Records: the first MAX_RECORDS, then one that counts the rest.
     monkeypatch.setattr(outputs, "MAX_RECORDS", 3)
     many = os.path.join(scratch, "many")

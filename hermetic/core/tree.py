@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["open_dir", "open_long", "remove_tree", "walk"]
 
@@ -74,9 +74,15 @@ def _parent(fd: int, expected: tuple[int, int]) -> int:
     return up
 
 
-def walk(root: str) -> Iterator[tuple[int, str, int | None, os.stat_result]]:
+def walk(
+    root: str, onerror: Callable[[OSError, int, str], None] | None = None
+) -> Iterator[tuple[int, str, int | None, os.stat_result]]:
     """Every entry of the tree at ``root``, parents before children, each
     directory's entries in sorted order, as ``(depth, name, dir_fd, st)``.
+
+    ``onerror(error, depth, name)``: a directory below the root that cannot
+    be opened is passed to it and left out, and the walk goes on; without
+    it the error is raised.
 
     The root comes first with depth 0, its path as name and ``dir_fd`` None;
     below it ``name`` is relative to ``dir_fd``, a descriptor of its
@@ -114,11 +120,21 @@ def walk(root: str) -> Iterator[tuple[int, str, int | None, os.stat_result]]:
                 child = open_dir(name, fd)
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                if onerror is None:
+                    raise
+                onerror(e, len(idents), name)
+                continue
+            try:
+                names = sorted(os.listdir(child), reverse=True)
+            except BaseException:
+                os.close(child)
+                raise
             os.close(fd)
             fd = child
             idents.append(_ident(os.fstat(fd)))
             above.append(pending)
-            pending = sorted(os.listdir(fd), reverse=True)
+            pending = names
     finally:
         os.close(fd)
 

@@ -22,9 +22,10 @@ a name swapped for a link is never entered) and, for each regular file:
 
 Each is one "filesystem" violation (``attempted`` names the path and
 "setid_output"), decision "stripped", "removed" or "left" (with why).
-The walk is bounded: at most MAX_ENTRIES entries and MAX_DEPTH levels (a
-directory at the depth bound is made inaccessible, mode 000, and
-reported), and at most MAX_RECORDS violations, the rest counted in one.
+The walk goes to any depth, one directory descriptor at a time
+(hermetic/core/tree.py), and is bounded: at most MAX_ENTRIES entries (the
+rest reported as not scanned) and MAX_RECORDS violations, the rest
+counted in one.
 With no roots it costs nothing.
 """
 
@@ -33,17 +34,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from hermetic.core import tree
 from hermetic.core.outcome import Violation, ViolationKind
 
-__all__ = ["MAX_DEPTH", "MAX_ENTRIES", "MAX_RECORDS", "scan"]
+__all__ = ["MAX_ENTRIES", "MAX_RECORDS", "scan"]
 
 #: Entries looked at per run; beyond, the rest is reported as not scanned.
 MAX_ENTRIES = 1_000_000
-#: Directory levels below a root held open at once (one descriptor each).
-MAX_DEPTH = 128
 #: Violations kept per run; the rest are counted in one more.
 MAX_RECORDS = 100
 
@@ -52,7 +52,6 @@ _EXEC = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 #: A file with none of these bits needs no more than its entry's stat.
 _LOOK = _SETID | _EXEC
 _FCAPS = "security.capability"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -97,14 +96,18 @@ def scan(roots: Iterable[str]) -> list[Violation]:
     report = _Report()
     for root in roots:
         try:
-            top = os.open(root, _DIR_FLAGS)
+            st = os.lstat(root)
         except OSError as e:
-            if e.errno == errno.ENOTDIR:
-                _check_root_file(root, report)
-            elif e.errno != errno.ENOENT:
+            if e.errno != errno.ENOENT:
                 report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
             continue
-        _walk(top, root, report)
+        if not stat.S_ISDIR(st.st_mode):
+            _check_root_file(root, report)
+            continue
+        try:
+            _walk(root, report)
+        except OSError as e:
+            report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
     return report.violations()
 
 
@@ -127,73 +130,37 @@ def _check_root_file(root: str, report: _Report) -> None:
         os.close(pfd)
 
 
-def _walk(top: int, path: str, report: _Report) -> None:
-    """Depth first from the directory open as ``top`` (closed here), one
-    open descriptor per level below ``path``."""
-    # Each level: its descriptor, its path, and its entries not yet seen.
-    stack: list[tuple[int, str, Generator[os.DirEntry[str], None, None]]] = []
-    try:
-        stack.append((top, path, _entries(top)))
-        while stack:
-            fd, here, it = stack[-1]
-            entry = next(it, None)
-            if entry is None:
-                stack.pop()
-                it.close()
-                os.close(fd)
-                continue
-            report.entries += 1
-            if report.entries > MAX_ENTRIES:
-                report.add(
-                    here,
-                    "left",
-                    f"not scanned: more than {MAX_ENTRIES} entries under the outputs",
-                )
-                return
+def _walk(root: str, report: _Report) -> None:
+    """Every regular file below the directory ``root`` that may need it is
+    checked, at any depth (hermetic/core/tree.py: one descriptor at a time,
+    never through a link); a directory that cannot be entered is reported
+    and the walk goes on."""
+    # parts[i]: the name of the directory at depth i + 1 on the way down to
+    # the current entry, for the paths of what is reported.
+    parts: list[str] = []
+
+    def where(depth: int, name: str) -> str:
+        return "/".join([root, *parts[: depth - 1], name])
+
+    def unreadable(e: OSError, depth: int, name: str) -> None:
+        report.add(where(depth, name), "left", f"not scanned: {os.strerror(e.errno or 0)}")
+
+    for depth, name, dfd, st in tree.walk(root, unreadable):
+        if dfd is None:
+            continue  # the root itself
+        report.entries += 1
+        if report.entries > MAX_ENTRIES:
+            report.add(root, "left", f"not scanned: more than {MAX_ENTRIES} entries under it")
+            return
+        del parts[depth - 1 :]
+        if stat.S_ISDIR(st.st_mode):
+            parts.append(name)
+        elif stat.S_ISREG(st.st_mode) and st.st_mode & _LOOK:
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    child = f"{here}/{entry.name}"
-                    if len(stack) > MAX_DEPTH:
-                        _seal(fd, entry.name, child, report)
-                        continue
-                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                    try:
-                        stack.append((sub, child, _entries(sub)))
-                    except BaseException:
-                        os.close(sub)
-                        raise
-                elif entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    if st.st_mode & _LOOK:
-                        _check_file(fd, entry.name, f"{here}/{entry.name}", st, report)
+                _check_file(dfd, name, where(depth, name), st, report)
             except OSError as e:
                 if e.errno != errno.ENOENT:
-                    where = f"{here}/{entry.name}"
-                    report.add(where, "left", f"not scanned: {os.strerror(e.errno or 0)}")
-    finally:
-        for fd, _, it in stack:
-            it.close()
-            os.close(fd)
-
-
-def _entries(fd: int) -> Generator[os.DirEntry[str], None, None]:
-    """The entries of the directory open as ``fd`` (read on a duplicate,
-    so closing ``fd`` is the caller's)."""
-    with os.scandir(fd) as it:
-        yield from it
-
-
-def _seal(fd: int, name: str, path: str, report: _Report) -> None:
-    """A directory deeper than the walk goes: nobody but root may enter it."""
-    try:
-        sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-        try:
-            os.fchmod(sub, 0)
-        finally:
-            os.close(sub)
-        report.add(path, "sealed", f"deeper than {MAX_DEPTH} levels: not scanned, made mode 000")
-    except OSError as e:
-        report.add(path, "left", f"deeper than {MAX_DEPTH} levels: {os.strerror(e.errno or 0)}")
+                    unreadable(e, depth, name)
 
 
 def _check_file(dfd: int, name: str, path: str, st: os.stat_result, report: _Report) -> None:
