@@ -45,56 +45,6 @@
 #include "internal.h"
 #include "rawsys.h"
 
-/* <linux/mount.h> clashes with <sys/mount.h> in older libcs: the few names
- * needed for mount_setattr(2) are spelled out here. */
-struct hm_mount_attr {
-    unsigned long long attr_set;
-    unsigned long long attr_clr;
-    unsigned long long propagation;
-    unsigned long long userns_fd;
-};
-#define HM_MOUNT_ATTR_RDONLY 0x1ULL
-#define HM_MOUNT_ATTR_NOSUID 0x2ULL
-#define HM_MOUNT_ATTR_NODEV 0x4ULL
-#define HM_AT_RECURSIVE 0x8000
-#define HM_AT_EMPTY_PATH 0x1000
-#define HM_OPEN_TREE_CLONE 1
-#define HM_MOVE_MOUNT_F_EMPTY_PATH 0x4
-#define HM_MOVE_MOUNT_T_EMPTY_PATH 0x40
-
-struct hm_open_how {
-    unsigned long long flags;
-    unsigned long long mode;
-    unsigned long long resolve;
-};
-#define HM_RESOLVE_NO_SYMLINKS 0x04
-
-/* clone3's argument, as in <linux/sched.h> (not included: older headers). */
-struct hm_clone_args {
-    unsigned long long flags;
-    unsigned long long pidfd;
-    unsigned long long child_tid;
-    unsigned long long parent_tid;
-    unsigned long long exit_signal;
-    unsigned long long stack;
-    unsigned long long stack_size;
-    unsigned long long tls;
-    unsigned long long set_tid;
-    unsigned long long set_tid_size;
-    unsigned long long cgroup;
-};
-#define HM_CLONE_INTO_CGROUP 0x200000000ULL
-#define HM_CLONE_NEWTIME 0x80
-
-/* The kernel's struct sigaction (not libc's). */
-struct hm_ksigaction {
-    unsigned long handler;
-    unsigned long flags;
-    unsigned long restorer;
-    unsigned long mask;
-};
-#define HM_SIGSET_SIZE 8
-
 static unsigned long sigbit(int sig)
 {
     return 1UL << (sig - 1);
@@ -487,24 +437,6 @@ static long loopback_up(void)
     return r;
 }
 
-#ifndef SYS_landlock_create_ruleset
-#define SYS_landlock_create_ruleset 444
-#define SYS_landlock_add_rule 445
-#define SYS_landlock_restrict_self 446
-#endif
-
-/* <linux/landlock.h>'s structs, spelled out for older headers. */
-struct hm_ruleset_attr {
-    unsigned long long handled_access_fs;
-    unsigned long long handled_access_net;
-    unsigned long long scoped;
-};
-struct hm_path_beneath {
-    unsigned long long allowed_access;
-    int parent_fd;
-} __attribute__((packed));
-#define HM_LANDLOCK_RULE_PATH_BENEATH 1
-
 /* Landlock: the plan's rules, everything else the ruleset handles denied.
  * Needs no_new_privs (or CAP_SYS_ADMIN), so it comes after that. */
 static long apply_landlock(const struct hm_plan *p, int *failed_rule)
@@ -811,12 +743,6 @@ static void build_sandbox(const struct hm_plan *p, struct hm_proc *proc)
             fail(HM_FD_REPORT, HM_STAGE_LOOPBACK, -1, r);
     }
 }
-
-#ifndef SYS_pidfd_send_signal
-#define SYS_pidfd_send_signal 424
-#endif
-/* <linux/pidfd.h> (Linux 6.9): the pidfd's process group, not its process. */
-#define HM_PIDFD_SIGNAL_PROCESS_GROUP 4UL
 
 /* Every process of the sandbox but pid 1.  With a pid namespace,
  * kill(-1) from its init: the namespace's processes and no others, named

@@ -28,10 +28,7 @@
 #include <unistd.h>
 
 #include "internal.h"
-
-#ifndef SECCOMP_USER_NOTIF_FLAG_CONTINUE
-#define SECCOMP_USER_NOTIF_FLAG_CONTINUE 1
-#endif
+#include "kernel_compat.h"
 
 /* A NUL-terminated string from the target's memory, read page by page so
  * that a string ending just before an unmapped page is read whole. */

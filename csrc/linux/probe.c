@@ -11,15 +11,7 @@
 
 #include "../hermetic.h"
 
-#ifndef SYS_clone3
-#define SYS_clone3 435
-#endif
-#ifndef SYS_mount_setattr
-#define SYS_mount_setattr 442
-#endif
-#ifndef SYS_landlock_create_ruleset
-#define SYS_landlock_create_ruleset 444
-#endif
+#include "kernel_compat.h"
 
 /* A system call that exists fails on these bad arguments with something
  * other than ENOSYS. */

@@ -12,6 +12,8 @@
 
 #include <sys/syscall.h>
 
+#include "kernel_compat.h"
+
 #if defined(__x86_64__)
 static inline long hm_sys6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -128,14 +130,14 @@ static inline long hm_clone3_run(void *args, unsigned long size, int (*fn)(void 
                      "hlt\n"
                      "1:\n\t"
                      : "=a"(ret)
-                     : "a"(435L), "D"(args), "S"(size), "r"(r12), "r"(r13)
+                     : "a"((long)SYS_clone3), "D"(args), "S"(size), "r"(r12), "r"(r13)
                      : "rcx", "r11", "memory");
     return ret;
 }
 #elif defined(__aarch64__)
 static inline long hm_clone3_run(void *args, unsigned long size, int (*fn)(void *), void *arg)
 {
-    register long x8 __asm__("x8") = 435;
+    register long x8 __asm__("x8") = SYS_clone3;
     register long x0 __asm__("x0") = (long)args;
     register long x1 __asm__("x1") = (long)size;
     register int (*x19)(void *) __asm__("x19") = fn;
@@ -162,25 +164,5 @@ static inline long hm_clone3_run(void *args, unsigned long size, int (*fn)(void 
 #define HM_SYS4(n, a, b, c, d) hm_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
 #define HM_SYS5(n, a, b, c, d, e) \
     hm_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), 0)
-
-/* Numbers newer than some libc headers. */
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_close_range
-#define SYS_close_range 436
-#endif
-#ifndef SYS_mount_setattr
-#define SYS_mount_setattr 442
-#endif
-#ifndef SYS_open_tree
-#define SYS_open_tree 428
-#endif
-#ifndef SYS_move_mount
-#define SYS_move_mount 429
-#endif
-#ifndef SYS_openat2
-#define SYS_openat2 437
-#endif
 
 #endif

@@ -37,6 +37,7 @@
 #include <sys/syscall.h>
 
 #include "internal.h"
+#include "kernel_compat.h"
 
 #if defined(__x86_64__)
 #define HM_AUDIT_ARCH AUDIT_ARCH_X86_64
@@ -44,20 +45,6 @@
 #define HM_AUDIT_ARCH AUDIT_ARCH_AARCH64
 #else
 #error "hermetic: seccomp is built for x86_64 and aarch64 only"
-#endif
-
-/* Calls newer than some build hosts' headers (Debian 12's are Linux 6.1's).
- * Since Linux 5.1 a new call has one number on every architecture but
- * alpha, x86_64 and aarch64 included, so these are right for both; a
- * kernel without the call answers ENOSYS whatever the filter says. */
-#ifndef __NR_fchmodat2
-#define __NR_fchmodat2 452
-#endif
-#ifndef __NR_setxattrat
-#define __NR_setxattrat 463
-#endif
-#ifndef __NR_open_tree_attr
-#define __NR_open_tree_attr 467
 #endif
 
 struct hm_denied {

@@ -23,20 +23,7 @@
 #include <unistd.h>
 
 #include "internal.h"
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_send_signal
-#define SYS_pidfd_send_signal 424
-#endif
-#ifndef P_PIDFD
-#define P_PIDFD 3
-#endif
-
-/* <linux/seccomp.h> of Linux 6.6, for older headers. */
-#define HM_SECCOMP_IOCTL_NOTIF_SET_FLAGS _IOW('!', 4, unsigned long long)
-#define HM_SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1UL
+#include "kernel_compat.h"
 
 /* Two stacks with a guard page below each: pid 1 at the top, the action's
  * (used only until its execve) below.  The child code uses little stack. */
@@ -119,7 +106,7 @@ int hm_reap(int pidfd, struct hm_reaped *out)
     struct rusage ru;
     memset(&info, 0, sizeof info);
     memset(&ru, 0, sizeof ru);
-    if (syscall(SYS_waitid, P_PIDFD, pidfd, &info, WEXITED | __WALL, &ru) < 0)
+    if (syscall(SYS_waitid, HM_P_PIDFD, pidfd, &info, WEXITED | __WALL, &ru) < 0)
         return -errno;
     /* The wait status waitpid() would have given. */
     int code = info.si_status;
@@ -167,7 +154,7 @@ static void close_handed(struct hm_proc *proc)
  * listener works as before. */
 static void notify_sync_wakeups(int fd)
 {
-    (void)ioctl(fd, HM_SECCOMP_IOCTL_NOTIF_SET_FLAGS, HM_SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+    (void)ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
 }
 
 /* One record comes: stage 0 when the action has exec'd (or HM_MSG_READY
