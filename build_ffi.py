@@ -56,11 +56,15 @@ WARNINGS = [
     "-Werror=switch-enum",
     "-Werror=implicit-function-declaration",
 ]
-#: The code after clone (csrc/linux/child.c) runs in the caller's memory and
-#: must not call into libc: no stack-protector calls, and no loops turned
-#: into strlen/memset calls.  Immediate binding keeps the dynamic linker out
-#: of a first call made from the child.  tests/test_linux_native.py checks
-#: that child.c built this way has no undefined symbols.
+#: The code after clone runs in the caller's memory and must not call into
+#: libc: no stack-protector calls, and no loops turned into strlen/memset
+#: calls.  It is every file of csrc/linux that includes rawsys.h: child.c
+#: (pid 1's stages in order) and the stage files it calls, mounts.c,
+#: creds.c, landlock.c, net.c, action.c and init.c.  Their shared functions
+#: are hidden (internal.h), so calls between them are direct, and immediate
+#: binding keeps the dynamic linker out of any first call made from the
+#: child.  tests/test_linux_native.py links those objects built this way
+#: into one and checks that it has no undefined symbols.
 FREESTANDING = ["-fno-stack-protector", "-fno-builtin", "-fno-tree-loop-distribute-patterns"]
 
 if _platform() not in HEADERS:

@@ -16,8 +16,19 @@ pytestmark = pytest.mark.linux
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _child_sources() -> list[str]:
+    """The files whose code runs after clone: those built on rawsys.h."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "linux", "*.c"))):
+        with open(path) as f:
+            if '#include "rawsys.h"' in f.read():
+                found.append(path)
+    return found
+
+
 def test_code_after_clone_calls_nothing_in_libc(tmp_path):
-    """child.c runs in the caller's memory with the caller's TLS: no libc calls."""
+    """The child's code runs in the caller's memory with the caller's TLS:
+    no libc calls.  Its files, linked into one object, need no symbol."""
     if shutil.which("gcc") is None:
         pytest.fail("gcc is required (installed by .ci/run)")
     sys.path.insert(0, ROOT)
@@ -25,26 +36,49 @@ def test_code_after_clone_calls_nothing_in_libc(tmp_path):
         import build_ffi
     finally:
         sys.path.remove(ROOT)
-    obj = tmp_path / "child.o"
-    subprocess.run(
-        [
-            "gcc",
-            "-c",
-            "-O2",
-            "-fPIC",
-            "-std=gnu11",
-            *build_ffi.WARNINGS,
-            *build_ffi.FREESTANDING,
-            "-I",
-            os.path.join(ROOT, "csrc"),
-            os.path.join(ROOT, "csrc", "linux", "child.c"),
-            "-o",
-            str(obj),
-        ],
-        check=True,
+    sources = _child_sources()
+    names = {os.path.basename(s) for s in sources}
+    expected = {"child.c", "mounts.c", "creds.c", "landlock.c", "net.c", "action.c", "init.c"}
+    assert expected <= names
+    objects = []
+    for src in sources:
+        obj = tmp_path / (os.path.basename(src) + ".o")
+        subprocess.run(
+            [
+                "gcc",
+                "-c",
+                "-O2",
+                "-fPIC",
+                "-std=gnu11",
+                *build_ffi.WARNINGS,
+                *build_ffi.FREESTANDING,
+                "-I",
+                os.path.join(ROOT, "csrc"),
+                src,
+                "-o",
+                str(obj),
+            ],
+            check=True,
+        )
+        objects.append(str(obj))
+    linked = tmp_path / "child-side.o"
+    subprocess.run(["ld", "-r", *objects, "-o", str(linked)], check=True)
+    undefined = subprocess.run(
+        ["nm", "-u", str(linked)], capture_output=True, text=True, check=True
     )
-    undefined = subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True, check=True)
     assert undefined.stdout.split() == []
+
+
+def test_child_functions_are_not_exported():
+    """The child's cross-file functions are hidden: called directly, never
+    through the PLT, and absent from the module's dynamic symbols."""
+    from hermetic import _native
+
+    exported = subprocess.run(
+        ["nm", "-D", "--defined-only", _native.__file__], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "hm_spawn" in exported
+    assert [name for name in exported if name.startswith("hm__")] == []
 
 
 def _gcc(tmp_path, source: str, *extra: str) -> subprocess.CompletedProcess[str]:

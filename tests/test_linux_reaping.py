@@ -102,10 +102,10 @@ def test_a_callers_waitpid_loop_neither_takes_nor_breaks_hermetics_children(runn
 #: Where a pid number may still be used in C, and why it is safe there.
 ALLOWED_C = {
     # pid 1 of a pid namespace: kill(-1) is every process of the namespace.
-    ("csrc/linux/child.c", "HM_SYS2(SYS_kill, -1, sig);"),
+    ("csrc/linux/init.c", "HM_SYS2(SYS_kill, -1, sig);"),
     # pid 1 reaps its own children: no other thread shares its table.
-    ("csrc/linux/child.c", "long pid = HM_SYS4(SYS_wait4, -1, &st, WNOHANG | __WALL, 0);"),
-    ("csrc/linux/child.c", "while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {"),
+    ("csrc/linux/init.c", "long pid = HM_SYS4(SYS_wait4, -1, &st, WNOHANG | __WALL, 0);"),
+    ("csrc/linux/init.c", "while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {"),
 }
 
 C_BY_NUMBER = re.compile(

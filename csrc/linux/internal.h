@@ -1,8 +1,23 @@
-/* internal.h: what spawn.c hands to the child (child.c).  Not part of the API. */
+/*
+ * internal.h: the Linux core's shared declarations.  Not part of the API.
+ *
+ * What spawn.c hands to the child, and the child-side functions that one
+ * stage's file calls in another's: child.c (pid 1's stages in order, the
+ * report channel), mounts.c, creds.c, landlock.c, net.c, action.c and
+ * init.c.  All of them run after clone in the caller's memory: raw system
+ * calls only (see child.c).  Last, the seccomp tables (seccomp_tables.c)
+ * the program builder (seccomp.c) and the listener (notify.c) share.
+ */
 #ifndef HERMETIC_LINUX_INTERNAL_H
 #define HERMETIC_LINUX_INTERNAL_H
 
 #include "../hermetic.h"
+
+/* Every function declared here is hidden: a call from one of the core's
+ * files to another is then a direct call, never one through the PLT (the
+ * child must not enter the dynamic linker), and the names stay out of the
+ * module's exported symbols. */
+#pragma GCC visibility push(hidden)
 
 /* Descriptor numbers the child moves its inherited descriptors to. */
 #define HM_FD_REPORT 3  /* write end of the error pipe, close-on-exec */
@@ -51,13 +66,103 @@ struct hm_write_call {
 
 const struct hm_write_call *hm__write_call(int nr);
 
+/* seccomp_tables.c: the filter's tables. */
+struct hm_denied {
+    const char *name;
+    int nr;
+};
+
+/* A call that takes a mode: the mode's argument and the flags' argument
+ * (-1: the mode is always used). */
+struct hm_mode_call {
+    int nr;
+    int mode_arg;
+    int flags_arg;
+};
+
+extern const struct hm_denied hm__denied[]; /* denied outright with EPERM */
+extern const int hm__n_denied;
+extern const struct hm_write_call hm__writes[];
+extern const int hm__n_writes;
+extern const struct hm_mode_call hm__mode_calls[];
+extern const int hm__n_mode_calls;
+extern const unsigned int hm__families[]; /* socket families an action may open */
+extern const int hm__n_families;
+
+/* open() flags that mean a write. */
+#define HM_WRITE_FLAGS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)
+
+/* Set-id bits: a root caller's sandbox runs as host uid 0, and a set-id
+ * file left in an output would run with root's rights on the host (a later
+ * write by root keeps the bits).  Refused wherever a call takes a mode
+ * whose set-id bits the kernel would keep: the chmod family and the calls
+ * that create a file.  mkdir is not one: the kernel drops both bits from
+ * its mode. */
+#define HM_SETID (S_ISUID | S_ISGID)
+
+/* open() flags under which the mode is used: a file is created.  O_TMPFILE
+ * is the kernel's __O_TMPFILE bit with O_DIRECTORY, which alone only asks
+ * for a directory. */
+#define HM_CREATE_FLAGS (O_CREAT | (O_TMPFILE & ~O_DIRECTORY))
+
 /* What the listener answers a notification of call nr with these
  * arguments: 0 lets a path write continue, else the errno of the refusal
- * (the filter's own tests, applied again: seccomp.c). */
+ * (the filter's own tests, applied again: seccomp_tables.c). */
 int hm__notice_errno(int nr, const unsigned long long *args);
 
+/* Entry points of the processes spawn.c clones. */
 int hm__pid1_main(void *arg);
 int hm__netns_main(void *arg);
 int hm__mntns_main(void *arg);
+
+/* ---- child side: everything below runs after clone ---- */
+
+/* Where setup stopped: a stage, the op's index (HM_STAGE_OP) and -errno. */
+struct hm_fail {
+    int stage;
+    int op_index;
+    long err;
+};
+
+/* What pid 1 hands to the action's process; both live in pid 1's frame. */
+struct hm_action_args {
+    const struct hm_plan *plan;
+    volatile int failed;  /* set by the action before it reports a failure */
+};
+
+/* child.c: the report channel and small helpers. */
+unsigned long hm__strlen(const char *s);
+void hm__stamp(struct hm_proc *proc, int on, int which);
+__attribute__((noreturn)) void hm__exit(int code);
+__attribute__((noreturn)) void hm__fail(int fd, int stage, int op_index, long err);
+int hm__failed(struct hm_fail *f, int stage, int op_index, long err);
+long hm__send_fd(int tag, long fd);
+long hm__write_file(const char *path, const char *text);
+
+/* mounts.c: the op executor and the root. */
+long hm__open_nofollow(const char *path);
+int hm__build_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail *f);
+int hm__copy_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail *f);
+
+/* creds.c: ids, no_new_privs, capabilities. */
+int hm__write_id_maps(const struct hm_plan *p, struct hm_fail *f);
+long hm__no_new_privs(void);
+long hm__drop_capabilities(void);
+
+/* landlock.c */
+long hm__apply_landlock(const struct hm_plan *p, int *failed_rule);
+
+/* net.c */
+long hm__loopback_up(void);
+long hm__proxy_listen(int port);
+
+/* action.c: the action's process, cloned by pid 1. */
+int hm__action_main(void *arg);
+
+/* init.c: pid 1 as the namespace's init, once the action runs. */
+__attribute__((noreturn)) void hm__init_run(struct hm_proc *proc, long action, long group,
+                                            long caller, int no_ns, int profile);
+
+#pragma GCC visibility pop
 
 #endif

@@ -16,10 +16,13 @@
  *
  * With a listener (opts->notify), a refusal goes to the caller as a
  * SECCOMP_RET_USER_NOTIF, which records it and answers its errno
- * (hm__notice_errno, notify.c); calls that write a path (open for writing,
+ * (hm__notice_errno, seccomp_tables.c); calls that write a path (open for writing,
  * mkdir, unlink, rename...) are shown to it too and then continue, the
  * mounts deciding, so that writes the mounts refuse are recorded with their
  * path.
+ *
+ * The tables it reads (which calls, which arguments) are seccomp_tables.c's;
+ * this file turns them into the program.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,233 +50,13 @@
 #error "hermetic: seccomp is built for x86_64 and aarch64 only"
 #endif
 
-struct hm_denied {
-    const char *name;
-    int nr;
-};
-
-#define DENY(n) {#n, __NR_##n}
-
-/* Denied outright with EPERM. */
-static const struct hm_denied DENIED[] = {
-    /* The filesystem layout is the sandbox's: no mounts, no new roots. */
-    DENY(mount), DENY(umount2), DENY(pivot_root),
-#ifdef __NR_open_tree
-    DENY(open_tree), DENY(move_mount), DENY(fsopen), DENY(fsconfig), DENY(fsmount), DENY(fspick),
-#endif
-    DENY(open_tree_attr),
-#ifdef __NR_mount_setattr
-    DENY(mount_setattr),
-#endif
-    /* No new namespaces (clone's namespace flags are checked below). */
-    DENY(unshare), DENY(setns),
-    /* The kernel keyring is not namespaced: keys would leak between actions. */
-    DENY(keyctl), DENY(add_key), DENY(request_key),
-    /* Kernel programs, performance counters: host state and side channels. */
-    DENY(bpf), DENY(perf_event_open),
-    /* A classic primitive for exploiting kernel races. */
-    DENY(userfaultfd),
-    /* Administration of the host: kernels, modules, power, swap, accounting,
-     * quotas, the clock (time would also break reproducibility). */
-    DENY(kexec_load),
-#ifdef __NR_kexec_file_load
-    DENY(kexec_file_load),
-#endif
-    DENY(init_module), DENY(finit_module), DENY(delete_module), DENY(reboot), DENY(swapon),
-    DENY(swapoff), DENY(acct), DENY(quotactl),
-#ifdef __NR_quotactl_fd
-    DENY(quotactl_fd),
-#endif
-    DENY(settimeofday), DENY(clock_settime), DENY(clock_adjtime), DENY(adjtimex),
-    /* The kernel log: host information. */
-    DENY(syslog),
-    /* io_uring performs calls (socket, openat...) without passing through
-     * this filter; a large attack surface besides. */
-#ifdef __NR_io_uring_setup
-    DENY(io_uring_setup), DENY(io_uring_enter), DENY(io_uring_register),
-#endif
-    /* File handles bypass path lookup, so they bypass the mount layout. */
-    DENY(name_to_handle_at), DENY(open_by_handle_at),
-    /* The sandbox's names are fixed, for reproducibility. */
-    DENY(sethostname), DENY(setdomainname),
-    /* Obsolete or hardware-level calls no build needs. */
-    DENY(vhangup),
-#ifdef __NR_lookup_dcookie
-    DENY(lookup_dcookie),
-#endif
-#ifdef __NR_iopl
-    DENY(iopl), DENY(ioperm),
-#endif
-#ifdef __NR_uselib
-    DENY(uselib),
-#endif
-};
-
-#define NDENIED ((int)(sizeof DENIED / sizeof DENIED[0]))
-
 /* Namespace flags refused in clone(). */
 #define HM_NS_FLAGS \
     (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | \
      CLONE_NEWCGROUP)
 
-/* open() flags that mean a write. */
-#define HM_WRITE_FLAGS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)
-
 #define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
 #define ARG_HI(i) (ARG_LO(i) + 4)
-
-/* Calls that write a path, and where their arguments are: the path and
- * its directory descriptor (-1: none, the call takes no dirfd), and for
- * rename the source too.  flags_arg >= 0: only with a write flag there. */
-#define W(n, dfd, path, sdfd, spath, fl) {__NR_##n, dfd, path, sdfd, spath, fl}
-static const struct hm_write_call WRITES[] = {
-#ifdef __NR_open
-    W(open, -1, 0, -1, -1, 1), W(creat, -1, 0, -1, -1, -1), W(mkdir, -1, 0, -1, -1, -1),
-    W(mknod, -1, 0, -1, -1, -1), W(unlink, -1, 0, -1, -1, -1), W(rmdir, -1, 0, -1, -1, -1),
-    W(rename, -1, 1, -1, 0, -1), W(link, -1, 1, -1, -1, -1), W(symlink, -1, 1, -1, -1, -1),
-#endif
-    W(openat, 0, 1, -1, -1, 2), W(mkdirat, 0, 1, -1, -1, -1), W(mknodat, 0, 1, -1, -1, -1),
-    W(unlinkat, 0, 1, -1, -1, -1), W(renameat, 2, 3, 0, 1, -1), W(linkat, 2, 3, -1, -1, -1),
-    W(symlinkat, 1, 2, -1, -1, -1), W(truncate, -1, 0, -1, -1, -1),
-#ifdef __NR_renameat2
-    W(renameat2, 2, 3, 0, 1, -1),
-#endif
-};
-#define NWRITES ((int)(sizeof WRITES / sizeof WRITES[0]))
-
-const struct hm_write_call *hm__write_call(int nr)
-{
-    for (int i = 0; i < NWRITES; i++)
-        if (WRITES[i].nr == nr)
-            return &WRITES[i];
-    return 0;
-}
-
-/* Names of every call the filter can report, for the audit log. */
-static const struct hm_denied OTHER_NAMES[] = {
-    DENY(clone), DENY(clone3), DENY(execve), DENY(execveat), DENY(ioctl), DENY(fchmod),
-    DENY(fchmodat), DENY(fchmodat2), DENY(socket), DENY(socketpair), DENY(setsid),
-    DENY(setpgid), DENY(setxattr), DENY(lsetxattr), DENY(fsetxattr), DENY(setxattrat),
-#ifdef __NR_fork
-    DENY(fork), DENY(vfork), DENY(chmod), DENY(open), DENY(creat), DENY(mkdir), DENY(mknod),
-    DENY(unlink), DENY(rmdir), DENY(rename), DENY(link), DENY(symlink),
-#endif
-    DENY(openat), DENY(mkdirat), DENY(mknodat), DENY(unlinkat), DENY(renameat), DENY(linkat),
-    DENY(symlinkat), DENY(truncate), DENY(shmget), DENY(shmat), DENY(shmctl), DENY(msgget),
-    DENY(msgsnd), DENY(msgrcv), DENY(msgctl), DENY(semget), DENY(semop), DENY(semctl),
-    DENY(semtimedop), DENY(mq_open), DENY(mq_unlink), DENY(mq_timedsend), DENY(mq_timedreceive),
-    DENY(mq_notify), DENY(mq_getsetattr),
-#ifdef __NR_renameat2
-    DENY(renameat2),
-#endif
-#ifdef __NR_openat2
-    DENY(openat2),
-#endif
-};
-
-const char *hm_syscall_name(int nr)
-{
-    for (int i = 0; i < NDENIED; i++)
-        if (DENIED[i].nr == nr)
-            return DENIED[i].name;
-    for (unsigned long i = 0; i < sizeof OTHER_NAMES / sizeof OTHER_NAMES[0]; i++)
-        if (OTHER_NAMES[i].nr == nr)
-            return OTHER_NAMES[i].name;
-    return 0;
-}
-
-/* Set-id bits: a root caller's sandbox runs as host uid 0, and a set-id
- * file left in an output would run with root's rights on the host (a later
- * write by root keeps the bits).  Refused wherever a call takes a mode
- * whose set-id bits the kernel would keep: the chmod family and the calls
- * that create a file.  mkdir is not one: the kernel drops both bits from
- * its mode. */
-#define HM_SETID (S_ISUID | S_ISGID)
-
-/* open() flags under which the mode is used: a file is created.  O_TMPFILE
- * is the kernel's __O_TMPFILE bit with O_DIRECTORY, which alone only asks
- * for a directory. */
-#define HM_CREATE_FLAGS (O_CREAT | (O_TMPFILE & ~O_DIRECTORY))
-
-/* A call that takes a mode: the mode's argument and the flags' argument
- * (-1: the mode is always used). */
-struct hm_mode_call {
-    int nr;
-    int mode_arg;
-    int flags_arg;
-};
-
-static const struct hm_mode_call MODE_CALLS[] = {
-#ifdef __NR_open
-    {__NR_open, 2, 1}, {__NR_creat, 1, -1}, {__NR_mknod, 1, -1}, {__NR_chmod, 1, -1},
-#endif
-    {__NR_openat, 3, 2}, {__NR_mknodat, 2, -1}, {__NR_fchmod, 1, -1}, {__NR_fchmodat, 2, -1},
-    {__NR_fchmodat2, 2, -1},
-};
-#define NMODE_CALLS ((int)(sizeof MODE_CALLS / sizeof MODE_CALLS[0]))
-
-/* The filter reads the low 32 bits of an argument: the kernel reads the
- * mode, flags, family and protocol as 32-bit values too, so what the
- * filter saw is what the kernel uses. */
-static int sets_id(const struct hm_mode_call *m, const unsigned long long *args)
-{
-    if (m->flags_arg >= 0 && !((unsigned int)args[m->flags_arg] & HM_CREATE_FLAGS))
-        return 0;
-    return ((unsigned int)args[m->mode_arg] & HM_SETID) != 0;
-}
-
-/* Socket families an action may open: those its network namespace
- * contains.  The rest reach past it (AF_VSOCK shares the host's port
- * space; AF_PACKET, AF_BLUETOOTH, AF_ALG and the others are host devices
- * or kernel interfaces no build needs) and answer EAFNOSUPPORT, as for a
- * family the kernel lacks.  Of netlink, only NETLINK_ROUTE, which
- * getifaddrs() and if_nameindex() use: NETLINK_KOBJECT_UEVENT would deliver
- * the host's device events (the pool's network namespaces belong to the
- * initial user namespace, whose events they receive), and the others
- * (audit, generic families, sock_diag...) are kernel interfaces no build
- * needs. */
-static const unsigned int FAMILIES[] = {AF_UNIX, AF_INET, AF_INET6};
-#define NFAMILIES ((int)(sizeof FAMILIES / sizeof FAMILIES[0]))
-
-static int socket_allowed(unsigned int family, unsigned int protocol)
-{
-    for (int i = 0; i < NFAMILIES; i++)
-        if (family == FAMILIES[i])
-            return 1;
-    return family == AF_NETLINK && protocol == NETLINK_ROUTE;
-}
-
-/* Extended attributes are set by name, which the filter cannot read (it
- * is behind a pointer, and a listener reading it could be raced by another
- * thread of the action).  One name, security.capability, would give a file
- * in an output capabilities on the host; so the whole family is refused,
- * with the errno of a filesystem without extended attributes, which cp -a,
- * tar and rsync take as a reason to carry on without them. */
-static int is_setxattr(int nr)
-{
-    return nr == __NR_setxattr || nr == __NR_lsetxattr || nr == __NR_fsetxattr ||
-           nr == __NR_setxattrat;
-}
-
-int hm__notice_errno(int nr, const unsigned long long *args)
-{
-    /* The filter sends refusals and path writes with one return value:
-     * this applies its tests again to the kernel's copy of the arguments
-     * (which the action cannot change), so that a refused creation is
-     * never let through as a write. */
-    if (nr == __NR_socket || nr == __NR_socketpair) {
-        /* Under deny_sockets every socket() comes here: a contained
-         * family is refused with EPERM, as before. */
-        return socket_allowed((unsigned int)args[0], (unsigned int)args[2]) ? EPERM
-                                                                             : EAFNOSUPPORT;
-    }
-    if (is_setxattr(nr))
-        return EOPNOTSUPP;
-    for (int i = 0; i < NMODE_CALLS; i++)
-        if (MODE_CALLS[i].nr == nr && sets_id(&MODE_CALLS[i], args))
-            return EPERM;
-    return hm__write_call(nr) ? 0 : EPERM;
-}
 
 struct hm_prog {
     struct sock_filter *f;
@@ -317,7 +100,7 @@ enum hm_rule_kind {
     R_IOCTL,       /* TIOCSTI / TIOCLINUX refused */
     R_MODE_BITS,   /* set-id bits in arg `arg` refused (only with a create flag
                       in arg `arg2` when arg2 >= 0); then `then` */
-    R_SOCKET,      /* families outside FAMILIES refused, EAFNOSUPPORT */
+    R_SOCKET,      /* families outside hm__families refused, EAFNOSUPPORT */
     R_NOTSUP,      /* refused, EOPNOTSUPP */
     R_EXECVE       /* only the action's own exec paths */
 };
@@ -433,12 +216,12 @@ static void emit_block(struct hm_prog *p, const struct hm_rule *r, const struct 
         }
         return;
     case R_SOCKET:
-        /* FAMILIES allowed, AF_NETLINK with NETLINK_ROUTE too, the rest
+        /* hm__families allowed, AF_NETLINK with NETLINK_ROUTE too, the rest
          * refused.  Laid out: the family's tests, netlink's, the refusal
-         * at NFAMILIES + 4, the allow after it. */
+         * at hm__n_families + 4, the allow after it. */
         LD_ARG(0);
-        for (int i = 0; i < NFAMILIES; i++)
-            EMIT(BPF_JMP | BPF_JEQ | BPF_K, FAMILIES[i], NFAMILIES + 3 - i, 0);
+        for (int i = 0; i < hm__n_families; i++)
+            EMIT(BPF_JMP | BPF_JEQ | BPF_K, hm__families[i], hm__n_families + 3 - i, 0);
         EMIT(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 0, 2);
         LD_ARG(2);
         EMIT(BPF_JMP | BPF_JEQ | BPF_K, NETLINK_ROUTE, 1, 0);
@@ -622,8 +405,8 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
     struct hm_rules *rs = &rs_local;
     rs->n = 0;
     rs->overflow = 0;
-    for (int i = 0; i < NDENIED; i++)
-        add(rs, DENIED[i].nr, R_DENY, 0);
+    for (int i = 0; i < hm__n_denied; i++)
+        add(rs, hm__denied[i].nr, R_DENY, 0);
     add(rs, __NR_clone3, R_ENOSYS, 0);
     /* openat2 carries its mode behind a pointer the filter cannot read:
      * ENOSYS, and libcs fall back to openat, whose mode it reads. */
@@ -670,8 +453,8 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
     /* Set-id bits in a mode (see HM_SETID).  Before the write audit's
      * rules: a call that is both keeps one block, which checks the mode
      * first and then shows the write. */
-    for (int i = 0; i < NMODE_CALLS; i++) {
-        const struct hm_mode_call *m = &MODE_CALLS[i];
+    for (int i = 0; i < hm__n_mode_calls; i++) {
+        const struct hm_mode_call *m = &hm__mode_calls[i];
         const struct hm_write_call *w =
             opts->notify && opts->audit_writes ? hm__write_call(m->nr) : 0;
         int then = !w ? T_ALLOW : w->flags_arg < 0 ? T_NOTIFY : T_WRITE_FLAGS;
@@ -680,8 +463,8 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
         add2(rs, m->nr, R_MODE_BITS, m->mode_arg, m->flags_arg, then);
     }
     if (opts->notify && opts->audit_writes) {
-        for (int i = 0; i < NWRITES; i++) {
-            const struct hm_write_call *w = &WRITES[i];
+        for (int i = 0; i < hm__n_writes; i++) {
+            const struct hm_write_call *w = &hm__writes[i];
             add(rs, w->nr, w->flags_arg < 0 ? R_NOTIFY : R_WRITE_FLAGS, w->flags_arg);
         }
     }
@@ -706,13 +489,3 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
     return prog.n <= max ? prog.n : -ENOSPC;
 }
 
-/* The denied calls of this architecture, for tests and documentation:
- * fills up to max names and numbers, returns how many there are. */
-int hm_seccomp_denied(const char **names, int *nrs, int max)
-{
-    for (int i = 0; i < NDENIED && i < max; i++) {
-        names[i] = DENIED[i].name;
-        nrs[i] = DENIED[i].nr;
-    }
-    return NDENIED;
-}
