@@ -3,12 +3,14 @@
 The declarations given to cdef() are the marked section of the platform's
 header (csrc/hermetic.h on Linux, csrc/macos/hermetic_macos.h,
 csrc/windows/hermetic_windows.h), so each header stays the one description
-of its C interface.
+of its C interface; on Linux, the kernel constants Python needs are added
+by name from the header's kernel section (see cdef_text).
 """
 
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 
 from cffi import FFI
@@ -30,10 +32,18 @@ def _platform() -> str:
 
 
 def cdef_text(header: pathlib.Path) -> str:
+    """The header's declarations for cffi: the cdef section, then each HM_
+    constant defined between the kernel markers (if any) as ``#define NAME
+    ...``, whose value cffi takes from the C compiler."""
     text = header.read_text()
     begin = text.index("/* cdef-begin */") + len("/* cdef-begin */")
     end = text.index("/* cdef-end */")
-    return text[begin:end]
+    decls = text[begin:end]
+    if "/* cdef-kernel-begin */" in text:
+        kernel = text[text.index("/* cdef-kernel-begin */") : text.index("/* cdef-kernel-end */")]
+        names = re.findall(r"^#define (HM_\w+) ", kernel, re.MULTILINE)
+        decls += "".join(f"#define {name} ...\n" for name in names)
+    return decls
 
 
 def _sources() -> list[str]:

@@ -2,7 +2,10 @@
  * hermetic.h: the C core's only header.
  *
  * The text between the cdef markers is also what build_ffi.py gives to
- * ffi.cdef(), so it holds plain declarations only (no preprocessor logic).
+ * ffi.cdef(), so it holds plain declarations only (no preprocessor logic);
+ * the kernel constants after it reach cffi by name (see below).  Every
+ * integer constant of this interface that Python needs is read from the
+ * compiled module (lib.HM_...), never typed again in Python.
  *
  * Model: Python builds a complete plan (every path formatted, every array
  * allocated); hm_spawn() clones a child that executes the plan with raw
@@ -285,5 +288,58 @@ int hm_probe_clone3(void);
 int hm_probe_mount_setattr(void);
 
 /* cdef-end */
+
+/*
+ * Kernel constants Python reads from the compiled module (lib.HM_...), so
+ * that no number is typed twice.  build_ffi.py declares every HM_ name
+ * defined between the kernel markers to cffi as `#define NAME ...`, and cffi
+ * takes the value from the compiler: from the system headers, or from
+ * kernel_compat.h where they are too old.
+ */
+#include <linux/capability.h>
+#include <linux/sched.h>
+#include <sys/mount.h>
+
+#include "linux/kernel_compat.h"
+
+/* cdef-kernel-begin */
+/* mount(2) flags: the op list's HM_OP_TMPFS and HM_OP_REMOUNT_RO flags. */
+#define HM_MS_RDONLY MS_RDONLY
+#define HM_MS_NOSUID MS_NOSUID
+#define HM_MS_NODEV MS_NODEV
+#define HM_MS_NOEXEC MS_NOEXEC
+/* Namespaces: hm_plan.ns_flags and hm_probe_clone(). */
+#define HM_CLONE_NEWNS CLONE_NEWNS
+#define HM_CLONE_NEWCGROUP CLONE_NEWCGROUP
+#define HM_CLONE_NEWUTS CLONE_NEWUTS
+#define HM_CLONE_NEWIPC CLONE_NEWIPC
+#define HM_CLONE_NEWUSER CLONE_NEWUSER
+#define HM_CLONE_NEWPID CLONE_NEWPID
+#define HM_CLONE_NEWNET CLONE_NEWNET
+/* A capability the host probe names. */
+#define HM_CAP_SETFCAP CAP_SETFCAP
+/* Landlock: the rights and scopes of hm_plan.landlock_* and its rules. */
+#define HM_LANDLOCK_ACCESS_FS_EXECUTE LANDLOCK_ACCESS_FS_EXECUTE
+#define HM_LANDLOCK_ACCESS_FS_WRITE_FILE LANDLOCK_ACCESS_FS_WRITE_FILE
+#define HM_LANDLOCK_ACCESS_FS_READ_FILE LANDLOCK_ACCESS_FS_READ_FILE
+#define HM_LANDLOCK_ACCESS_FS_READ_DIR LANDLOCK_ACCESS_FS_READ_DIR
+#define HM_LANDLOCK_ACCESS_FS_REMOVE_DIR LANDLOCK_ACCESS_FS_REMOVE_DIR
+#define HM_LANDLOCK_ACCESS_FS_REMOVE_FILE LANDLOCK_ACCESS_FS_REMOVE_FILE
+#define HM_LANDLOCK_ACCESS_FS_MAKE_CHAR LANDLOCK_ACCESS_FS_MAKE_CHAR
+#define HM_LANDLOCK_ACCESS_FS_MAKE_DIR LANDLOCK_ACCESS_FS_MAKE_DIR
+#define HM_LANDLOCK_ACCESS_FS_MAKE_REG LANDLOCK_ACCESS_FS_MAKE_REG
+#define HM_LANDLOCK_ACCESS_FS_MAKE_SOCK LANDLOCK_ACCESS_FS_MAKE_SOCK
+#define HM_LANDLOCK_ACCESS_FS_MAKE_FIFO LANDLOCK_ACCESS_FS_MAKE_FIFO
+#define HM_LANDLOCK_ACCESS_FS_MAKE_BLOCK LANDLOCK_ACCESS_FS_MAKE_BLOCK
+#define HM_LANDLOCK_ACCESS_FS_MAKE_SYM LANDLOCK_ACCESS_FS_MAKE_SYM
+#define HM_LANDLOCK_ACCESS_FS_REFER LANDLOCK_ACCESS_FS_REFER
+#define HM_LANDLOCK_ACCESS_FS_TRUNCATE LANDLOCK_ACCESS_FS_TRUNCATE
+#define HM_LANDLOCK_ACCESS_FS_IOCTL_DEV LANDLOCK_ACCESS_FS_IOCTL_DEV
+#define HM_LANDLOCK_ACCESS_FS_RESOLVE_UNIX LANDLOCK_ACCESS_FS_RESOLVE_UNIX
+#define HM_LANDLOCK_ACCESS_NET_BIND_TCP LANDLOCK_ACCESS_NET_BIND_TCP
+#define HM_LANDLOCK_ACCESS_NET_CONNECT_TCP LANDLOCK_ACCESS_NET_CONNECT_TCP
+#define HM_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+#define HM_LANDLOCK_SCOPE_SIGNAL LANDLOCK_SCOPE_SIGNAL
+/* cdef-kernel-end */
 
 #endif

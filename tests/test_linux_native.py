@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import glob
+import importlib
 import os
 import re
 import shutil
@@ -168,12 +170,12 @@ _Static_assert(offsetof(struct hm_path_beneath, parent_fd) ==
                "landlock_path_beneath_attr.parent_fd");
 _Static_assert(HM_LANDLOCK_RULE_PATH_BENEATH == LANDLOCK_RULE_PATH_BENEATH,
                "LANDLOCK_RULE_PATH_BENEATH");
-#ifdef LANDLOCK_ACCESS_NET_BIND_TCP
+#ifdef HOST_LANDLOCK_NET
 _Static_assert(offsetof(struct hm_ruleset_attr, handled_access_net) ==
                    offsetof(struct landlock_ruleset_attr, handled_access_net),
                "landlock_ruleset_attr.handled_access_net");
 #endif
-#ifdef LANDLOCK_SCOPE_SIGNAL
+#ifdef HOST_LANDLOCK_SCOPES
 _Static_assert(sizeof(struct hm_ruleset_attr) == sizeof(struct landlock_ruleset_attr),
                "landlock_ruleset_attr");
 #endif
@@ -190,6 +192,9 @@ def _compat_check(fallbacks: list[tuple[str, str]]) -> str:
         lines += [f"#if __has_include(<{h}>)", f"#include <{h}>", "#endif"]
     for name, value in fallbacks:
         lines += [f"#ifdef {name}", f'_Static_assert(({name}) == ({value}), "{name}");', "#endif"]
+    # What the host's own headers have, before kernel_compat.h adds to it.
+    lines += ["#ifdef LANDLOCK_ACCESS_NET_BIND_TCP", "#define HOST_LANDLOCK_NET 1", "#endif"]
+    lines += ["#ifdef LANDLOCK_SCOPE_SIGNAL", "#define HOST_LANDLOCK_SCOPES 1", "#endif"]
     lines.append('#include "linux/kernel_compat.h"')
     return "\n".join(lines) + "\n" + _COPIES
 
@@ -253,3 +258,107 @@ def test_every_linux_source_builds_with_werror(tmp_path):
                 tmp_path, f.read(), "-O2", *build_ffi.FREESTANDING, "-I", os.path.dirname(src)
             )
         assert done.returncode == 0, f"{src}:\n{done.stderr}"
+
+
+#: Python's names for constants of the C interface, each with lib's name.
+_ALIASES = {
+    "plan": {
+        **{f"OP_{k}": f"HM_OP_{k}" for k in ("MKDIR", "MKFILE", "SYMLINK", "BIND", "TMPFS")},
+        **{f"OP_{k}": f"HM_OP_{k}" for k in ("PROC", "REMOUNT_RO", "MKNOD", "GRAB", "PLACE")},
+        "MAX_GRABS": "HM_MAX_GRABS",
+        **{f"BIND_{k}": f"HM_BIND_{k}" for k in ("RDONLY", "DEVICES", "SYSTEM")},
+        **{f"MS_{k}": f"HM_MS_{k}" for k in ("RDONLY", "NOSUID", "NODEV", "NOEXEC")},
+    },
+    "landlock": {
+        **{
+            k: f"HM_LANDLOCK_ACCESS_FS_{k}"
+            for k in (
+                "EXECUTE WRITE_FILE READ_FILE READ_DIR REMOVE_DIR REMOVE_FILE MAKE_CHAR "
+                "MAKE_DIR MAKE_REG MAKE_SOCK MAKE_FIFO MAKE_BLOCK MAKE_SYM REFER TRUNCATE "
+                "IOCTL_DEV RESOLVE_UNIX"
+            ).split()
+        },
+        "NET_BIND_TCP": "HM_LANDLOCK_ACCESS_NET_BIND_TCP",
+        "NET_CONNECT_TCP": "HM_LANDLOCK_ACCESS_NET_CONNECT_TCP",
+        "SCOPE_ABSTRACT_UNIX_SOCKET": "HM_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET",
+        "SCOPE_SIGNAL": "HM_LANDLOCK_SCOPE_SIGNAL",
+    },
+    "probe": {
+        **{
+            f"CLONE_{k}": f"HM_CLONE_{k}"
+            for k in ("NEWNS", "NEWCGROUP", "NEWUTS", "NEWIPC", "NEWUSER", "NEWPID", "NEWNET")
+        },
+        "CAP_SETFCAP": "HM_CAP_SETFCAP",
+    },
+}
+
+
+def _backend_module(concern: str) -> object:
+    """hermetic.platforms.linux.<concern>, or linux_<concern> beside it."""
+    for name in (f"hermetic.platforms.linux.{concern}", f"hermetic.platforms.linux_{concern}"):
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+    raise AssertionError(f"no Linux backend module for {concern!r}")
+
+
+def test_python_names_for_c_constants_are_lib_values():
+    """Each Python name of a C interface constant has the compiled core's value."""
+    from hermetic._native import lib
+
+    for concern, aliases in _ALIASES.items():
+        module = _backend_module(concern)
+        for alias, c_name in aliases.items():
+            assert getattr(module, alias) == getattr(lib, c_name), f"{concern}.{alias}"
+
+
+def _int_literal(node: ast.expr) -> bool:
+    """An integer written out: 42, 0x40, 1 << 3, 0x1 | 0x2."""
+    if isinstance(node, ast.Constant):
+        return type(node.value) is int
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.LShift, ast.BitOr)):
+        return _int_literal(node.left) and _int_literal(node.right)
+    return False
+
+
+#: Integers the Linux backend writes out that are not the C interface's.
+_OWN_NUMBERS = {"TMP_INODES_MAX"}
+
+
+def test_no_constant_of_the_c_interface_is_typed_in_python():
+    """Module-level numbers in the Linux backend: none written as a flag
+    (hex, a shift) and none named like a constant of hermetic.h."""
+    from hermetic._native import lib
+
+    c_names = [n for n in dir(lib) if n.startswith("HM_") and type(getattr(lib, n)) is int]
+    assert "HM_OP_MKDIR" in c_names and "HM_CLONE_NEWNS" in c_names
+    pkg = os.path.join(ROOT, "hermetic")
+    files = sorted(
+        glob.glob(os.path.join(pkg, "platforms", "linux_*.py"))
+        + glob.glob(os.path.join(pkg, "platforms", "linux", "**", "*.py"), recursive=True)
+        + glob.glob(os.path.join(pkg, "security", "*.py"))
+        + glob.glob(os.path.join(pkg, "monitoring", "*.py"))
+    )
+    assert files
+    typed = []
+    for path in files:
+        with open(path) as f:
+            text = f.read()
+        tree = ast.parse(text)
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if not isinstance(target, ast.Name) or not _int_literal(value):
+                continue
+            name = target.id
+            source = ast.get_source_segment(text, value) or ""
+            as_flag = "0x" in source or "<<" in source
+            as_c_name = any(c in (name, f"HM_{name}") or c.endswith(f"_{name}") for c in c_names)
+            if (as_flag or as_c_name) and name not in _OWN_NUMBERS:
+                typed.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {name} = {source}")
+    assert typed == []

@@ -63,34 +63,36 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from hermetic._native import lib
 from hermetic.core.errors import SpecError
 from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec
 
-# LANDLOCK_ACCESS_FS_* (include/uapi/linux/landlock.h) and the ABI that
-# introduced each.
-EXECUTE = 1 << 0
-WRITE_FILE = 1 << 1
-READ_FILE = 1 << 2
-READ_DIR = 1 << 3
-REMOVE_DIR = 1 << 4
-REMOVE_FILE = 1 << 5
-MAKE_CHAR = 1 << 6
-MAKE_DIR = 1 << 7
-MAKE_REG = 1 << 8
-MAKE_SOCK = 1 << 9
-MAKE_FIFO = 1 << 10
-MAKE_BLOCK = 1 << 11
-MAKE_SYM = 1 << 12
-REFER = 1 << 13  # ABI 2
-TRUNCATE = 1 << 14  # ABI 3
-IOCTL_DEV = 1 << 15  # ABI 5
-RESOLVE_UNIX = 1 << 16  # ABI 9: connect()/sendmsg() to a pathname Unix socket
+# LANDLOCK_ACCESS_FS_* (include/uapi/linux/landlock.h), read from the compiled
+# core, and the ABI that introduced each.
+EXECUTE: int = lib.HM_LANDLOCK_ACCESS_FS_EXECUTE
+WRITE_FILE: int = lib.HM_LANDLOCK_ACCESS_FS_WRITE_FILE
+READ_FILE: int = lib.HM_LANDLOCK_ACCESS_FS_READ_FILE
+READ_DIR: int = lib.HM_LANDLOCK_ACCESS_FS_READ_DIR
+REMOVE_DIR: int = lib.HM_LANDLOCK_ACCESS_FS_REMOVE_DIR
+REMOVE_FILE: int = lib.HM_LANDLOCK_ACCESS_FS_REMOVE_FILE
+MAKE_CHAR: int = lib.HM_LANDLOCK_ACCESS_FS_MAKE_CHAR
+MAKE_DIR: int = lib.HM_LANDLOCK_ACCESS_FS_MAKE_DIR
+MAKE_REG: int = lib.HM_LANDLOCK_ACCESS_FS_MAKE_REG
+MAKE_SOCK: int = lib.HM_LANDLOCK_ACCESS_FS_MAKE_SOCK
+MAKE_FIFO: int = lib.HM_LANDLOCK_ACCESS_FS_MAKE_FIFO
+MAKE_BLOCK: int = lib.HM_LANDLOCK_ACCESS_FS_MAKE_BLOCK
+MAKE_SYM: int = lib.HM_LANDLOCK_ACCESS_FS_MAKE_SYM
+REFER: int = lib.HM_LANDLOCK_ACCESS_FS_REFER  # ABI 2
+TRUNCATE: int = lib.HM_LANDLOCK_ACCESS_FS_TRUNCATE  # ABI 3
+IOCTL_DEV: int = lib.HM_LANDLOCK_ACCESS_FS_IOCTL_DEV  # ABI 5
+# ABI 9: connect()/sendmsg() to a pathname Unix socket
+RESOLVE_UNIX: int = lib.HM_LANDLOCK_ACCESS_FS_RESOLVE_UNIX
 # LANDLOCK_ACCESS_NET_* (ABI 4) and LANDLOCK_SCOPE_* (ABI 6).
-NET_BIND_TCP = 1 << 0
-NET_CONNECT_TCP = 1 << 1
-SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
-SCOPE_SIGNAL = 1 << 1
+NET_BIND_TCP: int = lib.HM_LANDLOCK_ACCESS_NET_BIND_TCP
+NET_CONNECT_TCP: int = lib.HM_LANDLOCK_ACCESS_NET_CONNECT_TCP
+SCOPE_ABSTRACT_UNIX_SOCKET: int = lib.HM_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+SCOPE_SIGNAL: int = lib.HM_LANDLOCK_SCOPE_SIGNAL
 
 #: Rights that apply to a file (a rule on a file may hold only these).
 FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV

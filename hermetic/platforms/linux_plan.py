@@ -28,31 +28,33 @@ import os
 import stat
 from typing import NamedTuple
 
+from hermetic._native import lib
 from hermetic.core.errors import SpecError
 from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec
 
-# Kinds and flags: the values of enum hm_op_kind and HM_BIND_* in hermetic.h.
-OP_MKDIR = 1
-OP_MKFILE = 2
-OP_SYMLINK = 3
-OP_BIND = 4
-OP_TMPFS = 5
-OP_PROC = 6
-OP_REMOUNT_RO = 7
-OP_MKNOD = 8
-OP_GRAB = 9
-OP_PLACE = 10
+# Kinds and flags of the op list (enum hm_op_kind, HM_MAX_GRABS, HM_BIND_* in
+# hermetic.h) and the kernel's mount flags, read from the compiled core.
+OP_MKDIR: int = lib.HM_OP_MKDIR
+OP_MKFILE: int = lib.HM_OP_MKFILE
+OP_SYMLINK: int = lib.HM_OP_SYMLINK
+OP_BIND: int = lib.HM_OP_BIND
+OP_TMPFS: int = lib.HM_OP_TMPFS
+OP_PROC: int = lib.HM_OP_PROC
+OP_REMOUNT_RO: int = lib.HM_OP_REMOUNT_RO
+OP_MKNOD: int = lib.HM_OP_MKNOD
+OP_GRAB: int = lib.HM_OP_GRAB
+OP_PLACE: int = lib.HM_OP_PLACE
 #: HM_MAX_GRABS: copies of mount trees one op list can hold.
-MAX_GRABS = 32
-BIND_RDONLY = 1
-BIND_DEVICES = 2
-BIND_SYSTEM = 4
+MAX_GRABS: int = lib.HM_MAX_GRABS
+BIND_RDONLY: int = lib.HM_BIND_RDONLY
+BIND_DEVICES: int = lib.HM_BIND_DEVICES
+BIND_SYSTEM: int = lib.HM_BIND_SYSTEM
 
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
+MS_RDONLY: int = lib.HM_MS_RDONLY
+MS_NOSUID: int = lib.HM_MS_NOSUID
+MS_NODEV: int = lib.HM_MS_NODEV
+MS_NOEXEC: int = lib.HM_MS_NOEXEC
 
 #: Host directory the new root's tmpfs is first mounted on (only inside the
 #: sandbox's private mount namespace).  pivot_root moves it away again, so

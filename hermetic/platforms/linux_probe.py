@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 import sys
 
+from hermetic._native import lib
 from hermetic.platforms.capabilities import Capabilities
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+# Namespace flags (linux/sched.h), read from the compiled core.
+CLONE_NEWNS: int = lib.HM_CLONE_NEWNS
+CLONE_NEWCGROUP: int = lib.HM_CLONE_NEWCGROUP
+CLONE_NEWUTS: int = lib.HM_CLONE_NEWUTS
+CLONE_NEWIPC: int = lib.HM_CLONE_NEWIPC
+CLONE_NEWUSER: int = lib.HM_CLONE_NEWUSER
+CLONE_NEWPID: int = lib.HM_CLONE_NEWPID
+CLONE_NEWNET: int = lib.HM_CLONE_NEWNET
 
 NAMESPACES = {
     "user": CLONE_NEWUSER,
@@ -39,7 +41,7 @@ CAP_NAMES = (
     "mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf "
     "checkpoint_restore"
 ).split()
-CAP_SETFCAP = 31
+CAP_SETFCAP: int = lib.HM_CAP_SETFCAP
 #: What root's own path (no user namespace) needs, each found by running
 #: without it: sys_admin (namespaces, mounts), sys_chroot (entering the
 #: prepared mount namespace), mknod (/dev's nodes), net_admin (loopback

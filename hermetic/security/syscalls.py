@@ -135,7 +135,7 @@ class SyscallAudit:
         ffi = self._ffi
         name_c = self._lib.hm_syscall_name(ev.nr)
         name = ffi.string(name_c).decode() if name_c != ffi.NULL else f"syscall {ev.nr}"
-        if ev.kind == 2:  # HM_NOTICE_WRITE
+        if ev.kind == self._lib.HM_NOTICE_WRITE:
             for raw in (ffi.string(ev.path), ffi.string(ev.path2)):
                 if raw:
                     path = posixpath.normpath(os.fsdecode(raw))
