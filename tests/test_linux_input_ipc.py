@@ -81,6 +81,32 @@ def test_a_fifo_under_an_input_cannot_be_written(fs_runner, scratch, var_scratch
         assert out.text.split() == ["EACCES"], out.stderr
 
 
+def test_a_fifo_in_a_directory_the_caller_cannot_list_is_not_a_way_out(fs_runner, scratch):
+    """A directory that can be searched but not read (0711, root's) hides
+    the names in it from a normal caller's check, not its files from the
+    action: under the private /tmp such an input is refused as unverifiable
+    (a root caller lists it and finds the FIFO); Landlock refuses the open
+    where there is no private /tmp."""
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    os.chmod(src, 0o755)
+    hidden = os.path.join(src, "hid")
+    os.mkdir(hidden)
+    fifo, reader = _fifo_with_reader(hidden)
+    os.chmod(hidden, 0o711)
+    code = ERRNO + WRITE_FIFO + f"print(attempt(write, {fifo!r}))"
+    out = fs_runner.run(spec_for(inputs=[src]), [PY, "-c", code])
+    assert _drain(reader) == b""
+    if fs_runner.landlock:
+        assert out.error is None, out.error
+        assert out.text.split() == ["EACCES"], out.stderr
+    elif fs_runner.user is None:
+        assert out.error is not None and "FIFO" in out.error and fifo in out.error, out.error
+    else:
+        assert out.error is not None and "cannot be listed" in out.error, out.error
+        assert hidden in out.error, out.error
+
+
 def test_a_declared_input_that_is_a_fifo_or_socket_is_refused(scratch):
     fifo = os.path.join(scratch, "fifo")
     os.mkfifo(fifo)

@@ -304,19 +304,30 @@ def refuse_ipc_beneath_writable(inputs: Iterable[str], writable: Iterable[str]) 
     FIFOs and sockets included, and the input's read-only mount refuses
     neither opening a FIFO for writing nor connecting to a socket.  Each
     such input is walked (directory entries; a stat only for the rare entry
-    that is neither file, directory nor symlink); directories the caller
-    cannot list are skipped, the action (the same user, or root without
-    capabilities) cannot list them either."""
+    that is neither file, directory nor symlink).  A directory the caller
+    cannot list is refused too: the action may still reach what is in it
+    (a directory that can be searched but not read hides its names, not
+    its files), so an unlisted one cannot be shown free of them."""
     roots = tuple(writable)
     for top in inputs:
         if not any(top != r and is_within(top, r) for r in roots):
             continue
         stack = [top]
         while stack:
+            here = stack.pop()
             try:
-                entries = list(os.scandir(stack.pop()))
-            except OSError:
+                entries = list(os.scandir(here))
+            except FileNotFoundError:
                 continue
+            except OSError as e:
+                raise SpecError(
+                    f"input {top!r} lies beneath a writable path whose rights cover it, and "
+                    f"{here!r} cannot be listed ({os.strerror(e.errno or 0)}): a FIFO or "
+                    "socket in it could not be refused (move the input out of the outputs, "
+                    "temps and /tmp, or make the directory readable)",
+                    field="inputs",
+                    value=top,
+                ) from None
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
