@@ -52,6 +52,8 @@ class SandboxSpecBuilder:
     _resources: ResourceLimits = dataclasses.field(default_factory=ResourceLimits.hermetic)
     _process: ProcessPolicy = dataclasses.field(default_factory=ProcessPolicy.hermetic)
     _workdir: StrPath | None = None
+    # A bad argument to a method, reported by build() (methods never raise).
+    _error: SpecError | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def create(cls) -> SandboxSpecBuilder:
@@ -76,6 +78,14 @@ class SandboxSpecBuilder:
 
     def with_environment(self, environment: EnvSet) -> SandboxSpecBuilder:
         """Replace the whole environment."""
+        if not isinstance(environment, EnvSet):
+            return self._failed(
+                SpecError(
+                    f"environment must be an EnvSet, got {type(environment).__name__}",
+                    field="environment",
+                    value=environment,
+                )
+            )
         return dataclasses.replace(
             self,
             _env_vars=environment.vars,
@@ -100,11 +110,23 @@ class SandboxSpecBuilder:
         """Set the action's working directory (absolute, inside the sandbox)."""
         return dataclasses.replace(self, _workdir=path)
 
+    def _failed(self, err: SpecError) -> SandboxSpecBuilder:
+        # The first bad argument is the one build() reports.
+        return self if self._error is not None else dataclasses.replace(self, _error=err)
+
     def build(self) -> Result[SandboxSpec]:
         """Construct and validate the spec; a SpecError comes back as ``Err``."""
+        if self._error is not None:
+            return Err(self._error)
         try:
             env: dict[str, str] = {}
             for key, value in self._env_vars:
+                if not isinstance(key, str):
+                    raise SpecError(
+                        f"environment variable name must be a str, got {type(key).__name__}",
+                        field="vars",
+                        value=key,
+                    )
                 env[key] = value
             spec = SandboxSpec(
                 inputs=_path_set(self._inputs, "inputs"),
@@ -118,13 +140,12 @@ class SandboxSpecBuilder:
                 ),
                 resources=self._resources,
                 process=self._process,
-                workdir=None if self._workdir is None else os.fspath(self._workdir),
+                # canonical() (in SandboxSpec) takes a PathLike and names
+                # the field when the value is not a path at all.
+                workdir=cast("str | None", self._workdir),
             )
         except SpecError as err:
             return Err(err)
-        except TypeError as exc:
-            # A key that cannot be a dict key, or a workdir os.fspath() rejects.
-            return Err(SpecError(f"invalid builder argument: {exc}"))
         return spec.checked()
 
 
@@ -180,9 +201,11 @@ class HermeticSpecBuilder:
         """
         try:
             root = canonical(workspace_root, field="workspace_root")
-            if isinstance(sources, (str, bytes, os.PathLike)):
+            single = isinstance(sources, (str, bytes, os.PathLike))
+            if single or not isinstance(sources, Iterable):
+                what = "a single path" if single else type(sources).__name__
                 raise SpecError(
-                    f"sources must be an iterable of paths, not a single path: {sources!r}",
+                    f"sources must be an iterable of paths, not {what}: {sources!r}",
                     field="sources",
                     value=sources,
                 )

@@ -27,7 +27,7 @@ from hermetic.core.errors import (
 )
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.result import Err, Ok, Result
-from hermetic.core.spec import SandboxSpec, check_argv
+from hermetic.core.spec import SandboxSpec, check_argv, check_cwd
 from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
@@ -250,6 +250,7 @@ class HermeticExecutor:
     ) -> Result[ExecutionResult]:
         try:
             seconds, data = _checked(timeout, stdin)
+            cwd = check_cwd(cwd)
             self._audit_open()
         except HermeticError as e:
             return Err(e)
@@ -336,6 +337,7 @@ class HermeticExecutor:
 
         try:
             args = list(check_argv(argv))
+            cwd = check_cwd(cwd)
             env = getattr(self._prepared, "env", None) or self._spec.action_environment()
             return Ok(digest.action_digest(self._spec, args, cwd, env, system_inputs=system_inputs))
         except HermeticError as e:
@@ -367,6 +369,7 @@ class HermeticExecutor:
         """
         try:
             seconds, data = _checked(timeout, stdin)
+            cwd = check_cwd(cwd)
             if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
                 raise SpecError(f"runs must be an int >= 2, got {runs!r}", field="runs", value=runs)
             self._audit_open()

@@ -14,7 +14,7 @@ from typing import TypeAlias, cast
 
 from hermetic.core.errors import SpecError
 
-__all__ = ["PathSet", "StrPath", "canonical", "is_within"]
+__all__ = ["PathSet", "StrPath", "canonical", "check_encodable", "is_within"]
 
 StrPath: TypeAlias = str | os.PathLike[str]
 
@@ -45,7 +45,30 @@ def canonical(path: object, *, field: str | None = None) -> str:
         raise SpecError(f"{label} contains a NUL byte: {path!r}", field=field, value=path)
     if not os.path.isabs(path):
         raise SpecError(f"{label} is not absolute: {path!r}", field=field, value=path)
+    check_encodable(path, label, field=field)
     return os.path.realpath(os.path.normpath(path))
+
+
+def check_encodable(text: str, label: str, *, field: str | None = None, show: bool = True) -> None:
+    """SpecError unless ``text`` can become bytes for the kernel (a file
+    name, an argument, an environment entry).
+
+    Text decoded from any bytes with ``os.fsdecode`` always can (undecodable
+    bytes become the low surrogates U+DC80..U+DCFF, which encode back to
+    them); a lone surrogate typed or parsed from a JSON escape cannot, and
+    would otherwise fail deep inside setup.  ``show=False`` keeps the text
+    out of the message (environment values may be secrets).
+    """
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        where = f"{exc.reason} at index {exc.start}"
+        shown = f": {text!r}" if show else ""
+        raise SpecError(
+            f"{label} cannot be encoded for the kernel ({where}){shown}",
+            field=field,
+            value=text if show else None,
+        ) from None
 
 
 def is_within(path: str, root: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from hermetic.core.errors import SpecError
+from hermetic.core.paths import check_encodable
 
 __all__ = ["EnvSet", "NetworkPolicy", "ProcessPolicy", "ReproducibilityPolicy", "ResourceLimits"]
 
@@ -81,7 +82,10 @@ def _normalize_host(entry: object) -> str:
                     field=field,
                     value=entry,
                 )
-        port_value = int(port_text) if port_text.isascii() and port_text.isdigit() else port_text
+        # At most 5 digits: no port is longer, and int() refuses (with a
+        # ValueError, not a SpecError) strings of thousands of digits.
+        digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+        port_value = int(port_text) if digits else port_text
     else:
         raise SpecError(
             f"allowed_hosts entry {entry!r} must be a 'host:port' str or a (host, port) pair",
@@ -208,6 +212,7 @@ def _check_env_key(key: object) -> str:
         raise SpecError(
             f"environment variable name {key!r} contains a NUL byte", field="vars", value=key
         )
+    check_encodable(key, f"environment variable name {key!r}", field="vars")
     return key
 
 
@@ -223,6 +228,10 @@ def _check_env_value(key: str, value: object) -> str:
         raise SpecError(
             f"environment variable {key!r}: value contains a NUL byte", field="vars", value=key
         )
+    try:
+        check_encodable(value, f"environment variable {key!r}: value", show=False)
+    except SpecError as err:
+        raise SpecError(str(err), field="vars", value=key) from None
     return value
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hermetic.core.errors import SpecError
-from hermetic.core.paths import PathSet, StrPath, canonical
+from hermetic.core.paths import PathSet, StrPath, canonical, check_encodable
 from hermetic.core.policies import (
     EnvSet,
     NetworkPolicy,
@@ -25,7 +26,7 @@ from hermetic.core.policies import (
 )
 from hermetic.core.result import Err, Ok, Result
 
-__all__ = ["SPEC_VERSION", "SandboxSpec", "check_argv", "process_limit"]
+__all__ = ["SPEC_VERSION", "SandboxSpec", "check_argv", "check_cwd", "process_limit"]
 
 #: 2: ProcessPolicy.max_children is enforced (version 1 files said 32 by
 #: default and nothing applied it; they are read with it unset).
@@ -47,6 +48,9 @@ _TOP_KEYS = frozenset(
     }
 )
 _ENV_KEYS = frozenset({"vars", "inherit_path", "inherit_home"})
+#: A surrogate code point: json.dumps(ensure_ascii=False) copies one as is,
+#: and the text then cannot be written out as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _nested(err: SpecError, prefix: str) -> SpecError:
@@ -329,14 +333,30 @@ class SandboxSpec:
         return cls(**kwargs)
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        """The spec as JSON text; :meth:`from_json` reads it back unchanged."""
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """The spec as JSON text; :meth:`from_json` reads it back unchanged.
+
+        The text always encodes as UTF-8: a file name made of undecodable
+        bytes (surrogate-escaped by ``os.fsdecode``) is written as a
+        ``\\udcXX`` escape, which reads back as the same name.
+        """
+        text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SandboxSpec:
-        """Parse JSON text (``str`` or UTF-8/16/32 ``bytes``); see :meth:`from_dict`."""
+        """Parse JSON text (``str`` or UTF-8/16/32 ``bytes``); see :meth:`from_dict`.
+
+        Any bad document, however malformed or deep, is a SpecError.
+        """
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise SpecError(
+                f"spec JSON must be str or bytes, got {type(text).__name__}", field="spec"
+            )
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except RecursionError:
+            # The decoder recurses per level; no spec nests more than 3 deep.
+            raise SpecError("malformed spec JSON: nested too deeply") from None
         except (ValueError, TypeError) as exc:
             # JSONDecodeError and UnicodeDecodeError are both ValueErrors;
             # our own duplicate-key SpecError is one too and passes through.
@@ -371,15 +391,23 @@ def process_limit(spec: SandboxSpec) -> str:
 
 
 def check_argv(argv: object) -> tuple[str, ...]:
-    """``argv`` as a tuple of str, or SpecError naming the bad entry."""
+    """``argv`` as a tuple of str, or SpecError naming the bad entry (``argv[i]``)."""
     if isinstance(argv, (str, bytes)) or not isinstance(argv, Iterable):
-        raise SpecError("argv must be a non-empty sequence of strings", field="argv", value=argv)
+        raise SpecError(
+            f"argv must be a non-empty sequence of strings, got {type(argv).__name__}",
+            field="argv",
+            value=argv,
+        )
     out = []
-    for a in argv:
+    for i, a in enumerate(argv):
+        where = f"argv[{i}]"
         if not isinstance(a, str):
-            raise SpecError(f"argv entries must be str, got {a!r}", field="argv", value=a)
+            raise SpecError(
+                f"{where} must be a str, got {type(a).__name__}: {a!r}", field=where, value=a
+            )
         if "\0" in a:
-            raise SpecError(f"argv entry contains a NUL byte: {a!r}", field="argv", value=a)
+            raise SpecError(f"{where} contains a NUL byte: {a!r}", field=where, value=a)
+        check_encodable(a, where, field=where)
         out.append(a)
     if not out:
         raise SpecError("argv must be a non-empty sequence of strings", field="argv", value=argv)
@@ -387,6 +415,26 @@ def check_argv(argv: object) -> tuple[str, ...]:
         # subprocess refuses it too; exec would search PATH for "".
         raise SpecError("argv[0] (the command) is empty", field="argv", value=argv)
     return tuple(out)
+
+
+def check_cwd(cwd: object) -> str | None:
+    """``cwd`` (an action's working directory, None for the spec's) as given,
+    or SpecError naming it: it must be an absolute ``str`` path without NUL
+    bytes that can be encoded as a file name."""
+    if cwd is None:
+        return None
+    if isinstance(cwd, os.PathLike):
+        cwd = os.fspath(cwd)
+    if not isinstance(cwd, str):
+        raise SpecError(
+            f"cwd must be a str path, got {type(cwd).__name__}: {cwd!r}", field="cwd", value=cwd
+        )
+    if "\0" in cwd or not cwd.startswith("/"):
+        raise SpecError(
+            f"cwd must be an absolute path without NUL bytes: {cwd!r}", field="cwd", value=cwd
+        )
+    check_encodable(cwd, "cwd", field="cwd")
+    return cwd
 
 
 # -- parsing helpers ---------------------------------------------------------
