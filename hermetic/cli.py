@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import itertools
 import json
 import os
+import stat
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO, NoReturn
 
 from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError
@@ -36,8 +38,32 @@ EXIT_NOEXEC = 126
 EXIT_NOTFOUND = 127
 
 
+#: The longest message printed; a longer one (a path of 100,000
+#: characters, say) is cut, saying how long it was.
+MAX_MESSAGE = 4000
+
+
+def _printable(text: str) -> str:
+    """``text`` as it can be written to any stream: surrogates (a name
+    JSON could hold and UTF-8 cannot) escaped as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _one_line(text: str) -> str:
+    """A message on one line, of bounded length: an error is one line."""
+    text = _printable(text).replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[:MAX_MESSAGE]}... ({len(text)} characters)"
+    return text
+
+
+def _say(text: str) -> None:
+    """Print a line of output holding text from outside (file names, log entries)."""
+    print(_printable(text))
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"hermetic: {message}", file=sys.stderr)
+    print(f"hermetic: {_one_line(message)}", file=sys.stderr)
     return code
 
 
@@ -54,31 +80,137 @@ def _default_spec(toolchain: bool) -> SandboxSpec:
     return SandboxSpec(inputs=inputs, environment=env, resources=ResourceLimits.defaults())
 
 
-#: A spec file larger than this is refused (a spec is a few kilobytes; a
-#: path like /dev/zero would otherwise be read until memory runs out).
+# Files the command line reads are regular files of bounded size: a FIFO
+# would block the open (or the read) for ever, /dev/zero or an endless file
+# would be read until memory runs out.
+#: A spec file larger than this is refused (a spec is a few kilobytes).
 MAX_SPEC_BYTES = 16 << 20
+#: An audit log larger than this is refused (a record is about 300 bytes)...
+MAX_AUDIT_BYTES = 1 << 30
+#: ...and so is one with a line longer than this (it is read line by line).
+MAX_AUDIT_LINE = 1 << 20
+#: --stdin: standard input longer than this is refused (it is held in memory).
+MAX_STDIN_BYTES = 512 << 20
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 30} GiB" if limit >= 1 << 30 else f"{limit >> 20} MiB"
+
+
+def _check_regular(st: os.stat_result, path: str, what: str, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+        raise SpecError(f"{what} {path!r} is not a regular file ({kind})", field=what, value=path)
+    if st.st_size > limit:
+        raise SpecError(f"{what} {path!r} is larger than {_size(limit)}", field=what, value=path)
+
+
+def _open_regular(path: str, what: str, limit: int) -> int:
+    """A descriptor open for reading on the regular file ``path`` of at most
+    ``limit`` bytes, or SpecError naming ``what`` (``"spec file"``), the
+    path and the reason."""
+    try:
+        # stat first: nothing but a regular file is opened (opening some
+        # devices has effects).  O_NONBLOCK: should the name now be a FIFO,
+        # the open returns at once and fstat refuses it.
+        _check_regular(os.stat(path), path, what, limit)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except SpecError:
+        raise
+    except OSError as e:
+        raise SpecError(
+            f"cannot read {what} {path!r}: {e.strerror}", field=what, value=path
+        ) from None
+    except ValueError as e:  # a NUL byte, or text no file name can hold
+        raise SpecError(f"cannot read {what} {path!r}: {e}", field=what, value=path) from None
+    try:
+        _check_regular(os.fstat(fd), path, what, limit)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_spec(path: str) -> bytes:
-    with open(path, "rb") as f:
+    fd = _open_regular(path, "spec file", MAX_SPEC_BYTES)
+    with os.fdopen(fd, "rb") as f:
+        # Bounded again: the file may have grown since fstat.
         data = f.read(MAX_SPEC_BYTES + 1)
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(
-            f"spec file {path!r} is larger than {MAX_SPEC_BYTES >> 20} MiB",
-            field="spec",
+            f"spec file {path!r} is larger than {_size(MAX_SPEC_BYTES)}",
+            field="spec file",
             value=path,
         )
     return data
 
 
-def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
-    if ns.spec:
-        try:
-            spec = SandboxSpec.from_json(_read_spec(ns.spec))
-        except OSError as e:
+def _audit_lines(f: BinaryIO, path: str) -> Iterator[str]:
+    """The lines of an open audit log as text, each and all bounded."""
+    total = 0
+    for number in itertools.count(1):
+        line = f.readline(MAX_AUDIT_LINE + 1)
+        if not line:
+            return
+        total += len(line)
+        if total > MAX_AUDIT_BYTES:
+            raise SpecError(f"audit log {path!r} is larger than {_size(MAX_AUDIT_BYTES)}")
+        if len(line) > MAX_AUDIT_LINE:
             raise SpecError(
-                f"cannot read spec file {ns.spec!r}: {e.strerror}", field="spec", value=ns.spec
-            ) from e
+                f"audit log {path!r}: line {number} is longer than {_size(MAX_AUDIT_LINE)}"
+            )
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError(
+                f"audit log {path!r}: line {number} is not UTF-8 text ({e.reason} at byte "
+                f"{e.start})"
+            ) from None
+
+
+def _absolute(path: str, option: str) -> str:
+    """``path`` made absolute against the current directory, or SpecError
+    naming ``option`` (the current directory may have been removed)."""
+    if not path:
+        raise SpecError(f"{option} must not be empty", field=option, value=path)
+    if path.startswith("/"):
+        return path
+    try:
+        here = os.getcwd()
+    except OSError as e:
+        raise SpecError(
+            f"{option} {path!r} is relative and the working directory is unavailable "
+            f"({e.strerror})",
+            field=option,
+            value=path,
+        ) from None
+    return os.path.join(here, path)
+
+
+def _paths(spec_paths: PathSet, given: Sequence[str], option: str) -> PathSet:
+    try:
+        return spec_paths.union(PathSet(tuple(_absolute(p, option) for p in given)))
+    except SpecError as err:
+        raise SpecError(f"{option}: {err}", field=option, value=err.value) from None
+
+
+def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
+    if ns.spec is not None:
+        data = _read_spec(ns.spec)
+        try:
+            spec = SandboxSpec.from_json(data)
+        except SpecError as err:
+            raise SpecError(
+                f"spec file {ns.spec!r}: {err}", field=err.field, value=err.value
+            ) from None
     else:
         spec = _default_spec(not ns.no_toolchain)
     env = spec.environment
@@ -88,22 +220,68 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
             raise SpecError(f"--env wants KEY=VALUE, got {key!r}", field="env", value=key)
         env = env.with_var(key, value)
     workdir = spec.workdir
-    if ns.workdir:
-        workdir = canonical(os.path.abspath(ns.workdir), field="workdir")
+    if ns.workdir is not None:
+        workdir = canonical(_absolute(ns.workdir, "--workdir"), field="workdir")
     spec = dataclasses.replace(
         spec,
-        inputs=spec.inputs.union(PathSet(tuple(os.path.abspath(p) for p in ns.input))),
-        outputs=spec.outputs.union(PathSet(tuple(os.path.abspath(p) for p in ns.output))),
-        temps=spec.temps.union(PathSet(tuple(os.path.abspath(p) for p in ns.temp))),
+        inputs=_paths(spec.inputs, ns.input, "--input"),
+        outputs=_paths(spec.outputs, ns.output, "--output"),
+        temps=_paths(spec.temps, ns.temp, "--temp"),
         environment=env,
         workdir=workdir,
     )
     if spec.workdir is None:
-        # Like bubblewrap: keep the current directory when the sandbox shows it.
-        here = canonical(os.getcwd())
+        # Like bubblewrap: keep the current directory when the sandbox shows
+        # it (and when there is one: it may have been removed).
+        try:
+            here = canonical(os.getcwd())
+        except (OSError, SpecError):
+            return spec
         if any(PathSet((p,)).contains(here) for p in (*spec.inputs, *spec.outputs, *spec.temps)):
             spec = dataclasses.replace(spec, workdir=here)
     return spec
+
+
+def _stdin(ns: argparse.Namespace) -> bytes | None:
+    """--stdin: this process's standard input, bounded; else None."""
+    if not ns.stdin:
+        return None
+    stream = sys.stdin
+    if stream is None:
+        raise SpecError("--stdin: this process has no standard input", field="stdin")
+    data: bytes = stream.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise SpecError(
+            f"--stdin: standard input is larger than {_size(MAX_STDIN_BYTES)}", field="stdin"
+        )
+    return data
+
+
+def _audit_log(path: str | None) -> str | None:
+    """--audit-log, checked before the action runs: violations are appended
+    after it, when a FIFO would block and a directory would fail."""
+    if path is None:
+        return None
+    option = "--audit-log"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(_absolute(path, option))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise SpecError(
+                f"{option} {path!r}: cannot create it (no writable directory {parent!r})",
+                field=option,
+                value=path,
+            ) from None
+        return path
+    except OSError as e:
+        raise SpecError(f"{option} {path!r}: {e.strerror}", field=option, value=path) from None
+    except ValueError as e:  # a NUL byte, or text no file name can hold
+        raise SpecError(f"{option} {path!r}: {e}", field=option, value=path) from None
+    _check_regular(st, path, option, sys.maxsize)
+    if not os.access(path, os.W_OK):
+        raise SpecError(f"{option} {path!r} is not writable", field=option, value=path)
+    return path
 
 
 def _command(ns: argparse.Namespace) -> list[str]:
@@ -131,8 +309,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         return _fail("run: no command given (hermetic run [options] -- CMD ARGS...)", EXIT_SPEC)
     try:
         spec = _spec_from_args(ns)
-        executor = HermeticExecutor.create(spec, audit_log=ns.audit_log).unwrap()
-        stdin = sys.stdin.buffer.read() if ns.stdin else None
+        audit_log = _audit_log(ns.audit_log)
+        stdin = _stdin(ns)
+        executor = HermeticExecutor.create(spec, audit_log=audit_log).unwrap()
         result = executor.execute(
             command, stdin=stdin, timeout=ns.timeout, collect_outputs=ns.collect_outputs
         ).unwrap()
@@ -158,8 +337,9 @@ def _cmd_verify(ns: argparse.Namespace) -> int:
         return _fail("verify: no command given (hermetic verify [options] -- CMD)", EXIT_SPEC)
     try:
         spec = _spec_from_args(ns)
-        executor = HermeticExecutor.create(spec, audit_log=ns.audit_log).unwrap()
-        stdin = sys.stdin.buffer.read() if ns.stdin else None
+        audit_log = _audit_log(ns.audit_log)
+        stdin = _stdin(ns)
+        executor = HermeticExecutor.create(spec, audit_log=audit_log).unwrap()
         report = executor.verify_reproducible(
             command, ns.runs, stdin=stdin, timeout=ns.timeout
         ).unwrap()
@@ -173,7 +353,7 @@ def _cmd_verify(ns: argparse.Namespace) -> int:
     else:
         print(f"NOT reproducible: {len(report.differences)} difference(s) over {report.runs} runs")
         for d in report.differences:
-            print(f"  {d.describe()}")
+            _say(f"  {d.describe()}")
     return 0 if report.reproducible else 1
 
 
@@ -192,10 +372,14 @@ def _cmd_digest(ns: argparse.Namespace) -> int:
 
 
 def _cmd_audit(ns: argparse.Namespace) -> int:
-    from hermetic.security.audit import summarize
+    from hermetic.security.audit import parse, summarize_records
 
     try:
-        summary = summarize(ns.file)
+        fd = _open_regular(ns.file, "audit log", MAX_AUDIT_BYTES)
+        with os.fdopen(fd, "rb") as f:
+            summary = summarize_records(parse(_audit_lines(f, ns.file), ns.file))
+    except SpecError as e:
+        return _fail(str(e), EXIT_SPEC)
     except OSError as e:
         return _fail(f"cannot read audit log {ns.file!r}: {e.strerror}", EXIT_SPEC)
     except ValueError as e:
@@ -206,7 +390,7 @@ def _cmd_audit(ns: argparse.Namespace) -> int:
     print(f"{summary['records']} violation(s) in {summary['executions']} execution(s)")
     for title, key in (("kind", "by_kind"), ("decision", "by_decision")):
         for name, count in summary[key].items():
-            print(f"  {title} {name:12} {count}")
+            _say(f"  {title} {name:12} {count}")
     return 0
 
 
@@ -223,9 +407,9 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
                 continue
             if isinstance(value, (list, tuple)):
                 value = ", ".join(value) or "-"
-            print(f"{key:24} {value}")
+            _say(f"{key:24} {value}")
         for key, note in caps.notes:
-            print(f"note: {key}: {note}")
+            _say(f"note: {key}: {note}")
     return 0 if caps.can_sandbox() else EXIT_SETUP
 
 
@@ -236,6 +420,8 @@ def _cmd_spec(ns: argparse.Namespace) -> int:
     except OSError as e:
         return _fail(f"cannot read spec file {ns.file!r}: {e.strerror}", EXIT_SPEC)
     except SpecError as e:
+        if e.field == "spec file":  # the message names the file already
+            return _fail(f"invalid spec: {e}", EXIT_SPEC)
         return _fail(f"invalid spec {ns.file!r}: {e}", EXIT_SPEC)
     print(spec.to_json())
     print(f"digest: {spec.digest()}", file=sys.stderr)
@@ -244,11 +430,12 @@ def _cmd_spec(ns: argparse.Namespace) -> int:
 
 class _Parser(argparse.ArgumentParser):
     """Exits with EXIT_SPEC (123) on a bad command line, as documented,
-    instead of argparse's 2."""
+    instead of argparse's 2, and says so on one line (an error is one line;
+    the usage is a --help away)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_SPEC, f"{self.prog}: error: {message}\n")
+        text = _one_line(f"{message} (see '{self.prog} --help')")
+        self.exit(EXIT_SPEC, f"{self.prog}: error: {text}\n")
 
 
 def _parser() -> argparse.ArgumentParser:

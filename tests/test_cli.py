@@ -72,7 +72,8 @@ def test_a_bad_command_line_exits_123():
     for argv in (("run", "--timeout", "abc", "--", "true"), ("run", "--no-such-option")):
         p = hermetic_cli(*argv)
         assert p.returncode == 123, (argv, p.returncode, p.stderr)
-        assert b"usage:" in p.stderr
+        # One line: the error and where to find the usage.
+        assert p.stderr.count(b"\n") == 1 and b"--help'" in p.stderr, p.stderr
 
 
 def test_run_stdin_and_workdir(scratch):
@@ -114,7 +115,8 @@ def test_exit_codes_for_errors(scratch):
         hermetic_cli("run", "--spec", "/dev/zero", "--", "true"),
         hermetic_cli("spec", "/dev/zero"),
     ):
-        assert p.returncode == 123 and b"/dev/zero" in p.stderr and b"16 MiB" in p.stderr
+        assert p.returncode == 123 and b"/dev/zero" in p.stderr
+        assert b"not a regular file (a character device)" in p.stderr
     p = hermetic_cli("run", "--input", "/", "--", "true")
     assert p.returncode == 123 and b"input '/'" in p.stderr and b"whole root" in p.stderr
     p = hermetic_cli("run", "--", "")
@@ -193,3 +195,205 @@ def test_a_command_line_run_imports_only_what_it_uses():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+# -- bad input: one line on stderr, exit 123, whatever the input ---------------
+
+
+def _bounded() -> None:
+    # A command line that reads without bound hits this (MemoryError), not
+    # the machine's memory; hermetic itself needs a fraction of it.
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def bounded_cli(
+    *args: str, stdin: bytes | int = b"", cwd: str = "/"
+) -> subprocess.CompletedProcess[bytes]:
+    """``hermetic_cli`` with a memory bound; the timeout proves termination
+    (a FIFO without a writer would block an unguarded open forever)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hermetic", *args],
+        input=stdin if isinstance(stdin, bytes) else None,
+        stdin=stdin if isinstance(stdin, int) else None,
+        capture_output=True,
+        cwd=cwd,
+        timeout=60,
+        preexec_fn=_bounded,
+    )
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess[bytes], *needles: bytes) -> None:
+    assert p.returncode == 123, (p.returncode, p.stderr[-2000:])
+    assert b"Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.count(b"\n") == 1 and p.stderr.startswith(b"hermetic"), p.stderr[-2000:]
+    for needle in needles:
+        assert needle in p.stderr, (needle, p.stderr)
+
+
+@pytest.fixture
+def bad_files(scratch: str) -> dict[str, str]:
+    """Files that are no spec and no audit log, each of a different kind."""
+    fifo = os.path.join(scratch, "fifo")
+    os.mkfifo(fifo)
+    huge = os.path.join(scratch, "huge")
+    with open(huge, "wb") as f:
+        f.truncate(2 << 30)  # sparse: larger than any limit, no disk used
+    deep = os.path.join(scratch, "deep")
+    with open(deep, "w") as f:
+        f.write("[" * 200_000 + "]" * 200_000 + "\n")
+    latin1 = os.path.join(scratch, "latin1")
+    with open(latin1, "wb") as f:
+        f.write(b'{"kind": "caf\xe9"}\n')
+    long_line = os.path.join(scratch, "long-line")
+    with open(long_line, "wb") as f:
+        f.write(b'{"kind": "' + b"x" * (12 << 20) + b'"}')
+    surrogate = os.path.join(scratch, "surrogate")
+    with open(surrogate, "w") as f:
+        f.write('{"inputs": ["/tmp/\\ud800"]}\n')
+    surrogate_kind = os.path.join(scratch, "surrogate-kind")
+    with open(surrogate_kind, "w") as f:
+        f.write('{"kind": "\\ud800"}\n')
+    return {
+        "fifo": fifo,
+        "char-device": "/dev/zero",
+        "directory": scratch,
+        "huge": huge,
+        "deep": deep,
+        "latin1": latin1,
+        "missing": os.path.join(scratch, "missing"),
+        "long-line": long_line,
+        "surrogate": surrogate,
+        "surrogate-kind": surrogate_kind,
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["fifo", "char-device", "directory", "huge", "deep", "latin1", "missing", "surrogate"],
+)
+@pytest.mark.parametrize("how", ["spec", "run --spec", "verify --spec", "digest --spec"])
+def test_a_bad_spec_file_is_one_line_exit_123(bad_files: dict[str, str], kind: str, how: str):
+    path = bad_files[kind]
+    if how == "spec":
+        p = bounded_cli("spec", path)
+    else:
+        p = bounded_cli(how.split()[0], "--spec", path, "--", "true")
+    assert_one_line_error(p, path.encode())
+    expected = {
+        "fifo": b"not a regular file",
+        "char-device": b"not a regular file",
+        "directory": b"not a regular file",
+        "huge": b"larger than",
+        "deep": b"nested too deeply",
+        "latin1": b"malformed",
+        "missing": b"No such file",
+        "surrogate": b"encode",
+    }[kind]
+    assert expected in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["fifo", "char-device", "directory", "huge", "deep", "latin1", "missing", "long-line"],
+)
+def test_a_bad_audit_log_is_one_line_exit_123(bad_files: dict[str, str], kind: str):
+    path = bad_files[kind]
+    for extra in ((), ("--json",)):
+        p = bounded_cli("audit", path, *extra)
+        assert_one_line_error(p, path.encode())
+        expected = {
+            "fifo": b"not a regular file",
+            "char-device": b"not a regular file",
+            "directory": b"not a regular file",
+            "huge": b"larger than",
+            "deep": b"nested too deeply",
+            "latin1": b"UTF-8",
+            "missing": b"No such file",
+            "long-line": b"longer than",
+        }[kind]
+        assert expected in p.stderr, p.stderr
+
+
+def test_audit_output_with_unencodable_text_is_printed(bad_files: dict[str, str]):
+    """A record naming a kind JSON can hold but UTF-8 cannot ("\\ud800")
+    is summarised, shown escaped."""
+    for extra in ((), ("--json",)):
+        p = bounded_cli("audit", bad_files["surrogate-kind"], *extra)
+        assert p.returncode == 0 and p.stderr == b"", p.stderr
+        p.stdout.decode("utf-8")
+        assert b"1 violation" in p.stdout or json.loads(p.stdout)["records"] == 1
+        assert b"ud800" in p.stdout
+
+
+def test_spec_prints_escaped_file_names_as_utf8_json(scratch: str):
+    """A declared path whose name is not UTF-8 comes out as valid UTF-8 JSON
+    that reads back as the same spec."""
+    spec = SandboxSpec(outputs=PathSet.of(scratch + "/out-" + os.fsdecode(b"\xff")))
+    path = os.path.join(scratch, "spec.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(spec.to_json())
+    p = bounded_cli("spec", path)
+    assert p.returncode == 0, p.stderr
+    assert SandboxSpec.from_json(p.stdout.decode("utf-8")) == spec
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("run", "--timeout", "nan", "--", "true"), b"timeout"),
+        (("run", "--timeout", "-1", "--", "true"), b"timeout"),
+        (("run", "--timeout", "0", "--", "true"), b"timeout"),
+        (("verify", "--runs", "0", "--", "true"), b"runs"),
+        (("verify", "--runs", "9" * 5000, "--", "true"), b"--runs"),
+        (("run", "--no-such-option"), b"--no-such-option"),
+        (("run", "--env", "NOVALUE", "--", "true"), b"--env"),
+        (("run", "--env", "=v", "--", "true"), b"environment"),
+        (("run", "--input", "/" + "x" * 100_000, "--", "true"), b"input"),
+        (("run", "--input", "/new\nline", "--", "true"), b"new\\nline"),
+        (("run", "--spec", "", "--", "true"), b"spec file"),
+        (("run", "--workdir", "", "--", "true"), b"--workdir"),
+        (("nosuchcommand",), b"nosuchcommand"),
+        ((), b"required"),
+    ],
+)
+def test_a_bad_argument_is_one_line_exit_123(args: tuple[str, ...], needle: bytes):
+    assert_one_line_error(bounded_cli(*args), needle)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_an_audit_log_that_is_no_regular_file_is_refused_before_the_run(
+    bad_files: dict[str, str], kind: str
+):
+    p = bounded_cli("run", "--audit-log", bad_files[kind], "--", "true")
+    assert_one_line_error(p, b"--audit-log", b"not a regular file")
+
+
+def test_stdin_is_bounded():
+    with open("/dev/zero", "rb") as zero:
+        p = bounded_cli("run", "--stdin", "--", "true", stdin=zero.fileno())
+    assert_one_line_error(p, b"stdin", b"larger than")
+
+
+def test_a_deleted_working_directory_is_no_traceback(scratch: str):
+    gone = os.path.join(scratch, "gone")
+    os.mkdir(gone)
+    script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    base = ["sh", "-c", script, "sh", gone, sys.executable, "-m", "hermetic", "run"]
+    p = subprocess.run([*base, "--", "true"], capture_output=True, timeout=60)
+    assert (p.returncode, p.stderr) == (0, b"")
+    os.mkdir(gone)
+    p = subprocess.run([*base, "--input", "rel", "--", "true"], capture_output=True, timeout=60)
+    assert_one_line_error(p, b"working directory")
+
+
+def test_undecodable_arguments_reach_the_action(scratch: str):
+    """Arguments are bytes on Linux: one that is not UTF-8 is passed on as is."""
+    p = subprocess.run(
+        [sys.executable, "-m", "hermetic", "run", "--", "printf", "%s", b"\xff\xfe"],
+        capture_output=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"\xff\xfe", b"")

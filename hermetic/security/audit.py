@@ -160,26 +160,40 @@ def read(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The records of an audit file; a line that is not a JSON object raises ValueError."""
     # surrogateescape: a damaged line is reported, not a decoding crash.
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{os.fspath(path)}:{number}: not a JSON record: {e}") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{os.fspath(path)}:{number}: not a JSON object")
-            yield rec
+        yield from parse(f, os.fspath(path))
+
+
+def parse(lines: Iterable[str], source: str) -> Iterator[dict[str, Any]]:
+    """The records in ``lines`` of audit log ``source`` (named in errors);
+    a line that is not a JSON object raises ValueError naming it."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except RecursionError:
+            # The decoder recurses per level; a record nests 2 deep.
+            raise ValueError(f"{source}:{number}: not a JSON record: nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, or a number too long for int()
+            raise ValueError(f"{source}:{number}: not a JSON record: {e}") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{source}:{number}: not a JSON object")
+        yield rec
 
 
 def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Counts per kind and decision, the executions involved, the time span."""
+    return summarize_records(read(path))
+
+
+def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`summarize` of records already read (see :func:`parse`)."""
     kinds: Counter[str] = Counter()
     decisions: Counter[str] = Counter()
     executions: set[str] = set()
     first = last = None
     total = 0
-    for rec in read(path):
+    for rec in records:
         total += 1
         kinds[str(rec.get("kind"))] += 1
         decisions[str(rec.get("decision"))] += 1
