@@ -83,13 +83,12 @@ def test_a_lone_surrogate_in_a_path_is_refused_naming_the_field(field: str) -> N
 
 
 def test_a_lone_surrogate_in_workdir_is_refused_naming_it() -> None:
-    for make in (
-        lambda: SandboxSpec(workdir="/tmp/" + LONE),
-        lambda: SandboxSpec.from_json(json.dumps({"workdir": "/tmp/" + LONE})),
-    ):
-        with pytest.raises(SpecError) as info:
-            make()
-        assert info.value.field == "workdir" and "workdir" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        SandboxSpec(workdir="/tmp/" + LONE)
+    assert info.value.field == "workdir" and "workdir" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        SandboxSpec.from_json(json.dumps({"workdir": "/tmp/" + LONE}))
+    assert info.value.field == "workdir" and "workdir" in str(info.value)
 
 
 def test_canonical_and_pathset_refuse_lone_surrogates() -> None:
