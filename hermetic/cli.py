@@ -259,7 +259,9 @@ def _stdin(ns: argparse.Namespace) -> bytes | None:
 
 def _audit_log(path: str | None) -> str | None:
     """--audit-log, checked before the action runs: violations are appended
-    after it, when a FIFO would block and a directory would fail."""
+    after it, when a FIFO nothing reads would block and a directory would
+    fail.  A regular file (or one to create), a character device (a
+    terminal, /dev/null) or a FIFO being read are accepted."""
     if path is None:
         return None
     option = "--audit-log"
@@ -278,7 +280,18 @@ def _audit_log(path: str | None) -> str | None:
         raise SpecError(f"{option} {path!r}: {e.strerror}", field=option, value=path) from None
     except ValueError as e:  # a NUL byte, or text no file name can hold
         raise SpecError(f"{option} {path!r}: {e}", field=option, value=path) from None
-    _check_regular(st, path, option, sys.maxsize)
+    if stat.S_ISFIFO(st.st_mode):
+        # A FIFO works while something reads it; without a reader the
+        # append's open would block for ever (here: ENXIO at once).
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError as e:
+            reason = "a FIFO nothing reads" if e.errno == errno.ENXIO else e.strerror
+            raise SpecError(
+                f"{option} {path!r} is not a regular file ({reason})", field=option, value=path
+            ) from None
+    elif not stat.S_ISCHR(st.st_mode):  # a terminal or /dev/null is fine
+        _check_regular(st, path, option, sys.maxsize)
     if not os.access(path, os.W_OK):
         raise SpecError(f"{option} {path!r} is not writable", field=option, value=path)
     return path

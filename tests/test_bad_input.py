@@ -205,6 +205,7 @@ def test_bad_argv_is_a_spec_error_naming_the_entry(argv: Any, culprit: str) -> N
         ({"timeout": -1}, "timeout"),
         ({"timeout": float("nan")}, "timeout"),
         ({"stdin": "text"}, "stdin"),
+        ({"monitor": 5}, "monitor"),
     ],
 )
 def test_execute_refuses_bad_arguments_with_a_spec_error(kw: dict[str, Any], culprit: str) -> None:
@@ -217,8 +218,19 @@ def test_execute_refuses_bad_arguments_with_a_spec_error(kw: dict[str, Any], cul
         digest = ex.action_digest(argv, cwd=kw.get("cwd"))
         if "argv" in culprit or "cwd" in culprit:
             assert culprit in str(digest.unwrap_err())
-    with pytest.raises(SpecError, match=culprit.replace("[", r"\[")):
-        hermetic.run(argv, spec, **kw)
+    if "monitor" not in kw:
+        with pytest.raises(SpecError, match=culprit.replace("[", r"\[")):
+            hermetic.run(argv, spec, **kw)
+
+
+@pytest.mark.linux
+@pytest.mark.root
+@pytest.mark.parametrize("log", [5, "", "/tmp/a\0b", "/tmp/hm-" + LONE, b"/tmp/log"])
+def test_a_bad_audit_log_path_is_refused_before_anything_runs(log: Any) -> None:
+    result = HermeticExecutor.create(SandboxSpec(), audit_log=log)
+    assert not result.is_ok()
+    err = result.unwrap_err()
+    assert isinstance(err, SpecError) and err.field == "audit_log", err
 
 
 # -- from inside the sandbox -------------------------------------------------
@@ -281,3 +293,32 @@ def test_a_spec_file_with_a_lone_surrogate_is_one_line_exit_123(runner: Any, scr
     assert p.returncode == 123, p.stderr
     assert p.stderr.count(b"\n") == 1 and b"Traceback" not in p.stderr, p.stderr
     assert b"outputs" in p.stderr and b"encode" in p.stderr
+
+
+@pytest.mark.linux
+def test_a_refused_write_to_an_undecodable_name_is_recorded(runner: Any, scratch: str) -> None:
+    """The action picks the names it is refused; one that is not UTF-8 must
+    not make the audit record unwritable (it made execute raise, the
+    violation unrecorded)."""
+    log = os.path.join(scratch, "audit.jsonl")
+    open(log, "w").close()
+    runner.own(log)
+    script = 'echo x > "/usr/$(printf "\\377")"; echo "rc=$?"'
+    argv = [sys.executable, "-m", "hermetic", "run", "--audit-log", log, "--", "sh", "-c", script]
+    if runner.user is not None:
+        argv = [
+            "setpriv",
+            f"--reuid={runner.user.pw_uid}",
+            f"--regid={runner.user.pw_gid}",
+            "--clear-groups",
+            "--",
+            *argv,
+        ]
+    p = subprocess.run(argv, capture_output=True, cwd="/", timeout=60)
+    assert p.returncode == 0 and p.stdout == b"rc=2\n", p.stderr
+    assert b"Traceback" not in p.stderr
+    from hermetic.security.audit import read
+
+    records = list(read(log))
+    assert [r["attempted"] for r in records] == [os.fsdecode(b"/usr/\xff")], records
+    assert records[0]["decision"] == "refused"

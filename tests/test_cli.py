@@ -368,6 +368,18 @@ def test_an_audit_log_that_is_no_regular_file_is_refused_before_the_run(
 ):
     p = bounded_cli("run", "--audit-log", bad_files[kind], "--", "true")
     assert_one_line_error(p, b"--audit-log", b"not a regular file")
+    assert (b"FIFO nothing reads" if kind == "fifo" else b"a directory") in p.stderr
+
+
+def test_an_audit_log_that_is_read_as_written_is_accepted(bad_files: dict[str, str]):
+    """A FIFO being read, or a character device, takes the records."""
+    for log in ("/dev/null", bad_files["fifo"]):
+        reader = os.open(bad_files["fifo"], os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            p = bounded_cli("run", "--audit-log", log, "--", "true")
+        finally:
+            os.close(reader)
+        assert (p.returncode, p.stderr) == (0, b""), (log, p.stderr)
 
 
 def test_stdin_is_bounded():

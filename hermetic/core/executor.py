@@ -251,6 +251,12 @@ class HermeticExecutor:
         try:
             seconds, data = _checked(timeout, stdin)
             cwd = check_cwd(cwd)
+            if monitor is not None and not isinstance(monitor, ResourceMonitor):
+                raise SpecError(
+                    f"monitor must be a ResourceMonitor, got {type(monitor).__name__}",
+                    field="monitor",
+                    value=monitor,
+                )
             self._audit_open()
         except HermeticError as e:
             return Err(e)

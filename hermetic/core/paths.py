@@ -8,13 +8,21 @@ symlink pointing into ``/w/out`` are recognised as the same place.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias, cast
 
 from hermetic.core.errors import SpecError
 
-__all__ = ["PathSet", "StrPath", "canonical", "check_encodable", "is_within"]
+__all__ = [
+    "PathSet",
+    "StrPath",
+    "canonical",
+    "check_encodable",
+    "escape_surrogates",
+    "is_within",
+]
 
 StrPath: TypeAlias = str | os.PathLike[str]
 
@@ -69,6 +77,23 @@ def check_encodable(text: str, label: str, *, field: str | None = None, show: bo
             field=field,
             value=text if show else None,
         ) from None
+
+
+#: A surrogate code point: json.dumps(ensure_ascii=False) copies one as is.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_surrogates(json_text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with every
+    surrogate written as a ``\\uXXXX`` escape.
+
+    A file name made of undecodable bytes holds surrogates (``os.fsdecode``);
+    as they are, the text cannot be encoded as UTF-8, and writing it fails.
+    Escaped, it is valid UTF-8 JSON that reads back as the same name.
+    Surrogates only occur inside JSON strings, where an escape means the
+    same code point.
+    """
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
 
 
 def is_within(path: str, root: str) -> bool:

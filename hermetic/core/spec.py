@@ -10,13 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hermetic.core.errors import SpecError
-from hermetic.core.paths import PathSet, StrPath, canonical, check_encodable
+from hermetic.core.paths import (
+    PathSet,
+    StrPath,
+    canonical,
+    check_encodable,
+    escape_surrogates,
+)
 from hermetic.core.policies import (
     EnvSet,
     NetworkPolicy,
@@ -48,9 +53,6 @@ _TOP_KEYS = frozenset(
     }
 )
 _ENV_KEYS = frozenset({"vars", "inherit_path", "inherit_home"})
-#: A surrogate code point: json.dumps(ensure_ascii=False) copies one as is,
-#: and the text then cannot be written out as UTF-8.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _nested(err: SpecError, prefix: str) -> SpecError:
@@ -339,8 +341,7 @@ class SandboxSpec:
         bytes (surrogate-escaped by ``os.fsdecode``) is written as a
         ``\\udcXX`` escape, which reads back as the same name.
         """
-        text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
-        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        return escape_surrogates(json.dumps(self.to_dict(), indent=indent, ensure_ascii=False))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SandboxSpec:

@@ -38,7 +38,7 @@ from typing import Any
 from hermetic.core import text
 from hermetic.core.errors import SpecError
 from hermetic.core.outcome import Violation
-from hermetic.core.paths import canonical, is_within
+from hermetic.core.paths import canonical, check_encodable, is_within
 
 
 def new_execution_id() -> str:
@@ -93,7 +93,17 @@ class AuditLog:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, writable: Iterable[str] = ()) -> None:
-        self.path = os.fspath(path)
+        # Checked here, before any action runs: records are appended after
+        # one, when a bad path would fail with the action's record lost.
+        raw: object = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if not isinstance(raw, str) or not raw or "\0" in raw:
+            raise SpecError(
+                f"audit_log must be a non-empty str path without NUL bytes, got {raw!r}",
+                field="audit_log",
+                value=raw,
+            )
+        check_encodable(raw, "audit_log", field="audit_log")
+        self.path = raw
         self._lock = threading.Lock()
         self._fd: int | None = None
         where = canonical(os.path.abspath(self.path), field="audit_log")
