@@ -274,7 +274,8 @@ def test_check_argv_and_cwd(value: Any) -> None:
     except SpecError as err:
         assert err.field is not None and err.field.startswith("argv")
     else:
-        assert argv and argv[0] and all(os.fsencode(a) and "\0" not in a for a in argv)
+        assert argv and argv[0]
+        assert all("\0" not in a and isinstance(os.fsencode(a), bytes) for a in argv)
     try:
         cwd = check_cwd(value)
     except SpecError as err:
