@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from hermetic.core.builders import HermeticSpecBuilder, SandboxSpecBuilder
 from hermetic.core.errors import SpecError
+from hermetic.core.paths import PathSet, is_within
 from hermetic.core.spec import SandboxSpec, check_argv, check_cwd
 
 #: Deterministic (CI runs the same examples every time), no example database
@@ -282,3 +283,20 @@ def test_check_argv_and_cwd(value: Any) -> None:
         assert err.field == "cwd"
     else:
         assert cwd is None or os.fsencode(cwd).startswith(b"/")
+
+
+#: Components chosen so that sorting puts tricky neighbours together:
+#: "-" and "." sort before "/", "0" right after it.
+_component = st.sampled_from(["a", "b", "a-", "a.", "a0", "ab"])
+_paths = st.lists(_component, min_size=0, max_size=3).map(lambda c: "/" + "/".join(c))
+_path_sets = st.lists(_paths, max_size=6).map(lambda ps: PathSet(tuple(ps)))
+
+
+@PROPERTY
+@given(_path_sets, _path_sets)
+def test_overlaps_is_every_pair_one_within_the_other(mine: PathSet, theirs: PathSet) -> None:
+    expected = [
+        (m, t) for m in mine.paths for t in theirs.paths if is_within(m, t) or is_within(t, m)
+    ]
+    assert mine.overlaps(theirs) == expected
+    assert mine.disjoint(theirs) == (not expected)

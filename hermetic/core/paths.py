@@ -7,6 +7,7 @@ symlink pointing into ``/w/out`` are recognised as the same place.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -94,6 +95,14 @@ def escape_surrogates(json_text: str) -> str:
     same code point.
     """
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
+
+
+def _ancestors_or_self(path: str) -> Iterator[str]:
+    """``/a/b/c``: ``/a/b/c``, ``/a/b``, ``/a``, ``/``."""
+    yield path
+    while path != "/":
+        path = path.rsplit("/", 1)[0] or "/"
+        yield path
 
 
 def is_within(path: str, root: str) -> bool:
@@ -191,10 +200,27 @@ class PathSet:
         return not self.overlaps(other)
 
     def overlaps(self, other: PathSet) -> list[tuple[str, str]]:
-        """Pairs ``(mine, theirs)`` where one path equals or contains the other."""
-        return [
-            (mine, theirs)
-            for mine in self.paths
-            for theirs in other.paths
-            if is_within(mine, theirs) or is_within(theirs, mine)
-        ]
+        """Pairs ``(mine, theirs)`` where one path equals or contains the other,
+        in the order of ``mine`` then ``theirs``.
+
+        Output-sensitive, not quadratic: a spec may list many thousands of
+        paths, and comparing every pair of two such sets would take hours.
+        For each of mine, the paths of theirs that contain it are among its
+        ancestors (looked up by name), and those it contains form one range
+        of the sorted ``theirs`` (everything starting with ``mine + "/"``).
+        """
+        theirs_set = set(other.paths)
+        theirs_sorted = other.paths  # sorted and unique (__post_init__, _trusted)
+        pairs: list[tuple[str, str]] = []
+        for mine in self.paths:
+            found = {a for a in _ancestors_or_self(mine) if a in theirs_set}
+            if mine == "/":
+                found.update(theirs_sorted)
+            else:
+                # "0" follows "/" in code point order: [mine/, mine0) is
+                # exactly the paths below mine.
+                lo = bisect.bisect_left(theirs_sorted, mine + "/")
+                hi = bisect.bisect_left(theirs_sorted, mine + "0", lo)
+                found.update(theirs_sorted[lo:hi])
+            pairs.extend((mine, theirs) for theirs in sorted(found))
+        return pairs
