@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, NoReturn
 from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError
 from hermetic.core.executor import HermeticExecutor
-from hermetic.core.paths import PathSet, canonical
+from hermetic.core.paths import PathSet, canonical, is_within
 from hermetic.core.policies import ResourceLimits
 from hermetic.core.spec import SandboxSpec
 
@@ -237,7 +237,7 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
             here = canonical(os.getcwd())
         except (OSError, SpecError):
             return spec
-        if any(PathSet((p,)).contains(here) for p in (*spec.inputs, *spec.outputs, *spec.temps)):
+        if any(is_within(here, p) for p in (*spec.inputs, *spec.outputs, *spec.temps)):
             spec = dataclasses.replace(spec, workdir=here)
     return spec
 
