@@ -547,7 +547,11 @@ def _add_action_options(cmd: argparse.ArgumentParser) -> None:
         action="store_true",
         help="without --spec: do not add the system toolchain paths (/usr, ...)",
     )
-    cmd.add_argument("--stdin", action="store_true", help="pass this process's stdin to CMD")
+    cmd.add_argument(
+        "--stdin",
+        action="store_true",
+        help=f"pass this process's stdin to CMD (at most {_size(MAX_STDIN_BYTES)})",
+    )
     cmd.add_argument("--json", action="store_true", help="print the result as JSON")
     cmd.add_argument("--audit-log", metavar="FILE", help="append violations to FILE (JSON Lines)")
     cmd.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")

@@ -212,7 +212,7 @@ def _check_env_key(key: object) -> str:
         raise SpecError(
             f"environment variable name {key!r} contains a NUL byte", field="vars", value=key
         )
-    check_encodable(key, f"environment variable name {key!r}", field="vars")
+    check_encodable(key, f"environment variable name {key!r}", field="vars", show=False)
     return key
 
 
