@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import itertools
 import json
 import os
 import stat
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
 from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError
@@ -139,41 +138,67 @@ def _open_regular(path: str, what: str, limit: int) -> int:
     return fd
 
 
+def _chunks(fd: int, path: str, what: str, limit: int) -> Iterator[bytes]:
+    """The content of ``fd`` (from :func:`_open_regular`) in chunks, at most
+    ``limit`` bytes in all (the file may have grown since fstat), or
+    SpecError.  The descriptor stays non-blocking: a file that only looks
+    regular (/proc/kmsg) and would wait for data is refused, not waited on."""
+    total = 0
+    while True:
+        try:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        except BlockingIOError:
+            raise SpecError(
+                f"cannot read {what} {path!r}: reading it would wait for data",
+                field=what,
+                value=path,
+            ) from None
+        except OSError as e:
+            raise SpecError(
+                f"cannot read {what} {path!r}: {e.strerror}", field=what, value=path
+            ) from None
+        if not chunk:
+            return
+        total += len(chunk)
+        if total > limit:
+            raise SpecError(
+                f"{what} {path!r} is larger than {_size(limit)}", field=what, value=path
+            )
+        yield chunk
+
+
 def _read_spec(path: str) -> bytes:
     fd = _open_regular(path, "spec file", MAX_SPEC_BYTES)
-    with os.fdopen(fd, "rb") as f:
-        # Bounded again: the file may have grown since fstat.
-        data = f.read(MAX_SPEC_BYTES + 1)
-    if len(data) > MAX_SPEC_BYTES:
-        raise SpecError(
-            f"spec file {path!r} is larger than {_size(MAX_SPEC_BYTES)}",
-            field="spec file",
-            value=path,
-        )
-    return data
+    try:
+        return b"".join(_chunks(fd, path, "spec file", MAX_SPEC_BYTES))
+    finally:
+        os.close(fd)
 
 
-def _audit_lines(f: BinaryIO, path: str) -> Iterator[str]:
+def _audit_lines(fd: int, path: str) -> Iterator[str]:
     """The lines of an open audit log as text, each and all bounded."""
-    total = 0
-    for number in itertools.count(1):
-        line = f.readline(MAX_AUDIT_LINE + 1)
-        if not line:
-            return
-        total += len(line)
-        if total > MAX_AUDIT_BYTES:
-            raise SpecError(f"audit log {path!r} is larger than {_size(MAX_AUDIT_BYTES)}")
-        if len(line) > MAX_AUDIT_LINE:
-            raise SpecError(
-                f"audit log {path!r}: line {number} is longer than {_size(MAX_AUDIT_LINE)}"
-            )
-        try:
-            yield line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SpecError(
-                f"audit log {path!r}: line {number} is not UTF-8 text ({e.reason} at byte "
-                f"{e.start})"
-            ) from None
+    pending = b""
+    number = 0
+    for chunk in _chunks(fd, path, "audit log", MAX_AUDIT_BYTES):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            number += 1
+            yield _audit_line(line, number, path)
+        if len(pending) > MAX_AUDIT_LINE:
+            _audit_line(pending, number + 1, path)  # raises: too long
+    if pending:
+        yield _audit_line(pending, number + 1, path)
+
+
+def _audit_line(line: bytes, number: int, path: str) -> str:
+    if len(line) > MAX_AUDIT_LINE:
+        raise SpecError(f"audit log {path!r}: line {number} is longer than {_size(MAX_AUDIT_LINE)}")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"audit log {path!r}: line {number} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
 
 
 def _absolute(path: str, option: str) -> str:
@@ -389,8 +414,10 @@ def _cmd_audit(ns: argparse.Namespace) -> int:
 
     try:
         fd = _open_regular(ns.file, "audit log", MAX_AUDIT_BYTES)
-        with os.fdopen(fd, "rb") as f:
-            summary = summarize_records(parse(_audit_lines(f, ns.file), ns.file))
+        try:
+            summary = summarize_records(parse(_audit_lines(fd, ns.file), ns.file))
+        finally:
+            os.close(fd)
     except SpecError as e:
         return _fail(str(e), EXIT_SPEC)
     except OSError as e:

@@ -266,12 +266,24 @@ def bad_files(scratch: str) -> dict[str, str]:
         "long-line": long_line,
         "surrogate": surrogate,
         "surrogate-kind": surrogate_kind,
+        # Regular, size 0, and a read at offset 0 fails (EIO).
+        "proc-mem": "/proc/self/mem",
     }
 
 
 @pytest.mark.parametrize(
     "kind",
-    ["fifo", "char-device", "directory", "huge", "deep", "latin1", "missing", "surrogate"],
+    [
+        "fifo",
+        "char-device",
+        "directory",
+        "huge",
+        "deep",
+        "latin1",
+        "missing",
+        "surrogate",
+        "proc-mem",
+    ],
 )
 @pytest.mark.parametrize("how", ["spec", "run --spec", "verify --spec", "digest --spec"])
 def test_a_bad_spec_file_is_one_line_exit_123(bad_files: dict[str, str], kind: str, how: str):
@@ -290,13 +302,24 @@ def test_a_bad_spec_file_is_one_line_exit_123(bad_files: dict[str, str], kind: s
         "latin1": b"malformed",
         "missing": b"No such file",
         "surrogate": b"encode",
+        "proc-mem": b"Input/output error",
     }[kind]
     assert expected in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize(
     "kind",
-    ["fifo", "char-device", "directory", "huge", "deep", "latin1", "missing", "long-line"],
+    [
+        "fifo",
+        "char-device",
+        "directory",
+        "huge",
+        "deep",
+        "latin1",
+        "missing",
+        "long-line",
+        "proc-mem",
+    ],
 )
 def test_a_bad_audit_log_is_one_line_exit_123(bad_files: dict[str, str], kind: str):
     path = bad_files[kind]
@@ -312,6 +335,7 @@ def test_a_bad_audit_log_is_one_line_exit_123(bad_files: dict[str, str], kind: s
             "latin1": b"UTF-8",
             "missing": b"No such file",
             "long-line": b"longer than",
+            "proc-mem": b"Input/output error",
         }[kind]
         assert expected in p.stderr, p.stderr
 
@@ -425,3 +449,21 @@ def test_a_spec_with_very_many_paths_is_checked_in_bounded_time(scratch: str):
         json.dump(doc, f)
     p = bounded_cli("spec", path)
     assert_one_line_error(p, b"input path does not exist")
+
+
+def test_audit_reads_a_log_larger_than_one_read(scratch: str):
+    """Records are counted across read boundaries, the last line without
+    its newline too."""
+    log = os.path.join(scratch, "big.jsonl")
+    n = 12_000
+    with open(log, "w") as f:
+        for i in range(n):
+            kind = "filesystem" if i % 3 else "network"
+            f.write(json.dumps({"kind": kind, "execution_id": str(i % 7), "pad": "x" * 200}))
+            f.write("\n" if i < n - 1 else "")
+    assert os.path.getsize(log) > 2 << 20
+    p = bounded_cli("audit", log, "--json")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["records"] == n and summary["executions"] == 7
+    assert summary["by_kind"] == {"filesystem": n - n // 3, "network": n // 3}
