@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -467,3 +468,25 @@ def test_audit_reads_a_log_larger_than_one_read(scratch: str):
     summary = json.loads(p.stdout)
     assert summary["records"] == n and summary["executions"] == 7
     assert summary["by_kind"] == {"filesystem": n - n // 3, "network": n // 3}
+
+
+def test_bad_files_as_root_and_as_the_test_user(runner: Any, bad_files: dict[str, str]):
+    """The same refusals whoever runs the command line (the files are
+    world-readable; the test user reads them through the same checks)."""
+    prefix: list[str] = []
+    if runner.user is not None:
+        prefix = ["setpriv", f"--reuid={runner.user.pw_uid}", f"--regid={runner.user.pw_gid}"]
+        prefix += ["--clear-groups", "--"]
+    for kind in ("fifo", "char-device", "directory", "huge", "deep", "proc-mem"):
+        for args in (
+            ("run", "--spec", bad_files[kind], "--", "true"),
+            ("audit", bad_files[kind]),
+        ):
+            p = subprocess.run(
+                [*prefix, sys.executable, "-m", "hermetic", *args],
+                capture_output=True,
+                cwd="/",
+                timeout=60,
+                preexec_fn=_bounded,
+            )
+            assert_one_line_error(p, bad_files[kind].encode())
