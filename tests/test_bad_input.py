@@ -322,3 +322,43 @@ def test_a_refused_write_to_an_undecodable_name_is_recorded(runner: Any, scratch
     records = list(read(log))
     assert [r["attempted"] for r in records] == [os.fsdecode(b"/usr/\xff")], records
     assert records[0]["decision"] == "refused"
+
+
+@pytest.mark.linux
+@pytest.mark.root
+def test_refused_input_leaves_nothing_behind(scratch: str) -> None:
+    """Refusals happen before anything is made: no descriptor, process,
+    mount or temporary directory is left, however often they repeat."""
+    import psutil
+
+    spec = SandboxSpec(
+        inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+        outputs=PathSet.of(scratch),
+        resources=ResourceLimits.defaults(),
+    )
+
+    def state() -> tuple[set[str], int, int, set[str]]:
+        with open("/proc/self/mountinfo") as f:
+            mounts = len(f.readlines())
+        temps = {p for p in os.listdir("/tmp") if p.startswith("hermetic")}
+        return set(os.listdir("/proc/self/fd")), len(psutil.Process().children()), mounts, temps
+
+    def refusals(ex: HermeticExecutor) -> None:
+        for kw in ({"cwd": "/" + LONE}, {"cwd": 5}, {"timeout": -1}, {"stdin": "x"}):
+            assert isinstance(ex.execute(["true"], **kw).unwrap_err(), SpecError)
+        assert isinstance(ex.execute(["true", LONE]).unwrap_err(), SpecError)
+        assert isinstance(ex.verify_reproducible(["true"], 1).unwrap_err(), SpecError)
+        assert isinstance(ex.verify_reproducible(["true"], cwd=LONE).unwrap_err(), SpecError)
+        missing = SandboxSpec(inputs=PathSet.of(scratch + "/missing"))
+        assert isinstance(HermeticExecutor.create(missing).unwrap_err(), SpecError)
+        assert isinstance(HermeticExecutor.create(spec, audit_log=LONE).unwrap_err(), SpecError)
+
+    with HermeticExecutor.create(spec).unwrap() as ex:
+        # Once first, and one action that runs: what an executor makes
+        # once (a standby process, its descriptors) exists from now on.
+        assert ex.execute(["true"]).unwrap().exit_code == 0
+        refusals(ex)
+        before = state()
+        for _ in range(20):
+            refusals(ex)
+        assert state() == before
