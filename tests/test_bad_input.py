@@ -31,7 +31,7 @@ from hermetic import (
     SpecError,
 )
 from hermetic.core.paths import canonical
-from hermetic.core.spec import check_argv
+from hermetic.core.spec import check_argv, check_cwd
 
 #: Not a file name on any POSIX system: a high surrogate alone cannot be
 #: encoded (os.fsencode raises), unlike the low surrogates U+DC80..U+DCFF
@@ -362,3 +362,22 @@ def test_refused_input_leaves_nothing_behind(scratch: str) -> None:
         for _ in range(20):
             refusals(ex)
         assert state() == before
+
+
+def test_a_host_with_a_surrogate_is_refused() -> None:
+    for entry in ("\ud800x.org:80", ("ex\udcffample.org", 443)):
+        with pytest.raises(SpecError, match="invalid host"):
+            NetworkPolicy.allow_hosts([entry])
+
+
+def test_a_pathlike_that_is_no_path_is_a_spec_error() -> None:
+    class Bad:
+        def __fspath__(self) -> int:
+            return 5
+
+    with pytest.raises(SpecError, match="workdir"):
+        SandboxSpec(workdir=Bad())  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="cwd"):
+        check_cwd(Bad())
+    with pytest.raises(SpecError):
+        PathSet.of(Bad())  # type: ignore[arg-type]

@@ -39,7 +39,10 @@ def canonical(path: object, *, field: str | None = None) -> str:
     """
     label = field or "path"
     if isinstance(path, os.PathLike):
-        path = os.fspath(path)
+        try:
+            path = os.fspath(path)
+        except TypeError as exc:  # __fspath__ returned neither str nor bytes
+            raise SpecError(f"{label}: {exc}", field=field, value=path) from None
     if isinstance(path, bytes):
         raise SpecError(f"{label} must be a str, not bytes: {path!r}", field=field, value=path)
     if not isinstance(path, str):

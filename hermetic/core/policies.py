@@ -47,6 +47,10 @@ def _check_limit(value: object, field: str) -> None:
         raise SpecError(f"{field} must be <= 2**63-1, got {value!r}", field=field, value=value)
 
 
+def _is_surrogate(c: str) -> bool:
+    return "\ud800" <= c <= "\udfff"
+
+
 def _normalize_host(entry: object) -> str:
     """Return ``entry`` as ``host:port`` (host lower-cased), or raise SpecError.
 
@@ -92,7 +96,8 @@ def _normalize_host(entry: object) -> str:
             field=field,
             value=entry,
         )
-    if host in ("", "[]") or any(c.isspace() or c in "\0/@" for c in host):
+    # A surrogate is no character of any host name (and cannot be encoded).
+    if host in ("", "[]") or any(c.isspace() or c in "\0/@" or _is_surrogate(c) for c in host):
         raise SpecError(
             f"allowed_hosts entry {entry!r}: invalid host {host!r}", field=field, value=entry
         )

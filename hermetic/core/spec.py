@@ -425,7 +425,10 @@ def check_cwd(cwd: object) -> str | None:
     if cwd is None:
         return None
     if isinstance(cwd, os.PathLike):
-        cwd = os.fspath(cwd)
+        try:
+            cwd = os.fspath(cwd)
+        except TypeError as exc:  # __fspath__ returned neither str nor bytes
+            raise SpecError(f"cwd: {exc}", field="cwd", value=cwd) from None
     if not isinstance(cwd, str):
         raise SpecError(
             f"cwd must be a str path, got {type(cwd).__name__}: {cwd!r}", field="cwd", value=cwd
