@@ -25,17 +25,17 @@ def hermetic_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[
     )
 
 
-def test_run_passes_output_and_status():
+def test_run_passes_output_and_status() -> None:
     p = hermetic_cli("run", "--", "sh", "-c", "echo out; echo err >&2; exit 5")
     assert (p.returncode, p.stdout, p.stderr) == (5, b"out\n", b"err\n")
 
 
-def test_run_signal_is_128_plus_n():
+def test_run_signal_is_128_plus_n() -> None:
     p = hermetic_cli("run", "--", "sh", "-c", "kill -KILL $$")
     assert p.returncode == 128 + 9
 
 
-def test_run_json(scratch):
+def test_run_json(scratch: str) -> None:
     out = os.path.join(scratch, "out")
     os.mkdir(out)
     p = hermetic_cli(
@@ -59,7 +59,7 @@ def test_run_json(scratch):
     assert "stdout_base64" not in data  # UTF-8: the text is the output
 
 
-def test_run_json_keeps_output_that_is_not_utf8():
+def test_run_json_keeps_output_that_is_not_utf8() -> None:
     import base64
 
     p = hermetic_cli("run", "--json", "--", "sh", "-c", r"printf '\377\376ok'; printf '\200' >&2")
@@ -69,7 +69,7 @@ def test_run_json_keeps_output_that_is_not_utf8():
     assert data["stdout"] == "\ufffd\ufffdok"
 
 
-def test_a_bad_command_line_exits_123():
+def test_a_bad_command_line_exits_123() -> None:
     for argv in (("run", "--timeout", "abc", "--", "true"), ("run", "--no-such-option")):
         p = hermetic_cli(*argv)
         assert p.returncode == 123, (argv, p.returncode, p.stderr)
@@ -77,7 +77,7 @@ def test_a_bad_command_line_exits_123():
         assert p.stderr.count(b"\n") == 1 and b"--help'" in p.stderr, p.stderr
 
 
-def test_run_stdin_and_workdir(scratch):
+def test_run_stdin_and_workdir(scratch: str) -> None:
     p = hermetic_cli(
         "run",
         "--input",
@@ -94,7 +94,7 @@ def test_run_stdin_and_workdir(scratch):
     assert p.stdout == f"{scratch}\nfed\n".encode()
 
 
-def test_exit_codes_for_errors(scratch):
+def test_exit_codes_for_errors(scratch: str) -> None:
     p = hermetic_cli("run", "--", "no-such-tool-here")
     assert p.returncode == 127 and b"no-such-tool-here" in p.stderr
     assert p.stderr.count(b"\n") == 1 and b"Traceback" not in p.stderr
@@ -124,7 +124,7 @@ def test_exit_codes_for_errors(scratch):
     assert p.returncode == 123 and b"argv[0]" in p.stderr
 
 
-def test_spec_validates_and_prints(scratch):
+def test_spec_validates_and_prints(scratch: str) -> None:
     spec = SandboxSpec(
         inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()), resources=ResourceLimits.defaults()
     )
@@ -142,7 +142,7 @@ def test_spec_validates_and_prints(scratch):
     assert p.returncode == 123 and b"max_processes" in p.stderr
 
 
-def test_run_with_spec_file(scratch):
+def test_run_with_spec_file(scratch: str) -> None:
     spec = SandboxSpec(
         inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()), resources=ResourceLimits.defaults()
     )
@@ -156,7 +156,7 @@ def test_run_with_spec_file(scratch):
     assert b"PATH=" not in p.stdout
 
 
-def test_doctor():
+def test_doctor() -> None:
     p = hermetic_cli("doctor", "--json")
     assert p.returncode == 0
     data = json.loads(p.stdout)
@@ -165,14 +165,14 @@ def test_doctor():
     assert p.returncode == 0 and b"user_namespaces" in p.stdout
 
 
-def test_console_script_is_installed():
+def test_console_script_is_installed() -> None:
     script = os.path.join(os.path.dirname(sys.executable), "hermetic")
     assert os.access(script, os.X_OK)
     p = subprocess.run([script, "run", "--", "echo", "via script"], capture_output=True, cwd="/")
     assert p.stdout == b"via script\n"
 
 
-def test_a_command_line_run_imports_only_what_it_uses():
+def test_a_command_line_run_imports_only_what_it_uses() -> None:
     # A build that runs `hermetic run` per action pays the imports every
     # time: asyncio (execute_async), concurrent.futures (the pools), uuid,
     # the verify helpers' modules, hashing (OpenSSL) and the egress proxy's
@@ -287,7 +287,9 @@ def bad_files(scratch: str) -> dict[str, str]:
     ],
 )
 @pytest.mark.parametrize("how", ["spec", "run --spec", "verify --spec", "digest --spec"])
-def test_a_bad_spec_file_is_one_line_exit_123(bad_files: dict[str, str], kind: str, how: str):
+def test_a_bad_spec_file_is_one_line_exit_123(
+    bad_files: dict[str, str], kind: str, how: str
+) -> None:
     path = bad_files[kind]
     if how == "spec":
         p = bounded_cli("spec", path)
@@ -322,7 +324,7 @@ def test_a_bad_spec_file_is_one_line_exit_123(bad_files: dict[str, str], kind: s
         "proc-mem",
     ],
 )
-def test_a_bad_audit_log_is_one_line_exit_123(bad_files: dict[str, str], kind: str):
+def test_a_bad_audit_log_is_one_line_exit_123(bad_files: dict[str, str], kind: str) -> None:
     path = bad_files[kind]
     for extra in ((), ("--json",)):
         p = bounded_cli("audit", path, *extra)
@@ -341,7 +343,7 @@ def test_a_bad_audit_log_is_one_line_exit_123(bad_files: dict[str, str], kind: s
         assert expected in p.stderr, p.stderr
 
 
-def test_audit_output_with_unencodable_text_is_printed(bad_files: dict[str, str]):
+def test_audit_output_with_unencodable_text_is_printed(bad_files: dict[str, str]) -> None:
     """A record naming a kind JSON can hold but UTF-8 cannot ("\\ud800")
     is summarised, shown escaped."""
     for extra in ((), ("--json",)):
@@ -352,7 +354,7 @@ def test_audit_output_with_unencodable_text_is_printed(bad_files: dict[str, str]
         assert b"ud800" in p.stdout
 
 
-def test_spec_prints_escaped_file_names_as_utf8_json(scratch: str):
+def test_spec_prints_escaped_file_names_as_utf8_json(scratch: str) -> None:
     """A declared path whose name is not UTF-8 comes out as valid UTF-8 JSON
     that reads back as the same spec."""
     spec = SandboxSpec(outputs=PathSet.of(scratch + "/out-" + os.fsdecode(b"\xff")))
@@ -383,20 +385,20 @@ def test_spec_prints_escaped_file_names_as_utf8_json(scratch: str):
         ((), b"required"),
     ],
 )
-def test_a_bad_argument_is_one_line_exit_123(args: tuple[str, ...], needle: bytes):
+def test_a_bad_argument_is_one_line_exit_123(args: tuple[str, ...], needle: bytes) -> None:
     assert_one_line_error(bounded_cli(*args), needle)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory"])
 def test_an_audit_log_that_is_no_regular_file_is_refused_before_the_run(
     bad_files: dict[str, str], kind: str
-):
+) -> None:
     p = bounded_cli("run", "--audit-log", bad_files[kind], "--", "true")
     assert_one_line_error(p, b"--audit-log", b"not a regular file")
     assert (b"FIFO nothing reads" if kind == "fifo" else b"a directory") in p.stderr
 
 
-def test_an_audit_log_that_is_read_as_written_is_accepted(bad_files: dict[str, str]):
+def test_an_audit_log_that_is_read_as_written_is_accepted(bad_files: dict[str, str]) -> None:
     """A FIFO being read, or a character device, takes the records."""
     for log in ("/dev/null", bad_files["fifo"]):
         reader = os.open(bad_files["fifo"], os.O_RDONLY | os.O_NONBLOCK)
@@ -407,13 +409,13 @@ def test_an_audit_log_that_is_read_as_written_is_accepted(bad_files: dict[str, s
         assert (p.returncode, p.stderr) == (0, b""), (log, p.stderr)
 
 
-def test_stdin_is_bounded():
+def test_stdin_is_bounded() -> None:
     with open("/dev/zero", "rb") as zero:
         p = bounded_cli("run", "--stdin", "--", "true", stdin=zero.fileno())
     assert_one_line_error(p, b"stdin", b"larger than")
 
 
-def test_a_deleted_working_directory_is_no_traceback(scratch: str):
+def test_a_deleted_working_directory_is_no_traceback(scratch: str) -> None:
     gone = os.path.join(scratch, "gone")
     os.mkdir(gone)
     script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
@@ -425,7 +427,7 @@ def test_a_deleted_working_directory_is_no_traceback(scratch: str):
     assert_one_line_error(p, b"working directory")
 
 
-def test_undecodable_arguments_reach_the_action(scratch: str):
+def test_undecodable_arguments_reach_the_action(scratch: str) -> None:
     """Arguments are bytes on Linux: one that is not UTF-8 is passed on as is."""
     p = subprocess.run(
         [sys.executable, "-m", "hermetic", "run", "--", "printf", "%s", b"\xff\xfe"],
@@ -436,7 +438,7 @@ def test_undecodable_arguments_reach_the_action(scratch: str):
     assert (p.returncode, p.stdout, p.stderr) == (0, b"\xff\xfe", b"")
 
 
-def test_a_spec_with_very_many_paths_is_checked_in_bounded_time(scratch: str):
+def test_a_spec_with_very_many_paths_is_checked_in_bounded_time(scratch: str) -> None:
     """Within the size limit a spec can list hundreds of thousands of paths;
     checking inputs against outputs pair by pair took hours (the bound
     here only proves termination)."""
@@ -452,7 +454,7 @@ def test_a_spec_with_very_many_paths_is_checked_in_bounded_time(scratch: str):
     assert_one_line_error(p, b"input path does not exist")
 
 
-def test_audit_reads_a_log_larger_than_one_read(scratch: str):
+def test_audit_reads_a_log_larger_than_one_read(scratch: str) -> None:
     """Records are counted across read boundaries, the last line without
     its newline too."""
     log = os.path.join(scratch, "big.jsonl")
@@ -470,7 +472,7 @@ def test_audit_reads_a_log_larger_than_one_read(scratch: str):
     assert summary["by_kind"] == {"filesystem": n - n // 3, "network": n // 3}
 
 
-def test_bad_files_as_root_and_as_the_test_user(runner: Any, bad_files: dict[str, str]):
+def test_bad_files_as_root_and_as_the_test_user(runner: Any, bad_files: dict[str, str]) -> None:
     """The same refusals whoever runs the command line (the files are
     world-readable; the test user reads them through the same checks)."""
     prefix: list[str] = []
