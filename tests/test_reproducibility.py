@@ -238,3 +238,40 @@ def test_an_output_name_that_is_not_utf8_is_reported_losslessly(workspace):
     assert base64.b64decode(difference["path_b64"]) == os.fsencode(out) + b"/bad-\xff"
     entry = next(e for e in report["outputs"] if "path_b64" in e)
     assert base64.b64decode(entry["path_b64"]) == os.fsencode(out) + b"/bad-\xff"
+
+
+#: A caller that verifies an action whose output is a sparse 256 MiB file
+#: differing only in its last bytes, and prints its own peak RSS growth.
+BIG_DIFFERENCE = """
+import dataclasses, json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from test_linux_isolation import spec_for
+from hermetic import HermeticExecutor
+out = sys.argv[2]
+spec = spec_for(outputs=[out])
+ex = HermeticExecutor.create(spec).unwrap()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+script = f"truncate -s 256M {out}/big && head -c 16 /dev/urandom >> {out}/big"
+report = ex.verify_reproducible(["sh", "-c", script]).unwrap()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+[d] = [d for d in report.differences if d.path.endswith("/big")]
+print(json.dumps({"growth_kib": after - before, "offset": d.offset, "what": d.what}))
+"""
+
+
+def test_finding_a_difference_in_a_large_output_holds_one_chunk_at_a_time(scratch):
+    # The offset and line of a difference were found by reading both files
+    # whole: an action's 1 GiB output made the caller hold 2 GiB and more.
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run(
+        [sys.executable, "-c", BIG_DIFFERENCE, tests, out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout)
+    assert got["what"] == "content" and got["offset"] >= 256 << 20, got
+    assert got["growth_kib"] < 64 * 1024, got

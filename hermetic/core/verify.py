@@ -128,10 +128,31 @@ def _file_difference(path_a: str, path_b: str) -> tuple[int | None, int | None]:
             if not ca:
                 return None, None
             offset += len(ca)
-    with _open(path_a) as fa, _open(path_b) as fb:
-        head_a, head_b = fa.read(), fb.read()
-    la, lb = _line_of(head_a, offset), _line_of(head_b, offset)
+    la, lb = _file_line_of(path_a, offset), _file_line_of(path_b, offset)
     return offset, la if la is not None and lb is not None else None
+
+
+def _file_line_of(path: str, offset: int) -> int | None:
+    """``_line_of`` for a file, in chunks: the caller holds one chunk at a
+    time, however large the action made its outputs."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, seen = 1, 0
+    with _open(path) as f:
+        while chunk := f.read(_CHUNK):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                return None
+            if seen < offset:
+                line += chunk.count(b"\n", 0, offset - seen)
+            seen += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None
+    return line
 
 
 def compare(
