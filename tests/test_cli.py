@@ -492,3 +492,45 @@ def test_bad_files_as_root_and_as_the_test_user(runner: Any, bad_files: dict[str
                 preexec_fn=_bounded,
             )
             assert_one_line_error(p, bad_files[kind].encode())
+
+
+@pytest.mark.parametrize(
+    "out, err",
+    [
+        (b"", b""),
+        (b"hello\n", "caf\u00e9 \u2603\n".encode()),
+        (b"\xff\xfe bad \x00 bytes" * 70000, b"\xe2\x98"),  # split characters, zeros
+        (b'"quoted" \\ and a "token" of our own', b"\x00" * 200001),
+    ],
+)
+def test_json_result_is_written_a_chunk_at_a_time_and_equals_to_dict(out, err, capsys):
+    from hermetic import cli
+    from hermetic.core.outcome import ExecutionResult
+
+    result = ExecutionResult(("sh", "-c", "x"), 0, None, out, err, 0.5)
+    cli._write_json_result(result)
+    assert json.loads(capsys.readouterr().out) == result.to_dict()
+
+
+#: The command line's own peak memory for a run whose stdout is 64 MiB of
+#: zero bytes (each written as six characters of JSON).
+JSON_PEAK = """
+import resource, subprocess, sys
+p = subprocess.run(
+    [sys.executable, "-m", "hermetic", "run", "--json", "--", "head", "-c", "64M", "/dev/zero"],
+    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+)
+assert p.returncode == 0, p.stderr
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def test_json_output_does_not_multiply_the_callers_memory():
+    p = subprocess.run(
+        [sys.executable, "-c", JSON_PEAK], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    peak_kib = int(p.stdout)
+    # The 64 MiB result plus the interpreter; built whole, its JSON form
+    # (384 MiB) and that text's encoding came on top.
+    assert peak_kib < 256 * 1024, peak_kib
