@@ -9,6 +9,7 @@ as ``os.fsdecode`` makes them) are valid and must work end to end.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -320,7 +321,9 @@ def test_a_refused_write_to_an_undecodable_name_is_recorded(runner: Any, scratch
     from hermetic.security.audit import read
 
     records = list(read(log))
-    assert [r["attempted"] for r in records] == [os.fsdecode(b"/usr/\xff")], records
+    # Lossless: the bad byte escaped in the text, the exact bytes in base64.
+    assert [r["attempted"] for r in records] == ["/usr/\\xff"], records
+    assert base64.b64decode(records[0]["attempted_b64"]) == b"/usr/\xff"
     assert records[0]["decision"] == "refused"
 
 

@@ -64,6 +64,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hermetic._native import lib
+from hermetic.core import tree
 from hermetic.core.errors import SpecError
 from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec
@@ -303,8 +304,8 @@ def refuse_ipc_beneath_writable(inputs: Iterable[str], writable: Iterable[str]) 
     beneath it WRITE_FILE (and, with ABI 9, RESOLVE_UNIX), the input's
     FIFOs and sockets included, and the input's read-only mount refuses
     neither opening a FIFO for writing nor connecting to a socket.  Each
-    such input is walked (directory entries; a stat only for the rare entry
-    that is neither file, directory nor symlink).  A directory the caller
+    such input is walked, at any depth and without following links.  A
+    directory the caller
     cannot list is refused too: the action may still reach what is in it
     (a directory that can be searched but not read hides its names, not
     its files), so an unlisted one cannot be shown free of them."""
@@ -312,41 +313,57 @@ def refuse_ipc_beneath_writable(inputs: Iterable[str], writable: Iterable[str]) 
     for top in inputs:
         if not any(top != r and is_within(top, r) for r in roots):
             continue
-        stack = [top]
-        while stack:
-            here = stack.pop()
-            try:
-                entries = list(os.scandir(here))
-            except FileNotFoundError:
+        _refuse_ipc_in(top)
+
+
+def _refuse_ipc_in(top: str) -> None:
+    """The walk of ``refuse_ipc_beneath_writable`` for one input, at any
+    depth, never through a link (hermetic/core/tree.py)."""
+    parts: list[str] = []  # the directories on the way down to the current entry
+
+    def where(depth: int, name: str) -> str:
+        return "/".join([top, *parts[: depth - 1], name])
+
+    def unlisted(e: OSError, depth: int, name: str) -> None:
+        raise SpecError(
+            f"input {top!r} lies beneath a writable path whose rights cover it, and "
+            f"{where(depth, name)!r} cannot be listed ({os.strerror(e.errno or 0)}): a FIFO "
+            "or socket in it could not be refused (move the input out of the outputs, "
+            "temps and /tmp, or make the directory readable)",
+            field="inputs",
+            value=top,
+        )
+
+    try:
+        for depth, name, _fd, st in tree.walk(top, unlisted):
+            if depth == 0:
                 continue
-            except OSError as e:
+            del parts[depth - 1 :]
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                parts.append(name)
+                continue
+            kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else None
+            if kind is not None:
                 raise SpecError(
-                    f"input {top!r} lies beneath a writable path whose rights cover it, and "
-                    f"{here!r} cannot be listed ({os.strerror(e.errno or 0)}): a FIFO or "
-                    "socket in it could not be refused (move the input out of the outputs, "
-                    "temps and /tmp, or make the directory readable)",
+                    f"input {top!r} holds a {kind}, {where(depth, name)!r}, and lies beneath "
+                    "a writable path whose rights cover it: nothing would refuse writing to "
+                    "it (move the input out of the outputs, temps and /tmp)",
                     field="inputs",
                     value=top,
-                ) from None
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                    continue
-                if entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                    continue
-                try:
-                    mode = entry.stat(follow_symlinks=False).st_mode
-                except OSError:
-                    continue
-                kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else None
-                if kind is not None:
-                    raise SpecError(
-                        f"input {top!r} holds a {kind}, {entry.path!r}, and lies beneath a "
-                        "writable path whose rights cover it: nothing would refuse "
-                        "writing to it (move the input out of the outputs, temps and /tmp)",
-                        field="inputs",
-                        value=top,
-                    )
+                )
+    except FileNotFoundError:
+        return  # a missing input is named where it is bound
+    except SpecError:
+        raise
+    except OSError as e:
+        raise SpecError(
+            f"input {top!r} lies beneath a writable path whose rights cover it and cannot "
+            f"be walked ({os.strerror(e.errno or 0)}): a FIFO or socket in it could not be "
+            "refused",
+            field="inputs",
+            value=top,
+        ) from None
 
 
 def _collapse(rules: list[Rule]) -> tuple[Rule, ...]:
