@@ -8,6 +8,9 @@ Isolation tests run twice, once per ``mode``:
   and its ``--json`` result is parsed.  When the suite itself runs as a
   normal user, that mode calls the API in-process instead.
 
+Each run is marked with its mode as the tests are collected, so that
+``pytest -m landlock`` or ``-m "not root"`` selects by it.
+
 Nothing here skips silently: a mode this host cannot run is skipped with the
 reason, and under CI (CI=true) it is a failure instead.
 """
@@ -35,8 +38,53 @@ if not sys.platform.startswith("linux"):
     collect_ignore_glob = ["test_linux_*.py", "test_cli.py"]
 
 
+#: The fixtures whose parameter is the mode a test runs the sandbox in.
+RUNNER_FIXTURES = ("runner", "fs_runner")
+RUNNER_MODES = ("root", "unprivileged", "landlock")
+CGROUP_VERSIONS = ("cgroup_v1", "cgroup_v2")
+
+
+def runner_mode(item: pytest.Item) -> str | None:
+    """The mode a runner fixture's parameter gives ``item``, if any."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    for name in RUNNER_FIXTURES:
+        mode = callspec.params.get(name)
+        if mode in RUNNER_MODES:
+            return str(mode)
+    return None
+
+
+def closest_mode(item: pytest.Item) -> str | None:
+    """The mode ``item`` is marked with, the closest mark first (the test's
+    own before its module's)."""
+    return next((m.name for m in item.iter_markers() if m.name in RUNNER_MODES), None)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``linux`` need the Linux backend: skipped elsewhere, with the reason."""
+    """The marks ``-m`` selects by, then the skip of Linux tests elsewhere.
+
+    Marks are added here, before ``-m`` deselects (tryfirst): one added as a
+    fixture runs comes too late to select by.
+
+    - A test parametrized by a runner fixture is marked with its mode.
+    - ``cgroup`` (the host's controllers, whichever version it has) implies
+      ``cgroup_v1`` and ``cgroup_v2``, unless the test names the one it
+      needs.  Only a run as root has a cgroup here: of a test with runner
+      modes, only the root run gets them.
+    - Tests marked ``linux`` need the Linux backend: skipped elsewhere, with
+      the reason.
+    """
+    for item in items:
+        mode = runner_mode(item)
+        if mode is not None:
+            item.add_marker(mode)
+        if item.get_closest_marker("cgroup") is not None and closest_mode(item) == "root":
+            named = [v for v in CGROUP_VERSIONS if item.get_closest_marker(v) is not None]
+            for version in named or CGROUP_VERSIONS:
+                item.add_marker(version)
     if sys.platform.startswith("linux"):
         return
     skip = pytest.mark.skip(reason=f"needs the Linux backend (this is {sys.platform})")
@@ -262,7 +310,6 @@ def runner(request: pytest.FixtureRequest) -> Runner:
 
 
 def _runner_for(mode: str, request: pytest.FixtureRequest) -> Runner:
-    request.node.add_marker(getattr(pytest.mark, mode))
     if mode == "root":
         if os.geteuid() != 0:
             pytest.skip("the root mode needs the suite to run as root")
@@ -278,7 +325,6 @@ def fs_runner(request: pytest.FixtureRequest) -> Runner:
     mode = request.param
     if mode != "landlock":
         return _runner_for(mode, request)
-    request.node.add_marker(pytest.mark.landlock)
     if shutil.which("unshare") is None:
         unavailable("unshare (util-linux) is needed to forbid user namespaces")
     user = request.getfixturevalue("test_user") if os.geteuid() == 0 else None

@@ -19,6 +19,7 @@ STAMP = (
 )
 
 
+@pytest.mark.root
 def test_many_actions_run_concurrently_within_the_bound():
     ex = HermeticExecutor.create(spec_for(), max_concurrency=3).unwrap()
 
@@ -41,6 +42,7 @@ def test_many_actions_run_concurrently_within_the_bound():
     assert 1 <= peak <= 3
 
 
+@pytest.mark.root
 def test_cancelling_the_task_ends_the_sandbox():
     ex = HermeticExecutor.create(spec_for()).unwrap()
 

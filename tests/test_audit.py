@@ -36,6 +36,7 @@ except OSError as e:
 """
 
 
+@pytest.mark.root
 def test_fifty_concurrent_executions_from_eight_threads_write_intact_lines(scratch):
     log = os.path.join(scratch, "audit.jsonl")
     spec = SandboxSpec(

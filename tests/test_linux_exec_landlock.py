@@ -65,7 +65,10 @@ print(json.dumps([r.isolation, r.exit_code, r.stdout.decode(), r.stderr.decode()
 """
 
 
-@pytest.mark.parametrize("mode", ["root", "unprivileged", "landlock"])
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param(m, marks=getattr(pytest.mark, m)) for m in ("root", "unprivileged", "landlock")],
+)
 def test_an_exec_at_the_allowed_address_is_refused(mode, test_user):
     if test_user is None and mode == "root":
         pytest.skip("the root mode needs the suite to run as root")
@@ -84,6 +87,7 @@ def test_an_exec_at_the_allowed_address_is_refused(mode, test_user):
     assert (code, stdout.split()) == (0, ["EACCES"]), stderr
 
 
+@pytest.mark.root
 def test_the_loader_still_runs_another_readable_program():
     """The documented limit (README, Known limits): the ELF loader of a
     dynamic executable must keep EXECUTE (the kernel opens it to start the

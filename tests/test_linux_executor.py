@@ -47,6 +47,7 @@ def ex() -> HermeticExecutor:
     return HermeticExecutor.create(base()).unwrap()
 
 
+@pytest.mark.cgroup
 def test_result_fields(ex):
     r = ex.execute(["sh", "-c", "printf out; printf err >&2; exit 4"]).unwrap()
     assert (r.exit_code, r.signal, r.stdout, r.stderr) == (4, None, b"out", b"err")
@@ -406,6 +407,7 @@ def _marked(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.cgroup
 def test_exception_at_any_point_ends_the_sandbox(ex):
     import signal
 

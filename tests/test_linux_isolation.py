@@ -525,6 +525,7 @@ print(len(kids), refused, len([p for p in os.listdir("/proc") if p.isdigit()]))
     ],
     ids=["max_processes", "max_children", "children-smaller", "processes-smaller"],
 )
+@pytest.mark.cgroup
 def test_process_limit_bounds_the_whole_sandbox(runner, bound):
     out = probe(runner, spec_for(**bound), FORK_20)
     kids, refused, total = out.text.split()
@@ -573,6 +574,7 @@ print(attempt(lambda: open("/proc/1/cmdline")))
     assert out.text.split() == ["EROFS", "EROFS", "EROFS", "EROFS", "ok", "ENOENT"]
 
 
+@pytest.mark.cgroup
 def test_limits_fail_closed_without_cgroups_unless_best_effort(runner):
     strict = spec_for(resources=ResourceLimits(max_memory_bytes=256 << 20))
     out = runner.run(strict, ["true"])

@@ -21,6 +21,7 @@ from hermetic.platforms.capabilities import Capabilities
 pytestmark = pytest.mark.linux
 
 
+@pytest.mark.root
 def test_landlock_holds_where_the_mount_layer_does_not(monkeypatch):
     """A mount-layer mistake (inputs bound read-write) is caught by Landlock.
 

@@ -37,6 +37,7 @@ def _state() -> dict[str, object]:
     }
 
 
+@pytest.mark.root
 def test_200_executions_leave_nothing_behind(scratch):
     out = os.path.join(scratch, "out")
     os.mkdir(out)

@@ -27,7 +27,7 @@ from hermetic.platforms.linux import cgroup_mechanism
 from hermetic.platforms.linux_standby import KEEPER
 from hermetic.platforms.linux_workers import POOL
 
-pytestmark = [pytest.mark.linux, pytest.mark.root]
+pytestmark = [pytest.mark.linux, pytest.mark.root, pytest.mark.cgroup]
 
 PY = "/usr/bin/python3"
 
@@ -310,6 +310,7 @@ def _mount_of(controller: str) -> str:
     return own[: len(own) - len(path)] if path != "/" else own
 
 
+@pytest.mark.cgroup_v1
 def test_a_worker_thread_moves_itself_into_every_group_of_its_slot():
     _v1_only()
     main_before = _cgroups_of(f"self/task/{os.getpid()}")
@@ -324,6 +325,7 @@ def test_a_worker_thread_moves_itself_into_every_group_of_its_slot():
     assert _cgroups_of(f"self/task/{os.getpid()}") == main_before
 
 
+@pytest.mark.cgroup_v1
 def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(monkeypatch):
     _v1_only()
     from hermetic.core.errors import UnsupportedError
@@ -355,6 +357,7 @@ def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(
     _assert_no_thread_beyond(threads)
 
 
+@pytest.mark.cgroup_v1
 def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypatch):
     _v1_only()
     from hermetic.platforms import linux_workers
@@ -377,6 +380,7 @@ def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypat
     _assert_no_thread_beyond(threads)
 
 
+@pytest.mark.cgroup_v1
 def test_a_memory_limit_the_kernel_refuses_is_named_and_the_next_is_written_whole():
     _v1_only()
     _idle_pool()
@@ -407,6 +411,7 @@ def test_a_memory_limit_the_kernel_refuses_is_named_and_the_next_is_written_whol
     POOL.close()
 
 
+@pytest.mark.cgroup_v1
 def test_an_executor_whose_memory_limit_the_kernel_refuses_names_it():
     _v1_only()
     err = HermeticExecutor.create(spec(max_memory_bytes=1)).unwrap().execute(["true"]).unwrap_err()

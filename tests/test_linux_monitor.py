@@ -33,6 +33,7 @@ def ex() -> HermeticExecutor:
     return HermeticExecutor.create(spec).unwrap()
 
 
+@pytest.mark.cgroup
 def test_started_monitor_aggregates_every_execution(ex):
     monitor = hermetic.create_monitor(ResourceLimits(max_cpu_time_ms=10_000))
     ex.execute(["true"]).unwrap()  # before start: not counted
@@ -50,12 +51,14 @@ def test_started_monitor_aggregates_every_execution(ex):
     assert monitor.violations() == []
 
 
+@pytest.mark.cgroup
 def test_explicit_monitor_counts_one_execution(ex):
     monitor = hermetic.create_monitor()
     ex.execute(["true"], monitor=monitor).unwrap()
     assert monitor.executions == 1 and not monitor.started
 
 
+@pytest.mark.cgroup
 def test_snapshot_is_live_while_an_action_runs(ex):
     monitor = hermetic.create_monitor().start()
     try:
@@ -85,6 +88,7 @@ def test_would_exceed_and_breaches():
     assert not monitor.would_exceed(ResourceUsage())  # unknown figures break nothing
 
 
+@pytest.mark.cgroup
 def test_violations_of_executions_are_collected(ex):
     spec = SandboxSpec(
         inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),

@@ -19,6 +19,7 @@ from hermetic.platforms.linux_template import host_path, split_ops
 
 pytestmark = [
     pytest.mark.linux,
+    pytest.mark.root,
     pytest.mark.skipif(
         os.geteuid() != 0,
         reason="only a caller that is root on the host copies a prepared mount namespace",

@@ -80,9 +80,10 @@ def _measure(mode: str, test_user: Any, argv: list[str], cap: int = 0) -> dict[s
     return result
 
 
-@pytest.fixture(params=["root", "unprivileged"])
+@pytest.fixture(
+    params=[pytest.param(m, marks=getattr(pytest.mark, m)) for m in ("root", "unprivileged")]
+)
 def mode(request: pytest.FixtureRequest) -> str:
-    request.node.add_marker(getattr(pytest.mark, request.param))
     return str(request.param)
 
 

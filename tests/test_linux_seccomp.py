@@ -224,6 +224,7 @@ def test_no_exec_filter_fits_a_long_path(runner):
     assert out.text.split() == ["EPERM"]
 
 
+@pytest.mark.root
 def test_no_exec_filter_survives_a_full_plan_cache():
     from hermetic import HermeticExecutor
 
@@ -258,6 +259,7 @@ def test_a_flood_of_denied_calls_does_not_stretch_the_timeout(runner):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.root
 def test_write_audit_can_be_turned_off_and_writes_stay_refused(scratch):
     from hermetic import HermeticExecutor
 

@@ -31,7 +31,7 @@ from hermetic import (
 from hermetic.platforms.linux_standby import KEEPER, KEEPER_THREAD, Standby
 from hermetic.platforms.linux_workers import POOL
 
-pytestmark = pytest.mark.linux
+pytestmark = [pytest.mark.linux, pytest.mark.cgroup]
 
 ENV = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin")
 
@@ -59,6 +59,7 @@ def _inits():
     return [p for p in psutil.Process().children() if p.name() == "hermetic-init"]
 
 
+@pytest.mark.root
 def test_each_execution_gets_its_own_stdio_and_argv(scratch):
     out = os.path.join(scratch, "out")
     os.mkdir(out)
@@ -80,6 +81,7 @@ def test_each_execution_gets_its_own_stdio_and_argv(scratch):
     ex.close()
 
 
+@pytest.mark.root
 def test_a_standby_is_as_fresh_as_any_sandbox(scratch):
     ex = HermeticExecutor.create(_spec()).unwrap()
     _warm(ex)
@@ -101,6 +103,7 @@ def _caps(text):
     return {k: int(v, 16) for k, v in fields.items()}
 
 
+@pytest.mark.root
 def test_no_capabilities_through_a_standby_and_the_caller_keeps_its_own():
     # The keeper thread that clones standbys holds an empty bounding set,
     # so the action finds nothing left to drop; the caller's thread keeps
@@ -131,6 +134,7 @@ def test_no_capabilities_through_a_standby_and_the_caller_keeps_its_own():
             ), tid
 
 
+@pytest.mark.root
 def test_a_replaced_input_is_seen_through_a_standby(scratch):
     src = os.path.join(scratch, "src")
     os.mkdir(src)
@@ -148,6 +152,7 @@ def test_a_replaced_input_is_seen_through_a_standby(scratch):
     ex.close()
 
 
+@pytest.mark.root
 def test_errors_and_timeouts_through_a_standby(scratch):
     ex = HermeticExecutor.create(_spec()).unwrap()
     _warm(ex)
@@ -162,6 +167,7 @@ def test_errors_and_timeouts_through_a_standby(scratch):
     ex.close()
 
 
+@pytest.mark.root
 def test_close_and_collection_leave_no_sandbox_behind():
     ex = HermeticExecutor.create(_spec()).unwrap()
     _warm(ex)
@@ -175,6 +181,7 @@ def test_close_and_collection_leave_no_sandbox_behind():
     assert _inits() == []
 
 
+@pytest.mark.root
 def test_a_drop_inside_a_drop_leaves_the_work_to_the_outer_one(monkeypatch):
     # As when a signal handler drops the standby (close()) while the same
     # thread is reaping it: the inner drop must not release what the outer
@@ -216,6 +223,7 @@ def test_specs_that_never_stand_by(spec):
     assert ex._prepared.standby is None
 
 
+@pytest.mark.unprivileged
 def test_standby_as_an_unprivileged_caller(test_user, scratch):
     # No prepared mount namespace there: the standby builds its root itself.
     out = os.path.join(scratch, "out")
@@ -255,6 +263,7 @@ def test_standby_as_an_unprivileged_caller(test_user, scratch):
     assert sorted(os.listdir(out)) == [str(i) for i in range(5)]
 
 
+@pytest.mark.root
 def test_few_open_files_still_get_their_stdio():
     # The action's RLIMIT_NOFILE is set before it waits for its stdio.
     spec = _spec()
@@ -269,6 +278,7 @@ def test_few_open_files_still_get_their_stdio():
     ex.close()
 
 
+@pytest.mark.root
 def test_a_standby_serves_the_working_directory_it_was_made_for(scratch):
     # A standby entered its working directory while it still had its
     # capabilities, as every sandbox does: it serves only that one.  The
@@ -305,6 +315,7 @@ def test_a_standby_serves_the_working_directory_it_was_made_for(scratch):
     KEEPER.flush()
 
 
+@pytest.mark.root
 def test_a_working_directory_replaced_on_the_host_is_seen(scratch):
     # A standby is in its working directory; one replaced on the host since
     # is not the directory the next action must run in.
@@ -328,6 +339,7 @@ def test_a_working_directory_replaced_on_the_host_is_seen(scratch):
 
 
 @pytest.mark.parametrize("noticed", [True, False], ids=["before", "at-activation"])
+@pytest.mark.root
 def test_a_standby_that_died_is_not_used(monkeypatch, noticed):
     ex = HermeticExecutor.create(_spec()).unwrap()
     _warm(ex)
@@ -345,6 +357,7 @@ def test_a_standby_that_died_is_not_used(monkeypatch, noticed):
     assert _inits() == []
 
 
+@pytest.mark.root
 def test_a_missing_path_does_not_turn_standbys_off(monkeypatch):
     # Three failed setups in a row stop the standbys of an executor; a path
     # missing when one is made (a working directory removed meanwhile) is
@@ -365,6 +378,7 @@ def test_a_missing_path_does_not_turn_standbys_off(monkeypatch):
     ex.close()
 
 
+@pytest.mark.root
 def test_a_request_interrupted_before_the_standby_thread_has_it_does_not_hang_close():
     # A signal handler raising as want() releases its lock, after it marked
     # a standby as pending and before the keeper had the task: close()
@@ -406,6 +420,7 @@ def test_a_request_interrupted_before_the_standby_thread_has_it_does_not_hang_cl
     ex.close()
 
 
+@pytest.mark.root
 def test_a_standby_taken_as_a_signal_handler_raises_is_not_lost(monkeypatch):
     from hermetic.platforms import linux_standby
 

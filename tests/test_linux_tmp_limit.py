@@ -65,6 +65,7 @@ def test_a_write_beyond_the_private_tmp_gets_enospc_and_is_recorded(runner):
     assert tmp[0]["limit"] == f"max_tmp_bytes={8 * MiB}"
 
 
+@pytest.mark.cgroup
 def test_the_private_tmp_counts_against_the_memory_limit(runner):
     # Root runs in a cgroup (its memory counts the tmpfs's pages); a normal
     # user's limit is sampled, best effort, and the sample adds /tmp's usage.

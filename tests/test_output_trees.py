@@ -67,12 +67,13 @@ def _cli(user, args, *, tmpdir: str | None = None) -> subprocess.CompletedProces
     )
 
 
-@pytest.fixture(params=["root", "unprivileged"])
+@pytest.fixture(
+    params=[pytest.param(m, marks=getattr(pytest.mark, m)) for m in ("root", "unprivileged")]
+)
 def caller(request: pytest.FixtureRequest, scratch: str):
     """None for root (the API in this process), or the test user (the CLI)."""
     if os.geteuid() != 0:
         pytest.skip("these tests switch between root and the test user")
-    request.node.add_marker(getattr(pytest.mark, request.param))
     user = None if request.param == "root" else request.getfixturevalue("test_user")
     return user
 
@@ -181,6 +182,7 @@ def test_a_deep_tree_is_verified_and_its_fresh_copies_removed(caller, area):
     assert os.listdir(out) == []  # the declared output was left alone
 
 
+@pytest.mark.root
 def test_ten_thousand_levels_are_walked_and_removed(area):
     out, _ = area
     ex = HermeticExecutor.create(spec_for(outputs=[out])).unwrap()

@@ -37,6 +37,7 @@ def _executor(src, out, tmp, **kw):
     return HermeticExecutor.create(dataclasses.replace(spec, environment=env)).unwrap()
 
 
+@pytest.mark.root
 def test_compiling_c_twice_is_reproducible(workspace):
     src, out, tmp = workspace
     ex = _executor(src, out, tmp)
@@ -50,6 +51,7 @@ def test_compiling_c_twice_is_reproducible(workspace):
     assert not [n for n in os.listdir("/tmp") if n.startswith("hermetic-verify-")]
 
 
+@pytest.mark.root
 def test_time_and_random_bytes_are_found_with_their_offsets(workspace):
     src, out, tmp = workspace
     ex = _executor(src, out, tmp)
@@ -68,6 +70,7 @@ def test_time_and_random_bytes_are_found_with_their_offsets(workspace):
     assert "stamp: content differs at byte" in stamp.describe()
 
 
+@pytest.mark.root
 def test_verify_cli_exit_status(workspace):
     src, out, tmp = workspace
     cli = [sys.executable, "-m", "hermetic", "verify", "-i", src, "-o", out, "-C", src, "--"]
@@ -84,6 +87,7 @@ def test_verify_cli_exit_status(workspace):
     assert f"{out}/f: content differs" in differ.stdout
 
 
+@pytest.mark.root
 def test_collect_outputs_lists_files_with_sha256(workspace):
     src, out, tmp = workspace
     ex = _executor(src, out, tmp)
@@ -172,6 +176,7 @@ def test_the_c_snapshot_matches_the_portable_one(tmp_path):
     assert digest._snapshot(str(tmp_path), 0) == digest._snapshot_py(str(tmp_path))
 
 
+@pytest.mark.root
 def test_deterministic_environment(workspace):
     src, out, tmp = workspace
     policy = ReproducibilityPolicy(source_date_epoch=1_700_000_000, fresh_clocks=True)
