@@ -311,7 +311,10 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 47123))
 s.listen(1)
 open(sys.argv[1], "w").close()
-time.sleep(3)
+# Listening until the test has connected (the deadline is only a bound).
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.01)
 """
 
 CONNECT = """
@@ -331,9 +334,11 @@ def test_concurrent_actions_never_share_a_loopback(scratch, fresh):
     os.mkdir(out)
     net = NetworkPolicy(fresh_namespace=fresh)
     ex = HermeticExecutor.create(base(outputs=PathSet((out,)), network=net)).unwrap()
-    ready = os.path.join(out, "ready")
+    ready, done = os.path.join(out, "ready"), os.path.join(out, "done")
     listener = threading.Thread(
-        target=lambda: ex.execute(["/usr/bin/python3", "-c", LISTEN_THEN_WAIT, ready]).unwrap()
+        target=lambda: ex.execute(
+            ["/usr/bin/python3", "-c", LISTEN_THEN_WAIT, ready, done]
+        ).unwrap()
     )
     listener.start()
     try:
@@ -345,9 +350,11 @@ def test_concurrent_actions_never_share_a_loopback(scratch, fresh):
         r = ex.execute(["/usr/bin/python3", "-c", CONNECT]).unwrap()
         assert r.stdout == b"ECONNREFUSED\n"
     finally:
+        open(done, "w").close()
         listener.join()
-    # Sequential reuse: the port is free again for the next action.
-    r = ex.execute(["/usr/bin/python3", "-c", LISTEN_THEN_WAIT.replace("3)", "0)"), ready])
+    # Sequential reuse: the port is free again for the next action (which
+    # finds ``done`` there and ends at once).
+    r = ex.execute(["/usr/bin/python3", "-c", LISTEN_THEN_WAIT, ready, done])
     assert r.unwrap().success()
 
 

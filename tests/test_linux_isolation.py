@@ -212,11 +212,20 @@ def test_host_loopback_server_is_unreachable(runner):
     server.listen(8)
     port = server.getsockname()[1]
     accepted = []
+    # The test's own connection, made once the probe has ended, stops the
+    # accepting thread: whatever reached the server before it, it accepted.
+    last = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    last.bind(("127.0.0.1", 0))
 
     def accept():
-        server.settimeout(5)
+        server.settimeout(120)  # a bound: the last connection comes first
         try:
-            accepted.append(server.accept())
+            while True:
+                conn, peer = server.accept()
+                if peer == last.getsockname():
+                    conn.close()
+                    return
+                accepted.append((conn, peer))
         except OSError:
             pass
 
@@ -238,8 +247,10 @@ c = socket.socket(); c.connect(l.getsockname()); print("loopback", "ok")
 """,
         )
     finally:
-        server.close()
+        last.connect(("127.0.0.1", port))
         t.join()
+        last.close()
+        server.close()
     lines = out.text.splitlines()
     assert lines[0] == "ECONNREFUSED"
     # loopback itself works inside: it is the sandbox's own.
@@ -439,13 +450,17 @@ def test_exit_codes_and_signals_propagate(runner):
 
 def test_pid1_reaps_orphans(runner):
     # The orphaned grandchild exits before the main process: a zombie would
-    # show in /proc if pid 1 did not reap it.
+    # show in /proc if pid 1 did not reap it.  The main process waits until
+    # the orphan's /proc entry is gone (a zombie keeps it), 10 s at most.
     out = runner.run(
         spec_for(),
         [
             "sh",
             "-c",
-            "(sh -c 'exit 0' &) ; sleep 0.2; grep -l Z /proc/[0-9]*/stat 2>/dev/null | wc -l",
+            "(sh -c 'exit 0' & echo $! > /tmp/orphan); i=0; "
+            'while [ -e "/proc/$(cat /tmp/orphan)" ] && [ $i -lt 1000 ]; '
+            "do sleep 0.01; i=$((i + 1)); done; "
+            "grep -l Z /proc/[0-9]*/stat 2>/dev/null | wc -l",
         ],
     )
     assert out.text.strip() == "0"

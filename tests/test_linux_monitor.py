@@ -67,8 +67,13 @@ def test_snapshot_is_live_while_an_action_runs(ex):
             target=lambda: (ex.execute(["/usr/bin/python3", "-c", BUSY.format(s=1.0)]), done.set())
         )
         t.start()
-        time.sleep(0.6)
+        # Mid-run: sampled until psutil has seen CPU spent (a second of it
+        # is coming), the deadline only a bound.
+        deadline = time.monotonic() + 60
         live = monitor.snapshot()
+        while (live.cpu_time or 0) < 0.1 and not done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            live = monitor.snapshot()
         t.join()
         final = monitor.snapshot()
     finally:
