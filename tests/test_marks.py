@@ -14,6 +14,15 @@ pytestmark = pytest.mark.linux
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("root", "unprivileged", "landlock")
 ISOLATION = "tests/test_linux_isolation.py"
+#: Besides the runner fixtures: an indirectly parametrized one, a test's own
+#: mode parameter, fixtures of their own, and tests marked by hand.
+FILES = (
+    ISOLATION,
+    "tests/test_linux_landlock.py",
+    "tests/test_linux_exec_landlock.py",
+    "tests/test_linux_output_bounds.py",
+    "tests/test_output_trees.py",
+)
 
 
 def collected(*args: str) -> list[str]:
@@ -39,40 +48,32 @@ def mode_of(node_id: str) -> str | None:
     return found[0] if found else None
 
 
+def in_isolation(ids: list[str]) -> list[str]:
+    return [i for i in ids if i.startswith(f"{ISOLATION}::")]
+
+
+@pytest.mark.slow  # a collection of these files per mode
 def test_each_runner_mode_selects_its_runs_and_only_them():
-    every = collected(ISOLATION)
-    modes = {mode: [i for i in every if mode_of(i) == mode] for mode in MODES}
-    assert all(modes.values()), modes  # each mode has runs in this file
+    every = collected(*FILES)
     for mode in MODES:
-        assert collected(ISOLATION, "-m", mode) == modes[mode]
-    # Without root: the other modes and the tests without runner modes.
-    assert collected(ISOLATION, "-m", "not root") == [i for i in every if mode_of(i) != "root"]
-
-
-#: Modes given by an indirectly parametrized runner fixture, a test's own
-#: parameter, and fixtures of their own; besides tests marked by hand.
-ELSEWHERE = (
-    "tests/test_linux_landlock.py",
-    "tests/test_linux_exec_landlock.py",
-    "tests/test_linux_output_bounds.py",
-    "tests/test_output_trees.py",
-)
-
-
-def test_a_mode_given_by_another_parameter_is_selected_too():
-    every = collected(*ELSEWHERE)
-    for mode in MODES:
-        selected = collected(*ELSEWHERE, "-m", mode)
+        selected = collected(*FILES, "-m", mode)
         runs = [i for i in every if mode_of(i) == mode]
-        assert runs and set(runs) <= set(selected), mode
-        # The others selected are tests marked by hand, with no mode parameter.
+        assert in_isolation(runs), mode  # each mode has runs there
+        # Every run in this mode; besides, only tests marked by hand, which
+        # have no mode parameter (there are none in the isolation tests).
+        assert set(runs) <= set(selected), mode
         assert all(mode_of(i) in (mode, None) for i in selected), mode
-    landlock = "tests/test_linux_exec_landlock.py::test_an_exec_at_the_allowed_address_is_refused"
-    assert f"{landlock}[landlock]" in collected(*ELSEWHERE, "-m", "landlock")
+        assert in_isolation(selected) == in_isolation(runs), mode
+    exec_at = "tests/test_linux_exec_landlock.py::test_an_exec_at_the_allowed_address_is_refused"
+    assert f"{exec_at}[landlock]" in runs
+    # Without root: the other modes and the tests without runner modes.
+    not_root = collected(ISOLATION, "-m", "not root")
+    assert not_root == [i for i in in_isolation(every) if mode_of(i) != "root"]
 
 
 def test_cgroup_marks_select_the_root_runs_that_use_a_cgroup():
-    v1, v2 = collected("-m", "cgroup_v1"), collected("-m", "cgroup_v2")
+    files = ("tests/test_linux_limits.py", ISOLATION)
+    v1, v2 = collected(*files, "-m", "cgroup_v1"), collected(*files, "-m", "cgroup_v2")
     limits = "tests/test_linux_limits.py::"
     # A limit enforced by whichever version the host has: both.
     assert f"{limits}test_memory_limit_kills_and_names_the_limit" in v1
