@@ -53,7 +53,7 @@ def in_isolation(ids: list[str]) -> list[str]:
 
 
 @pytest.mark.slow  # a collection of these files per mode
-def test_each_runner_mode_selects_its_runs_and_only_them():
+def test_each_runner_mode_selects_its_runs_and_only_them() -> None:
     every = collected(*FILES)
     for mode in MODES:
         selected = collected(*FILES, "-m", mode)
@@ -71,7 +71,7 @@ def test_each_runner_mode_selects_its_runs_and_only_them():
     assert not_root == [i for i in in_isolation(every) if mode_of(i) != "root"]
 
 
-def test_cgroup_marks_select_the_root_runs_that_use_a_cgroup():
+def test_cgroup_marks_select_the_root_runs_that_use_a_cgroup() -> None:
     files = ("tests/test_linux_limits.py", ISOLATION)
     v1, v2 = collected(*files, "-m", "cgroup_v1"), collected(*files, "-m", "cgroup_v2")
     limits = "tests/test_linux_limits.py::"
