@@ -240,6 +240,7 @@ def test_a_log_that_is_a_symlink_or_not_a_file_is_refused(scratch):
         assert f.read() == "x"
 
 
+@pytest.mark.unprivileged
 def test_the_cli_refuses_a_log_in_an_output_as_the_test_user(scratch, test_user):
     from conftest import _as_user_cmd, _user_env
 

@@ -655,6 +655,7 @@ def test_too_few_open_files_for_the_setup_names_the_limit():
     assert "max_open_files=3" in str(err), err
 
 
+@pytest.mark.unprivileged
 def test_a_limit_above_the_callers_hard_limit_is_refused_at_create(test_user):
     import json
     import sys
