@@ -16,7 +16,6 @@ from hermetic.core import (
     ExecutionResult,
     ExecutionTimeout,
     HermeticError,
-    HermeticExecutor,
     HermeticSpecBuilder,
     NetworkPolicy,
     Ok,
@@ -24,6 +23,7 @@ from hermetic.core import (
     ProcessPolicy,
     ReproducibilityPolicy,
     ResourceLimits,
+    ResourceUsage,
     Result,
     SandboxError,
     SandboxSpec,
@@ -32,10 +32,9 @@ from hermetic.core import (
     UnsupportedError,
     Violation,
     ViolationKind,
-    run,
     stage_inputs,
 )
-from hermetic.monitoring import ResourceUsage
+from hermetic.executor import HermeticExecutor, run
 from hermetic.monitoring.monitor import ResourceMonitor, create_monitor
 from hermetic.platforms.capabilities import Capabilities
 

@@ -25,10 +25,10 @@ from typing import Any, NoReturn
 
 from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError
-from hermetic.core.executor import HermeticExecutor
 from hermetic.core.paths import PathSet, canonical, is_within
 from hermetic.core.policies import ResourceLimits
 from hermetic.core.spec import SandboxSpec
+from hermetic.executor import HermeticExecutor
 
 EXIT_SPEC = 123
 EXIT_TIMEOUT = 124

@@ -1,4 +1,7 @@
-"""The spec, its builders and validation, the Result type, the executor."""
+"""The model: the spec, its builders and validation, results, errors, usage.
+
+It imports nothing above it; the executor (hermetic/executor.py) runs it.
+"""
 
 from hermetic.core.builders import HermeticSpecBuilder, SandboxSpecBuilder
 from hermetic.core.errors import (
@@ -9,7 +12,6 @@ from hermetic.core.errors import (
     SpecError,
     UnsupportedError,
 )
-from hermetic.core.executor import HermeticExecutor, run
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import PathSet
 from hermetic.core.policies import (
@@ -22,6 +24,7 @@ from hermetic.core.policies import (
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.staging import stage_inputs
+from hermetic.core.usage import ResourceUsage
 
 __all__ = [
     "ActionFailedError",
@@ -30,7 +33,6 @@ __all__ = [
     "ExecutionResult",
     "ExecutionTimeout",
     "HermeticError",
-    "HermeticExecutor",
     "HermeticSpecBuilder",
     "NetworkPolicy",
     "Ok",
@@ -38,6 +40,7 @@ __all__ = [
     "ProcessPolicy",
     "ReproducibilityPolicy",
     "ResourceLimits",
+    "ResourceUsage",
     "Result",
     "SandboxError",
     "SandboxSpec",
@@ -46,6 +49,5 @@ __all__ = [
     "UnsupportedError",
     "Violation",
     "ViolationKind",
-    "run",
     "stage_inputs",
 ]

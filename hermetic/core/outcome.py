@@ -9,7 +9,7 @@ from typing import Any
 
 from hermetic.core import text
 from hermetic.core.manifest import OutputEntry
-from hermetic.monitoring.usage import ResourceUsage
+from hermetic.core.usage import ResourceUsage
 
 
 class ViolationKind(str, enum.Enum):

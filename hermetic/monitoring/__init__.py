@@ -1,10 +1,6 @@
-"""Resource usage of executions, and monitors that aggregate it.
+"""Monitors that aggregate the resource usage of executions, and per-OS readers.
 
 ``ResourceMonitor`` and ``create_monitor`` live in hermetic.monitoring.monitor
-(re-exported from ``hermetic``); this package's own namespace stays free of
-them so that the core can import ResourceUsage without a cycle.
+(re-exported from ``hermetic``); ResourceUsage, which results carry, is part of
+the model (hermetic.core.usage).
 """
-
-from hermetic.monitoring.usage import ResourceUsage
-
-__all__ = ["ResourceUsage"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.policies import ResourceLimits
-from hermetic.monitoring.usage import ResourceUsage
+from hermetic.core.usage import ResourceUsage
 
 _FIGURES = (
     "wall_time",

@@ -23,10 +23,10 @@ from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
+from hermetic.core.usage import ResourceUsage
 from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.monitoring.cgroup_v2 import V2Group
-from hermetic.monitoring.usage import ResourceUsage
 from hermetic.platforms import linux_landlock, linux_plan, linux_template
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.linux_limits import _global_root, plan_limits

@@ -42,7 +42,7 @@ from typing import Any
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
-from hermetic.monitoring.usage import ResourceUsage
+from hermetic.core.usage import ResourceUsage
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos_sbpl import macos_path, sbpl_profile
 from hermetic.security.proxy import EgressProxy

@@ -39,7 +39,7 @@ from typing import Any
 from hermetic.core.errors import SandboxError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
-from hermetic.monitoring.usage import ResourceUsage
+from hermetic.core.usage import ResourceUsage
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.security.timeout import DEFAULT_KILL_GRACE
 
