@@ -134,7 +134,7 @@ def unaudited_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 def no_standby_executor(scratch: Scratch, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """The full spec without a standby sandbox: every execute sets up its
     sandbox from scratch (as a single-use executor does)."""
-    from hermetic.platforms import linux
+    from hermetic.platforms.linux import prepared as linux
 
     monkeypatch.setattr(linux, "STANDBY", False)
     ex = _executor(make_spec(scratch))
@@ -147,7 +147,7 @@ def rebuilt_root_executor(scratch: Scratch, monkeypatch: pytest.MonkeyPatch):  #
     """The full spec with the root built per action, as for an unprivileged
     caller, instead of copied from the prepared mount namespace (root
     callers), and without a standby sandbox."""
-    from hermetic.platforms import linux
+    from hermetic.platforms.linux import prepared as linux
 
     monkeypatch.setattr(linux, "MOUNT_TEMPLATE", False)
     monkeypatch.setattr(linux, "STANDBY", False)

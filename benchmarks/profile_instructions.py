@@ -7,8 +7,8 @@ Counts, with ``valgrind --tool=callgrind``, the instructions of each stage
 of planning a sandbox for the benchmarks' full spec, the part of
 ``create()`` that runs in the calling process before any sandbox exists:
 
-- the op list (``linux_plan.build_ops``: the mounts, links and nodes);
-- the Landlock rules (``linux._landlock_plan``);
+- the op list (``linux.plan.build_ops``: the mounts, links and nodes);
+- the Landlock rules (``linux.prepared._landlock_plan``);
 - the seccomp program (``Prepared._filter``, built in C);
 - all of ``Prepared`` (the above, the prepared namespace's plan, the
   marshalling for C), without building the namespace.
@@ -39,7 +39,10 @@ _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
 def _stages(spec: Any) -> dict[str, Callable[[], object]]:
-    from hermetic.platforms import linux, linux_plan
+    from hermetic.platforms import linux
+    from hermetic.platforms.linux import memory as linux_memory
+    from hermetic.platforms.linux import plan as linux_plan
+    from hermetic.platforms.linux import prepared as linux_prepared
 
     def prepared() -> None:
         linux.prepare(spec).close()
@@ -48,7 +51,9 @@ def _stages(spec: Any) -> dict[str, Callable[[], object]]:
     caps = linux.capabilities()
     return {
         "op list": lambda: linux_plan.build_ops(spec, spec.workdir, make_nodes=not p.userns),
-        "Landlock rules": lambda: linux._landlock_plan(spec, caps, True, linux._CMemory(), p.ops),
+        "Landlock rules": lambda: linux_prepared._landlock_plan(
+            spec, caps, True, linux_memory.CMemory(), p.ops
+        ),
         "seccomp program": lambda: p._filter(()),
         "Prepared, in all": prepared,
     }
@@ -58,7 +63,7 @@ def _child(stage: str, runs: int, caps_file: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from conftest import Scratch, make_spec
 
-    from hermetic.platforms import linux
+    from hermetic.platforms.linux import prepared as linux
 
     with open(caps_file, "rb") as f:
         caps = pickle.load(f)

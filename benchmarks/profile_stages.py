@@ -21,6 +21,7 @@ import time
 
 from hermetic import EnvSet, HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
 from hermetic.platforms import linux
+from hermetic.platforms.linux import run as linux_run
 
 
 def main() -> int:
@@ -40,7 +41,7 @@ def main() -> int:
         resources=ResourceLimits.defaults(),
     )
     prepared = linux.prepare(spec)
-    stages: dict[str, list[float]] = {name: [] for name in linux.STAGES}
+    stages: dict[str, list[float]] = {name: [] for name in linux_run.STAGES}
     totals = []
     for i in range(ns.runs + 20):
         profile: dict[str, float] = {}

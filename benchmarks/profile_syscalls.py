@@ -68,7 +68,7 @@ def _child(runs: int, command: list[str], mode: str) -> None:
     from conftest import Scratch, make_spec
 
     from hermetic import HermeticExecutor
-    from hermetic.platforms import linux
+    from hermetic.platforms.linux import prepared as linux
 
     if mode == "no-standby":
         linux.STANDBY = False

@@ -21,7 +21,9 @@ from conftest import FORBID_USERNS, _as_user_cmd, _user_env
 from test_linux_isolation import spec_for
 
 from hermetic import ProcessPolicy, UnsupportedError
-from hermetic.platforms import linux, linux_landlock
+from hermetic.platforms import linux
+from hermetic.platforms.linux import landlock as linux_landlock
+from hermetic.platforms.linux import prepared as linux_prepared
 
 pytestmark = pytest.mark.linux
 
@@ -137,7 +139,7 @@ def test_allow_exec_false_fails_closed_without_landlock():
     for abi in (None, 1):
         fake = type(caps)(**{**caps.__dict__, "landlock_abi": abi})
         with pytest.raises(UnsupportedError, match="allow_exec=False.*Landlock"):
-            linux.require_exec_layer(spec, fake)
+            linux_prepared.require_exec_layer(spec, fake)
     assert linux_landlock.MIN_ABI_LAYER == 2
 
 

@@ -28,7 +28,7 @@ from hermetic import (
     SpecError,
     UnsupportedError,
 )
-from hermetic.platforms.linux import cgroup_mechanism
+from hermetic.platforms.linux.limits import cgroup_mechanism
 
 pytestmark = [pytest.mark.linux, pytest.mark.root]
 
@@ -184,7 +184,7 @@ def test_hermetic_limits_are_all_enforced_here(ex):
 
 
 def test_limits_without_a_cgroup_fail_closed_unless_best_effort(monkeypatch):
-    from hermetic.platforms import linux as backend
+    from hermetic.platforms.linux import prepared as backend
 
     monkeypatch.setattr(backend, "cgroup_mechanism", lambda: (None, "no delegated cgroup (test)"))
     limited = dataclasses.replace(base(), resources=ResourceLimits(max_memory_bytes=64 << 20))
@@ -359,7 +359,7 @@ def test_concurrent_actions_never_share_a_loopback(scratch, fresh):
 
 
 def test_pooled_namespaces_are_reused(monkeypatch):
-    from hermetic.platforms.linux_netns import POOL
+    from hermetic.platforms.linux.netns import POOL
 
     made = []
     create = POOL._create
@@ -374,7 +374,7 @@ def test_pooled_namespaces_are_reused(monkeypatch):
 
 
 def test_interrupted_wait_kills_and_reaps_the_sandbox(ex, monkeypatch):
-    from hermetic.platforms import linux as backend
+    from hermetic.platforms.linux import run as backend
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -448,7 +448,7 @@ def test_exception_at_any_point_ends_the_sandbox(ex):
     if cgroup_mechanism()[0] == 2:
         assert [e.name for e in os.scandir(PARENT.path()) if e.is_dir()] == []
     # Nor a lease of the prepared mount namespace (only a standby holds one).
-    from hermetic.platforms.linux_standby import KEEPER
+    from hermetic.platforms.linux.standby import KEEPER
 
     KEEPER.flush()
     template, standby = ex._prepared.mount_template, ex._prepared.standby
@@ -570,7 +570,7 @@ def test_a_signal_another_thread_received_still_interrupts_the_wait(ex):
 def test_the_cgroup_mechanism_is_looked_up_at_most_once_a_second(monkeypatch):
     # Two parses of the mount table per executor created, saved for a
     # build that creates one per action; looked up again after the TTL.
-    from hermetic.platforms import linux
+    from hermetic.platforms.linux import limits as linux
 
     calls: list[str] = []
     monkeypatch.setattr(linux.V2, "available", lambda: calls.append("v2") or "no v2 (test)")
@@ -591,7 +591,7 @@ def test_the_host_root_check_follows_a_change_of_user_namespace():
     # (mapped to another uid) is not the host's root any more.
     import ctypes
 
-    from hermetic.platforms.linux_limits import _global_root
+    from hermetic.platforms.linux.limits import _global_root
 
     pid = os.fork()
     if pid == 0:  # single-threaded: it may unshare a user namespace
@@ -627,7 +627,7 @@ def test_capture_descriptors_are_closed_in_one_call():
 def test_stdio_made_before_an_interrupt_is_closed(ex, monkeypatch):
     # The cleanup path; the window it guards most (a handler raising as a
     # descriptor-making call returns) is closed by making them in C.
-    from hermetic.platforms import linux
+    from hermetic.platforms.linux import run as linux
 
     def memfds():
         out = []

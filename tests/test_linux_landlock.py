@@ -15,8 +15,12 @@ from conftest import FORBID_USERNS
 from test_linux_isolation import ERRNO, probe, spec_for
 
 from hermetic import HermeticExecutor, NetworkPolicy, UnsupportedError
-from hermetic.platforms import linux, linux_plan
+from hermetic.platforms import linux
 from hermetic.platforms.capabilities import Capabilities
+from hermetic.platforms.linux import memory as linux_memory
+from hermetic.platforms.linux import plan as linux_plan
+from hermetic.platforms.linux import prepared as linux_prepared
+from hermetic.platforms.linux import probe as linux_probe
 
 pytestmark = pytest.mark.linux
 
@@ -26,7 +30,7 @@ def test_landlock_holds_where_the_mount_layer_does_not(monkeypatch):
     """A mount-layer mistake (inputs bound read-write) is caught by Landlock.
 
     The input is outside /tmp: the private /tmp is writable as a whole, and
-    Landlock cannot take rights away from a subtree (see linux_landlock.py).
+    Landlock cannot take rights away from a subtree (see linux/landlock.py).
     """
     if os.geteuid() != 0:
         pytest.skip("the fault is injected in-process, which needs the suite to run as root")
@@ -97,16 +101,16 @@ def _caps(**kw) -> Capabilities:
 
 
 def test_isolation_mode_fails_closed_without_both_layers():
-    assert linux.isolation_mode(_caps(user_namespaces=True)) == "namespaces"
-    assert linux.isolation_mode(_caps()) == "landlock"
+    assert linux_prepared.isolation_mode(_caps(user_namespaces=True)) == "namespaces"
+    assert linux_prepared.isolation_mode(_caps()) == "landlock"
     with pytest.raises(UnsupportedError, match="forbidden here.*ABI 5 is below 6"):
-        linux.isolation_mode(_caps(landlock_abi=5))
+        linux_prepared.isolation_mode(_caps(landlock_abi=5))
     with pytest.raises(UnsupportedError, match="Landlock unavailable"):
-        linux.isolation_mode(
+        linux_prepared.isolation_mode(
             _caps(landlock_abi=None, notes=(("landlock", "Landlock unavailable: ENOSYS"),))
         )
     with pytest.raises(UnsupportedError, match="seccomp is unavailable"):
-        linux.isolation_mode(_caps(seccomp=False))
+        linux_prepared.isolation_mode(_caps(seccomp=False))
 
 
 @pytest.mark.parametrize("fs_runner", ["landlock"], indirect=True)
@@ -196,7 +200,7 @@ def test_rules_per_abi(abi):
     REFER, every cross-directory rename and link EXDEV) and ABI 9 (Linux
     7.1: RESOLVE_UNIX) cannot run here: the plan built for them is checked.
     """
-    from hermetic.platforms import linux_landlock as ll
+    from hermetic.platforms.linux import landlock as ll
 
     src, out = "/ws/src", "/ws/out"  # as the action sees them; not looked at
     spec = spec_for(inputs=[src], outputs=[out])
@@ -206,7 +210,9 @@ def test_rules_per_abi(abi):
     assert ll.layer_abi(abi, namespaces=True) == (0 if abi == 1 else abi)
     assert ll.layer_abi(abi, namespaces=False) == abi
     if abi == 1:
-        plan, rules = linux._landlock_plan(spec, _caps(landlock_abi=1), True, linux._CMemory())
+        plan, rules = linux_prepared._landlock_plan(
+            spec, _caps(landlock_abi=1), True, linux_memory.CMemory()
+        )
         assert (plan, rules) == ({"landlock_abi": 0}, ())
         return
     handled = ll.handled_fs(abi)
@@ -223,16 +229,20 @@ def test_rules_per_abi(abi):
         if namespaces:
             assert _rights(rules, "/tmp") == ll.PRIVATE_TMP & handled
             assert not _rights(rules, "/tmp") & ll.RESOLVE_UNIX
-    plan, _ = linux._landlock_plan(spec, _caps(landlock_abi=abi), True, linux._CMemory())
+    plan, _ = linux_prepared._landlock_plan(
+        spec, _caps(landlock_abi=abi), True, linux_memory.CMemory()
+    )
     assert (plan["landlock_abi"], plan["landlock_fs"]) == (abi, handled)
 
 
 def test_abi_1_says_the_layer_is_left_out(monkeypatch):
     """Pure (this kernel has ABI 7): capabilities() notes it on an ABI 1 host."""
-    from hermetic.platforms import linux_landlock as ll
+    from hermetic.platforms.linux import landlock as ll
 
     def notes(abi: int) -> dict[str, str]:
-        monkeypatch.setattr(linux, "probe", lambda: _caps(user_namespaces=True, landlock_abi=abi))
+        monkeypatch.setattr(
+            linux_probe, "probe", lambda: _caps(user_namespaces=True, landlock_abi=abi)
+        )
         linux.capabilities.cache_clear()
         return dict(linux.capabilities().notes)
 

@@ -18,7 +18,7 @@ from hermetic import (
     ResourceLimits,
     SandboxSpec,
 )
-from hermetic.platforms.linux_standby import KEEPER
+from hermetic.platforms.linux.standby import KEEPER
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 

@@ -23,9 +23,9 @@ from hermetic import (
 )
 from hermetic.monitoring import cgroups
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
-from hermetic.platforms.linux import cgroup_mechanism
-from hermetic.platforms.linux_standby import KEEPER
-from hermetic.platforms.linux_workers import POOL
+from hermetic.platforms.linux.limits import cgroup_mechanism
+from hermetic.platforms.linux.standby import KEEPER
+from hermetic.platforms.linux.workers import POOL
 
 pytestmark = [pytest.mark.linux, pytest.mark.root, pytest.mark.cgroup]
 
@@ -360,7 +360,7 @@ def test_a_worker_that_cannot_join_its_groups_names_the_file_and_leaves_nothing(
 @pytest.mark.cgroup_v1
 def test_a_worker_start_interrupted_by_a_signal_handler_leaves_nothing(monkeypatch):
     _v1_only()
-    from hermetic.platforms import linux_workers
+    from hermetic.platforms.linux import workers as linux_workers
 
     _idle_pool()
     size, dirs = POOL.size(), _slot_dirs()

@@ -1,5 +1,5 @@
 """The prepared mount namespace a root caller's actions copy
-(hermetic/platforms/linux_template.py): each action still gets its own /proc
+(hermetic/platforms/linux/template.py): each action still gets its own /proc
 and /tmp, and a bound host path that changes is bound again."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import threading
 import pytest
 
 from hermetic import EnvSet, HermeticExecutor, HermeticSpecBuilder, PathSet, SandboxSpec
-from hermetic.platforms import linux_plan
-from hermetic.platforms.linux_standby import KEEPER
-from hermetic.platforms.linux_template import host_path, split_ops
+from hermetic.platforms.linux import plan as linux_plan
+from hermetic.platforms.linux.standby import KEEPER
+from hermetic.platforms.linux.template import host_path, split_ops
 
 pytestmark = [
     pytest.mark.linux,
@@ -241,7 +241,7 @@ def test_an_unchecked_lease_returns_the_identity_it_was_built_with(scratch):
     # A standby's lease skips looking at the host paths: the identity it
     # gets back is the one the namespace was built with, so take() sees a
     # path replaced since, and the next checked lease builds again.
-    from hermetic.platforms.linux_template import MountTemplate, identity
+    from hermetic.platforms.linux.template import MountTemplate, identity
 
     src = os.path.join(scratch, "src")
     os.mkdir(src)
@@ -281,7 +281,7 @@ def test_the_namespace_is_built_as_the_executor_is_created(scratch):
 
 
 def test_prime_builds_once_and_never_after_close_or_beside_a_lease(scratch):
-    from hermetic.platforms.linux_template import MountTemplate
+    from hermetic.platforms.linux.template import MountTemplate
 
     builds = []
 
@@ -309,7 +309,7 @@ def test_prime_builds_once_and_never_after_close_or_beside_a_lease(scratch):
 
 
 def test_a_failed_prime_leaves_the_error_to_the_lease(scratch):
-    from hermetic.platforms.linux_template import MountTemplate
+    from hermetic.platforms.linux.template import MountTemplate
 
     def build():
         raise OSError(2, "the build failed", scratch)
@@ -349,7 +349,7 @@ def test_a_background_build_keeps_the_plan_alive_after_the_executor_is_gone(scra
 def test_a_fork_during_a_build_leaves_the_child_a_working_template(scratch):
     # A build holds the template's lock; a child forked meanwhile would
     # otherwise inherit it locked, and its first lease would hang.
-    from hermetic.platforms.linux_template import MountTemplate
+    from hermetic.platforms.linux.template import MountTemplate
 
     building, finish = threading.Event(), threading.Event()
 
@@ -384,8 +384,8 @@ def test_a_descriptor_leaves_the_list_before_it_is_closed(scratch, monkeypatch):
     # os.close lets other threads run, and one may fork: the child must
     # never list a number that is already free (its finalizer would close
     # whatever file took it), so every close comes after the removal.
-    from hermetic.platforms import linux_template
-    from hermetic.platforms.linux_template import MountTemplate
+    from hermetic.platforms.linux import template as linux_template
+    from hermetic.platforms.linux.template import MountTemplate
 
     built = []
 

@@ -176,7 +176,7 @@ def test_max_network_io_bounds_what_the_proxy_relays(runner, servers):
 def test_a_pooled_namespace_lease_interrupted_as_it_starts_goes_back_to_the_pool():
     import os
 
-    from hermetic.platforms.linux_netns import POOL
+    from hermetic.platforms.linux.netns import POOL
 
     if os.geteuid() != 0:
         pytest.skip("pooled network namespaces are for root callers")

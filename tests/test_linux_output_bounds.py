@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from hermetic.platforms.linux import DEFAULT_STREAM_CAP
+from hermetic.platforms.linux.violations import DEFAULT_STREAM_CAP
 
 pytestmark = [pytest.mark.linux]
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from hermetic import PathSet, ResourceLimits, SandboxSpec, SpecError
-from hermetic.platforms import linux_plan as lp
+from hermetic.platforms.linux import plan as lp
 
 pytestmark = pytest.mark.linux
 

@@ -212,7 +212,8 @@ def test_the_mask_is_made_fresh_for_each_action_of_a_prepared_namespace():
     # A prepared mount namespace (root callers) gets /proc per action: the
     # mask must come with it, not stay in the namespace built once.
     from hermetic import HermeticSpecBuilder, PathSet, SandboxSpec
-    from hermetic.platforms import linux_plan, linux_template
+    from hermetic.platforms.linux import plan as linux_plan
+    from hermetic.platforms.linux import template as linux_template
 
     spec = SandboxSpec(inputs=PathSet(tuple(HermeticSpecBuilder.toolchain_inputs())))
     split = linux_template.split_ops(linux_plan.build_ops(spec, make_nodes=True))

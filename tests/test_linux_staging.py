@@ -32,7 +32,7 @@ from hermetic import (
     stage_inputs,
 )
 from hermetic.core import staging
-from hermetic.platforms.linux_standby import KEEPER
+from hermetic.platforms.linux.standby import KEEPER
 
 ENV = EnvSet.minimal().with_var("PATH", "/usr/bin:/bin")
 

@@ -1,4 +1,4 @@
-"""Standby sandboxes (hermetic/platforms/linux_standby.py): a reused executor
+"""Standby sandboxes (hermetic/platforms/linux/standby.py): a reused executor
 sets up the next sandbox while the current action runs, and the next
 execute only hands it its stdio and argv."""
 
@@ -28,8 +28,8 @@ from hermetic import (
     SandboxError,
     SandboxSpec,
 )
-from hermetic.platforms.linux_standby import KEEPER, KEEPER_THREAD, Standby
-from hermetic.platforms.linux_workers import POOL
+from hermetic.platforms.linux.standby import KEEPER, KEEPER_THREAD, Standby
+from hermetic.platforms.linux.workers import POOL
 
 pytestmark = [pytest.mark.linux, pytest.mark.cgroup]
 
@@ -190,7 +190,7 @@ def test_a_drop_inside_a_drop_leaves_the_work_to_the_outer_one(monkeypatch):
     _warm(ex)
     sb = ex._prepared.standby.take("/")
     assert sb is not None
-    from hermetic.platforms import linux_standby
+    from hermetic.platforms.linux import standby as linux_standby
 
     reap, seen = linux_standby.reap, []
 
@@ -233,7 +233,7 @@ def test_standby_as_an_unprivileged_caller(test_user, scratch):
         import json, sys
         sys.path[:0] = {sys.path!r}
         from hermetic import *
-        from hermetic.platforms.linux_standby import KEEPER, Standby
+        from hermetic.platforms.linux.standby import KEEPER, Standby
         spec = SandboxSpec(inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
                            outputs=PathSet(({out!r},)),
                            environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
@@ -422,7 +422,7 @@ def test_a_request_interrupted_before_the_standby_thread_has_it_does_not_hang_cl
 
 @pytest.mark.root
 def test_a_standby_taken_as_a_signal_handler_raises_is_not_lost(monkeypatch):
-    from hermetic.platforms import linux_standby
+    from hermetic.platforms.linux import standby as linux_standby
 
     ex = HermeticExecutor.create(_spec()).unwrap()
     _warm(ex)

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from hermetic import ResourceLimits, SandboxSpec, SpecError
-from hermetic.platforms import linux_plan
+from hermetic.platforms.linux import plan as linux_plan
 
 pytestmark = pytest.mark.linux
 

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from hermetic import NetworkPolicy, PathSet, ProcessPolicy, SandboxSpec, UnsupportedError
-from hermetic.platforms.macos_sbpl import MAX_PROFILE_BYTES, macos_path, sbpl_profile, sbpl_string
+from hermetic.platforms.macos.sbpl import MAX_PROFILE_BYTES, macos_path, sbpl_profile, sbpl_string
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -119,7 +119,7 @@ def test_unified_log_denials_are_parsed(monkeypatch):
     import json
     import subprocess
 
-    from hermetic.platforms import macos
+    from hermetic.platforms.macos import backend as macos
 
     lines = [
         "Filtering the log data using ...",

@@ -134,7 +134,7 @@ class NetworkPolicy:
     allowed_hosts: tuple[str, ...] = ()
     #: True: a new network namespace for every action (about +0.6 ms on
     #: Linux).  False: a pooled loopback-only namespace, never shared by two
-    #: running actions (see hermetic/platforms/linux_netns.py for what a
+    #: running actions (see hermetic/platforms/linux/netns.py for what a
     #: later action can still observe of an earlier one).
     fresh_namespace: bool = False
     #: The host's own network namespace: everything the host reaches.  Not

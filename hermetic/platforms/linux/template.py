@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from hermetic.core.paths import is_within
-from hermetic.platforms.linux_plan import (
+from hermetic.platforms.linux.plan import (
     MAX_GRABS,
     OLDROOT,
     OP_BIND,

@@ -5,7 +5,7 @@
   ``max_processes`` as RLIMIT_NPROC, which the kernel counts per user
   namespace and uid, so in the sandbox's fresh user namespace it bounds the
   whole sandbox (the kernel exempts the global root user, though).
-- cgroup v1 slots (see hermetic/platforms/linux_workers.py):
+- cgroup v1 slots (see hermetic/platforms/linux/workers.py):
   ``max_memory_bytes`` (memory.limit_in_bytes; an action that reaches it
   is killed when the group reports under_oom), ``max_processes`` for root
   (pids.max), ``max_cpu_time_ms`` summed over the sandbox (cpuacct.usage,
@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 
 from hermetic.core.errors import UnsupportedError
 from hermetic.core.policies import ResourceLimits
+from hermetic.monitoring.cgroup_v2 import PARENT as V2
+from hermetic.platforms.linux.workers import POOL as WORKERS
 
 
 @dataclass(frozen=True)
@@ -159,3 +162,47 @@ def plan_limits(
         output_bytes=r.max_output_bytes,
         unenforced=tuple(unenforced),
     )
+
+
+#: How long cgroup_mechanism()'s answer is kept for the same membership.
+MECHANISM_TTL = 1.0
+_mechanism: tuple[float, int, bytes, tuple[int | None, str | None]] | None = None
+
+
+def cgroup_mechanism() -> tuple[int | None, str | None]:
+    """(1 or 2, None) for the cgroup version limits use here, v2 first; else (None, why).
+
+    Looking costs two parses of the mount table (about 0.4 ms), once per
+    executor created: the answer is kept for MECHANISM_TTL seconds for this
+    process and its membership (/proc/self/cgroup, read each time), so
+    that a build creating an executor per action does not pay it each
+    time.  A hierarchy unmounted or a delegation withdrawn within that
+    second makes the action's group fail to set up, with the reason: it
+    never runs with less.
+    """
+    global _mechanism
+    try:
+        fd = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            membership = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+    except OSError:
+        membership = b""
+    now = time.monotonic()
+    kept = _mechanism
+    if (
+        kept is not None
+        and now - kept[0] < MECHANISM_TTL
+        and kept[1] == os.getpid()
+        and kept[2] == membership
+    ):
+        return kept[3]
+    no_v2 = V2.available()
+    if no_v2 is None:
+        answer: tuple[int | None, str | None] = (2, None)
+    else:
+        no_v1 = WORKERS.available()
+        answer = (1, None) if no_v1 is None else (None, f"{no_v2}; {no_v1}")
+    _mechanism = (now, os.getpid(), membership, answer)
+    return answer

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import sys
 
 from hermetic._native import lib
 from hermetic.platforms.capabilities import Capabilities
+from hermetic.platforms.linux import landlock as linux_landlock
 
 # Namespace flags (linux/sched.h), read from the compiled core.
 CLONE_NEWNS: int = lib.HM_CLONE_NEWNS
@@ -141,7 +144,7 @@ def probe() -> Capabilities:
             extra = CLONE_NEWUSER if name != "user" else 0
             if lib.hm_probe_clone(flag | extra) == 0:
                 namespaces.append(name)
-    from hermetic.platforms.linux_limits import _global_root
+    from hermetic.platforms.linux.limits import _global_root
 
     if userns and _global_root():
         eff = effective_capabilities()
@@ -168,7 +171,7 @@ def probe() -> Capabilities:
     except (OSError, AttributeError):
         pidfd = False
         notes["pidfd"] = "pidfd_open(2) is missing (Linux >= 5.3 needed)"
-    from hermetic.platforms.linux import cgroup_mechanism
+    from hermetic.platforms.linux.limits import cgroup_mechanism
 
     version, no_slots = cgroup_mechanism()
     if no_slots is not None:
@@ -199,3 +202,15 @@ def probe() -> Capabilities:
         else "none",
         notes=tuple(sorted(notes.items())),
     )
+
+
+@functools.lru_cache(maxsize=1)
+def capabilities() -> Capabilities:
+    """What this host supports, probed once per process."""
+    caps = probe()
+    if caps.landlock_abi == 1:
+        # Said where a user looks: the layer the ABI would give is left out.
+        caps = dataclasses.replace(
+            caps, notes=(*caps.notes, ("landlock_layer", linux_landlock.ABI1_NOTE))
+        )
+    return caps

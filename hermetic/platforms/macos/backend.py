@@ -1,6 +1,6 @@
 """The macOS backend: a generated SBPL profile applied with sandbox_init.
 
-``prepare(spec)`` generates the profile (hermetic/platforms/macos_sbpl.py)
+``prepare(spec)`` generates the profile (hermetic/platforms/macos/sbpl.py)
 and plans the limits; ``execute`` starts the action through the C core
 (csrc/macos/sandbox.c: fork, new session, rlimits,
 ``sandbox_init_with_parameters``, exec), or, when the C entry point is
@@ -44,7 +44,7 @@ from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
 from hermetic.platforms.capabilities import Capabilities
-from hermetic.platforms.macos_sbpl import macos_path, sbpl_profile
+from hermetic.platforms.macos.sbpl import macos_path, sbpl_profile
 from hermetic.security.proxy import EgressProxy
 from hermetic.security.timeout import DEFAULT_KILL_GRACE
 

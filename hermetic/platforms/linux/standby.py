@@ -47,8 +47,13 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hermetic.platforms.linux_reap import reap
-from hermetic.platforms.linux_template import Identity, identity
+from hermetic.monitoring.cgroup_v2 import PARENT as V2
+from hermetic.monitoring.cgroup_v2 import V2Group
+from hermetic.platforms.linux.memory import STACKS, native
+from hermetic.platforms.linux.netns import POOL as NETNS
+from hermetic.platforms.linux.reap import reap
+from hermetic.platforms.linux.template import Identity, identity
+from hermetic.platforms.linux.workers import POOL as WORKERS
 
 #: Every standby not yet reaped and released: it runs in this process's
 #: memory (its plan, its stack), which must outlive it whatever happens to
@@ -141,7 +146,7 @@ class Standby:
             if pid > 0:
                 # By its pidfd: a repeated reap can never take a process
                 # that reused the pid (pid 1 has no exit signal: see
-                # linux_reap).  ECHILD: reaped already; any other error
+                # reap.py).  ECHILD: reaped already; any other error
                 # would only repeat.
                 with contextlib.suppress(OSError):
                     reap(pidfd)
@@ -502,3 +507,80 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def make_standby(prepared: Any, cwd: str) -> Standby | None:
+    """A sandbox for ``prepared`` set up to its action's exec in working
+    directory ``cwd`` (on the keeper thread); None when setup failed (the
+    next execute spawns directly and reports the error).  Raises
+    Unavailable when a path it would bind or enter is missing."""
+    lib = native().lib
+    leases = contextlib.ExitStack()
+    stack = None
+    try:
+        worker = group = None
+        if prepared.limits.cgroup and prepared.cgroup_version == 1:
+            worker = leases.enter_context(WORKERS.lease())
+            worker.slot.prepare(prepared.spec.resources)
+        elif prepared.limits.cgroup:
+            made: list[V2Group] = []
+
+            def close_groups() -> None:
+                for g in made:
+                    g.close()
+
+            leases.callback(close_groups)
+            group = V2.new_group(prepared.spec.resources, made)
+        # The identity of the bound host paths, and of the working
+        # directory's own, as the sandbox will bind and enter them: take()
+        # checks it again, so that a path replaced on the host since (or
+        # while this is set up) is never the one the action sees.  The
+        # prepared namespace's was taken as it was built and checked as it
+        # was leased; without one, the binds come after this.
+        sources = prepared.host_sources
+        at = prepared.host_path(cwd)
+        extra = (at,) if at is not None and at not in sources else ()
+        plan, keep = prepared.new_plan(cwd, "/")
+        plan.standby = 1
+        plan.stdin_fd = plan.stdout_fd = plan.stderr_fd = -1
+        if group is not None:
+            plan.cgroup_fd = group.fd
+        if prepared.pooled_network:
+            plan.netns_fd = leases.enter_context(NETNS.lease())
+        if prepared.mount_template is not None:
+            # take() checks the identity: no need to look at the paths twice.
+            lease = prepared.mount_template.lease(check=False)
+            plan.mntns_fd, bound = leases.enter_context(lease)
+            own = identity(extra)
+            ident = bound + own if bound is not None and own is not None else None
+        else:
+            ident = identity(sources + extra)
+        if ident is None:
+            # The handler below ends the leases taken so far.
+            raise Unavailable("a bound path or the working directory is missing")
+        ffi = native().ffi
+        proc = ffi.new("struct hm_proc *")
+        proc.notify_fd = proc.proxy_fd = -1
+        proc.pid = -1
+        error = ffi.new("struct hm_error *")
+        stack = STACKS.take()
+        proc.stack = stack
+        spawn = worker.spawn if worker is not None else lib.hm_spawn
+        if spawn(plan, proc, error) < 0:
+            # Released by hm_spawn; the stack was borrowed.
+            given, stack = stack, None
+            STACKS.give(given)
+            leases.close()
+            return None
+    except BaseException:
+        if stack is not None and proc.pid <= 0:
+            STACKS.give(stack)
+        leases.close()
+        raise
+
+    def release(sb: Standby) -> None:
+        lib.hm_proc_release(sb.proc)
+        STACKS.give(sb.stack)
+
+    keep.append(prepared._mem)
+    return Standby(plan, keep, proc, stack, leases, ident, cwd, release, worker, group)

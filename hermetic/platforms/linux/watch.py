@@ -2,7 +2,7 @@
 
 Called every 20 ms by the wait (hermetic/security/timeout.py) when the
 spec has a limit that needs a live figure; returns the name of the broken
-limit, and the wait then ends the sandbox.  See linux_limits.py for which
+limit, and the wait then ends the sandbox.  See limits.py for which
 limit is checked here and why.
 """
 
@@ -14,7 +14,7 @@ from hermetic.core.outcome import Violation, ViolationKind
 from hermetic.monitoring import proctree
 from hermetic.monitoring.cgroup_v1 import V1Slot
 from hermetic.monitoring.cgroup_v2 import V2Group
-from hermetic.platforms.linux_limits import LimitPlan
+from hermetic.platforms.linux.limits import LimitPlan
 
 
 class Watch:
