@@ -31,6 +31,7 @@ from hermetic.core.spec import SandboxSpec, check_argv, check_cwd
 from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
+from hermetic.platforms.base import Backend, PreparedSpec
 from hermetic.security.audit import AuditLog, new_execution_id, record
 
 if TYPE_CHECKING:
@@ -74,8 +75,8 @@ class HermeticExecutor:
     def __init__(
         self,
         spec: SandboxSpec,
-        prepared: Any,
-        backend: Any,
+        prepared: PreparedSpec,
+        backend: Backend[Any],
         audit_log: AuditLog | None = None,
         max_concurrency: int | None = None,
     ) -> None:

@@ -1,18 +1,36 @@
-"""Per-OS backends behind one function set; the one place that dispatches.
+"""Per-OS backends behind one typed seam; the one place that dispatches.
 
-Every backend module exports ``BACKEND``, ``Prepared``, ``capabilities()``,
+Every backend package exports ``BACKEND``, ``Prepared``, ``capabilities()``,
 ``prepare(spec)`` and ``execute(prepared, argv, *, cwd, stdin, timeout,
-kill_grace)``; a test checks that the sets are identical.
+kill_grace, ...)``: each is a ``Backend`` over its own ``Prepared``
+(hermetic/platforms/base.py), which mypy checks below and a test checks
+at run time.
 """
 
 from __future__ import annotations
 
 import sys
-from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from hermetic.platforms.base import Backend
+
+if TYPE_CHECKING:
+    from hermetic.platforms import linux, macos, unsupported, windows
+
+    _CONFORMING: tuple[
+        Backend[linux.Prepared],
+        Backend[macos.Prepared],
+        Backend[windows.Prepared],
+        Backend[Any],
+    ] = (linux, macos, windows, unsupported)
 
 
-def current() -> ModuleType:
-    """The backend module for this operating system."""
+def current() -> Backend[Any]:
+    """The backend for this operating system.
+
+    ``Any``: the executor pairs a backend with the prepared specs that same
+    backend made, whose type depends on the OS found at run time.
+    """
     if sys.platform.startswith("linux"):
         from hermetic.platforms import linux
 

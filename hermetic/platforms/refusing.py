@@ -14,6 +14,7 @@ from typing import Any
 from hermetic.core.errors import UnsupportedError
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.spec import SandboxSpec
+from hermetic.platforms.base import Observer
 from hermetic.platforms.capabilities import Capabilities
 
 
@@ -48,7 +49,7 @@ def refusing_backend(
         stdin: bytes | None = None,
         timeout: float | None = None,
         kill_grace: float = 0.5,
-        observer: Any = None,
+        observer: Observer | None = None,
         cancel: threading.Event | None = None,
         profile: dict[str, float] | None = None,
     ) -> ExecutionResult:

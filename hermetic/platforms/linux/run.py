@@ -21,6 +21,7 @@ from hermetic.core.usage import ResourceUsage
 from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.monitoring.cgroup_v2 import V2Group
+from hermetic.platforms.base import Observer
 from hermetic.platforms.linux import plan as linux_plan
 from hermetic.platforms.linux.memory import STACKS, CMemory, native
 from hermetic.platforms.linux.netns import POOL as NETNS
@@ -187,7 +188,7 @@ def execute(
     stdin: bytes | None = None,
     timeout: float | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
-    observer: Any = None,
+    observer: Observer | None = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
 ) -> ExecutionResult:
@@ -293,7 +294,7 @@ def _run(
     worker: Worker | None = None,
     group: V2Group | None = None,
     standby: Standby | None = None,
-    observer: Any = None,
+    observer: Observer | None = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
 ) -> ExecutionResult:

@@ -43,6 +43,7 @@ from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
+from hermetic.platforms.base import Observer
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos.sbpl import macos_path, sbpl_profile
 from hermetic.security.proxy import EgressProxy
@@ -335,7 +336,7 @@ def execute(
     stdin: bytes | None = None,
     timeout: float | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
-    observer: Any = None,
+    observer: Observer | None = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
 ) -> ExecutionResult:

@@ -1,0 +1,70 @@
+"""The backend seam: what the executor calls on a per-OS backend, as types.
+
+Every backend package (linux/, macos/, windows/, and the refusing
+unsupported.py) provides ``BACKEND``, ``Prepared``, ``capabilities()``,
+``prepare(spec)`` and ``execute(prepared, argv, ...)``; each one is a
+``Backend`` over its own ``Prepared`` (checked statically in
+hermetic/platforms/__init__.py, and by tests/test_platform_contract.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from hermetic.core.outcome import ExecutionResult
+from hermetic.core.spec import SandboxSpec
+from hermetic.platforms.capabilities import Capabilities
+
+
+class Observer(Protocol):
+    """Told the pid of an action's first process as it starts."""
+
+    def started(self, pid: int) -> None: ...
+
+
+class PreparedSpec(Protocol):
+    """A spec a backend has prepared once, to run many actions under."""
+
+    #: The environment every action gets (the spec's, plus what the
+    #: backend adds, such as the egress proxy's variables).
+    env: dict[str, str]
+
+    def close(self) -> None:
+        """Release what the prepared spec holds; a later execute prepares again."""
+
+
+P = TypeVar("P")
+
+
+class Backend(Protocol[P]):
+    """One operating system's backend, running actions under specs it prepared (``P``)."""
+
+    @property
+    def BACKEND(self) -> str: ...  # noqa: N802 (a module constant)
+
+    def capabilities(self) -> Capabilities: ...
+
+    def prepare(
+        self,
+        spec: SandboxSpec,
+        *,
+        remap: dict[str, str] | None = None,
+        require_hermetic: bool = True,
+        audit_writes: bool = True,
+    ) -> P: ...
+
+    def execute(
+        self,
+        prepared: P,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        kill_grace: float = ...,
+        observer: Observer | None = None,
+        cancel: threading.Event | None = None,
+        profile: dict[str, float] | None = None,
+    ) -> ExecutionResult: ...
