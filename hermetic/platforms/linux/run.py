@@ -42,8 +42,6 @@ from hermetic.security.outputs import scan as scan_outputs
 from hermetic.security.syscalls import SyscallAudit
 from hermetic.security.timeout import DEFAULT_KILL_GRACE, Serve, wait_or_kill, wait_readable
 
-#: The signal that asks pid 1 to end the sandbox (HM_SIG_END in hermetic.h).
-HM_SIG_END = 64
 #: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
 END_WAIT = 1.0
 
@@ -95,7 +93,7 @@ def _wait(
         if sig == signal.SIGKILL:
             # Ask pid 1 to kill and reap everything, so the rusage covers
             # every process; SIGKILL it only if it does not finish.
-            signal.pidfd_send_signal(pidfd, HM_SIG_END)
+            signal.pidfd_send_signal(pidfd, native().lib.HM_SIG_END)
             if wait_readable(pidfd, END_WAIT):
                 return
         signal.pidfd_send_signal(pidfd, sig)
@@ -132,15 +130,16 @@ STAGES = (
 
 
 def _stages(out: dict[str, float], proc: Any, called: int, returned: int, reaped: int) -> None:
-    s = [proc.stamps[i] for i in range(7)]
-    if s[1] == 0:  # no id maps written (Landlock-only): no such stages
-        s[1] = s[2] = s[0]
-    points = [called, *s[:5], returned]
+    lib = native().lib
+    s = [proc.stamps[i] for i in range(lib.HM_STAMP_DONE + 1)]
+    if s[lib.HM_STAMP_IDS] == 0:  # no id maps written (Landlock-only): no such stages
+        s[lib.HM_STAMP_IDS] = s[lib.HM_STAMP_OPS] = s[lib.HM_STAMP_START]
+    points = [called, *s[: lib.HM_STAMP_EXEC + 1], returned]
     for name, (a, b) in zip(STAGES[:6], zip(points, points[1:], strict=False), strict=False):
         out[name] = (b - a) / 1e9
-    out[STAGES[6]] = (s[5] - s[4]) / 1e9
-    out[STAGES[7]] = (s[6] - s[5]) / 1e9
-    out[STAGES[8]] = (reaped - s[6]) / 1e9
+    out[STAGES[6]] = (s[lib.HM_STAMP_EXITED] - s[lib.HM_STAMP_EXEC]) / 1e9
+    out[STAGES[7]] = (s[lib.HM_STAMP_DONE] - s[lib.HM_STAMP_EXITED]) / 1e9
+    out[STAGES[8]] = (reaped - s[lib.HM_STAMP_DONE]) / 1e9
 
 
 def _cancellable(check: Any, cancel: threading.Event) -> Any:
@@ -168,7 +167,7 @@ def _kill_and_reap(pidfd: int) -> None:
                 # SIGKILL of pid 1 alone would leave the action running.
                 asked = True
                 with contextlib.suppress(OSError):
-                    signal.pidfd_send_signal(pidfd, HM_SIG_END)
+                    signal.pidfd_send_signal(pidfd, native().lib.HM_SIG_END)
                 wait_readable(pidfd, END_WAIT)
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -395,7 +394,7 @@ def _run(
                     rc = spawn(plan, proc, error)
                 returned = time.monotonic_ns()
                 if rc < 0:
-                    if standby is not None and error.stage == 0:
+                    if standby is not None and error.stage == lib.HM_STAGE_NONE:
                         # No word from it at all: it had died (killed from
                         # outside) before its go.  Not this action's fault.
                         raise _StandbyLost
