@@ -15,7 +15,7 @@ from hermetic.monitoring.cgroup_v1 import SlotUsage
 #: memory, and an action can make a stream look as large as it likes for
 #: free (ftruncate leaves a hole), so some bound always applies.  A stream
 #: cut to it is reported as a "resource" violation, decision "truncated".
-DEFAULT_STREAM_CAP = 64 << 20
+DEFAULT_STREAM_CAP = 64 * 1024 * 1024  # 64 MiB
 
 
 def kept_sizes(limit: int, out_size: int, err_size: int) -> tuple[int, int]:
