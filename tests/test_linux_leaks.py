@@ -38,7 +38,12 @@ def _state() -> dict[str, object]:
 
 
 @pytest.mark.root
-def test_200_executions_leave_nothing_behind(scratch):
+def test_200_executions_leave_nothing_behind(scratch, monkeypatch):
+    # hermetic's temporary files go where ``tempfile`` says: a directory of
+    # this test's own, so that other processes' files in /tmp do not count.
+    private = os.path.join(scratch, "tmp")
+    os.mkdir(private)
+    monkeypatch.setattr(tempfile, "tempdir", private)
     out = os.path.join(scratch, "out")
     os.mkdir(out)
     spec = SandboxSpec(

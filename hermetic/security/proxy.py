@@ -2,7 +2,7 @@
 
 The action keeps a network namespace with only loopback.  Its pid 1 makes
 a listening socket on 127.0.0.1:``PROXY_PORT`` inside that namespace and
-hands it to the caller (csrc/linux/child.c), so only the sandbox can
+hands it to the caller (csrc/linux/net.c), so only the sandbox can
 connect to it, and no proxy process runs in the sandbox.  This module
 serves it from the caller's process: each accepted connection is one
 request, either ``CONNECT host:port`` (a tunnel, for HTTPS and anything

@@ -1,6 +1,6 @@
 """Landlock rules for a spec: the same semantics as the mount layout.
 
-Two uses (csrc/linux/child.c applies the rules in the action, after
+Two uses (csrc/linux/landlock.c applies the rules in the action, after
 ``no_new_privs`` and before seccomp):
 
 - **Additional layer** under namespaces: the rules restate the mount
@@ -197,7 +197,7 @@ def rules(
     out += [_rule(p, READ_WRITE, known) for p in (*spec.outputs, *spec.temps)]
     if namespaces:
         # The sandbox's own root, /dev and /proc: their contents are the
-        # plan's (csrc/linux/child.c); the mounts keep them read-only.
+        # plan's (csrc/linux/mounts.c); the mounts keep them read-only.
         out.append(Rule("/", READ_DIR))
         out.append(Rule("/dev", READ_DIR | READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV))
         out.append(Rule("/proc", READ_DIR | READ_FILE | WRITE_FILE))

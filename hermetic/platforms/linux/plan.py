@@ -3,7 +3,7 @@
 Everything the child does to the filesystem is decided here, before clone:
 which paths are bound where, read-only or not, which directories and mount
 points must be created in the new root's tmpfs, and in what order.  The child
-(csrc/linux/child.c) only walks the list.
+(csrc/linux/mounts.c) only walks the list.
 
 Layout of the sandbox's root (a tmpfs, read-only once set up):
 
