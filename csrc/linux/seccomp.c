@@ -29,12 +29,14 @@
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/ioprio.h>
 #include <linux/netlink.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -54,6 +56,11 @@
 #define HM_NS_FLAGS \
     (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | \
      CLONE_NEWCGROUP)
+
+/* The socket type's bits in socket()'s and socketpair()'s type argument
+ * (the kernel's SOCK_TYPE_MASK; the flags are or'ed above them). */
+_Static_assert(SOCK_STREAM == 1 && SOCK_SEQPACKET == 5, "R_PAIR's bit tests");
+#define HM_SOCK_TYPE_MASK 0xf
 
 #define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
 #define ARG_HI(i) (ARG_LO(i) + 4)
@@ -102,7 +109,11 @@ enum hm_rule_kind {
                       in arg `arg2` when arg2 >= 0); then `then` */
     R_SOCKET,      /* families outside hm__families refused, EAFNOSUPPORT */
     R_NOTSUP,      /* refused, EOPNOTSUPP */
-    R_EXECVE       /* only the action's own exec paths */
+    R_EXECVE,      /* only the action's own exec paths */
+    R_PAIR,        /* socketpair: AF_UNIX stream or seqpacket only */
+    R_SELF_PID,    /* refused unless arg `arg` (a pid) is 0, the caller itself */
+    R_SELF_WHO     /* refused unless arg 0 (which) is `arg` (its "one process"
+                      value) and arg 1 (who) is 0, the caller itself */
 };
 
 /* What an R_MODE_BITS block does with a call it does not refuse: the call
@@ -231,6 +242,46 @@ static void emit_block(struct hm_prog *p, const struct hm_rule *r, const struct 
     case R_NOTSUP:
         RET_REFUSE(EOPNOTSUPP);
         return;
+    case R_PAIR:
+        /* The type's low bits are the socket type (SOCK_CLOEXEC and
+         * SOCK_NONBLOCK are or'ed above them).  A connected stream or
+         * seqpacket pair cannot be pointed anywhere else (connect() answers
+         * EISCONN, an address given to send is refused or ignored); a
+         * datagram end can sendto() or connect() any pathname socket of
+         * the host, and AF_UNIX's SOCK_RAW is a datagram socket too.
+         * Other families go on to socket()'s family list (R_SOCKET's
+         * block follows). */
+        LD_ARG(0);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 0, 5);
+        LD_ARG(1);
+        /* Of the type's four bits, 1 (SOCK_STREAM) and 5 (SOCK_SEQPACKET)
+         * are the values with bit 0 set and bits 1 and 3 clear. */
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, HM_SOCK_TYPE_MASK & ~(unsigned int)(SOCK_STREAM | 4), 1,
+             0);
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, SOCK_STREAM, 1, 0);
+        RET_DENY;
+        RET_ALLOW;
+        {
+            struct hm_rule sock = *r;
+            sock.kind = R_SOCKET;
+            emit_block(p, &sock, opts);
+        }
+        return;
+    case R_SELF_PID:
+        /* The kernel reads a pid_t: the low 32 bits are all it uses. */
+        LD_ARG(r->arg);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0);
+        RET_DENY;
+        RET_ALLOW;
+        return;
+    case R_SELF_WHO:
+        LD_ARG(0);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, (unsigned int)r->arg, 0, 2);
+        LD_ARG(1);
+        EMIT(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0);
+        RET_DENY;
+        RET_ALLOW;
+        return;
     case R_EXECVE:
         /* The action's own execve passes one of the plan's path pointers;
          * the exec'd program has a new address space, where nothing it
@@ -279,6 +330,9 @@ static int shared_ret(const struct hm_rule *r)
     case R_MODE_BITS:
     case R_SOCKET:
     case R_EXECVE:
+    case R_PAIR:
+    case R_SELF_PID:
+    case R_SELF_WHO:
         return -1;
     }
     return -1;
@@ -425,8 +479,9 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
     if (opts->deny_sockets) {
         /* Without a network namespace nothing else contains a socket
          * (Landlock does not cover UDP or connecting to a Unix socket);
-         * socketpair() still works. */
+         * socketpair() still works for the pairs that stay a pair. */
         add(rs, __NR_socket, R_DENY, 0);
+        add(rs, __NR_socketpair, R_PAIR, 0);
     }
     add(rs, __NR_socket, R_SOCKET, 0);
     add(rs, __NR_socketpair, R_SOCKET, 0);
@@ -447,6 +502,24 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
         };
         for (unsigned long i = 0; i < sizeof no_ns / sizeof no_ns[0]; i++)
             add(rs, no_ns[i], R_DENY, 0);
+        /* The host's processes share the pid space, and Landlock scopes
+         * only signals and ptrace: these calls reach any process of the
+         * same uid (the caller's limits and scheduling included: an
+         * RLIMIT_FSIZE of 0 stops its audit log) with no ptrace check.
+         * Each is allowed on the action itself (pid 0, what nice, ulimit,
+         * taskset, chrt and ionice pass), refused on any other target:
+         * another thread's tid too, which the filter cannot tell from a
+         * host pid. */
+        static const int by_pid[] = {
+            __NR_prlimit64, __NR_sched_setaffinity, __NR_sched_setscheduler,
+            __NR_sched_setparam, __NR_sched_setattr,
+        };
+        for (unsigned long i = 0; i < sizeof by_pid / sizeof by_pid[0]; i++)
+            add(rs, by_pid[i], R_SELF_PID, 0);
+        /* setpriority and ioprio_set also name a process group or a
+         * whole uid: only "this process" is allowed. */
+        add(rs, __NR_setpriority, R_SELF_WHO, PRIO_PROCESS);
+        add(rs, __NR_ioprio_set, R_SELF_WHO, IOPRIO_WHO_PROCESS);
     }
     /* ioctl TIOCSTI / TIOCLINUX: typing into a terminal outside. */
     add(rs, __NR_ioctl, R_IOCTL, 0);

@@ -117,7 +117,9 @@ static const struct hm_denied OTHER_NAMES[] = {
     DENY(symlinkat), DENY(truncate), DENY(shmget), DENY(shmat), DENY(shmctl), DENY(msgget),
     DENY(msgsnd), DENY(msgrcv), DENY(msgctl), DENY(semget), DENY(semop), DENY(semctl),
     DENY(semtimedop), DENY(mq_open), DENY(mq_unlink), DENY(mq_timedsend), DENY(mq_timedreceive),
-    DENY(mq_notify), DENY(mq_getsetattr),
+    DENY(mq_notify), DENY(mq_getsetattr), DENY(prlimit64), DENY(sched_setaffinity),
+    DENY(sched_setscheduler), DENY(sched_setparam), DENY(sched_setattr), DENY(setpriority),
+    DENY(ioprio_set),
 #ifdef __NR_renameat2
     DENY(renameat2),
 #endif

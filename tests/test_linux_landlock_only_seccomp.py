@@ -1,0 +1,265 @@
+"""Landlock-only isolation (user namespaces forbidden): what the seccomp
+filter closes where no namespace does, tested from inside the sandbox as
+the unprivileged test user and as uid 0 (a root caller without
+CAP_SYS_ADMIN and without user namespaces, as in a default container).
+
+There the action shares the host's pid space and its Unix socket
+namespace: an attack that works reaches host processes and sockets, so
+each test checks the host side too, not only the errno the action saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+
+import pytest
+from conftest import Runner, _as_user_cmd
+from test_linux_isolation import ERRNO, probe, spec_for
+from test_linux_seccomp import syscall_numbers
+
+pytestmark = [pytest.mark.linux, pytest.mark.landlock]
+
+
+@pytest.fixture(params=["user", "uid0"])
+def ll_runner(request: pytest.FixtureRequest) -> Runner:
+    """Landlock-only, as the test user and as uid 0 (root mapped to itself in
+    a user namespace that forbids nested ones: no capability on the host)."""
+    if os.geteuid() != 0:
+        if request.param == "uid0":
+            pytest.skip("uid 0 needs the suite to run as root")
+        return Runner("landlock", None)
+    if request.param == "uid0":
+        return Runner("landlock", None)
+    return Runner("landlock", request.getfixturevalue("test_user"))
+
+
+def _denied(out) -> set[str]:
+    return {
+        v["attempted"].split("(")[0]
+        for v in out.raw["violations"]
+        if v["kind"] == "syscall" and v["decision"] == "denied"
+    }
+
+
+def _action_uid(runner: Runner) -> int:
+    return runner.user.pw_uid if runner.user is not None else os.geteuid()
+
+
+# --- Unix datagram sockets of the host ---------------------------------------
+
+SOCKETPAIR_PROBE = """
+import json, socket
+TARGET = {target!r}
+seen = {{}}
+def pair(kind):
+    try:
+        return socket.socketpair(socket.AF_UNIX, kind)
+    except OSError as e:
+        seen["socketpair %d" % kind] = errno.errorcode[e.errno]
+        return None
+for name, kind in (("dgram", socket.SOCK_DGRAM),
+                   ("dgram cloexec nonblock",
+                    socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK),
+                   ("raw", socket.SOCK_RAW)):
+    p = pair(kind)
+    if p is None:
+        seen[name] = seen.pop("socketpair %d" % kind)
+        continue
+    seen[name] = "ok"
+    seen[name + " sendto"] = attempt(p[0].sendto, b"SANDBOX-" + name.encode(), TARGET)
+    seen[name + " connect"] = attempt(p[1].connect, TARGET)
+# The pairs that stay a pair: neither can be pointed at the host socket.
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+seen["stream connect"] = attempt(a.connect, TARGET)
+seen["stream sendto"] = attempt(a.sendto, b"SANDBOX-stream", TARGET)
+a.sendall(b"ping")
+seen["stream works"] = b.recv(4).decode()
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+seen["seqpacket connect"] = attempt(a.connect, TARGET)
+# An address given to a connected seqpacket socket is ignored: the peer gets it.
+seen["seqpacket sendto"] = attempt(a.sendto, b"SANDBOX-seqpacket", TARGET)
+b.setblocking(False)
+seen["seqpacket peer got"] = attempt(b.recv, 100)
+print(json.dumps(seen))
+"""
+
+
+def test_socketpair_cannot_reach_a_host_datagram_socket(ll_runner, scratch):
+    runner = ll_runner
+    hidden = os.path.join(scratch, "hidden")  # undeclared: neither input nor output
+    os.mkdir(hidden)
+    os.chmod(hidden, 0o755)
+    target = os.path.join(hidden, "sock")
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        host.bind(target)
+        os.chmod(target, 0o666)
+        out = probe(runner, spec_for(), ERRNO + SOCKETPAIR_PROBE.format(target=target))
+        seen = json.loads(out.text)
+        host.setblocking(False)
+        received = []
+        while True:
+            try:
+                received.append(host.recv(100))
+            except BlockingIOError:
+                break
+    finally:
+        host.close()
+    assert received == [], (received, seen)
+    assert seen == {
+        "dgram": "EPERM",
+        "dgram cloexec nonblock": "EPERM",
+        "raw": "EPERM",  # AF_UNIX's SOCK_RAW is a datagram socket
+        # A connected end cannot be connected again (the datagram target
+        # answers EPROTOTYPE before the kernel looks at the state).
+        "stream connect": "EPROTOTYPE",
+        "stream sendto": "EISCONN",
+        "stream works": "ping",
+        "seqpacket connect": "EPROTOTYPE",
+        "seqpacket sendto": "ok",
+        "seqpacket peer got": "ok",
+    }, out.stderr
+    assert "socketpair" in _denied(out), out.raw["violations"]
+
+
+# --- Host processes of the same uid ---------------------------------------------
+
+PROCESS_PROBE = """
+import ctypes, json, resource
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = json.loads({numbers!r})
+VICTIMS = {victims!r}
+UNUSED = {unused!r}  # a pgrp and a uid with no process: the call only says ESRCH
+def sys(name, *args):
+    r = libc.syscall(NR[name], *args)
+    return "ok" if r != -1 else errno.errorcode[ctypes.get_errno()]
+def ppid(p):
+    with open("/proc/%d/status" % p) as f:
+        return int([l for l in f if l.startswith("PPid:")][0].split()[1])
+seen = {{}}
+targets = dict(VICTIMS)
+# The caller: the action's parent is the sandbox's init, its parent the caller.
+targets["caller"] = ppid(ppid(os.getpid()))
+for who, pid in targets.items():
+    seen[who + " prlimit"] = attempt(resource.prlimit, pid, resource.RLIMIT_NOFILE, (7, 7))
+    seen[who + " prlimit fsize"] = attempt(resource.prlimit, pid, resource.RLIMIT_FSIZE, (0, 0))
+    seen[who + " setpriority"] = attempt(os.setpriority, os.PRIO_PROCESS, pid, 19)
+    seen[who + " affinity"] = attempt(os.sched_setaffinity, pid, {{0}})
+    seen[who + " setscheduler"] = attempt(
+        os.sched_setscheduler, pid, os.SCHED_IDLE, os.sched_param(0))
+    seen[who + " setparam"] = attempt(os.sched_setparam, pid, os.sched_param(0))
+    attr = (ctypes.c_uint32 * 14)(56, os.SCHED_IDLE)  # struct sched_attr, version 0
+    seen[who + " setattr"] = sys("sched_setattr", pid, attr, 0)
+    seen[who + " ioprio"] = sys("ioprio_set", 1, pid, (3 << 13))  # WHO_PROCESS, IDLE
+seen["setpriority pgrp"] = sys("setpriority", os.PRIO_PGRP, UNUSED, 19)
+seen["setpriority user"] = sys("setpriority", os.PRIO_USER, UNUSED, 19)
+seen["ioprio pgrp"] = sys("ioprio_set", 2, UNUSED, (3 << 13))
+seen["ioprio user"] = sys("ioprio_set", 3, UNUSED, (3 << 13))
+# What the action may do to itself stays possible (pid 0: ulimit, nice,
+# taskset, chrt and ionice pass it).
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+seen["self setrlimit"] = attempt(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+seen["self prlimit 0"] = attempt(resource.prlimit, 0, resource.RLIMIT_CORE, (0, 0))
+seen["self nice"] = attempt(os.nice, 1)
+seen["self affinity"] = attempt(os.sched_setaffinity, 0, os.sched_getaffinity(0))
+seen["self setscheduler"] = attempt(
+    os.sched_setscheduler, 0, os.SCHED_BATCH, os.sched_param(0))
+seen["self ioprio"] = sys("ioprio_set", 1, 0, (2 << 13) | 4)  # best effort, level 4
+print(json.dumps(seen))
+"""
+
+
+#: Fallbacks, for a module whose name table lacks these calls.
+_NUMBERS = {
+    "x86_64": {"sched_setattr": 314, "ioprio_set": 251, "setpriority": 141},
+    "aarch64": {"sched_setattr": 274, "ioprio_set": 30, "setpriority": 140},
+}
+
+
+def _unused_id() -> int:
+    """A number that is neither a pid (so no process group) nor a uid of any process."""
+    used = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            used.add(int(name))
+            try:
+                used.add(os.stat(f"/proc/{name}").st_uid)
+            except OSError:
+                pass
+    n = 3_999_999
+    while n in used:
+        n -= 1
+    return n
+
+
+def _sched_state(pid: int) -> dict[str, object]:
+    with open(f"/proc/{pid}/limits") as f:
+        nofile = [line.split()[3] for line in f if line.startswith("Max open files")][0]
+    with open(f"/proc/{pid}/limits") as f:
+        fsize = [line.split()[3] for line in f if line.startswith("Max file size")][0]
+    return {
+        "nofile": nofile,
+        "fsize": fsize,
+        "nice": os.getpriority(os.PRIO_PROCESS, pid),
+        "affinity": sorted(os.sched_getaffinity(pid)),
+        "policy": os.sched_getscheduler(pid),
+        "ioprio": subprocess.run(
+            ["ionice", "-p", str(pid)], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+
+
+def test_host_processes_limits_and_scheduling_are_out_of_reach(ll_runner, scratch):
+    runner = ll_runner
+    argv = ["sleep", "600"]
+    if runner.user is not None:
+        argv = _as_user_cmd(runner.user, argv)
+    victim = subprocess.Popen(argv)
+    try:
+        # setpriv execs sleep: wait until the victim is the sleep, of the action's uid.
+        for _ in range(1000):
+            with open(f"/proc/{victim.pid}/status") as f:
+                status = f.read()
+            if "Name:\tsleep" in status:
+                break
+            subprocess.run(["sleep", "0.01"], check=True)
+        assert os.stat(f"/proc/{victim.pid}").st_uid == _action_uid(runner)
+        before = _sched_state(victim.pid)
+        numbers = syscall_numbers()
+        wanted = {k: numbers.get(k, v) for k, v in _NUMBERS[platform.machine()].items()}
+        code = PROCESS_PROBE.format(
+            numbers=json.dumps(wanted), victims={"host": victim.pid}, unused=_unused_id()
+        )
+        out = probe(runner, spec_for(), ERRNO + code)
+        after = _sched_state(victim.pid)
+    finally:
+        victim.kill()
+        victim.wait()
+    seen = json.loads(out.text)
+    assert after == before
+    # The caller was not touched either: its audit and scans ran.
+    assert "audit_error" not in out.raw or not out.raw["audit_error"], out.raw
+    refused = {k: v for k, v in seen.items() if not k.startswith("self ")}
+    assert refused == {k: "EPERM" for k in refused}, out.stderr
+    assert {k: v for k, v in seen.items() if k.startswith("self ")} == {
+        "self setrlimit": "ok",
+        "self prlimit 0": "ok",
+        "self nice": "ok",
+        "self affinity": "ok",
+        "self setscheduler": "ok",
+        "self ioprio": "ok",
+    }, out.stderr
+    assert {
+        "prlimit64",
+        "setpriority",
+        "sched_setaffinity",
+        "sched_setscheduler",
+        "sched_setparam",
+        "sched_setattr",
+        "ioprio_set",
+    } <= _denied(out), out.raw["violations"]
