@@ -193,7 +193,12 @@ struct hm_filter_opts {
     int deny_sockets;                /* socket() refused (no network namespace to
                                         contain it) */
     int deny_sessions;               /* setsid/setpgid refused (the process group is
-                                        how a sandbox without namespaces is ended) */
+                                        how a sandbox without namespaces is ended),
+                                        and acting on other processes by pid */
+    int emulate_metadata;            /* chmod, chown and utimes families go to the
+                                        listener, which performs them beneath the
+                                        writable roots only (Landlock does not cover
+                                        them); removexattr refused, EOPNOTSUPP */
 };
 
 /* One notification the listener took (hm_notify_serve). */
@@ -207,7 +212,10 @@ struct hm_notice {
     char path2[1024];                /* rename's source, else empty */
 };
 #define HM_NOTICE_DENIED 1           /* refused: answered its errno */
-#define HM_NOTICE_WRITE 2            /* let through: the kernel's mounts decide */
+#define HM_NOTICE_WRITE 2            /* let through: the kernel's mounts decide; or a
+                                        metadata call performed beneath a writable root */
+#define HM_NOTICE_REFUSED 3          /* a metadata call on `path`, outside every
+                                        writable root: answered EPERM */
 
 /* A setup failure, sent once from the child over a close-on-exec pipe. */
 struct hm_error {
@@ -277,9 +285,9 @@ int hm_probe_clone(unsigned long long ns_flags);
 int hm_netns_create(void);
 int hm_mntns_create(const struct hm_plan *plan, struct hm_error *error);
 int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts);
-int hm_notify_serve(int fd, struct hm_notice *out, int max);
+int hm_notify_serve(int fd, struct hm_notice *out, int max, const char *roots);
 int hm_notify_wait(int target, int listener, int timeout_ms, struct hm_notice *out, int max,
-                   int *count);
+                   int *count, const char *roots);
 const char *hm_syscall_name(int nr);
 long hm_dir_snapshot(const char *path, char *out, unsigned long cap, unsigned long *need);
 int hm_seccomp_denied(const char **names, int *nrs, int max);

@@ -263,3 +263,174 @@ def test_host_processes_limits_and_scheduling_are_out_of_reach(ll_runner, scratc
         "sched_setattr",
         "ioprio_set",
     } <= _denied(out), out.raw["violations"]
+
+
+# --- File metadata outside the outputs ------------------------------------------
+
+METADATA_PROBE = """
+import json
+OUT, SRC, HID = {out!r}, {src!r}, {hid!r}
+UID, GID = os.getuid(), os.getgid()
+seen = {{}}
+# Outside every writable root: an undeclared file and directory, an input.
+seen["chmod undeclared"] = attempt(os.chmod, HID + "/owned", 0o666)
+seen["chmod undeclared dir"] = attempt(os.chmod, HID, 0o777)
+seen["utime undeclared"] = attempt(os.utime, HID + "/owned", (0, 0))
+seen["utime now undeclared"] = attempt(os.utime, HID + "/owned")
+seen["chown undeclared"] = attempt(os.chown, HID + "/owned", UID, GID)
+seen["lchown undeclared"] = attempt(os.lchown, HID + "/owned", UID, GID)
+seen["removexattr undeclared"] = attempt(os.removexattr, HID + "/owned", "user.note")
+seen["chmod input"] = attempt(os.chmod, SRC + "/input", 0o666)
+fd = os.open(SRC + "/input", os.O_RDONLY)
+seen["fchmod input"] = attempt(os.chmod, fd, 0o666)
+seen["fchown input"] = attempt(os.chown, fd, UID, GID)
+seen["futimens input"] = attempt(os.utime, fd, (0, 0))
+seen["fremovexattr input"] = attempt(os.removexattr, fd, "user.note")
+os.close(fd)
+dfd = os.open(HID, os.O_PATH | os.O_DIRECTORY)  # Landlock refuses reading it
+seen["fchmodat dirfd"] = attempt(lambda: os.chmod("owned", 0o666, dir_fd=dfd))
+seen["utimensat dirfd"] = attempt(lambda: os.utime("owned", (0, 0), dir_fd=dfd))
+os.close(dfd)
+# Through the outputs: "..", an absolute and a relative symlink out.
+seen["chmod dotdot"] = attempt(os.chmod, OUT + "/../hidden/owned", 0o666)
+os.symlink(HID + "/owned", OUT + "/abs-link")
+os.symlink("../hidden/owned", OUT + "/rel-link")
+seen["chmod abs symlink"] = attempt(os.chmod, OUT + "/abs-link", 0o666)
+seen["chmod rel symlink"] = attempt(os.chmod, OUT + "/rel-link", 0o666)
+seen["utime rel symlink"] = attempt(os.utime, OUT + "/rel-link", (0, 0))
+# Inside the outputs, what builds do stays possible.
+for name in ("f", "g", "h"):
+    open(OUT + "/" + name, "w").close()
+os.mkdir(OUT + "/d")
+seen["ok chmod"] = attempt(os.chmod, OUT + "/f", 0o751)
+seen["ok chmod dir"] = attempt(os.chmod, OUT + "/d", 0o700)
+seen["ok utime"] = attempt(os.utime, OUT + "/f", (1000000, 1000000))
+seen["ok utime now"] = attempt(os.utime, OUT + "/g")
+seen["ok utime nofollow"] = attempt(
+    lambda: os.utime(OUT + "/rel-link", (5, 5), follow_symlinks=False))
+fd = os.open(OUT + "/g", os.O_WRONLY)
+seen["ok fchmod"] = attempt(os.chmod, fd, 0o640)
+seen["ok futimens"] = attempt(os.utime, fd, (2000000, 2000000))
+os.close(fd)
+os.chdir(OUT)
+seen["ok chmod relative"] = attempt(os.chmod, "h", 0o604)
+seen["ok chmod via dotdot"] = attempt(os.chmod, "d/../h", 0o605)
+seen["ok chown same"] = attempt(os.chown, OUT + "/f", UID, GID)
+seen["ok chown none"] = attempt(os.chown, OUT + "/f", -1, -1)
+seen["chown other group"] = attempt(os.chown, OUT + "/f", -1, GID + 4321)
+seen["chown other user"] = attempt(os.chown, OUT + "/f", UID + 4321, -1)
+seen["ok chmod missing"] = attempt(os.chmod, OUT + "/missing", 0o600)
+print(json.dumps(seen))
+"""
+
+
+def _meta(path: str) -> tuple[int, int, int, int]:
+    st = os.lstat(path)
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+
+
+def test_metadata_outside_the_outputs_cannot_change(ll_runner, scratch):
+    runner = ll_runner
+    uid = _action_uid(runner)
+    gid = runner.user.pw_gid if runner.user is not None else os.getegid()
+    out_dir, src, hid = (os.path.join(scratch, d) for d in ("out", "src", "hidden"))
+    for d in (out_dir, src, hid):
+        os.mkdir(d)
+        os.chown(d, uid, gid)
+    os.chmod(hid, 0o700)
+    victims = [os.path.join(hid, "owned"), os.path.join(src, "input")]
+    for v in victims:
+        with open(v, "w") as f:
+            f.write("x")
+        os.chown(v, uid, gid)
+        os.chmod(v, 0o600)
+        os.setxattr(v, "user.note", b"kept")
+    before = {p: _meta(p) for p in (*victims, hid)}
+    code = METADATA_PROBE.format(out=out_dir, src=src, hid=hid)
+    out = probe(runner, spec_for(inputs=[src], outputs=[out_dir]), ERRNO + code)
+    assert out.exit_code == 0, out.stderr
+    seen = json.loads(out.text)
+    assert {p: _meta(p) for p in before} == before
+    assert all(os.getxattr(v, "user.note") == b"kept" for v in victims)
+    outside = {k: v for k, v in seen.items() if not k.startswith("ok ")}
+    expected = {k: "EPERM" for k in outside}
+    expected["removexattr undeclared"] = expected["fremovexattr input"] = "ENOTSUP"
+    assert outside == expected, out.stderr
+    assert {k: v for k, v in seen.items() if k.startswith("ok ")} == {
+        **{k: "ok" for k in seen if k.startswith("ok ")},
+        "ok chmod missing": "ENOENT",
+    }, out.stderr
+
+    def mode(name: str) -> int:
+        return os.lstat(os.path.join(out_dir, name)).st_mode & 0o7777
+
+    assert (mode("f"), mode("g"), mode("h"), mode("d")) == (0o751, 0o640, 0o605, 0o700)
+    assert os.stat(os.path.join(out_dir, "f")).st_mtime == 1000000
+    assert os.stat(os.path.join(out_dir, "g")).st_mtime == 2000000
+    assert os.lstat(os.path.join(out_dir, "rel-link")).st_mtime == 5
+    # Recorded: each path outside, and the calls refused as such.
+    refused = {v["attempted"] for v in out.raw["violations"] if v["kind"] == "filesystem"}
+    assert {hid, os.path.join(hid, "owned"), os.path.join(src, "input")} <= refused, refused
+    assert {"chown", "removexattr", "fremovexattr"} <= _denied(out), out.raw["violations"]
+
+
+BUILD_SCRIPT = """
+set -e
+cc -O2 src/hello.c -o out/hello
+cp /bin/true out/t
+chmod -x out/t
+chmod +x out/t
+touch -d @1000000 out/t
+touch out/stamp
+install -m 0750 src/hello.c out/installed.c
+cp -p src/hello.c out/copied.c
+mkdir -p -m 0700 out/private
+# The same tools on a file of the caller's outside the outputs.
+chmod 0666 "$1" 2>/dev/null && echo chmod-escaped
+touch -d @0 "$1" 2>/dev/null && echo touch-escaped
+echo done
+"""
+
+
+def test_builds_still_set_modes_and_times_on_outputs(ll_runner, scratch):
+    runner = ll_runner
+    for d in ("src", "out", "tmp"):
+        os.makedirs(os.path.join(scratch, d))
+    runner.own(os.path.join(scratch, "out"))
+    runner.own(os.path.join(scratch, "tmp"))
+    with open(os.path.join(scratch, "src", "hello.c"), "w") as f:
+        f.write('#include <stdio.h>\nint main(void){puts("built");return 0;}\n')
+    os.utime(os.path.join(scratch, "src", "hello.c"), (3000000, 3000000))
+    runner.own(os.path.join(scratch, "src", "hello.c"))
+    from hermetic import HermeticSpecBuilder, ResourceLimits
+
+    spec = HermeticSpecBuilder.for_build(
+        workspace_root=scratch, sources=["src"], output_dir="out", temp_dir="tmp"
+    ).unwrap()
+    import dataclasses
+
+    spec = dataclasses.replace(spec, resources=ResourceLimits.defaults())
+    victim = os.path.join(scratch, "undeclared")
+    with open(victim, "w") as f:
+        f.write("x")
+    os.chmod(victim, 0o600)
+    runner.own(victim)
+    before = _meta(victim)
+    out = runner.run(spec, ["sh", "-c", BUILD_SCRIPT, "build", victim])
+    assert _meta(victim) == before
+    assert out.error is None, out.error
+    assert (out.exit_code, out.text) == (0, "done\n"), out.stderr
+    o = os.path.join(scratch, "out")
+    done = subprocess.run([os.path.join(o, "hello")], capture_output=True, check=True)
+    assert done.stdout == b"built\n"
+    assert os.stat(os.path.join(o, "hello")).st_mode & 0o111 == 0o111  # ld's chmod
+    assert os.stat(os.path.join(o, "t")).st_mode & 0o111 == 0o111
+    assert os.stat(os.path.join(o, "t")).st_mtime == 1000000
+    assert os.stat(os.path.join(o, "installed.c")).st_mode & 0o7777 == 0o750
+    assert os.stat(os.path.join(o, "copied.c")).st_mtime == 3000000
+    assert os.stat(os.path.join(o, "private")).st_mode & 0o7777 == 0o700
+    # cp -p and install try extended attributes (refused everywhere, EOPNOTSUPP,
+    # which they take for a filesystem without them); the rest is the victim's.
+    assert {
+        v["attempted"] for v in out.raw["violations"] if not v["attempted"].startswith("fsetxattr(")
+    } == {victim}, out.raw["violations"]

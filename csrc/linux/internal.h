@@ -105,8 +105,45 @@ extern const int hm__n_families;
  * for a directory. */
 #define HM_CREATE_FLAGS (O_CREAT | (O_TMPFILE & ~O_DIRECTORY))
 
+/* A call that changes a file's metadata (mode, owner, times), which
+ * Landlock does not cover.  Where Landlock is the filesystem layer
+ * (hm_filter_opts.emulate_metadata) the filter sends them to the listener,
+ * which performs them itself on files beneath the writable roots only
+ * (notify.c).  Argument indexes: the directory descriptor or the
+ * descriptor acted on (-1: none, AT_FDCWD), the path (-1: none, the call
+ * takes a descriptor), the flags (-1: none); a1 and a2 are the mode, the
+ * owner and group, or the times. */
+enum hm_meta_kind { HM_META_CHMOD, HM_META_CHOWN, HM_META_TIMES };
+enum hm_times_format { HM_TIMES_NONE, HM_TIMES_TIMESPEC, HM_TIMES_TIMEVAL, HM_TIMES_UTIMBUF };
+struct hm_meta_call {
+    int nr;
+    int kind;
+    int dirfd_arg;
+    int path_arg;
+    int flags_arg;
+    int nofollow; /* lchown: never follows a final symlink */
+    int a1;
+    int a2; /* chown: the group; times: an hm_times_format */
+};
+
+extern const struct hm_meta_call hm__meta_calls[];
+extern const int hm__n_meta_calls;
+const struct hm_meta_call *hm__meta_call(int nr);
+
+/* The extended-attribute removals, refused (EOPNOTSUPP) with the settings
+ * where Landlock is the filesystem layer. */
+extern const int hm__xattr_removals[];
+extern const int hm__n_xattr_removals;
+
+#ifndef __NR_removexattrat
+#define __NR_removexattrat 466
+#endif
+#define HM_RESOLVE_NO_MAGICLINKS 0x02
+#define HM_RESOLVE_BENEATH 0x08
+
 /* What the listener answers a notification of call nr with these
- * arguments: 0 lets a path write continue, else the errno of the refusal
+ * arguments: 0 lets a path write continue (or has a metadata call
+ * performed, notify.c), else the errno of the refusal
  * (the filter's own tests, applied again: seccomp_tables.c). */
 int hm__notice_errno(int nr, const unsigned long long *args);
 

@@ -447,7 +447,7 @@ static void emit_rules(struct hm_prog *p, const struct hm_rule *rules, int n,
  * -ENOSPC, or -E2BIG.  opts may be NULL: the default deny list, EPERM. */
 int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
 {
-    static const struct hm_filter_opts none = {0, 0, 0, 0, 0, 0, 0, 0};
+    static const struct hm_filter_opts none = {0};
     struct hm_prog prog = {out, 0, max, 0};
     struct hm_prog *p = &prog;
     if (!opts)
@@ -520,6 +520,27 @@ int hm_seccomp_build(void *out, int max, const struct hm_filter_opts *opts)
          * whole uid: only "this process" is allowed. */
         add(rs, __NR_setpriority, R_SELF_WHO, PRIO_PROCESS);
         add(rs, __NR_ioprio_set, R_SELF_WHO, IOPRIO_WHO_PROCESS);
+    }
+    if (opts->emulate_metadata) {
+        /* Landlock does not cover a file's mode, owner or times: the
+         * action could change them on any file its uid owns, inputs and
+         * undeclared ones alike (through a read-only descriptor too).  The
+         * listener performs these calls itself, on files beneath the
+         * writable roots only (notify.c); a path checked here and then used
+         * by the kernel could be swapped in between.  The chmod family
+         * keeps its set-id test first.  Without a listener, refused. */
+        for (int i = 0; i < hm__n_meta_calls; i++) {
+            const struct hm_meta_call *m = &hm__meta_calls[i];
+            if (!opts->notify)
+                add(rs, m->nr, R_DENY, 0);
+            else if (m->kind == HM_META_CHMOD)
+                add2(rs, m->nr, R_MODE_BITS, m->a1, -1, T_NOTIFY);
+            else
+                add(rs, m->nr, R_NOTIFY, 0);
+        }
+        /* Removals, as the settings: refused (no build sets one). */
+        for (int i = 0; i < hm__n_xattr_removals; i++)
+            add(rs, hm__xattr_removals[i], R_NOTSUP, 0);
     }
     /* ioctl TIOCSTI / TIOCLINUX: typing into a terminal outside. */
     add(rs, __NR_ioctl, R_IOCTL, 0);

@@ -119,7 +119,11 @@ static const struct hm_denied OTHER_NAMES[] = {
     DENY(semtimedop), DENY(mq_open), DENY(mq_unlink), DENY(mq_timedsend), DENY(mq_timedreceive),
     DENY(mq_notify), DENY(mq_getsetattr), DENY(prlimit64), DENY(sched_setaffinity),
     DENY(sched_setscheduler), DENY(sched_setparam), DENY(sched_setattr), DENY(setpriority),
-    DENY(ioprio_set),
+    DENY(ioprio_set), DENY(fchown), DENY(fchownat), DENY(utimensat), DENY(removexattr),
+    DENY(lremovexattr), DENY(fremovexattr), DENY(removexattrat),
+#ifdef __NR_chown
+    DENY(chown), DENY(lchown), DENY(utime), DENY(utimes), DENY(futimesat),
+#endif
 #ifdef __NR_renameat2
     DENY(renameat2),
 #endif
@@ -179,6 +183,39 @@ static int socket_allowed(unsigned int family, unsigned int protocol)
     return family == AF_NETLINK && protocol == NETLINK_ROUTE;
 }
 
+/* The metadata calls (see struct hm_meta_call). */
+#define M(n, kind, dfd, path, fl, nofollow, a1, a2) {__NR_##n, kind, dfd, path, fl, nofollow, a1, a2}
+const struct hm_meta_call hm__meta_calls[] = {
+#ifdef __NR_chmod
+    M(chmod, HM_META_CHMOD, -1, 0, -1, 0, 1, 0),
+    M(chown, HM_META_CHOWN, -1, 0, -1, 0, 1, 2),
+    M(lchown, HM_META_CHOWN, -1, 0, -1, 1, 1, 2),
+    M(utime, HM_META_TIMES, -1, 0, -1, 0, 1, HM_TIMES_UTIMBUF),
+    M(utimes, HM_META_TIMES, -1, 0, -1, 0, 1, HM_TIMES_TIMEVAL),
+    M(futimesat, HM_META_TIMES, 0, 1, -1, 0, 2, HM_TIMES_TIMEVAL),
+#endif
+    M(fchmod, HM_META_CHMOD, 0, -1, -1, 0, 1, 0),
+    M(fchmodat, HM_META_CHMOD, 0, 1, -1, 0, 2, 0),
+    M(fchmodat2, HM_META_CHMOD, 0, 1, 3, 0, 2, 0),
+    M(fchown, HM_META_CHOWN, 0, -1, -1, 0, 1, 2),
+    M(fchownat, HM_META_CHOWN, 0, 1, 4, 0, 2, 3),
+    M(utimensat, HM_META_TIMES, 0, 1, 3, 0, 2, HM_TIMES_TIMESPEC),
+};
+const int hm__n_meta_calls = (int)(sizeof hm__meta_calls / sizeof hm__meta_calls[0]);
+
+const struct hm_meta_call *hm__meta_call(int nr)
+{
+    for (int i = 0; i < hm__n_meta_calls; i++)
+        if (hm__meta_calls[i].nr == nr)
+            return &hm__meta_calls[i];
+    return 0;
+}
+
+const int hm__xattr_removals[] = {__NR_removexattr, __NR_lremovexattr, __NR_fremovexattr,
+                                  __NR_removexattrat};
+const int hm__n_xattr_removals =
+    (int)(sizeof hm__xattr_removals / sizeof hm__xattr_removals[0]);
+
 /* Extended attributes are set by name, which the filter cannot read (it
  * is behind a pointer, and a listener reading it could be raced by another
  * thread of the action).  One name, security.capability, would give a file
@@ -187,6 +224,9 @@ static int socket_allowed(unsigned int family, unsigned int protocol)
  * tar and rsync take as a reason to carry on without them. */
 static int is_setxattr(int nr)
 {
+    for (int i = 0; i < hm__n_xattr_removals; i++)
+        if (nr == hm__xattr_removals[i])
+            return 1; /* only sent where Landlock is the filesystem layer */
     return nr == __NR_setxattr || nr == __NR_lsetxattr || nr == __NR_fsetxattr ||
            nr == __NR_setxattrat;
 }
@@ -208,7 +248,8 @@ int hm__notice_errno(int nr, const unsigned long long *args)
     for (int i = 0; i < hm__n_mode_calls; i++)
         if (hm__mode_calls[i].nr == nr && sets_id(&hm__mode_calls[i], args))
             return EPERM;
-    return hm__write_call(nr) ? 0 : EPERM;
+    /* A metadata call comes only where the listener performs it. */
+    return hm__write_call(nr) || hm__meta_call(nr) ? 0 : EPERM;
 }
 
 /* The denied calls of this architecture, for tests and documentation:

@@ -10,6 +10,10 @@ answers them and returns what it saw:
   set*xattr, EAFNOSUPPORT for a socket family, what libcs and tools expect
   when a filesystem or the kernel lacks them), recorded as a "syscall" or
   "process" violation with the call's name and arguments;
+- a call that changes a file's mode, owner or times, where Landlock is the
+  filesystem layer (it does not cover them): performed by the listener
+  itself on a file beneath the outputs and temps, refused otherwise and
+  recorded as a "filesystem" violation with the path;
 - a call that writes a path: let through, the sandbox's mounts deciding.
   When the path is outside the spec's outputs and temps the mounts refuse
   it (read-only inputs and root), and it is recorded as a "filesystem"
@@ -88,6 +92,11 @@ class SyscallAudit:
         except IndexError:
             self._buf = nat.ffi.new("struct hm_notice[]", _BATCH)
         self._roots = roots
+        #: The writable roots for C (NUL-separated, an empty one ends them):
+        #: where the listener performs metadata calls (Landlock-only mode).
+        self._writable = nat.ffi.new(
+            "char[]", b"".join(os.fsencode(p) + b"\0" for p, w in roots if w) + b"\0"
+        )
         self._seen: dict[tuple[ViolationKind, str, str], int] = {}
         self._shown: dict[tuple[ViolationKind, str, str], str] = {}
         self._dropped = 0
@@ -118,7 +127,9 @@ class SyscallAudit:
             # SIGNAL_SLICE).
             left = SIGNAL_SLICE if deadline is None else deadline - time.monotonic()
             ms = max(0, int(min(left, SIGNAL_SLICE) * 1000 + 0.999))
-            r = self._lib.hm_notify_wait(target, self._listener, ms, self._buf, _BATCH, count)
+            r = self._lib.hm_notify_wait(
+                target, self._listener, ms, self._buf, _BATCH, count, self._writable
+            )
             for i in range(count[0]):
                 self._take(self._buf[i])
             self.served += count[0]
@@ -141,6 +152,12 @@ class SyscallAudit:
                     path = posixpath.normpath(os.fsdecode(raw))
                     if not self._may_write(path):
                         self._add(ViolationKind.FILESYSTEM, path, "refused", name)
+            return
+        if ev.kind == self._lib.HM_NOTICE_REFUSED:
+            # A metadata call outside every writable root (Landlock-only mode).
+            path = os.fsdecode(ffi.string(ev.path)) or f"{name}(fd)"
+            raw_path = posixpath.normpath(path) if path.startswith("/") else path
+            self._add(ViolationKind.FILESYSTEM, raw_path, "refused", name)
             return
         args = ", ".join(hex(ev.args[i]) for i in range(6))
         kind = ViolationKind.PROCESS if name in _PROCESS_CALLS else ViolationKind.SYSCALL

@@ -342,9 +342,11 @@ class Prepared:
         opts.n_exec_ptrs = len(exec_ptrs)
         if self.isolation == "landlock":
             # No network namespace contains sockets, no pid namespace ends
-            # the processes: seccomp closes both gaps.
+            # the processes or hides the host's: seccomp closes these gaps.
             opts.deny_sockets = 0 if self.spec.network.host_network else 1
             opts.deny_sessions = 1
+            # Landlock does not cover a file's mode, owner or times.
+            opts.emulate_metadata = 1
         prog = ffi.new("unsigned char[]", 8 * SECCOMP_MAX)  # struct sock_filter[]
         n = lib.hm_seccomp_build(prog, SECCOMP_MAX, opts)
         if n < 0:
