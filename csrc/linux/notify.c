@@ -281,8 +281,10 @@ static int meta_target(int pid, const struct hm_meta_call *m, const unsigned lon
     n = readlink(self, shown, cap - 1);
     shown[n > 0 ? n : 0] = 0;
     struct stat held, named;
+    /* A file without a name (unlinked, O_TMPFILE) has no place to check:
+     * refused too. */
     int bfd = shown[0] == '/' ? open_beneath(roots, shown, 1) : -EPERM;
-    int err = bfd < 0 ? bfd : 0;
+    int err = bfd == -ENOENT ? -EPERM : bfd < 0 ? bfd : 0;
     if (!err && (fstat(fd, &held) < 0 || fstat(bfd, &named) < 0))
         err = -errno;
     if (!err && (held.st_dev != named.st_dev || held.st_ino != named.st_ino))
