@@ -254,6 +254,8 @@ static int meta_target(int pid, const struct hm_meta_call *m, const unsigned lon
     }
     if (!by_fd) {
         read_path(pid, args, m->dirfd_arg, m->path_arg, shown, cap);
+        if (strlen(shown) >= cap - 1)
+            return -ENAMETOOLONG; /* perhaps cut short: another file's name */
         if (shown[0] != '/')
             return -EPERM;
         normalize(shown);
