@@ -135,9 +135,6 @@ const struct hm_meta_call *hm__meta_call(int nr);
 extern const int hm__xattr_removals[];
 extern const int hm__n_xattr_removals;
 
-#ifndef __NR_removexattrat
-#define __NR_removexattrat 466
-#endif
 #define HM_RESOLVE_NO_MAGICLINKS 0x02
 #define HM_RESOLVE_BENEATH 0x08
 

@@ -307,7 +307,7 @@ static int meta_apply(int pid, const struct hm_meta_call *m, const unsigned long
                       int tfd, int *denied)
 {
     struct stat st;
-    unsigned int fsuid;
+    unsigned int fsuid = 0;
     *denied = 0;
     if (fstat(tfd, &st) < 0)
         return -errno;
