@@ -472,3 +472,52 @@ def test_builds_still_set_modes_and_times_on_outputs(ll_runner, scratch):
     assert {
         v["attempted"] for v in out.raw["violations"] if not v["attempted"].startswith("fsetxattr(")
     } == {victim}, out.raw["violations"]
+
+
+# --- The program: namespace mode is untouched ------------------------------------
+
+
+def test_only_the_landlock_options_change_these_calls():
+    """With the namespace mode's options these calls are allowed as before;
+    the Landlock-only options (deny_sockets, deny_sessions, emulate_metadata)
+    refuse, or send to the listener, exactly the cases above."""
+    from test_seccomp_program import RET_ALLOW, RET_ERRNO, RET_NOTIFY, args, build, run
+
+    nr = syscall_numbers()
+    eperm, enotsup = RET_ERRNO | 1, RET_ERRNO | 95
+    meta = [n for n in ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown")]
+    meta += ["lchown", "fchownat", "utime", "utimes", "futimesat", "utimensat"]
+    meta = [nr[n] for n in meta if n in nr]
+    removals = [nr[n] for n in ("removexattr", "lremovexattr", "fremovexattr", "removexattrat")]
+    by_pid = [nr[n] for n in ("prlimit64", "sched_setaffinity", "sched_setscheduler")]
+    by_pid += [nr[n] for n in ("sched_setparam", "sched_setattr")]
+    ns = build(notify=1, audit_writes=1)
+    for n in meta + removals + by_pid:
+        assert run(ns, n, args(5, 0o644, 0)) == RET_ALLOW, n
+    assert run(ns, nr["socketpair"], args(1, 2, 0)) == RET_ALLOW
+    assert run(ns, nr["setpriority"], args(2, 77, 19)) == RET_ALLOW
+    for notify in (0, 1):
+        refuse = RET_NOTIFY if notify else eperm
+        ll = build(
+            notify=notify, audit_writes=notify, deny_sockets=1, deny_sessions=1, emulate_metadata=1
+        )
+        for n in meta:
+            # Without a listener there is nothing to perform them: refused.
+            assert run(ll, n, args(5, 0o644, 0)) == refuse, n
+        for n in removals:
+            assert run(ll, n, args(5, 0, 0)) == (RET_NOTIFY if notify else enotsup), n
+        for n in by_pid:
+            assert run(ll, n, args(0, 1, 0)) == RET_ALLOW, n
+            assert run(ll, n, args(1234, 1, 0)) == refuse, n
+            assert run(ll, n, args((7 << 32) | 1234, 1, 0)) == refuse, n  # a pid_t
+            assert run(ll, n, args(1 << 32, 1, 0)) == RET_ALLOW, n  # the low word: 0
+        for call, process in (("setpriority", 0), ("ioprio_set", 1)):
+            assert run(ll, nr[call], args(process, 0, 5)) == RET_ALLOW
+            assert run(ll, nr[call], args(process, 1234, 5)) == refuse
+            assert run(ll, nr[call], args(process + 1, 0, 5)) == refuse
+            assert run(ll, nr[call], args(process + 2, 0, 5)) == refuse
+        sp = nr["socketpair"]
+        for sock_type in (1, 5, 1 | 0o2000000 | 0o4000):  # stream, seqpacket, flags
+            assert run(ll, sp, args(1, sock_type, 0)) == RET_ALLOW, sock_type
+        for sock_type in (2, 3, 2 | 0o2000000, 4, 6, 10, 0, 15):
+            assert run(ll, sp, args(1, sock_type, 0)) == refuse, sock_type
