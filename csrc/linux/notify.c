@@ -6,13 +6,17 @@
  * pending without blocking: a denied call is answered its errno (EPERM,
  * or EAFNOSUPPORT for a socket family, EOPNOTSUPP for set*xattr); a write is
  * let through (SECCOMP_USER_NOTIF_FLAG_CONTINUE), the sandbox's mounts
- * deciding, after its path was read from the action's memory.  Each is
- * returned as a struct hm_notice for the audit.
+ * deciding, after its path was read from the action's memory; a metadata
+ * call (chmod, chown, utimes: Landlock-only mode) is performed by the
+ * listener itself on a file beneath the writable roots, or refused (see
+ * below).  Each is returned as a struct hm_notice for the audit.
  *
  * The path is read while the caller is stopped in the call, and the
  * notification's id is checked afterwards, so a recycled pid is never
  * read; the action could still rewrite the string after it was read, which
- * only misleads its own audit record: enforcement is the kernel's.
+ * only misleads its own audit record: enforcement is the kernel's (for a
+ * metadata call, the listener acts on what it read, and only beneath a
+ * writable root, whatever the string said).
  */
 #define _GNU_SOURCE
 #include <errno.h>

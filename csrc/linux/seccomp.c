@@ -19,7 +19,9 @@
  * (hm__notice_errno, seccomp_tables.c); calls that write a path (open for writing,
  * mkdir, unlink, rename...) are shown to it too and then continue, the
  * mounts deciding, so that writes the mounts refuse are recorded with their
- * path.
+ * path.  Where Landlock is the filesystem layer (opts->emulate_metadata),
+ * the chmod, chown and utimes families go to it too, and it performs them
+ * itself beneath the writable roots (notify.c).
  *
  * The tables it reads (which calls, which arguments) are seccomp_tables.c's;
  * this file turns them into the program.
