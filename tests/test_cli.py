@@ -535,3 +535,30 @@ def test_json_output_does_not_multiply_the_callers_memory():
     # The 64 MiB result plus the interpreter; built whole, its JSON form
     # (384 MiB) and that text's encoding came on top.
     assert peak_kib < 256 * 1024, peak_kib
+
+
+def test_names_an_action_chose_cannot_drive_the_terminal(scratch: str) -> None:
+    """verify prints output names the action chose: control characters in
+    them (a title escape, clear screen, a forged line, a bidi override) are
+    shown escaped, never written to the caller's terminal."""
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    code = (
+        "import os, sys\n"
+        "name = b'\\x1b]0;owned\\x07\\x1b[2J' + os.urandom(2).hex().encode()"
+        " + b'\\nhermetic: reproducible\\xe2\\x80\\xae'\n"
+        "open(os.path.join(os.fsencode(sys.argv[1]), name), 'w').write('x')\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "hermetic", "verify", "-o", out, "--", "python3", "-c", code, out],
+        capture_output=True,
+        timeout=120,
+    )
+    assert p.returncode == 1, p.stderr
+    assert b"NOT reproducible" in p.stdout
+    shown = p.stdout + p.stderr
+    for raw in (b"\x1b", b"\x07", "\u202e".encode()):
+        assert raw not in shown, shown
+    assert b"\\x1b]0;owned\\x07\\x1b[2J" in p.stdout
+    # Every difference is one line: the forged line stays inside its own.
+    assert not [line for line in p.stdout.splitlines() if line.startswith(b"hermetic:")]
