@@ -1,0 +1,46 @@
+"""What the distribution says about itself, and what it ships.
+
+- The LICENSE file is the Apache License 2.0 the metadata names, and the
+  installed distribution carries it.
+- The classifiers claim only what has run (Linux), and ``Typing :: Typed``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Debian ships the license's text here (base-files).
+DEBIAN_APACHE = "/usr/share/common-licenses/Apache-2.0"
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def test_license_file_is_the_apache_2_0_text() -> None:
+    text = _read(os.path.join(ROOT, "LICENSE"))
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "END OF TERMS AND CONDITIONS" in text
+    if os.path.exists(DEBIAN_APACHE):
+        assert text == _read(DEBIAN_APACHE)
+
+
+def test_installed_metadata_names_the_license_and_carries_it() -> None:
+    dist = importlib.metadata.distribution("hermetic")
+    assert dist.metadata["License-Expression"] == "Apache-2.0"
+    assert dist.metadata.get_all("License-File") == ["LICENSE"]
+    assert dist.read_text("licenses/LICENSE") == _read(os.path.join(ROOT, "LICENSE"))
+
+
+def test_classifiers_claim_only_what_has_run() -> None:
+    classifiers = importlib.metadata.metadata("hermetic").get_all("Classifier") or []
+    assert "Typing :: Typed" in classifiers
+    assert "Operating System :: POSIX :: Linux" in classifiers
+    systems = [c for c in classifiers if c.startswith("Operating System ::")]
+    # The macOS and Windows backends have never run on their systems.
+    assert systems == ["Operating System :: POSIX :: Linux"], systems
+    # The SPDX expression replaces a License classifier (setuptools refuses both).
+    assert not [c for c in classifiers if c.startswith("License ::")]
