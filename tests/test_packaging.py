@@ -3,12 +3,19 @@
 - The LICENSE file is the Apache License 2.0 the metadata names, and the
   installed distribution carries it.
 - The classifiers claim only what has run (Linux), and ``Typing :: Typed``.
+- Importing hermetic, and one execution on Linux, never need psutil (only
+  a live ResourceMonitor snapshot samples with it).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Debian ships the license's text here (base-files).
@@ -44,3 +51,42 @@ def test_classifiers_claim_only_what_has_run() -> None:
     assert systems == ["Operating System :: POSIX :: Linux"], systems
     # The SPDX expression replaces a License classifier (setuptools refuses both).
     assert not [c for c in classifiers if c.startswith("License ::")]
+
+
+_WITHOUT_PSUTIL = """
+import importlib, pkgutil, sys
+
+class NoPsutil:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "psutil":
+            raise ImportError("psutil is not installed (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, NoPsutil())
+sys.modules.pop("psutil", None)
+import hermetic
+for info in pkgutil.walk_packages(hermetic.__path__, "hermetic."):
+    if info.name != "hermetic.__main__":  # runs the command line
+        importlib.import_module(info.name)
+assert "psutil" not in sys.modules
+"""
+
+
+def test_no_module_imports_psutil() -> None:
+    code = _WITHOUT_PSUTIL
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.linux
+def test_an_execution_on_linux_never_needs_psutil() -> None:
+    code = _WITHOUT_PSUTIL + textwrap.dedent(
+        """
+        from hermetic.cli import main
+        code = main(["run", "--", "sh", "-c", "echo ran"])
+        assert "psutil" not in sys.modules
+        sys.exit(code)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr[-2000:]
