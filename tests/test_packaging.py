@@ -5,17 +5,26 @@
 - The classifiers claim only what has run (Linux), and ``Typing :: Typed``.
 - Importing hermetic, and one execution on Linux, never need psutil (only
   a live ResourceMonitor snapshot samples with it).
+- The wheel is tagged cp310-abi3, like its ``_native.abi3.so``, and
+  auditwheel still accepts it for a manylinux tag.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import os
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import zipfile
 
 import pytest
+from conftest import unavailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Debian ships the license's text here (base-files).
@@ -90,3 +99,73 @@ def test_an_execution_on_linux_never_needs_psutil() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr[-2000:]
+
+
+def _limited_api() -> bool:
+    """Whether this interpreter builds the stable-ABI extension (setup.py)."""
+    return (
+        sys.implementation.name == "cpython"
+        and not hasattr(sys, "gettotalrefcount")
+        and not sysconfig.get_config_var("Py_GIL_DISABLED")
+    )
+
+
+def _clean_tree(tmp_path: pathlib.Path) -> str:
+    """A copy of the source tree without what builds and runs leave in it:
+    a build then starts from the sources alone (a stale egg-info's file
+    list would otherwise reach the sdist), and needs no write access to
+    the checkout."""
+    dst = tmp_path / "tree"
+    shutil.copytree(
+        ROOT,
+        dst,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            ".benchmarks",
+            "*.so",
+            "*.o",
+            "_native.c",
+        ),
+    )
+    return str(dst)
+
+
+def _auditwheel() -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), "auditwheel")
+    found = shutil.which("auditwheel") or (beside if os.path.exists(beside) else None)
+    if found is None:
+        unavailable("auditwheel is missing (it is in the [test] extra)")
+    assert found is not None
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="manylinux is Linux's")
+def test_wheel_is_tagged_abi3_and_auditwheel_accepts_it(tmp_path: pathlib.Path) -> None:
+    if not _limited_api():
+        pytest.skip("a debug or free-threaded interpreter builds a full-ABI extension")
+    auditwheel = _auditwheel()
+    tree = _clean_tree(tmp_path)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), tree],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = glob.glob(str(tmp_path / "hermetic-*.whl"))
+    assert re.fullmatch(r"hermetic-[^-]+-cp310-abi3-linux_\w+\.whl", os.path.basename(wheel))
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        wheel_meta = zf.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
+    assert "hermetic/_native.abi3.so" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert re.search(r"^Tag: cp310-abi3-linux_\w+$", wheel_meta, re.MULTILINE), wheel_meta
+    show = subprocess.run([auditwheel, "show", wheel], capture_output=True, text=True)
+    assert show.returncode == 0, show.stderr
+    assert "manylinux_" in show.stdout, show.stdout
