@@ -193,7 +193,7 @@ def test_a_command_line_run_imports_only_what_it_uses() -> None:
         f"print(sorted(m for m in {unused!r} if m in sys.modules))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/"
     ).stdout
     assert out.strip() == "[]"
 
@@ -528,7 +528,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 def test_json_output_does_not_multiply_the_callers_memory():
     p = subprocess.run(
-        [sys.executable, "-c", JSON_PEAK], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", JSON_PEAK], capture_output=True, text=True, timeout=300, cwd="/"
     )
     assert p.returncode == 0, p.stderr[-2000:]
     peak_kib = int(p.stdout)
@@ -553,6 +553,7 @@ def test_names_an_action_chose_cannot_drive_the_terminal(scratch: str) -> None:
         [sys.executable, "-m", "hermetic", "verify", "-o", out, "--", "python3", "-c", code, out],
         capture_output=True,
         timeout=120,
+        cwd="/",
     )
     assert p.returncode == 1, p.stderr
     assert b"NOT reproducible" in p.stdout

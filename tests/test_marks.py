@@ -27,11 +27,16 @@ FILES = (
 
 def collected(*args: str) -> list[str]:
     """The node ids ``pytest --collect-only`` selects with ``args``."""
+    # Run from "/": from the checkout, ``-m`` would put its uncompiled
+    # hermetic/ ahead of the installed package.
+    paths = [os.path.join(ROOT, a) if a.startswith("tests/") else a for a in args]
+    config = ["--rootdir", ROOT, "-c", os.path.join(ROOT, "pyproject.toml")]
     p = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", *config, "--collect-only", "-q", "-p", "no:cacheprovider"]
+        + paths,
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd="/",
         timeout=300,
     )
     # 5: nothing selected, which the assertions below tell apart.

@@ -86,7 +86,7 @@ assert "psutil" not in sys.modules
 
 def test_no_module_imports_psutil() -> None:
     code = _WITHOUT_PSUTIL
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -100,7 +100,7 @@ def test_an_execution_on_linux_never_needs_psutil() -> None:
         sys.exit(code)
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr[-2000:]
 
 

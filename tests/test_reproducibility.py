@@ -275,6 +275,7 @@ def test_finding_a_difference_in_a_large_output_holds_one_chunk_at_a_time(scratc
         capture_output=True,
         text=True,
         timeout=300,
+        cwd="/",
     )
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout)
