@@ -9,7 +9,21 @@ outputs and temps, gets exactly the declared environment and no network.
     >>> result = hermetic.run(["cc", "src/main.c", "-o", "out/main"], spec)
 """
 
-from hermetic.core import (
+import importlib.util as _importlib_util
+import os as _os
+
+if _importlib_util.find_spec("hermetic._native") is None:
+    # A source tree nobody built: say so, rather than the bare
+    # "No module named 'hermetic._native'" of the first module that needs it.
+    raise ImportError(
+        "hermetic's C core (hermetic._native) is not built: this looks like a "
+        f"source tree ({_os.path.dirname(__path__[0])}) that was never built.  "
+        "Build it with `pip install -e .` in that directory (it needs a C "
+        "compiler; pip installs cffi), or install the package with pip.",
+        name="hermetic._native",
+    )
+
+from hermetic.core import (  # noqa: E402 (after the check above)
     ActionFailedError,
     EnvSet,
     Err,
@@ -34,9 +48,11 @@ from hermetic.core import (
     ViolationKind,
     stage_inputs,
 )
-from hermetic.executor import HermeticExecutor, run
-from hermetic.monitoring.monitor import ResourceMonitor, create_monitor
-from hermetic.platforms.capabilities import Capabilities
+from hermetic.executor import HermeticExecutor, run  # noqa: E402
+from hermetic.monitoring.monitor import ResourceMonitor, create_monitor  # noqa: E402
+from hermetic.platforms.capabilities import Capabilities  # noqa: E402
+
+del _importlib_util, _os
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from hermetic.core import manifest, verify
 from hermetic.core.errors import (
-    ActionFailedError,
     ExecutionTimeout,
     HermeticError,
     SandboxError,
@@ -223,7 +222,7 @@ class HermeticExecutor:
         """Run ``argv`` in a fresh sandbox.
 
         Ok carries the result whatever the action did (non-zero exit, signal,
-        timeout: see ``result.success()`` and ``result.timed_out``).  Err
+        timeout: see ``result.success`` and ``result.timed_out``).  Err
         carries the reason the action could not run: a SpecError for a bad
         argument, a SandboxError naming the setup step, path and errno.
         ``collect_outputs`` fills ``result.outputs`` with a manifest of
@@ -510,14 +509,25 @@ def run(
     check: bool = False,
     cwd: str | None = None,
     stdin: bytes | None = None,
+    input: bytes | None = None,
 ) -> ExecutionResult:
     """One call: prepare ``spec``, run ``argv``, return the result.
 
-    Like ``subprocess.run``: raises ExecutionTimeout (a
-    ``subprocess.TimeoutExpired``) when the timeout fired, and with
-    ``check=True`` ActionFailedError (a ``subprocess.CalledProcessError``)
-    when the action did not succeed.  Setup failures raise SandboxError.
+    Like ``subprocess.run``: ``input`` is the bytes the action reads on its
+    stdin (``stdin=`` is the same, kept from before; give one of them),
+    raises ExecutionTimeout (a ``subprocess.TimeoutExpired``) when the
+    timeout fired, and with ``check=True`` ActionFailedError (a
+    ``subprocess.CalledProcessError``) when the action did not succeed.
+    Setup failures raise SandboxError.
     """
+    if input is not None:
+        if stdin is not None:
+            raise SpecError(
+                "stdin and input may not both be used (they are the same bytes)",
+                field="input",
+                value=None,
+            )
+        stdin = input
     executor = HermeticExecutor.create(spec).unwrap()
     try:
         result = executor.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout).unwrap()
@@ -529,6 +539,6 @@ def run(
         raise ExecutionTimeout(
             result.argv, seconds or 0.0, output=result.stdout, stderr=result.stderr, result=result
         )
-    if check and not result.success():
-        raise ActionFailedError(result)
+    if check:
+        result.check_returncode()
     return result

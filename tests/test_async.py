@@ -30,7 +30,7 @@ def test_many_actions_run_concurrently_within_the_bound():
 
     with ex:
         results = [r.unwrap() for r in asyncio.run(main())]
-    assert all(r.success() for r in results), [r.stderr for r in results]
+    assert all(r.success for r in results), [r.stderr for r in results]
     spans = [json.loads(r.stdout) for r in results]
     # At no moment were more than 3 actions running (the sandboxes share
     # the host's monotonic clock).

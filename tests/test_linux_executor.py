@@ -51,7 +51,7 @@ def ex() -> HermeticExecutor:
 def test_result_fields(ex):
     r = ex.execute(["sh", "-c", "printf out; printf err >&2; exit 4"]).unwrap()
     assert (r.exit_code, r.signal, r.stdout, r.stderr) == (4, None, b"out", b"err")
-    assert not r.success() and not r.timed_out and r.hermetic
+    assert not r.success and not r.timed_out and r.hermetic
     assert r.violations == ()
     assert r.duration > 0
     assert r.usage.wall_time == r.duration
@@ -73,13 +73,13 @@ def test_usage_counts_reaped_children(ex):
     # pid 1 includes it.
     busy = "sh -c 'i=0; while [ $i -lt 60000 ]; do i=$((i+1)); done'"
     r = ex.execute(["sh", "-c", busy]).unwrap()
-    assert r.success()
+    assert r.success
     assert r.usage.cpu_time is not None and r.usage.cpu_time > 0.01
 
 
 def test_timeout_as_timedelta_records_a_violation(ex):
     r = ex.execute_with_timeout(["sleep", "10"], datetime.timedelta(milliseconds=200)).unwrap()
-    assert r.timed_out and not r.success()
+    assert r.timed_out and not r.success
     assert [v.kind.value for v in r.violations] == ["timeout"]
     assert r.violations[0].decision == "killed"
     assert r.duration < 5
@@ -104,7 +104,7 @@ def test_run_raises_timeout_and_check(ex):
         hermetic.run(["false"], base(), check=True)
     assert isinstance(failed.value, subprocess.CalledProcessError)
     assert failed.value.returncode == 1
-    assert hermetic.run(["true"], base(), check=True).success()
+    assert hermetic.run(["true"], base(), check=True).success
 
 
 def _mount_namespaces_held():
@@ -180,7 +180,7 @@ def test_hermetic_limits_are_all_enforced_here(ex):
         dataclasses.replace(base(), resources=ResourceLimits.hermetic())
     ).unwrap()
     r = strict.execute(["true"]).unwrap()
-    assert r.success() and r.unenforced_limits == ()
+    assert r.success and r.unenforced_limits == ()
 
 
 def test_limits_without_a_cgroup_fail_closed_unless_best_effort(monkeypatch):
@@ -196,12 +196,12 @@ def test_limits_without_a_cgroup_fail_closed_unless_best_effort(monkeypatch):
     )
     ex = HermeticExecutor.create(relaxed).unwrap()
     r = ex.execute(["true"]).unwrap()
-    assert r.success()
+    assert r.success
     assert any(s.startswith("max_memory_bytes: sampled") for s in r.unenforced_limits)
     # Sampled, the limit still ends an action that keeps growing.
     grow = "import time\nb = []\nwhile True:\n    b.append(bytearray(8 << 20)); time.sleep(0.01)"
     r = ex.execute(["/usr/bin/python3", "-c", grow], timeout=30).unwrap()
-    assert not r.success() and not r.timed_out
+    assert not r.success and not r.timed_out
     assert [v.kind.value for v in r.violations] == ["resource"]
     assert "max_memory_bytes" in r.violations[0].limit
 
@@ -263,7 +263,7 @@ def test_file_size_limit(scratch):
     spec = base(outputs=PathSet((out,)))
     spec = dataclasses.replace(spec, resources=ResourceLimits(max_file_size=4096))
     r = hermetic.run(["sh", "-c", f"head -c 10000 /dev/zero > {out}/big"], spec)
-    assert not r.success()
+    assert not r.success
     assert os.path.getsize(os.path.join(out, "big")) == 4096
     # With exec, head is the main process: its SIGXFSZ is the action's end.
     r = hermetic.run(["sh", "-c", f"exec head -c 10000 /dev/zero > {out}/big2"], spec)
@@ -355,7 +355,7 @@ def test_concurrent_actions_never_share_a_loopback(scratch, fresh):
     # Sequential reuse: the port is free again for the next action (which
     # finds ``done`` there and ends at once).
     r = ex.execute(["/usr/bin/python3", "-c", LISTEN_THEN_WAIT, ready, done])
-    assert r.unwrap().success()
+    assert r.unwrap().success
 
 
 def test_pooled_namespaces_are_reused(monkeypatch):
@@ -455,7 +455,7 @@ def test_exception_at_any_point_ends_the_sandbox(ex):
     if template is not None:
         held = sum(len(ns.holders) for ns in template._open)
         assert held == (1 if standby is not None and standby.ready() else 0)
-    assert ex.execute(["true"]).unwrap().success()
+    assert ex.execute(["true"]).unwrap().success
 
 
 def test_high_descriptor_numbers_work(ex):
@@ -469,7 +469,7 @@ def test_high_descriptor_numbers_work(ex):
     try:
         r = ex.execute(["sleep", "10"], timeout=0.2).unwrap()
         assert r.timed_out
-        assert ex.execute(["true"]).unwrap().success()
+        assert ex.execute(["true"]).unwrap().success
     finally:
         for fd in held:
             os.close(fd)
@@ -498,7 +498,7 @@ def test_forks_in_other_threads_do_not_stall_spawning(ex):
     try:
         for _ in range(100):
             r = ex.execute(["true"]).unwrap()
-            assert r.success()
+            assert r.success
             # Generous bound proving the spawn did not wait for a forked child.
             assert r.duration < 2.5
     finally:
@@ -512,7 +512,7 @@ def test_forks_in_other_threads_do_not_stall_spawning(ex):
 def test_the_sandbox_cannot_end_itself_through_pid1(ex):
     # HM_SIG_END (64) is taken only from outside the namespace.
     r = ex.execute(["sh", "-c", "kill -64 1; sleep 0.2; echo alive"]).unwrap()
-    assert r.success() and r.stdout == b"alive\n"
+    assert r.success and r.stdout == b"alive\n"
 
 
 def test_a_path_swapped_for_a_symlink_after_planning_is_refused(scratch):
@@ -521,7 +521,7 @@ def test_a_path_swapped_for_a_symlink_after_planning_is_refused(scratch):
     dep = os.path.join(scratch, "dep")
     os.mkdir(dep)
     ex = HermeticExecutor.create(base(inputs=[dep])).unwrap()
-    assert ex.execute(["true"]).unwrap().success()
+    assert ex.execute(["true"]).unwrap().success
     os.rmdir(dep)
     os.symlink("/.hermetic-oldroot/etc", dep)
     err = ex.execute(["ls", dep]).unwrap_err()

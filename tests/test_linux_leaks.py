@@ -70,7 +70,7 @@ def test_200_executions_leave_nothing_behind(scratch, monkeypatch):
         kind = i % 4
         if kind == 0:
             r = ex.execute(["sh", "-c", f"echo {i} > {out}/f; sleep 0 &"]).unwrap()
-            outcomes["ok"] += r.success()
+            outcomes["ok"] += r.success
         elif kind == 1:
             r = ex.execute(["sh", "-c", "exit 3"], stdin=b"x" * 1000).unwrap()
             outcomes["fail"] += r.exit_code == 3

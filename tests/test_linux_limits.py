@@ -65,14 +65,14 @@ ALLOC = "b = bytearray({n} << 20); print('allocated', len(b) >> 20)"
 
 def test_memory_limit_kills_and_names_the_limit():
     r = run(spec(max_memory_bytes=64 << 20), ALLOC.format(n=256))
-    assert not r.success()
+    assert not r.success
     assert r.signal == 9
     assert r.unenforced_limits == ()
     [v] = [v for v in r.violations if v.kind.value == "resource"]
     assert "max_memory_bytes" in v.limit and v.decision == "killed"
     assert str(64 << 20) in v.limit
     r = run(spec(max_memory_bytes=1 << 30), ALLOC.format(n=256))
-    assert r.success() and r.stdout == b"allocated 256\n"
+    assert r.success and r.stdout == b"allocated 256\n"
     assert r.violations == ()
 
 
@@ -112,7 +112,7 @@ def test_cpu_time_is_summed_over_the_sandbox():
     """,
         timeout=20,
     )
-    assert not r.success() and not r.timed_out
+    assert not r.success and not r.timed_out
     [v] = [v for v in r.violations if v.kind.value == "resource"]
     assert "max_cpu_time_ms=500" in v.limit
     # Two busy processes: about 0.5 s of CPU in about 0.25-0.5 s of wall time.
@@ -129,7 +129,7 @@ def test_peak_memory_is_accurate():
             b[i] = 1
     """,
     )
-    assert r.success()
+    assert r.success
     assert r.usage.source("peak_memory") == SOURCE
     assert 100 << 20 <= r.usage.peak_memory <= 130 << 20
 
@@ -149,7 +149,7 @@ def test_cpu_time_is_accurate():
 
     def cpu(seconds: float) -> float:
         r = ex.execute([PY, "-c", textwrap.dedent(busy.format(s=seconds))]).unwrap()
-        assert r.success()
+        assert r.success
         return r.usage.cpu_time
 
     # The interpreter's start-up is measured too: take it off (the least
@@ -172,7 +172,7 @@ def test_io_figures_show_a_written_file(scratch):
             os.fsync(f.fileno())
     """,
     )
-    assert r.success()
+    assert r.success
     if os.statvfs(out).f_blocks and _on_block_device(out):
         assert r.usage.io_write_bytes >= 50 << 20
     assert r.usage.source("io_write_bytes") == "rusage"
@@ -194,7 +194,7 @@ def test_disk_io_limit_stops_the_action(scratch):
     """,
         timeout=60,
     )
-    assert not r.success() and not r.timed_out
+    assert not r.success and not r.timed_out
     [v] = [v for v in r.violations if v.kind.value == "resource"]
     assert "max_disk_io" in v.limit
     assert os.path.getsize(os.path.join(out, "big")) < 100 << 20
@@ -228,7 +228,7 @@ def test_no_group_remains_after_200_limited_executions():
             r = ex.execute(["sleep", "5"], timeout=0.05).unwrap()
             kinds["timeout"] += r.timed_out
         else:
-            kinds["ok"] += ex.execute(["true"]).unwrap().success()
+            kinds["ok"] += ex.execute(["true"]).unwrap().success
     assert kinds == {"ok": 160, "oom": 20, "timeout": 20}
     ex.close()  # drops the standby sandbox and its slot or group
     if VERSION == 1:

@@ -159,7 +159,7 @@ def test_errors_and_timeouts_through_a_standby(scratch):
     err = ex.execute(["no-such-command"]).unwrap_err()
     assert isinstance(err, SandboxError) and "no-such-command" in str(err)
     KEEPER.flush()
-    assert ex._prepared.standby.ready() or ex.execute(["true"]).unwrap().success()
+    assert ex._prepared.standby.ready() or ex.execute(["true"]).unwrap().success
     KEEPER.flush()
     taken = ex._prepared.standby.taken
     r = ex.execute(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.2).unwrap()

@@ -12,10 +12,7 @@ import errno as _errno
 import os
 import subprocess
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from hermetic.core.outcome import ExecutionResult
+from typing import Any, Protocol
 
 __all__ = [
     "ActionFailedError",
@@ -186,17 +183,36 @@ class ExecutionTimeout(HermeticError, subprocess.TimeoutExpired):
         return (_rebuild, (type(self), (), kwargs), _extra_state(self, kwargs))
 
 
+class CompletedAction(Protocol):
+    """What ActionFailedError reads of an ``ExecutionResult`` (a protocol, so
+    that this module does not import hermetic/core/outcome.py, whose
+    ``check_returncode`` raises ActionFailedError)."""
+
+    @property
+    def argv(self) -> tuple[str, ...]: ...
+
+    @property
+    def returncode(self) -> int: ...
+
+    @property
+    def stdout(self) -> bytes: ...
+
+    @property
+    def stderr(self) -> bytes: ...
+
+
 class ActionFailedError(HermeticError, subprocess.CalledProcessError):
     """The action ran to completion in the sandbox but did not succeed.
 
-    Raised only on request (``check=True``), like ``subprocess.run``.
+    Raised on request, like ``subprocess.run``: by ``hermetic.run(...,
+    check=True)`` and ``ExecutionResult.check_returncode()``.
     ``returncode`` follows subprocess (``-N`` for signal N); ``result`` is
     the full ``ExecutionResult``.
     """
 
-    result: ExecutionResult
+    result: CompletedAction
 
-    def __init__(self, result: ExecutionResult) -> None:
+    def __init__(self, result: CompletedAction) -> None:
         super().__init__(
             result.returncode, list(result.argv), output=result.stdout, stderr=result.stderr
         )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hermetic.core import text
+from hermetic.core.errors import ActionFailedError
 from hermetic.core.manifest import OutputEntry
 from hermetic.core.usage import ResourceUsage
 
@@ -58,6 +59,10 @@ class ExecutionResult:
     ``exit_code`` is the main process's exit status, or None when it was
     killed by a signal (then ``signal`` holds the number).  ``hermetic`` is
     True when every isolation layer the spec asks for was applied.
+
+    It reads like ``subprocess.CompletedProcess``: ``args``, ``returncode``
+    (``-N`` for signal N), ``stdout``, ``stderr`` and ``check_returncode()``;
+    ``success`` is a bool, as in ``to_dict()``.
     """
 
     argv: tuple[str, ...]
@@ -84,9 +89,21 @@ class ExecutionResult:
     #: (the write failed); None when they were, or when there is no log.
     audit_error: str | None = None
 
+    @property
     def success(self) -> bool:
         """Exit status 0, no signal, no timeout."""
         return self.exit_code == 0 and self.signal is None and not self.timed_out
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The command that ran (``subprocess.CompletedProcess.args``)."""
+        return self.argv
+
+    def check_returncode(self) -> None:
+        """Raise ActionFailedError (a ``subprocess.CalledProcessError``) unless
+        the action succeeded: exit status 0, no signal, no timeout."""
+        if not self.success:
+            raise ActionFailedError(self)
 
     @property
     def returncode(self) -> int:
@@ -120,7 +137,7 @@ class ExecutionResult:
             "exit_code": self.exit_code,
             "signal": self.signal,
             "signal_name": sig_name,
-            "success": self.success(),
+            "success": self.success,
             "timed_out": self.timed_out,
             "duration": self.duration,
             "hermetic": self.hermetic,

@@ -201,7 +201,15 @@ class MountTemplate:
             # listed number that another file may take, which its
             # finalizer would close.  The other way round the child only
             # inherits a close-on-exec descriptor it does not list.
-            self._open.remove(ns)
+            try:
+                self._open.remove(ns)
+            except ValueError:
+                # Not listed: the finalizer closed it already.  At exit
+                # weakref.finalize runs before any atexit handler
+                # registered earlier (a close() registered before the first
+                # execute made this template), and its number may be
+                # another file's by now: it must not be closed again.
+                return
             with contextlib.suppress(OSError):
                 os.close(ns.fd)
 
