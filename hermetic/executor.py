@@ -13,7 +13,7 @@ import errno
 import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hermetic.core import manifest, verify
@@ -25,12 +25,13 @@ from hermetic.core.errors import (
     UnsupportedError,
 )
 from hermetic.core.outcome import ExecutionResult
+from hermetic.core.policies import EnvSet
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec, check_argv, check_cwd
 from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
-from hermetic.platforms.base import Backend, PreparedSpec
+from hermetic.platforms.base import Backend, PreparedSpec, action_environment
 from hermetic.security.audit import AuditLog, new_execution_id, record
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ class HermeticExecutor:
         timeout: float | datetime.timedelta | None = None,
         monitor: ResourceMonitor | None = None,
         collect_outputs: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> Result[ExecutionResult]:
         """``execute`` for asyncio: at most ``max_concurrency`` actions run at
         once, on a pool of threads (the C core and the waits release the
@@ -197,6 +199,7 @@ class HermeticExecutor:
             monitor=monitor,
             collect_outputs=collect_outputs,
             cancel=cancel,
+            env=env,
         )
         future = asyncio.get_running_loop().run_in_executor(pool, call)
         try:
@@ -218,6 +221,7 @@ class HermeticExecutor:
         timeout: float | datetime.timedelta | None = None,
         monitor: ResourceMonitor | None = None,
         collect_outputs: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> Result[ExecutionResult]:
         """Run ``argv`` in a fresh sandbox.
 
@@ -227,6 +231,14 @@ class HermeticExecutor:
         argument, a SandboxError naming the setup step, path and errno.
         ``collect_outputs`` fills ``result.outputs`` with a manifest of
         the outputs (sizes, modes, sha256): it reads every output file.
+
+        ``env`` gives this action variables of its own, within what the
+        spec allows: it extends the spec's environment (a name it gives
+        replaces the spec's value; the spec's other variables stay), and
+        the variables the sandbox sets itself still win: the egress proxy's
+        and the reproducibility policy's SOURCE_DATE_EPOCH.  Names and
+        values are checked as an EnvSet's are.  A PATH in ``env`` is where
+        argv[0] is looked for.  Nothing of the host's environment comes in.
         """
         return self._execute(
             argv,
@@ -235,6 +247,7 @@ class HermeticExecutor:
             timeout=timeout,
             monitor=monitor,
             collect_outputs=collect_outputs,
+            env=env,
         )
 
     def _execute(
@@ -247,10 +260,12 @@ class HermeticExecutor:
         monitor: ResourceMonitor | None,
         collect_outputs: bool,
         cancel: threading.Event | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Result[ExecutionResult]:
         try:
             seconds, data = _checked(timeout, stdin)
             cwd = check_cwd(cwd)
+            action_env = _checked_env(env)
             if monitor is not None and not isinstance(monitor, ResourceMonitor):
                 raise SpecError(
                     f"monitor must be a ResourceMonitor, got {type(monitor).__name__}",
@@ -272,6 +287,7 @@ class HermeticExecutor:
                 timeout=seconds,
                 observer=observer if observer else None,
                 cancel=cancel,
+                env=action_env,
             )
         except HermeticError as e:
             return Err(e)
@@ -329,22 +345,30 @@ class HermeticExecutor:
         return result
 
     def action_digest(
-        self, argv: Sequence[str], cwd: str | None = None, *, system_inputs: str = "path"
+        self,
+        argv: Sequence[str],
+        cwd: str | None = None,
+        *,
+        system_inputs: str = "path",
+        env: Mapping[str, str] | None = None,
     ) -> Result[str]:
         """A stable hex digest of everything that decides ``argv``'s result here.
 
         The spec's digest, argv, the working directory, the environment the
-        action gets, and a Merkle tree of every input's content (cached by
-        path, size, mtime and inode: see hermetic/core/digest.py).  The
-        host's system directories are identified by path unless
-        ``system_inputs="content"``.
+        action gets (with ``env`` as ``execute`` takes it), and a Merkle
+        tree of every input's content (cached by path, size, mtime and
+        inode: see hermetic/core/digest.py).  The host's system directories
+        are identified by path unless ``system_inputs="content"``.
         """
         from hermetic.core import digest  # (hashing: imported when first asked)
 
         try:
             args = list(check_argv(argv))
             cwd = check_cwd(cwd)
-            env = getattr(self._prepared, "env", None) or self._spec.action_environment()
+            prepared_env = getattr(self._prepared, "env", None) or self._spec.action_environment()
+            env = action_environment(
+                self._spec, prepared_env, _checked_env(env), _own_env(self._prepared)
+            )
             return Ok(digest.action_digest(self._spec, args, cwd, env, system_inputs=system_inputs))
         except HermeticError as e:
             return Err(e)
@@ -491,6 +515,29 @@ def _checked(
     return seconds, bytes(stdin) if stdin is not None else None
 
 
+def _checked_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """``execute``'s ``env``, checked as an EnvSet's variables are."""
+    if env is None:
+        return None
+    if not isinstance(env, Mapping):
+        raise SpecError(
+            f"env must be a mapping of names to values, got {type(env).__name__}",
+            field="env",
+            value=type(env).__name__,
+        )
+    try:
+        return dict(EnvSet.of(env).vars)
+    except SpecError as e:
+        # The name, never the value: values may be secrets.
+        raise SpecError(f"env: {e}", field="env", value=e.value) from None
+
+
+def _own_env(prepared: PreparedSpec) -> tuple[str, ...]:
+    """The variables a backend sets itself (Linux's egress proxy's)."""
+    own: tuple[str, ...] = getattr(prepared, "own_env", ())
+    return own
+
+
 def _unreadable_outputs(e: OSError, doing: str) -> SandboxError:
     """What an action left under its outputs could not be read back (it made
     a directory unreadable, say); manifest.collect names the path as the
@@ -510,6 +557,7 @@ def run(
     cwd: str | None = None,
     stdin: bytes | None = None,
     input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ExecutionResult:
     """One call: prepare ``spec``, run ``argv``, return the result.
 
@@ -518,7 +566,8 @@ def run(
     raises ExecutionTimeout (a ``subprocess.TimeoutExpired``) when the
     timeout fired, and with ``check=True`` ActionFailedError (a
     ``subprocess.CalledProcessError``) when the action did not succeed.
-    Setup failures raise SandboxError.
+    ``env``: the action's own variables, as ``HermeticExecutor.execute``
+    takes them.  Setup failures raise SandboxError.
     """
     if input is not None:
         if stdin is not None:
@@ -530,7 +579,7 @@ def run(
         stdin = input
     executor = HermeticExecutor.create(spec).unwrap()
     try:
-        result = executor.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout).unwrap()
+        result = executor.execute(argv, cwd=cwd, stdin=stdin, timeout=timeout, env=env).unwrap()
     finally:
         # Its prepared mount namespace goes now, not when it is collected.
         executor.close()

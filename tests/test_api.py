@@ -187,3 +187,151 @@ def test_import_from_an_unbuilt_source_tree_says_how_to_build(tmp_path: Any) -> 
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: hermetic's C core (hermetic._native) is not built")
     assert "pip install -e ." in last and str(tree) in last
+
+
+# -- execute(argv, env=...) ---------------------------------------------------
+
+
+def test_action_environment_extends_and_the_sandbox_variables_win() -> None:
+    from hermetic.platforms.base import action_environment
+
+    spec = hermetic.SandboxSpec(
+        environment=hermetic.EnvSet.of({"A": "spec", "B": "spec"}),
+        reproducibility=hermetic.ReproducibilityPolicy(source_date_epoch=7),
+    )
+    prepared = {**spec.action_environment(), "HTTPS_PROXY": "http://127.0.0.1:1"}
+    given = {"B": "action", "C": "action", "SOURCE_DATE_EPOCH": "0", "HTTPS_PROXY": "x"}
+    env = action_environment(spec, prepared, given, own=("HTTPS_PROXY",))
+    assert env == {
+        "A": "spec",
+        "B": "action",
+        "C": "action",
+        "SOURCE_DATE_EPOCH": "7",
+        "HTTPS_PROXY": "http://127.0.0.1:1",
+    }
+    # None and {} both mean the prepared environment.
+    assert action_environment(spec, prepared, None) == prepared
+    assert action_environment(spec, prepared, {}) == prepared
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"A=B": "x"}, "'A=B'"),
+        ({"": "x"}, "empty"),
+        ({"K": "se\0cret"}, "'K'"),
+        ({"K": 3}, "'K'"),
+        ([("K", "v")], "mapping"),
+    ],
+)
+def test_a_bad_env_is_a_spec_error_that_names_no_value(env: Any, named: str) -> None:
+    ex = hermetic.HermeticExecutor.create(hermetic.SandboxSpec()).unwrap()
+    try:
+        err = ex.execute(["true"], env=env).unwrap_err()
+        digest_err = ex.action_digest(["true"], env=env).unwrap_err()
+    finally:
+        ex.close()
+    for e in (err, digest_err):
+        assert isinstance(e, SpecError) and e.field == "env"
+        assert named in str(e) and "cret" not in str(e) and "se\0" not in repr(e.value)
+
+
+def test_action_digest_covers_the_actions_own_environment() -> None:
+    spec = hermetic.SandboxSpec(environment=hermetic.EnvSet.of({"A": "1"}))
+    ex = hermetic.HermeticExecutor.create(spec).unwrap()
+    try:
+        plain = ex.action_digest(["true"]).unwrap()
+        assert ex.action_digest(["true"], env={}).unwrap() == plain
+        assert ex.action_digest(["true"], env={"A": "1"}).unwrap() == plain
+        assert ex.action_digest(["true"], env={"A": "2"}).unwrap() != plain
+        assert ex.action_digest(["true"], env={"B": "1"}).unwrap() != plain
+    finally:
+        ex.close()
+
+
+@pytest.mark.linux
+def test_execute_env_is_per_action(runner: Any) -> None:
+    """Each action gets the spec's environment with its own over it; the
+    next action without ``env`` gets the spec's alone (alternating, so that
+    reused sandboxes made ahead serve both)."""
+    p = _python(
+        runner,
+        """
+        ex = hermetic.HermeticExecutor.create(spec).unwrap()
+        show = ["sh", "-c", 'echo "$USER $FOO $PATH"']
+        for i in range(3):
+            r = ex.execute(show, env={"FOO": f"f{i}", "USER": "u"}).unwrap()
+            print(r.stdout.decode().strip())
+            print(ex.execute(show).unwrap().stdout.decode().strip())
+        r = hermetic.run(show, spec, env={"FOO": "run"})
+        print(r.stdout.decode().strip())
+        ex.close()
+        """,
+    )
+    assert p.returncode == 0, p.stderr
+    plain = "builder  /usr/bin:/bin"
+    assert p.stdout.splitlines() == [
+        "u f0 /usr/bin:/bin",
+        plain,
+        "u f1 /usr/bin:/bin",
+        plain,
+        "u f2 /usr/bin:/bin",
+        plain,
+        "builder run /usr/bin:/bin",
+    ]
+
+
+@pytest.mark.linux
+@pytest.mark.parametrize("allow_exec", [True, False])
+def test_execute_env_path_decides_where_argv0_is_found(runner: Any, allow_exec: bool) -> None:
+    """argv[0]'s candidates (and, under allow_exec=False, the seccomp
+    program and Landlock rules naming them) are cached per PATH: a PATH
+    where ``true`` is missing fails, and the next one finds it."""
+    p = _python(
+        runner,
+        f"""
+        import dataclasses
+        process = dataclasses.replace(spec.process, allow_exec={allow_exec})
+        ex = hermetic.HermeticExecutor.create(dataclasses.replace(spec, process=process)).unwrap()
+        for path in ("/nowhere", "/usr/bin:/bin", "/nowhere", "/bin"):
+            out = ex.execute(["true"], env={{"PATH": path}})
+            if out.is_ok():
+                print(path, out.unwrap().success)
+            else:
+                err = out.unwrap_err()
+                print(path, err.errno, "searched /nowhere/true" in str(err))
+        ex.close()
+        """,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [
+        "/nowhere 2 True",
+        "/usr/bin:/bin True",
+        "/nowhere 2 True",
+        "/bin True",
+    ]
+
+
+@pytest.mark.linux
+def test_execute_env_cannot_replace_the_sandbox_variables(runner: Any) -> None:
+    """The egress proxy's variables and the spec's SOURCE_DATE_EPOCH win
+    over an action's own."""
+    p = _python(
+        runner,
+        """
+        import dataclasses
+        spec = dataclasses.replace(
+            spec,
+            network=hermetic.NetworkPolicy.allow_hosts(["example.com:443"]),
+            reproducibility=hermetic.ReproducibilityPolicy(source_date_epoch=7),
+        )
+        ex = hermetic.HermeticExecutor.create(spec).unwrap()
+        given = {"HTTPS_PROXY": "http://elsewhere:1", "SOURCE_DATE_EPOCH": "0", "FOO": "f"}
+        show = ["sh", "-c", 'echo "$HTTPS_PROXY $SOURCE_DATE_EPOCH $FOO"']
+        print(ex.execute(show, env=given).unwrap().stdout.decode().strip())
+        ex.close()
+        """,
+    )
+    assert p.returncode == 0, p.stderr
+    proxy, epoch, foo = p.stdout.split()
+    assert proxy.startswith("http://127.0.0.1:") and (epoch, foo) == ("7", "f")

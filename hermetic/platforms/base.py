@@ -10,12 +10,40 @@ hermetic/platforms/__init__.py, and by tests/test_platform_contract.py).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.spec import SandboxSpec
 from hermetic.platforms.capabilities import Capabilities
+
+
+def action_environment(
+    spec: SandboxSpec,
+    prepared: Mapping[str, str],
+    env: Mapping[str, str] | None,
+    own: Iterable[str] = (),
+) -> dict[str, str]:
+    """The environment of one action given ``execute(..., env=env)``.
+
+    ``prepared`` is what every action of the spec gets (the spec's
+    environment and the backend's own variables).  ``env`` extends it: a
+    name it gives replaces the spec's value, the spec's other variables
+    stay.  The variables the sandbox sets itself win over ``env``: the
+    backend's ``own`` (the egress proxy's, which are the only way out of
+    the sandbox) and the reproducibility policy's SOURCE_DATE_EPOCH.
+    ``env`` has been validated as an EnvSet's variables are.
+    """
+    if not env:
+        return dict(prepared)
+    merged = {**prepared, **env}
+    pinned = set(own)
+    if spec.reproducibility.source_date_epoch is not None:
+        pinned.add("SOURCE_DATE_EPOCH")
+    for name in pinned:
+        if name in prepared:
+            merged[name] = prepared[name]
+    return merged
 
 
 class Observer(Protocol):
@@ -67,4 +95,5 @@ class Backend(Protocol[P]):
         observer: Observer | None = None,
         cancel: threading.Event | None = None,
         profile: dict[str, float] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ExecutionResult: ...

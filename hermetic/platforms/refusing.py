@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hermetic.core.errors import UnsupportedError
@@ -52,6 +52,7 @@ def refusing_backend(
         observer: Observer | None = None,
         cancel: threading.Event | None = None,
         profile: dict[str, float] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ExecutionResult:
         raise UnsupportedError("sandbox", reason)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hermetic.core.errors import SpecError, UnsupportedError
 from hermetic.core.paths import is_within
 from hermetic.core.spec import SandboxSpec
+from hermetic.platforms.base import action_environment
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.linux import landlock as linux_landlock
 from hermetic.platforms.linux import plan as linux_plan
@@ -167,12 +168,17 @@ class Prepared:
             else ()
         )
         self.env = spec.action_environment()
+        #: The variables the sandbox sets itself, which win over an
+        #: action's own (execute's ``env``).
+        self.own_env: tuple[str, ...] = ()
         if net.uses_proxy:
             # The proxy's variables win over the spec's: they are the only
             # way out of the sandbox.
             from hermetic.security.proxy import proxy_env  # (sockets: only here)
 
-            self.env.update(proxy_env(net.allowed_hosts))
+            proxy_vars = proxy_env(net.allowed_hosts)
+            self.env.update(proxy_vars)
+            self.own_env = tuple(proxy_vars)
         self.fresh_clocks = spec.reproducibility.fresh_clocks
         if self.fresh_clocks and not (namespaces and os.path.exists("/proc/self/ns/time")):
             raise UnsupportedError(
@@ -188,7 +194,7 @@ class Prepared:
         )
         #: The private /tmp's size (0: none), watched while the action runs.
         self.tmp_bytes = linux_plan.private_tmp(spec, self.ops)
-        self._exec_cache: dict[str, tuple[str, ...]] = {}
+        self._exec_cache: dict[tuple[str, str], tuple[str, ...]] = {}
         self._host_paths: dict[str, str | None] = {}
 
         mem = CMemory()
@@ -306,7 +312,7 @@ class Prepared:
         # Per action the plan is a memmove of this, not a dict conversion.
         self._template = ffi.new("struct hm_plan *", template)
         self._plan_size = ffi.sizeof("struct hm_plan")
-        self._c_cache: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._c_cache: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
         self._c_lock = threading.Lock()
         #: The next action's sandbox, set up ahead once the spec is reused.
         self.standby: StandbySlot | None = None
@@ -353,7 +359,16 @@ class Prepared:
             raise UnsupportedError("seccomp", "the filter does not fit its buffer")
         return prog, n
 
-    def new_plan(self, workdir: str, arg0: str) -> tuple[Any, list[Any]]:
+    def action_env(self, env: Mapping[str, str] | None) -> dict[str, str] | None:
+        """The environment of an action given ``execute(..., env=env)``
+        (platforms/base.py's rule); None when it is the prepared one."""
+        if not env:
+            return None
+        return action_environment(self.spec, self.env, env, self.own_env)
+
+    def new_plan(
+        self, workdir: str, arg0: str, env: Mapping[str, str] | None = None
+    ) -> tuple[Any, list[Any]]:
         """A fresh plan for one action, cwd and argv[0]'s candidates filled in.
 
         Returns the plan and what must stay alive as long as it is used.
@@ -361,38 +376,59 @@ class Prepared:
         ffi = self._mem.ffi
         plan = ffi.new("struct hm_plan *")
         ffi.memmove(plan, self._template, self._plan_size)
-        return plan, self.fill_action(plan, workdir, arg0)
+        return plan, self.fill_action(plan, workdir, arg0, env)
 
-    def fill_action(self, plan: Any, workdir: str, arg0: str) -> list[Any]:
-        """Set ``plan``'s cwd and argv[0]'s candidates; returns what keeps them alive."""
+    def fill_action(
+        self, plan: Any, workdir: str, arg0: str, env: Mapping[str, str] | None = None
+    ) -> list[Any]:
+        """Set ``plan``'s cwd, environment (``env``: an action_env(), None
+        for the prepared one) and argv[0]'s candidates; returns what keeps
+        them alive.  pid 1 reads all three only after this (a standby's after
+        its go), so a standby made for the prepared environment serves."""
         cwd, keep_cwd = self._cached("cwd", workdir)
         plan.cwd = cwd
-        plan.n_exec_paths = len(self.exec_candidates(arg0))
+        keep_env = None
+        search = None
+        if env is not None:
+            # Cached by the whole environment: the same one for every
+            # action of a build step costs one marshalling.
+            envp, keep_env = self._cached(
+                "envp", "\0".join(f"{k}={v}" for k, v in sorted(env.items()))
+            )
+            plan.envp = envp
+            search = self.search_path(env)
+        plan.n_exec_paths = len(self.exec_candidates(arg0, search))
         if self.deny_exec:
             # The filter names this action's execve paths by address: both
             # come from one cache entry, built together, with the Landlock
             # rules that make the action's own program the only executable.
             # A relative candidate is resolved from the working directory,
             # which then keys the entry too.
-            relative = any(not c.startswith("/") for c in self.exec_candidates(arg0))
+            relative = any(not c.startswith("/") for c in self.exec_candidates(arg0, search))
             (paths, prog, n, rules, n_rules), keep_exec = self._cached(
-                "exec+filter", arg0, workdir if relative else ""
+                "exec+filter", arg0, workdir if relative else "", search
             )
             plan.seccomp_filter = prog
             plan.seccomp_len = n
             plan.landlock_rules = rules
             plan.n_landlock_rules = n_rules
         else:
-            paths, keep_exec = self._cached("exec", arg0)
+            paths, keep_exec = self._cached("exec", arg0, "", search)
         plan.exec_paths = paths
-        return [keep_cwd, keep_exec]
+        return [keep_cwd, keep_env, keep_exec]
 
-    def _cached(self, kind: str, key: str, workdir: str = "") -> tuple[Any, Any]:
-        """A C string (cwd), array (candidates), or array and the seccomp
+    def _cached(
+        self, kind: str, key: str, workdir: str = "", search: str | None = None
+    ) -> tuple[Any, Any]:
+        """A C string (cwd), string array (an action's own environment,
+        "envp"; argv[0]'s candidates, "exec"), or array and the seccomp
         program naming its pointers and the Landlock rules ("exec+filter",
         ``workdir`` resolving relative candidates), reused across actions
-        up to a bound.  Returns the value and what keeps it alive."""
-        entry = (kind, f"{workdir}\0{key}" if workdir else key)
+        up to a bound.  ``search``: the action's own PATH, when its
+        environment is not the prepared one; the candidates, and so the
+        program and rules naming them, depend on it.  Returns the value and
+        what keeps it alive."""
+        entry = (kind, f"{workdir}\0{key}" if workdir else key, search)
         with self._c_lock:
             found = self._c_cache.get(entry)
         if found is not None:
@@ -401,17 +437,19 @@ class Prepared:
         value: Any
         if kind == "cwd":
             value = mem.cstr(key)
+        elif kind == "envp":
+            value = mem.strv(key.split("\0"))
         else:
-            paths = mem.strv(self.exec_candidates(key))
+            paths = mem.strv(self.exec_candidates(key, search))
             value = paths
             if kind == "exec+filter":
                 ffi = mem.ffi
-                n = len(self.exec_candidates(key))
+                n = len(self.exec_candidates(key, search))
                 prog, length = self._filter(
                     [int(ffi.cast("uintptr_t", paths[i])) for i in range(n)]
                 )
                 mem.keep.append(prog)
-                rules, n_rules = self._exec_rules(key, workdir or "/", mem)
+                rules, n_rules = self._exec_rules(key, workdir or "/", mem, search)
                 value = (paths, prog, length, rules, n_rules)
         found = (value, mem)
         with self._c_lock:
@@ -420,7 +458,7 @@ class Prepared:
         return found
 
     def action_landlock_rules(
-        self, arg0: str, workdir: str = "/"
+        self, arg0: str, workdir: str = "/", search: str | None = None
     ) -> tuple[linux_landlock.Rule, ...]:
         """An action's Landlock rules: the prepared ones, then, under
         allow_exec=False, EXECUTE on its program and interpreters (those
@@ -430,18 +468,20 @@ class Prepared:
         spec = self.spec
         roots = (*spec.inputs, *spec.outputs, *spec.temps)
         files = linux_landlock.exec_files(
-            [os.path.join(workdir, c) for c in self.exec_candidates(arg0)],
+            [os.path.join(workdir, c) for c in self.exec_candidates(arg0, search)],
             lambda p: any(is_within(p, r) for r in roots),
         )
         extra = (linux_landlock.Rule(f, linux_landlock.EXECUTE) for f in files)
         return (*self.landlock_rules, *extra)
 
-    def _exec_rules(self, arg0: str, workdir: str, mem: CMemory) -> tuple[Any, int]:
+    def _exec_rules(
+        self, arg0: str, workdir: str, mem: CMemory, search: str | None = None
+    ) -> tuple[Any, int]:
         """The Landlock rules of an action whose argv[0] is ``arg0`` under
         allow_exec=False: the prepared ones (nothing executable, same
         order, so a failing rule's index names the same path), then
         EXECUTE on its program and interpreters."""
-        rules = self.action_landlock_rules(arg0, workdir)
+        rules = self.action_landlock_rules(arg0, workdir, search)
         arr = mem.ffi.new("struct hm_landlock_rule[]", max(len(rules), 1))
         for i, rule in enumerate(rules):
             arr[i].path = mem.cstr(rule.path)
@@ -459,16 +499,24 @@ class Prepared:
                 self._host_paths[path] = found
             return found
 
-    def exec_candidates(self, arg0: str) -> tuple[str, ...]:
-        """Where execve looks for argv[0]: the spec's PATH, as inside the sandbox."""
-        found = self._exec_cache.get(arg0)
+    @staticmethod
+    def search_path(env: Mapping[str, str]) -> str:
+        """The PATH argv[0] is looked up in, under environment ``env``."""
+        return env.get("PATH", DEFAULT_SEARCH_PATH)
+
+    def exec_candidates(self, arg0: str, search: str | None = None) -> tuple[str, ...]:
+        """Where execve looks for argv[0]: the spec's PATH, or ``search``
+        (an action's own), as inside the sandbox."""
+        if search is None:
+            search = self.search_path(self.env)
+        found = self._exec_cache.get((search, arg0))
         if found is None:
             if "/" in arg0:
                 found = (arg0,)
             else:
-                search = self.env.get("PATH", DEFAULT_SEARCH_PATH)
                 found = tuple(os.path.join(d or ".", arg0) for d in search.split(":"))
-            self._exec_cache[arg0] = found
+            if len(self._exec_cache) < 1024:
+                self._exec_cache[(search, arg0)] = found
         return found
 
 

@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
@@ -190,10 +190,13 @@ def execute(
     observer: Observer | None = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ExecutionResult:
     """Run one action in a fresh sandbox and return its result.
 
-    ``cancel``, once set, ends the sandbox (SIGKILL) within 20 ms.
+    ``env``: the action's own variables, over the prepared environment
+    (platforms/base.py's action_environment says how; validated by the
+    caller).  ``cancel``, once set, ends the sandbox (SIGKILL) within 20 ms.
     ``profile``, a dict, receives the seconds each stage took (pid 1 stamps
     its stages: see enum hm_stamp; benchmarks/profile_stages.py).
 
@@ -221,6 +224,7 @@ def execute(
         observer=observer,
         cancel=cancel,
         profile=profile,
+        env=prepared.action_env(env),
     )
     if prepared.standby is None:
         return _execute_fresh(prepared, run)
@@ -296,6 +300,7 @@ def _run(
     observer: Observer | None = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
 ) -> ExecutionResult:
     nat = native()
     ffi, lib = nat.ffi, nat.lib
@@ -307,9 +312,9 @@ def _run(
     mem = CMemory()
     if standby is not None:
         plan = standby.plan
-        keep = prepared.fill_action(plan, workdir, args[0])
+        keep = prepared.fill_action(plan, workdir, args[0], env)
     else:
-        plan, keep = prepared.new_plan(workdir, args[0])
+        plan, keep = prepared.new_plan(workdir, args[0], env)
     if group is not None:
         plan.cgroup_fd = group.fd
     plan.argv = mem.strv(args)
@@ -398,7 +403,8 @@ def _run(
                         # No word from it at all: it had died (killed from
                         # outside) before its go.  Not this action's fault.
                         raise _StandbyLost
-                    raise setup_error(prepared, args, workdir, error)
+                    search = prepared.search_path(env) if env is not None else None
+                    raise setup_error(prepared, args, workdir, error, search=search)
                 if standby is None and profile is None:
                     _want_next(prepared, workdir)
                 watch.pid1 = proc.pid

@@ -26,9 +26,11 @@ class Planned(Protocol):
     @property
     def landlock_rules(self) -> tuple[Rule, ...]: ...
 
-    def exec_candidates(self, arg0: str) -> tuple[str, ...]: ...
+    def exec_candidates(self, arg0: str, search: str | None = None) -> tuple[str, ...]: ...
 
-    def action_landlock_rules(self, arg0: str, workdir: str = "/") -> tuple[Rule, ...]: ...
+    def action_landlock_rules(
+        self, arg0: str, workdir: str = "/", search: str | None = None
+    ) -> tuple[Rule, ...]: ...
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,9 +96,12 @@ def setup_error(
     cwd: str,
     err: Any,
     ops: tuple[linux_plan.Op, ...] | None = None,
+    *,
+    search: str | None = None,
 ) -> SandboxError:
     """The error for a failed setup; ``ops``: the list op_index is in (the
-    prepared namespace's, or by default the one pid 1 runs)."""
+    prepared namespace's, or by default the one pid 1 runs); ``search``:
+    the action's own PATH, when it was given one."""
     lib = native().lib
     stage = _stage_names().get(err.stage, f"stage {err.stage}")
     path = None
@@ -110,12 +115,16 @@ def setup_error(
         path = op.dst
         detail = op.origin
     elif stage == "exec" and prepared is not None:
-        cands = prepared.exec_candidates(argv[0])
+        cands = prepared.exec_candidates(argv[0], search)
         path = cands[idx] if 0 <= idx < len(cands) else argv[0]
         if err.err == errno.ENOENT:
             detail = f"{argv[0]!r} not found in the sandbox (searched {':'.join(cands)})"
     elif stage == "landlock" and prepared is not None:
-        rules = prepared.action_landlock_rules(argv[0], cwd) if argv else prepared.landlock_rules
+        rules = (
+            prepared.action_landlock_rules(argv[0], cwd, search)
+            if argv
+            else prepared.landlock_rules
+        )
         if 0 <= idx < len(rules):
             path = rules[idx].path
             detail = "Landlock rule"

@@ -36,14 +36,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
-from hermetic.platforms.base import Observer
+from hermetic.platforms.base import Observer, action_environment
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos.sbpl import macos_path, sbpl_profile
 from hermetic.security.proxy import EgressProxy
@@ -157,10 +157,12 @@ class Prepared:
             text, params = self.profile
             self.profile = (text + '(deny process-fork (with message "hermetic:fork"))\n', params)
 
-    def exec_candidates(self, arg0: str) -> list[str]:
+    def exec_candidates(self, arg0: str, env: Mapping[str, str] | None = None) -> list[str]:
+        """Where argv[0] is looked for: the PATH of ``env`` (the action's
+        environment), by default the prepared one."""
         if "/" in arg0:
             return [arg0]
-        search = self.env.get("PATH", DEFAULT_SEARCH_PATH)
+        search = (self.env if env is None else env).get("PATH", DEFAULT_SEARCH_PATH)
         return [os.path.join(d or ".", arg0) for d in search.split(":")]
 
 
@@ -225,7 +227,7 @@ def _spawn(
         keep.append(arr)
         return arr
 
-    cands = prepared.exec_candidates(argv[0])
+    cands = prepared.exec_candidates(argv[0], env)
     flat = [x for kv in params.items() for x in kv]
     rl = ffi.new("struct hm_mac_rlimit[]", len(prepared.rlimits))
     for i, (res, cur, mx) in enumerate(prepared.rlimits):
@@ -339,12 +341,15 @@ def execute(
     observer: Observer | None = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ExecutionResult:
-    """Run one action under the spec's profile and return its result."""
+    """Run one action under the spec's profile and return its result
+    (``env``: the action's own variables, platforms/base.py's rule)."""
     args = check_argv(argv)
     spec = prepared.spec
     workdir = macos_path(cwd or prepared.workdir)
-    env = dict(prepared.env)
+    # The proxy's variables, set below, win over these.
+    env = action_environment(spec, prepared.env, env)
     proxy: EgressProxy | None = None
     listener = None
     sbpl = prepared.profile

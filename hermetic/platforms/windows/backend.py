@@ -33,14 +33,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hermetic.core.errors import SandboxError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
-from hermetic.platforms.base import Observer
+from hermetic.platforms.base import Observer, action_environment
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.security.timeout import DEFAULT_KILL_GRACE
 
@@ -173,8 +173,10 @@ def execute(
     observer: Observer | None = None,
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ExecutionResult:
-    """Run one action in a fresh job object and return its result."""
+    """Run one action in a fresh job object and return its result
+    (``env``: the action's own variables, platforms/base.py's rule)."""
     import importlib
 
     # Windows-only modules and functions (typed as Any: checked on every OS).
@@ -187,7 +189,11 @@ def execute(
     spec = prepared.spec
     limits = spec.resources
     private_tmp = tempfile.mkdtemp(prefix="hermetic-tmp-")
-    env = {**prepared.env, "TEMP": private_tmp, "TMP": private_tmp}
+    env = {
+        **action_environment(spec, prepared.env, env),
+        "TEMP": private_tmp,
+        "TMP": private_tmp,
+    }
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, private_tmp, True)
         files = [stack.enter_context(tempfile.TemporaryFile()) for _ in range(3)]
