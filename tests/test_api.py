@@ -225,7 +225,9 @@ def test_action_environment_extends_and_the_sandbox_variables_win() -> None:
     ],
 )
 def test_a_bad_env_is_a_spec_error_that_names_no_value(env: Any, named: str) -> None:
-    ex = hermetic.HermeticExecutor.create(hermetic.SandboxSpec()).unwrap()
+    # Limits that need no cgroup: an unprivileged caller has none here.
+    spec = hermetic.SandboxSpec(resources=hermetic.ResourceLimits())
+    ex = hermetic.HermeticExecutor.create(spec).unwrap()
     try:
         err = ex.execute(["true"], env=env).unwrap_err()
         digest_err = ex.action_digest(["true"], env=env).unwrap_err()
@@ -237,7 +239,9 @@ def test_a_bad_env_is_a_spec_error_that_names_no_value(env: Any, named: str) -> 
 
 
 def test_action_digest_covers_the_actions_own_environment() -> None:
-    spec = hermetic.SandboxSpec(environment=hermetic.EnvSet.of({"A": "1"}))
+    spec = hermetic.SandboxSpec(
+        environment=hermetic.EnvSet.of({"A": "1"}), resources=hermetic.ResourceLimits()
+    )
     ex = hermetic.HermeticExecutor.create(spec).unwrap()
     try:
         plain = ex.action_digest(["true"]).unwrap()

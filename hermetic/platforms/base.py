@@ -56,7 +56,8 @@ class PreparedSpec(Protocol):
     """A spec a backend has prepared once, to run many actions under."""
 
     #: The environment every action gets (the spec's, plus what the
-    #: backend adds, such as the egress proxy's variables).
+    #: backend adds, such as the egress proxy's variables); an action's
+    #: ``env`` goes over it as ``action_environment`` says.
     env: dict[str, str]
 
     def close(self) -> None:
