@@ -364,13 +364,41 @@ class ResourceLimits:
     #: the host allows (per process, by sampling, or not at all), and each
     #: result lists them in ``unenforced_limits``.
     best_effort: bool = False
+    #: The fields still holding the value of the :meth:`hermetic` preset
+    #: because nobody chose them: each is enforced as well as the host
+    #: allows (weakened ones listed in ``unenforced_limits``) instead of
+    #: failing closed.  A field given a value of its own (in the
+    #: constructor, with ``dataclasses.replace`` or in a spec file) leaves
+    #: this list, so a limit the caller set is always a hard one.
+    defaulted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.name == "best_effort":
                 _check_bool(self.best_effort, "best_effort")
-            else:
+            elif f.name != "defaulted":
                 _check_limit(getattr(self, f.name), f.name)
+        names: object = self.defaulted
+        if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+            raise SpecError(
+                f"defaulted must be a sequence of limit names, got {names!r}",
+                field="defaulted",
+                value=names,
+            )
+        for name in names:
+            if name not in _PRESET:
+                raise SpecError(
+                    f"defaulted: {name!r} is not a limit (expected one of {', '.join(_PRESET)})",
+                    field="defaulted",
+                    value=name,
+                )
+        # Only a value equal to the preset's is still a default: a field
+        # replaced with another value became the caller's, and hard.
+        object.__setattr__(
+            self,
+            "defaulted",
+            tuple(sorted({n for n in names if getattr(self, n) == _PRESET[n]})),
+        )
         if self.max_tmp_bytes == 0:
             raise SpecError(
                 "max_tmp_bytes must be > 0: the private /tmp always has a size "
@@ -386,16 +414,37 @@ class ResourceLimits:
 
     @classmethod
     def hermetic(cls) -> ResourceLimits:
-        """Bounded everywhere, sized for a typical build or test action."""
-        return cls(
-            max_memory_bytes=4 * _GiB,
-            max_cpu_time_ms=3_600_000,
-            max_processes=128,
-            max_disk_io=10 * _GiB,
-            max_network_io=_GiB,
-            max_open_files=512,
-            max_output_bytes=100 * _MiB,
-        )
+        """Bounded everywhere, sized for a typical build or test action: the
+        default of ``SandboxSpec`` and of the builders.
+
+        Every value is a default (see ``defaulted``): a host that cannot
+        enforce one for the whole sandbox (a normal user without cgroup
+        delegation: memory and summed CPU time) applies it as well as it
+        can and lists it in ``unenforced_limits`` rather than refusing to
+        run.  A value set over the preset is the caller's and fails closed.
+        """
+        preset: dict[str, Any] = dict(_PRESET)
+        return cls(**preset, defaulted=tuple(_PRESET))
+
+    def is_default(self, name: str) -> bool:
+        """Whether limit ``name`` holds the preset's value nobody chose
+        (enforced as well as the host allows) rather than the caller's (hard)."""
+        return name in self.defaulted
+
+
+#: The values of ResourceLimits.hermetic(), one per limit field.
+_PRESET: dict[str, int] = {
+    "max_memory_bytes": 4 * _GiB,
+    "max_cpu_time_ms": 3_600_000,
+    "max_processes": 128,
+    "max_file_size": _GiB,
+    "cpu_shares": 1024,
+    "max_disk_io": 10 * _GiB,
+    "max_network_io": _GiB,
+    "max_open_files": 512,
+    "max_output_bytes": 100 * _MiB,
+    "max_tmp_bytes": 256 * _MiB,
+}
 
 
 @dataclass(frozen=True)

@@ -376,7 +376,11 @@ class SandboxSpec:
         """
         import hashlib  # (loads OpenSSL: only when hashing)
 
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        data = self.to_dict()
+        if not data["resources"]["defaulted"]:
+            # Limits that are all the caller's hash as before that field existed.
+            del data["resources"]["defaulted"]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         # surrogatepass keeps undecodable file names (surrogate-escaped by
         # os.fsdecode) hashable and distinct instead of raising.
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

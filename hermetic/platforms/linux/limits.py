@@ -18,11 +18,17 @@
   proxy, the proxy counts the bytes it relays; on the host network nothing
   counts them.
 
-A limit that needs a cgroup where none can be used fails the spec closed
-(UnsupportedError naming each limit), unless ``best_effort`` is set: then
-memory is sampled (summed resident size, killed past the limit), CPU time
-is per process (RLIMIT_CPU), CPU weight is not applied, and each is listed
-in the result's ``unenforced_limits``.
+A limit the caller set that needs a cgroup where none can be used fails
+the spec closed (UnsupportedError naming each limit), unless
+``best_effort`` is set: then memory is sampled (summed resident size,
+killed past the limit), CPU time is per process (RLIMIT_CPU), CPU weight
+is not applied, and each is listed in the result's ``unenforced_limits``.
+A limit still holding the ``ResourceLimits.hermetic()`` preset's value
+(``ResourceLimits.defaulted``) is treated as with ``best_effort``: the
+default spec runs for a normal user without cgroup delegation, with what
+it could not enforce listed.  A default above this process's own hard
+rlimit is lowered to it (only tighter); a value the caller set above it
+fails closed.
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ def plan_limits(
         needs_cgroup.append("cpu_shares")
     use_cgroup = bool(needs_cgroup) and cgroup_unavailable is None
     unenforced: list[str] = []
+    #: The weakened limits the caller set (and did not allow weakening).
+    refused: list[str] = []
     if needs_cgroup and not use_cgroup:
         how = {
             "max_processes": "RLIMIT_NPROC, from which the kernel exempts root",
@@ -124,9 +132,15 @@ def plan_limits(
             "cpu_shares": "not applied",
         }
         for name in needs_cgroup:
-            unenforced.append(f"{name}: {how[name]} ({cgroup_unavailable})")
+            weak = f"{name}: {how[name]} ({cgroup_unavailable})"
+            unenforced.append(weak)
+            if not (r.best_effort or r.is_default(name)):
+                refused.append(weak)
     if r.max_network_io and not network_counted:
-        unenforced.append("max_network_io: not counted on the host network")
+        weak = "max_network_io: not counted on the host network"
+        unenforced.append(weak)
+        if not (r.best_effort or r.is_default("max_network_io")):
+            refused.append(weak)
     if not root:
         # The action cannot raise a hard limit above this process's (that
         # needs CAP_SYS_RESOURCE on the host): every execute would fail.
@@ -136,19 +150,27 @@ def plan_limits(
             resource.RLIMIT_NPROC: "max_processes",
             resource.RLIMIT_CPU: "max_cpu_time_ms",
         }
-        for res, _, hard in values:
+        for i, (res, _, hard) in enumerate(values):
             mine = resource.getrlimit(res)[1]
             if res in fields and mine != resource.RLIM_INFINITY and hard > mine:
+                if r.is_default(fields[res]):
+                    # A preset value above what this process holds: the
+                    # action gets this process's limit, which is lower, so
+                    # the limit only tightens.
+                    values[i] = (res, mine, mine)
+                    continue
                 unit = " s of RLIMIT_CPU" if res == resource.RLIMIT_CPU else ""
                 raise UnsupportedError(
                     "resource limits",
                     f"{fields[res]} needs a hard limit of {hard}{unit}, above this process's "
                     f"({mine}); lower it or raise the caller's limit",
                 )
-    if unenforced and not r.best_effort:
+    if refused:
+        # Only limits the caller chose fail closed; the preset's defaults
+        # (ResourceLimits.defaulted) run weakened and are listed instead.
         raise UnsupportedError(
             "resource limits",
-            "; ".join(unenforced)
+            "; ".join(refused)
             + ". Set ResourceLimits(best_effort=True) to run with these limits weakened,"
             " or lift them",
         )
