@@ -176,11 +176,23 @@ def test_create_fails_closed(scratch):
 
 
 def test_hermetic_limits_are_all_enforced_here(ex):
-    strict = HermeticExecutor.create(
+    preset = HermeticExecutor.create(
         dataclasses.replace(base(), resources=ResourceLimits.hermetic())
     ).unwrap()
-    r = strict.execute(["true"]).unwrap()
-    assert r.success and r.unenforced_limits == ()
+    r = preset.execute(["true"]).unwrap()
+    explicit = dataclasses.replace(ResourceLimits.hermetic(), defaulted=())
+    made = HermeticExecutor.create(dataclasses.replace(base(), resources=explicit))
+    if cgroup_mechanism()[1] is None:
+        # Root here (or a caller with a delegated cgroup): every limit, whoever set it.
+        assert r.success and r.unenforced_limits == ()
+        assert made.unwrap().execute(["true"]).unwrap().unenforced_limits == ()
+    else:
+        # A normal user without a delegated cgroup: the preset's defaults
+        # run weakened and listed; the same values set by the caller fail closed.
+        weak = {s.partition(":")[0] for s in r.unenforced_limits}
+        assert r.success and weak == {"max_cpu_time_ms", "max_memory_bytes"}
+        err = made.unwrap_err()
+        assert isinstance(err, UnsupportedError) and "max_memory_bytes" in str(err)
 
 
 def test_limits_without_a_cgroup_fail_closed_unless_best_effort(monkeypatch):
