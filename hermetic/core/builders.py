@@ -101,6 +101,12 @@ class SandboxSpecBuilder:
         return dataclasses.replace(self, _network=policy)
 
     def with_resources(self, limits: ResourceLimits) -> SandboxSpecBuilder:
+        """Replace the limits.  Without this call the spec has
+        ``ResourceLimits.hermetic()``, whose values are defaults: where the
+        host cannot enforce one for the whole sandbox (a normal user without
+        a delegated cgroup) it is weakened and listed in
+        ``unenforced_limits``.  Values set here (other than the preset's
+        own, see ``ResourceLimits.defaulted``) are enforced or refused."""
         return dataclasses.replace(self, _resources=limits)
 
     def with_process(self, policy: ProcessPolicy) -> SandboxSpecBuilder:
