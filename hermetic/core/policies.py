@@ -367,9 +367,11 @@ class ResourceLimits:
     #: The fields still holding the value of the :meth:`hermetic` preset
     #: because nobody chose them: each is enforced as well as the host
     #: allows (weakened ones listed in ``unenforced_limits``) instead of
-    #: failing closed.  A field given a value of its own (in the
-    #: constructor, with ``dataclasses.replace`` or in a spec file) leaves
-    #: this list, so a limit the caller set is always a hard one.
+    #: failing closed.  Limits constructed directly have none; a field of
+    #: the preset given another value (``dataclasses.replace``, a spec
+    #: file's resources section) leaves this list, so a limit the caller
+    #: set is a hard one.  (Setting a field to the preset's own value
+    #: changes nothing: it stays a default.)
     defaulted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
