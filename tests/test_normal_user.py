@@ -299,3 +299,17 @@ def test_doctor_exits_non_zero_when_the_default_spec_cannot_run(
     assert cli.main(["doctor"]) == cli.EXIT_SETUP
     out = capsys.readouterr().out
     assert "CANNOT RUN" in out and "max_memory_bytes: refused (test)" in out
+
+
+def test_a_limit_a_spec_file_names_is_hard_even_at_the_presets_value():
+    """A file without a ``defaulted`` list (written by hand, or before it
+    existed): every limit it names is the caller's, so it fails closed where
+    the host cannot enforce it, even when its value equals the preset's."""
+    preset = ResourceLimits.hermetic()
+    text = json.dumps({"resources": {"max_memory_bytes": preset.max_memory_bytes}})
+    limits = SandboxSpec.from_json(text).resources
+    assert not limits.is_default("max_memory_bytes")
+    assert limits.is_default("max_cpu_time_ms")
+    # A file that says which are defaults keeps them (to_json writes it).
+    again = SandboxSpec.from_json(SandboxSpec().to_json()).resources
+    assert again.is_default("max_memory_bytes") and again.defaulted == preset.defaulted

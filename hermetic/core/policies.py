@@ -368,10 +368,9 @@ class ResourceLimits:
     #: because nobody chose them: each is enforced as well as the host
     #: allows (weakened ones listed in ``unenforced_limits``) instead of
     #: failing closed.  Limits constructed directly have none; a field of
-    #: the preset given another value (``dataclasses.replace``, a spec
-    #: file's resources section) leaves this list, so a limit the caller
-    #: set is a hard one.  (Setting a field to the preset's own value
-    #: changes nothing: it stays a default.)
+    #: the preset given another value (``dataclasses.replace``) leaves this
+    #: list, so a limit the caller set is a hard one.  A spec file without
+    #: this list makes every limit it names hard, whatever the value.
     defaulted: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

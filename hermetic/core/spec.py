@@ -321,6 +321,15 @@ class SandboxSpec:
         for name in ("network", "resources", "process", "reproducibility"):
             if name in data:
                 kwargs[name] = _section(getattr(base, name), data[name], name)
+        limits = kwargs.get("resources")
+        if limits is not None and "defaulted" not in data["resources"]:
+            # A file that does not say which limits are defaults: every limit
+            # it names is the caller's, and hard, whatever its value (a
+            # value equal to the preset's must not make it a default).
+            named = set(data["resources"])
+            kwargs["resources"] = dataclasses.replace(
+                limits, defaulted=tuple(n for n in limits.defaulted if n not in named)
+            )
         if "environment" in data:
             kwargs["environment"] = _environment(base.environment, data["environment"])
         if "workdir" in data:
