@@ -16,8 +16,6 @@ from hermetic.core.paths import PathSet, canonical
 from hermetic.core.policies import EnvSet, NetworkPolicy, ProcessPolicy, ResourceLimits
 from hermetic.core.spec import SandboxSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 # -- PathSet -----------------------------------------------------------------
 
 
@@ -491,7 +489,7 @@ def test_digest_stable_across_processes(tmp_path: Path) -> None:
     )
     digests = set()
     for seed in ("0", "12345"):
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONHASHSEED=seed)
+        env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run(
             [sys.executable, "-c", code],
             input=spec.to_json(),
@@ -499,6 +497,7 @@ def test_digest_stable_across_processes(tmp_path: Path) -> None:
             text=True,
             env=env,
             check=True,
+            cwd="/",  # the installed package, not the checkout's uncompiled one
         )
         digests.add(out.stdout.strip())
     assert digests == {spec.digest()}
