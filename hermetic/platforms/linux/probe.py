@@ -58,11 +58,24 @@ ROOT_PATH_CAPS = sum(
 def effective_capabilities() -> int:
     """This thread's effective capabilities as a bit mask, read now: a
     process may drop some at any time."""
-    status = _read("/proc/thread-self/status") or _read("/proc/self/status") or ""
-    for line in status.splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
+    # Read raw (one read of the ~1.5 KiB the kernel formats): this runs at
+    # every create(), and a text-mode open costs several times more.
+    status = b""
+    for path in ("/proc/thread-self/status", "/proc/self/status"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            status = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
+        break
+    at = status.find(b"\nCapEff:")
+    if at < 0:
+        return 0
+    end = status.find(b"\n", at + 8)
+    return int(status[at + 8 : end if end >= 0 else None].strip() or b"0", 16)
 
 
 def capability_names(mask: int) -> str:
