@@ -28,7 +28,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
-__all__ = ["open_dir", "open_long", "remove_tree", "walk"]
+__all__ = ["Trail", "open_dir", "open_long", "remove_tree", "walk"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Paths up to this length are opened in one call; longer ones in runs of
@@ -137,6 +137,27 @@ def walk(
             pending = names
     finally:
         os.close(fd)
+
+
+class Trail:
+    """The paths of what :func:`walk` yields from ``root``, for messages:
+    the names of the directories on the way down, a path built only when
+    asked (a deep tree's paths are long).  Call :meth:`visit` with each
+    entry below the root, in the walk's order."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._dirs: list[str] = []  # [i]: the directory at depth i + 1
+
+    def visit(self, depth: int, name: str, st: os.stat_result) -> None:
+        del self._dirs[depth - 1 :]
+        if stat.S_ISDIR(st.st_mode):
+            self._dirs.append(name)
+
+    def path(self, depth: int, name: str) -> str:
+        """The path of entry ``name`` at ``depth`` (the last one visited, or
+        one of its directory's entries)."""
+        return "/".join([self.root, *self._dirs[: depth - 1], name])
 
 
 def _writable(fd: int) -> None:

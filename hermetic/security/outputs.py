@@ -135,15 +135,10 @@ def _walk(root: str, report: _Report) -> None:
     checked, at any depth (hermetic/core/tree.py: one descriptor at a time,
     never through a link); a directory that cannot be entered is reported
     and the walk goes on."""
-    # parts[i]: the name of the directory at depth i + 1 on the way down to
-    # the current entry, for the paths of what is reported.
-    parts: list[str] = []
-
-    def where(depth: int, name: str) -> str:
-        return "/".join([root, *parts[: depth - 1], name])
+    trail = tree.Trail(root)
 
     def unreadable(e: OSError, depth: int, name: str) -> None:
-        report.add(where(depth, name), "left", f"not scanned: {os.strerror(e.errno or 0)}")
+        report.add(trail.path(depth, name), "left", f"not scanned: {os.strerror(e.errno or 0)}")
 
     for depth, name, dfd, st in tree.walk(root, unreadable):
         if dfd is None:
@@ -152,12 +147,10 @@ def _walk(root: str, report: _Report) -> None:
         if report.entries > MAX_ENTRIES:
             report.add(root, "left", f"not scanned: more than {MAX_ENTRIES} entries under it")
             return
-        del parts[depth - 1 :]
-        if stat.S_ISDIR(st.st_mode):
-            parts.append(name)
-        elif stat.S_ISREG(st.st_mode) and st.st_mode & _LOOK:
+        trail.visit(depth, name, st)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & _LOOK:
             try:
-                _check_file(dfd, name, where(depth, name), st, report)
+                _check_file(dfd, name, trail.path(depth, name), st, report)
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     unreadable(e, depth, name)

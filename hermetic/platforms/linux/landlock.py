@@ -319,10 +319,8 @@ def refuse_ipc_beneath_writable(inputs: Iterable[str], writable: Iterable[str]) 
 def _refuse_ipc_in(top: str) -> None:
     """The walk of ``refuse_ipc_beneath_writable`` for one input, at any
     depth, never through a link (hermetic/core/tree.py)."""
-    parts: list[str] = []  # the directories on the way down to the current entry
-
-    def where(depth: int, name: str) -> str:
-        return "/".join([top, *parts[: depth - 1], name])
+    trail = tree.Trail(top)
+    where = trail.path
 
     def unlisted(e: OSError, depth: int, name: str) -> None:
         raise SpecError(
@@ -338,10 +336,9 @@ def _refuse_ipc_in(top: str) -> None:
         for depth, name, _fd, st in tree.walk(top, unlisted):
             if depth == 0:
                 continue
-            del parts[depth - 1 :]
+            trail.visit(depth, name, st)
             mode = st.st_mode
             if stat.S_ISDIR(mode):
-                parts.append(name)
                 continue
             kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else None
             if kind is not None:
