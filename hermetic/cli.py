@@ -265,6 +265,8 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
         environment=env,
         workdir=workdir,
     )
+    if ns.workdir is not None:
+        _check_workdir(spec, ns.workdir)
     if spec.workdir is None:
         # Like bubblewrap: keep the current directory when the sandbox shows
         # it (and when there is one: it may have been removed).
@@ -275,6 +277,29 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
         if any(is_within(here, p) for p in (*spec.inputs, *spec.outputs, *spec.temps)):
             spec = dataclasses.replace(spec, workdir=here)
     return spec
+
+
+def _check_workdir(spec: SandboxSpec, given: str) -> None:
+    """``--workdir`` must be a directory the action will see: an existing
+    one within a declared path, an ancestor of one (the sandbox makes
+    those), or the private /tmp.  Anywhere else the sandbox would make an
+    empty directory there and the action would run in it, finding none of
+    its files."""
+    where = spec.workdir
+    assert where is not None
+    declared = (*spec.inputs, *spec.outputs, *spec.temps)
+    if where == "/tmp" or any(is_within(p, where) for p in declared):
+        return  # the private /tmp, a declared path, or an ancestor of one
+    if any(is_within(where, p) for p in declared):
+        if os.path.isdir(where):
+            return
+        raise SpecError(f"--workdir {given!r}: no such directory", field="workdir", value=given)
+    raise SpecError(
+        f"--workdir {given!r} is not within a declared input, output or temp, so the "
+        "action would not see it (declare it, e.g. --input or --output)",
+        field="workdir",
+        value=given,
+    )
 
 
 def _stdin(ns: argparse.Namespace) -> bytes | None:
@@ -602,6 +627,9 @@ def _parser() -> argparse.ArgumentParser:
         "writable, nothing else of the host visible, no network, exactly the declared "
         "environment.",
     )
+    from hermetic import __version__
+
+    parser.add_argument("--version", action="version", version=f"hermetic {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser(
         "run",
@@ -773,11 +801,25 @@ def _base64_chunks(raw: bytes, b64: Any) -> Iterator[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    parser = _parser()
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        # A bare `hermetic`: what it can do, not an error about a missing word.
+        parser.print_help()
+        return 0
+    ns = parser.parse_args(args)
     try:
         return int(ns.func(ns))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`hermetic run ... | head -1`): nothing more to
+        # say, and nothing for the interpreter to complain of when it
+        # flushes stdout at exit.  128 + SIGPIPE, as a killed writer shows.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":

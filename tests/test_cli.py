@@ -382,7 +382,6 @@ def test_spec_prints_escaped_file_names_as_utf8_json(scratch: str) -> None:
         (("run", "--spec", "", "--", "true"), b"spec file"),
         (("run", "--workdir", "", "--", "true"), b"--workdir"),
         (("nosuchcommand",), b"nosuchcommand"),
-        ((), b"required"),
     ],
 )
 def test_a_bad_argument_is_one_line_exit_123(args: tuple[str, ...], needle: bytes) -> None:
@@ -563,3 +562,44 @@ def test_names_an_action_chose_cannot_drive_the_terminal(scratch: str) -> None:
     assert b"\\x1b]0;owned\\x07\\x1b[2J" in p.stdout
     # Every difference is one line: the forged line stays inside its own.
     assert not [line for line in p.stdout.splitlines() if line.startswith(b"hermetic:")]
+
+
+def test_version_and_a_bare_command_line() -> None:
+    from hermetic import __version__
+
+    p = hermetic_cli("--version")
+    assert (p.returncode, p.stdout) == (0, f"hermetic {__version__}\n".encode()), p.stderr
+    bare = hermetic_cli()  # the usage, as --help gives it
+    assert (bare.returncode, bare.stdout, bare.stderr) == (0, hermetic_cli("--help").stdout, b"")
+    assert bare.stdout.startswith(b"usage: hermetic") and b"run" in bare.stdout
+
+
+def test_a_reader_that_goes_away_is_no_traceback() -> None:
+    # `hermetic run --json -- seq 1 100000 | head -1`
+    p = subprocess.run(
+        f"{sys.executable} -m hermetic run --json -- seq 1 100000 | head -c 1 >/dev/null;"
+        " echo ${PIPESTATUS[0]} >&2",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        cwd="/",
+        timeout=120,
+    )
+    assert b"Traceback" not in p.stderr and b"Broken pipe" not in p.stderr, p.stderr
+    assert p.stderr.strip() == b"141", p.stderr
+
+
+def test_a_workdir_the_action_would_not_see_is_an_error(scratch: str) -> None:
+    src = os.path.join(scratch, "src")
+    os.mkdir(src)
+    # Undeclared: the sandbox would make it empty and run the action there.
+    p = hermetic_cli("run", "-C", "/nonexistent", "--", "pwd")
+    assert_one_line_error(p, b"--workdir '/nonexistent'", b"not within a declared")
+    assert p.stdout == b""
+    # Declared, but missing.
+    p = hermetic_cli("run", "-i", src, "-C", f"{src}/missing", "--", "pwd")
+    assert_one_line_error(p, b"no such directory", f"{src}/missing".encode())
+    # Within a declared path, an ancestor of one (made by the sandbox), /tmp.
+    for workdir, extra in ((src, ()), (scratch, ()), ("/tmp", ())):
+        p = hermetic_cli("run", "-i", src, *extra, "-C", workdir, "--", "pwd")
+        assert (p.returncode, p.stdout) == (0, f"{workdir}\n".encode()), p.stderr
