@@ -24,11 +24,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
+from hermetic.core import text
 from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError
+from hermetic.core.outcome import RESULT_SCHEMA_VERSION, new_execution_id
 from hermetic.core.paths import PathSet, canonical, is_within
 from hermetic.core.policies import ResourceLimits
 from hermetic.core.spec import SandboxSpec
+from hermetic.core.streams import Streams, caps_output
 from hermetic.executor import HermeticExecutor
 
 EXIT_SPEC = 123
@@ -364,40 +367,103 @@ def _command(ns: argparse.Namespace) -> list[str]:
     return command
 
 
-def _setup_failure(e: HermeticError) -> int:
-    """The exit status and message for an action that could not run."""
+def _setup_failure(
+    e: HermeticError,
+    ns: argparse.Namespace | None = None,
+    command: Sequence[str] = (),
+    spec: SandboxSpec | None = None,
+) -> int:
+    """The exit status and message for an action that could not run; with
+    ``--json``, also a JSON object on stdout saying why (see _error_json)."""
+    code = EXIT_SETUP
+    message = str(e)
     if isinstance(e, SpecError):
-        return _fail(f"invalid spec: {e}", EXIT_SPEC)
-    if isinstance(e, SandboxError):
-        code = EXIT_SETUP
-        if e.stage == "exec":
-            code = EXIT_NOTFOUND if e.errno == errno.ENOENT else EXIT_NOEXEC
-        return _fail(str(e), code)
-    return _fail(str(e), EXIT_SETUP)
+        code, message = EXIT_SPEC, f"invalid spec: {e}"
+    elif isinstance(e, SandboxError) and e.stage == "exec":
+        code = EXIT_NOTFOUND if e.errno == errno.ENOENT else EXIT_NOEXEC
+    if ns is not None and getattr(ns, "json", False):
+        _write_json(_error_json(e, message, code, command, spec))
+    return _fail(message, code)
+
+
+def _error_json(
+    e: HermeticError, message: str, code: int, command: Sequence[str], spec: SandboxSpec | None
+) -> dict[str, Any]:
+    """The ``--json`` object of an action that did not run: the fields every
+    result has that still mean something (``success`` false, no exit code),
+    and ``error``: its kind, the message, the exit status, and what the
+    exception names (the spec field, the setup stage and errno, the layer)."""
+    error: dict[str, Any] = {
+        "kind": {SpecError: "spec", SandboxError: "setup"}.get(type(e), "unsupported"),
+        "message": _one_line(message),
+        "exit_status": code,
+    }
+    if isinstance(e, SandboxError) and e.stage == "exec":
+        error["kind"] = "not-found" if code == EXIT_NOTFOUND else "not-executable"
+    for name in ("field", "stage", "layer", "path"):
+        value = getattr(e, name, None)
+        if isinstance(value, str):
+            text.put(error, name, value)
+    if isinstance(e, SandboxError) and e.errno:
+        error["errno"] = errno.errorcode.get(e.errno, str(e.errno))
+    data: dict[str, Any] = {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "execution_id": new_execution_id(),
+        "spec_digest": spec.digest() if spec is not None else None,
+        "argv": list(command),
+        "success": False,
+        "exit_code": None,
+        "signal": None,
+        "timed_out": False,
+        "error": error,
+    }
+    return data
+
+
+def _write_json(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _streams(ns: argparse.Namespace, spec: SandboxSpec) -> Streams:
+    """This process's stdin for the action, as a shell gives it; its stdout
+    and stderr too, so the action's output appears as it is written --
+    unless ``--json`` (the streams go into the result) or the spec sets
+    ``max_output_bytes`` (it bounds captured output: then output is
+    captured and printed once the action ends)."""
+    here = Streams.inherit()
+    if ns.json or caps_output(spec.resources):
+        return Streams(stdin=here.stdin)
+    return here
+
+
+def _say_weakened(limits: Sequence[str]) -> None:
+    """Once, before the action's own output: the spec's default limits this
+    host could only weaken (a limit set explicitly fails instead).  With
+    --json the result carries them as well."""
+    if limits:
+        weak = "; ".join(limits)
+        print(_one_line(f"hermetic: limits weakened here: {weak}"), file=sys.stderr, flush=True)
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
     command = _command(ns)
-    if not command:
-        return _fail("run: no command given (hermetic run [options] -- CMD ARGS...)", EXIT_SPEC)
+    spec: SandboxSpec | None = None
     try:
+        if not command:
+            raise SpecError("run: no command given (hermetic run [options] -- CMD ARGS...)")
         spec = _spec_from_args(ns)
         audit_log = _audit_log(ns.audit_log)
-        stdin = _stdin(ns)
         executor = HermeticExecutor.create(spec, audit_log=audit_log).unwrap()
+        _say_weakened(executor.unenforced_limits)
+        streams = _streams(ns, spec)
         result = executor.execute(
-            command, stdin=stdin, timeout=ns.timeout, collect_outputs=ns.collect_outputs
+            command, timeout=ns.timeout, collect_outputs=ns.collect_outputs, streams=streams
         ).unwrap()
     except HermeticError as e:
-        return _setup_failure(e)
-    if result.unenforced_limits:
-        # Once, before the action's own output: the spec's default limits
-        # this host could only weaken (a limit the spec set would have
-        # failed instead).  --json carries them in the result as well.
-        weak = "; ".join(result.unenforced_limits)
-        print(_one_line(f"hermetic: limits weakened here: {weak}"), file=sys.stderr, flush=True)
+        return _setup_failure(e, ns, command, spec)
     if ns.json:
-        _write_json_result(result)
+        _write_json_result(result, spec_digest=executor.spec_digest)
     else:
         sys.stdout.buffer.write(result.stdout)
         sys.stdout.buffer.flush()
@@ -414,6 +480,7 @@ def _cmd_verify(ns: argparse.Namespace) -> int:
     command = _command(ns)
     if not command:
         return _fail("verify: no command given (hermetic verify [options] -- CMD)", EXIT_SPEC)
+    spec: SandboxSpec | None = None
     try:
         spec = _spec_from_args(ns)
         audit_log = _audit_log(ns.audit_log)
@@ -423,7 +490,7 @@ def _cmd_verify(ns: argparse.Namespace) -> int:
             command, ns.runs, stdin=stdin, timeout=ns.timeout
         ).unwrap()
     except HermeticError as e:
-        return _setup_failure(e)
+        return _setup_failure(e, ns, command, spec)
     if ns.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif report.reproducible:
@@ -446,7 +513,7 @@ def _cmd_digest(ns: argparse.Namespace) -> int:
         system = "content" if ns.hash_system else "path"
         print(executor.action_digest(command, system_inputs=system).unwrap())
     except HermeticError as e:
-        return _setup_failure(e)
+        return _setup_failure(e, ns, command)
     return 0
 
 
@@ -651,6 +718,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_action_options(verify)
     verify.add_argument("--runs", type=int, default=2, metavar="N", help="runs (default 2)")
+    verify.add_argument(
+        "--stdin",
+        action="store_true",
+        help="give each run this process's stdin, read once "
+        f"(at most {_size(MAX_STDIN_BYTES)}; without it, stdin is empty)",
+    )
     verify.set_defaults(func=_cmd_verify)
     digest = sub.add_parser(
         "digest",
@@ -723,11 +796,6 @@ def _add_action_options(cmd: argparse.ArgumentParser) -> None:
         action="store_true",
         help="without --spec: do not add the system toolchain paths (/usr, ...)",
     )
-    cmd.add_argument(
-        "--stdin",
-        action="store_true",
-        help=f"pass this process's stdin to CMD (at most {_size(MAX_STDIN_BYTES)})",
-    )
     cmd.add_argument("--json", action="store_true", help="print the result as JSON")
     cmd.add_argument("--audit-log", metavar="FILE", help="append violations to FILE (JSON Lines)")
     cmd.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
@@ -736,7 +804,7 @@ def _add_action_options(cmd: argparse.ArgumentParser) -> None:
 _JSON_CHUNK = 3 << 16  # a multiple of 3: base64 chunks join without padding
 
 
-def _write_json_result(result: Any) -> None:
+def _write_json_result(result: Any, *, spec_digest: str) -> None:
     """``result.to_dict()`` as indented JSON on stdout, with stdout and
     stderr (and their base64 forms) encoded a chunk at a time.
 
@@ -751,6 +819,8 @@ def _write_json_result(result: Any) -> None:
     token = secrets.token_hex(16)
     shallow = dataclasses.replace(result, stdout=b"", stderr=b"")
     data = shallow.to_dict()
+    data["spec_digest"] = spec_digest
+    data["error"] = None
     writers: dict[str, Any] = {}
     for name in ("stdout", "stderr"):
         raw: bytes = getattr(result, name)

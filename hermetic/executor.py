@@ -28,11 +28,12 @@ from hermetic.core.outcome import ExecutionResult
 from hermetic.core.policies import EnvSet
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec, check_argv, check_cwd
+from hermetic.core.streams import Streams, check_streams
 from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
 from hermetic.platforms.base import Backend, PreparedSpec, action_environment
-from hermetic.security.audit import AuditLog, new_execution_id, record
+from hermetic.security.audit import AuditLog, record
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -176,6 +177,7 @@ class HermeticExecutor:
         monitor: ResourceMonitor | None = None,
         collect_outputs: bool = False,
         env: Mapping[str, str] | None = None,
+        streams: Streams | None = None,
     ) -> Result[ExecutionResult]:
         """``execute`` for asyncio: at most ``max_concurrency`` actions run at
         once, on a pool of threads (the C core and the waits release the
@@ -200,6 +202,7 @@ class HermeticExecutor:
             collect_outputs=collect_outputs,
             cancel=cancel,
             env=env,
+            streams=streams,
         )
         future = asyncio.get_running_loop().run_in_executor(pool, call)
         try:
@@ -212,6 +215,18 @@ class HermeticExecutor:
     def spec(self) -> SandboxSpec:
         return self._spec
 
+    @property
+    def spec_digest(self) -> str:
+        """The spec's digest, as the audit log's records carry it."""
+        return self._spec_digest_once()
+
+    @property
+    def unenforced_limits(self) -> tuple[str, ...]:
+        """The spec's default limits this host can only weaken, each with
+        why; every result lists them too (``result.unenforced_limits``).
+        Empty when every limit is enforced."""
+        return tuple(self._prepared.unenforced_limits)
+
     def execute(
         self,
         argv: Sequence[str],
@@ -222,6 +237,7 @@ class HermeticExecutor:
         monitor: ResourceMonitor | None = None,
         collect_outputs: bool = False,
         env: Mapping[str, str] | None = None,
+        streams: Streams | None = None,
     ) -> Result[ExecutionResult]:
         """Run ``argv`` in a fresh sandbox.
 
@@ -239,6 +255,11 @@ class HermeticExecutor:
         and the reproducibility policy's SOURCE_DATE_EPOCH.  Names and
         values are checked as an EnvSet's are.  A PATH in ``env`` is where
         argv[0] is looked for.  Nothing of the host's environment comes in.
+
+        ``streams`` gives the action the caller's own descriptors as its
+        stdin, stdout or stderr (hermetic/core/streams.py): its output then
+        goes there as it is written, uncaptured; ``Streams.inherit()`` gives
+        it this process's own, as a shell would.
         """
         return self._execute(
             argv,
@@ -248,6 +269,7 @@ class HermeticExecutor:
             monitor=monitor,
             collect_outputs=collect_outputs,
             env=env,
+            streams=streams,
         )
 
     def _execute(
@@ -261,9 +283,11 @@ class HermeticExecutor:
         collect_outputs: bool,
         cancel: threading.Event | None = None,
         env: Mapping[str, str] | None = None,
+        streams: Streams | None = None,
     ) -> Result[ExecutionResult]:
         try:
             seconds, data = _checked(timeout, stdin)
+            fds = check_streams(streams, data, self._spec.resources)
             cwd = check_cwd(cwd)
             action_env = _checked_env(env)
             if monitor is not None and not isinstance(monitor, ResourceMonitor):
@@ -288,6 +312,7 @@ class HermeticExecutor:
                 observer=observer if observer else None,
                 cancel=cancel,
                 env=action_env,
+                streams=fds if streams is not None else None,
             )
         except HermeticError as e:
             return Err(e)
@@ -327,7 +352,7 @@ class HermeticExecutor:
         never costs the result: it comes back with ``audit_error`` saying why."""
         if self._audit is None or not result.violations:
             return result
-        execution = new_execution_id()
+        execution = result.execution_id
         try:
             self._audit.append(
                 record(

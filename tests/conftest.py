@@ -252,8 +252,7 @@ class Runner:
             cmd = [sys.executable, "-m", "hermetic", "run", "--spec", spec_file, "--json"]
             if timeout is not None:
                 cmd += ["--timeout", str(timeout)]
-            if stdin is not None:
-                cmd.append("--stdin")
+            # stdin (``input`` below) reaches the action: run passes its own through.
             cmd += ["--", *argv]
             if self.landlock:
                 cmd = [*FORBID_USERNS, *cmd]

@@ -110,7 +110,7 @@ def test_records_and_summary(scratch):
 def test_execution_ids_are_random_uuids():
     import uuid
 
-    from hermetic.security.audit import new_execution_id
+    from hermetic.core.outcome import new_execution_id
 
     ids = {new_execution_id() for _ in range(100)}
     assert len(ids) == 100

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+from conftest import _as_user_cmd, _user_env
 
 from hermetic import HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
 
@@ -84,7 +86,6 @@ def test_run_stdin_and_workdir(scratch: str) -> None:
         scratch,
         "--workdir",
         scratch,
-        "--stdin",
         "--",
         "sh",
         "-c",
@@ -411,7 +412,7 @@ def test_an_audit_log_that_is_not_a_regular_file_is_refused(bad_files: dict[str,
 
 def test_stdin_is_bounded() -> None:
     with open("/dev/zero", "rb") as zero:
-        p = bounded_cli("run", "--stdin", "--", "true", stdin=zero.fileno())
+        p = bounded_cli("verify", "--stdin", "--", "true", stdin=zero.fileno())
     assert_one_line_error(p, b"stdin", b"larger than")
 
 
@@ -508,8 +509,9 @@ def test_json_result_is_written_a_chunk_at_a_time_and_equals_to_dict(out, err, c
     from hermetic.core.outcome import ExecutionResult
 
     result = ExecutionResult(("sh", "-c", "x"), 0, None, out, err, 0.5)
-    cli._write_json_result(result)
-    assert json.loads(capsys.readouterr().out) == result.to_dict()
+    cli._write_json_result(result, spec_digest="d" * 64)
+    expected = {**result.to_dict(), "spec_digest": "d" * 64, "error": None}
+    assert json.loads(capsys.readouterr().out) == expected
 
 
 #: The command line's own peak memory for a run whose stdout is 64 MiB of
@@ -603,3 +605,144 @@ def test_a_workdir_the_action_would_not_see_is_an_error(scratch: str) -> None:
     for workdir, extra in ((src, ()), (scratch, ()), ("/tmp", ())):
         p = hermetic_cli("run", "-i", src, *extra, "-C", workdir, "--", "pwd")
         assert (p.returncode, p.stdout) == (0, f"{workdir}\n".encode()), p.stderr
+
+
+def test_stdin_passes_through() -> None:
+    """As with bwrap or a shell: `echo hi | hermetic run -- cat` prints hi."""
+    p = subprocess.run(
+        f"echo hi | {sys.executable} -m hermetic run -- cat",
+        shell=True,
+        capture_output=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"hi\n", b"")
+
+
+def _read_line(fd: int, deadline: float = 60) -> bytes:
+    """One line from ``fd`` (a pipe), waiting at most ``deadline`` seconds in all."""
+    import select
+
+    got = b""
+    while not got.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], deadline)
+        assert ready, f"no line within {deadline} s (so far {got!r})"
+        piece = os.read(fd, 1)
+        assert piece, f"end of stream before a whole line ({got!r})"
+        got += piece
+    return got
+
+
+def _streaming_argv(user: Any) -> list[str]:
+    argv = [sys.executable, "-m", "hermetic", "run", "--"]
+    argv += ["sh", "-c", 'echo first; read answer; echo "got $answer"; echo err >&2']
+    return _as_user_cmd(user, argv) if user is not None else argv
+
+
+@pytest.mark.parametrize("as_user", [False, True], ids=["caller", "test-user"])
+def test_output_streams_while_the_action_runs(as_user: bool, request: Any) -> None:
+    """stdout appears as it is written: the action waits for an answer that
+    is only sent once its first line has arrived, so output held until the
+    action ends would never let it finish (the timeouts bound that)."""
+    user = request.getfixturevalue("test_user") if as_user else None
+    proc = subprocess.Popen(
+        _streaming_argv(user),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_user_env() if user is not None else None,
+        cwd="/",
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert _read_line(proc.stdout.fileno()) == b"first\n"
+        out, err = proc.communicate(b"go\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err) == (0, b"got go\n", b"err\n")
+
+
+def test_stdout_and_stderr_keep_their_order() -> None:
+    """Written to one pipe, the two streams interleave as the action wrote
+    them (captured, stdout came whole before stderr)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "hermetic", "run", "--"]
+        + ["sh", "-c", "echo one; echo two >&2; echo three"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        input=b"",
+        cwd="/",
+        timeout=60,
+    )
+    assert (p.returncode, p.stdout) == (0, b"one\ntwo\nthree\n")
+
+
+def test_a_spec_capping_output_still_caps_it(scratch: str) -> None:
+    """max_output_bytes bounds captured output: with it the command line
+    captures (and cuts) rather than stream unbounded."""
+    spec = os.path.join(scratch, "spec.json")
+    with open(spec, "w") as f:
+        json.dump({"resources": {"max_output_bytes": 1000}}, f)
+    p = hermetic_cli("run", "--spec", spec, "--", "sh", "-c", "yes | head -c 100000")
+    assert len(p.stdout) <= 1000, len(p.stdout)
+
+
+def _json_of(p: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(p.stdout)
+    assert data["schema_version"] == 1
+    assert re.fullmatch(r"[0-9a-f]{32}", data["execution_id"]), data
+    return data
+
+
+def test_json_for_every_outcome(scratch: str) -> None:
+    """--json prints an object whatever happened, with its exit status and
+    error; the action's own result and a refusal share the same keys."""
+    ok = hermetic_cli("run", "--json", "--", "true")
+    data = _json_of(ok)
+    assert ok.returncode == 0 and data["error"] is None and data["success"] is True
+    assert re.fullmatch(r"[0-9a-f]{64}", data["spec_digest"]), data
+
+    missing = hermetic_cli("run", "--json", "--", "no-such-tool-here")
+    data = _json_of(missing)
+    assert missing.returncode == 127 and data["success"] is False and data["exit_code"] is None
+    assert data["error"]["kind"] == "not-found" and data["error"]["exit_status"] == 127
+    assert "no-such-tool-here" in data["error"]["message"] and data["spec_digest"]
+    assert data["argv"] == ["no-such-tool-here"]
+    assert missing.stderr.count(b"\n") == 1  # and still the one line on stderr
+
+    bad = hermetic_cli("run", "--json", "--input", "relative/path", "--", "true")
+    data = _json_of(bad)
+    assert bad.returncode == 123 and data["error"]["kind"] == "spec", data
+    assert "relative/path" in data["error"]["message"]
+    no_spec = hermetic_cli("run", "--json", "--spec", "/nonexistent-hm.json", "--", "true")
+    data = _json_of(no_spec)
+    assert no_spec.returncode == 123 and data["spec_digest"] is None, data
+
+    noexec = hermetic_cli("run", "--json", "--input", scratch, "--", scratch)
+    data = _json_of(noexec)
+    assert noexec.returncode == 126 and data["error"]["kind"] == "not-executable", data
+
+    nothing = hermetic_cli("run", "--json")
+    assert nothing.returncode == 123 and _json_of(nothing)["error"]["kind"] == "spec"
+
+
+def test_json_ids_match_the_audit_log(scratch: str) -> None:
+    log = os.path.join(scratch, "audit.jsonl")
+    p = hermetic_cli(
+        "run",
+        "--json",
+        "--audit-log",
+        log,
+        "--",
+        "python3",
+        "-c",
+        "import socket\ntry:\n socket.sethostname('x')\nexcept OSError:\n pass",
+    )
+    data = _json_of(p)
+    assert data["violations"], data
+    with open(log) as f:
+        records = [json.loads(line) for line in f]
+    assert records and {r["execution_id"] for r in records} == {data["execution_id"]}
+    assert {r["spec_digest"] for r in records} == {data["spec_digest"]}

@@ -24,6 +24,7 @@ from hermetic.core.policies import (
 from hermetic.core.result import Err, Ok, Result
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.staging import stage_inputs
+from hermetic.core.streams import Streams
 from hermetic.core.usage import ResourceUsage
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "SandboxSpec",
     "SandboxSpecBuilder",
     "SpecError",
+    "Streams",
     "UnsupportedError",
     "Violation",
     "ViolationKind",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,21 @@ from hermetic.core import text
 from hermetic.core.errors import ActionFailedError
 from hermetic.core.manifest import OutputEntry
 from hermetic.core.usage import ResourceUsage
+
+#: The version of the JSON form of a result (``ExecutionResult.to_dict``,
+#: and the command line's ``--json``): raised when a field changes meaning
+#: or goes away, not when one is added.
+RESULT_SCHEMA_VERSION = 1
+
+
+def new_execution_id() -> str:
+    """A random UUID (version 4) in hex, as ``uuid.uuid4().hex``, without
+    importing uuid (and with it platform and more) for every command-line
+    run."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return b.hex()
 
 
 class ViolationKind(str, enum.Enum):
@@ -88,6 +104,9 @@ class ExecutionResult:
     #: Why this execution's violations could not be written to the audit log
     #: (the write failed); None when they were, or when there is no log.
     audit_error: str | None = None
+    #: This execution's id: the audit log's records of its violations carry
+    #: the same ``execution_id``.
+    execution_id: str = field(default_factory=new_execution_id)
 
     @property
     def success(self) -> bool:
@@ -133,6 +152,8 @@ class ExecutionResult:
             except ValueError:
                 sig_name = None
         d = {
+            "schema_version": RESULT_SCHEMA_VERSION,
+            "execution_id": self.execution_id,
             "argv": list(self.argv),
             "exit_code": self.exit_code,
             "signal": self.signal,

@@ -60,6 +60,12 @@ class PreparedSpec(Protocol):
     #: ``env`` goes over it as ``action_environment`` says.
     env: dict[str, str]
 
+    @property
+    def unenforced_limits(self) -> tuple[str, ...]:
+        """The default limits this host can only weaken, each with why
+        (what every result's ``unenforced_limits`` holds)."""
+        ...
+
     def close(self) -> None:
         """Release what the prepared spec holds; a later execute prepares again."""
 
@@ -97,4 +103,5 @@ class Backend(Protocol[P]):
         cancel: threading.Event | None = None,
         profile: dict[str, float] | None = None,
         env: Mapping[str, str] | None = None,
+        streams: tuple[int, int, int] | None = None,
     ) -> ExecutionResult: ...

@@ -53,6 +53,7 @@ def refusing_backend(
         cancel: threading.Event | None = None,
         profile: dict[str, float] | None = None,
         env: Mapping[str, str] | None = None,
+        streams: tuple[int, int, int] | None = None,
     ) -> ExecutionResult:
         raise UnsupportedError("sandbox", reason)
 

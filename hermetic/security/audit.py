@@ -41,16 +41,6 @@ from hermetic.core.outcome import Violation
 from hermetic.core.paths import canonical, check_encodable, is_within
 
 
-def new_execution_id() -> str:
-    """A random UUID (version 4) in hex, as ``uuid.uuid4().hex``, without
-    importing uuid (and with it platform and more) for every command-line
-    run."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return b.hex()
-
-
 def record(
     violation: Violation, *, execution_id: str, spec_digest: str, argv0: str | None = None
 ) -> dict[str, Any]:

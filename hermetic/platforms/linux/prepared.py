@@ -325,6 +325,10 @@ class Prepared:
         ):
             self.standby = StandbySlot(self, make_standby)
 
+    @property
+    def unenforced_limits(self) -> tuple[str, ...]:
+        return self.limits.unenforced
+
     def close(self) -> None:
         """Release the prepared mount namespace, if any, and drop the standby
         sandbox (running actions keep theirs until they end; a later execute

@@ -191,6 +191,7 @@ def execute(
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
+    streams: tuple[int, int, int] | None = None,
 ) -> ExecutionResult:
     """Run one action in a fresh sandbox and return its result.
 
@@ -199,6 +200,9 @@ def execute(
     caller).  ``cancel``, once set, ends the sandbox (SIGKILL) within 20 ms.
     ``profile``, a dict, receives the seconds each stage took (pid 1 stamps
     its stages: see enum hm_stamp; benchmarks/profile_stages.py).
+    ``streams``: the caller's descriptors for stdin, stdout, stderr (-1:
+    the default), checked by hermetic/core/streams.py; a stream passed is
+    not captured.
 
     Raises SandboxError when setup fails (the action did not run).  With
     limits that need a cgroup, the sandbox is cloned by a worker thread
@@ -225,6 +229,7 @@ def execute(
         cancel=cancel,
         profile=profile,
         env=prepared.action_env(env),
+        streams=streams or (-1, -1, -1),
     )
     if prepared.standby is None:
         return _execute_fresh(prepared, run)
@@ -301,6 +306,7 @@ def _run(
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
     env: dict[str, str] | None = None,
+    streams: tuple[int, int, int] = (-1, -1, -1),
 ) -> ExecutionResult:
     nat = native()
     ffi, lib = nat.ffi, nat.lib
@@ -339,10 +345,11 @@ def _run(
         stdin_fd, out_fd, err_fd = capture[0], capture[1], capture[2]
         if stdin is not None:
             _fill(stdin_fd, stdin)
+        # What the action gets: the caller's own descriptor where one was
+        # passed (the capture file, never written, then reads as empty).
+        given = [g if g >= 0 else c for g, c in zip(streams, capture[0:3], strict=True)]
         if standby is None:
-            plan.stdin_fd = stdin_fd
-            plan.stdout_fd = out_fd
-            plan.stderr_fd = err_fd
+            plan.stdin_fd, plan.stdout_fd, plan.stderr_fd = given
         watch = Watch(
             prepared.limits,
             bool(limits.max_memory_bytes),
@@ -394,7 +401,7 @@ def _run(
                     # ready in time, about 10 % less per action than asking
                     # once the exec is done).
                     _want_next(prepared, workdir)
-                    rc = lib.hm_activate(proc, stdin_fd, out_fd, err_fd, error)
+                    rc = lib.hm_activate(proc, given[0], given[1], given[2], error)
                 else:
                     rc = spawn(plan, proc, error)
                 returned = time.monotonic_ns()
@@ -473,7 +480,7 @@ def _run(
             usage = usage.with_figure("peak_processes", watch.peak_processes, "sampled")
         out_size, err_size = os.fstat(out_fd).st_size, os.fstat(err_fd).st_size
         keep_out, keep_err = kept_sizes(prepared.limits.output_bytes, out_size, err_size)
-        streams = (("stdout", out_size, keep_out), ("stderr", err_size, keep_err))
+        captured = (("stdout", out_size, keep_out), ("stderr", err_size, keep_err))
         violations += limit_violations(
             prepared.spec,
             counted,
@@ -481,13 +488,13 @@ def _run(
             watch.observed,
             sig if not timed_out else None,
             out_size + err_size,
-            [name for name, size, kept in streams if size > kept],
+            [name for name, size, kept in captured if size > kept],
         )
         tmp_full = watch.tmp_violation()
         if tmp_full is not None:
             violations.append(tmp_full)
         if not prepared.limits.output_bytes:
-            violations += default_cap_violations(streams)
+            violations += default_cap_violations(captured)
         if prepared.scan_roots:
             # After pid 1 is reaped: nothing of the action's is left to race.
             violations += scan_outputs(prepared.scan_roots)

@@ -126,6 +126,10 @@ def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], list[str]]:
 class Prepared:
     """A spec made ready to run on macOS: its profile and plan."""
 
+    @property
+    def unenforced_limits(self) -> tuple[str, ...]:
+        return tuple(self.unenforced)
+
     def close(self) -> None:
         """Nothing to release: every resource is per action here."""
 
@@ -342,9 +346,11 @@ def execute(
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
+    streams: tuple[int, int, int] | None = None,
 ) -> ExecutionResult:
     """Run one action under the spec's profile and return its result
-    (``env``: the action's own variables, platforms/base.py's rule)."""
+    (``env``: the action's own variables, platforms/base.py's rule;
+    ``streams``: the caller's descriptors, -1 for a captured one)."""
     args = check_argv(argv)
     spec = prepared.spec
     workdir = macos_path(cwd or prepared.workdir)
@@ -379,7 +385,12 @@ def execute(
             files[0].write(stdin)
             files[0].seek(0)
         start = time.monotonic()
-        fds = (files[0].fileno(), files[1].fileno(), files[2].fileno())
+        given = streams or (-1, -1, -1)
+        fds = (
+            given[0] if given[0] >= 0 else files[0].fileno(),
+            given[1] if given[1] >= 0 else files[1].fileno(),
+            given[2] if given[2] >= 0 else files[2].fileno(),
+        )
         pid = _spawn(prepared, args, workdir, env, sbpl, fds)
         if observer is not None:
             observer.started(pid)

@@ -82,6 +82,10 @@ def capabilities() -> Capabilities:
 class Prepared:
     """A spec made ready to run in job objects."""
 
+    @property
+    def unenforced_limits(self) -> tuple[str, ...]:
+        return tuple(self.unenforced)
+
     def close(self) -> None:
         """Nothing to release: every resource is per action here."""
 
@@ -174,9 +178,11 @@ def execute(
     cancel: threading.Event | None = None,
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
+    streams: tuple[int, int, int] | None = None,
 ) -> ExecutionResult:
     """Run one action in a fresh job object and return its result
-    (``env``: the action's own variables, platforms/base.py's rule)."""
+    (``env``: the action's own variables, platforms/base.py's rule;
+    ``streams``: the caller's descriptors, -1 for a captured one)."""
     import importlib
 
     # Windows-only modules and functions (typed as Any: checked on every OS).
@@ -200,7 +206,14 @@ def execute(
         if stdin:
             files[0].write(stdin)
             files[0].seek(0)
-        handles = [msvcrt.get_osfhandle(f.fileno()) for f in files]
+        fds = [f.fileno() for f in files]
+        for i, fd in enumerate(streams or ()):
+            if fd >= 0:
+                # A private inheritable copy: the caller's own handle keeps
+                # its inheritance (as subprocess does with DuplicateHandle).
+                fds[i] = os.dup(fd)
+                stack.callback(os.close, fds[i])
+        handles = [msvcrt.get_osfhandle(fd) for fd in fds]
         for h in handles:
             set_inheritable(h, True)
         lim = ffi.new("struct hm_win_limits *")
