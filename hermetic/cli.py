@@ -80,16 +80,15 @@ def _fail(message: str, code: int) -> int:
 
 
 def _default_spec(toolchain: bool) -> SandboxSpec:
-    """Without --spec: the toolchain read-only and the limits any host enforces.
-
-    ResourceLimits.defaults() needs no cgroup (processes, file size, open
-    files), so the default works for a normal user too; a spec file can ask
-    for more.
-    """
+    """Without --spec: the toolchain read-only and the library's default
+    limits (``ResourceLimits.hermetic()``), so the command line and
+    ``SandboxSpec()`` run an action alike.  Those the host can only weaken
+    (memory and CPU time for a normal user without a delegated cgroup) are
+    said once on stderr and listed in the result; none fails the run."""
     spec = SandboxSpec()
     env = spec.environment.with_var("PATH", HermeticSpecBuilder.DEFAULT_PATH)
     inputs = PathSet(HermeticSpecBuilder.toolchain_inputs() if toolchain else ())
-    return SandboxSpec(inputs=inputs, environment=env, resources=ResourceLimits.defaults())
+    return dataclasses.replace(spec, inputs=inputs, environment=env)
 
 
 # Files the command line reads are regular files of bounded size: a FIFO
@@ -437,13 +436,32 @@ def _streams(ns: argparse.Namespace, spec: SandboxSpec) -> Streams:
     return here
 
 
+def _without_reason(limit: str) -> str:
+    """``"max_memory_bytes: sampled ... (why)"`` without its closing
+    ``(why)``: the reason is the same for each, and `hermetic doctor` says it."""
+    if not limit.endswith(")"):
+        return limit
+    depth = 0
+    for i in range(len(limit) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(limit[i], 0)
+        if depth == 0:
+            return limit[:i].rstrip()
+    return limit
+
+
 def _say_weakened(limits: Sequence[str]) -> None:
     """Once, before the action's own output: the spec's default limits this
-    host could only weaken (a limit set explicitly fails instead).  With
-    --json the result carries them as well."""
+    host could only weaken (a limit set explicitly fails instead), short;
+    the result (--json) carries each with its reason."""
     if limits:
-        weak = "; ".join(limits)
-        print(_one_line(f"hermetic: limits weakened here: {weak}"), file=sys.stderr, flush=True)
+        weak = "; ".join(_without_reason(limit) for limit in limits)
+        print(
+            _one_line(
+                f"hermetic: default limits weakened here ('hermetic doctor' says why): {weak}"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
