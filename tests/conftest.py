@@ -267,9 +267,10 @@ class Runner:
             )
         finally:
             os.unlink(spec_file)
-        if p.returncode in (123, 125, 126, 127) and not p.stdout.strip():
-            return Outcome(None, None, b"", p.stderr, False, error=p.stderr.decode().strip())
         data = json.loads(p.stdout)
+        if data["error"] is not None:  # the action did not run: said on stderr too
+            assert p.returncode == data["error"]["exit_status"], (p.returncode, data)
+            return Outcome(None, None, b"", p.stderr, False, error=p.stderr.decode().strip())
         # Landlock must be what enforced, not a namespace left available.
         assert data["isolation"] == ("landlock" if self.landlock else "namespaces"), data
         return Outcome(
