@@ -33,13 +33,13 @@ from hermetic.core.policies import ResourceLimits
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams, caps_output
 from hermetic.executor import HermeticExecutor
-
-EXIT_SPEC = 123
-EXIT_TIMEOUT = 124
-EXIT_SETUP = 125
-EXIT_NOEXEC = 126
-EXIT_NOTFOUND = 127
-
+from hermetic.exits import (
+    EXIT_NOTFOUND,
+    EXIT_SETUP,
+    EXIT_SPEC,
+    EXIT_TIMEOUT,
+    failure_status,
+)
 
 #: The longest message printed; a longer one (a path of 100,000
 #: characters, say) is cut, saying how long it was.
@@ -374,12 +374,7 @@ def _setup_failure(
 ) -> int:
     """The exit status and message for an action that could not run; with
     ``--json``, also a JSON object on stdout saying why (see _error_json)."""
-    code = EXIT_SETUP
-    message = str(e)
-    if isinstance(e, SpecError):
-        code, message = EXIT_SPEC, f"invalid spec: {e}"
-    elif isinstance(e, SandboxError) and e.stage == "exec":
-        code = EXIT_NOTFOUND if e.errno == errno.ENOENT else EXIT_NOEXEC
+    code, message = failure_status(e)
     if ns is not None and getattr(ns, "json", False):
         _write_json(_error_json(e, message, code, command, spec))
     return _fail(message, code)
@@ -695,6 +690,34 @@ def _cmd_spec(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    from hermetic.serve import daemon, protocol
+
+    try:
+        if ns.status or ns.stop:
+            return _serve_control(ns, daemon, protocol)
+        return daemon.serve(idle=ns.idle_timeout, detach=ns.detach)
+    except SpecError as e:
+        return _fail(str(e), EXIT_SPEC)
+
+
+def _serve_control(ns: argparse.Namespace, daemon: Any, protocol: Any) -> int:
+    """--status: the daemon's state as JSON (exit 1 when none runs);
+    --stop: ask it to stop and wait until it has (exit 0 either way)."""
+    answer = daemon.control(protocol.STATUS if ns.status else protocol.STOP)
+    if answer is None:
+        print("no hermetic daemon is running for this user", file=sys.stderr)
+        return 1 if ns.status else 0
+    status, body = answer
+    if status != 0:
+        return _fail("the daemon refused the request", EXIT_SETUP)
+    if ns.status:
+        print(json.dumps(json.loads(body), indent=2))
+        return 0
+    daemon.wait_stopped()
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Exits with EXIT_SPEC (123) on a bad command line, as documented,
     instead of argparse's 2, and says so on one line (an error is one line;
@@ -765,6 +788,31 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("file")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=_cmd_audit)
+    serve = sub.add_parser(
+        "serve",
+        help="the per-user daemon behind hermetic-launch (started by it when needed)",
+        description="Keep warm executors for hermetic-launch.  The first launcher starts "
+        "it (hermetic serve --detach); it exits after an idle time (600 s, or "
+        "HERMETIC_SERVE_IDLE seconds).  See docs/launch-protocol.md.",
+    )
+    serve_what = serve.add_mutually_exclusive_group()
+    serve_what.add_argument(
+        "--status", action="store_true", help="print the running daemon's state as JSON"
+    )
+    serve_what.add_argument(
+        "--stop", action="store_true", help="stop the running daemon once its actions end"
+    )
+    serve_what.add_argument(
+        "--detach", action="store_true", help="run in the background; return once it listens"
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="exit after S seconds without a connection (default 600)",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
     spec = sub.add_parser("spec", help="validate a spec file and print it with its digest")
     spec.add_argument("file")
     spec.set_defaults(func=_cmd_spec)

@@ -238,6 +238,7 @@ class HermeticExecutor:
         collect_outputs: bool = False,
         env: Mapping[str, str] | None = None,
         streams: Streams | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result[ExecutionResult]:
         """Run ``argv`` in a fresh sandbox.
 
@@ -260,6 +261,10 @@ class HermeticExecutor:
         stdin, stdout or stderr (hermetic/core/streams.py): its output then
         goes there as it is written, uncaptured; ``Streams.inherit()`` gives
         it this process's own, as a shell would.
+
+        ``cancel``, an Event set from another thread, ends the sandbox (all
+        its processes) within about 20 ms; the result then shows the
+        action killed (SIGKILL).
         """
         return self._execute(
             argv,
@@ -270,6 +275,7 @@ class HermeticExecutor:
             collect_outputs=collect_outputs,
             env=env,
             streams=streams,
+            cancel=cancel,
         )
 
     def _execute(

@@ -213,8 +213,12 @@ def execute(
     workdir = cwd or prepared.workdir
     if "\0" in workdir or not workdir.startswith("/"):
         raise SpecError(f"cwd must be an absolute path: {workdir!r}", field="cwd", value=workdir)
+    # Within the spec's working directory counts as visible (the sandbox
+    # makes that one), unless it is "/": all of the host is within that.
     if cwd is not None and not (
-        is_within(cwd, prepared.workdir) or linux_plan.visible(prepared.spec, cwd) or cwd == "/"
+        (prepared.workdir != "/" and is_within(cwd, prepared.workdir))
+        or linux_plan.visible(prepared.spec, cwd)
+        or cwd == "/"
     ):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
     run = functools.partial(

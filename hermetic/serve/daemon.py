@@ -1,0 +1,522 @@
+"""``hermetic serve``: the per-user daemon behind ``hermetic-launch``.
+
+It keeps a warm executor per spec (by the spec file's content, so an edited
+spec is a new one), and runs each launcher's action under it with the
+launcher's own stdin, stdout and stderr, in the launcher's working
+directory.  What the executor reuses between actions (the probe, the
+cgroup slots, the standby sandbox, the mount template) it reuses across
+launchers too; that is the whole point: a launcher costs a connection, not
+an interpreter.
+
+One thread accepts; a pool of threads runs the actions (one each, waiting
+in the C core with the GIL released); one thread watches the connections
+of running actions and ends an action whose launcher went away (Ctrl-C,
+make's SIGTERM).  The daemon exits after ``idle`` seconds without a
+connection, on ``hermetic serve --stop``, or on SIGTERM/SIGINT, letting
+running actions finish.
+
+docs/launch-protocol.md is the contract with the launcher.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from hermetic.core.errors import HermeticError, SpecError
+from hermetic.core.spec import SandboxSpec
+from hermetic.core.streams import Streams
+from hermetic.executor import HermeticExecutor
+from hermetic.exits import EXIT_SETUP, EXIT_SPEC, EXIT_TIMEOUT, failure_status
+from hermetic.serve import protocol
+from hermetic.serve.peer import check_peer
+
+#: Seconds without a connection after which the daemon exits (as sccache's
+#: server does after 600 s); HERMETIC_SERVE_IDLE or --idle-timeout change it.
+DEFAULT_IDLE = 600.0
+#: Executors kept warm, one per spec; the least recently used idle one goes.
+MAX_EXECUTORS = 8
+#: Threads running actions at once; more connections wait their turn.
+MAX_RUNNING = 64
+#: A spec file larger than this is refused (a spec is a few kilobytes).
+MAX_SPEC_BYTES = 16 << 20
+#: How often the accept loop looks at the idle time and at a stop request.
+_TICK = 0.25
+
+
+class _Hangups:
+    """One thread watching the connections of running actions: a launcher
+    that goes away (its end closes, or sends anything more) sets its
+    action's cancel event, which ends the sandbox within about 20 ms."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, threading.Event] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._loop, name="hermetic-hangups", daemon=True)
+        self._thread.start()
+
+    def add(self, fd: int, cancel: threading.Event) -> None:
+        with self._lock:
+            self._watched[fd] = cancel
+        self._wake()
+
+    def remove(self, fd: int) -> None:
+        with self._lock:
+            self._watched.pop(fd, None)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def _loop(self) -> None:
+        while True:
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            with self._lock:
+                watched = dict(self._watched)
+            for fd in watched:
+                poller.register(fd, select.POLLIN | select.POLLRDHUP)
+            for fd, _events in poller.poll():
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                cancel = watched.get(fd)
+                if cancel is not None:
+                    cancel.set()
+                    with self._lock:
+                        if self._watched.get(fd) is cancel:
+                            del self._watched[fd]
+
+
+class Daemon:
+    """The daemon's state; ``run()`` serves until idle or stopped."""
+
+    def __init__(self, directory: str, idle: float = DEFAULT_IDLE) -> None:
+        self.directory = directory
+        self.socket_path = os.path.join(directory, "serve.sock")
+        self.lock_path = os.path.join(directory, "serve.lock")
+        self.idle = idle
+        self.started = time.time()
+        self.served = 0
+        self.running = 0
+        self.last_activity = time.monotonic()
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        #: spec digest -> [executor, actions using it, spec path last seen]
+        self._executors: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        self._hangups: _Hangups | None = None
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self, ready_fd: int = -1) -> int:
+        """Serve until idle or stopped; 0.  ``ready_fd`` gets one byte once
+        the socket listens (b"1"), or when another daemon holds the lock
+        (b"0": it serves, and this one exits)."""
+        lock_fd = os.open(
+            self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _ready(ready_fd, b"0")
+                return 0
+            os.ftruncate(lock_fd, 0)
+            os.write(lock_fd, f"{os.getpid()}\n".encode())
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)  # a dead daemon's: the lock says so
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                listener.bind(self.socket_path)
+                os.chmod(self.socket_path, 0o600)
+                listener.listen(128)
+                listener.settimeout(_TICK)
+                self._hangups = _Hangups()
+                _ready(ready_fd, b"1")
+                self._accept(listener)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.socket_path)
+                listener.close()
+        finally:
+            os.close(lock_fd)  # releases the lock, after the socket is gone
+        return 0
+
+    def _accept(self, listener: socket.socket) -> None:
+        with concurrent.futures.ThreadPoolExecutor(
+            MAX_RUNNING, thread_name_prefix="hermetic-serve"
+        ) as pool:
+            while not self.stopping.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    with self._lock:
+                        quiet = self.running == 0
+                        idle_for = time.monotonic() - self.last_activity
+                    if quiet and idle_for >= self.idle:
+                        break
+                    continue
+                except InterruptedError:
+                    continue
+                conn.setblocking(True)
+                with self._lock:
+                    self.running += 1
+                    self.last_activity = time.monotonic()
+                pool.submit(self._handle, conn)
+            # No new connection from here on; running actions finish.
+            listener.close()
+        self._close_executors()
+
+    # -- one connection ---------------------------------------------------
+
+    def _handle(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            with conn:
+                self._serve(conn, fds)
+        except Exception:  # a bug: logged, never the daemon's end
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with self._lock:
+                self.running -= 1
+                self.served += 1
+                self.last_activity = time.monotonic()
+
+    def _serve(self, conn: socket.socket, fds: list[int]) -> None:
+        try:
+            head = _recv_head(conn, fds)
+        except (OSError, EOFError):
+            return  # the launcher went away before asking
+        try:
+            magic, length = protocol.parse_header(head[: protocol.HEADER.size])
+        except (SpecError, ValueError):
+            return
+        try:
+            check_peer(conn)
+        except HermeticError as e:
+            self._refuse(conn, fds, e)
+            return
+        if magic == protocol.STATUS:
+            conn.sendall(protocol.reply(0) + json.dumps(self.status()).encode())
+            return
+        if magic == protocol.STOP:
+            self.stopping.set()
+            conn.sendall(protocol.reply(0))
+            return
+        try:
+            payload = head[protocol.HEADER.size :]
+            payload += _recv_exactly(conn, length - len(payload))
+            if len(fds) != 3:
+                raise SpecError(f"the request carries {len(fds)} descriptors, not 3")
+            request = protocol.parse_run(payload)
+            status = self._run(conn, request, fds)
+        except HermeticError as e:
+            self._refuse(conn, fds, e)
+            return
+        except (OSError, EOFError):
+            return  # the launcher went away
+        with contextlib.suppress(OSError):
+            conn.sendall(protocol.reply(status))
+
+    def _refuse(self, conn: socket.socket, fds: list[int], error: HermeticError) -> None:
+        """Say why on the launcher's stderr, and send hermetic's status."""
+        status, message = failure_status(error)
+        if isinstance(error, SpecError) and error.field in ("request", "runtime_dir"):
+            status, message = EXIT_SPEC, str(error)
+        if len(fds) == 3:
+            line = " ".join(f"hermetic: {message}".split())[:4000] + "\n"
+            with contextlib.suppress(OSError):
+                os.write(fds[2], line.encode("utf-8", "backslashreplace"))
+        with contextlib.suppress(OSError):
+            conn.sendall(protocol.reply(status))
+
+    def _run(self, conn: socket.socket, request: protocol.Request, fds: list[int]) -> int:
+        key, executor = self._take(request.spec_path)
+        cancel = threading.Event()
+        assert self._hangups is not None
+        self._hangups.add(conn.fileno(), cancel)
+        try:
+            result = executor.execute(
+                list(request.argv),
+                cwd=request.cwd,
+                env=request.env or None,
+                streams=Streams(fds[0], fds[1], fds[2]),
+                cancel=cancel,
+            ).unwrap()
+        finally:
+            self._hangups.remove(conn.fileno())
+            self._give(key)
+        if result.timed_out:
+            return EXIT_TIMEOUT
+        return result.shell_status()
+
+    # -- executors --------------------------------------------------------
+
+    def _take(self, spec_path: str) -> tuple[str, HermeticExecutor]:
+        """The warm executor for the spec file's content, made if needed."""
+        data = _read_spec(spec_path)
+        key = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            entry = self._executors.get(key)
+            if entry is not None:
+                entry[1] += 1
+                entry[2] = spec_path
+                self._executors.move_to_end(key)
+                return key, entry[0]
+        try:
+            spec = SandboxSpec.from_json(data)
+        except SpecError as e:
+            raise SpecError(f"spec file {spec_path!r}: {e}", field=e.field, value=e.value) from None
+        made: HermeticExecutor | None = HermeticExecutor.create(spec).unwrap()
+        evicted: list[HermeticExecutor] = []
+        with self._lock:
+            entry = self._executors.get(key)
+            if entry is None:
+                entry = self._executors[key] = [made, 0, spec_path]
+                made = None
+            entry[1] += 1
+            self._executors.move_to_end(key)
+            for old in list(self._executors):
+                if len(self._executors) <= MAX_EXECUTORS:
+                    break
+                if self._executors[old][1] == 0:
+                    evicted.append(self._executors.pop(old)[0])
+        if made is not None:  # another thread made it first
+            evicted.append(made)
+        for ex in evicted:
+            ex.close()
+        return key, entry[0]
+
+    def _give(self, key: str) -> None:
+        with self._lock:
+            entry = self._executors.get(key)
+            if entry is not None:
+                entry[1] -= 1
+
+    def _close_executors(self) -> None:
+        with self._lock:
+            entries = list(self._executors.values())
+            self._executors.clear()
+        for executor, _, _ in entries:
+            executor.close()
+
+    def status(self) -> dict[str, Any]:
+        from hermetic import __version__
+
+        with self._lock:
+            specs = [
+                {"digest": k, "path": v[2], "running": v[1]} for k, v in self._executors.items()
+            ]
+            running, served = self.running - 1, self.served  # less the asking connection
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "socket": self.socket_path,
+            "started": self.started,
+            "uptime": time.time() - self.started,
+            "idle_timeout": self.idle,
+            "running": running,
+            "served": served,
+            "specs": specs,
+        }
+
+
+def _ready(fd: int, word: bytes) -> None:
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.write(fd, word)
+        os.close(fd)
+
+
+def _recv_head(conn: socket.socket, fds: list[int]) -> bytes:
+    """At least the header's bytes, with the descriptors that ride them
+    (appended to ``fds`` as they arrive, so the caller closes them)."""
+    data = b""
+    while len(data) < protocol.HEADER.size:
+        chunk, got, flags, _ = socket.recv_fds(conn, 65536, 3)
+        fds.extend(got)
+        if flags & getattr(socket, "MSG_CTRUNC", 0x8):
+            raise EOFError("more descriptors than a request carries")
+        if not chunk:
+            raise EOFError("the launcher closed the connection")
+        data += chunk
+    return data
+
+
+def _recv_exactly(conn: socket.socket, n: int) -> bytes:
+    parts = []
+    while n > 0:
+        chunk = conn.recv(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("the launcher closed the connection")
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _read_spec(path: str) -> bytes:
+    """The spec file: a regular file of bounded size (a FIFO would block)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise SpecError(f"spec file {path!r}: {e.strerror}", field="spec file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SPEC_BYTES:
+            raise SpecError(
+                f"spec file {path!r} is not a regular file of at most {MAX_SPEC_BYTES >> 20} MiB",
+                field="spec file",
+            )
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def idle_from_env() -> float:
+    value = os.environ.get("HERMETIC_SERVE_IDLE")
+    if not value:
+        return DEFAULT_IDLE
+    try:
+        idle = float(value)
+    except ValueError:
+        raise SpecError(f"HERMETIC_SERVE_IDLE={value!r} is not a number of seconds") from None
+    if not idle > 0:
+        raise SpecError(f"HERMETIC_SERVE_IDLE={value!r} must be positive")
+    return idle
+
+
+def serve(*, idle: float | None = None, detach: bool = False) -> int:
+    """Run the daemon for this user's runtime directory; with ``detach``,
+    in the background, returning once it listens (0) or failed (EXIT_SETUP)."""
+    directory = protocol.checked_runtime_dir()
+    seconds = idle if idle is not None else idle_from_env()
+    if not detach:
+        return _serving(Daemon(directory, seconds))
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child ends in os._exit)
+        code = 1
+        try:
+            os.close(ready_r)
+            os.setsid()
+            if os.fork() > 0:
+                os._exit(0)
+            os.chdir("/")
+            _quiet_stdio(os.path.join(directory, "serve.log"))
+            code = _serving(Daemon(directory, seconds), ready_w)
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.waitpid(pid, 0)
+    try:
+        word = os.read(ready_r, 1)
+    finally:
+        os.close(ready_r)
+    return 0 if word else EXIT_SETUP
+
+
+def _serving(daemon: Daemon, ready_fd: int = -1) -> int:
+    """daemon.run(), stopping (gracefully) on SIGTERM or SIGINT."""
+
+    def stop(_sig: int, _frame: object) -> None:
+        daemon.stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    return daemon.run(ready_fd)
+
+
+def _quiet_stdio(log: str) -> None:
+    """stdin from /dev/null; stdout and stderr appended to the log."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+
+
+def control(magic: bytes) -> tuple[int, bytes] | None:
+    """Send a control request (STATUS or STOP) to this user's daemon: its
+    status word and the rest of its answer, or None when none listens."""
+    directory = protocol.checked_runtime_dir(create=False)
+    path = os.path.join(directory, "serve.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        sock.sendall(protocol.HEADER.pack(magic, 0))
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if len(data) < protocol.STATUS_WORD.size:
+        raise SpecError("the daemon closed the connection without an answer")
+    word, status = protocol.STATUS_WORD.unpack(data[: protocol.STATUS_WORD.size])
+    return status, data[protocol.STATUS_WORD.size :]
+
+
+def wait_stopped(limit: float = 60.0) -> bool:
+    """Wait until this user's daemon has exited (its lock is free and its
+    pid gone), at most ``limit`` seconds; whether it did."""
+    directory = protocol.checked_runtime_dir(create=False)
+    lock_path = os.path.join(directory, "serve.lock")
+    deadline = time.monotonic() + limit
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    try:
+        pid_text = os.read(fd, 32).decode("ascii", "replace").strip()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
+    # The lock goes as run() returns; the process follows at once.
+    while pid_text.isdigit():
+        try:
+            with open(f"/proc/{pid_text}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                    break  # exited; its parent (init) reaps it
+        except FileNotFoundError:
+            break
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

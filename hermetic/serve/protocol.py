@@ -1,0 +1,126 @@
+"""The launcher's wire format and the runtime directory (docs/launch-protocol.md).
+
+Pure functions over bytes and paths: the daemon (daemon.py) does the I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+from hermetic.core.errors import SpecError
+
+#: A request to run an action; its payload follows, the three stdio
+#: descriptors ride the first bytes.
+RUN = b"HML1"
+#: Control requests, with an empty payload.
+STATUS = b"HMS1"
+STOP = b"HMQ1"
+#: The reply: this, then the exit status (int32, little-endian).
+REPLY = b"HMR1"
+#: The header: a magic and the payload's length (uint32, little-endian).
+HEADER = struct.Struct("<4sI")
+STATUS_WORD = struct.Struct("<4si")
+#: A payload larger than this is refused (Linux's own limit on a command
+#: line and its environment is 2 MiB by default, 6 MiB at most).
+MAX_PAYLOAD = 16 << 20
+
+
+@dataclass(frozen=True)
+class Request:
+    """One action, as a launcher asked for it."""
+
+    spec_path: str
+    cwd: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+
+
+def reply(status: int) -> bytes:
+    return STATUS_WORD.pack(REPLY, status)
+
+
+def parse_header(data: bytes) -> tuple[bytes, int]:
+    """(magic, payload length) from the first 8 bytes; SpecError if bad."""
+    magic, length = HEADER.unpack(data[: HEADER.size])
+    if magic not in (RUN, STATUS, STOP):
+        raise SpecError(f"not a launcher request (magic {magic!r})", field="request")
+    if length > MAX_PAYLOAD or (magic != RUN and length):
+        raise SpecError(f"request of {length} bytes refused", field="request")
+    return magic, length
+
+
+def parse_run(payload: bytes) -> Request:
+    """A RUN payload's records: tag byte, then a NUL-terminated string."""
+    fields: dict[str, list[str]] = {"S": [], "C": [], "A": [], "E": []}
+    at = 0
+    while at < len(payload):
+        tag = chr(payload[at])
+        end = payload.find(b"\0", at + 1)
+        if tag not in fields or end < 0:
+            raise SpecError(f"malformed request record at byte {at}", field="request")
+        fields[tag].append(os.fsdecode(payload[at + 1 : end]))
+        at = end + 1
+    for tag, name in (("S", "spec path"), ("C", "working directory")):
+        if len(fields[tag]) != 1:
+            raise SpecError(f"the request must name one {name}", field="request")
+    if not fields["A"]:
+        raise SpecError("the request names no command", field="request")
+    env: dict[str, str] = {}
+    for item in fields["E"]:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SpecError(f"passed variable {name!r} is not NAME=VALUE", field="env")
+        env[name] = value
+    spec_path, cwd = fields["S"][0], fields["C"][0]
+    for what, path in (("spec path", spec_path), ("working directory", cwd)):
+        if not path.startswith("/"):
+            raise SpecError(f"the {what} must be absolute: {path!r}", field="request")
+    return Request(spec_path, cwd, tuple(fields["A"]), env)
+
+
+def runtime_dir() -> str:
+    """Where the daemon's socket and lock live (docs/launch-protocol.md)."""
+    given = os.environ.get("HERMETIC_RUNTIME_DIR")
+    if given:
+        return given
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return os.path.join(xdg, "hermetic")
+    return f"/tmp/hermetic-{os.geteuid()}"
+
+
+def checked_runtime_dir(create: bool = True) -> str:
+    """runtime_dir(), made if missing (0700), and checked: a directory, not
+    a link, owned by this user, with no group or other permission.  Anyone
+    else able to reach the socket could run actions as this user.
+
+    Raises SpecError naming the directory and what is wrong with it."""
+    path = runtime_dir()
+    if not path.startswith("/"):
+        raise SpecError(f"runtime directory {path!r} is not absolute", field="runtime_dir")
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise SpecError(
+                f"cannot make runtime directory {path!r}: {e.strerror}", field="runtime_dir"
+            ) from None
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise SpecError(f"runtime directory {path!r}: {e.strerror}", field="runtime_dir") from None
+    problem = None
+    if not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory (a symbolic link is refused)"
+    elif st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}, not by this user ({os.geteuid()})"
+    elif st.st_mode & 0o077:
+        problem = f"is reachable by others (mode {stat.S_IMODE(st.st_mode):o}; it must be 700)"
+    if problem:
+        raise SpecError(f"runtime directory {path!r} {problem}", field="runtime_dir")
+    return path

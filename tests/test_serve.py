@@ -1,0 +1,409 @@
+"""``hermetic serve``: the daemon behind hermetic-launch, over its protocol.
+
+These tests speak docs/launch-protocol.md from Python (``_launch`` below)
+so that each point of the daemon's side is checked on its own; the native
+client is tested end to end in test_launch.py.  Every test has a private
+runtime directory, and every daemon it starts is stopped and checked gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from conftest import _as_user_cmd, _user_env
+
+from hermetic.serve import protocol
+
+pytestmark = pytest.mark.linux
+
+SPEC = {
+    "inputs": ["/usr", "/bin", "/lib", "/lib64"],
+    "environment": {"vars": {"PATH": "/usr/bin:/bin"}},
+}
+
+
+def _cli(rt: str, *args: str, user: Any = None, env: dict[str, str] | None = None) -> Any:
+    argv = [sys.executable, "-m", "hermetic", *args]
+    full = {**(_user_env() if user is not None else os.environ), "HERMETIC_RUNTIME_DIR": rt}
+    full.update(env or {})
+    return subprocess.run(
+        _as_user_cmd(user, argv) if user is not None else argv,
+        capture_output=True,
+        env=full,
+        cwd="/",
+        timeout=120,
+    )
+
+
+def _pid(rt: str) -> int:
+    with open(os.path.join(rt, "serve.lock")) as f:
+        return int(f.read().strip())
+
+
+def _gone(pid: int, within: float = 30) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def rt() -> Iterator[str]:
+    """A private runtime directory; its daemon, if any, stopped afterwards."""
+    path = tempfile.mkdtemp(prefix="hermetic-test-rt-")
+    try:
+        yield path
+    finally:
+        _stop(path)
+        _remove(path)
+
+
+def _stop(path: str) -> None:
+    if os.path.exists(os.path.join(path, "serve.sock")):
+        pid = _pid(path)
+        _cli(path, "serve", "--stop")
+        assert _gone(pid), f"daemon {pid} still running"
+
+
+def _remove(path: str) -> None:
+    for name in os.listdir(path):
+        os.unlink(os.path.join(path, name))
+    os.rmdir(path)
+
+
+@pytest.fixture
+def spec_file() -> Iterator[str]:
+    fd, path = tempfile.mkstemp(prefix="hermetic-test-spec-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(SPEC, f)
+    os.chmod(path, 0o644)
+    yield path
+    os.unlink(path)
+
+
+def _connect(rt: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(os.path.join(rt, "serve.sock"))
+    return sock
+
+
+def _request(spec: str, argv: Sequence[str], cwd: str = "/", env: Sequence[str] = ()) -> bytes:
+    records = [b"S" + spec.encode(), b"C" + cwd.encode()]
+    records += [b"A" + a.encode() for a in argv] + [b"E" + e.encode() for e in env]
+    payload = b"".join(r + b"\0" for r in records)
+    return protocol.HEADER.pack(protocol.RUN, len(payload)) + payload
+
+
+def _reply(sock: socket.socket) -> int | None:
+    data = b""
+    while len(data) < 8:
+        chunk = sock.recv(8 - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    magic, status = struct.unpack("<4si", data)
+    assert magic == protocol.REPLY
+    return int(status)
+
+
+def _launch(
+    rt: str,
+    spec: str,
+    argv: Sequence[str],
+    *,
+    stdin: bytes = b"",
+    cwd: str = "/",
+    env: Sequence[str] = (),
+) -> tuple[int | None, bytes, bytes]:
+    """One action through the daemon: (status, stdout, stderr), the streams
+    being pipes this process reads."""
+    in_r, in_w = os.pipe()
+    os.write(in_w, stdin)
+    os.close(in_w)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with _connect(rt) as sock:
+            socket.send_fds(
+                sock, [_request(spec, argv, cwd, env)], [in_r, out.fileno(), err.fileno()]
+            )
+            os.close(in_r)
+            status = _reply(sock)
+        out.seek(0)
+        err.seek(0)
+        return status, out.read(), err.read()
+
+
+def _start(rt: str, **env: str) -> int:
+    p = _cli(rt, "serve", "--detach", env=env)
+    assert p.returncode == 0, p.stderr
+    return _pid(rt)
+
+
+def test_an_action_runs_with_the_callers_streams(rt: str, spec_file: str) -> None:
+    _start(rt)
+    status, out, err = _launch(
+        rt, spec_file, ["sh", "-c", "cat; echo out; echo err >&2; exit 3"], stdin=b"in\n"
+    )
+    assert (status, out, err) == (3, b"in\nout\n", b"err\n")
+    status, _, _ = _launch(rt, spec_file, ["sh", "-c", "kill -TERM $$"])
+    assert status == 128 + signal.SIGTERM
+
+
+def test_passed_variables_and_the_working_directory(rt: str, spec_file: str) -> None:
+    _start(rt)
+    status, out, _ = _launch(
+        rt,
+        spec_file,
+        ["sh", "-c", 'pwd; echo "$SOURCE_DATE_EPOCH"'],
+        cwd="/usr",
+        env=["SOURCE_DATE_EPOCH=42"],
+    )
+    assert (status, out) == (0, b"/usr\n42\n")
+
+
+def test_hermetics_own_failures_say_why_on_stderr(rt: str, spec_file: str) -> None:
+    _start(rt)
+    cases = [
+        (["no-such-tool-here"], spec_file, "/", 127, b"no-such-tool-here"),
+        (["true"], spec_file, "/etc", 123, b"/etc"),  # not visible in the sandbox
+        (["true"], "/nonexistent-hm.json", "/", 123, b"nonexistent-hm.json"),
+        (["true"], "/dev/null", "/", 123, b"not a regular file"),
+    ]
+    for argv, spec, cwd, want, needle in cases:
+        status, out, err = _launch(rt, spec, argv, cwd=cwd)
+        assert status == want, (argv, spec, status, err)
+        assert err.startswith(b"hermetic: ") and err.count(b"\n") == 1 and needle in err, err
+
+
+def test_a_malformed_request_is_refused(rt: str, spec_file: str) -> None:
+    _start(rt)
+    bad = protocol.HEADER.pack(protocol.RUN, 5) + b"Xabc\0"
+    r, w = os.pipe()
+    try:
+        with _connect(rt) as sock:
+            socket.send_fds(sock, [bad], [r, w, w])
+            assert _reply(sock) == 123
+        assert b"malformed" in os.read(r, 1000)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
+    """A caller under no_new_privs (as inside a sandbox) would gain the
+    daemon's freedom: refused, with the reason on its stderr."""
+    _start(rt)
+    client = (
+        "import socket, sys, struct\n"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
+        f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
+    )
+    p = subprocess.run(
+        ["setpriv", "--no-new-privs", sys.executable, "-c", client],
+        capture_output=True,
+        timeout=60,
+    )
+    assert p.returncode == 125 and b"NoNewPrivs" in p.stderr, p.stderr
+
+
+def test_another_user_is_refused_even_through_an_open_socket(
+    rt: str, spec_file: str, test_user: Any
+) -> None:
+    if test_user is None:
+        pytest.skip("needs root to run a client as another user")
+    _start(rt)
+    # A runtime directory opened up after the start: SO_PEERCRED still refuses.
+    os.chmod(rt, 0o711)
+    os.chmod(os.path.join(rt, "serve.sock"), 0o666)
+    client = (
+        "import socket, sys, struct\n"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
+        f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
+    )
+    p = subprocess.run(
+        _as_user_cmd(test_user, [sys.executable, "-c", client]),
+        capture_output=True,
+        env=_user_env(),
+        cwd="/",
+        timeout=60,
+    )
+    os.chmod(rt, 0o700)
+    assert p.returncode == 125 and b"serves uid 0 only" in p.stderr, p.stderr
+
+
+def _marker_running(marker: str) -> bool:
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def _wait_for(predicate: Any, within: float = 30) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_launcher_that_goes_away_ends_its_action(rt: str, spec_file: str) -> None:
+    _start(rt)
+    marker = "1234.5678"  # sleep's argument: names the action's process
+    sock = _connect(rt)
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        socket.send_fds(sock, [_request(spec_file, ["sleep", marker])], [null, null, null])
+        assert _wait_for(lambda: _marker_running(marker)), "the action never started"
+    finally:
+        os.close(null)
+        sock.close()  # as a launcher killed by Ctrl-C
+    assert _wait_for(lambda: not _marker_running(marker)), "the action outlived its launcher"
+
+
+def test_a_daemon_that_dies_leaves_no_action_and_the_caller_sees_it(
+    rt: str, spec_file: str
+) -> None:
+    pid = _start(rt)
+    marker = "2345.6789"
+    got: list[int | None] = []
+    null = os.open(os.devnull, os.O_RDWR)
+
+    def client() -> None:
+        with _connect(rt) as sock:
+            socket.send_fds(sock, [_request(spec_file, ["sleep", marker])], [null, null, null])
+            got.append(_reply(sock))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        assert _wait_for(lambda: _marker_running(marker)), "the action never started"
+        os.kill(pid, signal.SIGKILL)
+        thread.join(60)
+    finally:
+        os.close(null)
+    assert got == [None]  # the connection closed without a status
+    assert _gone(pid)
+    assert _wait_for(lambda: not _marker_running(marker)), "the action outlived the daemon"
+    os.unlink(os.path.join(rt, "serve.sock"))  # a killed daemon cannot remove it
+
+
+def test_concurrent_starts_make_one_daemon(rt: str) -> None:
+    argv = [sys.executable, "-m", "hermetic", "serve", "--detach"]
+    env = {**os.environ, "HERMETIC_RUNTIME_DIR": rt}
+    procs = [subprocess.Popen(argv, env=env, cwd="/") for _ in range(4)]
+    assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+    status = json.loads(_cli(rt, "serve", "--status").stdout)
+    assert status["pid"] == _pid(rt)
+    daemons = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and _cmdline(pid).endswith(b"serve\0--detach\0") and _env_has(pid, rt)
+    ]
+    assert daemons == [str(status["pid"])], daemons
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _env_has(pid: str, rt: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"HERMETIC_RUNTIME_DIR={rt}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def test_an_idle_daemon_exits(rt: str, spec_file: str) -> None:
+    pid = _start(rt, HERMETIC_SERVE_IDLE="0.5")
+    assert _launch(rt, spec_file, ["true"])[0] == 0
+    assert _gone(pid), "the idle daemon did not exit"
+    assert not os.path.exists(os.path.join(rt, "serve.sock"))
+
+
+def test_status_and_stop(rt: str, spec_file: str) -> None:
+    assert _cli(rt, "serve", "--status").returncode == 1  # none yet
+    pid = _start(rt)
+    _launch(rt, spec_file, ["true"])
+    status = json.loads(_cli(rt, "serve", "--status").stdout)
+    assert status["pid"] == pid and status["served"] == 1 and status["running"] == 0
+    assert [s["path"] for s in status["specs"]] == [spec_file]
+    assert _cli(rt, "serve", "--stop").returncode == 0
+    assert _gone(pid, within=5)
+    assert not os.path.exists(os.path.join(rt, "serve.sock"))
+
+
+def test_an_unsafe_runtime_directory_is_refused(rt: str) -> None:
+    os.chmod(rt, 0o755)
+    p = _cli(rt, "serve", "--detach")
+    assert p.returncode == 123 and rt.encode() in p.stderr and b"700" in p.stderr, p.stderr
+    os.chmod(rt, 0o700)
+    link = rt + "-link"
+    os.symlink(rt, link)
+    try:
+        p = _cli(link, "serve", "--detach")
+        assert p.returncode == 123 and b"symbolic link" in p.stderr, p.stderr
+    finally:
+        os.unlink(link)
+
+
+def test_the_test_user_has_a_daemon_of_its_own(spec_file: str, test_user: Any) -> None:
+    if test_user is None:
+        pytest.skip("the suite runs as a normal user: the other tests are that user's")
+    rt = tempfile.mkdtemp(prefix="hermetic-test-rt-")
+    os.chown(rt, test_user.pw_uid, test_user.pw_gid)
+    client = (
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import json\n"
+        "from test_serve import _launch\n"
+        f"status, out, err = _launch({rt!r}, {spec_file!r}, ['id', '-u'])\n"
+        "print(json.dumps([status, out.decode(), err.decode()]))\n"
+    )
+    try:
+        assert _cli(rt, "serve", "--detach", user=test_user).returncode == 0
+        pid = _pid(rt)
+        p = subprocess.run(
+            _as_user_cmd(test_user, [sys.executable, "-c", client]),
+            capture_output=True,
+            text=True,
+            env={**_user_env(), "HERMETIC_RUNTIME_DIR": rt},
+            cwd="/",
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr
+        status, out, err = json.loads(p.stdout)
+        assert status == 0 and out.strip().isdigit(), err
+        assert _cli(rt, "serve", "--stop", user=test_user).returncode == 0
+        assert _gone(pid)
+    finally:
+        _remove(rt)
