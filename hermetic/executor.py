@@ -32,7 +32,7 @@ from hermetic.core.streams import Streams, check_streams
 from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
 from hermetic.platforms import current
-from hermetic.platforms.base import Backend, PreparedSpec, action_environment
+from hermetic.platforms.base import Backend, Cancel, PreparedSpec, action_environment
 from hermetic.security.audit import AuditLog, record
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class HermeticExecutor:
         collect_outputs: bool = False,
         env: Mapping[str, str] | None = None,
         streams: Streams | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
     ) -> Result[ExecutionResult]:
         """Run ``argv`` in a fresh sandbox.
 
@@ -262,9 +262,9 @@ class HermeticExecutor:
         goes there as it is written, uncaptured; ``Streams.inherit()`` gives
         it this process's own, as a shell would.
 
-        ``cancel``, an Event set from another thread, ends the sandbox (all
-        its processes) within about 20 ms; the result then shows the
-        action killed (SIGKILL).
+        ``cancel``, a ``threading.Event`` (or anything with ``is_set()``,
+        asked every 20 ms), ends the sandbox (all its processes) once set;
+        the result then shows the action killed (SIGKILL).
         """
         return self._execute(
             argv,
@@ -287,7 +287,7 @@ class HermeticExecutor:
         timeout: float | datetime.timedelta | None,
         monitor: ResourceMonitor | None,
         collect_outputs: bool,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
         env: Mapping[str, str] | None = None,
         streams: Streams | None = None,
     ) -> Result[ExecutionResult]:

@@ -9,7 +9,6 @@ hermetic/platforms/__init__.py, and by tests/test_platform_contract.py).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
@@ -44,6 +43,13 @@ def action_environment(
         if name in prepared:
             merged[name] = prepared[name]
     return merged
+
+
+class Cancel(Protocol):
+    """Asked every 20 ms while an action runs: once true, the sandbox ends.
+    A ``threading.Event`` is one; so is anything with ``is_set()``."""
+
+    def is_set(self) -> bool: ...
 
 
 class Observer(Protocol):
@@ -100,7 +106,7 @@ class Backend(Protocol[P]):
         timeout: float | None = None,
         kill_grace: float = ...,
         observer: Observer | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
         profile: dict[str, float] | None = None,
         env: Mapping[str, str] | None = None,
         streams: tuple[int, int, int] | None = None,

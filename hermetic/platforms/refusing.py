@@ -7,14 +7,13 @@ isolation than it asks for; ``capabilities()`` says why.
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hermetic.core.errors import UnsupportedError
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.spec import SandboxSpec
-from hermetic.platforms.base import Observer
+from hermetic.platforms.base import Cancel, Observer
 from hermetic.platforms.capabilities import Capabilities
 
 
@@ -50,7 +49,7 @@ def refusing_backend(
         timeout: float | None = None,
         kill_grace: float = 0.5,
         observer: Observer | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
         profile: dict[str, float] | None = None,
         env: Mapping[str, str] | None = None,
         streams: tuple[int, int, int] | None = None,

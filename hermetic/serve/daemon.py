@@ -8,12 +8,12 @@ cgroup slots, the standby sandbox, the mount template) it reuses across
 launchers too; that is the whole point: a launcher costs a connection, not
 an interpreter.
 
-One thread accepts; a pool of threads runs the actions (one each, waiting
-in the C core with the GIL released); one thread watches the connections
-of running actions and ends an action whose launcher went away (Ctrl-C,
-make's SIGTERM).  The daemon exits after ``idle`` seconds without a
-connection, on ``hermetic serve --stop``, or on SIGTERM/SIGINT, letting
-running actions finish.
+A fixed set of threads each accept a connection and run its action
+(waiting in the C core with the GIL released); the sandbox's periodic
+check ends an action whose launcher went away (Ctrl-C, make's SIGTERM).
+The daemon exits after ``idle`` seconds without a connection, on
+``hermetic serve --stop``, or on SIGTERM/SIGINT, letting running actions
+finish.
 
 docs/launch-protocol.md is the contract with the launcher.
 """
@@ -21,13 +21,11 @@ docs/launch-protocol.md is the contract with the launcher.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
-import select
 import signal
 import socket
 import stat
@@ -50,59 +48,37 @@ from hermetic.serve.peer import check_peer
 DEFAULT_IDLE = 600.0
 #: Executors kept warm, one per spec; the least recently used idle one goes.
 MAX_EXECUTORS = 8
-#: Threads running actions at once; more connections wait their turn.
-MAX_RUNNING = 64
+#: Threads accepting and running actions; more connections at once wait
+#: their turn in the listen queue.  make -j and ninja run about one action
+#: per core.
+SERVING_THREADS = max(16, 4 * (os.cpu_count() or 1))
 #: A spec file larger than this is refused (a spec is a few kilobytes).
 MAX_SPEC_BYTES = 16 << 20
 #: How often the accept loop looks at the idle time and at a stop request.
 _TICK = 0.25
 
 
-class _Hangups:
-    """One thread watching the connections of running actions: a launcher
-    that goes away (its end closes, or sends anything more) sets its
-    action's cancel event, which ends the sandbox within about 20 ms."""
+class _Hangup:
+    """Set once the launcher's end of ``conn`` closes (Ctrl-C, make's
+    SIGTERM) or sends anything more (the protocol has nothing more to
+    send): the executor asks ``is_set()`` every 20 ms while the action
+    runs, and then ends the sandbox.  One non-blocking peek per ask, no
+    thread of its own."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watched: dict[int, threading.Event] = {}
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._loop, name="hermetic-hangups", daemon=True)
-        self._thread.start()
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._set = False
 
-    def add(self, fd: int, cancel: threading.Event) -> None:
-        with self._lock:
-            self._watched[fd] = cancel
-        self._wake()
-
-    def remove(self, fd: int) -> None:
-        with self._lock:
-            self._watched.pop(fd, None)
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"x")
-
-    def _loop(self) -> None:
-        while True:
-            poller = select.poll()
-            poller.register(self._wake_r, select.POLLIN)
-            with self._lock:
-                watched = dict(self._watched)
-            for fd in watched:
-                poller.register(fd, select.POLLIN | select.POLLRDHUP)
-            for fd, _events in poller.poll():
-                if fd == self._wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
-                    continue
-                cancel = watched.get(fd)
-                if cancel is not None:
-                    cancel.set()
-                    with self._lock:
-                        if self._watched.get(fd) is cancel:
-                            del self._watched[fd]
+    def is_set(self) -> bool:
+        if not self._set:
+            try:
+                self._conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                self._set = True  # end of stream, or bytes nobody sends
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._set = True
+        return self._set
 
 
 class Daemon:
@@ -121,7 +97,6 @@ class Daemon:
         self._lock = threading.Lock()
         #: spec digest -> [executor, actions using it, spec path last seen]
         self._executors: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
-        self._hangups: _Hangups | None = None
 
     # -- the loop ---------------------------------------------------------
 
@@ -147,8 +122,6 @@ class Daemon:
                 listener.bind(self.socket_path)
                 os.chmod(self.socket_path, 0o600)
                 listener.listen(128)
-                listener.settimeout(_TICK)
-                self._hangups = _Hangups()
                 _ready(ready_fd, b"1")
                 self._accept(listener)
             finally:
@@ -160,29 +133,47 @@ class Daemon:
         return 0
 
     def _accept(self, listener: socket.socket) -> None:
-        with concurrent.futures.ThreadPoolExecutor(
-            MAX_RUNNING, thread_name_prefix="hermetic-serve"
-        ) as pool:
-            while not self.stopping.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    with self._lock:
-                        quiet = self.running == 0
-                        idle_for = time.monotonic() - self.last_activity
-                    if quiet and idle_for >= self.idle:
-                        break
-                    continue
-                except InterruptedError:
-                    continue
-                conn.setblocking(True)
-                with self._lock:
-                    self.running += 1
-                    self.last_activity = time.monotonic()
-                pool.submit(self._handle, conn)
-            # No new connection from here on; running actions finish.
-            listener.close()
+        """Threads that each accept and serve a connection (the kernel hands
+        each connection to one of them: no hand-off between threads on the
+        way to the action); this thread watches the idle time and stops."""
+        listener.settimeout(None)
+        workers = [
+            threading.Thread(
+                target=self._work, args=(listener,), name=f"hermetic-serve-{i}", daemon=True
+            )
+            for i in range(SERVING_THREADS)
+        ]
+        for worker in workers:
+            worker.start()
+        while not self.stopping.wait(_TICK):
+            with self._lock:
+                quiet = self.running == 0
+                idle_for = time.monotonic() - self.last_activity
+            if quiet and idle_for >= self.idle:
+                break
+        # No new connection from here on (a blocked accept() returns
+        # EINVAL); running actions finish.
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        for worker in workers:
+            worker.join()
         self._close_executors()
+
+    def _work(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except InterruptedError:
+                continue
+            except OSError:
+                return  # shut down
+            with self._lock:
+                if self.stopping.is_set():
+                    conn.close()
+                    return
+                self.running += 1
+                self.last_activity = time.monotonic()
+            self._handle(conn)
 
     # -- one connection ---------------------------------------------------
 
@@ -252,19 +243,15 @@ class Daemon:
 
     def _run(self, conn: socket.socket, request: protocol.Request, fds: list[int]) -> int:
         key, executor = self._take(request.spec_path)
-        cancel = threading.Event()
-        assert self._hangups is not None
-        self._hangups.add(conn.fileno(), cancel)
         try:
             result = executor.execute(
                 list(request.argv),
                 cwd=request.cwd,
                 env=request.env or None,
                 streams=Streams(fds[0], fds[1], fds[2]),
-                cancel=cancel,
+                cancel=_Hangup(conn),
             ).unwrap()
         finally:
-            self._hangups.remove(conn.fileno())
             self._give(key)
         if result.timed_out:
             return EXIT_TIMEOUT
@@ -466,6 +453,8 @@ def _quiet_stdio(log: str) -> None:
 def control(magic: bytes) -> tuple[int, bytes] | None:
     """Send a control request (STATUS or STOP) to this user's daemon: its
     status word and the rest of its answer, or None when none listens."""
+    if not os.path.lexists(protocol.runtime_dir()):
+        return None  # no daemon ever ran here
     directory = protocol.checked_runtime_dir(create=False)
     path = os.path.join(directory, "serve.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:

@@ -24,7 +24,7 @@ from hermetic.core.errors import UnsupportedError
 
 SO_PEERPIDFD = 77  # <linux/socket.h>, Linux 6.5
 _NAMESPACES = ("user", "mnt", "net", "pid")
-_STATUS_FIELDS = ("NoNewPrivs", "Seccomp")
+_STATUS_FIELDS = (b"NoNewPrivs", b"Seccomp")
 
 
 def _identity(pid: int | str) -> dict[str, object]:
@@ -32,11 +32,15 @@ def _identity(pid: int | str) -> dict[str, object]:
     for ns in _NAMESPACES:
         st = os.stat(f"/proc/{pid}/ns/{ns}")
         found[ns] = (st.st_dev, st.st_ino)
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in _STATUS_FIELDS:
-                found[name] = value.strip()
+    fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    for line in text.split(b"\n"):
+        name, _, value = line.partition(b":")
+        if name in _STATUS_FIELDS:
+            found[name.decode()] = value.strip()
     return found
 
 

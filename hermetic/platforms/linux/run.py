@@ -8,7 +8,6 @@ import contextlib
 import functools
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from hermetic.core.usage import ResourceUsage
 from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.monitoring.cgroup_v2 import V2Group
-from hermetic.platforms.base import Observer
+from hermetic.platforms.base import Cancel, Observer
 from hermetic.platforms.linux import plan as linux_plan
 from hermetic.platforms.linux.memory import STACKS, CMemory, native
 from hermetic.platforms.linux.netns import POOL as NETNS
@@ -142,7 +141,7 @@ def _stages(out: dict[str, float], proc: Any, called: int, returned: int, reaped
     out[STAGES[8]] = (reaped - s[lib.HM_STAMP_DONE]) / 1e9
 
 
-def _cancellable(check: Any, cancel: threading.Event) -> Any:
+def _cancellable(check: Any, cancel: Cancel) -> Any:
     """The periodic check, ending the sandbox once ``cancel`` is set."""
 
     def checked() -> str | None:
@@ -188,7 +187,7 @@ def execute(
     timeout: float | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
     observer: Observer | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
     streams: tuple[int, int, int] | None = None,
@@ -307,7 +306,7 @@ def _run(
     group: V2Group | None = None,
     standby: Standby | None = None,
     observer: Observer | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     profile: dict[str, float] | None = None,
     env: dict[str, str] | None = None,
     streams: tuple[int, int, int] = (-1, -1, -1),

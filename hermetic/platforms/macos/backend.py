@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,7 +42,7 @@ from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
-from hermetic.platforms.base import Observer, action_environment
+from hermetic.platforms.base import Cancel, Observer, action_environment
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos.sbpl import macos_path, sbpl_profile
 from hermetic.security.proxy import EgressProxy
@@ -343,7 +342,7 @@ def execute(
     timeout: float | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
     observer: Observer | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
     streams: tuple[int, int, int] | None = None,
@@ -443,7 +442,7 @@ def _wait(
     grace: float,
     limits: Any,
     files: list[Any],
-    cancel: threading.Event | None,
+    cancel: Cancel | None,
     processes: str = "",
 ) -> tuple[int, Any, bool, str | None]:
     """Poll the main process every 20 ms; end the whole group when it is

@@ -31,7 +31,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,7 +39,7 @@ from hermetic.core.errors import SandboxError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
-from hermetic.platforms.base import Observer, action_environment
+from hermetic.platforms.base import Cancel, Observer, action_environment
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.security.timeout import DEFAULT_KILL_GRACE
 
@@ -175,7 +174,7 @@ def execute(
     timeout: float | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
     observer: Observer | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
     streams: tuple[int, int, int] | None = None,
