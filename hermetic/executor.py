@@ -329,7 +329,9 @@ class HermeticExecutor:
         result = self._record(result)
         if collect_outputs:
             try:
-                entries = manifest.collect(self._spec.outputs)
+                entries = manifest.collect(
+                    self._spec.outputs, skip=self._spec.inputs_within_writable()
+                )
             except OSError as e:
                 return Err(_unreadable_outputs(e, "listing the outputs"))
             result = dataclasses.replace(result, outputs=entries)
@@ -473,6 +475,12 @@ class HermeticExecutor:
                     p: verify.fresh_copy(p, fresh_dirs)
                     for p in (*self._spec.outputs, *self._spec.temps)
                 }
+                nested = self._spec.inputs_within_writable()
+                points = [
+                    made
+                    for p, fresh in remap.items()
+                    for made in verify.mount_points(fresh, p, nested)
+                ]
                 prepared = self._backend.prepare(_applied(self._spec), remap=remap)
                 try:
                     result = self._backend.execute(
@@ -484,7 +492,7 @@ class HermeticExecutor:
                 roots = [remap[p] for p in self._spec.outputs]
                 shown = {remap[p]: p for p in self._spec.outputs}
                 try:
-                    entries = manifest.collect(roots, shown_as=shown)
+                    entries = manifest.collect(roots, shown_as=shown, skip=points)
                 except OSError as e:
                     raise _unreadable_outputs(
                         e, f"reading what run {run} left in its outputs"

@@ -82,12 +82,18 @@ def test_builder_sets_every_part(tmp_path: Path) -> None:
     assert spec.workdir == resolved(tmp_path)
 
 
-def test_build_err_on_overlap(tmp_path: Path) -> None:
-    result = SandboxSpecBuilder.create().input(tmp_path).output(tmp_path / "out").build()
+def test_build_err_when_a_path_is_both_input_and_output(tmp_path: Path) -> None:
+    result = SandboxSpecBuilder.create().input(tmp_path).output(tmp_path).build()
     assert result.is_err()
     err = result.unwrap_err()
     assert isinstance(err, SpecError)
-    assert "overlap" in str(err) and resolved(tmp_path) in str(err)
+    assert "both an input" in str(err) and resolved(tmp_path) in str(err)
+
+
+def test_build_allows_an_output_nested_in_an_input(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    spec = SandboxSpecBuilder.create().input(tmp_path).output(tmp_path / "out").build().unwrap()
+    assert spec.can_write(tmp_path / "out" / "x") and not spec.can_write(tmp_path / "y")
 
 
 def test_build_returns_construction_errors_as_err() -> None:
@@ -151,10 +157,11 @@ def test_for_build_adds_existing_toolchain_only(workspace: Path, tmp_path: Path)
 def test_for_build_errors(workspace: Path, tmp_path: Path) -> None:
     missing = HermeticSpecBuilder.for_build(workspace, ["nope.c"], tmp_path / "o", tmp_path / "t")
     assert "nope.c" in str(missing.unwrap_err())
-    overlap = HermeticSpecBuilder.for_build(
+    (workspace / "src" / "build").mkdir()
+    nested = HermeticSpecBuilder.for_build(
         workspace, ["src"], workspace / "src" / "build", tmp_path / "t"
     )
-    assert "overlap" in str(overlap.unwrap_err())
+    assert nested.unwrap().can_write(workspace / "src" / "build" / "x.o")
     relative_root = HermeticSpecBuilder.for_build("ws", [], tmp_path / "o", tmp_path / "t")
     assert "workspace_root" in str(relative_root.unwrap_err())
     single = HermeticSpecBuilder.for_build(workspace, "src", tmp_path / "o", tmp_path / "t")
@@ -176,11 +183,10 @@ def test_for_test(workspace: Path, tmp_path: Path) -> None:
     assert spec.environment.get("TMPDIR") == resolved(tmp_path / "tmp")
 
 
-def test_for_test_temp_inside_workspace_is_err(workspace: Path) -> None:
-    result = HermeticSpecBuilder.for_test(workspace, "tests", workspace / "tmp")
-    err = result.unwrap_err()
-    assert isinstance(err, SpecError)
-    assert "overlap" in str(err) and resolved(workspace / "tmp") in str(err)
+def test_for_test_temp_inside_workspace_is_writable(workspace: Path) -> None:
+    (workspace / "tmp").mkdir()
+    spec = HermeticSpecBuilder.for_test(workspace, "tests", workspace / "tmp").unwrap()
+    assert spec.can_write(workspace / "tmp" / "x") and not spec.can_write(workspace / "x")
 
 
 def test_for_test_test_dir_outside_workspace_is_err(workspace: Path, tmp_path: Path) -> None:

@@ -139,3 +139,18 @@ def test_unified_log_denials_are_parsed(monkeypatch):
         ("filesystem", "file-write-create /private/tmp/x", "2 times"),
         ("network", "network-outbound 1.1.1.1:443", None),
     }
+
+
+def test_an_input_inside_an_output_stays_read_only(tmp_path):
+    """Later rules win: the input's denial of writes follows the output's
+    allowance, so the innermost declaration decides, as on Linux."""
+    (tmp_path / "root" / "in").mkdir(parents=True)
+    root = str((tmp_path / "root").resolve())
+    spec = SandboxSpec(inputs=PathSet.of(f"{root}/in"), outputs=PathSet.of(root))
+    text, params = sbpl_profile(spec)
+    allow = text.index("(allow file-read* file-write*")
+    deny = text.index('(deny file-write* (subpath (param "READONLY_0"))')
+    assert allow < deny < text.index("(deny file-write-setugid")
+    assert params["READONLY_0"] == macos_path(f"{root}/in")
+    plain, _ = sbpl_profile(SandboxSpec(outputs=PathSet.of(root)))
+    assert "READONLY" not in plain

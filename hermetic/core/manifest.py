@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,12 +89,14 @@ def _entry(
     )
 
 
-def _walk(real: str, shown: str, digest: bool) -> Iterator[OutputEntry]:
+def _walk(
+    real: str, shown: str, digest: bool, skip: Collection[tuple[int, int]]
+) -> Iterator[OutputEntry]:
     # prefix[d] is the shown path of the directory entries of depth d + 1 are in.
     prefix = [shown]
     path = shown
     try:
-        for depth, name, dir_fd, st in tree.walk(real):
+        for depth, name, dir_fd, st in tree.walk(real, skip=skip):
             path = shown if depth == 0 else prefix[depth - 1] + "/" + name
             yield _entry(name, dir_fd, path, st, digest)
             if stat.S_ISDIR(st.st_mode):
@@ -110,16 +112,23 @@ def _walk(real: str, shown: str, digest: bool) -> Iterator[OutputEntry]:
 
 
 def collect(
-    roots: Iterable[str], *, digest: bool = True, shown_as: dict[str, str] | None = None
+    roots: Iterable[str],
+    *,
+    digest: bool = True,
+    shown_as: dict[str, str] | None = None,
+    skip: Iterable[str] = (),
 ) -> tuple[OutputEntry, ...]:
     """Every entry under ``roots``, sorted by path.
 
     ``shown_as`` maps a root to the path the action saw it at, when the two
-    differ (the fresh copies of a reproducibility check).
+    differ (the fresh copies of a reproducibility check).  ``skip``: paths
+    below the roots left out with all they hold (inputs nested in an
+    output are the caller's, not the action's).
     """
+    idents = tree.identities(skip)
     out: list[OutputEntry] = []
     for root in roots:
         shown = (shown_as or {}).get(root, root)
-        out.extend(_walk(root, shown, digest))
+        out.extend(_walk(root, shown, digest, idents))
     out.sort(key=lambda e: e.path)
     return tuple(out)

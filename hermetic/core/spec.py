@@ -21,6 +21,7 @@ from hermetic.core.paths import (
     canonical,
     check_encodable,
     escape_surrogates,
+    is_within,
 )
 from hermetic.core.policies import (
     EnvSet,
@@ -88,6 +89,15 @@ def _require_type(value: object, expected: type, name: str) -> None:
         )
 
 
+def _innermost(path: str, declared: Iterable[str]) -> str | None:
+    """The deepest of ``declared`` that contains ``path``, or None."""
+    best: str | None = None
+    for p in declared:
+        if is_within(path, p) and (best is None or len(p) > len(best)):
+            best = p
+    return best
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """The complete, declarative description of one sandbox.
@@ -131,6 +141,9 @@ class SandboxSpec:
         """Raise :class:`SpecError` unless the spec is consistent and its inputs exist.
 
         Outputs and temps need not exist yet; outputs may overlap temps.
+        Declarations may nest, the innermost one deciding for its subtree
+        (see :meth:`can_write`); one path declared both read-only and
+        writable is refused.
         """
         if self.workdir is not None and ("\0" in self.workdir or not os.path.isabs(self.workdir)):
             raise SpecError(
@@ -196,14 +209,19 @@ class SandboxSpec:
                 field="reproducibility.source_date_epoch",
                 value=epoch,
             )
-        for mine, theirs in self.inputs.overlaps(self.outputs):
-            raise SpecError(
-                f"input {mine!r} and output {theirs!r} overlap", field="outputs", value=theirs
-            )
-        for mine, theirs in self.inputs.overlaps(self.temps):
-            raise SpecError(
-                f"input {mine!r} and temp {theirs!r} overlap", field="temps", value=theirs
-            )
+        # Nesting is allowed, the inner declaration winning for its subtree
+        # (a build directory in a read-only source tree; read-only inputs in
+        # a writable exec root); one path declared both ways is not.
+        for kind, writable in (("output", self.outputs), ("temp", self.temps)):
+            same = set(writable.paths)
+            for path in self.inputs:
+                if path in same:
+                    raise SpecError(
+                        f"{path!r} is declared both an input (read-only) and {kind} "
+                        f"(writable); declare it once, or nest one inside the other",
+                        field=f"{kind}s",
+                        value=path,
+                    )
         for path in self.inputs:
             try:
                 os.stat(path)
@@ -234,9 +252,30 @@ class SandboxSpec:
         return any(s.contains(target) for s in (self.inputs, self.outputs, self.temps))
 
     def can_write(self, path: StrPath) -> bool:
-        """True when ``path`` is writable inside the sandbox (output or temp)."""
+        """True when ``path`` is writable inside the sandbox: its innermost
+        declaration is an output or a temp (an input declared inside an
+        output stays read-only, an output inside an input is writable)."""
         target = canonical(path)
-        return self.outputs.contains(target) or self.temps.contains(target)
+        writable = _innermost(target, (*self.outputs, *self.temps))
+        if writable is None:
+            return False
+        read_only = _innermost(target, self.inputs)
+        return read_only is None or len(writable) > len(read_only)
+
+    def inputs_within_writable(self) -> tuple[str, ...]:
+        """The inputs that lie inside an output or temp (read-only islands in
+        a writable tree): what walks over the outputs on the host must leave
+        alone, since they are the caller's files, not the action's."""
+        writable = PathSet((*self.outputs, *self.temps))
+        return tuple(
+            sorted(
+                {
+                    mine
+                    for mine, theirs in self.inputs.overlaps(writable)
+                    if mine != theirs and is_within(mine, theirs)
+                }
+            )
+        )
 
     def action_environment(self) -> dict[str, str]:
         """The variables the action starts with: ``environment``'s, the

@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 __all__ = ["Trail", "open_dir", "open_long", "remove_tree", "walk"]
 
@@ -38,6 +38,18 @@ _RUN = 3072
 
 def _ident(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
+
+
+def identities(paths: Iterable[str]) -> frozenset[tuple[int, int]]:
+    """The (device, inode) of each of ``paths`` that exists (lstat): what
+    :func:`walk`'s ``skip`` takes."""
+    found = set()
+    for path in paths:
+        try:
+            found.add(_ident(os.lstat(path)))
+        except OSError:
+            continue
+    return frozenset(found)
 
 
 def open_dir(name: str | bytes, dir_fd: int | None = None, *, for_removal: bool = False) -> int:
@@ -75,7 +87,9 @@ def _parent(fd: int, expected: tuple[int, int]) -> int:
 
 
 def walk(
-    root: str, onerror: Callable[[OSError, int, str], None] | None = None
+    root: str,
+    onerror: Callable[[OSError, int, str], None] | None = None,
+    skip: Collection[tuple[int, int]] = (),
 ) -> Iterator[tuple[int, str, int | None, os.stat_result]]:
     """Every entry of the tree at ``root``, parents before children, each
     directory's entries in sorted order, as ``(depth, name, dir_fd, st)``.
@@ -89,6 +103,9 @@ def walk(
     directory that stays open only until the next entry is asked for.
     ``st`` is the entry's own status (lstat).  An entry removed during the
     walk is left out; a missing root raises FileNotFoundError.
+
+    ``skip``: the (device, inode) of entries below the root to leave out
+    with all they hold (the caller's inputs nested in an output).
     """
     st = os.lstat(root)
     yield 0, root, None, st
@@ -112,6 +129,8 @@ def walk(
             try:
                 cst = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
+                continue
+            if skip and _ident(cst) in skip:
                 continue
             yield len(idents), name, fd, cst
             if not stat.S_ISDIR(cst.st_mode):

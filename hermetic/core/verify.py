@@ -31,6 +31,7 @@ from typing import Any
 from hermetic.core import text, tree
 from hermetic.core.manifest import OutputEntry
 from hermetic.core.outcome import ExecutionResult
+from hermetic.core.paths import is_within
 
 __all__ = [
     "Difference",
@@ -242,6 +243,24 @@ def fresh_copy(path: str, made: list[str]) -> str:
         os.close(fd)
     os.chmod(fresh, stat.S_IMODE(st.st_mode))
     return fresh
+
+
+def mount_points(fresh: str, declared: str, inputs: Sequence[str]) -> list[str]:
+    """Make in the fresh copy of ``declared`` a mount point for each of
+    ``inputs`` nested in it (an empty directory, or an empty file for a
+    file), as the host's tree has; the paths made there."""
+    made = []
+    for inp in inputs:
+        if not is_within(inp, declared) or inp == declared:
+            continue
+        target = fresh + inp[len(declared.rstrip("/")) :]
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if os.path.isdir(inp):
+            os.makedirs(target, mode=0o755, exist_ok=True)
+        else:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        made.append(target)
+    return made
 
 
 def real_path(shown: str, roots: dict[str, str]) -> str:

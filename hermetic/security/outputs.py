@@ -34,7 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from hermetic.core import tree
@@ -89,11 +89,13 @@ class _Report:
         return out
 
 
-def scan(roots: Iterable[str]) -> list[Violation]:
+def scan(roots: Iterable[str], skip: Iterable[str] = ()) -> list[Violation]:
     """Clear set-id bits and file capabilities under ``roots`` (host paths,
     each a directory or a file); one violation per file found (see the
-    module docstring)."""
+    module docstring).  ``skip``: paths below the roots left alone with all
+    they hold (inputs nested in an output: the caller's files)."""
     report = _Report()
+    idents = tree.identities(skip)
     for root in roots:
         try:
             st = os.lstat(root)
@@ -105,7 +107,7 @@ def scan(roots: Iterable[str]) -> list[Violation]:
             _check_root_file(root, report)
             continue
         try:
-            _walk(root, report)
+            _walk(root, report, idents)
         except OSError as e:
             report.add(root, "left", f"not scanned: {os.strerror(e.errno or 0)}")
     return report.violations()
@@ -130,7 +132,7 @@ def _check_root_file(root: str, report: _Report) -> None:
         os.close(pfd)
 
 
-def _walk(root: str, report: _Report) -> None:
+def _walk(root: str, report: _Report, skip: Collection[tuple[int, int]]) -> None:
     """Every regular file below the directory ``root`` that may need it is
     checked, at any depth (hermetic/core/tree.py: one descriptor at a time,
     never through a link); a directory that cannot be entered is reported
@@ -140,7 +142,7 @@ def _walk(root: str, report: _Report) -> None:
     def unreadable(e: OSError, depth: int, name: str) -> None:
         report.add(trail.path(depth, name), "left", f"not scanned: {os.strerror(e.errno or 0)}")
 
-    for depth, name, dfd, st in tree.walk(root, unreadable):
+    for depth, name, dfd, st in tree.walk(root, unreadable, skip):
         if dfd is None:
             continue  # the root itself
         report.entries += 1

@@ -99,6 +99,16 @@ class Prepared:
                 "allowed_hosts are reached through a proxy inside a network namespace, and "
                 "user namespaces are unavailable here (Landlock-only isolation)",
             )
+        elif spec.inputs_within_writable():
+            # Landlock only adds rights: a rule letting the action write an
+            # output covers everything below it, inputs included.  Only a
+            # read-only mount can carve an input out of a writable tree.
+            raise UnsupportedError(
+                "read-only inputs",
+                f"input {spec.inputs_within_writable()[0]!r} lies inside a writable output or "
+                "temp, and only a read-only mount keeps it read-only there; user namespaces "
+                "are unavailable here (Landlock-only isolation)",
+            )
         for p in (*spec.outputs, *spec.temps):
             if not os.path.exists(p):
                 raise SpecError(
@@ -283,6 +293,9 @@ class Prepared:
         #: The host paths the action could write (its outputs and temps, or
         #: their fresh copies), scanned for set-id files after each run.
         self.scan_roots = _outermost((remap or {}).get(p, p) for p in (*spec.outputs, *spec.temps))
+        #: Inputs nested in an output or temp: the caller's files, which the
+        #: scan leaves alone (the sandbox showed them read-only).
+        self.scan_skip = spec.inputs_within_writable()
         seccomp, n_seccomp = self._filter(())
         mem.keep.append(seccomp)
         template = {

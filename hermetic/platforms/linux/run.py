@@ -500,7 +500,7 @@ def _run(
             violations += default_cap_violations(captured)
         if prepared.scan_roots:
             # After pid 1 is reaped: nothing of the action's is left to race.
-            violations += scan_outputs(prepared.scan_roots)
+            violations += scan_outputs(prepared.scan_roots, prepared.scan_skip)
         stdout, stderr = _read_all(out_fd, keep_out), _read_all(err_fd, keep_err)
         return ExecutionResult(
             argv=args,

@@ -129,8 +129,11 @@ def sbpl_profile(spec: SandboxSpec, *, proxy_port: int | None = None) -> tuple[s
     inputs = [macos_path(p) for p in spec.inputs]
     writable = [macos_path(p) for p in (*spec.outputs, *spec.temps)]
     ancestors = _ancestors(inputs + writable)
+    # Inputs inside an output or temp: read-only islands in a writable tree.
+    islands = [macos_path(p) for p in spec.inputs_within_writable()]
     params: dict[str, str] = {}
-    for prefix, paths in (("INPUT", inputs), ("WRITABLE", writable), ("ANCESTOR", ancestors)):
+    groups = (("INPUT", inputs), ("WRITABLE", writable), ("ANCESTOR", ancestors))
+    for prefix, paths in (*groups, ("READONLY", islands)):
         for i, p in enumerate(paths):
             sbpl_string(p)  # refuses what SBPL cannot carry, even as a parameter
             params[f"{prefix}_{i}"] = p
@@ -168,6 +171,12 @@ def sbpl_profile(spec: SandboxSpec, *, proxy_port: int | None = None) -> tuple[s
     if writable:
         lines.append(
             f"(allow file-read* file-write* {_filters('subpath', 'WRITABLE', len(writable))})"
+        )
+    if islands:
+        # Later rules win: the innermost declaration decides, as on Linux.
+        lines.append(
+            f"(deny file-write* {_filters('subpath', 'READONLY', len(islands))}"
+            ' (with message "hermetic:write"))'
         )
     lines.append('(deny file-write-setugid (with message "hermetic:setugid"))')
     if not spec.process.allow_fork:
