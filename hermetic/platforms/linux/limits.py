@@ -43,6 +43,12 @@ from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
 from hermetic.platforms.linux.workers import POOL as WORKERS
 
+#: Why a refused limit is weakened, in a few words (UnsupportedError.cause):
+#: the details (which hierarchy, which group) are in the reason, and
+#: ``hermetic doctor`` shows them.
+NO_CGROUP = "no usable cgroup"
+HOST_NETWORK = "not counted on the host network"
+
 
 @dataclass(frozen=True)
 class LimitPlan:
@@ -122,8 +128,9 @@ def plan_limits(
         needs_cgroup.append("cpu_shares")
     use_cgroup = bool(needs_cgroup) and cgroup_unavailable is None
     unenforced: list[str] = []
-    #: The weakened limits the caller set (and did not allow weakening).
-    refused: list[str] = []
+    #: The weakened limits the caller set (and did not allow weakening),
+    #: each as (name, how it is weakened, why in a few words).
+    refused: list[tuple[str, str, str]] = []
     if needs_cgroup and not use_cgroup:
         how = {
             "max_processes": "RLIMIT_NPROC, from which the kernel exempts root",
@@ -135,12 +142,12 @@ def plan_limits(
             weak = f"{name}: {how[name]} ({cgroup_unavailable})"
             unenforced.append(weak)
             if not (r.best_effort or r.is_default(name)):
-                refused.append(weak)
+                refused.append((name, weak, NO_CGROUP))
     if r.max_network_io and not network_counted:
         weak = "max_network_io: not counted on the host network"
         unenforced.append(weak)
         if not (r.best_effort or r.is_default("max_network_io")):
-            refused.append(weak)
+            refused.append(("max_network_io", weak, HOST_NETWORK))
     if not root:
         # The action cannot raise a hard limit above this process's (that
         # needs CAP_SYS_RESOURCE on the host): every execute would fail.
@@ -170,9 +177,12 @@ def plan_limits(
         # (ResourceLimits.defaulted) run weakened and are listed instead.
         raise UnsupportedError(
             "resource limits",
-            "; ".join(refused)
+            "; ".join(weak for _, weak, _ in refused)
             + ". Set ResourceLimits(best_effort=True) to run with these limits weakened,"
             " or lift them",
+            limits=[name for name, _, _ in refused],
+            # Each cause once (all the cgroup ones share theirs).
+            cause="; ".join(dict.fromkeys(cause for _, _, cause in refused)),
         )
     sampled = r.max_memory_bytes if (r.max_memory_bytes and not use_cgroup) else 0
     return LimitPlan(
