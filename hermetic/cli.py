@@ -594,15 +594,14 @@ def _without_reason(limit: str) -> str:
 
 
 def _say_weakened(limits: Sequence[str]) -> None:
-    """Once, before the action's own output: the spec's default limits this
-    host could only weaken (a limit set explicitly fails instead), short;
-    the result (--json) carries each with its reason."""
+    """Once, before the action's own output: the limits this host could
+    only weaken (the spec's defaults, or any with --best-effort; a limit set
+    without it fails instead), short; the result (--json) carries each with
+    its reason."""
     if limits:
         weak = "; ".join(_without_reason(limit) for limit in limits)
         print(
-            _one_line(
-                f"hermetic: default limits weakened here ('hermetic doctor' says why): {weak}"
-            ),
+            _one_line(f"hermetic: limits weakened here ('hermetic doctor' says why): {weak}"),
             file=sys.stderr,
             flush=True,
         )
