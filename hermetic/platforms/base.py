@@ -5,6 +5,9 @@ unsupported.py) provides ``BACKEND``, ``Prepared``, ``capabilities()``,
 ``prepare(spec)`` and ``execute(prepared, argv, ...)``; each one is a
 ``Backend`` over its own ``Prepared`` (checked statically in
 hermetic/platforms/__init__.py, and by tests/test_platform_contract.py).
+The rules every backend applies alike live here too: an action's
+environment (``action_environment``) and which limits it cannot enforce
+fail closed (``weakened_limits``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from hermetic.core.errors import UnsupportedError
 from hermetic.core.outcome import ExecutionResult
+from hermetic.core.policies import ResourceLimits
 from hermetic.core.spec import SandboxSpec
 from hermetic.platforms.capabilities import Capabilities
 
@@ -43,6 +48,42 @@ def action_environment(
         if name in prepared:
             merged[name] = prepared[name]
     return merged
+
+
+def weakened_limits(
+    limits: ResourceLimits,
+    weak: Iterable[tuple[str, str]],
+    causes: Mapping[str, str] | None = None,
+    cause: str = "not on this platform",
+) -> tuple[str, ...]:
+    """The one rule for limits a backend cannot enforce as asked on this host.
+
+    ``weak`` pairs each such limit's name with how it is applied instead
+    (``("max_memory_bytes", "sampled every 20 ms, not a hard limit")``).
+    A limit the caller set fails closed: UnsupportedError naming every one
+    (its ``limits``, and its ``cause``: each limit's from ``causes``, else
+    ``cause``, in a few words), unless ``limits.best_effort``.  A limit
+    still holding the preset's value (``ResourceLimits.defaulted``) runs
+    weakened, so the default spec runs wherever the rest of it can.
+    Returns the ``"name: how"`` lines each result lists in
+    ``unenforced_limits``.
+    """
+    pairs = tuple(weak)
+    lines = tuple(f"{name}: {how}" for name, how in pairs)
+    refused = [
+        (name, how) for name, how in pairs if not (limits.best_effort or limits.is_default(name))
+    ]
+    if refused:
+        raise UnsupportedError(
+            "resource limits",
+            "; ".join(f"{name}: {how}" for name, how in refused)
+            + ". Set ResourceLimits(best_effort=True) to run with these limits weakened,"
+            " or lift them",
+            limits=[name for name, _ in refused],
+            # Each cause once (all the cgroup ones share theirs).
+            cause="; ".join(dict.fromkeys((causes or {}).get(name, cause) for name, _ in refused)),
+        )
+    return lines
 
 
 class Cancel(Protocol):

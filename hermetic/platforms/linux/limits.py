@@ -26,7 +26,8 @@ is not applied, and each is listed in the result's ``unenforced_limits``.
 A limit still holding the ``ResourceLimits.hermetic()`` preset's value
 (``ResourceLimits.defaulted``) is treated as with ``best_effort``: the
 default spec runs for a normal user without cgroup delegation, with what
-it could not enforce listed.  A default above this process's own hard
+it could not enforce listed (the rule every backend shares:
+``weakened_limits`` in hermetic/platforms/base.py).  A default above this process's own hard
 rlimit is lowered to it (only tighter); a value the caller set above it
 fails closed.
 """
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from hermetic.core.errors import UnsupportedError
 from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
+from hermetic.platforms.base import weakened_limits
 from hermetic.platforms.linux.workers import POOL as WORKERS
 
 #: Why a refused limit is weakened, in a few words (UnsupportedError.cause):
@@ -127,10 +129,10 @@ def plan_limits(
     if r.cpu_shares != 1024:
         needs_cgroup.append("cpu_shares")
     use_cgroup = bool(needs_cgroup) and cgroup_unavailable is None
-    unenforced: list[str] = []
-    #: The weakened limits the caller set (and did not allow weakening),
-    #: each as (name, how it is weakened, why in a few words).
-    refused: list[tuple[str, str, str]] = []
+    #: The limits this host can only weaken (platforms/base.py's rule
+    #: decides which of them fail closed).
+    weak: list[tuple[str, str]] = []
+    causes: dict[str, str] = {}
     if needs_cgroup and not use_cgroup:
         how = {
             "max_processes": "RLIMIT_NPROC, from which the kernel exempts root",
@@ -138,16 +140,11 @@ def plan_limits(
             "max_memory_bytes": "sampled every 20 ms, not a hard limit",
             "cpu_shares": "not applied",
         }
-        for name in needs_cgroup:
-            weak = f"{name}: {how[name]} ({cgroup_unavailable})"
-            unenforced.append(weak)
-            if not (r.best_effort or r.is_default(name)):
-                refused.append((name, weak, NO_CGROUP))
+        weak += [(name, f"{how[name]} ({cgroup_unavailable})") for name in needs_cgroup]
+        causes.update(dict.fromkeys(needs_cgroup, NO_CGROUP))
     if r.max_network_io and not network_counted:
-        weak = "max_network_io: not counted on the host network"
-        unenforced.append(weak)
-        if not (r.best_effort or r.is_default("max_network_io")):
-            refused.append(("max_network_io", weak, HOST_NETWORK))
+        weak.append(("max_network_io", "not counted on the host network"))
+        causes["max_network_io"] = HOST_NETWORK
     if not root:
         # The action cannot raise a hard limit above this process's (that
         # needs CAP_SYS_RESOURCE on the host): every execute would fail.
@@ -172,18 +169,9 @@ def plan_limits(
                     f"{fields[res]} needs a hard limit of {hard}{unit}, above this process's "
                     f"({mine}); lower it or raise the caller's limit",
                 )
-    if refused:
-        # Only limits the caller chose fail closed; the preset's defaults
-        # (ResourceLimits.defaulted) run weakened and are listed instead.
-        raise UnsupportedError(
-            "resource limits",
-            "; ".join(weak for _, weak, _ in refused)
-            + ". Set ResourceLimits(best_effort=True) to run with these limits weakened,"
-            " or lift them",
-            limits=[name for name, _, _ in refused],
-            # Each cause once (all the cgroup ones share theirs).
-            cause="; ".join(dict.fromkeys(cause for _, _, cause in refused)),
-        )
+    # Only limits the caller chose fail closed; the preset's defaults
+    # (ResourceLimits.defaulted) run weakened and are listed instead.
+    unenforced = weakened_limits(r, weak, causes)
     sampled = r.max_memory_bytes if (r.max_memory_bytes and not use_cgroup) else 0
     return LimitPlan(
         rlimits=tuple(values),
@@ -192,7 +180,7 @@ def plan_limits(
         sampled_memory=sampled,
         disk_io=r.max_disk_io,
         output_bytes=r.max_output_bytes,
-        unenforced=tuple(unenforced),
+        unenforced=unenforced,
     )
 
 
