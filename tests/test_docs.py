@@ -37,9 +37,7 @@ def test_every_test_the_threat_model_names_exists() -> None:
 #: Documents the README links to that are not written yet, each with why.
 #: A link to one of them is allowed only while the file is missing; once it
 #: exists its links are checked like any other, and the entry should go.
-PENDING = {
-    "docs/spec.md": "the spec reference (every field and its JSON form), announced in the README",
-}
+PENDING: dict[str, str] = {}
 
 #: ``[text](target)``, the target without a title; images too.
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
