@@ -163,3 +163,22 @@ def test_faked_best_effort_runs_the_callers_limit_weakened(faked):
         faked.prepare(SandboxSpec(resources=direct))
     relaxed = dataclasses.replace(direct, best_effort=True)
     assert _named(faked.prepare(SandboxSpec(resources=relaxed)).unenforced) == {"max_memory_bytes"}
+
+
+def test_faked_a_default_rlimit_above_the_callers_is_lowered_the_callers_fails(faked, monkeypatch):
+    import json
+    import resource
+
+    real = resource.getrlimit
+
+    def getrlimit(res):
+        return (256, 256) if res == resource.RLIMIT_NOFILE else real(res)
+
+    # A normal user whose hard limit of open files is 256, below the preset's 512.
+    monkeypatch.setattr(resource, "getrlimit", getrlimit)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    prepared = faked.prepare(SandboxSpec())
+    assert (resource.RLIMIT_NOFILE, 256, 256) in prepared.rlimits
+    hard = SandboxSpec.from_json(json.dumps({"resources": {"max_open_files": 512}}))
+    with pytest.raises(UnsupportedError, match="max_open_files needs a hard limit of 512"):
+        faked.prepare(hard)

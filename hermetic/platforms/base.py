@@ -7,7 +7,7 @@ unsupported.py) provides ``BACKEND``, ``Prepared``, ``capabilities()``,
 hermetic/platforms/__init__.py, and by tests/test_platform_contract.py).
 The rules every backend applies alike live here too: an action's
 environment (``action_environment``) and which limits it cannot enforce
-fail closed (``weakened_limits``).
+fail closed (``weakened_limits``, ``fit_rlimits``).
 """
 
 from __future__ import annotations
@@ -84,6 +84,42 @@ def weakened_limits(
             cause="; ".join(dict.fromkeys((causes or {}).get(name, cause) for name, _ in refused)),
         )
     return lines
+
+
+def fit_rlimits(
+    limits: ResourceLimits,
+    values: Sequence[tuple[int, int, int]],
+    fields: Mapping[int, str],
+) -> list[tuple[int, int, int]]:
+    """``values`` (resource, soft, hard) as an unprivileged caller can give
+    them: the action cannot raise a hard limit above this process's (that
+    takes privilege), so every execution would fail.
+
+    The same rule as :func:`weakened_limits`: a default (``fields`` names
+    the limit each resource comes from) above this process's hard limit is
+    lowered to it, which only tightens it; one the caller set fails closed.
+    POSIX only.
+    """
+    import resource
+
+    fitted = []
+    for res, soft, hard in values:
+        mine = resource.getrlimit(res)[1]
+        if res in fields and mine != resource.RLIM_INFINITY and hard > mine:
+            if limits.is_default(fields[res]):
+                # The preset's value is above what this process holds: the
+                # action gets this process's limit, which is lower, so the
+                # limit only tightens.
+                fitted.append((res, mine, mine))
+                continue
+            unit = " s of RLIMIT_CPU" if res == resource.RLIMIT_CPU else ""
+            raise UnsupportedError(
+                "resource limits",
+                f"{fields[res]} needs a hard limit of {hard}{unit}, above this process's "
+                f"({mine}); lower it or raise the caller's limit",
+            )
+        fitted.append((res, soft, hard))
+    return fitted
 
 
 class Cancel(Protocol):

@@ -26,10 +26,10 @@ is not applied, and each is listed in the result's ``unenforced_limits``.
 A limit still holding the ``ResourceLimits.hermetic()`` preset's value
 (``ResourceLimits.defaulted``) is treated as with ``best_effort``: the
 default spec runs for a normal user without cgroup delegation, with what
-it could not enforce listed (the rule every backend shares:
-``weakened_limits`` in hermetic/platforms/base.py).  A default above this process's own hard
+it could not enforce listed.  A default above this process's own hard
 rlimit is lowered to it (only tighter); a value the caller set above it
-fails closed.
+fails closed.  Both rules are every backend's: ``weakened_limits`` and
+``fit_rlimits`` in hermetic/platforms/base.py.
 """
 
 from __future__ import annotations
@@ -39,10 +39,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from hermetic.core.errors import UnsupportedError
 from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
-from hermetic.platforms.base import weakened_limits
+from hermetic.platforms.base import fit_rlimits, weakened_limits
 from hermetic.platforms.linux.workers import POOL as WORKERS
 
 #: Why a refused limit is weakened, in a few words (UnsupportedError.cause):
@@ -146,29 +145,15 @@ def plan_limits(
         weak.append(("max_network_io", "not counted on the host network"))
         causes["max_network_io"] = HOST_NETWORK
     if not root:
-        # The action cannot raise a hard limit above this process's (that
-        # needs CAP_SYS_RESOURCE on the host): every execute would fail.
+        # Without CAP_SYS_RESOURCE on the host the action cannot raise a
+        # hard limit above this process's: defaults are lowered to it.
         fields = {
             resource.RLIMIT_NOFILE: "max_open_files",
             resource.RLIMIT_FSIZE: "max_file_size",
             resource.RLIMIT_NPROC: "max_processes",
             resource.RLIMIT_CPU: "max_cpu_time_ms",
         }
-        for i, (res, _, hard) in enumerate(values):
-            mine = resource.getrlimit(res)[1]
-            if res in fields and mine != resource.RLIM_INFINITY and hard > mine:
-                if r.is_default(fields[res]):
-                    # A preset value above what this process holds: the
-                    # action gets this process's limit, which is lower, so
-                    # the limit only tightens.
-                    values[i] = (res, mine, mine)
-                    continue
-                unit = " s of RLIMIT_CPU" if res == resource.RLIMIT_CPU else ""
-                raise UnsupportedError(
-                    "resource limits",
-                    f"{fields[res]} needs a hard limit of {hard}{unit}, above this process's "
-                    f"({mine}); lower it or raise the caller's limit",
-                )
+        values = fit_rlimits(r, values, fields)
     # Only limits the caller chose fail closed; the preset's defaults
     # (ResourceLimits.defaulted) run weakened and are listed instead.
     unenforced = weakened_limits(r, weak, causes)

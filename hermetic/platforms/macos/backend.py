@@ -45,7 +45,13 @@ from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
-from hermetic.platforms.base import Cancel, Observer, action_environment, weakened_limits
+from hermetic.platforms.base import (
+    Cancel,
+    Observer,
+    action_environment,
+    fit_rlimits,
+    weakened_limits,
+)
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos.sbpl import macos_path, sbpl_profile
 from hermetic.security.proxy import EgressProxy
@@ -116,6 +122,15 @@ def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], tuple[str, .
         weak.append(("max_disk_io", "not counted"))
     if r.max_network_io and not spec.network.uses_proxy:
         weak.append(("max_network_io", "not counted"))
+    if os.geteuid() != 0:
+        # Unprivileged, the action cannot raise a hard limit above this
+        # process's: defaults are lowered to it, the caller's fail closed.
+        fields = {
+            resource.RLIMIT_NOFILE: "max_open_files",
+            resource.RLIMIT_FSIZE: "max_file_size",
+            resource.RLIMIT_CPU: "max_cpu_time_ms",
+        }
+        rl = fit_rlimits(r, rl, fields)
     # What the caller set fails closed unless best_effort; the preset's
     # defaults run weakened and listed, as on Linux.
     return rl, weakened_limits(r, weak)
