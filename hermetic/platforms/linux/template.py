@@ -12,7 +12,9 @@ get fresh:
 - /proc, for its own pid namespace, with the read-only and masked entries;
 - its private /tmp, a new tmpfs; outputs and inputs declared below /tmp are
   copied over from the prepared namespace (``HM_OP_GRAB``) before the new
-  tmpfs covers them, and attached in it (``HM_OP_PLACE``).
+  tmpfs covers them, and attached in it (``HM_OP_PLACE``), after the
+  directories that hold them are made again there and bound read-only
+  onto themselves (plan.py, ``_seal_tmp_holders``).
 
 What actions share: the read-only root tmpfs (mount points and the host
 root's top-level symlinks) and /dev's read-only tmpfs with its nodes.  Both
@@ -73,6 +75,9 @@ def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | No
     which is read-only afterwards.  A host bind below /tmp is made in the
     prepared namespace too, copied from there before the fresh tmpfs covers
     it, and attached again; binds nested in it come along with the copy.
+    The read-only binds of the directories made there to hold them are
+    made in both: in the prepared namespace (before its host binds) and
+    in each fresh /tmp, whose directories they are.
     """
     fresh = [
         op.dst for op in ops if op.kind == OP_PROC or (op.kind == OP_TMPFS and op.dst != "/dev")
