@@ -246,22 +246,30 @@ def test_no_holder_is_sealed_where_nothing_is_made_to_hold_a_declared_path(scrat
         assert _holder_binds(linux_plan.build_ops(spec, workdir)) == []
 
 
-def test_a_prepared_namespaces_copy_seals_each_fresh_tmp(scratch):
+def test_a_prepared_namespaces_copy_brings_each_holder_as_one_tree(scratch):
     # A root caller's actions copy a prepared namespace and get a fresh
-    # /tmp: the holder is made and sealed again there, before the binds
-    # copied from the prepared namespace are attached in it.
+    # /tmp.  The prepared namespace seals the holder after its mount points
+    # and before its binds; each action copies the sealed tree, binds
+    # included, and attaches it at the one mount point it makes.
     ws, paths, spec = _layout(scratch, lambda p: p)
     split = split_ops(linux_plan.build_ops(spec, ws, make_nodes=True))
     assert split is not None
     prepared, action = split
-    for ops, mount in ((prepared, linux_plan.OP_BIND), (action, linux_plan.OP_PLACE)):
-        kinds = [(op.kind, op.dst) for op in ops]
-        seal = kinds.index((linux_plan.OP_BIND, scratch))
-        assert kinds.index((linux_plan.OP_TMPFS, "/tmp")) < seal
-        assert kinds.index((linux_plan.OP_MKDIR, paths["in"])) < seal
-        assert kinds.index((linux_plan.OP_MKFILE, paths["file"])) < seal
-        for key in ("in", "out", "file"):
-            assert seal < kinds.index((mount, paths[key]))
+    kinds = [(op.kind, op.dst) for op in prepared]
+    seal = kinds.index((linux_plan.OP_BIND, scratch))
+    assert kinds.index((linux_plan.OP_MKDIR, paths["in"])) < seal
+    assert kinds.index((linux_plan.OP_MKFILE, paths["file"])) < seal
+    for key in ("in", "out", "file", "temp"):
+        assert seal < kinds.index((linux_plan.OP_BIND, paths[key]))
+    below = [op for op in action if op.dst.startswith(scratch + "/")]
+    assert below == []
+    kinds = [(op.kind, op.dst) for op in action]
+    assert (
+        kinds.index((linux_plan.OP_GRAB, scratch))
+        < kinds.index((linux_plan.OP_TMPFS, "/tmp"))
+        < kinds.index((linux_plan.OP_MKDIR, scratch))
+        < kinds.index((linux_plan.OP_PLACE, scratch))
+    )
 
 
 @pytest.mark.root
