@@ -54,8 +54,8 @@ def _spec(inputs=(), outputs=(), temps=(), workdir=None) -> SandboxSpec:
     return spec_for(inputs=inputs, outputs=outputs, temps=temps, workdir=workdir)
 
 
-def _writes(runner, spec, paths, cwd=None):
-    out = runner.run(spec, [PY, "-c", WRITES, *paths], cwd=cwd)
+def _writes(runner, spec, paths):
+    out = runner.run(spec, [PY, "-c", WRITES, *paths])
     assert out.error is None, out.error
     assert out.exit_code == 0, out.stderr
     lines = out.text.split("\n")
@@ -95,6 +95,7 @@ def _layout(scratch, own):
         inputs=[paths["in"], paths["file"]],
         outputs=[paths["out"]],
         temps=[paths["temp"]],
+        workdir=ws,
     )
     return ws, paths, spec
 
@@ -111,7 +112,7 @@ def test_a_write_beside_declared_paths_under_tmp_fails_and_leaves_nothing(fs_run
         os.path.join(ws, "newdir") + "/",
         "relative-stray",  # in the working directory, a made one
     ]
-    results, cwd = _writes(runner, spec, stray, cwd=ws)
+    results, cwd = _writes(runner, spec, stray)
     assert results == [runner.refused] * len(stray)
     # The action could enter the read-only directory as its working one.
     assert cwd == ws
@@ -131,7 +132,6 @@ def test_declared_outputs_and_temps_under_tmp_stay_writable(fs_runner, scratch):
             os.path.join(paths["in"], "refused"),
             paths["file"],
         ],
-        cwd=ws,
     )
     assert results == ["ok", "ok", "ok", runner.refused, runner.refused]
     assert sorted(os.listdir(paths["out"])) == ["made", "sub"]
@@ -288,13 +288,12 @@ def test_every_way_a_root_callers_sandbox_is_made_seals_the_holders(
     ws = os.path.join(scratch, "ws")
     out = os.path.join(ws, "out")
     os.makedirs(out)
-    spec = _spec(outputs=[out])
+    spec = _spec(outputs=[out], workdir=ws)
     with HermeticExecutor.create(spec).unwrap() as ex:
         assert (ex._prepared.mount_template is not None) == template
         for i in range(4):
             r = ex.execute(
-                [PY, "-c", WRITES, os.path.join(ws, "stray"), os.path.join(out, f"f{i}")],
-                cwd=ws,
+                [PY, "-c", WRITES, os.path.join(ws, "stray"), os.path.join(out, f"f{i}")]
             ).unwrap()
             assert r.stdout.decode().split() == ["EROFS", "ok", ws], r.stderr
             KEEPER.flush()
