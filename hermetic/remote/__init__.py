@@ -1,0 +1,1 @@
+"""Remote execution: hermetic behind the protocols of REAPI build farms."""
