@@ -223,7 +223,16 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_subcommand_and_option_has_help_without_markup() -> None:
     parser = _parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"run", "verify", "digest", "doctor", "audit", "serve", "spec"}
+    assert set(commands) == {
+        "run",
+        "verify",
+        "digest",
+        "doctor",
+        "audit",
+        "serve",
+        "spec",
+        "runner",
+    }
     texts = [parser.format_help()]
     for name, sub in commands.items():
         assert sub.description, name
