@@ -368,6 +368,36 @@ def test_a_cancelled_run_leaves_no_process(served: Served) -> None:
     assert served.run("b", ["/bin/true"]).exit_code == 0
 
 
+def _descriptors_and_children(pid: int) -> tuple[int, list[str]]:
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += f.read().split()
+    return len(os.listdir(f"/proc/{pid}/fd")), children
+
+
+def test_many_runs_leave_the_runner_as_it_was(served: Served) -> None:
+    """Descriptors and child processes of the runner stay constant over
+    many Runs, failed ones included."""
+
+    def runs(prefix: str, count: int) -> None:
+        for i in range(count):
+            name = f"{prefix}{i}"
+            served.action(name, {"in": "x"}, empty=("out",))
+            assert served.run(name, ["/bin/sh", "-c", "cat in > out/copy"]).exit_code == 0
+            with pytest.raises(grpc.RpcError) as info:
+                served.run(
+                    name, ["/no/such/program"], stdout_path=f"{name}/o2", stderr_path=f"{name}/e2"
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    runs("warm", 3)
+    before = _descriptors_and_children(served.proc.pid)
+    runs("run", 20)
+    assert _descriptors_and_children(served.proc.pid) == before
+    assert before[1] == []
+
+
 def test_a_request_the_runner_cannot_run_is_an_error_status(served: Served) -> None:
     served.action("a", {"x": ""})
     cases = {
