@@ -3,7 +3,9 @@
 Buildbarn's own binaries are not installed here, so these tests are the
 client: the stubs generated from runner.proto (hermetic/remote/proto/) over
 the Unix socket of a ``hermetic runner`` started as a separate process, as
-root and as the unprivileged test user.  Each test lays out a build
+root, as the unprivileged test user, and with user namespaces forbidden
+(Landlock and seccomp enforcing: a runner that could not fall back would
+fail every Run).  Each test lays out a build
 directory as bb_worker does (an input root with the outputs' parent
 directories made empty, a temporary directory, stdout and stderr paths
 beside them), checks what the action saw and left, and stops the runner
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import Runner, _as_user_cmd, _user_env, unavailable
+from conftest import FORBID_USERNS, Runner, _as_user_cmd, _user_env, unavailable
 
 pytestmark = pytest.mark.linux
 
@@ -126,8 +128,10 @@ def _wait(condition: Any, what: str) -> None:
 
 
 @pytest.fixture
-def served(runner: Runner, scratch: str) -> Iterator[Served]:
-    """A runner serving ``scratch/build`` as ``runner``'s user, stopped afterwards."""
+def served(fs_runner: Runner, scratch: str) -> Iterator[Served]:
+    """A runner serving ``scratch/build`` as ``fs_runner``'s user (with user
+    namespaces forbidden in the landlock mode), stopped afterwards."""
+    runner = fs_runner
     if MISSING is not None:
         unavailable(MISSING)
     build = os.path.join(scratch, "build")
@@ -149,6 +153,9 @@ def served(runner: Runner, scratch: str) -> Iterator[Served]:
     if user is not None:
         for path in (build, run_dir):
             os.chown(path, user.pw_uid, user.pw_gid)
+    if runner.landlock:
+        argv = [*FORBID_USERNS, *argv]
+    if user is not None:
         argv = _as_user_cmd(user, argv)
     env = _user_env() if user is not None else dict(os.environ)
     proc = subprocess.Popen(argv, env=env, cwd="/", stderr=subprocess.PIPE)
@@ -264,7 +271,7 @@ try sh -c 'rm src/in.txt'
 try sh -c 'echo new > /usr/outside.txt'
 try sh -c 'echo new > out/made.txt'
 try sh -c "echo new > $TMPDIR/scratch.txt"
-if [ -e "$BUILD/a/stdout" ]; then echo visible; else echo hidden; fi
+try sh -c 'cat "$BUILD/a/stderr" > /dev/null'
 """
 
 
@@ -284,7 +291,7 @@ def test_only_the_outputs_parents_and_the_temporary_directory_are_writable(
         "refused",
         "ok",
         "ok",
-        "hidden",
+        "refused",
     ]
     assert served.read("a", "root/src/in.txt") == "input\n"
     assert sorted(os.listdir(os.path.join(base, "root"))) == ["out", "src"]
