@@ -436,6 +436,12 @@ static void runtime_dir(struct runtime *rt)
         } while (v != 0);
         err = join(rt->dir, sizeof rt->dir, "/tmp/hermetic-", uid + n);
     }
+    if (err == 0 && rt->dir[0] != '/') {
+        /* Relative, it would name another directory in every working
+         * directory (and the daemon refuses it). */
+        say("refusing the runtime directory ", rt->dir, ": it is not an absolute path", NULL);
+        exit(EXIT_SETUP);
+    }
     if (err == 0)
         err = join(rt->addr.sun_path, sizeof rt->addr.sun_path, rt->dir, "/serve.sock");
     if (err < 0) {
