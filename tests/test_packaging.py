@@ -7,8 +7,14 @@
   a live ResourceMonitor snapshot samples with it).
 - The wheel is tagged cp310-abi3, like its ``_native.abi3.so``, and
   auditwheel still accepts it for a manylinux tag.
-- The sdist holds what its tests read, and a few of them pass when it is
-  installed into a fresh virtual environment and run from the unpacked tree.
+- The wheel carries the native launcher as an executable script
+  (``hermetic-<version>.data/scripts/hermetic-launch``, an ELF file), and
+  every kind of install puts it in the environment's ``bin/`` beside the
+  ``hermetic`` command: the environment under test, a regular install
+  (from the sdist) and an editable one.
+- The sdist holds what its tests read and the launcher's sources, and a
+  few of them pass when it is installed into a fresh virtual environment
+  and run from the unpacked tree.
 """
 
 from __future__ import annotations
@@ -63,6 +69,22 @@ def test_classifiers_claim_only_what_has_run() -> None:
     assert systems == ["Operating System :: POSIX :: Linux"], systems
     # The SPDX expression replaces a License classifier (setuptools refuses both).
     assert not [c for c in classifiers if c.startswith("License ::")]
+
+
+def test_every_package_of_the_tree_is_listed_for_the_build() -> None:
+    """pyproject.toml names the packages one by one: a new subpackage left
+    out would be missing from every wheel (and the command that imports it
+    would fail only once installed)."""
+    text = _read(os.path.join(ROOT, "pyproject.toml"))
+    block = re.search(r"^packages = \[(.*?)\]", text, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
+    found = {
+        os.path.relpath(d, ROOT).replace(os.sep, ".")
+        for d, _, names in os.walk(os.path.join(ROOT, "hermetic"))
+        if "__init__.py" in names
+    }
+    assert found == listed, (sorted(found - listed), sorted(listed - found))
 
 
 _WITHOUT_PSUTIL = """
@@ -169,6 +191,12 @@ def test_wheel_is_tagged_abi3_and_auditwheel_accepts_it(tmp_path: pathlib.Path) 
     assert "hermetic/_native.abi3.so" in names
     assert "hermetic/schema/spec.schema.json" in names  # hermetic.spec_schema() reads it
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    version = importlib.metadata.version("hermetic")
+    with zipfile.ZipFile(wheel) as zf:
+        launcher = zf.getinfo(f"hermetic-{version}.data/scripts/hermetic-launch")
+        assert zf.read(launcher).startswith(b"\x7fELF")
+        # Installers give a script the wheel marks executable the x bits.
+        assert (launcher.external_attr >> 16) & 0o777 == 0o755, oct(launcher.external_attr >> 16)
     assert re.search(r"^Tag: cp310-abi3-linux_\w+$", wheel_meta, re.MULTILINE), wheel_meta
     show = subprocess.run([auditwheel, "show", wheel], capture_output=True, text=True)
     assert show.returncode == 0, show.stderr
@@ -182,22 +210,46 @@ SDIST_NEEDS = (
     "build_ffi.py",
     "csrc/hermetic.h",
     "hermetic/schema/spec.schema.json",
+    "csrc/launch/launch.c",
     "docs/threat-model.md",
+    "docs/launch-protocol.md",
     "docs/architecture.md",
     "tests/conftest.py",
     "tests/golden/sbpl-build.sb",
     "tests/test_docs.py",
 )
 #: A few tests to run from the unpacked sdist: the docs check, the golden
-#: profiles, the model and its schema (read from the installed package), and
-#: one action run through the compiled core.
+#: profiles, the model and its schema (read from the installed package), one
+#: action run through the compiled core, and one through the installed
+#: launcher and daemon (as this suite's own user: the fresh environment is
+#: private to it).
 SDIST_TESTS = (
     "tests/test_docs.py",
     "tests/test_macos_sbpl.py",
     "tests/test_spec.py",
     "tests/test_spec_schema.py",
     "tests/test_linux_executor.py::test_binary_output_is_exact",
+    "tests/test_launch.py::test_the_callers_streams_and_the_actions_status"
+    f"[{'root' if os.geteuid() == 0 else 'unprivileged'}]",
 )
+
+
+def _assert_launcher_in(bin_dir: str) -> None:
+    """The launcher is an executable beside ``hermetic`` in ``bin_dir``,
+    and is this version's."""
+    launcher = os.path.join(bin_dir, "hermetic-launch")
+    assert os.path.exists(os.path.join(bin_dir, "hermetic")), os.listdir(bin_dir)
+    with open(launcher, "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    assert os.access(launcher, os.X_OK)
+    done = subprocess.run([launcher, "--version"], capture_output=True, text=True)
+    version = importlib.metadata.version("hermetic")
+    assert (done.returncode, done.stdout) == (0, f"hermetic-launch {version}\n"), done.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Windows has no launcher")
+def test_the_environment_under_test_has_the_launcher() -> None:
+    _assert_launcher_in(os.path.dirname(sys.executable))
 
 
 @pytest.mark.slow
@@ -236,6 +288,7 @@ def test_sdist_installs_into_a_fresh_venv_and_its_tests_run(tmp_path: pathlib.Pa
         text=True,
     )
     assert pip.returncode == 0, pip.stderr[-2000:]
+    _assert_launcher_in(str(venv / "bin"))  # a regular install
     # Run from the unpacked tree, by the fresh venv's pytest: hermetic comes
     # from the venv (the tree has no compiled core), the tests from the tree.
     run = subprocess.run(
@@ -247,3 +300,20 @@ def test_sdist_installs_into_a_fresh_venv_and_its_tests_run(tmp_path: pathlib.Pa
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     # All of them ran: nothing skipped, nothing deselected.
     assert re.fullmatch(r"\d+ passed in .*", run.stdout.splitlines()[-1]), run.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.linux
+def test_an_editable_install_has_the_launcher(tmp_path: pathlib.Path) -> None:
+    """``pip install -e`` builds the launcher as ``pip install`` does (in
+    the tree's build/) and installs it into the environment's bin/."""
+    tree = _clean_tree(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "-e", tree],
+        capture_output=True,
+        text=True,
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    _assert_launcher_in(str(venv / "bin"))
