@@ -354,6 +354,16 @@ def test_a_relative_runtime_directory_is_refused(caller: Caller, rt: str) -> Non
     assert not os.path.exists(os.path.join(rt, "relative"))
 
 
+def test_a_runtime_directory_too_long_for_a_socket_is_refused(caller: Caller, rt: str) -> None:
+    """A Unix socket's path holds about 108 bytes."""
+    long = os.path.join(rt, "d" * 120)
+    p = caller.launch(long, ["--spec", "/x.json", "true"])
+    assert p.returncode == 125, p.stderr
+    line = _one_line(p.stderr)
+    assert "too long for a Unix socket" in line and long in line, line
+    assert not os.path.exists(long)
+
+
 # -- variables -------------------------------------------------------------------
 
 

@@ -445,8 +445,9 @@ static void runtime_dir(struct runtime *rt)
     if (err == 0)
         err = join(rt->addr.sun_path, sizeof rt->addr.sun_path, rt->dir, "/serve.sock");
     if (err < 0) {
-        say("the runtime directory's socket path is too long for a Unix socket: ", rt->dir,
-            "/serve.sock", NULL);
+        const char *named = own != NULL && own[0] != '\0' ? own : xdg != NULL ? xdg : "";
+        say("the runtime directory's socket path is too long for a Unix socket (DIR from ",
+            named, ")", NULL);
         exit(EXIT_SETUP);
     }
     rt->addr.sun_family = AF_UNIX;
@@ -643,17 +644,26 @@ static int start_daemon(int64_t deadline)
     char said[1024];
     size_t said_len = 0;
     int status = -1;
+    int pipe_open = 1;
     for (;;) {
-        struct pollfd p = {pipefd[0], POLLIN, 0};
-        (void)poll(&p, 1, 10);
-        for (;;) {
+        if (pipe_open) {
+            struct pollfd p = {pipefd[0], POLLIN, 0};
+            (void)poll(&p, 1, 10);
+        } else {
+            sleep_ns(RETRY_NS); /* it closed its stderr but has not exited yet */
+        }
+        while (pipe_open) {
             char chunk[512];
             ssize_t n = read(pipefd[0], chunk, sizeof chunk);
+            if (n == 0)
+                pipe_open = 0;
             if (n <= 0)
-                break;
+                break; /* EAGAIN: nothing more for now */
             for (ssize_t k = 0; k < n; k++) {
-                if (said_len == sizeof said)
-                    memmove(said, said + 1, --said_len);
+                if (said_len == sizeof said) { /* keep the later half */
+                    memmove(said, said + sizeof said / 2, sizeof said / 2);
+                    said_len = sizeof said / 2;
+                }
                 said[said_len++] = chunk[k];
             }
         }
