@@ -62,7 +62,7 @@ def _has_launcher() -> bool:
     return os.name == "posix"
 
 
-class build_ext_and_launcher(build_ext):  # noqa: N801 (a setuptools command's name)
+class build_ext_and_launcher(build_ext):  # type: ignore[misc]  # noqa: N801 (a command's name)
     """build_ext, then the launcher with the same compiler and flags.
 
     It runs before build_scripts (the ``build`` command's order), which then
@@ -117,7 +117,7 @@ class build_scripts_and_launcher(build_scripts):  # noqa: N801
         scripts = list(self.scripts or [])
         self.scripts = [s for s in scripts if s != LAUNCHER]
         try:
-            outfiles, updated = super().copy_scripts() if self.scripts else ([], [])
+            outfiles, updated = super().copy_scripts() if self.scripts else ([], [])  # type: ignore[no-untyped-call]
         finally:
             self.scripts = scripts
         if LAUNCHER in scripts:
