@@ -816,7 +816,43 @@ def _parser() -> argparse.ArgumentParser:
     spec = sub.add_parser("spec", help="validate a spec file and print it with its digest")
     spec.add_argument("file")
     spec.set_defaults(func=_cmd_spec)
+    _add_worker(sub)
     return parser
+
+
+def _add_worker(sub: Any) -> None:
+    worker = sub.add_parser(
+        "worker",
+        help="a Remote Workers API bot for a REAPI build farm (BuildGrid); needs the "
+        "'remote' extra",
+        description="Take leases from a build farm's Bots service and run each action "
+        "hermetically; SIGTERM signs off and exits 0.  See docs/remote.md.",
+    )
+    worker.add_argument("--server", required=True, help="grpc://HOST:PORT (or unix:PATH)")
+    worker.add_argument("--instance", required=True, help="the farm's instance name")
+    worker.add_argument("--concurrency", type=int, default=1, metavar="N", help="bots (default 1)")
+    worker.add_argument("--bot-id", help="the bot id (default HOSTNAME-PID; -0, -1... for N>1)")
+    worker.add_argument(
+        "--work-dir", help="cache and exec roots (default ~/.cache/hermetic/worker)"
+    )
+    worker.add_argument(
+        "--platform",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a platform property besides OSFamily and ISA (repeatable)",
+    )
+    worker.set_defaults(func=_cmd_worker)
+
+
+def _cmd_worker(ns: argparse.Namespace) -> int:
+    try:
+        from hermetic.remote import worker
+    except ImportError as e:
+        return _fail(str(e), EXIT_SPEC)
+    try:
+        return worker.main(ns)
+    except ValueError as e:
+        return _fail(str(e), EXIT_SPEC)
 
 
 def _add_action_options(cmd: argparse.ArgumentParser) -> None:
