@@ -144,7 +144,8 @@ def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> 
     action's exec root.
     """
     outs = set(outputs)
-    open_dirs = {a for o in outs for a in _ancestors(o)}
+    # The exec root itself ('') is always writable: it is the output.
+    open_dirs = {""} | {a for o in outs for a in _ancestors(o)}
 
     def writable_here(rel: str) -> bool:
         return rel in open_dirs or _within(rel, outs)
