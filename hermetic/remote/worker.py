@@ -38,7 +38,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from hermetic import (
     EnvSet,
@@ -48,6 +48,7 @@ from hermetic import (
     HermeticSpecBuilder,
     PathSet,
     ResourceLimits,
+    SandboxError,
     SandboxSpec,
     Streams,
 )
@@ -257,7 +258,15 @@ def _execute(
     finally:
         executor.close()
     if isinstance(ran, Err):
-        return LeaseOutcome(_status(code_pb2.INTERNAL, f"the action could not run: {ran.error}"))
+        error = ran.error
+        if isinstance(error, SandboxError) and error.stage == "exec":
+            # The command itself cannot be executed (not found, not
+            # executable): the action's fault, which no retry mends.
+            detail = error.detail or error.strerror
+            return LeaseOutcome(
+                _status(code_pb2.INVALID_ARGUMENT, f"the command cannot be executed: {detail}")
+            )
+        return LeaseOutcome(_status(code_pb2.INTERNAL, f"the action could not run: {error}"))
     res = ran.unwrap()
     if cancel.is_set():
         return LeaseOutcome(_status(code_pb2.CANCELLED, "the lease was cancelled"))
@@ -280,6 +289,17 @@ def _execute(
             setattr(result, f"{name}_raw", data)
     cas.upload(collected.blobs)
     meta.output_upload_completed_timestamp.CopyFrom(_now())
+    # hermetic's resource usage of the whole sandbox (wall, CPU, peak memory,
+    # I/O, processes; None where unknown), for whoever reads the metadata.
+    usage = struct_pb2.Struct()
+    usage.update(
+        {
+            "hermetic_usage": {
+                k: v for k, v in res.usage.to_dict().items() if k != "sources" and v is not None
+            }
+        }
+    )
+    meta.auxiliary_metadata.add().Pack(usage)
     meta.worker_completed_timestamp.CopyFrom(_now())
     result.execution_metadata.CopyFrom(meta)
     if res.timed_out:

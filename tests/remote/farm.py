@@ -59,6 +59,12 @@ def buildgrid_venv() -> str:
     """The bin/ directory of a virtual environment holding BuildGrid."""
     bgd = os.path.join(VENV, "bin", "bgd")
     if os.access(bgd, os.X_OK):
+        python = os.path.realpath(os.path.join(VENV, "bin", "python3"))
+        if not os.access(python, os.X_OK):
+            raise FarmUnavailable(
+                f"{VENV} was made by another user with an interpreter this one cannot "
+                f"run ({python}): run the suite as that user, or set HERMETIC_BUILDGRID_VENV"
+            )
         return os.path.dirname(bgd)
     python = _python313()
     os.makedirs(os.path.dirname(VENV), exist_ok=True)
