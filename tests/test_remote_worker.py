@@ -159,6 +159,19 @@ def test_worker_options():
         worker.parse_platform(["novalue"])
 
 
+def test_a_work_dir_of_other_files_is_refused(tmp_path):
+    (tmp_path / "precious").write_bytes(b"keep")
+    with pytest.raises(ValueError, match="not a hermetic worker's directory"):
+        worker.prepare_work_dir(str(tmp_path))
+    assert (tmp_path / "precious").read_bytes() == b"keep"
+    fresh = tmp_path / "w"
+    assert worker.prepare_work_dir(str(fresh)) == str(fresh)
+    (fresh / "exec" / "stale").mkdir()
+    worker.prepare_work_dir(str(fresh))  # its own: reused, leftovers removed
+    assert os.listdir(fresh / "exec") == []
+    assert os.stat(fresh).st_mode & 0o777 == 0o700
+
+
 def test_the_command_line_says_what_is_missing():
     done = subprocess.run(
         [sys.executable, "-m", "hermetic", "worker", "--server", "grpc://127.0.0.1:1"],

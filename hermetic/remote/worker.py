@@ -464,12 +464,18 @@ class Bot:
                     continue
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue
+                # The session is kept: a server that restarts over the same
+                # database still knows it (and the running lease); one that
+                # does not says so (above) and a new session is made.
                 LOG.warning(
                     "bot %s: the server failed (%s); again in %.1f s", self.bot_id, code, backoff
                 )
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    # A restarted server may not know the session any more.
-                    self._session = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception:
+                # Whatever else went wrong, the bot goes on (a dead bot thread
+                # would leave a worker that takes no lease and never says so).
+                LOG.exception("bot %s: unexpected failure; again in %.1f s", self.bot_id, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
         self._sign_off()
@@ -499,11 +505,24 @@ class Bot:
 # -- the worker -----------------------------------------------------------------
 
 
+#: The file that marks a directory as a worker's own.
+MARKER = ".hermetic-worker"
+
+
 def prepare_work_dir(work_dir: str) -> str:
     """The work directory: the cache, exec roots and per-lease files, only
-    the worker's (0700)."""
+    the worker's (0700).  A directory that is neither new, empty, nor marked
+    as a worker's is refused: the worker removes what it finds in it."""
     work_dir = os.path.abspath(work_dir)
     os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    entries = os.listdir(work_dir)
+    if entries and MARKER not in entries:
+        raise ValueError(
+            f"--work-dir {work_dir} holds files and is not a hermetic worker's directory "
+            f"(no {MARKER}): give a new or empty directory"
+        )
+    with open(os.path.join(work_dir, MARKER), "a"):
+        pass
     os.chmod(work_dir, 0o700)
     for sub in ("exec", "leases"):
         path = os.path.join(work_dir, sub)
