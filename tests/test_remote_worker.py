@@ -35,7 +35,15 @@ from remote.client import Worker, blob, execute, execute_response  # noqa: E402
 from remote.farm import INSTANCE, Farm, FarmUnavailable  # noqa: E402
 
 from hermetic.remote import execroot, worker  # noqa: E402
-from hermetic.remote.cas import LocalCache, digest_of, digest_of_message, key  # noqa: E402
+from hermetic.remote.cas import (
+    MAX_BATCH_BLOB,
+    MAX_BATCH_BYTES,
+    LocalCache,
+    _batches,
+    digest_of,
+    digest_of_message,
+    key,
+)  # noqa: E402
 from hermetic.remote.protos import code_pb2, re_pb2  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -146,6 +154,14 @@ def test_collecting_follows_no_link_the_action_planted(tmp_path):
     sub_digest = tree.root.directories[0].digest
     assert [digest_of_message(c)[0] for c in tree.children] == [sub_digest]
     assert got.blobs[key(tree.root.files[0].digest)] == b"made"
+
+
+def test_batches_stay_under_the_message_limit():
+    keys = [(f"{i:064x}", size) for i, size in enumerate([10, MAX_BATCH_BYTES - 10, 5, 7, 0])]
+    batches = list(_batches(keys))
+    assert [k for b in batches for k in b] == keys
+    assert all(sum(s for _, s in b) <= MAX_BATCH_BYTES for b in batches)
+    assert len(batches) == 2
 
 
 def test_worker_options():
@@ -307,6 +323,21 @@ def test_an_output_directory_comes_back_as_a_tree(farm, root_worker, tmp_path):
     (child,) = tree.children
     assert [f.name for f in child.files] == ["two"]
     assert blob(farm.target, INSTANCE, child.files[0].digest) == b"2\n"
+
+
+def test_large_blobs_go_through_bytestream_both_ways(farm, root_worker, tmp_path):
+    big = os.urandom(MAX_BATCH_BLOB * 2 + 123)
+    response, out = _bgd(
+        farm,
+        tmp_path,
+        ["sh", "-c", "cat big.bin big.bin > twice.bin && sha256sum big.bin"],
+        outputs=["twice.bin"],
+        files={"big.bin": big},
+    )
+    assert response.result.exit_code == 0, response
+    assert (out / "twice.bin").read_bytes() == big + big
+    stdout = _stream(farm, response.result, "stdout").decode()
+    assert stdout.split()[0] == hashlib.sha256(big).hexdigest()
 
 
 def test_a_timeout_completes_with_deadline_exceeded(farm, root_worker):

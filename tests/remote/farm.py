@@ -56,44 +56,39 @@ def _pg_bin(name: str) -> str:
 
 
 def buildgrid_venv() -> str:
-    """The bin/ directory of a virtual environment holding BuildGrid."""
-    bgd = os.path.join(VENV, "bin", "bgd")
-    if os.access(bgd, os.X_OK):
-        python = os.path.realpath(os.path.join(VENV, "bin", "python3"))
-        if not os.access(python, os.X_OK):
+    """The bin/ directory of a virtual environment holding BuildGrid, made
+    on first use (pip install) and reused after; a marker file says the
+    install finished."""
+    bindir = os.path.join(VENV, "bin")
+    marker = os.path.join(VENV, ".hermetic-complete")
+    python = os.path.join(bindir, "python3")
+    if os.path.exists(python):
+        real = os.path.realpath(python)
+        if not os.access(real, os.X_OK):
             raise FarmUnavailable(
                 f"{VENV} was made by another user with an interpreter this one cannot "
-                f"run ({python}): run the suite as that user, or set HERMETIC_BUILDGRID_VENV"
+                f"run ({real}): run the suite as that user, or set HERMETIC_BUILDGRID_VENV"
             )
-        return os.path.dirname(bgd)
-    python = _python313()
+        if not os.path.exists(marker):
+            probe = subprocess.run([python, "-c", "import buildgrid.server"], capture_output=True)
+            if probe.returncode == 0 and os.access(os.path.join(bindir, "bgd"), os.X_OK):
+                with open(marker, "w"):
+                    pass
+    if os.path.exists(marker):
+        return bindir
+    python313 = _python313()
+    shutil.rmtree(VENV, ignore_errors=True)
     os.makedirs(os.path.dirname(VENV), exist_ok=True)
-    tmp = f"{VENV}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        subprocess.run([python, "-m", "venv", tmp], check=True, capture_output=True)
-        done = subprocess.run(
-            [os.path.join(tmp, "bin", "pip"), "install", "-q", BUILDGRID],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            raise FarmUnavailable(f"pip install {BUILDGRID} failed: {done.stderr[-2000:]}")
-        # Scripts name their interpreter by path: the venv is made in place
-        # under its final name by a second, quick run once it installs.
-        shutil.rmtree(tmp)
-        subprocess.run([python, "-m", "venv", VENV], check=True, capture_output=True)
-        done = subprocess.run(
-            [os.path.join(VENV, "bin", "pip"), "install", "-q", BUILDGRID],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            shutil.rmtree(VENV, ignore_errors=True)
-            raise FarmUnavailable(f"pip install {BUILDGRID} failed: {done.stderr[-2000:]}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return os.path.join(VENV, "bin")
+    subprocess.run([python313, "-m", "venv", VENV], check=True, capture_output=True)
+    done = subprocess.run(
+        [os.path.join(bindir, "pip"), "install", "-q", BUILDGRID], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        shutil.rmtree(VENV, ignore_errors=True)
+        raise FarmUnavailable(f"pip install {BUILDGRID} failed: {done.stderr[-2000:]}")
+    with open(marker, "w"):
+        pass
+    return bindir
 
 
 def free_port() -> int:
