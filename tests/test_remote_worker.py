@@ -130,6 +130,22 @@ def test_inputs_are_declared_read_only_with_few_mounts(tmp_path):
     assert f"{root}/src/a.c" in ro and f"{root}/src/sub" in ro and f"{root}/src" not in ro
 
 
+def test_an_input_within_an_output_is_a_writable_copy(tmp_path):
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = _tree(cache)
+    root = tmp_path / "root"
+    root.mkdir()
+    execroot.stage(tree, cache, None, str(root), ["out"])
+    staged = root / "out" / "in.txt"
+    k = key(digest_of(b"input beside outputs"))
+    assert os.stat(staged).st_ino != os.stat(cache.path(k, False)).st_ino
+    staged.write_bytes(b"replaced")  # the action's own copy
+    with open(cache.path(k, False), "rb") as f:
+        assert f.read() == b"input beside outputs"
+    ro = execroot.read_only_paths(tree, ["out"], str(root))
+    assert ro == [f"{root}/bin", f"{root}/src"]
+
+
 def test_collecting_follows_no_link_the_action_planted(tmp_path):
     root = tmp_path / "root"
     (root / "out").mkdir(parents=True)

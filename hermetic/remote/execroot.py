@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -85,15 +86,32 @@ def fetch_tree(cas: CasClient, root: Any) -> InputTree:
     return tree
 
 
-def stage(tree: InputTree, cache: LocalCache, cas: CasClient, exec_root: str) -> int:
+def stage(
+    tree: InputTree,
+    cache: LocalCache,
+    cas: CasClient,
+    exec_root: str,
+    outputs: Iterable[str] = (),
+) -> int:
     """Build the exec root (which must exist and be empty) from ``tree``;
-    returns how many blobs were fetched from the farm."""
+    returns how many blobs were fetched from the farm.
+
+    An input at or under an output location (``outputs``, relative to the
+    exec root) is the action's to replace: it is a copy, writable and
+    sharing nothing with the cache, instead of a hard link.
+    """
+    outs = tuple(outputs)
     fetched = cache.fetch(cas, ((k, x) for _, k, x in tree.files))
     # Parents before children: fetch_tree lists directories by level.
     for rel in tree.dirs:
         os.mkdir(os.path.join(exec_root, rel), 0o755)
     for rel, k, x in tree.files:
-        os.link(cache.path(k, x), os.path.join(exec_root, rel), follow_symlinks=False)
+        dest = os.path.join(exec_root, rel)
+        if _within(rel, outs):
+            shutil.copyfile(cache.path(k, x), dest, follow_symlinks=False)
+            os.chmod(dest, 0o755 if x else 0o644)
+        else:
+            os.link(cache.path(k, x), dest, follow_symlinks=False)
     for rel, target in tree.symlinks:
         os.symlink(target, os.path.join(exec_root, rel))
     return fetched
@@ -136,10 +154,11 @@ def _within(path: str, roots: Iterable[str]) -> bool:
 def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> list[str]:
     """The absolute paths to declare as inputs inside the writable exec root.
 
-    Every staged file must be read-only (it shares its inode with the
-    cache).  A directory is declared whole when no output lies at or
-    beneath it (one mount for its subtree); otherwise its files are
-    declared one by one and its subdirectories decided the same way.
+    Every staged hard link must be read-only (it shares its inode with
+    the cache); files within an output are copies and stay writable.  A
+    directory is declared whole when no output lies at or beneath it (one
+    mount for its subtree); otherwise its files are declared one by one
+    and its subdirectories decided the same way.
     Symbolic links need no declaration: replacing one changes only this
     action's exec root.
     """
@@ -156,7 +175,8 @@ def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> 
         if writable_here(parent) and not writable_here(rel):
             declared.append(rel)
     for rel, _, _ in tree.files:
-        if writable_here(posixpath.dirname(rel)):
+        # A file within an output is a copy of the action's own (stage()).
+        if writable_here(posixpath.dirname(rel)) and not _within(rel, outs):
             declared.append(rel)
     return [os.path.join(exec_root, rel) for rel in sorted(declared)]
 

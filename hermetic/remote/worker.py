@@ -214,9 +214,9 @@ def _execute(
     if not command.arguments:
         raise execroot.ExecRootError("the command has no arguments")
     tree = execroot.fetch_tree(cas, action.input_root_digest)
-    execroot.stage(tree, cache, cas, exec_root)
-    execroot.make_output_parents(command, exec_root)
     outputs = execroot.output_locations(command)
+    execroot.stage(tree, cache, cas, exec_root, outputs)
+    execroot.make_output_parents(command, exec_root)
     workdir = execroot.relative(command.working_directory, what="working_directory")
     meta.input_fetch_completed_timestamp.CopyFrom(_now())
 
