@@ -88,8 +88,10 @@ enum hm_op_kind {
 #define HM_BIND_RDONLY 1   /* read-only, recursively */
 #define HM_BIND_DEVICES 2  /* keep device nodes usable (no nodev) */
 #define HM_BIND_SYSTEM 4   /* source and target are the sandbox's own (/proc,
-                              /dev): no symlink can be planted on the way, so
-                              the cheaper bind-then-flag path is safe */
+                              /dev, a directory the plan made on the private
+                              /tmp, bound onto itself): no symlink can be
+                              planted on the way, so the cheaper
+                              bind-then-flag path is safe */
 
 struct hm_op {
     int kind;

@@ -11,6 +11,7 @@ outputs and temps, gets exactly the declared environment and no network.
 
 import importlib.util as _importlib_util
 import os as _os
+from typing import Any as _Any
 
 if _importlib_util.find_spec("hermetic._native") is None:
     # A source tree nobody built: say so, rather than the bare
@@ -58,6 +59,23 @@ del _importlib_util, _os
 __version__ = "0.1.0"
 
 
+def spec_schema() -> dict[str, _Any]:
+    """The JSON Schema (draft 2020-12) of the spec file format, parsed.
+
+    The format is the one ``SandboxSpec.from_json`` reads and ``to_json``
+    writes (docs/spec.md); the file ships in the package as
+    ``hermetic/schema/spec.schema.json``.  What the schema cannot express
+    (duplicate keys, text no file name can hold, the consistency rules of
+    ``SandboxSpec.validate()``) only the code checks.
+    """
+    import json
+    from importlib.resources import files
+
+    text = (files("hermetic") / "schema" / "spec.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, _Any] = json.loads(text)
+    return schema
+
+
 def capabilities() -> Capabilities:
     """What this host can enforce (namespaces, cgroups, seccomp, Landlock, pidfd, clone3)."""
     from hermetic.platforms import current
@@ -96,6 +114,7 @@ __all__ = [
     "capabilities",
     "create_monitor",
     "run",
+    "spec_schema",
     "stage_inputs",
     "__version__",
 ]

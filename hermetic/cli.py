@@ -26,10 +26,10 @@ from typing import Any, NoReturn
 
 from hermetic.core import text
 from hermetic.core.builders import HermeticSpecBuilder
-from hermetic.core.errors import HermeticError, SandboxError, SpecError
+from hermetic.core.errors import HermeticError, SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import RESULT_SCHEMA_VERSION, new_execution_id
 from hermetic.core.paths import PathSet, canonical, is_within
-from hermetic.core.policies import ResourceLimits
+from hermetic.core.policies import EnvSet, NetworkPolicy, ResourceLimits
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams, caps_output
 from hermetic.executor import HermeticExecutor
@@ -239,6 +239,152 @@ def _paths(spec_paths: PathSet, given: Sequence[str], option: str) -> PathSet:
         raise SpecError(f"{option}: {err}", field=option, value=err.value) from None
 
 
+# -- the spec's options: values checked as the command line is parsed ------
+
+#: --network's choices: one mode, two names (as Docker's ``none`` has a
+#: loopback interface; nsjail and bubblewrap bring it up too).  The
+#: library has no network without a loopback of the sandbox's own.
+NETWORK_MODES = ("none", "loopback")
+
+#: --memory's units, powers of 1024 (as ``ulimit``, Docker and systemd
+#: read K, M, G).
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_TEXT = re.compile(r"([0-9]{1,20})\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+#: The largest limit a kernel field holds (as ResourceLimits checks).
+_MAX_LIMIT = 2**63 - 1
+
+
+def _memory_size(text: str) -> int:
+    """--memory: bytes, or a number with K, M, G or T."""
+    found = _SIZE_TEXT.fullmatch(text.strip())
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"wants a size in bytes, or with K, M, G or T (512M, 2G, 1048576), got {text!r}"
+        )
+    value = int(found.group(1)) * _UNITS[found.group(2).lower()]
+    if value > _MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is larger than 2**63-1 bytes")
+    return value
+
+
+def _cpu_time_ms(text: str) -> int:
+    """--cpu-time: seconds (a fraction allowed), as whole milliseconds
+    rounded up, so that a limit is never looser than asked."""
+    import math
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"wants a number of seconds >= 0, got {text!r}")
+    ms = math.ceil(seconds * 1000)
+    if ms > _MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} seconds is more than a limit holds")
+    return ms
+
+
+def _process_count(text: str) -> int:
+    """--processes: a count >= 0."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        raise argparse.ArgumentTypeError(f"wants a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _env_name(text: str) -> str:
+    """--env-pass: a variable's name (its value is read when the spec is made)."""
+    if not text or "=" in text or "\0" in text:
+        raise argparse.ArgumentTypeError(
+            f"wants a variable's name, got {text!r} (to set a value: --env K=V)"
+        )
+    return text
+
+
+def _host_port(text: str) -> str:
+    """--allow-host: ``host:port``, normalised as NetworkPolicy stores it."""
+    try:
+        return NetworkPolicy.allow_hosts([text]).allowed_hosts[0]
+    except SpecError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("allowed_hosts entry ")) from None
+
+
+def _limits_from_args(limits: ResourceLimits, ns: argparse.Namespace) -> ResourceLimits:
+    """``limits`` with those the command line sets.  A limit given on the
+    command line is the caller's, a hard one, even at the preset's value:
+    it leaves ``defaulted`` (which would weaken it where the host cannot
+    enforce it)."""
+    given = {
+        name: value
+        for name, value in (
+            ("max_memory_bytes", ns.memory),
+            ("max_cpu_time_ms", ns.cpu_time),
+            ("max_processes", ns.processes),
+        )
+        if value is not None
+    }
+    if not given and not ns.best_effort:
+        return limits
+    return dataclasses.replace(
+        limits,
+        **given,
+        best_effort=limits.best_effort or ns.best_effort,
+        defaulted=tuple(n for n in limits.defaulted if n not in given),
+    )
+
+
+def _network_from_args(network: NetworkPolicy, ns: argparse.Namespace) -> NetworkPolicy:
+    """``network`` as --network and --allow-host change it: --network none
+    (or loopback) replaces it with no network; --allow-host adds endpoints
+    to what a spec file lists, or replaces a network without any (none, or
+    the host's) with the proxy's, reaching those alone."""
+    if ns.network is not None:
+        return NetworkPolicy.hermetic()
+    if not ns.allow_host:
+        return network
+    if network.uses_proxy:
+        hosts = (*network.allowed_hosts, *ns.allow_host)
+        return dataclasses.replace(network, allowed_hosts=hosts)
+    return NetworkPolicy.allow_hosts(ns.allow_host)
+
+
+def _passed_env(env: EnvSet, names: Sequence[str]) -> EnvSet:
+    """``env`` with --env-pass's variables, as this process has them.
+
+    A name not set here is skipped with a warning, as nsjail's ``--env
+    NAME`` does (and Docker's ``-e NAME`` silently): passing a variable
+    means the sandbox sees what the caller sees, and a build script that
+    passes an optional one (``CC``, ``MAKEFLAGS``) must not fail where it
+    is unset.  The warning names the variable, never a value."""
+    for name in names:
+        value = os.environ.get(name)
+        if value is None:
+            print(
+                _one_line(f"hermetic: --env-pass {name}: not set here, so not set in the sandbox"),
+                file=sys.stderr,
+            )
+            continue
+        try:
+            env = env.with_var(name, value)
+        except SpecError as err:
+            raise SpecError(f"--env-pass {name!r}: {err}", field="env", value=name) from None
+    return env
+
+
+def _refused_combination(ns: argparse.Namespace) -> str | None:
+    """Why the options given cannot go together (an option that would be
+    accepted and then ignored is refused), or None."""
+    if getattr(ns, "no_toolchain", False) and getattr(ns, "spec", None) is not None:
+        return "--no-toolchain applies without --spec only (the spec file lists its inputs)"
+    if getattr(ns, "collect_outputs", False) and not ns.json:
+        return "--collect-outputs lists the outputs in the --json result: give --json too"
+    if getattr(ns, "network", None) is not None and ns.allow_host:
+        return (
+            f"--network {ns.network} reaches nothing outside the sandbox, and --allow-host "
+            "asks to reach a host: give one or the other"
+        )
+    return None
+
+
 def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
     if ns.spec is not None:
         data = _read_spec(ns.spec)
@@ -250,7 +396,7 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
             ) from None
     else:
         spec = _default_spec(not ns.no_toolchain)
-    env = spec.environment
+    env = _passed_env(spec.environment, ns.env_pass)
     for item in ns.env:
         key, sep, value = item.partition("=")
         if not sep:
@@ -266,6 +412,8 @@ def _spec_from_args(ns: argparse.Namespace) -> SandboxSpec:
         temps=_paths(spec.temps, ns.temp, "--temp"),
         environment=env,
         workdir=workdir,
+        resources=_limits_from_args(spec.resources, ns),
+        network=_network_from_args(spec.network, ns),
     )
     if ns.workdir is not None:
         _check_workdir(spec, ns.workdir)
@@ -375,6 +523,7 @@ def _setup_failure(
     """The exit status and message for an action that could not run; with
     ``--json``, also a JSON object on stdout saying why (see _error_json)."""
     code, message = failure_status(e)
+    message = _host_refusal(e, message)
     if ns is not None and getattr(ns, "json", False):
         _write_json(_error_json(e, message, code, command, spec))
     return _fail(message, code)
@@ -445,18 +594,32 @@ def _without_reason(limit: str) -> str:
 
 
 def _say_weakened(limits: Sequence[str]) -> None:
-    """Once, before the action's own output: the spec's default limits this
-    host could only weaken (a limit set explicitly fails instead), short;
-    the result (--json) carries each with its reason."""
+    """Once, before the action's own output: the limits this host could
+    only weaken (the spec's defaults, or any with --best-effort; a limit set
+    without it fails instead), short; the result (--json) carries each with
+    its reason."""
     if limits:
         weak = "; ".join(_without_reason(limit) for limit in limits)
         print(
-            _one_line(
-                f"hermetic: default limits weakened here ('hermetic doctor' says why): {weak}"
-            ),
+            _one_line(f"hermetic: limits weakened here ('hermetic doctor' says why): {weak}"),
             file=sys.stderr,
             flush=True,
         )
+
+
+def _host_refusal(e: HermeticError, message: str) -> str:
+    """``message`` for ``e``, or for a spec whose limits this host could only
+    weaken, a short one of the command line's own: the limits named with the
+    reason once, and the advice in the command line's terms (the library's
+    message advises Python and carries the host's details, which
+    ``hermetic doctor`` shows)."""
+    if not isinstance(e, UnsupportedError) or not e.limits:
+        return message
+    them = "it" if len(e.limits) == 1 else "them"
+    return (
+        f"cannot enforce {', '.join(e.limits)} here ({e.cause}); add --best-effort "
+        f"to run with {them} weakened, or see 'hermetic doctor'"
+    )
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
@@ -728,21 +891,45 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_SPEC, f"{self.prog}: error: {text}\n")
 
 
+#: The exit statuses every action subcommand shares, as the module's
+#: docstring lists them (one text, so the two cannot drift apart).
+_EXIT_CODES = tuple(line for line in __doc__.splitlines() if line.startswith("  12"))
+
+
+def _describe(*paragraphs: str, status: str | None = None, codes: str = "") -> str:
+    """A --help description: paragraphs wrapped to a terminal's width, then
+    the exit statuses (those of ``codes``, else all), kept in their columns."""
+    import textwrap
+
+    text = "\n\n".join(textwrap.fill(p, 76) for p in paragraphs)
+    if status is not None:
+        listed = [line for line in _EXIT_CODES if not codes or line.split()[0] in codes.split()]
+        text += "\n\n" + textwrap.fill(status, 76) + "\n\n" + "\n".join(listed)
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hermetic",
         description="Run a command hermetically: declared inputs read-only, declared outputs "
         "writable, nothing else of the host visible, no network, exactly the declared "
-        "environment.",
+        "environment. 'hermetic COMMAND --help' describes each command.",
     )
     from hermetic import __version__
 
     parser.add_argument("--version", action="version", version=f"hermetic {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",
         help="run a command in a sandbox",
-        description="Run CMD in a sandbox. " + __doc__.split("\n\n", 1)[1],
+        description=_describe(
+            "Run CMD in a sandbox: the declared inputs read-only, the declared outputs and "
+            "temps writable, nothing else of the host visible, no network, exactly the "
+            "declared environment. Without --spec the system toolchain (/usr, ...) is an "
+            "input and PATH is set.",
+            status="Exit status: the action's own, or 128+N when signal N ended it; "
+            "otherwise one of",
+        ),
     )
     _add_action_options(run)
     run.add_argument(
@@ -750,44 +937,71 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --json: list every output file with its size, mode and sha256",
     )
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_cmd_run, cmd_parser=run)
     verify = sub.add_parser(
         "verify",
         help="run a command several times and compare its outputs",
-        description="Run CMD --runs times, each with fresh empty outputs and temps, and "
-        "report every output, stdout, stderr or exit status that differs.",
+        description=_describe(
+            "Run CMD --runs times, each with fresh empty outputs and temps, and report every "
+            "output, stdout, stderr or exit status that differs.",
+            status="Exit status: 0 when the runs agree, 1 when they differ; otherwise one of",
+        ),
     )
     _add_action_options(verify)
-    verify.add_argument("--runs", type=int, default=2, metavar="N", help="runs (default 2)")
+    verify.add_argument(
+        "--runs", type=int, default=2, metavar="N", help="how many times to run CMD (default 2)"
+    )
     verify.add_argument(
         "--stdin",
         action="store_true",
         help="give each run this process's stdin, read once "
         f"(at most {_size(MAX_STDIN_BYTES)}; without it, stdin is empty)",
     )
-    verify.set_defaults(func=_cmd_verify)
+    verify.set_defaults(func=_cmd_verify, cmd_parser=verify)
     digest = sub.add_parser(
         "digest",
         help="print the action digest of a command (spec, argv, environment, inputs)",
+        description=_describe(
+            "Print the action digest of CMD under the spec, without running it: a hex "
+            "SHA-256 of the spec, the command, the working directory, the environment and "
+            "the content of every input. Two actions with the same digest give the same "
+            "result, so it can key a cache of results.",
+            status="Exit status: 0 when the digest was printed; otherwise one of",
+            codes="123 125",
+        ),
     )
-    _add_action_options(digest)
+    _add_action_options(digest, runs=False)
     digest.add_argument(
         "--hash-system",
         action="store_true",
-        help="hash the system directories' contents too (slow the first time)",
+        help="hash the system directories' contents too, not only their paths (slow the "
+        "first time)",
     )
-    digest.set_defaults(func=_cmd_digest)
+    digest.set_defaults(func=_cmd_digest, cmd_parser=digest)
     doctor = sub.add_parser(
         "doctor",
         help="show what this host can enforce, and whether the default spec runs here "
         "(as root: for a normal user too); exit 125 when it cannot",
+        description=_describe(
+            "Show what this host can enforce (namespaces, seccomp, Landlock, cgroups), "
+            "whether the default spec runs here, and which of its limits are weakened. Run "
+            f"by root, it checks a normal user ({_NORMAL_USER}) too. Exit status 125 when "
+            "the default spec cannot run."
+        ),
     )
-    doctor.add_argument("--json", action="store_true")
-    doctor.set_defaults(func=_cmd_doctor)
-    audit = sub.add_parser("audit", help="summarise an audit log (JSON Lines)")
-    audit.add_argument("file")
-    audit.add_argument("--json", action="store_true")
-    audit.set_defaults(func=_cmd_audit)
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(func=_cmd_doctor, cmd_parser=doctor)
+    audit = sub.add_parser(
+        "audit",
+        help="summarise an audit log (JSON Lines)",
+        description=_describe(
+            "Summarise an audit log, as --audit-log writes it: how many violations, in how "
+            "many executions, by kind and by decision."
+        ),
+    )
+    audit.add_argument("file", metavar="FILE", help="the audit log (JSON Lines)")
+    audit.add_argument("--json", action="store_true", help="print the summary as JSON")
+    audit.set_defaults(func=_cmd_audit, cmd_parser=audit)
     serve = sub.add_parser(
         "serve",
         help="the per-user daemon behind hermetic-launch (started by it when needed)",
@@ -811,11 +1025,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="exit after S seconds without a connection (default 600)",
     )
-    serve.set_defaults(func=_cmd_serve)
+    serve.set_defaults(func=_cmd_serve, cmd_parser=serve)
 
-    spec = sub.add_parser("spec", help="validate a spec file and print it with its digest")
-    spec.add_argument("file")
-    spec.set_defaults(func=_cmd_spec)
+    spec = sub.add_parser(
+        "spec",
+        help="validate a spec file and print it with its digest",
+        description=_describe(
+            "Validate a spec file and print it in full, every default written out, as JSON "
+            "on stdout; its digest goes to stderr. Exit status 123 when it is invalid."
+        ),
+    )
+    spec.add_argument("file", metavar="FILE", help="the spec file (JSON)")
+    spec.set_defaults(func=_cmd_spec, cmd_parser=spec)
     _add_worker(sub)
     return parser
 
@@ -825,8 +1046,10 @@ def _add_worker(sub: Any) -> None:
         "worker",
         help="a Remote Workers API bot for a REAPI build farm (BuildGrid); needs the "
         "'remote' extra",
-        description="Take leases from a build farm's Bots service and run each action "
-        "hermetically; SIGTERM signs off and exits 0.  See docs/remote.md.",
+        description=_describe(
+            "Take leases from a build farm's Bots service and run each action hermetically; "
+            "SIGTERM signs off and exits 0. See docs/remote.md."
+        ),
     )
     worker.add_argument("--server", required=True, help="grpc://HOST:PORT (or unix:PATH)")
     worker.add_argument("--instance", required=True, help="the farm's instance name")
@@ -841,7 +1064,7 @@ def _add_worker(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="a platform property besides OSFamily and ISA (repeatable)",
     )
-    worker.set_defaults(func=_cmd_worker)
+    worker.set_defaults(func=_cmd_worker, cmd_parser=worker)
 
 
 def _cmd_worker(ns: argparse.Namespace) -> int:
@@ -855,10 +1078,13 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_SPEC)
 
 
-def _add_action_options(cmd: argparse.ArgumentParser) -> None:
-    """The spec and command options run, verify and digest share."""
+def _add_action_options(cmd: argparse.ArgumentParser, *, runs: bool = True) -> None:
+    """The options run, verify and digest share: the spec's, and (``runs``:
+    run and verify) those of running the action.  digest runs nothing, so
+    it has no --timeout, --json or --audit-log to ignore."""
     cmd.formatter_class = argparse.RawDescriptionHelpFormatter
-    cmd.add_argument(
+    paths = cmd.add_argument_group("what the sandbox shows")
+    paths.add_argument(
         "--input",
         "-i",
         action="append",
@@ -866,7 +1092,7 @@ def _add_action_options(cmd: argparse.ArgumentParser) -> None:
         metavar="P",
         help="a read-only path (repeatable)",
     )
-    cmd.add_argument(
+    paths.add_argument(
         "--output",
         "-o",
         action="append",
@@ -874,7 +1100,7 @@ def _add_action_options(cmd: argparse.ArgumentParser) -> None:
         metavar="P",
         help="a writable path that must exist (repeatable)",
     )
-    cmd.add_argument(
+    paths.add_argument(
         "--temp",
         "-t",
         action="append",
@@ -882,25 +1108,113 @@ def _add_action_options(cmd: argparse.ArgumentParser) -> None:
         metavar="P",
         help="a writable scratch path that must exist (repeatable)",
     )
-    cmd.add_argument(
+    paths.add_argument(
         "--env",
         "-e",
         action="append",
         default=[],
         metavar="K=V",
-        help="set an environment variable (repeatable)",
+        help="set an environment variable (repeatable); nothing else of this environment is passed",
     )
-    cmd.add_argument("--workdir", "-C", metavar="P", help="working directory in the sandbox")
-    cmd.add_argument("--timeout", type=float, metavar="S", help="kill the sandbox after S seconds")
-    cmd.add_argument("--spec", metavar="FILE.json", help="start from this spec file")
-    cmd.add_argument(
+    paths.add_argument(
+        "--env-pass",
+        action="append",
+        default=[],
+        type=_env_name,
+        metavar="NAME",
+        help="pass variable NAME with the value it has here (repeatable); one not set here "
+        "is not set in the sandbox either, and a warning says so",
+    )
+    paths.add_argument(
+        "--workdir",
+        "-C",
+        metavar="P",
+        help="working directory in the sandbox (default: the current one when the sandbox "
+        "shows it, else /)",
+    )
+    paths.add_argument(
+        "--spec",
+        metavar="FILE.json",
+        help="start from this spec file; the options given with it change it",
+    )
+    paths.add_argument(
         "--no-toolchain",
         action="store_true",
         help="without --spec: do not add the system toolchain paths (/usr, ...)",
     )
-    cmd.add_argument("--json", action="store_true", help="print the result as JSON")
-    cmd.add_argument("--audit-log", metavar="FILE", help="append violations to FILE (JSON Lines)")
-    cmd.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    limits = cmd.add_argument_group(
+        "limits",
+        _describe(
+            "A limit given here is enforced for the whole sandbox, or the action does not "
+            "run (exit status 125) unless --best-effort is given. 0: no limit."
+        ),
+    )
+    limits.add_argument(
+        "--memory",
+        type=_memory_size,
+        metavar="SIZE",
+        help="memory in bytes, or with K, M, G or T (powers of 1024): 512M, 2G",
+    )
+    limits.add_argument(
+        "--cpu-time",
+        type=_cpu_time_ms,
+        metavar="SECONDS",
+        help="CPU time of all the sandbox's processes together",
+    )
+    limits.add_argument(
+        "--processes",
+        type=_process_count,
+        metavar="N",
+        help="processes (threads count too) the sandbox may have at once",
+    )
+    limits.add_argument(
+        "--best-effort",
+        action="store_true",
+        help="where this host cannot enforce a limit for the whole sandbox (no usable "
+        "cgroup), apply it as well as it can (memory sampled, CPU time per process) and "
+        "say so, instead of refusing to run",
+    )
+    network = cmd.add_argument_group(
+        "network", _describe("Without these, the spec's network (with no --spec: none).")
+    )
+    network.add_argument(
+        "--network",
+        choices=NETWORK_MODES,
+        help="none, or loopback, which names the same mode: nothing outside the sandbox is "
+        "reachable, only a loopback interface of its own (over --spec: drops what the file "
+        "allows)",
+    )
+    network.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="let the action reach HOST:PORT over HTTP and HTTPS, through a proxy hermetic "
+        "runs outside the sandbox, which resolves host names too; nothing else is reachable "
+        "(repeatable; IPv6: [ADDR]:PORT)",
+    )
+    if runs:
+        action = cmd.add_argument_group("running")
+        action.add_argument(
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="kill the sandbox after S seconds (exit status 124)",
+        )
+        action.add_argument("--json", action="store_true", help="print the result as JSON")
+        action.add_argument(
+            "--audit-log",
+            metavar="FILE",
+            help="append the violations the sandbox recorded to FILE (JSON Lines; "
+            "'hermetic audit FILE' summarises it)",
+        )
+    cmd.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD ARGS",
+        help="the command and its arguments",
+    )
 
 
 _JSON_CHUNK = 3 << 16  # a multiple of 3: base64 chunks join without padding
@@ -979,7 +1293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bare `hermetic`: what it can do, not an error about a missing word.
         parser.print_help()
         return 0
-    ns = parser.parse_args(args)
+    ns, unknown = parser.parse_known_args(args)
+    # The subcommand's parser says what it does not take, pointing to its
+    # own --help (argparse would leave it to the top-level one).
+    said_by = getattr(ns, "cmd_parser", parser)
+    if unknown:
+        said_by.error(f"unrecognized arguments: {' '.join(unknown)}")
+    problem = _refused_combination(ns)
+    if problem is not None:
+        said_by.error(problem)
     try:
         return int(ns.func(ns))
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import _as_user_cmd, _user_env
+from conftest import _as_user_cmd, _user_env, without_notice
 
 from hermetic import HermeticSpecBuilder, PathSet, ResourceLimits, SandboxSpec
 
@@ -18,13 +18,17 @@ pytestmark = [pytest.mark.linux, pytest.mark.root]
 
 
 def hermetic_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
+    """The command line's outcome, without the notice a normal user's run
+    prints first (see conftest.without_notice)."""
+    p = subprocess.run(
         [sys.executable, "-m", "hermetic", *args],
         input=stdin,
         capture_output=True,
         cwd="/",
         timeout=60,
     )
+    p.stderr = without_notice(p.stderr)
+    return p
 
 
 def test_run_passes_output_and_status() -> None:
@@ -215,7 +219,7 @@ def bounded_cli(
 ) -> subprocess.CompletedProcess[bytes]:
     """``hermetic_cli`` with a memory bound; the timeout proves termination
     (a FIFO without a writer would block an unguarded open forever)."""
-    return subprocess.run(
+    p = subprocess.run(
         [sys.executable, "-m", "hermetic", *args],
         input=stdin if isinstance(stdin, bytes) else None,
         stdin=stdin if isinstance(stdin, int) else None,
@@ -224,6 +228,8 @@ def bounded_cli(
         timeout=60,
         preexec_fn=_bounded,
     )
+    p.stderr = without_notice(p.stderr)
+    return p
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess[bytes], *needles: bytes) -> None:
@@ -422,7 +428,7 @@ def test_a_deleted_working_directory_is_no_traceback(scratch: str) -> None:
     script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
     base = ["sh", "-c", script, "sh", gone, sys.executable, "-m", "hermetic", "run"]
     p = subprocess.run([*base, "--", "true"], capture_output=True, timeout=60)
-    assert (p.returncode, p.stderr) == (0, b"")
+    assert (p.returncode, without_notice(p.stderr)) == (0, b"")
     os.mkdir(gone)
     p = subprocess.run([*base, "--input", "rel", "--", "true"], capture_output=True, timeout=60)
     assert_one_line_error(p, b"working directory")
@@ -436,7 +442,7 @@ def test_undecodable_arguments_reach_the_action(scratch: str) -> None:
         cwd="/",
         timeout=60,
     )
-    assert (p.returncode, p.stdout, p.stderr) == (0, b"\xff\xfe", b"")
+    assert (p.returncode, p.stdout, without_notice(p.stderr)) == (0, b"\xff\xfe", b"")
 
 
 def test_a_spec_with_very_many_paths_is_checked_in_bounded_time(scratch: str) -> None:
@@ -588,7 +594,7 @@ def test_a_reader_that_goes_away_is_no_traceback() -> None:
         timeout=120,
     )
     assert b"Traceback" not in p.stderr and b"Broken pipe" not in p.stderr, p.stderr
-    assert p.stderr.strip() == b"141", p.stderr
+    assert without_notice(p.stderr).strip() == b"141", p.stderr
 
 
 def test_a_workdir_the_action_would_not_see_is_an_error(scratch: str) -> None:
@@ -616,7 +622,7 @@ def test_stdin_passes_through() -> None:
         cwd="/",
         timeout=60,
     )
-    assert (p.returncode, p.stdout, p.stderr) == (0, b"hi\n", b"")
+    assert (p.returncode, p.stdout, without_notice(p.stderr)) == (0, b"hi\n", b"")
 
 
 def _read_line(fd: int, deadline: float = 60) -> bytes:
@@ -678,7 +684,7 @@ def test_stdout_and_stderr_keep_their_order() -> None:
         cwd="/",
         timeout=60,
     )
-    assert (p.returncode, p.stdout) == (0, b"one\ntwo\nthree\n")
+    assert (p.returncode, without_notice(p.stdout)) == (0, b"one\ntwo\nthree\n")
 
 
 def test_a_spec_capping_output_still_caps_it(scratch: str) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from conftest import without_notice
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -77,7 +78,7 @@ def run_main(argv: Sequence[str]) -> tuple[int, bytes, bytes]:
                 code: Any = main(list(argv))
             except SystemExit as e:  # argparse: --help, or a bad command line
                 code = e.code
-            return int(code or 0), out.getvalue(), err.getvalue()
+            return int(code or 0), out.getvalue(), without_notice(err.getvalue())
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

@@ -91,7 +91,7 @@ def test_an_exec_at_the_allowed_address_is_refused(mode, test_user):
 
 @pytest.mark.root
 def test_the_loader_still_runs_another_readable_program():
-    """The documented limit (README, Known limits): the ELF loader of a
+    """The documented limit (docs/known-limits.md): the ELF loader of a
     dynamic executable must keep EXECUTE (the kernel opens it to start the
     program), and given another program's path it maps and runs it, as the
     action could itself.  allow_exec=False limits which files the kernel

@@ -3,8 +3,8 @@
 A read-only mount does not stop opening a FIFO for writing, nor connecting
 to a Unix socket (the kernel checks neither against the mount's flags), so
 these tests run the attack from inside the sandbox against a host process
-the test itself starts, and assert what the host received.  README:
-"Known limits", the paragraph on FIFOs and Unix sockets under inputs.
+the test itself starts, and assert what the host received.  docs/known-limits.md:
+the paragraph on FIFOs and Unix sockets under inputs.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def test_unix_sockets_under_an_input(fs_runner, var_scratch, net):
     Landlock ABI 9 (Linux 7.1) handles LANDLOCK_ACCESS_FS_RESOLVE_UNIX, never
     granted on inputs: EACCES.  Before it no layer can refuse the lookup (a
     read-only mount does not, seccomp cannot read the address without a
-    race), and the test holds the behaviour the README documents (Known
-    limits): both reach the host process, except without namespaces on a
+    race), and the test holds the behaviour docs/known-limits.md
+    documents: both reach the host process, except without namespaces on a
     hermetic network, where seccomp refuses socket() itself.
     """
     src = os.path.join(var_scratch, "src")
@@ -197,13 +197,13 @@ print(attempt(connect), attempt(send))
     elif abi >= 9:
         expected = ["EACCES", "EACCES"]
     else:
-        expected = ["ok", "ok"]  # README, Known limits: no layer refuses it here
+        expected = ["ok", "ok"]  # docs/known-limits.md: no layer refuses it here
     assert out.text.split() == expected, out.stderr
     assert (accepted, received) == ((True, b"leak") if expected == ["ok", "ok"] else (False, b""))
 
 
 def test_a_fifo_under_an_input_can_be_opened_for_reading(fs_runner, var_scratch):
-    """The documented behaviour (README, Known limits): READ_FILE covers a
+    """The documented behaviour (docs/known-limits.md): READ_FILE covers a
     FIFO as any file, so an action may read what a host process writes into
     a FIFO under an input (taking it from any other reader)."""
     src = os.path.join(var_scratch, "src")

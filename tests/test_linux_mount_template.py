@@ -58,7 +58,8 @@ def _namespaces_held():
 
 def test_the_split_keeps_proc_and_tmp_per_action(scratch):
     # scratch is below /tmp: its output is bound in the prepared namespace,
-    # then copied into each action's fresh /tmp.
+    # then copied into each action's fresh /tmp with scratch, the read-only
+    # directory made to hold it (tests/test_linux_tmp_skeleton.py).
     out = os.path.join(scratch, "out")
     os.mkdir(out)
     spec = SandboxSpec(
@@ -69,9 +70,11 @@ def test_the_split_keeps_proc_and_tmp_per_action(scratch):
     kinds = [(op.kind, op.dst) for op in action]
     assert (linux_plan.OP_PROC, "/proc") in kinds
     assert (linux_plan.OP_TMPFS, "/tmp") in kinds
-    grab = kinds.index((linux_plan.OP_GRAB, out))
+    grab = kinds.index((linux_plan.OP_GRAB, scratch))
     assert (
-        grab < kinds.index((linux_plan.OP_TMPFS, "/tmp")) < kinds.index((linux_plan.OP_PLACE, out))
+        grab
+        < kinds.index((linux_plan.OP_TMPFS, "/tmp"))
+        < kinds.index((linux_plan.OP_PLACE, scratch))
     )
     # Nothing of /proc is built once, except its mount point; every host
     # bind is made in the prepared namespace.

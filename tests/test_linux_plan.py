@@ -24,17 +24,20 @@ def test_parents_before_children_and_readonly_inputs(scratch):
     os.mkdir(out)
     ops = ops_for(inputs=PathSet.of(a, os.path.join(a, "b")), outputs=PathSet.of(out))
     binds = [(o.dst, o.flags) for o in ops if o.kind == lp.OP_BIND and o.dst.startswith(scratch)]
-    # a/b is covered by a and collapsed; the output is writable.
-    assert binds == [(a, lp.BIND_RDONLY), (out, 0)]
+    # The directory made on the private /tmp to hold them is read-only (its
+    # own tests: test_linux_tmp_skeleton.py); a/b is covered by a and
+    # collapsed; the output is writable.
+    assert binds == [(scratch, lp.BIND_RDONLY | lp.BIND_SYSTEM), (a, lp.BIND_RDONLY), (out, 0)]
     dsts = [o.dst for o in ops]
     for i, o in enumerate(ops):
         if o.kind == lp.OP_BIND and not o.dst.startswith("/proc/"):  # /proc's own tree
             parent = os.path.dirname(o.dst)
             assert parent == "/" or parent in dsts[:i]
     # Binds take their source from the host (the old root), except the
-    # read-only and masked /proc entries, which come from inside.
+    # read-only and masked /proc entries and the read-only holder, which
+    # come from inside.
     for o in ops:
-        if o.kind == lp.OP_BIND and not o.dst.startswith("/proc/"):
+        if o.kind == lp.OP_BIND and not o.dst.startswith("/proc/") and o.dst != scratch:
             assert o.src.startswith(lp.OLDROOT + "/"), o
 
 

@@ -202,7 +202,7 @@ def test_the_memory_of_the_actions_parents_is_not_readable(fs_runner):
         # Landlock-only shows the host's /proc: pid 1 is the caller's clone
         # and the caller is visible.  Landlock refuses what needs ptrace
         # access (environment, memory, maps) from a sandboxed process; the
-        # command lines stay readable (a known limit, see the README).
+        # command lines stay readable (a known limit, see docs/known-limits.md).
         assert len(seen) == 14, seen
         refused = {k for k, v in seen.items() if v == "refused"}
         assert {k for k in seen if not k.endswith("/cmdline")} <= refused, seen

@@ -167,6 +167,7 @@ def test_wheel_is_tagged_abi3_and_auditwheel_accepts_it(tmp_path: pathlib.Path) 
         names = zf.namelist()
         wheel_meta = zf.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
     assert "hermetic/_native.abi3.so" in names
+    assert "hermetic/schema/spec.schema.json" in names  # hermetic.spec_schema() reads it
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert re.search(r"^Tag: cp310-abi3-linux_\w+$", wheel_meta, re.MULTILINE), wheel_meta
     show = subprocess.run([auditwheel, "show", wheel], capture_output=True, text=True)
@@ -180,6 +181,7 @@ SDIST_NEEDS = (
     "README.md",
     "build_ffi.py",
     "csrc/hermetic.h",
+    "hermetic/schema/spec.schema.json",
     "docs/threat-model.md",
     "docs/architecture.md",
     "tests/conftest.py",
@@ -187,11 +189,13 @@ SDIST_NEEDS = (
     "tests/test_docs.py",
 )
 #: A few tests to run from the unpacked sdist: the docs check, the golden
-#: profiles, the model, and one action run through the compiled core.
+#: profiles, the model and its schema (read from the installed package), and
+#: one action run through the compiled core.
 SDIST_TESTS = (
     "tests/test_docs.py",
     "tests/test_macos_sbpl.py",
     "tests/test_spec.py",
+    "tests/test_spec_schema.py",
     "tests/test_linux_executor.py::test_binary_output_is_exact",
 )
 

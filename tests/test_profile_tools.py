@@ -1,5 +1,5 @@
 """benchmarks/profile_syscalls.py's reading of an strace -f trace: who made
-each call (the README's system-call table comes from it)."""
+each call (docs/performance.md's per-stage figures come from it)."""
 
 from __future__ import annotations
 

@@ -130,12 +130,29 @@ class UnsupportedError(HermeticError, OSError):
     """This host cannot apply an isolation layer the spec asks for.
 
     Raised instead of running with weaker isolation than requested.
+
+    ``reason`` says why, with the host's details and advice for the
+    library's caller.  A refusal of resource limits this host could only
+    weaken (``ResourceLimits.best_effort`` would run them weakened) says it
+    in parts as well, for a front end to word in its own terms:
+    ``limits`` names them (``("max_memory_bytes",)``) and ``cause`` is
+    the reason in a few words, without the details (``"no usable
+    cgroup"``).  Other refusals leave ``limits`` empty and ``cause`` None.
     """
 
     layer: str
     reason: str
+    limits: tuple[str, ...]
+    cause: str | None
 
-    def __init__(self, layer: str, reason: str) -> None:
+    def __init__(
+        self,
+        layer: str,
+        reason: str,
+        *,
+        limits: Sequence[str] = (),
+        cause: str | None = None,
+    ) -> None:
         strerror = os.strerror(_errno.ENOTSUP)
         super().__init__(_errno.ENOTSUP, strerror)
         self.errno = _errno.ENOTSUP
@@ -143,12 +160,19 @@ class UnsupportedError(HermeticError, OSError):
         self.filename = None
         self.layer = layer
         self.reason = reason
+        self.limits = tuple(limits)
+        self.cause = cause
 
     def __str__(self) -> str:
         return f"cannot apply {self.layer}: {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs = {"layer": self.layer, "reason": self.reason}
+        kwargs = {
+            "layer": self.layer,
+            "reason": self.reason,
+            "limits": self.limits,
+            "cause": self.cause,
+        }
         return (_rebuild, (type(self), (), kwargs), _extra_state(self, kwargs))
 
 

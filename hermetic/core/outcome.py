@@ -93,7 +93,7 @@ class ExecutionResult:
     hermetic: bool = True
     unenforced_limits: tuple[str, ...] = ()
     #: What isolated the action: "namespaces", or "landlock" where user
-    #: namespaces are forbidden (see the README's platform table).
+    #: namespaces are forbidden (see docs/platforms.md).
     isolation: str = ""
     #: What the action left under its outputs, with sha256 per file; filled
     #: only by ``execute(..., collect_outputs=True)``.

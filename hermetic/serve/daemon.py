@@ -35,7 +35,7 @@ import time
 import traceback
 from typing import Any
 
-from hermetic.core.errors import HermeticError, SpecError
+from hermetic.core.errors import HermeticError, SpecError, UnsupportedError
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams
 from hermetic.executor import HermeticExecutor
@@ -234,6 +234,13 @@ class Daemon:
         status, message = failure_status(error)
         if isinstance(error, SpecError) and error.field in ("request", "runtime_dir"):
             status, message = EXIT_SPEC, str(error)
+        elif isinstance(error, UnsupportedError) and error.limits:
+            # Short, and in the spec file's terms: a launcher has no flags.
+            message = (
+                f"cannot enforce {', '.join(error.limits)} here ({error.cause}); set "
+                '"best_effort": true in the spec\'s resources to run weakened, or see '
+                "'hermetic doctor'"
+            )
         if len(fds) == 3:
             line = " ".join(f"hermetic: {message}".split())[:4000] + "\n"
             with contextlib.suppress(OSError):

@@ -33,8 +33,7 @@ Per ABI (``layer_abi``, ``handled_fs``; the kernel reports its own):
   Unix socket.  It is granted on outputs and temps only, never on inputs or
   the private /tmp (a socket the action makes there is its own domain's,
   which the kernel allows without a rule).  Before ABI 9 no layer refuses
-  connecting to a host process's socket under an input (README, "Known
-  limits").
+  connecting to a host process's socket under an input (docs/known-limits.md).
 
 FIFOs: WRITE_FILE covers opening one for writing, and inputs never get it,
 but a read-only mount does not refuse it.  Under the private /tmp, whose

@@ -28,7 +28,8 @@ A limit still holding the ``ResourceLimits.hermetic()`` preset's value
 default spec runs for a normal user without cgroup delegation, with what
 it could not enforce listed.  A default above this process's own hard
 rlimit is lowered to it (only tighter); a value the caller set above it
-fails closed.
+fails closed.  Both rules are every backend's: ``weakened_limits`` and
+``fit_rlimits`` in hermetic/platforms/base.py.
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ import os
 import time
 from dataclasses import dataclass
 
-from hermetic.core.errors import UnsupportedError
 from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.cgroup_v2 import PARENT as V2
+from hermetic.platforms.base import fit_rlimits, weakened_limits
 from hermetic.platforms.linux.workers import POOL as WORKERS
+
+#: Why a refused limit is weakened, in a few words (UnsupportedError.cause):
+#: the details (which hierarchy, which group) are in the reason, and
+#: ``hermetic doctor`` shows them.
+NO_CGROUP = "no usable cgroup"
+HOST_NETWORK = "not counted on the host network"
 
 
 @dataclass(frozen=True)
@@ -121,9 +128,10 @@ def plan_limits(
     if r.cpu_shares != 1024:
         needs_cgroup.append("cpu_shares")
     use_cgroup = bool(needs_cgroup) and cgroup_unavailable is None
-    unenforced: list[str] = []
-    #: The weakened limits the caller set (and did not allow weakening).
-    refused: list[str] = []
+    #: The limits this host can only weaken (platforms/base.py's rule
+    #: decides which of them fail closed).
+    weak: list[tuple[str, str]] = []
+    causes: dict[str, str] = {}
     if needs_cgroup and not use_cgroup:
         how = {
             "max_processes": "RLIMIT_NPROC, from which the kernel exempts root",
@@ -131,49 +139,24 @@ def plan_limits(
             "max_memory_bytes": "sampled every 20 ms, not a hard limit",
             "cpu_shares": "not applied",
         }
-        for name in needs_cgroup:
-            weak = f"{name}: {how[name]} ({cgroup_unavailable})"
-            unenforced.append(weak)
-            if not (r.best_effort or r.is_default(name)):
-                refused.append(weak)
+        weak += [(name, f"{how[name]} ({cgroup_unavailable})") for name in needs_cgroup]
+        causes.update(dict.fromkeys(needs_cgroup, NO_CGROUP))
     if r.max_network_io and not network_counted:
-        weak = "max_network_io: not counted on the host network"
-        unenforced.append(weak)
-        if not (r.best_effort or r.is_default("max_network_io")):
-            refused.append(weak)
+        weak.append(("max_network_io", "not counted on the host network"))
+        causes["max_network_io"] = HOST_NETWORK
     if not root:
-        # The action cannot raise a hard limit above this process's (that
-        # needs CAP_SYS_RESOURCE on the host): every execute would fail.
+        # Without CAP_SYS_RESOURCE on the host the action cannot raise a
+        # hard limit above this process's: defaults are lowered to it.
         fields = {
             resource.RLIMIT_NOFILE: "max_open_files",
             resource.RLIMIT_FSIZE: "max_file_size",
             resource.RLIMIT_NPROC: "max_processes",
             resource.RLIMIT_CPU: "max_cpu_time_ms",
         }
-        for i, (res, _, hard) in enumerate(values):
-            mine = resource.getrlimit(res)[1]
-            if res in fields and mine != resource.RLIM_INFINITY and hard > mine:
-                if r.is_default(fields[res]):
-                    # A preset value above what this process holds: the
-                    # action gets this process's limit, which is lower, so
-                    # the limit only tightens.
-                    values[i] = (res, mine, mine)
-                    continue
-                unit = " s of RLIMIT_CPU" if res == resource.RLIMIT_CPU else ""
-                raise UnsupportedError(
-                    "resource limits",
-                    f"{fields[res]} needs a hard limit of {hard}{unit}, above this process's "
-                    f"({mine}); lower it or raise the caller's limit",
-                )
-    if refused:
-        # Only limits the caller chose fail closed; the preset's defaults
-        # (ResourceLimits.defaulted) run weakened and are listed instead.
-        raise UnsupportedError(
-            "resource limits",
-            "; ".join(refused)
-            + ". Set ResourceLimits(best_effort=True) to run with these limits weakened,"
-            " or lift them",
-        )
+        values = fit_rlimits(r, values, fields)
+    # Only limits the caller chose fail closed; the preset's defaults
+    # (ResourceLimits.defaulted) run weakened and are listed instead.
+    unenforced = weakened_limits(r, weak, causes)
     sampled = r.max_memory_bytes if (r.max_memory_bytes and not use_cgroup) else 0
     return LimitPlan(
         rlimits=tuple(values),
@@ -182,7 +165,7 @@ def plan_limits(
         sampled_memory=sampled,
         disk_io=r.max_disk_io,
         output_bytes=r.max_output_bytes,
-        unenforced=tuple(unenforced),
+        unenforced=unenforced,
     )
 
 

@@ -16,7 +16,9 @@ Layout of the sandbox's root (a tmpfs, read-only once set up):
   a few /proc files masked (see PROC_MASKED), and /proc/1 (pid 1 shares
   the caller's memory) covered by an empty read-only tmpfs;
 - /tmp: a private tmpfs of ``max_tmp_bytes`` (see private_tmp_bytes), unless
-  /tmp itself is declared;
+  /tmp itself is declared; the directories made on it to hold declared
+  paths are read-only (see _seal_tmp_holders), so that a write there fails
+  rather than vanishing with the sandbox;
 - the host root's top-level symlinks (/bin -> usr/bin on merged-/usr
   systems) when their target is visible;
 - the working directory, created empty when nothing declared covers it.
@@ -45,6 +47,8 @@ OP_REMOUNT_RO: int = lib.HM_OP_REMOUNT_RO
 OP_MKNOD: int = lib.HM_OP_MKNOD
 OP_GRAB: int = lib.HM_OP_GRAB
 OP_PLACE: int = lib.HM_OP_PLACE
+#: Ops that mount something at their dst.
+_MOUNT_KINDS = (OP_BIND, OP_TMPFS, OP_PROC)
 #: HM_MAX_GRABS: copies of mount trees one op list can hold.
 MAX_GRABS: int = lib.HM_MAX_GRABS
 BIND_RDONLY: int = lib.HM_BIND_RDONLY
@@ -507,10 +511,69 @@ def build_ops(
             ops.append(Op(OP_MKNOD, e.path, flags=e.flags, mode=e.mode, origin=e.origin))
         if e.kind in ("bind", "tmpfs", "proc"):
             mounts.setdefault(e.path, e)
+    ops = _seal_tmp_holders(ops)
     # /dev is complete: nothing more may be created in it.
     dev_flags = DEV_TMPFS_FLAGS_NODES if make_nodes else DEV_TMPFS_FLAGS
     ops.append(Op(OP_REMOUNT_RO, "/dev", flags=dev_flags, origin="read-only /dev"))
     return tuple(ops)
+
+
+def _seal_tmp_holders(ops: list[Op]) -> list[Op]:
+    """The op list with each directory made on the private /tmp to hold a
+    declared path bound read-only onto itself, so that a write there fails
+    (EROFS) instead of vanishing with the sandbox's /tmp.
+
+    Only the top-most such directory (a child of /tmp) is bound: what the
+    plan makes below it lies on the same tmpfs.  Every directory and file
+    made within it moves before the bind, since nothing can be made there
+    once it is read-only; every mount within it moves after, so that the
+    bind's read-only flag (set recursively) meets no declared mount and
+    outputs and temps below stay writable.  A directory that holds no
+    declared path (a working directory alone) stays writable, as the rest
+    of the private /tmp: the action's scratch space.
+    """
+    if not any(op.kind == OP_TMPFS and op.dst == "/tmp" for op in ops):
+        return ops  # /tmp declared, or no mounts at all: nothing made there
+    mounted = {op.dst for op in ops if op.kind in _MOUNT_KINDS}
+    holders = {_tmp_top(m) for m in mounted if m.startswith("/tmp/") and _tmp_top(m) != m} - mounted
+    if not holders:
+        return ops
+    made: dict[str, list[Op]] = {d: [] for d in holders}
+    later: dict[str, list[Op]] = {d: [] for d in holders}
+    out: list[Op] = []
+    for op in ops:
+        top = _tmp_top(op.dst) if op.dst.startswith("/tmp/") else None
+        if top in holders and op.dst != top:
+            (made if op.kind in (OP_MKDIR, OP_MKFILE) else later)[top].append(op)
+        else:
+            out.append(op)
+    sealed: list[Op] = []
+    placed: set[str] = set()
+    for op in out:
+        sealed.append(op)
+        if op.kind == OP_MKDIR and op.dst in holders:
+            d = op.dst
+            sealed += made[d]
+            sealed.append(
+                Op(
+                    OP_BIND,
+                    d,
+                    src=d,
+                    flags=BIND_RDONLY | BIND_SYSTEM,
+                    origin=f"read-only {d!r} (made on the private /tmp to hold declared paths)",
+                )
+            )
+            sealed += later[d]
+            placed.add(d)
+    # Each holder was made by the plan (nothing else covers it), so its
+    # ops have their place; a plan without it would lose them.
+    assert placed == holders, holders - placed
+    return sealed
+
+
+def _tmp_top(path: str) -> str:
+    """The child of /tmp that ``path`` (below /tmp) lies in."""
+    return "/tmp/" + path[5:].split("/", 1)[0]
 
 
 def visible(spec: SandboxSpec, path: str) -> bool:

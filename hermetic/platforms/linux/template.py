@@ -12,11 +12,16 @@ get fresh:
 - /proc, for its own pid namespace, with the read-only and masked entries;
 - its private /tmp, a new tmpfs; outputs and inputs declared below /tmp are
   copied over from the prepared namespace (``HM_OP_GRAB``) before the new
-  tmpfs covers them, and attached in it (``HM_OP_PLACE``).
+  tmpfs covers them, and attached in it (``HM_OP_PLACE``); a directory the
+  plan makes there to hold declared paths (read-only, bound onto itself:
+  plan.py, ``_seal_tmp_holders``) is copied as one tree with the binds in
+  it.
 
 What actions share: the read-only root tmpfs (mount points and the host
-root's top-level symlinks) and /dev's read-only tmpfs with its nodes.  Both
-are read-only mounts, and an action holds no capability to change a mount.
+root's top-level symlinks), /dev's read-only tmpfs with its nodes, and the
+directories made on the prepared namespace's /tmp to hold declared paths,
+seen through their read-only binds.  All are read-only mounts, and an
+action holds no capability to change a mount.
 The binds of inputs, outputs and temps are the same host directories either
 way.  Nothing an action writes survives into the next: its writable places
 are the declared outputs and temps (shared with the host anyway) and its own
@@ -73,6 +78,10 @@ def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | No
     which is read-only afterwards.  A host bind below /tmp is made in the
     prepared namespace too, copied from there before the fresh tmpfs covers
     it, and attached again; binds nested in it come along with the copy.
+    A directory made there to hold declared paths, bound read-only onto
+    itself (plan.py, ``_seal_tmp_holders``), is copied the same way, with
+    the binds in it: each action makes only its mount point, one for all
+    the declared paths it holds.
     """
     fresh = [
         op.dst for op in ops if op.kind == OP_PROC or (op.kind == OP_TMPFS and op.dst != "/dev")
@@ -81,6 +90,14 @@ def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | No
     grabs: list[Op] = []
     action: list[Op] = []
     copied: list[str] = []
+    # The holders' read-only binds (source and target the same directory
+    # of the private /tmp): what lies below one is built in the prepared
+    # namespace only, the copy of its tree brings it.
+    holders = [
+        op.dst
+        for op in ops
+        if op.kind == OP_BIND and op.src == op.dst and op.dst.startswith("/tmp/")
+    ]
     for op in ops:
         root = None
         for r in fresh:
@@ -90,7 +107,9 @@ def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | No
         if root is None or (op.dst == root and op.kind == OP_MKDIR):
             prepared.append(op)
             continue
-        if any(is_within(op.dst, c) for c in copied):
+        if any(is_within(op.dst, c) for c in copied) or any(
+            op.dst != h and is_within(op.dst, h) for h in holders
+        ):
             # Below a copied bind: the prepared namespace has it, the copy
             # (recursive) brings it.
             prepared.append(op)
@@ -98,7 +117,7 @@ def split_ops(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[Op, ...]] | No
         host_bind = op.kind == OP_BIND and (op.src or "").startswith(OLDROOT + "/")
         if root != "/proc":
             prepared.append(op)
-        if host_bind:
+        if host_bind or (op.kind == OP_BIND and op.dst in holders):
             slot = len(grabs)
             if slot >= MAX_GRABS:
                 return None

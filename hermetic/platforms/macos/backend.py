@@ -12,11 +12,14 @@ the main process exits.
 What macOS cannot do here, each failing the spec closed unless noted:
 fresh outputs for ``verify_reproducible`` (no bind mounts), fresh clocks,
 ``allow_exec=False`` (the profile would also refuse the action's own
-exec); memory, summed CPU time, processes (per user), CPU weight and disk
-I/O limits are sampled or per process, so they need
-``ResourceLimits(best_effort=True)`` and are listed in
-``unenforced_limits``.  There is no pid namespace: a process that starts a
-new session leaves the process group (it stays inside the profile).
+exec).  Memory, summed CPU time, processes, CPU weight and disk I/O limits
+are sampled, per process or not applied: one the caller set needs
+``ResourceLimits(best_effort=True)``, and one still holding the preset's
+value (``ResourceLimits.defaulted``) runs so weakened; either way each is
+listed in ``unenforced_limits`` (``weakened_limits``,
+hermetic/platforms/base.py, the rule of every backend).  There is no pid
+namespace: a process that starts a new session leaves the process group
+(it stays inside the profile).
 
 Not run here: no macOS machine exists where this project is developed; the
 profile generator is tested as text on Linux and the C core type-checked
@@ -42,7 +45,13 @@ from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
-from hermetic.platforms.base import Cancel, Observer, action_environment
+from hermetic.platforms.base import (
+    Cancel,
+    Observer,
+    action_environment,
+    fit_rlimits,
+    weakened_limits,
+)
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.platforms.macos.sbpl import macos_path, sbpl_profile
 from hermetic.security.proxy import EgressProxy
@@ -87,7 +96,7 @@ def capabilities() -> Capabilities:
     )
 
 
-def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], list[str]]:
+def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], tuple[str, ...]]:
     import resource  # POSIX only: this module is imported on every OS
 
     r = spec.resources
@@ -96,30 +105,35 @@ def _limits(spec: SandboxSpec) -> tuple[list[tuple[int, int, int]], list[str]]:
         rl.append((resource.RLIMIT_NOFILE, r.max_open_files, r.max_open_files))
     if r.max_file_size:
         rl.append((resource.RLIMIT_FSIZE, r.max_file_size, r.max_file_size))
-    weak = []
+    weak: list[tuple[str, str]] = []
     if r.max_cpu_time_ms:
         secs = max(1, -(-r.max_cpu_time_ms // 1000))
         rl.append((resource.RLIMIT_CPU, secs, secs + 1))
-        weak.append("max_cpu_time_ms: per process (RLIMIT_CPU) and sampled, not summed exactly")
+        weak.append(("max_cpu_time_ms", "per process (RLIMIT_CPU) and sampled, not summed exactly"))
     if r.max_memory_bytes:
-        weak.append("max_memory_bytes: sampled every 20 ms, not a hard limit")
+        weak.append(("max_memory_bytes", "sampled every 20 ms, not a hard limit"))
     if r.max_processes:
         # Not RLIMIT_NPROC: it counts every process of the user, so a busy
         # machine would refuse the action's first fork.
-        weak.append("max_processes: the session's processes counted every 20 ms")
+        weak.append(("max_processes", "the session's processes counted every 20 ms"))
     if r.cpu_shares != 1024:
-        weak.append("cpu_shares: not applied")
+        weak.append(("cpu_shares", "not applied"))
     if r.max_disk_io:
-        weak.append("max_disk_io: not counted")
+        weak.append(("max_disk_io", "not counted"))
     if r.max_network_io and not spec.network.uses_proxy:
-        weak.append("max_network_io: not counted")
-    if weak and not r.best_effort:
-        raise UnsupportedError(
-            "resource limits",
-            "; ".join(weak) + ". Set ResourceLimits(best_effort=True) to run with these "
-            "limits weakened, or lift them",
-        )
-    return rl, weak
+        weak.append(("max_network_io", "not counted"))
+    if os.geteuid() != 0:
+        # Unprivileged, the action cannot raise a hard limit above this
+        # process's: defaults are lowered to it, the caller's fail closed.
+        fields = {
+            resource.RLIMIT_NOFILE: "max_open_files",
+            resource.RLIMIT_FSIZE: "max_file_size",
+            resource.RLIMIT_CPU: "max_cpu_time_ms",
+        }
+        rl = fit_rlimits(r, rl, fields)
+    # What the caller set fails closed unless best_effort; the preset's
+    # defaults run weakened and listed, as on Linux.
+    return rl, weakened_limits(r, weak)
 
 
 class Prepared:

@@ -39,7 +39,7 @@ from hermetic.core.errors import SandboxError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.spec import SandboxSpec, check_argv, process_limit
 from hermetic.core.usage import ResourceUsage
-from hermetic.platforms.base import Cancel, Observer, action_environment
+from hermetic.platforms.base import Cancel, Observer, action_environment, weakened_limits
 from hermetic.platforms.capabilities import Capabilities
 from hermetic.security.timeout import DEFAULT_KILL_GRACE
 
@@ -110,26 +110,23 @@ class Prepared:
                 "process policy", "a job object cannot refuse fork or exec (only count them)"
             )
         r = spec.resources
-        weak = []
+        weak: list[tuple[str, str]] = []
         if r.cpu_shares != 1024:
-            weak.append("cpu_shares: not applied")
+            weak.append(("cpu_shares", "not applied"))
         if r.max_disk_io:
-            weak.append("max_disk_io: not counted")
+            weak.append(("max_disk_io", "not counted"))
         if r.max_network_io:
-            weak.append("max_network_io: not counted")
+            weak.append(("max_network_io", "not counted"))
         if r.max_file_size:
-            weak.append("max_file_size: no per-file limit")
+            weak.append(("max_file_size", "no per-file limit"))
         if r.max_open_files:
-            weak.append("max_open_files: no handle limit")
+            weak.append(("max_open_files", "no handle limit"))
         if r.max_output_bytes:
-            weak.append("max_output_bytes: not checked while the action runs")
-        if weak and not r.best_effort:
-            raise UnsupportedError(
-                "resource limits",
-                "; ".join(weak) + ". Set ResourceLimits(best_effort=True) to run anyway",
-            )
+            weak.append(("max_output_bytes", "not checked while the action runs"))
         self.spec = spec
-        self.unenforced = tuple(weak)
+        # What the caller set fails closed unless best_effort; the preset's
+        # defaults run without it and are listed, as on every backend.
+        self.unenforced = weakened_limits(r, weak)
         self.workdir = spec.workdir or os.getcwd()
         env = spec.action_environment()
         # Windows itself needs these to start most programs.
