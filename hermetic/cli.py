@@ -1037,8 +1037,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     spec.add_argument("file", metavar="FILE", help="the spec file (JSON)")
     spec.set_defaults(func=_cmd_spec, cmd_parser=spec)
+
+    runner = sub.add_parser(
+        "runner",
+        help="serve Buildbarn's runner protocol, so bb_worker runs its actions in the sandbox",
+        description=_describe(
+            "Serve buildbarn.runner.Runner on a Unix socket until SIGTERM, for bb_worker. "
+            "Each Run: the input root read-only, its empty directories (the outputs' parents) "
+            "writable, the temporary directory a temp, exactly the request's environment. "
+            "Needs grpcio and protobuf. See docs/remote-runner.md."
+        ),
+    )
+    runner.add_argument("--listen", required=True, metavar="unix:PATH", help="the socket")
+    runner.add_argument(
+        "--build-directory",
+        default="/worker/build",
+        metavar="DIR",
+        help="bb_worker's build directory: the request's paths are relative to it "
+        "(default /worker/build, as bb_runner's)",
+    )
+    runner.add_argument(
+        "--spec", metavar="FILE.json", help="the base spec (default: the toolchain read-only)"
+    )
+    runner.add_argument(
+        "--concurrency", type=int, metavar="N", help="actions at once (default: CPUs)"
+    )
+    runner.set_defaults(func=_cmd_runner, cmd_parser=runner)
     _add_worker(sub)
     return parser
+
+
+def _cmd_runner(ns: argparse.Namespace) -> int:
+    try:
+        from hermetic.remote import runner
+    except ImportError as e:
+        return _fail(f"hermetic runner needs grpcio and protobuf: {e}", EXIT_SETUP)
+    try:
+        base = SandboxSpec.from_json(_read_spec(ns.spec)) if ns.spec else _default_spec(True)
+        return runner.serve(ns.listen, ns.build_directory, base, concurrency=ns.concurrency)
+    except SpecError as e:
+        return _fail(str(e), EXIT_SPEC)
 
 
 def _add_worker(sub: Any) -> None:

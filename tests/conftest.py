@@ -17,6 +17,7 @@ reason, and under CI (CI=true) it is a failure instead.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -343,6 +345,34 @@ def fs_runner(request: pytest.FixtureRequest) -> Runner:
         unavailable("unshare (util-linux) is needed to forbid user namespaces")
     user = request.getfixturevalue("test_user") if os.geteuid() == 0 else None
     return Runner("landlock", user)
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with ``hello from PORT PATH``."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        body = f"hello from {self.server.server_address[1]} {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[int, int]]:
+    """Two HTTP servers on the host's loopback: (listed, unlisted) ports."""
+    started = []
+    for _ in range(2):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+        started.append(srv)
+    yield started[0].server_address[1], started[1].server_address[1]
+    for srv in started:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ a normal user's host cannot enforce."""
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -233,6 +231,7 @@ def test_every_subcommand_and_option_has_help_without_markup() -> None:
         "audit",
         "serve",
         "spec",
+        "runner",
         "worker",
     }
     texts = [parser.format_help()]
@@ -331,33 +330,6 @@ def test_network_loopback_has_lo_up_and_nothing_outside() -> None:
         assert data["exit_code"] == 0 and data["stdout"] == "loopback only\n", data
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        port = cast("tuple[str, int]", self.server.server_address)[1]
-        body = f"hello from {port}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def servers() -> Iterator[tuple[int, int]]:
-    """Two HTTP servers on the host's loopback: (listed, unlisted) ports."""
-    started = []
-    for _ in range(2):
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-        started.append(srv)
-    yield started[0].server_address[1], started[1].server_address[1]
-    for srv in started:
-        srv.shutdown()
-        srv.server_close()
-
-
 FETCH = """
 import json, socket, sys, urllib.request, urllib.error
 def get(port):
@@ -393,7 +365,7 @@ def test_allow_host_reaches_a_local_server_only_through_the_proxy(
     # Through the proxy: the listed endpoint; the other refused (and
     # recorded); directly, only the sandbox's own loopback, with no server.
     assert json.loads(data["stdout"]) == [
-        f"hello from {listed}",
+        f"hello from {listed} /",
         "HTTP 403",
         "ConnectionRefusedError",
     ]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 from test_linux_isolation import probe, spec_for
@@ -14,32 +11,6 @@ from test_linux_isolation import probe, spec_for
 from hermetic import NetworkPolicy, ResourceLimits, SandboxSpec, SpecError
 
 pytestmark = pytest.mark.linux
-
-
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        body = f"hello from {self.server.server_address[1]} {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def servers() -> Iterator[tuple[int, int]]:
-    """Two HTTP servers on the host's loopback: (listed, unlisted) ports."""
-    started = []
-    for _ in range(2):
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-        started.append(srv)
-    yield started[0].server_address[1], started[1].server_address[1]
-    for srv in started:
-        srv.shutdown()
-        srv.server_close()
 
 
 FETCH = """

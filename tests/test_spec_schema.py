@@ -452,3 +452,14 @@ def test_every_field_is_documented() -> None:
         assert f"| `{name}` |" in text, name
         for key in prop.get("properties", {}):
             assert f"| `{key}` |" in text, (name, key)
+
+
+def test_a_version_1_file_with_an_impossible_max_children_is_refused_by_both():
+    """Version 1 files have max_children read as unset, but a value no
+    version allows is refused by from_json as by the schema."""
+    doc = {"version": 1, "process": {"max_children": -1}}
+    with pytest.raises(SpecError, match="max_children"):
+        SandboxSpec.from_json(json.dumps(doc))
+    assert not _schema_accepts(doc) and not _code_accepts(doc)
+    fine = {"version": 1, "process": {"max_children": 32}}
+    assert _schema_accepts(fine) and _code_accepts(fine)

@@ -350,7 +350,12 @@ class SandboxSpec:
             )
         if version == 1 and isinstance(data.get("process"), Mapping):
             # Version 1 never applied max_children (its default said 32):
-            # read as unset, so a saved spec runs as it did.
+            # read as unset, so a saved spec runs as it did; a value no
+            # version allows is still refused (as the JSON Schema does).
+            if "max_children" in data["process"]:
+                _section(
+                    ProcessPolicy(), {"max_children": data["process"]["max_children"]}, "process"
+                )
             data = {**data, "process": {**data["process"], "max_children": 0}}
         base = cls()
         kwargs: dict[str, Any] = {}

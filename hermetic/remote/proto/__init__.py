@@ -1,0 +1,1 @@
+"""Protocol messages and stubs generated from .proto files (see generate.py)."""
