@@ -1063,6 +1063,7 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, metavar="N", help="actions at once (default: CPUs)"
     )
     runner.set_defaults(func=_cmd_runner, cmd_parser=runner)
+    _add_worker(sub)
     return parser
 
 
@@ -1075,6 +1076,43 @@ def _cmd_runner(ns: argparse.Namespace) -> int:
         base = SandboxSpec.from_json(_read_spec(ns.spec)) if ns.spec else _default_spec(True)
         return runner.serve(ns.listen, ns.build_directory, base, concurrency=ns.concurrency)
     except SpecError as e:
+        return _fail(str(e), EXIT_SPEC)
+
+
+def _add_worker(sub: Any) -> None:
+    worker = sub.add_parser(
+        "worker",
+        help="a Remote Workers API bot for a REAPI build farm (BuildGrid); needs the "
+        "'remote' extra",
+        description=_describe(
+            "Take leases from a build farm's Bots service and run each action hermetically; "
+            "SIGTERM signs off and exits 0. See docs/remote.md."
+        ),
+    )
+    worker.add_argument("--server", required=True, help="grpc://HOST:PORT (or unix:PATH)")
+    worker.add_argument("--instance", required=True, help="the farm's instance name")
+    worker.add_argument("--concurrency", type=int, default=1, metavar="N", help="bots (default 1)")
+    worker.add_argument("--bot-id", help="the bot id (default HOSTNAME-PID; -0, -1... for N>1)")
+    worker.add_argument(
+        "--work-dir", help="cache and exec roots (default ~/.cache/hermetic/worker)"
+    )
+    worker.add_argument(
+        "--platform",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a platform property besides OSFamily and ISA (repeatable)",
+    )
+    worker.set_defaults(func=_cmd_worker, cmd_parser=worker)
+
+
+def _cmd_worker(ns: argparse.Namespace) -> int:
+    try:
+        from hermetic.remote import worker
+    except ImportError as e:
+        return _fail(str(e), EXIT_SPEC)
+    try:
+        return worker.main(ns)
+    except ValueError as e:
         return _fail(str(e), EXIT_SPEC)
 
 

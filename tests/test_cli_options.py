@@ -232,6 +232,7 @@ def test_every_subcommand_and_option_has_help_without_markup() -> None:
         "serve",
         "spec",
         "runner",
+        "worker",
     }
     texts = [parser.format_help()]
     for name, sub in commands.items():

@@ -1,0 +1,645 @@
+"""``hermetic worker``: a Remote Workers API bot that runs leases hermetically.
+
+Each of ``--concurrency`` bots holds one bot session
+(``google.devtools.remoteworkers.v1test2.Bots``) and one lease at a time:
+``CreateBotSession``, then ``UpdateBotSession`` calls that long-poll for
+work while idle and, while a lease runs, say it is ACTIVE every second
+(the answer tells the bot when the server dropped the lease: a cancelled
+lease kills its action).  A lease's payload is ``Any(Action)`` or
+``Any(Digest)`` of one.  Per lease (:func:`execute_lease`): fetch the
+Command and the input root into the local cache, stage a fresh exec root,
+run the command with :class:`hermetic.HermeticExecutor` (the exec root is
+its only output, the staged inputs are read-only inside it, the
+environment is exactly the Command's, ``Action.timeout`` its timeout),
+collect and upload the outputs, and complete the lease with
+``Any(ActionResult)``.  A timeout completes with DEADLINE_EXCEEDED.
+
+SIGTERM (or SIGINT): each bot says BOT_TERMINATING, so the server assigns
+it nothing more, hands a running lease back (its action is killed and the
+lease completed with UNAVAILABLE, which the server retries elsewhere at
+once), and the worker exits 0.  A server that goes away is reconnected to
+with exponential backoff; a session it no longer knows is created anew.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import threading
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from hermetic import (
+    EnvSet,
+    Err,
+    HermeticError,
+    HermeticExecutor,
+    HermeticSpecBuilder,
+    PathSet,
+    ResourceLimits,
+    SandboxError,
+    SandboxSpec,
+    Streams,
+)
+from hermetic.remote import execroot
+from hermetic.remote.cas import CasClient, CasError, LocalCache, digest_of, key
+from hermetic.remote.protos import (
+    bots_pb2,
+    bots_pb2_grpc,
+    code_pb2,
+    grpc,
+    re_pb2,
+    status_pb2,
+    worker_pb2,
+)
+
+LOG = logging.getLogger("hermetic.remote.worker")
+
+#: stdout and stderr up to this size are also inlined in the ActionResult.
+INLINE_OUTPUT = 1 << 10
+#: The long poll's deadline while idle: the server answers before it with a
+#: lease, or when it runs out (BuildGrid holds a poll for 80% of it).
+IDLE_POLL = 30.0
+#: How often a running lease is reported ACTIVE (and a cancellation seen).
+HEARTBEAT = 1.0
+#: Reconnecting: the first wait, and the longest.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What ``hermetic worker`` was given."""
+
+    server: str
+    instance: str
+    work_dir: str
+    bot_id: str = ""
+    concurrency: int = 1
+    platform: tuple[tuple[str, str], ...] = ()
+
+    def target(self) -> str:
+        """The gRPC target of ``--server`` (``grpc://HOST:PORT`` or ``unix:PATH``)."""
+        for prefix in ("grpc://", "http://"):
+            if self.server.startswith(prefix):
+                return self.server[len(prefix) :]
+        if self.server.startswith(("https://", "grpcs://")):
+            raise ValueError(f"TLS servers are not supported yet: {self.server!r}")
+        return self.server
+
+
+def default_platform() -> tuple[tuple[str, str], ...]:
+    """OSFamily and ISA as BuildGrid matches them."""
+    isa = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64"}
+    machine = platform.machine().lower()
+    return (("OSFamily", platform.system().lower()), ("ISA", isa.get(machine, machine)))
+
+
+# -- one lease ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LeaseOutcome:
+    """How a lease ends: the result (when the action ran) and the status."""
+
+    status: Any
+    result: Any | None = None
+
+
+def _now() -> Any:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _status(code: int, message: str = "") -> Any:
+    return status_pb2.Status(code=code, message=message)
+
+
+def _action_of(lease: Any, cas: CasClient) -> Any:
+    payload = lease.payload
+    if payload.Is(re_pb2.Action.DESCRIPTOR):
+        action = re_pb2.Action()
+        payload.Unpack(action)
+        return action
+    if payload.Is(re_pb2.Digest.DESCRIPTOR):
+        digest = re_pb2.Digest()
+        payload.Unpack(digest)
+        return re_pb2.Action.FromString(cas.read_one(digest))
+    raise execroot.ExecRootError(
+        f"the lease's payload is neither an Action nor a Digest: {payload.type_url}"
+    )
+
+
+def _remove_tree(path: str) -> None:
+    """Remove what an action left, whatever modes it set on its directories."""
+
+    def fix(func: Callable[..., Any], failed: str, exc: BaseException) -> None:
+        parent = os.path.dirname(failed)
+        try:
+            os.chmod(parent, stat.S_IRWXU)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, stat.S_IRWXU)
+        except OSError:
+            pass
+        func(failed)
+
+    def onerror(func: Callable[..., Any], failed: str, info: Any) -> None:
+        fix(func, failed, info[1])
+
+    if not os.path.lexists(path):
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=fix)
+    else:
+        shutil.rmtree(path, onerror=onerror)
+
+
+def execute_lease(
+    lease: Any,
+    *,
+    cas: CasClient,
+    cache: LocalCache,
+    work_dir: str,
+    bot_id: str,
+    cancel: threading.Event,
+) -> LeaseOutcome:
+    """Run one lease to its outcome; never raises for what the action or
+    the farm did (that becomes the lease's status)."""
+    meta = re_pb2.ExecutedActionMetadata(worker=bot_id)
+    meta.worker_start_timestamp.CopyFrom(_now())
+    exec_root = tempfile.mkdtemp(prefix="root-", dir=os.path.join(work_dir, "exec"))
+    private = tempfile.mkdtemp(prefix="lease-", dir=os.path.join(work_dir, "leases"))
+    try:
+        return _execute(lease, cas, cache, exec_root, private, meta, cancel)
+    except (execroot.ExecRootError, HermeticError, ValueError) as e:
+        return LeaseOutcome(_status(code_pb2.INVALID_ARGUMENT, str(e)))
+    except CasError as e:
+        return LeaseOutcome(_status(code_pb2.FAILED_PRECONDITION, str(e)))
+    except grpc.RpcError as e:
+        code = e.code()
+        if code == grpc.StatusCode.NOT_FOUND:
+            return LeaseOutcome(_status(code_pb2.FAILED_PRECONDITION, f"a blob is missing: {e}"))
+        return LeaseOutcome(_status(code_pb2.UNAVAILABLE, f"the CAS failed: {code}"))
+    except OSError as e:
+        return LeaseOutcome(_status(code_pb2.INTERNAL, f"the worker failed: {e}"))
+    finally:
+        _remove_tree(exec_root)
+        _remove_tree(private)
+
+
+def _execute(
+    lease: Any,
+    cas: CasClient,
+    cache: LocalCache,
+    exec_root: str,
+    private: str,
+    meta: Any,
+    cancel: threading.Event,
+) -> LeaseOutcome:
+    meta.input_fetch_start_timestamp.CopyFrom(_now())
+    action = _action_of(lease, cas)
+    command = re_pb2.Command.FromString(cas.read_one(action.command_digest))
+    if not command.arguments:
+        raise execroot.ExecRootError("the command has no arguments")
+    tree = execroot.fetch_tree(cas, action.input_root_digest)
+    outputs = execroot.output_locations(command)
+    execroot.stage(tree, cache, cas, exec_root, outputs)
+    execroot.make_output_parents(command, exec_root)
+    workdir = execroot.relative(command.working_directory, what="working_directory")
+    meta.input_fetch_completed_timestamp.CopyFrom(_now())
+
+    spec = SandboxSpec(
+        inputs=PathSet(
+            (
+                *HermeticSpecBuilder.toolchain_inputs(),
+                *execroot.read_only_paths(tree, outputs, exec_root),
+            )
+        ),
+        # The exec root is the action's one writable place; nothing else of
+        # the worker (the cache, other exec roots) is declared, so nothing
+        # else of it exists inside the sandbox.
+        outputs=PathSet((exec_root,)),
+        environment=EnvSet(vars=tuple((v.name, v.value) for v in command.environment_variables)),
+        resources=ResourceLimits.hermetic(),
+    )
+    timeout: float | None = None
+    if action.HasField("timeout"):
+        timeout = action.timeout.ToTimedelta().total_seconds() or None
+    made = HermeticExecutor.create(spec, max_concurrency=1)
+    if isinstance(made, Err):
+        return LeaseOutcome(
+            _status(code_pb2.INTERNAL, f"the sandbox cannot be prepared: {made.error}")
+        )
+    executor = made.unwrap()
+    out_path, err_path = os.path.join(private, "stdout"), os.path.join(private, "stderr")
+    try:
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            meta.execution_start_timestamp.CopyFrom(_now())
+            ran = executor.execute(
+                list(command.arguments),
+                cwd=os.path.join(exec_root, workdir) if workdir else exec_root,
+                timeout=timeout,
+                streams=Streams(stdout=out, stderr=err),
+                cancel=cancel,
+            )
+            meta.execution_completed_timestamp.CopyFrom(_now())
+    finally:
+        executor.close()
+    if isinstance(ran, Err):
+        error = ran.error
+        if isinstance(error, SandboxError) and error.stage == "exec":
+            # The command itself cannot be executed (not found, not
+            # executable): the action's fault, which no retry mends.
+            detail = error.detail or error.strerror
+            return LeaseOutcome(
+                _status(code_pb2.INVALID_ARGUMENT, f"the command cannot be executed: {detail}")
+            )
+        return LeaseOutcome(_status(code_pb2.INTERNAL, f"the action could not run: {error}"))
+    res = ran.unwrap()
+    if cancel.is_set():
+        return LeaseOutcome(_status(code_pb2.CANCELLED, "the lease was cancelled"))
+
+    meta.output_upload_start_timestamp.CopyFrom(_now())
+    collected = execroot.collect(command, exec_root)
+    result = re_pb2.ActionResult(
+        exit_code=res.exit_code if res.exit_code is not None else 128 + (res.signal or 0),
+        output_files=collected.files,
+        output_directories=collected.directories,
+        output_symlinks=collected.symlinks,
+    )
+    for name, path in (("stdout", out_path), ("stderr", err_path)):
+        with open(path, "rb") as f:
+            data = f.read()
+        digest = digest_of(data)
+        collected.blobs[key(digest)] = data
+        getattr(result, f"{name}_digest").CopyFrom(digest)
+        if len(data) <= INLINE_OUTPUT:
+            setattr(result, f"{name}_raw", data)
+    cas.upload(collected.blobs)
+    meta.output_upload_completed_timestamp.CopyFrom(_now())
+    # hermetic's resource usage of the whole sandbox (wall, CPU, peak memory,
+    # I/O, processes; None where unknown), for whoever reads the metadata.
+    usage = struct_pb2.Struct()
+    usage.update(
+        {
+            "hermetic_usage": {
+                k: v for k, v in res.usage.to_dict().items() if k != "sources" and v is not None
+            }
+        }
+    )
+    meta.auxiliary_metadata.add().Pack(usage)
+    meta.worker_completed_timestamp.CopyFrom(_now())
+    result.execution_metadata.CopyFrom(meta)
+    if res.timed_out:
+        return LeaseOutcome(
+            _status(code_pb2.DEADLINE_EXCEEDED, f"the action ran past its timeout ({timeout} s)"),
+            result,
+        )
+    return LeaseOutcome(_status(code_pb2.OK), result)
+
+
+# -- one bot session -------------------------------------------------------------
+
+
+class _Running:
+    """A lease being executed on its own thread."""
+
+    def __init__(self, lease: Any, run: Callable[[Any, threading.Event], LeaseOutcome]) -> None:
+        self.lease = lease
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.outcome: LeaseOutcome | None = None
+        self.thread = threading.Thread(target=self._main, args=(run,), daemon=True)
+        self.thread.start()
+
+    def _main(self, run: Callable[[Any, threading.Event], LeaseOutcome]) -> None:
+        try:
+            self.outcome = run(self.lease, self.cancel)
+        except BaseException as e:  # a bug must still complete the lease
+            LOG.exception("lease %s failed", self.lease.id)
+            self.outcome = LeaseOutcome(_status(code_pb2.INTERNAL, f"the worker failed: {e!r}"))
+        finally:
+            self.done.set()
+
+    def report(self) -> Any:
+        lease = bots_pb2.Lease()
+        lease.CopyFrom(self.lease)
+        if self.done.is_set() and self.outcome is not None:
+            lease.state = bots_pb2.COMPLETED
+            lease.status.CopyFrom(self.outcome.status)
+            if self.outcome.result is not None:
+                lease.result.Pack(self.outcome.result)
+        else:
+            lease.state = bots_pb2.ACTIVE
+        return lease
+
+
+class Bot:
+    """One bot session holding at most one lease."""
+
+    def __init__(
+        self,
+        channel: Any,
+        instance: str,
+        bot_id: str,
+        properties: Sequence[tuple[str, str]],
+        run: Callable[[Any, threading.Event], LeaseOutcome],
+        stop: threading.Event,
+    ) -> None:
+        self._stub = bots_pb2_grpc.BotsStub(channel)
+        self._instance = instance
+        self.bot_id = bot_id
+        self._properties = tuple(properties)
+        self._run = run
+        self._stop = stop
+        self._session: Any | None = None
+        self._running: _Running | None = None
+        self.completed = 0
+
+    def _message(self, status: Any) -> Any:
+        worker = worker_pb2.Worker(
+            devices=[
+                worker_pb2.Device(
+                    handle=self.bot_id,
+                    properties=[
+                        worker_pb2.Device.Property(key=k, value=v) for k, v in self._properties
+                    ],
+                )
+            ]
+        )
+        session = bots_pb2.BotSession(bot_id=self.bot_id, status=status, worker=worker)
+        if self._session is not None:
+            session.name = self._session.name
+            session.version = self._session.version
+        if self._running is not None:
+            session.leases.append(self._running.report())
+        return session
+
+    def _call(self, method: Any, request: Any, timeout: float) -> Any:
+        """One RPC whose wait ends early when the worker is stopping."""
+        future = method.future(request, timeout=timeout)
+        stop_at_done = threading.Event()
+        future.add_done_callback(lambda _: stop_at_done.set())
+        while not stop_at_done.wait(0.1):
+            if self._stop.is_set():
+                future.cancel()
+                break
+            if (
+                self._running is not None
+                and self._running.done.is_set()
+                and request.bot_session.leases
+                and request.bot_session.leases[0].state == bots_pb2.ACTIVE
+            ):
+                # The lease finished during a long poll: say so now.
+                future.cancel()
+                break
+        return future.result()
+
+    def _sync(self, status: Any = bots_pb2.OK) -> None:
+        timeout = HEARTBEAT * 10 if self._running is not None else IDLE_POLL
+        if self._session is None:
+            self._running_cancel_all()
+            request = bots_pb2.CreateBotSessionRequest(
+                parent=self._instance, bot_session=self._message(status)
+            )
+            reply = self._call(self._stub.CreateBotSession, request, timeout)
+            LOG.info("bot %s: session %s", self.bot_id, reply.name)
+        else:
+            request = bots_pb2.UpdateBotSessionRequest(
+                name=self._session.name, bot_session=self._message(status)
+            )
+            reply = self._call(self._stub.UpdateBotSession, request, timeout)
+        reported = self._running
+        self._session = reply
+        if reported is not None and reported.done.is_set():
+            # Its completion was in the request the server answered.
+            self.completed += 1
+            self._running = None
+        self._take(reply.leases)
+
+    def _running_cancel_all(self) -> None:
+        if self._running is not None:
+            self._running.cancel.set()
+            self._running.thread.join()
+            self._running = None
+
+    def _take(self, leases: Sequence[Any]) -> None:
+        ids = {lease.id for lease in leases if lease.state != bots_pb2.CANCELLED}
+        if self._running is not None and self._running.lease.id not in ids:
+            LOG.info("bot %s: lease %s cancelled", self.bot_id, self._running.lease.id)
+            self._running_cancel_all()
+        for lease in leases:
+            if self._running is None and lease.state in (bots_pb2.PENDING, bots_pb2.ACTIVE):
+                LOG.info("bot %s: lease %s", self.bot_id, lease.id)
+                self._running = _Running(lease, self._run)
+
+    def run(self) -> None:
+        """Serve leases until the worker stops, then sign off."""
+        backoff = BACKOFF_FIRST
+        while not self._stop.is_set():
+            try:
+                if self._running is not None and not self._running.done.is_set():
+                    self._running.done.wait(HEARTBEAT)
+                self._sync()
+                backoff = BACKOFF_FIRST
+            except grpc.FutureCancelledError:
+                continue
+            except grpc.RpcError as e:
+                code = e.code()
+                if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    LOG.info("bot %s: the server forgot the session (%s)", self.bot_id, code)
+                    self._session = None
+                    continue
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                # The session is kept: a server that restarts over the same
+                # database still knows it (and the running lease); one that
+                # does not says so (above) and a new session is made.
+                LOG.warning(
+                    "bot %s: the server failed (%s); again in %.1f s", self.bot_id, code, backoff
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception:
+                # Whatever else went wrong, the bot goes on (a dead bot thread
+                # would leave a worker that takes no lease and never says so).
+                LOG.exception("bot %s: unexpected failure; again in %.1f s", self.bot_id, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self._sign_off()
+
+    def _sign_off(self) -> None:
+        """BOT_TERMINATING: no more leases; a running one is handed back."""
+        running = self._running
+        if running is not None and not running.done.is_set():
+            running.cancel.set()
+            running.thread.join()
+            running.outcome = LeaseOutcome(
+                _status(code_pb2.UNAVAILABLE, "the worker is shutting down")
+            )
+        if self._session is None:
+            return
+        request = bots_pb2.UpdateBotSessionRequest(
+            name=self._session.name, bot_session=self._message(bots_pb2.BOT_TERMINATING)
+        )
+        try:
+            self._stub.UpdateBotSession(request, timeout=10)
+        except grpc.RpcError as e:
+            LOG.warning("bot %s: could not sign off (%s)", self.bot_id, e.code())
+        self._running = None
+        LOG.info("bot %s: signed off", self.bot_id)
+
+
+# -- the worker -----------------------------------------------------------------
+
+
+#: The file that marks a directory as a worker's own.
+MARKER = ".hermetic-worker"
+
+
+def prepare_work_dir(work_dir: str) -> str:
+    """The work directory: the cache, exec roots and per-lease files, only
+    the worker's (0700).  A directory that is neither new, empty, nor marked
+    as a worker's is refused: the worker removes what it finds in it."""
+    work_dir = os.path.abspath(work_dir)
+    os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    entries = os.listdir(work_dir)
+    if entries and MARKER not in entries:
+        raise ValueError(
+            f"--work-dir {work_dir} holds files and is not a hermetic worker's directory "
+            f"(no {MARKER}): give a new or empty directory"
+        )
+    with open(os.path.join(work_dir, MARKER), "a"):
+        pass
+    os.chmod(work_dir, 0o700)
+    for sub in ("exec", "leases"):
+        path = os.path.join(work_dir, sub)
+        # Exec roots of a worker that was killed: nothing in them is needed.
+        _remove_tree(path)
+        os.mkdir(path, 0o700)
+    return work_dir
+
+
+def serve(
+    config: WorkerConfig,
+    *,
+    stop: threading.Event | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run ``config.concurrency`` bots until SIGTERM/SIGINT (or ``stop``); 0."""
+    stop = stop or threading.Event()
+    work_dir = prepare_work_dir(config.work_dir)
+    cache = LocalCache(os.path.join(work_dir, "cas"))
+    channel = grpc.insecure_channel(
+        config.target(),
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    )
+    cas = CasClient(channel, config.instance)
+    base = config.bot_id or f"{socket.gethostname()}-{os.getpid()}"
+    properties = config.platform or default_platform()
+    previous: dict[signal.Signals, Any] = {}
+    if handle_signals:
+
+        def on_signal(signum: int, frame: types.FrameType | None) -> None:
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    bots = []
+    for i in range(config.concurrency):
+        bot_id = base if config.concurrency == 1 else f"{base}-{i}"
+
+        def run(lease: Any, cancel: threading.Event, bot_id: str = bot_id) -> LeaseOutcome:
+            return execute_lease(
+                lease, cas=cas, cache=cache, work_dir=work_dir, bot_id=bot_id, cancel=cancel
+            )
+
+        bots.append(Bot(channel, config.instance, bot_id, properties, run, stop))
+    threads = [threading.Thread(target=b.run, name=b.bot_id) for b in bots]
+    LOG.info(
+        "hermetic worker: %d bot(s) for instance %r at %s",
+        len(bots),
+        config.instance,
+        config.target(),
+    )
+    try:
+        for t in threads:
+            t.start()
+        # The main thread waits on the event, so a signal handler runs at once.
+        while not stop.wait(1.0):
+            pass
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        for t in threads:
+            if t.is_alive():
+                t.join()
+        channel.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def parse_platform(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` pairs, added to (or replacing) OSFamily and ISA."""
+    props: dict[str, str] = dict(default_platform())
+    extra: list[tuple[str, str]] = []
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ValueError(f"--platform wants KEY=VALUE, got {item!r}")
+        if k in props:
+            props[k] = v
+        else:
+            extra.append((k, v))
+    return (*props.items(), *extra)
+
+
+def main(ns: Any) -> int:
+    """``hermetic worker``: the command line's entry (hermetic/cli.py)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = WorkerConfig(
+        server=ns.server,
+        instance=ns.instance,
+        work_dir=ns.work_dir or default_work_dir(),
+        bot_id=ns.bot_id or "",
+        concurrency=ns.concurrency,
+        platform=parse_platform(ns.platform or ()),
+    )
+    if config.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}")
+    return serve(config)
+
+
+def default_work_dir(environ: Mapping[str, str] = os.environ) -> str:
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hermetic", "worker")
+
+
+__all__ = [
+    "Bot",
+    "LeaseOutcome",
+    "WorkerConfig",
+    "default_platform",
+    "execute_lease",
+    "main",
+    "parse_platform",
+    "prepare_work_dir",
+    "serve",
+]
