@@ -465,7 +465,11 @@ def test_a_socket_left_by_a_runner_that_is_gone_is_replaced(scratch: str) -> Non
         stub.CheckReadiness(runner_pb2.CheckReadinessRequest(), timeout=BOUND)
         # A second runner on the same socket is refused while this one listens.
         second = subprocess.run(
-            [*argv, "--build-directory", scratch], capture_output=True, text=True, timeout=BOUND
+            [*argv, "--build-directory", scratch],
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            cwd="/",
         )
         assert second.returncode == 123 and "another server" in second.stderr, second.stderr
     finally:

@@ -209,6 +209,7 @@ def test_the_command_line_says_what_is_missing():
         [sys.executable, "-m", "hermetic", "worker", "--server", "grpc://127.0.0.1:1"],
         capture_output=True,
         text=True,
+        cwd="/",  # not the checkout, whose hermetic/ has no compiled core
     )
     assert done.returncode == 123 and "--instance" in done.stderr
 
