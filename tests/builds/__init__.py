@@ -1,0 +1,1 @@
+"""Helpers of the build tests and benchmarks: Debian's sources, the builds."""
