@@ -85,6 +85,7 @@ class Workspace:
     #: A private runtime directory for the launcher's daemon (mode 0700).
     runtime: str = ""
     spec_file: str = ""
+    outputs: list[str] = dataclasses.field(default_factory=list)
     #: The environment of the sandbox's actions, read from inside it.
     action_env: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -141,6 +142,7 @@ class Workspace:
         )
         env = spec.environment.with_var("PATH", SANDBOX_PATH)
         spec = dataclasses.replace(spec, environment=env)
+        self.outputs = list(outputs)
         self.spec_file = self.path("spec.json")
         with open(self.spec_file, "w") as f:
             f.write(spec.to_json())
@@ -191,8 +193,9 @@ class Workspace:
 
     def read_action_env(self) -> dict[str, str]:
         """The environment the sandbox gives an action, read from inside
-        (``env -0`` through the launcher)."""
-        p = self.run_action(["/usr/bin/env", "-0"], cwd=self.root)
+        (``env -0`` through the launcher, in the first output: the daemon
+        runs an action only in a directory the sandbox shows)."""
+        p = self.run_action(["/usr/bin/env", "-0"], cwd=self.outputs[0])
         pairs = (item.partition("=") for item in p.stdout.split("\0") if item)
         self.action_env = {k: v for k, _, v in pairs}
         assert self.action_env.get("PATH") == SANDBOX_PATH, self.action_env
