@@ -1,18 +1,18 @@
 """Real builds through ``hermetic-launch``: zlib with CMake and Ninja, Lua with make.
 
 Both projects are Debian's sources, built with their own build files
-(tests/builds/sources.py says exactly which trees).  Each build runs twice
-in the same absolute paths, one after the other: plainly, then with every
-compile and link through the launcher, and the two must leave
-byte-identical artifacts: every ELF file (object files, libraries,
-executables, debug info included) and every ``ar`` archive, with the same
-permission bits (tests/builds/harness.py, ``artifacts``).  The plain build
-gets the environment the sandbox gives its actions, read from inside it.
+(tests/builds/sources.py says exactly which trees).  Each project is built
+twice in the same absolute paths, one after the other: plainly, then with
+every compile and link through the launcher (Lua with ``make -j8``: eight
+launchers at once), and the two must leave byte-identical artifacts: every
+ELF file (object files, libraries, executables, debug info included) and
+every ``ar`` archive, with the same permission bits
+(tests/builds/harness.py, ``artifacts``).  The plain build gets the
+environment the sandbox gives its actions, read from inside it.
 
 The spec: the toolchain read-only, zlib's source tree read-only and its
-build directory (beside the tree) writable; Lua builds in its own tree, so
-the tree is the output.  A writable build directory inside a read-only
-source tree is refused today ("overlap"), hence the out-of-tree layout.
+build directory, beside the tree (CMake's out-of-tree layout), writable;
+Lua builds in its own tree, so the tree is the output.
 
 Each build runs as root and as the unprivileged test user, with a daemon
 of its own (a private HERMETIC_RUNTIME_DIR), which is stopped afterwards
