@@ -146,7 +146,7 @@ def tarballs() -> dict[str, str]:
     missing = harness.missing_tools()
     if missing:
         pytest.skip(f"the build benchmarks need {', '.join(missing)}")
-    if not os.access(harness.LAUNCH, os.X_OK):
+    if not harness.native_launcher():
         pytest.skip(f"{harness.LAUNCH} is missing: install the package with its launcher")
     try:
         return sources.fetch()

@@ -66,11 +66,33 @@ def missing_tools() -> list[str]:
     return [p for p in (CMAKE, NINJA, MAKE, GCC) if not os.access(p, os.X_OK)]
 
 
+#: The native launcher's sources in this checkout: where they are, the
+#: package's build installs ``hermetic-launch`` beside ``hermetic``.
+LAUNCH_SOURCES = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "csrc", "launch"
+)
+
+
+def native_launcher() -> bool:
+    """Whether builds go through ``hermetic-launch`` (and so a daemon).
+
+    Without it in the checkout, ``hermetic run --spec FILE --`` stands in
+    (the same semantics, an interpreter per action).  With it, a missing
+    ``hermetic-launch`` is an installation that went wrong, never a reason
+    to fall back."""
+    if os.access(LAUNCH, os.X_OK):
+        return True
+    if os.path.isdir(LAUNCH_SOURCES):
+        raise AssertionError(
+            f"{LAUNCH} is missing, though the package builds it from {LAUNCH_SOURCES}"
+        )
+    return False
+
+
 def launcher_prefix(spec_file: str) -> list[str]:
     """The words a build puts before a compiler command."""
-    if os.access(LAUNCH, os.X_OK):
+    if native_launcher():
         return [LAUNCH]
-    # Before the native launcher: the same semantics, an interpreter per action.
     return [HERMETIC, "run", "--spec", spec_file, "--"]
 
 
