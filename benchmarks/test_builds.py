@@ -1,6 +1,6 @@
 """Whole builds, plainly and with every compile through a launcher.
 
-Two real projects, as tests/test_builds.py builds them (the same helpers,
+Two real projects, as tests/test_builds.py builds them (the same code,
 tests/builds/): zlib configured by CMake and built by Ninja, Lua by its own
 makefile, both with two jobs (``ninja -j2``, ``make -j2``: this machine's
 cores).  Rows of each group:

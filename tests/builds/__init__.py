@@ -1,1 +1,1 @@
-"""Helpers of the build tests and benchmarks: Debian's sources, the builds."""
+"""What the build tests and benchmarks share: Debian's sources, the builds."""
