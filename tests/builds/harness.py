@@ -1,6 +1,6 @@
 """Building zlib (CMake + Ninja) and Lua (make) plainly and through the launcher.
 
-Shared by tests/test_builds.py and benchmarks/test_builds.py.  A build is
+Shared by tests/test_builds.py and benchmarks/test_build_times.py.  A build is
 described by a ``Workspace``: the directory both builds of a comparison use
 one after the other (same absolute paths, so debug info and every path
 the compiler records can match), the launcher's spec file and its private
