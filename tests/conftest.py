@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,6 +346,30 @@ def fs_runner(request: pytest.FixtureRequest) -> Runner:
         unavailable("unshare (util-linux) is needed to forbid user namespaces")
     user = request.getfixturevalue("test_user") if os.geteuid() == 0 else None
     return Runner("landlock", user)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended: its parent reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(predicate: Any, within: float = 30) -> bool:
+    """Polls ``predicate`` until it holds; the bound only proves that it ends."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def process_gone(pid: int, within: float = 30) -> bool:
+    """Waits until ``pid`` has ended, at most ``within`` seconds."""
+    return wait_for(lambda: not process_alive(pid), within)
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):

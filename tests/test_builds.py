@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from builds import harness, sources
-from conftest import _as_user_cmd, unavailable
+from conftest import _as_user_cmd, process_gone, unavailable
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow]
 
@@ -44,19 +43,6 @@ def tarballs() -> dict[str, str]:
     except sources.Unavailable as e:
         unavailable(f"the sources to build: {e}")
         raise  # unreachable: unavailable() skips or fails
-
-
-def _gone(pid: int, within: float = 30) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(
@@ -82,7 +68,7 @@ def ws(request: pytest.FixtureRequest, tarballs: dict[str, str]) -> Iterator[har
         pid = workspace.daemon_pid()
         workspace.remove()
         if pid is not None:
-            assert _gone(pid), f"the daemon {pid} outlived hermetic serve --stop"
+            assert process_gone(pid), f"the daemon {pid} outlived hermetic serve --stop"
 
 
 def _differences(plain: dict[str, Any], launched: dict[str, Any]) -> list[str]:

@@ -32,12 +32,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import _as_user_cmd, _user_env, unavailable
+from conftest import _as_user_cmd, _user_env, process_alive, unavailable, wait_for
 
 pytestmark = pytest.mark.linux
 
@@ -138,33 +137,15 @@ def _daemon_pid(rt: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_for(predicate: Any, within: float = 30) -> bool:
-    """Polls ``predicate``; the bound only proves that it ends."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def _stop_daemon(caller: Caller, rt: str) -> None:
     """Stops the daemon of ``rt``, if one ever ran there, and checks it gone."""
     pid = _daemon_pid(rt)
     if pid is None or not os.path.isdir(rt) or os.path.islink(rt):
         return
-    if _alive(pid):
+    if process_alive(pid):
         stopped = caller.hermetic(rt, "serve", "--stop")
         assert stopped.returncode == 0, stopped.stderr
-    assert _wait_for(lambda: not _alive(pid)), f"daemon {pid} still running"
+    assert wait_for(lambda: not process_alive(pid)), f"daemon {pid} still running"
 
 
 @pytest.fixture
@@ -545,7 +526,7 @@ def _launch_sleep(caller: Caller, rt: str, specs: str, marker: str) -> subproces
         env=caller.env(rt, env),
         cwd="/",
     )
-    if not _wait_for(lambda: _running(marker), 60):
+    if not wait_for(lambda: _running(marker), 60):
         proc.kill()
         proc.wait()
         raise AssertionError(f"the action never started: {proc.stderr.read()!r}")  # type: ignore[union-attr]
@@ -561,8 +542,8 @@ def test_a_daemon_that_dies_before_replying_is_125(caller: Caller, rt: str, spec
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 125, err
     assert "closed the connection before it replied" in _one_line(err)
-    assert _wait_for(lambda: not _alive(pid))
-    assert _wait_for(lambda: not _running(marker)), "the action outlived the daemon"
+    assert wait_for(lambda: not process_alive(pid))
+    assert wait_for(lambda: not _running(marker)), "the action outlived the daemon"
 
 
 def test_a_launcher_ended_by_a_signal_ends_its_action(caller: Caller, rt: str, specs: str) -> None:
@@ -573,6 +554,6 @@ def test_a_launcher_ended_by_a_signal_ends_its_action(caller: Caller, rt: str, s
     proc.send_signal(signal.SIGTERM)  # the launcher (or setpriv, which execs it)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM
-    assert _wait_for(lambda: not _running(marker)), "the action outlived its launcher"
+    assert wait_for(lambda: not _running(marker)), "the action outlived its launcher"
     pid = _daemon_pid(rt)
-    assert pid is not None and _alive(pid)  # the daemon itself goes on
+    assert pid is not None and process_alive(pid)  # the daemon itself goes on

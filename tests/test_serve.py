@@ -17,12 +17,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import _as_user_cmd, _user_env
+from conftest import _as_user_cmd, _user_env, process_gone, wait_for
 
 from hermetic.serve import protocol
 
@@ -52,19 +51,6 @@ def _pid(rt: str) -> int:
         return int(f.read().strip())
 
 
-def _gone(pid: int, within: float = 30) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def rt() -> Iterator[str]:
     """A private runtime directory; its daemon, if any, stopped afterwards."""
@@ -80,7 +66,7 @@ def _stop(path: str) -> None:
     if os.path.exists(os.path.join(path, "serve.sock")):
         pid = _pid(path)
         _cli(path, "serve", "--stop")
-        assert _gone(pid), f"daemon {pid} still running"
+        assert process_gone(pid), f"daemon {pid} still running"
 
 
 def _remove(path: str) -> None:
@@ -262,15 +248,6 @@ def _marker_running(marker: str) -> bool:
     return False
 
 
-def _wait_for(predicate: Any, within: float = 30) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_launcher_that_goes_away_ends_its_action(rt: str, spec_file: str) -> None:
     _start(rt)
     marker = "1234.5678"  # sleep's argument: names the action's process
@@ -278,11 +255,11 @@ def test_a_launcher_that_goes_away_ends_its_action(rt: str, spec_file: str) -> N
     null = os.open(os.devnull, os.O_RDWR)
     try:
         socket.send_fds(sock, [_request(spec_file, ["sleep", marker])], [null, null, null])
-        assert _wait_for(lambda: _marker_running(marker)), "the action never started"
+        assert wait_for(lambda: _marker_running(marker)), "the action never started"
     finally:
         os.close(null)
         sock.close()  # as a launcher killed by Ctrl-C
-    assert _wait_for(lambda: not _marker_running(marker)), "the action outlived its launcher"
+    assert wait_for(lambda: not _marker_running(marker)), "the action outlived its launcher"
 
 
 def test_a_daemon_that_dies_leaves_no_action_and_the_caller_sees_it(
@@ -301,14 +278,14 @@ def test_a_daemon_that_dies_leaves_no_action_and_the_caller_sees_it(
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        assert _wait_for(lambda: _marker_running(marker)), "the action never started"
+        assert wait_for(lambda: _marker_running(marker)), "the action never started"
         os.kill(pid, signal.SIGKILL)
         thread.join(60)
     finally:
         os.close(null)
     assert got == [None]  # the connection closed without a status
-    assert _gone(pid)
-    assert _wait_for(lambda: not _marker_running(marker)), "the action outlived the daemon"
+    assert process_gone(pid)
+    assert wait_for(lambda: not _marker_running(marker)), "the action outlived the daemon"
     os.unlink(os.path.join(rt, "serve.sock"))  # a killed daemon cannot remove it
 
 
@@ -346,7 +323,7 @@ def _env_has(pid: str, rt: str) -> bool:
 def test_an_idle_daemon_exits(rt: str, spec_file: str) -> None:
     pid = _start(rt, HERMETIC_SERVE_IDLE="0.5")
     assert _launch(rt, spec_file, ["true"])[0] == 0
-    assert _gone(pid), "the idle daemon did not exit"
+    assert process_gone(pid), "the idle daemon did not exit"
     assert not os.path.exists(os.path.join(rt, "serve.sock"))
 
 
@@ -358,7 +335,7 @@ def test_status_and_stop(rt: str, spec_file: str) -> None:
     assert status["pid"] == pid and status["served"] == 1 and status["running"] == 0
     assert [s["path"] for s in status["specs"]] == [spec_file]
     assert _cli(rt, "serve", "--stop").returncode == 0
-    assert _gone(pid, within=5)
+    assert process_gone(pid, within=5)
     assert not os.path.exists(os.path.join(rt, "serve.sock"))
 
 
@@ -404,6 +381,6 @@ def test_the_test_user_has_a_daemon_of_its_own(spec_file: str, test_user: Any) -
         status, out, err = json.loads(p.stdout)
         assert status == 0 and out.strip().isdigit(), err
         assert _cli(rt, "serve", "--stop", user=test_user).returncode == 0
-        assert _gone(pid)
+        assert process_gone(pid)
     finally:
         _remove(rt)
