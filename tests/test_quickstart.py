@@ -271,7 +271,14 @@ def _env(home: str) -> dict[str, str]:
     assert os.access(os.path.join(bindir, "hermetic"), os.X_OK), (
         f"the installed package's command is missing from {bindir}"
     )
-    return {"PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home}
+    # XDG_RUNTIME_DIR, as a login session has one: the launcher's daemon
+    # keeps its socket there, so it goes with the example's directory.
+    return {
+        "PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": home,
+        "XDG_RUNTIME_DIR": home,
+    }
 
 
 def _run(runner: Any, argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
