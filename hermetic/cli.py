@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from hermetic.core import text
+from hermetic.core.bounded import check_regular, chunks, open_regular, read_regular, size_text
 from hermetic.core.builders import HermeticSpecBuilder
 from hermetic.core.errors import HermeticError, SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import RESULT_SCHEMA_VERSION, new_execution_id
@@ -103,95 +104,16 @@ MAX_AUDIT_LINE = 1 << 20
 #: --stdin: standard input longer than this is refused (it is held in memory).
 MAX_STDIN_BYTES = 512 << 20
 
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _size(limit: int) -> str:
-    return f"{limit >> 30} GiB" if limit >= 1 << 30 else f"{limit >> 20} MiB"
-
-
-def _check_regular(st: os.stat_result, path: str, what: str, limit: int) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
-        raise SpecError(f"{what} {path!r} is not a regular file ({kind})", field=what, value=path)
-    if st.st_size > limit:
-        raise SpecError(f"{what} {path!r} is larger than {_size(limit)}", field=what, value=path)
-
-
-def _open_regular(path: str, what: str, limit: int) -> int:
-    """A descriptor open for reading on the regular file ``path`` of at most
-    ``limit`` bytes, or SpecError naming ``what`` (``"spec file"``), the
-    path and the reason."""
-    try:
-        # stat first: nothing but a regular file is opened (opening some
-        # devices has effects).  O_NONBLOCK: should the name now be a FIFO,
-        # the open returns at once and fstat refuses it.
-        _check_regular(os.stat(path), path, what, limit)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except SpecError:
-        raise
-    except OSError as e:
-        raise SpecError(
-            f"cannot read {what} {path!r}: {e.strerror}", field=what, value=path
-        ) from None
-    except ValueError as e:  # a NUL byte, or text no file name can hold
-        raise SpecError(f"cannot read {what} {path!r}: {e}", field=what, value=path) from None
-    try:
-        _check_regular(os.fstat(fd), path, what, limit)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _chunks(fd: int, path: str, what: str, limit: int) -> Iterator[bytes]:
-    """The content of ``fd`` (from :func:`_open_regular`) in chunks, at most
-    ``limit`` bytes in all (the file may have grown since fstat), or
-    SpecError.  The descriptor stays non-blocking: a file that only looks
-    regular (/proc/kmsg) and would wait for data is refused, not waited on."""
-    total = 0
-    while True:
-        try:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-        except BlockingIOError:
-            raise SpecError(
-                f"cannot read {what} {path!r}: reading it would wait for data",
-                field=what,
-                value=path,
-            ) from None
-        except OSError as e:
-            raise SpecError(
-                f"cannot read {what} {path!r}: {e.strerror}", field=what, value=path
-            ) from None
-        if not chunk:
-            return
-        total += len(chunk)
-        if total > limit:
-            raise SpecError(
-                f"{what} {path!r} is larger than {_size(limit)}", field=what, value=path
-            )
-        yield chunk
-
 
 def _read_spec(path: str) -> bytes:
-    fd = _open_regular(path, "spec file", MAX_SPEC_BYTES)
-    try:
-        return b"".join(_chunks(fd, path, "spec file", MAX_SPEC_BYTES))
-    finally:
-        os.close(fd)
+    return read_regular(path, "spec file", MAX_SPEC_BYTES)
 
 
 def _audit_lines(fd: int, path: str) -> Iterator[str]:
     """The lines of an open audit log as text, each and all bounded."""
     pending = b""
     number = 0
-    for chunk in _chunks(fd, path, "audit log", MAX_AUDIT_BYTES):
+    for chunk in chunks(fd, path, "audit log", MAX_AUDIT_BYTES):
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
             number += 1
@@ -204,7 +126,9 @@ def _audit_lines(fd: int, path: str) -> Iterator[str]:
 
 def _audit_line(line: bytes, number: int, path: str) -> str:
     if len(line) > MAX_AUDIT_LINE:
-        raise SpecError(f"audit log {path!r}: line {number} is longer than {_size(MAX_AUDIT_LINE)}")
+        raise SpecError(
+            f"audit log {path!r}: line {number} is longer than {size_text(MAX_AUDIT_LINE)}"
+        )
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -462,7 +386,7 @@ def _stdin(ns: argparse.Namespace) -> bytes | None:
     data: bytes = stream.buffer.read(MAX_STDIN_BYTES + 1)
     if len(data) > MAX_STDIN_BYTES:
         raise SpecError(
-            f"--stdin: standard input is larger than {_size(MAX_STDIN_BYTES)}", field="stdin"
+            f"--stdin: standard input is larger than {size_text(MAX_STDIN_BYTES)}", field="stdin"
         )
     return data
 
@@ -501,7 +425,7 @@ def _audit_log(path: str | None) -> str | None:
                 f"{option} {path!r} is not a regular file ({reason})", field=option, value=path
             ) from None
     elif not stat.S_ISCHR(st.st_mode):  # a terminal or /dev/null is fine
-        _check_regular(st, path, option, sys.maxsize)
+        check_regular(st, path, option, sys.maxsize)
     if not os.access(path, os.W_OK):
         raise SpecError(f"{option} {path!r} is not writable", field=option, value=path)
     return path
@@ -697,7 +621,7 @@ def _cmd_audit(ns: argparse.Namespace) -> int:
     from hermetic.security.audit import parse, summarize_records
 
     try:
-        fd = _open_regular(ns.file, "audit log", MAX_AUDIT_BYTES)
+        fd = open_regular(ns.file, "audit log", MAX_AUDIT_BYTES)
         try:
             summary = summarize_records(parse(_audit_lines(fd, ns.file), ns.file))
         finally:
@@ -955,7 +879,7 @@ def _parser() -> argparse.ArgumentParser:
         "--stdin",
         action="store_true",
         help="give each run this process's stdin, read once "
-        f"(at most {_size(MAX_STDIN_BYTES)}; without it, stdin is empty)",
+        f"(at most {size_text(MAX_STDIN_BYTES)}; without it, stdin is empty)",
     )
     verify.set_defaults(func=_cmd_verify, cmd_parser=verify)
     digest = sub.add_parser(
@@ -1294,9 +1218,9 @@ def _write_json_result(result: Any, *, spec_digest: str) -> None:
             break
         end = rest.index('"', cut + 1)
         out.write(rest[:cut])
-        chunks, raw = writers[rest[cut + 1 : end]]
+        encode, raw = writers[rest[cut + 1 : end]]
         out.write('"')
-        for piece in chunks(raw, base64):
+        for piece in encode(raw, base64):
             out.write(piece)
         out.write('"')
         rest = rest[end + 1 :]

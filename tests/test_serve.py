@@ -166,11 +166,14 @@ def test_passed_variables_and_the_working_directory(rt: str, spec_file: str) -> 
 
 def test_hermetics_own_failures_say_why_on_stderr(rt: str, spec_file: str) -> None:
     _start(rt)
+    fifo = os.path.join(rt, "spec.fifo")
+    os.mkfifo(fifo)
     cases = [
         (["no-such-tool-here"], spec_file, "/", 127, b"no-such-tool-here"),
         (["true"], spec_file, "/etc", 123, b"/etc"),  # not visible in the sandbox
         (["true"], "/nonexistent-hm.json", "/", 123, b"nonexistent-hm.json"),
         (["true"], "/dev/null", "/", 123, b"not a regular file"),
+        (["true"], fifo, "/", 123, b"(a FIFO)"),  # refused before it is opened
     ]
     for argv, spec, cwd, want, needle in cases:
         status, out, err = _launch(rt, spec, argv, cwd=cwd)

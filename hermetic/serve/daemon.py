@@ -28,13 +28,13 @@ import json
 import os
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
 import traceback
 from typing import Any
 
+from hermetic.core.bounded import read_regular
 from hermetic.core.errors import HermeticError, SpecError, UnsupportedError
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams
@@ -268,7 +268,7 @@ class Daemon:
 
     def _take(self, spec_path: str) -> tuple[str, HermeticExecutor]:
         """The warm executor for the spec file's content, made if needed."""
-        data = _read_spec(spec_path)
+        data = read_regular(spec_path, "spec file", MAX_SPEC_BYTES)
         key = hashlib.sha256(data).hexdigest()
         with self._lock:
             entry = self._executors.get(key)
@@ -366,30 +366,6 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
         parts.append(chunk)
         n -= len(chunk)
     return b"".join(parts)
-
-
-def _read_spec(path: str) -> bytes:
-    """The spec file: a regular file of bounded size (a FIFO would block)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise SpecError(f"spec file {path!r}: {e.strerror}", field="spec file") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SPEC_BYTES:
-            raise SpecError(
-                f"spec file {path!r} is not a regular file of at most {MAX_SPEC_BYTES >> 20} MiB",
-                field="spec file",
-            )
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def idle_from_env() -> float:
