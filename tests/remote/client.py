@@ -155,3 +155,28 @@ def execute(
         response = re_pb2.ExecuteResponse()
         assert last.response.Unpack(response)
         return response
+
+
+def completed_results(target: str, instance: str) -> list[Any]:
+    """The ExecuteResponse of every operation the farm completed, from its
+    Operations service (BuildGrid lists only unfinished ones unless asked)."""
+    from buildgrid.common.protos.google.longrunning import operations_pb2, operations_pb2_grpc
+
+    responses = []
+    with grpc.insecure_channel(target) as channel:
+        stub = operations_pb2_grpc.OperationsStub(channel)
+        token = ""
+        while True:
+            page = stub.ListOperations(
+                operations_pb2.ListOperationsRequest(
+                    name=instance, filter="stage=COMPLETED", page_size=1000, page_token=token
+                ),
+                timeout=60,
+            )
+            for op in page.operations:
+                response = re_pb2.ExecuteResponse()
+                if op.done and op.response.Unpack(response):
+                    responses.append(response)
+            token = page.next_page_token
+            if not token:
+                return responses

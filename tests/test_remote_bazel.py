@@ -1,0 +1,264 @@
+"""Bazel through BuildGrid and two hermetic workers, end to end: the ``bazel``
+lane of .ci/run (``pytest -m bazel tests/test_remote_bazel.py``), left out
+of the default run by pyproject's addopts.
+
+Bazel 4.2.3 (Debian's ``bazel-bootstrap``) builds the workspace of
+tests/remote/bazel_workspace.py (a ``cc_binary`` on 100 ``cc_library``
+targets, a directory output and an action reading it, the binary run in the
+farm, a genrule that checks the sandbox from inside) with every action
+remote and no local fallback, through a real BuildGrid 0.9.1
+(tests/remote/farm.py) and two ``hermetic worker`` processes.  Then a clean
+rebuild, not served from the action cache, during which one worker gets
+SIGTERM once it holds a lease: the build completes on the other.
+
+Without Bazel, Debian's rules or the farm's prerequisites these tests skip
+with the reason; under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import IN_CI, unavailable
+
+try:
+    import buildgrid.common  # noqa: F401
+except ImportError as e:  # a skip where the extra is not installed; under CI a failure
+    if IN_CI:
+        pytest.fail(f"required under CI: the 'remote' extra ({e})", pytrace=False)
+    pytest.skip(f"needs the 'remote' extra: {e}", allow_module_level=True)
+
+from remote import bazel_workspace as workspace  # noqa: E402
+from remote.bazel import BAZEL, Bazel  # noqa: E402
+from remote.client import Worker, completed_results  # noqa: E402
+from remote.farm import INSTANCE, Farm, FarmUnavailable  # noqa: E402
+
+from hermetic.remote import worker  # noqa: E402
+from hermetic.remote.protos import code_pb2  # noqa: E402
+
+pytestmark = [pytest.mark.bazel, pytest.mark.linux]
+
+#: A variable of the workers' own environment, which no action may see.
+CANARY = "HERMETIC_WORKER_CANARY"
+BOTS = ("bazel-a", "bazel-b")
+
+
+@dataclasses.dataclass
+class Lane:
+    farm: Farm
+    workers: list[Worker]
+    bazel: Bazel
+    flags: list[str]
+    base: str
+
+
+def _prerequisites() -> None:
+    for path in (BAZEL, workspace.RULES_CC, workspace.RULES_JAVA):
+        if not os.path.exists(path):
+            unavailable(
+                f"{path} is missing: apt-get install bazel-bootstrap bazel-rules-cc "
+                "bazel-rules-java (Debian 12)"
+            )
+
+
+@pytest.fixture(scope="module")
+def lane() -> Iterator[Lane]:
+    _prerequisites()
+    try:
+        farm = Farm()
+    except FarmUnavailable as e:
+        unavailable(str(e))
+    base = tempfile.mkdtemp(prefix="hermetic-bazel-")
+    os.chmod(base, 0o755)
+    workers: list[Worker] = []
+    bazel: Bazel | None = None
+    try:
+        farm.start()
+        for bot in BOTS:
+            workers.append(
+                Worker(
+                    farm.url,
+                    INSTANCE,
+                    os.path.join(base, bot),
+                    bot_id=bot,
+                    concurrency=2,
+                    env={**os.environ, CANARY: "the worker's own"},
+                )
+            )
+        bazel_base = os.path.join(base, "bazel")
+        hidden = [
+            *(os.path.join(w.work_dir, sub) for w in workers for sub in ("cas", "leases")),
+            os.path.join(base, "ws"),
+            bazel_base,
+            farm.dir,
+            "/root",
+            "/home",
+        ]
+        ws = workspace.write(base, farm_port=farm.port, hidden=hidden)
+        bazel = Bazel(ws, bazel_base)
+        flags = workspace.bazel_flags(
+            base, executor=farm.url, instance=INSTANCE, platform=worker.default_platform()
+        )
+        yield Lane(farm, workers, bazel, flags, base)
+    finally:
+        try:
+            if bazel is not None:
+                pids = bazel.server_pids()
+                assert bazel.close() == [], "bazel shutdown left its server running"
+                assert pids, "Bazel's server never started"
+            for w in workers:
+                assert w.terminate() == 0, w.text()
+                assert os.listdir(os.path.join(w.work_dir, "exec")) == [], w.text()
+        finally:
+            for w in workers:
+                if w.proc.poll() is None:
+                    w.proc.kill()
+                    w.proc.wait()
+            farm.stop()
+            shutil.rmtree(base, ignore_errors=True)
+    assert not os.path.exists(base) and not os.path.exists(farm.dir)
+
+
+def _logs(lane: Lane, done: str) -> str:
+    text = [done[-6000:]]
+    for w in lane.workers:
+        text.append(f"--- {w.bot_id}\n{w.text()[-3000:]}")
+    return "\n".join(text)
+
+
+@pytest.fixture(scope="module")
+def first_build(lane: Lane) -> subprocess.CompletedProcess[str]:
+    return lane.bazel.run("build", *lane.flags, *workspace.TARGETS)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _check_outputs(lane: Lane) -> None:
+    """The binary runs here; it ran in the farm too; the directory output
+    has its files, and the action that read it saw them all."""
+    main = subprocess.run([lane.bazel.bin("main")], capture_output=True, text=True, timeout=60)
+    assert (main.returncode, main.stdout) == (0, workspace.MAIN_OUTPUT + "\n")
+    assert _read(lane.bazel.bin("main_output.txt")) == workspace.MAIN_OUTPUT + "\n"
+    gen = lane.bazel.bin("gen_dir")
+    found = {
+        os.path.relpath(os.path.join(d, n), gen): _read(os.path.join(d, n))
+        for d, _, names in os.walk(gen)
+        for n in names
+    }
+    assert found == workspace.DIR_FILES
+    listing = "".join(workspace.DIR_FILES[k] for k in sorted(workspace.DIR_FILES))
+    assert _read(lane.bazel.bin("dir_listing.txt")) == listing
+
+
+def _overhead_ms(meta: object) -> tuple[float, float]:
+    """The worker's own time and the action's, in ms, from the metadata."""
+
+    def ns(name: str) -> int:
+        return int(getattr(meta, f"{name}_timestamp").ToNanoseconds())
+
+    worker_ns = ns("worker_completed") - ns("worker_start")
+    action_ns = ns("execution_completed") - ns("execution_start")
+    return (worker_ns - action_ns) / 1e6, action_ns / 1e6
+
+
+def test_bazel_builds_through_two_hermetic_workers(lane, first_build):
+    assert first_build.returncode == 0, _logs(lane, first_build.stdout + first_build.stderr)
+    out = first_build.stderr
+    # Every action ran remotely: none on this machine.
+    summary = next(line for line in out.splitlines() if " processes: " in line)
+    assert " remote" in summary and "local" not in summary and "sandbox" not in summary, summary
+    _check_outputs(lane)
+
+    results = completed_results(lane.farm.target, INSTANCE)
+    # 100 libraries and main compiled, main linked, three genrules, the directory.
+    assert len(results) >= 106, len(results)
+    assert all(r.status.code == code_pb2.OK and r.result.exit_code == 0 for r in results)
+    bots = {r.result.execution_metadata.worker.rpartition("-")[0] for r in results}
+    assert bots == set(BOTS), bots  # both workers ran actions
+    for w in lane.workers:
+        assert ": lease " in w.text(), w.text()
+
+    overheads = sorted(_overhead_ms(r.result.execution_metadata) for r in results)
+    own = sorted(o for o, _ in overheads)
+    ran = sorted(a for _, a in overheads)
+    assert all(o >= 0 for o in own), own
+    print(
+        f"{len(results)} actions; the worker's own time per action (worker_start.."
+        f"worker_completed minus execution_start..execution_completed): median "
+        f"{own[len(own) // 2]:.1f} ms, p90 {own[len(own) * 9 // 10]:.1f} ms; "
+        f"the actions' median {ran[len(ran) // 2]:.1f} ms"
+    )
+
+
+def test_the_genrule_found_the_sandbox_hermetic(lane, first_build):
+    assert first_build.returncode == 0, _logs(lane, first_build.stderr)
+    assert _read(lane.bazel.bin("sandbox_check.txt")) == workspace.SANDBOX_MARKER + "\n"
+    # Its stdout, which Bazel shows.
+    assert workspace.SANDBOX_MARKER in first_build.stdout + first_build.stderr
+
+
+def test_the_sandbox_check_fails_outside_the_sandbox(lane, tmp_path):
+    """The check is no formality: run on the host as it is, it fails."""
+    ws = lane.bazel.workspace
+    shutil.copy(os.path.join(ws, "check_input.txt"), tmp_path / "input.txt")
+    done = subprocess.run(
+        ["bash", os.path.join(ws, "check_sandbox.sh"), str(tmp_path / "out"), "input.txt"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", CANARY: "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "SANDBOX CHECK FAILED" in done.stderr, done
+    assert not (tmp_path / "out").exists()
+
+
+def _wait_for_lease(lane: Lane, since: dict[str, int], build: subprocess.Popen[bytes]) -> Worker:
+    """The first worker to take a lease after ``since`` (log offsets)."""
+    end = time.monotonic() + 300  # a bound proving the build reached the farm
+    while time.monotonic() < end and build.poll() is None:
+        for w in lane.workers:
+            if ": lease " in w.text()[since[w.bot_id] :]:
+                return w
+        time.sleep(0.02)
+    raise AssertionError(f"no worker took a lease of the rebuild (bazel: {build.poll()})")
+
+
+def test_a_worker_terminated_mid_build_does_not_stall_it(lane, first_build):
+    """A clean rebuild that the action cache cannot serve; one worker gets
+    SIGTERM once it holds a lease, signs off and exits 0; the other
+    finishes the build, the lease handed back included."""
+    assert first_build.returncode == 0, _logs(lane, first_build.stderr)
+    cleaned = lane.bazel.run("clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not os.path.exists(lane.bazel.bin("main"))
+    since = {w.bot_id: len(w.text()) for w in lane.workers}
+    log = os.path.join(lane.base, "rebuild.log")
+    build = lane.bazel.start(
+        "build", *lane.flags, "--noremote_accept_cached", *workspace.TARGETS, log=log
+    )
+    try:
+        leaving = _wait_for_lease(lane, since, build)
+        (staying,) = [w for w in lane.workers if w is not leaving]
+        assert leaving.terminate() == 0, leaving.text()
+        assert "signed off" in leaving.text()
+        after = len(staying.text())
+        assert build.wait(timeout=480) == 0, _logs(lane, _read(log))
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+    assert ": lease " in staying.text()[after:], staying.text()
+    assert os.listdir(os.path.join(leaving.work_dir, "exec")) == []
+    _check_outputs(lane)
+    assert _read(lane.bazel.bin("sandbox_check.txt")) == workspace.SANDBOX_MARKER + "\n"
