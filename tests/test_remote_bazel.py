@@ -160,15 +160,44 @@ def _check_outputs(lane: Lane) -> None:
     assert _read(lane.bazel.bin("dir_listing.txt")) == listing
 
 
-def _overhead_ms(meta: object) -> tuple[float, float]:
-    """The worker's own time and the action's, in ms, from the metadata."""
+#: The worker's stages in ExecutedActionMetadata, in order.
+STAGES = (
+    "worker_start",
+    "input_fetch_start",
+    "input_fetch_completed",
+    "execution_start",
+    "execution_completed",
+    "output_upload_start",
+    "output_upload_completed",
+    "worker_completed",
+)
 
-    def ns(name: str) -> int:
-        return int(getattr(meta, f"{name}_timestamp").ToNanoseconds())
 
-    worker_ns = ns("worker_completed") - ns("worker_start")
-    action_ns = ns("execution_completed") - ns("execution_start")
-    return (worker_ns - action_ns) / 1e6, action_ns / 1e6
+def _stages_ms(meta: object) -> list[float]:
+    """The time from each stage's timestamp to the next, in ms."""
+    ns = [int(getattr(meta, f"{s}_timestamp").ToNanoseconds()) for s in STAGES]
+    return [(b - a) / 1e6 for a, b in zip(ns, ns[1:], strict=False)]
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _report_overhead(results: list[object]) -> None:
+    """The worker's own time per action: worker_start..worker_completed
+    minus execution_start..execution_completed, with each stage's median."""
+    stages = [_stages_ms(r.result.execution_metadata) for r in results]  # type: ignore[attr-defined]
+    assert all(t >= 0 for s in stages for t in s), stages
+    own = sorted(sum(s) - s[3] for s in stages)
+    names = [f"{a}..{b}" for a, b in zip(STAGES, STAGES[1:], strict=False)]
+    medians = ", ".join(
+        f"{n} {_median([s[i] for s in stages]):.1f}" for i, n in enumerate(names) if i != 3
+    )
+    print(
+        f"{len(results)} actions; the worker's own time per action: median "
+        f"{_median(own):.1f} ms, p90 {own[len(own) * 9 // 10]:.1f} ms (stage medians, ms: "
+        f"{medians}); the actions' own median {_median([s[3] for s in stages]):.1f} ms"
+    )
 
 
 def test_bazel_builds_through_two_hermetic_workers(lane, first_build):
@@ -188,16 +217,7 @@ def test_bazel_builds_through_two_hermetic_workers(lane, first_build):
     for w in lane.workers:
         assert ": lease " in w.text(), w.text()
 
-    overheads = sorted(_overhead_ms(r.result.execution_metadata) for r in results)
-    own = sorted(o for o, _ in overheads)
-    ran = sorted(a for _, a in overheads)
-    assert all(o >= 0 for o in own), own
-    print(
-        f"{len(results)} actions; the worker's own time per action (worker_start.."
-        f"worker_completed minus execution_start..execution_completed): median "
-        f"{own[len(own) // 2]:.1f} ms, p90 {own[len(own) * 9 // 10]:.1f} ms; "
-        f"the actions' median {ran[len(ran) // 2]:.1f} ms"
-    )
+    _report_overhead(results)
 
 
 def test_the_genrule_found_the_sandbox_hermetic(lane, first_build):
