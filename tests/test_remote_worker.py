@@ -367,6 +367,49 @@ def test_a_timeout_completes_with_deadline_exceeded(farm, root_worker):
     assert response.result.exit_code != 0
 
 
+LINKS = "mkdir d && echo real > real && ln -s real link && ln -s d dlink && ln -s /etc abs"
+
+
+def test_output_symlinks_for_a_v2_0_client(farm, root_worker):
+    """A Command naming output_files and output_directories (a v2.0 client,
+    such as Bazel 4.2.3) gets its symlinks in output_file_symlinks and
+    output_directory_symlinks, the only fields it reads."""
+    response = execute(
+        farm.target,
+        INSTANCE,
+        ["sh", "-c", LINKS],
+        platform={"pool": "root"},
+        output_files=["real", "link", "abs"],
+        output_directories=["dlink"],
+    )
+    result = response.result
+    assert response.status.code == code_pb2.OK and result.exit_code == 0, response
+    assert [f.path for f in result.output_files] == ["real"]
+    assert [(s.path, s.target) for s in result.output_file_symlinks] == [
+        ("link", "real"),
+        ("abs", "/etc"),
+    ]
+    assert [(s.path, s.target) for s in result.output_directory_symlinks] == [("dlink", "d")]
+    assert list(result.output_symlinks) == []
+
+
+def test_output_symlinks_for_a_v2_1_client(farm, root_worker):
+    response = execute(
+        farm.target,
+        INSTANCE,
+        ["sh", "-c", LINKS],
+        platform={"pool": "root"},
+        output_paths=["real", "link", "dlink"],
+    )
+    result = response.result
+    assert response.status.code == code_pb2.OK and result.exit_code == 0, response
+    assert [(s.path, s.target) for s in result.output_symlinks] == [
+        ("link", "real"),
+        ("dlink", "d"),
+    ]
+    assert list(result.output_file_symlinks) == list(result.output_directory_symlinks) == []
+
+
 def _roots(w: Worker) -> list[str]:
     return sorted(os.listdir(os.path.join(w.work_dir, "exec")))
 

@@ -142,6 +142,23 @@ def _action_of(lease: Any, cas: CasClient) -> Any:
     )
 
 
+def _add_symlinks(result: Any, command: Any, symlinks: Sequence[Any]) -> None:
+    """Put the output symlinks in the ActionResult fields the client reads.
+
+    A v2.1 Command (``output_paths``) gets ``output_symlinks``; a v2.0 one
+    (``output_files``, ``output_directories``) gets ``output_file_symlinks``
+    and ``output_directory_symlinks``, by the list that named each, as the
+    API says: a v2.0 client reads only those (Bazel 4.2.3 reports a
+    symlink it finds nowhere else as an output that was not created).
+    """
+    if command.output_paths:
+        result.output_symlinks.extend(symlinks)
+        return
+    files = set(command.output_files)
+    result.output_file_symlinks.extend(s for s in symlinks if s.path in files)
+    result.output_directory_symlinks.extend(s for s in symlinks if s.path not in files)
+
+
 def _remove_tree(path: str) -> None:
     """Remove what an action left, whatever modes it set on its directories."""
 
@@ -277,8 +294,8 @@ def _execute(
         exit_code=res.exit_code if res.exit_code is not None else 128 + (res.signal or 0),
         output_files=collected.files,
         output_directories=collected.directories,
-        output_symlinks=collected.symlinks,
     )
+    _add_symlinks(result, command, collected.symlinks)
     for name, path in (("stdout", out_path), ("stderr", err_path)):
         with open(path, "rb") as f:
             data = f.read()

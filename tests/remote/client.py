@@ -119,11 +119,21 @@ def execute(
     *,
     timeout_s: float | None = None,
     platform: dict[str, str] | None = None,
+    output_files: Sequence[str] = (),
+    output_directories: Sequence[str] = (),
+    output_paths: Sequence[str] = (),
 ) -> Any:
-    """Execute ``argv`` with an empty input root; the ExecuteResponse."""
+    """Execute ``argv`` with an empty input root; the ExecuteResponse.
+    Outputs are named as a v2.0 client does (``output_files``,
+    ``output_directories``: Bazel 4) or as a v2.1 one (``output_paths``)."""
     with grpc.insecure_channel(target) as channel:
         cas = CasClient(channel, instance)
-        command = re_pb2.Command(arguments=list(argv))
+        command = re_pb2.Command(
+            arguments=list(argv),
+            output_files=list(output_files),
+            output_directories=list(output_directories),
+            output_paths=list(output_paths),
+        )
         for k, v in sorted((platform or {}).items()):
             command.platform.properties.add(name=k, value=v)
         command_digest, command_data = digest_of_message(command)
