@@ -145,7 +145,8 @@ def _read(path: str) -> str:
 
 def _check_outputs(lane: Lane) -> None:
     """The binary runs here; it ran in the farm too; the directory output
-    has its files, and the action that read it saw them all."""
+    has its files, and the action that read it saw them all; a symbolic
+    link came back as one."""
     main = subprocess.run([lane.bazel.bin("main")], capture_output=True, text=True, timeout=60)
     assert (main.returncode, main.stdout) == (0, workspace.MAIN_OUTPUT + "\n")
     assert _read(lane.bazel.bin("main_output.txt")) == workspace.MAIN_OUTPUT + "\n"
@@ -158,6 +159,8 @@ def _check_outputs(lane: Lane) -> None:
     assert found == workspace.DIR_FILES
     listing = "".join(workspace.DIR_FILES[k] for k in sorted(workspace.DIR_FILES))
     assert _read(lane.bazel.bin("dir_listing.txt")) == listing
+    assert os.readlink(lane.bazel.bin("link.txt")) == "real.txt"
+    assert _read(lane.bazel.bin("link.txt")) == "real\n"
 
 
 #: The worker's stages in ExecutedActionMetadata, in order.
@@ -209,8 +212,8 @@ def test_bazel_builds_through_two_hermetic_workers(lane, first_build):
     _check_outputs(lane)
 
     results = completed_results(lane.farm.target, INSTANCE)
-    # 100 libraries and main compiled, main linked, three genrules, the directory.
-    assert len(results) >= 106, len(results)
+    # 100 libraries and main compiled, main linked, four genrules, the directory.
+    assert len(results) >= 107, len(results)
     assert all(r.status.code == code_pb2.OK and r.result.exit_code == 0 for r in results)
     bots = {r.result.execution_metadata.worker.rpartition("-")[0] for r in results}
     assert bots == set(BOTS), bots  # both workers ran actions

@@ -11,6 +11,8 @@ What it holds (Bazel 4.2.3, Debian's ``bazel-bootstrap``, offline):
 - ``//:gen_dir``, a Starlark rule whose output is a directory
   (``ctx.actions.declare_directory``), and ``//:dir_listing``, an action
   that reads that directory as an input.
+- ``//:links``, a genrule whose output is a symbolic link (to its other
+  output).
 - ``//:sandbox_check``, a genrule that checks the sandbox from inside and
   fails the build when it is not hermetic: no network (a connection to the
   farm's own port fails), nothing of the host's it was not given (the
@@ -193,6 +195,11 @@ def write(
         '    cmd = "find $(location :gen_dir) -type f | sort | xargs cat > $@",\n'
         ")\n\n"
         "genrule(\n"
+        '    name = "links",\n'
+        '    outs = ["link.txt", "real.txt"],\n'
+        '    cmd = "echo real > $(location real.txt) && ln -s real.txt $(location link.txt)",\n'
+        ")\n\n"
+        "genrule(\n"
         '    name = "sandbox_check",\n'
         '    srcs = ["check_input.txt"],\n'
         '    outs = ["sandbox_check.txt"],\n'
@@ -204,7 +211,14 @@ def write(
 
 
 #: Every target the test builds.
-TARGETS = ("//:main", "//:main_output", "//:gen_dir", "//:dir_listing", "//:sandbox_check")
+TARGETS = (
+    "//:main",
+    "//:main_output",
+    "//:gen_dir",
+    "//:dir_listing",
+    "//:links",
+    "//:sandbox_check",
+)
 
 
 def bazel_flags(
