@@ -40,6 +40,14 @@ from remote.bazel import BAZEL, Bazel  # noqa: E402
 from remote.client import Worker, completed_results  # noqa: E402
 from remote.farm import INSTANCE, Farm, FarmUnavailable  # noqa: E402
 
+from hermetic import (  # noqa: E402
+    EnvSet,
+    HermeticExecutor,
+    HermeticSpecBuilder,
+    NetworkPolicy,
+    PathSet,
+    SandboxSpec,
+)
 from hermetic.remote import worker  # noqa: E402
 from hermetic.remote.protos import code_pb2  # noqa: E402
 
@@ -110,9 +118,8 @@ def lane() -> Iterator[Lane]:
     finally:
         try:
             if bazel is not None:
-                pids = bazel.server_pids()
-                assert bazel.close() == [], "bazel shutdown left its server running"
-                assert pids, "Bazel's server never started"
+                killed = bazel.close()
+                assert killed == [], "bazel shutdown left its server running"
             for w in workers:
                 assert w.terminate() == 0, w.text()
                 assert os.listdir(os.path.join(w.work_dir, "exec")) == [], w.text()
@@ -230,20 +237,53 @@ def test_the_genrule_found_the_sandbox_hermetic(lane, first_build):
     assert workspace.SANDBOX_MARKER in first_build.stdout + first_build.stderr
 
 
-def test_the_sandbox_check_fails_outside_the_sandbox(lane, tmp_path):
-    """The check is no formality: run on the host as it is, it fails."""
+#: Ways to weaken the sandbox the check runs in, and what it must say.
+WEAKENED = {
+    "hermetic": None,
+    "host network": "connected to the farm",
+    "/root declared": "the host's /root is visible",
+    "input writable": "wrote to the input",
+    "a variable more": "the environment holds",
+}
+
+
+@pytest.mark.parametrize("weakness", list(WEAKENED))
+def test_the_sandbox_check_fails_in_a_weaker_sandbox(lane, tmp_path, weakness):
+    """Each of the genrule's checks can fail: run here in a sandbox laid out
+    as the worker lays out an action (an exec root holding a read-only
+    input), it passes, and fails as soon as one property is given up."""
     ws = lane.bazel.workspace
-    shutil.copy(os.path.join(ws, "check_input.txt"), tmp_path / "input.txt")
-    done = subprocess.run(
-        ["bash", os.path.join(ws, "check_sandbox.sh"), str(tmp_path / "out"), "input.txt"],
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", CANARY: "x"},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("check_sandbox.sh", "check_input.txt"):
+        shutil.copy(os.path.join(ws, name), root / name)
+    readonly = [str(root / "check_sandbox.sh")]
+    if weakness != "input writable":
+        readonly.append(str(root / "check_input.txt"))
+    if weakness == "/root declared":
+        readonly.append("/root")
+    env = [("PATH", "/bin:/usr/bin:/usr/local/bin")]
+    if weakness == "a variable more":
+        env.append((CANARY, "x"))
+    spec = SandboxSpec(
+        inputs=PathSet((*HermeticSpecBuilder.toolchain_inputs(), *readonly)),
+        outputs=PathSet((str(root),)),
+        environment=EnvSet(vars=tuple(env)),
+        network=NetworkPolicy.host() if weakness == "host network" else NetworkPolicy.hermetic(),
     )
-    assert done.returncode == 1 and "SANDBOX CHECK FAILED" in done.stderr, done
-    assert not (tmp_path / "out").exists()
+    executor = HermeticExecutor.create(spec).unwrap()
+    try:
+        argv = ["./check_sandbox.sh", "out.txt", "check_input.txt"]
+        ran = executor.execute(argv, cwd=str(root), timeout=120).unwrap()
+    finally:
+        executor.close()
+    expected = WEAKENED[weakness]
+    if expected is None:
+        assert ran.exit_code == 0, ran.stderr
+        assert (root / "out.txt").read_text() == workspace.SANDBOX_MARKER + "\n"
+    else:
+        assert ran.exit_code == 1 and expected.encode() in ran.stderr, ran.stderr
+        assert not (root / "out.txt").exists()
 
 
 def _wait_for_lease(lane: Lane, since: dict[str, int], build: subprocess.Popen[bytes]) -> Worker:
