@@ -532,7 +532,7 @@ def test_sigterm_hands_a_running_lease_back(farm, work, tmp_path):
     try:
         leaving.wait_for(": lease ")
         assert leaving.terminate() == 0, leaving.text()
-        assert "signed off" in leaving.text()
+        assert "handed back" in leaving.text() and "signed off" in leaving.text()
         assert os.listdir(os.path.join(leaving.work_dir, "exec")) == []
         staying = Worker(
             farm.url, INSTANCE, os.path.join(work, "staying"), bot_id="staying", platform=["pool=h"]

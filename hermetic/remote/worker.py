@@ -506,6 +506,9 @@ class Bot:
             running.outcome = LeaseOutcome(
                 _status(code_pb2.UNAVAILABLE, "the worker is shutting down")
             )
+            # Said in the log: the action ran here in part and will run again
+            # elsewhere (the server retries UNAVAILABLE).
+            LOG.info("bot %s: lease %s handed back", self.bot_id, running.lease.id)
         if self._session is None:
             return
         request = bots_pb2.UpdateBotSessionRequest(
