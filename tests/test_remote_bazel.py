@@ -18,6 +18,7 @@ with the reason; under CI=true they fail.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import subprocess
@@ -219,8 +220,8 @@ def test_bazel_builds_through_two_hermetic_workers(lane, first_build):
     _check_outputs(lane)
 
     results = completed_results(lane.farm.target, INSTANCE)
-    # 100 libraries and main compiled, main linked, four genrules, the directory.
-    assert len(results) >= 107, len(results)
+    # 100 libraries and main compiled, main linked, five genrules, the directory.
+    assert len(results) >= 108, len(results)
     assert all(r.status.code == code_pb2.OK and r.result.exit_code == 0 for r in results)
     bots = {r.result.execution_metadata.worker.rpartition("-")[0] for r in results}
     assert bots == set(BOTS), bots  # both workers ran actions
@@ -286,35 +287,36 @@ def test_the_sandbox_check_fails_in_a_weaker_sandbox(lane, tmp_path, weakness):
         assert not (root / "out.txt").exists()
 
 
-def _wait_for_lease(lane: Lane, since: dict[str, int], build: subprocess.Popen[bytes]) -> Worker:
-    """The first worker to take a lease after ``since`` (log offsets)."""
-    end = time.monotonic() + 300  # a bound proving the build reached the farm
+def _holder_of_slow(lane: Lane, build: subprocess.Popen[bytes]) -> Worker:
+    """The worker whose exec root holds the running ``//:slow`` action."""
+    end = time.monotonic() + 300  # a bound proving the build reached it
     while time.monotonic() < end and build.poll() is None:
         for w in lane.workers:
-            if ": lease " in w.text()[since[w.bot_id] :]:
-                return w
+            for r in glob.glob(os.path.join(w.work_dir, "exec", "*", workspace.SLOW_MARKER)):
+                if os.path.exists(r):
+                    return w
         time.sleep(0.02)
-    raise AssertionError(f"no worker took a lease of the rebuild (bazel: {build.poll()})")
+    raise AssertionError(f"no worker ran //:slow in the rebuild (bazel: {build.poll()})")
 
 
 def test_a_worker_terminated_mid_build_does_not_stall_it(lane, first_build):
-    """A clean rebuild that the action cache cannot serve; one worker gets
-    SIGTERM once it holds a lease, signs off and exits 0; the other
-    finishes the build, the lease handed back included."""
+    """A clean rebuild that the action cache cannot serve; the worker that
+    runs ``//:slow`` gets SIGTERM while it does, hands the lease back,
+    signs off and exits 0; the other finishes the build, ``//:slow``
+    included."""
     assert first_build.returncode == 0, _logs(lane, first_build.stderr)
     cleaned = lane.bazel.run("clean")
     assert cleaned.returncode == 0, cleaned.stderr
     assert not os.path.exists(lane.bazel.bin("main"))
-    since = {w.bot_id: len(w.text()) for w in lane.workers}
     log = os.path.join(lane.base, "rebuild.log")
     build = lane.bazel.start(
         "build", *lane.flags, "--noremote_accept_cached", *workspace.TARGETS, log=log
     )
     try:
-        leaving = _wait_for_lease(lane, since, build)
+        leaving = _holder_of_slow(lane, build)
         (staying,) = [w for w in lane.workers if w is not leaving]
         assert leaving.terminate() == 0, leaving.text()
-        assert "signed off" in leaving.text()
+        assert "handed back" in leaving.text() and "signed off" in leaving.text()
         after = len(staying.text())
         assert build.wait(timeout=480) == 0, _logs(lane, _read(log))
     finally:
@@ -325,3 +327,12 @@ def test_a_worker_terminated_mid_build_does_not_stall_it(lane, first_build):
     assert os.listdir(os.path.join(leaving.work_dir, "exec")) == []
     _check_outputs(lane)
     assert _read(lane.bazel.bin("sandbox_check.txt")) == workspace.SANDBOX_MARKER + "\n"
+    assert _read(lane.bazel.bin("slow.txt")) == "slept\n"
+    # Its last run, the one Bazel took, was the other worker's.
+    slow = [
+        r.result.execution_metadata
+        for r in completed_results(lane.farm.target, INSTANCE)
+        if any(f.path.endswith("/slow.txt") for f in r.result.output_files)
+    ]
+    last = max(slow, key=lambda m: m.worker_completed_timestamp.ToNanoseconds())
+    assert last.worker.rpartition("-")[0] == staying.bot_id, slow

@@ -11,6 +11,9 @@ What it holds (Bazel 4.2.3, Debian's ``bazel-bootstrap``, offline):
 - ``//:gen_dir``, a Starlark rule whose output is a directory
   (``ctx.actions.declare_directory``), and ``//:dir_listing``, an action
   that reads that directory as an input.
+- ``//:slow``, a genrule that marks its exec root and sleeps
+  :data:`SLOW_SECONDS`: an action a worker is sure to hold when it gets
+  SIGTERM.
 - ``//:links``, a genrule whose output is a symbolic link (to its other
   output).
 - ``//:sandbox_check``, a genrule that checks the sandbox from inside and
@@ -42,6 +45,10 @@ MAIN_OUTPUT = f"tree sum {TREE_SUM}"
 SANDBOX_MARKER = "HERMETIC-SANDBOX-CHECKS-PASSED"
 #: The directory output's files, relative to it, and their contents.
 DIR_FILES = {f"f{i}.txt": f"file {i}\n" for i in range(5)} | {"sub/deep.txt": "deep\n"}
+#: ``//:slow`` leaves this file at the top of its exec root, then sleeps:
+#: the test finds the worker running it by that file.
+SLOW_MARKER = "slow-action-running"
+SLOW_SECONDS = 8
 #: The variables a shell sets by itself, which are not the Command's.
 SHELL_OWN = ("PWD", "SHLVL", "_", "OLDPWD")
 
@@ -195,6 +202,11 @@ def write(
         '    cmd = "find $(location :gen_dir) -type f | sort | xargs cat > $@",\n'
         ")\n\n"
         "genrule(\n"
+        '    name = "slow",\n'
+        '    outs = ["slow.txt"],\n'
+        f'    cmd = "touch {SLOW_MARKER} && sleep {SLOW_SECONDS} && echo slept > $@",\n'
+        ")\n\n"
+        "genrule(\n"
         '    name = "links",\n'
         '    outs = ["link.txt", "real.txt"],\n'
         '    cmd = "echo real > $(location real.txt) && ln -s real.txt $(location link.txt)",\n'
@@ -217,6 +229,7 @@ TARGETS = (
     "//:gen_dir",
     "//:dir_listing",
     "//:links",
+    "//:slow",
     "//:sandbox_check",
 )
 
