@@ -1,0 +1,53 @@
+"""``hermetic digest``: the action digest of a command, without running it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hermetic.cli.failures import _setup_failure
+from hermetic.cli.options import _add_action_options, _command
+from hermetic.cli.output import _fail
+from hermetic.cli.spec_args import _spec_from_args
+from hermetic.cli.usage import _describe
+from hermetic.core.errors import HermeticError
+from hermetic.executor import HermeticExecutor
+from hermetic.exits import EXIT_SPEC
+
+
+def add(sub: Any) -> None:
+    """``hermetic digest``."""
+    digest = sub.add_parser(
+        "digest",
+        help="print the action digest of a command (spec, argv, environment, inputs)",
+        description=_describe(
+            "Print the action digest of CMD under the spec, without running it: a hex "
+            "SHA-256 of the spec, the command, the working directory, the environment and "
+            "the content of every input. Two actions with the same digest give the same "
+            "result, so it can key a cache of results.",
+            status="Exit status: 0 when the digest was printed; otherwise one of",
+            codes="123 125",
+        ),
+    )
+    _add_action_options(digest, runs=False)
+    digest.add_argument(
+        "--hash-system",
+        action="store_true",
+        help="hash the system directories' contents too, not only their paths (slow the "
+        "first time)",
+    )
+    digest.set_defaults(func=_cmd_digest, cmd_parser=digest)
+
+
+def _cmd_digest(ns: argparse.Namespace) -> int:
+    command = _command(ns)
+    if not command:
+        return _fail("digest: no command given (hermetic digest [options] -- CMD)", EXIT_SPEC)
+    try:
+        spec = _spec_from_args(ns)
+        executor = HermeticExecutor.create(spec).unwrap()
+        system = "content" if ns.hash_system else "path"
+        print(executor.action_digest(command, system_inputs=system).unwrap())
+    except HermeticError as e:
+        return _setup_failure(e, ns, command)
+    return 0
