@@ -5,21 +5,41 @@ and remote for runner and worker), each with its ``add``; they share the
 action options (options), the spec those make (spec_args), the files named
 on the command line (files), the output (output, json_output, failures)
 and the parser with its --help texts and exit statuses (usage).  This
-module assembles the parser and holds ``main``.
+module assembles the parser from ``COMMANDS`` and holds ``main``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-from hermetic.cli import audit, digest, doctor, remote, run, serve, spec, verify
 from hermetic.cli.options import _refused_combination
 from hermetic.cli.usage import _Parser
 
+#: The subcommands in the order --help lists them: each name, its module
+#: in this package, and the function of it that adds its parser.
+COMMANDS = (
+    ("run", "run", "add"),
+    ("verify", "verify", "add"),
+    ("digest", "digest", "add"),
+    ("doctor", "doctor", "add"),
+    ("audit", "audit", "add"),
+    ("serve", "serve", "add"),
+    ("spec", "spec", "add"),
+    ("runner", "remote", "add_runner"),
+    ("worker", "remote", "add_worker"),
+)
 
-def _parser() -> _Parser:
+
+def _parser(command: str | None = None) -> _Parser:
+    """The command line's parser; with ``command``, one that knows that
+    subcommand alone (its module alone is imported).  Building every
+    subcommand's parser costs milliseconds at each start, and a command
+    line naming its subcommand first needs no other: it parses the same,
+    and top-level help, which lists them all, cannot be asked for past the
+    subcommand's name."""
     parser = _Parser(
         prog="hermetic",
         description="Run a command hermetically: declared inputs read-only, declared outputs "
@@ -30,21 +50,15 @@ def _parser() -> _Parser:
 
     parser.add_argument("--version", action="version", version=f"hermetic {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    run.add(sub)
-    verify.add(sub)
-    digest.add(sub)
-    doctor.add(sub)
-    audit.add(sub)
-    serve.add(sub)
-    spec.add(sub)
-    remote.add_runner(sub)
-    remote.add_worker(sub)
+    for name, module, add in COMMANDS:
+        if command is None or name == command:
+            getattr(importlib.import_module(f"hermetic.cli.{module}"), add)(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
     args = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(args[0] if args and args[0] in {c[0] for c in COMMANDS} else None)
     if not args:
         # A bare `hermetic`: what it can do, not an error about a missing word.
         parser.print_help()
