@@ -6,13 +6,11 @@ import argparse
 from typing import Any
 
 from hermetic.cli.failures import _setup_failure
-from hermetic.cli.options import _add_action_options, _command
-from hermetic.cli.output import _fail
+from hermetic.cli.options import _add_action_options, _command, _no_command
 from hermetic.cli.spec_args import _spec_from_args
 from hermetic.cli.usage import _describe
 from hermetic.core.errors import HermeticError
 from hermetic.executor import HermeticExecutor
-from hermetic.exits import EXIT_SPEC
 
 
 def add(sub: Any) -> None:
@@ -41,9 +39,9 @@ def add(sub: Any) -> None:
 
 def _cmd_digest(ns: argparse.Namespace) -> int:
     command = _command(ns)
-    if not command:
-        return _fail("digest: no command given (hermetic digest [options] -- CMD)", EXIT_SPEC)
     try:
+        if not command:
+            raise _no_command("digest")
         spec = _spec_from_args(ns)
         executor = HermeticExecutor.create(spec).unwrap()
         system = "content" if ns.hash_system else "path"

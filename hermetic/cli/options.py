@@ -99,6 +99,12 @@ def _command(ns: argparse.Namespace) -> list[str]:
     return command
 
 
+def _no_command(name: str) -> SpecError:
+    """The one refusal of run, verify and digest given no command (an
+    invalid command line, with --json said as JSON too)."""
+    return SpecError(f"{name}: no command given (hermetic {name} [options] -- CMD ARGS...)")
+
+
 def _add_action_options(cmd: argparse.ArgumentParser, *, runs: bool = True) -> None:
     """The options run, verify and digest share: the spec's, and (``runs``:
     run and verify) those of running the action.  digest runs nothing, so

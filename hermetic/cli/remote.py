@@ -16,6 +16,16 @@ from hermetic.core.spec import SandboxSpec
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC
 
 
+def _without_the_extra(command: str, e: ImportError) -> int:
+    """runner or worker where the 'remote' extra is missing: exit 125, as
+    where this host cannot run an action, and the command that installs it."""
+    missing = f"no module {e.name!r}" if e.name else str(e)
+    return _fail(
+        f"{command} needs the 'remote' extra: pip install 'hermetic[remote]' ({missing})",
+        EXIT_SETUP,
+    )
+
+
 def add_runner(sub: Any) -> None:
     """``hermetic runner``."""
     runner = sub.add_parser(
@@ -49,7 +59,7 @@ def _cmd_runner(ns: argparse.Namespace) -> int:
     try:
         from hermetic.remote import runner
     except ImportError as e:
-        return _fail(f"hermetic runner needs grpcio and protobuf: {e}", EXIT_SETUP)
+        return _without_the_extra("runner", e)
     try:
         base = SandboxSpec.from_json(_read_spec(ns.spec)) if ns.spec else _default_spec(True)
         return runner.serve(ns.listen, ns.build_directory, base, concurrency=ns.concurrency)
@@ -88,7 +98,7 @@ def _cmd_worker(ns: argparse.Namespace) -> int:
     try:
         from hermetic.remote import worker
     except ImportError as e:
-        return _fail(str(e), EXIT_SPEC)
+        return _without_the_extra("worker", e)
     try:
         return worker.main(ns)
     except ValueError as e:

@@ -10,11 +10,11 @@ from typing import Any
 from hermetic.cli.failures import _setup_failure
 from hermetic.cli.files import _audit_log
 from hermetic.cli.json_output import _write_json_result
-from hermetic.cli.options import _add_action_options, _command
+from hermetic.cli.options import _add_action_options, _command, _no_command
 from hermetic.cli.output import _fail, _one_line
 from hermetic.cli.spec_args import _spec_from_args
 from hermetic.cli.usage import _describe
-from hermetic.core.errors import HermeticError, SpecError
+from hermetic.core.errors import HermeticError
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams, caps_output
 from hermetic.executor import HermeticExecutor
@@ -88,7 +88,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     spec: SandboxSpec | None = None
     try:
         if not command:
-            raise SpecError("run: no command given (hermetic run [options] -- CMD ARGS...)")
+            raise _no_command("run")
         spec = _spec_from_args(ns)
         audit_log = _audit_log(ns.audit_log)
         executor = HermeticExecutor.create(spec, audit_log=audit_log).unwrap()

@@ -8,15 +8,14 @@ from typing import Any
 
 from hermetic.cli.failures import _setup_failure
 from hermetic.cli.files import MAX_STDIN_BYTES, _audit_log, _stdin
-from hermetic.cli.options import _add_action_options, _command
-from hermetic.cli.output import _fail, _say
+from hermetic.cli.options import _add_action_options, _command, _no_command
+from hermetic.cli.output import _say
 from hermetic.cli.spec_args import _spec_from_args
 from hermetic.cli.usage import _describe
 from hermetic.core.bounded import size_text
 from hermetic.core.errors import HermeticError
 from hermetic.core.spec import SandboxSpec
 from hermetic.executor import HermeticExecutor
-from hermetic.exits import EXIT_SPEC
 
 
 def add(sub: Any) -> None:
@@ -45,10 +44,10 @@ def add(sub: Any) -> None:
 
 def _cmd_verify(ns: argparse.Namespace) -> int:
     command = _command(ns)
-    if not command:
-        return _fail("verify: no command given (hermetic verify [options] -- CMD)", EXIT_SPEC)
     spec: SandboxSpec | None = None
     try:
+        if not command:
+            raise _no_command("verify")
         spec = _spec_from_args(ns)
         audit_log = _audit_log(ns.audit_log)
         stdin = _stdin(ns)
