@@ -97,3 +97,16 @@ def test_top_level_help_and_an_unknown_subcommand_still_name_them_all() -> None:
         said = p.stdout + p.stderr
         assert all(name in said for name in names), (argv, said)
     assert p.returncode == 0 and p.stdout.startswith("usage: hermetic [-h]")
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in COMMANDS])
+def test_every_subcommands_help_ends_with_its_exit_statuses_in_a_paragraph(name: str) -> None:
+    sub = _subparsers(_parser(name))[name]
+    assert sub.description is not None
+    paragraphs = sub.description.split("\n\n")
+    said = [i for i, p in enumerate(paragraphs) if p.startswith("Exit status:")]
+    # The last paragraph, or the one before the table of the shared statuses.
+    assert said and said[-1] >= len(paragraphs) - 2, paragraphs
+    text = sub.format_help()
+    assert "\n\nExit status:" in text  # kept a paragraph of its own, not run in
+    assert all(len(line) <= 80 for line in text.splitlines()), text

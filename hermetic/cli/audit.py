@@ -22,8 +22,11 @@ def add(sub: Any) -> None:
         help="summarise an audit log (JSON Lines)",
         description=_describe(
             "Summarise an audit log, as --audit-log writes it: how many violations, in how "
-            "many executions, by kind and by decision."
+            "many executions, by kind and by decision.",
+            "Exit status: 0 when the log was summarised, 123 when it cannot be read or is not "
+            "an audit log.",
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     audit.add_argument("file", metavar="FILE", help="the audit log (JSON Lines)")
     audit.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -37,9 +37,11 @@ def add(sub: Any) -> None:
         description=_describe(
             "Show what this host can enforce (namespaces, seccomp, Landlock, cgroups), "
             "whether the default spec runs here, and which of its limits are weakened. Run "
-            f"by root, it checks a normal user ({_NORMAL_USER}) too. Exit status 125 when "
-            "the default spec cannot run."
+            f"by root, it checks a normal user ({_NORMAL_USER}) too.",
+            "Exit status: 0 when the default spec runs here (run by root: as a normal user "
+            "too), 125 when it cannot.",
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.set_defaults(func=_cmd_doctor, cmd_parser=doctor)

@@ -35,8 +35,12 @@ def add_runner(sub: Any) -> None:
             "Serve buildbarn.runner.Runner on a Unix socket until SIGTERM, for bb_worker. "
             "Each Run: the input root read-only, its empty directories (the outputs' parents) "
             "writable, the temporary directory a temp, exactly the request's environment. "
-            "Needs grpcio and protobuf. See docs/remote-runner.md."
+            "Needs the 'remote' extra. See docs/remote-runner.md.",
+            "Exit status: 0 after SIGTERM; 123 when it cannot serve what it is given (the "
+            "socket, the build directory, the spec, the concurrency); 125 without the "
+            "'remote' extra.",
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     runner.add_argument("--listen", required=True, metavar="unix:PATH", help="the socket")
     runner.add_argument(
@@ -75,8 +79,11 @@ def add_worker(sub: Any) -> None:
         "'remote' extra",
         description=_describe(
             "Take leases from a build farm's Bots service and run each action hermetically; "
-            "SIGTERM signs off and exits 0. See docs/remote.md."
+            "SIGTERM signs off. See docs/remote.md.",
+            "Exit status: 0 after SIGTERM; 123 when an option is invalid; 125 without the "
+            "'remote' extra.",
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     worker.add_argument("--server", required=True, help="grpc://HOST:PORT (or unix:PATH)")
     worker.add_argument("--instance", required=True, help="the farm's instance name")

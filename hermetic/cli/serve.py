@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from hermetic.cli.output import _fail
+from hermetic.cli.usage import _describe
 from hermetic.core.errors import SpecError
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC
 
@@ -18,9 +19,15 @@ def add(sub: Any) -> None:
     serve = sub.add_parser(
         "serve",
         help="the per-user daemon behind hermetic-launch (started by it when needed)",
-        description="Keep warm executors for hermetic-launch.  The first launcher starts "
-        "it (hermetic serve --detach); it exits after an idle time (600 s, or "
-        "HERMETIC_SERVE_IDLE seconds).  See docs/launch-protocol.md.",
+        description=_describe(
+            "Keep warm executors for hermetic-launch. The first launcher starts it (hermetic "
+            "serve --detach); it exits after an idle time (600 s, or HERMETIC_SERVE_IDLE "
+            "seconds). See docs/launch-protocol.md.",
+            "Exit status: 0, or with --status 1 when no daemon runs; 123 when "
+            "HERMETIC_SERVE_IDLE is not a positive number of seconds; 125 when the daemon "
+            "does not start (--detach) or refuses the request.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve_what = serve.add_mutually_exclusive_group()
     serve_what.add_argument(

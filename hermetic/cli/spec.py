@@ -21,8 +21,10 @@ def add(sub: Any) -> None:
         help="validate a spec file and print it with its digest",
         description=_describe(
             "Validate a spec file and print it in full, every default written out, as JSON "
-            "on stdout; its digest goes to stderr. Exit status 123 when it is invalid."
+            "on stdout; its digest goes to stderr.",
+            "Exit status: 0 when the spec is valid, 123 when it is invalid or cannot be read.",
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     spec.add_argument("file", metavar="FILE", help="the spec file (JSON)")
     spec.set_defaults(func=_cmd_spec, cmd_parser=spec)
