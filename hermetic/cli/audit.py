@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
 
 from hermetic.cli.files import MAX_AUDIT_BYTES, _audit_lines
 from hermetic.cli.output import _fail, _say
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.bounded import open_regular
 from hermetic.core.errors import SpecError
 from hermetic.exits import EXIT_SPEC
 
 
-def add(sub: Any) -> None:
-    """``hermetic audit``."""
+def add(sub: Subcommands) -> None:
+    """Add ``hermetic audit``'s parser, and its command, to ``sub``."""
     audit = sub.add_parser(
         "audit",
         help="summarise an audit log (JSON Lines)",

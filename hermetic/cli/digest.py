@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from hermetic.cli.failures import _setup_failure
 from hermetic.cli.options import _add_action_options, _command, _no_command
 from hermetic.cli.spec_args import _spec_from_args
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.errors import HermeticError
 from hermetic.executor import HermeticExecutor
 
 
-def add(sub: Any) -> None:
-    """``hermetic digest``."""
+def add(sub: Subcommands) -> None:
+    """Add ``hermetic digest``'s parser, and its command, to ``sub``."""
     digest = sub.add_parser(
         "digest",
         help="print the action digest of a command (spec, argv, environment, inputs)",

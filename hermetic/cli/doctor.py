@@ -13,7 +13,7 @@ from typing import Any
 
 from hermetic.cli.output import _say
 from hermetic.cli.spec_args import _default_spec
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.errors import HermeticError
 from hermetic.core.policies import ResourceLimits
 from hermetic.executor import HermeticExecutor
@@ -28,8 +28,8 @@ _DOCTOR_OWN_LINES = ("notes", "default_spec", "normal_user", "cgroup_v2", "cgrou
 _NORMAL_USER = "nobody"
 
 
-def add(sub: Any) -> None:
-    """``hermetic doctor``."""
+def add(sub: Subcommands) -> None:
+    """Add ``hermetic doctor``'s parser, and its command, to ``sub``."""
     doctor = sub.add_parser(
         "doctor",
         help="show what this host can enforce, and whether the default spec runs here "

@@ -5,12 +5,11 @@ one runs."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from hermetic.cli.files import _read_spec
 from hermetic.cli.output import _fail
 from hermetic.cli.spec_args import _default_spec
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.errors import SpecError
 from hermetic.core.spec import SandboxSpec
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC
@@ -26,8 +25,8 @@ def _without_the_extra(command: str, e: ImportError) -> int:
     )
 
 
-def add_runner(sub: Any) -> None:
-    """``hermetic runner``."""
+def add_runner(sub: Subcommands) -> None:
+    """Add ``hermetic runner``'s parser, and its command, to ``sub``."""
     runner = sub.add_parser(
         "runner",
         help="serve Buildbarn's runner protocol, so bb_worker runs its actions in the sandbox",
@@ -71,8 +70,8 @@ def _cmd_runner(ns: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_SPEC)
 
 
-def add_worker(sub: Any) -> None:
-    """``hermetic worker``."""
+def add_worker(sub: Subcommands) -> None:
+    """Add ``hermetic worker``'s parser, and its command, to ``sub``."""
     worker = sub.add_parser(
         "worker",
         help="a Remote Workers API bot for a REAPI build farm (BuildGrid); needs the "

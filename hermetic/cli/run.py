@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from hermetic.cli.failures import _setup_failure
 from hermetic.cli.files import _audit_log
@@ -13,7 +12,7 @@ from hermetic.cli.json_output import _write_json_result
 from hermetic.cli.options import _add_action_options, _command, _no_command
 from hermetic.cli.output import _fail, _one_line
 from hermetic.cli.spec_args import _spec_from_args
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.errors import HermeticError
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams, caps_output
@@ -21,8 +20,8 @@ from hermetic.executor import HermeticExecutor
 from hermetic.exits import EXIT_TIMEOUT
 
 
-def add(sub: Any) -> None:
-    """``hermetic run``."""
+def add(sub: Subcommands) -> None:
+    """Add ``hermetic run``'s parser, and its command, to ``sub``."""
     run = sub.add_parser(
         "run",
         help="run a command in a sandbox",

@@ -9,13 +9,13 @@ import sys
 from typing import Any
 
 from hermetic.cli.output import _fail
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.errors import SpecError
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC
 
 
-def add(sub: Any) -> None:
-    """``hermetic serve``."""
+def add(sub: Subcommands) -> None:
+    """Add ``hermetic serve``'s parser, and its command, to ``sub``."""
     serve = sub.add_parser(
         "serve",
         help="the per-user daemon behind hermetic-launch (started by it when needed)",

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from hermetic.cli.files import _read_spec
 from hermetic.cli.output import _fail
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.errors import SpecError
 from hermetic.core.spec import SandboxSpec
 from hermetic.exits import EXIT_SPEC
 
 
-def add(sub: Any) -> None:
-    """``hermetic spec``."""
+def add(sub: Subcommands) -> None:
+    """Add ``hermetic spec``'s parser, and its command, to ``sub``."""
     spec = sub.add_parser(
         "spec",
         help="validate a spec file and print it with its digest",

@@ -15,10 +15,14 @@ they differ; of both otherwise one of
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import NoReturn, TypeAlias
 
 from hermetic.cli.output import _one_line
 from hermetic.exits import EXIT_SPEC
+
+#: What each subcommand's ``add`` is given: the parser's subcommands (a
+#: type for the checker alone: argparse's class is not generic at run time).
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from hermetic.cli.failures import _setup_failure
 from hermetic.cli.files import MAX_STDIN_BYTES, _audit_log, _stdin
 from hermetic.cli.options import _add_action_options, _command, _no_command
 from hermetic.cli.output import _say
 from hermetic.cli.spec_args import _spec_from_args
-from hermetic.cli.usage import _describe
+from hermetic.cli.usage import Subcommands, _describe
 from hermetic.core.bounded import size_text
 from hermetic.core.errors import HermeticError
 from hermetic.core.spec import SandboxSpec
 from hermetic.executor import HermeticExecutor
 
 
-def add(sub: Any) -> None:
-    """``hermetic verify``."""
+def add(sub: Subcommands) -> None:
+    """Add ``hermetic verify``'s parser, and its command, to ``sub``."""
     verify = sub.add_parser(
         "verify",
         help="run a command several times and compare its outputs",
