@@ -142,6 +142,30 @@ def test_platforms_import_neither_the_executor_nor_the_cli():
         for name, deps in GRAPH.items()
         if _within(name, "hermetic.platforms")
         for dep in deps
-        if dep in ("hermetic", "hermetic.executor", "hermetic.cli", "hermetic.__main__")
+        if dep in ("hermetic", "hermetic.executor", "hermetic.__main__")
+        or _within(dep, "hermetic.cli")
     }
     assert upward == set()
+
+
+def test_the_command_lines_subcommands_stand_on_its_shared_modules():
+    """hermetic.cli builds the parser from one module per subcommand
+    (imported by name, so that a command line loads its own alone); those
+    use the package's shared modules, and the arrows point that way only:
+    no subcommand's module imports another's or the package itself, and no
+    shared module imports a subcommand's."""
+    from hermetic.cli import COMMANDS
+
+    commands = {f"hermetic.cli.{module}" for _, module, _ in COMMANDS}
+    assert commands <= set(GRAPH)
+    shared = (
+        {n for n in GRAPH if n.startswith("hermetic.cli.")} - commands - {"hermetic.cli.__main__"}
+    )
+    assert shared
+    wrong = {
+        (name, dep)
+        for name in commands | shared
+        for dep in GRAPH[name]
+        if dep in commands or dep == "hermetic.cli"
+    }
+    assert wrong == set()

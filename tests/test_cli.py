@@ -511,11 +511,11 @@ def test_bad_files_as_root_and_as_the_test_user(runner: Any, bad_files: dict[str
     ],
 )
 def test_json_result_is_written_a_chunk_at_a_time_and_equals_to_dict(out, err, capsys):
-    from hermetic import cli
+    from hermetic.cli.json_output import _write_json_result
     from hermetic.core.outcome import ExecutionResult
 
     result = ExecutionResult(("sh", "-c", "x"), 0, None, out, err, 0.5)
-    cli._write_json_result(result, spec_digest="d" * 64)
+    _write_json_result(result, spec_digest="d" * 64)
     expected = {**result.to_dict(), "spec_digest": "d" * 64, "error": None}
     assert json.loads(capsys.readouterr().out) == expected
 

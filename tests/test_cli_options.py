@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from hermetic import NetworkPolicy, ResourceLimits, SandboxSpec
-from hermetic.cli import _host_refusal, _parser, _spec_from_args
+from hermetic.cli import _parser
+from hermetic.cli.failures import _host_refusal
+from hermetic.cli.spec_args import _spec_from_args
 from hermetic.core.errors import SpecError, UnsupportedError
 from hermetic.platforms.linux.limits import plan_limits
 

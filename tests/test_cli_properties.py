@@ -36,7 +36,7 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
-#: Exit statuses the command line documents (hermetic/cli.py): the action's
+#: Exit statuses the command line documents (hermetic/cli/usage.py): the action's
 #: own (the commands below never start one that exits on its own: they are
 #: not found, or refused), verify's 1, and 123-127.
 DOCUMENTED = {0, 1, 123, 124, 125, 126, 127}

@@ -286,17 +286,18 @@ def test_doctor_says_which_limits_the_default_spec_gets(test_user: Any, normal: 
 def test_doctor_exits_non_zero_when_the_default_spec_cannot_run(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hermetic import cli
+    from hermetic.cli import doctor, main
     from hermetic.core.result import Err
+    from hermetic.exits import EXIT_SETUP
 
     class Refusing:
         @staticmethod
         def create(spec: SandboxSpec) -> Err[Any]:
             return Err(UnsupportedError("resource limits", "max_memory_bytes: refused (test)"))
 
-    monkeypatch.setattr(cli, "HermeticExecutor", Refusing)
-    monkeypatch.setattr(cli, "_normal_user_check", lambda: None)
-    assert cli.main(["doctor"]) == cli.EXIT_SETUP
+    monkeypatch.setattr(doctor, "HermeticExecutor", Refusing)
+    monkeypatch.setattr(doctor, "_normal_user_check", lambda: None)
+    assert main(["doctor"]) == EXIT_SETUP
     out = capsys.readouterr().out
     assert "CANNOT RUN" in out and "max_memory_bytes: refused (test)" in out
 
