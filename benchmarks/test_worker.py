@@ -152,6 +152,7 @@ class Bench:
         )
 
     def close(self) -> None:
+        self.cache.close()
         self.channel.close()
         self.cas.close()
         shutil.rmtree(self.work, ignore_errors=True)
@@ -243,7 +244,7 @@ def test_worker_staging_10k_files(benchmark: Any, bench: Bench) -> None:
     n = len(files)
     root = input_root(bench.cas, files)
     # Warm the cache: every blob fetched once, as a previous lease would.
-    tree = execroot.fetch_tree(bench.client, root)
+    tree = execroot.fetch_tree(bench.client, root, bench.cache)
     first = os.path.join(bench.work, "exec", "warm")
     os.mkdir(first)
     execroot.stage(tree, bench.cache, bench.client, first)
@@ -264,7 +265,7 @@ def test_worker_staging_10k_files(benchmark: Any, bench: Bench) -> None:
 
     def once(exec_root: str) -> None:
         t0 = time.perf_counter()
-        tree = execroot.fetch_tree(bench.client, root)
+        tree = execroot.fetch_tree(bench.client, root, bench.cache)
         t1 = time.perf_counter()
         fetched.append(execroot.stage(tree, bench.cache, bench.client, exec_root))
         t2 = time.perf_counter()
