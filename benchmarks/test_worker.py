@@ -11,13 +11,17 @@ what the CAS lacks, build the ActionResult.
 - ``worker-gcc``: ``gcc -c`` of a small C file that includes three headers
   (``-pipe``: no temporary files, so /tmp is not part of the comparison),
   once with the command run by ``subprocess`` instead of the sandbox (the
-  baseline: the same staging, collection and upload) and once sandboxed
+  baseline: the same staging, collection and upload), once sandboxed
   (``HermeticExecutor.create`` for the lease's spec, ``execute``,
-  ``close``, as the worker does for every lease).  ``extra_info`` holds the
-  median of every stage from the result's ``ExecutedActionMetadata``:
-  ``fetch`` (Command, input tree, staging), ``prepare`` (the sandbox's
-  creation), ``execute``, ``upload`` (collection and upload) and the whole
-  worker.
+  ``close``, as the worker does for every lease), and the command alone
+  (``subprocess``, no worker: what the worker adds around the command is
+  the baseline's difference to it).  The rows run in turn, a round of
+  each, so a slow stretch of a shared machine slows every row alike;
+  ``paired_ratio`` is the median of the rounds' ratios to the baseline's.
+  ``extra_info`` also holds the median of every stage from the result's
+  ``ExecutedActionMetadata``: ``fetch`` (Command, input tree, staging),
+  ``prepare`` (the sandbox's creation), ``execute``, ``upload``
+  (collection and upload) and the whole ``worker``.
 - ``worker-staging``: an input root of 10,000 files in 100 directories,
   every blob already in the local cache: ``fetch_tree`` (the Directory
   messages from the CAS) and ``stage`` (the exec root's directories and
@@ -198,37 +202,95 @@ def _gcc_lease(cas: MemoryCas) -> Any:
     )
 
 
-def _gcc_row(benchmark: Any, bench: Bench, *, method: str, baseline: bool) -> None:
-    the_lease = _gcc_lease(bench.cas)
-    outcomes: list[Any] = []
+#: The worker-gcc rows, timed in turn round after round.
+GCC_ROWS = ("unsandboxed", "hermetic", "gcc-alone")
 
-    def once() -> None:
-        outcomes.append(bench.run(the_lease))
 
-    benchmark.extra_info["method"] = method
-    benchmark.extra_info["baseline"] = baseline
-    benchmark.pedantic(once, rounds=GCC_ROUNDS, iterations=1, warmup_rounds=GCC_WARMUP)
-    assert len(outcomes) == GCC_ROUNDS + GCC_WARMUP
-    for o in outcomes:
-        assert o.status.code == code_pb2.OK, o.status
-        assert o.result.exit_code == 0, o.result
-        assert [f.path for f in o.result.output_files] == ["out/hello.o"]
-    benchmark.extra_info.update(_stages(outcomes[GCC_WARMUP:]))
+def _paired_ratio(durations: list[float], base: list[float]) -> float:
+    """The median of each round's ratio to the same round's baseline: the
+    rows ran in turn, so a slow stretch of the machine slows both sides of
+    a pair."""
+    return statistics.median(d / b for d, b in zip(durations, base, strict=True))
+
+
+@pytest.fixture(scope="module")
+def gcc_rounds() -> Iterator[dict[str, tuple[list[float], dict[str, float]]]]:
+    """Every worker-gcc row's durations and stage medians, measured in turn:
+    a round of each row, GCC_ROUNDS times, after GCC_WARMUP untimed ones.
+    ``gcc-alone`` is the command by itself (subprocess, in a copy of the
+    exec root, no worker): what the worker adds around it is the
+    unsandboxed row's difference to it."""
+    if not os.access(GCC, os.X_OK):
+        pytest.skip(f"{GCC} is missing: install gcc (apt-get install gcc) for the worker-gcc group")
+    b = Bench()
+    alone = tempfile.mkdtemp(prefix="alone-", dir=os.path.join(b.work, "exec"))
+    try:
+        the_lease = _gcc_lease(b.cas)
+        os.makedirs(os.path.join(alone, "out"))
+        os.makedirs(os.path.join(alone, "src"))
+        for rel, data in [("src/hello.c", HELLO_C), *HEADERS.items()]:
+            os.makedirs(os.path.dirname(os.path.join(alone, rel)), exist_ok=True)
+            with open(os.path.join(alone, rel), "wb") as f:
+                f.write(data)
+        argv = [GCC, "-pipe", "-O2", "-Iinclude", "-c", "src/hello.c", "-o", "out/hello.o"]
+        env = {"PATH": "/usr/bin:/bin"}
+        sandboxed = worker.HermeticExecutor
+        durations: dict[str, list[float]] = {row: [] for row in GCC_ROWS}
+        outcomes: dict[str, list[Any]] = {row: [] for row in GCC_ROWS}
+
+        def one(row: str) -> float:
+            start = time.perf_counter()
+            if row == "gcc-alone":
+                with open(os.devnull, "wb") as null:
+                    p = subprocess.run(argv, cwd=alone, env=env, stdout=null, stderr=null)
+                assert p.returncode == 0
+                return time.perf_counter() - start
+            worker.HermeticExecutor = sandboxed if row == "hermetic" else Direct  # type: ignore[misc]
+            try:
+                outcome = b.run(the_lease)
+            finally:
+                worker.HermeticExecutor = sandboxed  # type: ignore[misc]
+            took = time.perf_counter() - start
+            assert outcome.status.code == code_pb2.OK, outcome.status
+            assert outcome.result.exit_code == 0, outcome.result
+            assert [f.path for f in outcome.result.output_files] == ["out/hello.o"]
+            outcomes[row].append(outcome)
+            return took
+
+        for _ in range(GCC_WARMUP):
+            for row in GCC_ROWS:
+                one(row)
+        for row in GCC_ROWS:
+            outcomes[row].clear()
+        for _ in range(GCC_ROUNDS):
+            for row in GCC_ROWS:
+                durations[row].append(one(row))
+        yield {
+            row: (durations[row], _stages(outcomes[row]) if outcomes[row] else {})
+            for row in GCC_ROWS
+        }
+    finally:
+        b.close()
 
 
 @needs_gcc
 @pytest.mark.benchmark(group="worker-gcc")
-def test_worker_gcc_unsandboxed(
-    benchmark: Any, bench: Bench, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(worker, "HermeticExecutor", Direct)
-    _gcc_row(benchmark, bench, method="unsandboxed", baseline=True)
-
-
-@needs_gcc
-@pytest.mark.benchmark(group="worker-gcc")
-def test_worker_gcc_hermetic(benchmark: Any, bench: Bench) -> None:
-    _gcc_row(benchmark, bench, method="hermetic", baseline=False)
+@pytest.mark.parametrize("row", GCC_ROWS)
+def test_worker_gcc(benchmark: Any, gcc_rounds: Any, row: str) -> None:
+    """The row's rounds (timed in turn with the other rows') as this
+    benchmark's, recorded the way ``benchmark.pedantic`` records its own,
+    through the fixture's internals (as benchmarks/test_build_times.py)."""
+    durations, stages = gcc_rounds[row]
+    benchmark.extra_info["method"] = row
+    benchmark.extra_info["baseline"] = row == "unsandboxed"
+    benchmark.extra_info["paired_ratio"] = round(
+        _paired_ratio(durations, gcc_rounds["unsandboxed"][0]), 4
+    )
+    benchmark.extra_info.update(stages)
+    benchmark._mode = "alternating rounds"  # the fixture counts as used
+    stats = benchmark._make_stats(1)
+    for d in durations:
+        stats.update(d)
 
 
 # -- staging ----------------------------------------------------------------------
