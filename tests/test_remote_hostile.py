@@ -402,3 +402,18 @@ def test_a_command_digest_too_large_to_read_is_refused_unread(w):
     calls = sum(w.store.stats.values())
     _refused(w.run(the_lease), code_pb2.INVALID_ARGUMENT, "larger than")
     assert sum(w.store.stats.values()) == calls
+
+
+def test_an_input_root_that_is_not_a_directory_message_is_refused(w):
+    not_a_directory = w.store.put(b"\xff\xff\xff not a protobuf message")
+    the_lease = lease(w.store, [SH, "-c", "echo ran"], not_a_directory)
+    _refused(w.run(the_lease), code_pb2.INVALID_ARGUMENT, "not a Directory")
+
+
+def test_a_directory_digest_too_large_to_read_is_refused_unread(w):
+    top = re_pb2.Directory()
+    top.directories.add(name="huge", digest=re_pb2.Digest(hash="0" * 64, size_bytes=1 << 40))
+    the_lease = _directory_lease(w, top)
+    reads = w.store.stats["Read"]
+    _refused(w.run(the_lease), code_pb2.INVALID_ARGUMENT, "'huge'", "too large")
+    assert w.store.stats["Read"] == reads

@@ -30,6 +30,7 @@ the way is refused, never followed out of the exec root.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import errno
@@ -39,6 +40,8 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from hermetic.remote.cas import (
     Blob,
@@ -109,8 +112,7 @@ def _check_names(rel: str, kinds: tuple[tuple[str, list[str]], ...]) -> None:
             raise ExecRootError(f"{where} lists its {kind} out of order ({first!r})")
         every += names
     if len(set(every)) != len(every):
-        seen: set[str] = set()
-        twice = next(n for n in every if n in seen or seen.add(n))  # type: ignore[func-returns-value]
+        twice = next(n for n, count in collections.Counter(every).items() if count > 1)
         raise ExecRootError(f"{where} holds the name {twice!r} twice")
     for name in every:
         if "/" in name or "\0" in name or name in ("", ".", ".."):
@@ -135,21 +137,33 @@ def _read_directories(
         return out
 
 
+def _directory_key(digest: Any, rel: str) -> Key:
+    """A Directory's digest, refused before anything is read when
+    malformed or larger than MAX_DIRECTORY."""
+    k = checked_key(digest, what=repr(rel) if rel else "the input root")
+    if k[1] > MAX_DIRECTORY:
+        raise ExecRootError(f"the Directory of {rel or 'the input root'!r} is too large: {k[1]}")
+    return k
+
+
 def fetch_tree(cas: CasClient, root: Any, cache: LocalCache | None = None) -> InputTree:
     """Every node of the input root ``root`` (a Digest), read level by level
     (one batch per level; through ``cache`` when given, so a warm cache
     asks the farm nothing), each Directory checked against its digest and
     against the API's rules for its names."""
     tree = InputTree()
-    level: list[tuple[str, Key]] = [("", checked_key(root, what="the input root"))]
+    level: list[tuple[str, Key]] = [("", _directory_key(root, ""))]
     while level:
         blobs = _read_directories(cas, cache, sorted({k for _, k in level}))
         following: list[tuple[str, Key]] = []
         files, dirs, symlinks = tree.files, tree.dirs, tree.symlinks
         for rel, k in level:
-            if k[1] > MAX_DIRECTORY:
-                raise ExecRootError(f"a Directory of {k[1]} bytes is too large: {rel!r}")
-            directory = re_pb2.Directory.FromString(blobs[k])
+            try:
+                directory = re_pb2.Directory.FromString(blobs[k])
+            except DecodeError:
+                raise ExecRootError(
+                    f"{rel or 'the input root'!r} names a blob that is not a Directory"
+                ) from None
             fnames = [f.name for f in directory.files]
             dnames = [d.name for d in directory.directories]
             snames = [s.name for s in directory.symlinks]
@@ -165,7 +179,7 @@ def fetch_tree(cas: CasClient, root: Any, cache: LocalCache | None = None) -> In
             for sub, name in zip(directory.directories, dnames, strict=True):
                 path = prefix + name
                 dirs.append(path)
-                following.append((path, checked_key(sub.digest, what=path)))
+                following.append((path, _directory_key(sub.digest, path)))
         level = following
     return tree
 
