@@ -6,7 +6,8 @@ ByteStream for blobs too large for one batch.  :class:`LocalCache` keeps
 every fetched file once, by digest, in a directory of the worker's own that
 no action's spec declares: actions cannot see it, and the copies staged
 into their exec roots are hard links mounted read-only (execroot.py), so
-an action cannot change a cached file through them either.
+an action cannot change a cached file through them either.  It holds at
+most a given number of bytes, the least recently used evicted first.
 
 Every blob read from the farm is checked against its digest before it is
 used: a corrupt or hostile CAS cannot place other bytes under a digest.
