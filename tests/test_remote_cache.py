@@ -16,6 +16,8 @@ import threading
 import pytest
 from conftest import IN_CI
 
+pytestmark = pytest.mark.linux
+
 try:
     import buildgrid.common  # noqa: F401
 except ImportError as e:  # a skip where the extra is not installed; under CI a failure
