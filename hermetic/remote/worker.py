@@ -599,6 +599,7 @@ def serve(
             if t.is_alive():
                 t.join()
         channel.close()
+        cache.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
