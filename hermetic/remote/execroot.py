@@ -58,7 +58,8 @@ from hermetic.remote.cas import (
 )
 from hermetic.remote.protos import re_pb2
 
-#: Input roots of at least this many files are staged on STAGE_THREADS threads.
+#: Input roots of at least this many files and directories are staged on
+#: STAGE_THREADS threads.
 PARALLEL_FILES = 1000
 STAGE_THREADS = 4
 #: The largest Directory message of an input root.
@@ -204,27 +205,33 @@ def stage(
     # lease's fetch or another's) cannot remove an entry in between.
     with cache.pinned(wanted):
         fetched = cache.fetch(cas, wanted)
-        # Parents before children: fetch_tree lists directories by level.
-        # The exec root is new and only the worker writes in it until the
-        # action runs; symbolic links are made last, so none is on the way.
-        for rel in tree.dirs:
-            os.mkdir(os.path.join(exec_root, rel), 0o755)
         by_dir: dict[str, list[tuple[str, Key, bool]]] = {}
         for rel, k, x in tree.files:
             parent, _, name = rel.rpartition("/")
             by_dir.setdefault(parent, []).append((name, k, x))
 
-        def fill(parent: str) -> int:
-            return _fill_dir(cache, cas, exec_root, parent, by_dir[parent], outs)
+        def fill(rel: str) -> int:
+            # The exec root is new and only the worker writes in it until
+            # the action runs; symbolic links are made last, so none is on
+            # the way of a path made here.
+            if rel:
+                os.mkdir(os.path.join(exec_root, rel), 0o755)
+            return _fill_dir(cache, cas, exec_root, rel, by_dir.get(rel, []), outs)
 
-        if len(tree.files) < PARALLEL_FILES:
-            fetched += sum(fill(parent) for parent in by_dir)
+        # Parents before children: fetch_tree lists directories by level.
+        levels: dict[int, list[str]] = {0: [""]}
+        for rel in tree.dirs:
+            levels.setdefault(rel.count("/") + 1, []).append(rel)
+        if len(tree.files) + len(tree.dirs) < PARALLEL_FILES:
+            fetched += sum(fill(rel) for depth in sorted(levels) for rel in levels[depth])
         else:
-            # linkat is a system call on two directories' inodes, most of
-            # its time in the kernel with the GIL released: directories
-            # filled on a few threads overlap those waits.
+            # mkdir and linkat are system calls on directories' inodes,
+            # their time mostly in the kernel with the GIL released: the
+            # directories of one level, independent of each other, are
+            # made and filled on a few threads that overlap those waits.
             with concurrent.futures.ThreadPoolExecutor(STAGE_THREADS) as pool:
-                fetched += sum(pool.map(fill, by_dir))
+                for depth in sorted(levels):
+                    fetched += sum(pool.map(fill, levels[depth]))
     for rel, target in tree.symlinks:
         os.symlink(target, os.path.join(exec_root, rel))
     return fetched
@@ -241,6 +248,8 @@ def _fill_dir(
     """Link (or copy, within an output) the files of one directory, from
     one descriptor of it; returns how many blobs had to be fetched again."""
     fetched = 0
+    if not entries:
+        return 0
     dir_fd = os.open(
         os.path.join(exec_root, parent),
         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
