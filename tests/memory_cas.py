@@ -42,7 +42,7 @@ def _matches(k: Key, data: bytes) -> bool:
     return len(data) == k[1] and hashlib.sha256(data).hexdigest() == k[0]
 
 
-class _Cas(re_grpc.ContentAddressableStorageServicer):  # type: ignore[misc]
+class _Cas(re_grpc.ContentAddressableStorageServicer):
     def __init__(self, store: MemoryCas) -> None:
         self.store = store
 
@@ -63,6 +63,9 @@ class _Cas(re_grpc.ContentAddressableStorageServicer):  # type: ignore[misc]
                 reply.responses.add(digest=d, data=data, status=status_pb2.Status(code=0))
         return reply
 
+    def GetTree(self, request: Any, context: Any) -> Any:  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the worker never asks for a tree")
+
     def BatchUpdateBlobs(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.store.stats["BatchUpdateBlobs"] += 1
         reply = re_pb2.BatchUpdateBlobsResponse()
@@ -78,7 +81,7 @@ class _Cas(re_grpc.ContentAddressableStorageServicer):  # type: ignore[misc]
         return reply
 
 
-class _ByteStream(bs_grpc.ByteStreamServicer):  # type: ignore[misc]
+class _ByteStream(bs_grpc.ByteStreamServicer):
     def __init__(self, store: MemoryCas) -> None:
         self.store = store
 
@@ -93,9 +96,13 @@ class _ByteStream(bs_grpc.ByteStreamServicer):  # type: ignore[misc]
         data = self.store.blobs.get(self._blob_key(request.resource_name))
         if data is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
+            return
         for offset in range(request.read_offset, len(data), CHUNK):
             self.store.stats["Read bytes"] += len(data[offset : offset + CHUNK])
             yield bs_pb2.ReadResponse(data=data[offset : offset + CHUNK])
+
+    def QueryWriteStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the worker never resumes a write")
 
     def Write(self, requests: Iterator[Any], context: Any) -> Any:  # noqa: N802
         self.store.stats["Write"] += 1
@@ -113,6 +120,7 @@ class _ByteStream(bs_grpc.ByteStreamServicer):  # type: ignore[misc]
                 break
         if k is None or (h.hexdigest(), size) != k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the data does not match the digest")
+            raise AssertionError("abort raises")
         # What was sent is kept as the digest (not the bytes): a test of a
         # large upload checks the digest and the chunking, not a copy.
         with self.store.lock:
