@@ -97,6 +97,13 @@ def add_worker(sub: Subcommands) -> None:
         metavar="KEY=VALUE",
         help="a platform property besides OSFamily and ISA (repeatable)",
     )
+    worker.add_argument(
+        "--cache-size",
+        type=int,
+        metavar="BYTES",
+        help="the local CAS cache's bound; least recently used files are evicted "
+        "(default 10737418240, 10 GiB)",
+    )
     worker.set_defaults(func=_cmd_worker, cmd_parser=worker)
 
 

@@ -1,9 +1,13 @@
 """An action's exec root: staging its input root, collecting its outputs.
 
 Staging (:func:`fetch_tree`, :func:`stage`) reads the input root's
-Directory messages from the CAS, brings every file into the local cache and
-builds the exec root from hard links to it (the executable bit is the
-cache entry's mode), symlinks as given, and empty directories.
+Directory messages (through the local cache), checks each as the API asks
+(names sorted, none twice, none with a slash), brings every file into the
+local cache and builds the exec root from hard links to it (the
+executable bit is the cache entry's mode), symlinks as given, and empty
+directories.  Each directory is made once and its files linked from one
+descriptor of it and one of the cache (``linkat``), with no look-up of the
+disk per file: the cache's index in memory says what it holds.
 
 The exec root is the action's writable output, so the staged files would
 be writable through it, and a hard link shares its inode with the cache:
@@ -15,22 +19,56 @@ them, single files where one does, so a typical action needs few mounts.
 Collecting (:func:`collect`) never follows a symbolic link the action left:
 every path is opened one component at a time with ``O_NOFOLLOW`` from a
 descriptor of the exec root, so a link planted by the action cannot make
-the worker read, and upload, a file of the host.
+the worker read, and upload, a file of the host.  Only regular files,
+directories and symbolic links are collected (FIFOs, sockets and device
+nodes are left out, and a FIFO is never opened for reading); a file is
+hashed in chunks and uploaded from its file, never held in memory whole.
+The same holds for the directories the worker makes before the action
+runs (:func:`make_output_parents`): a symbolic link of the input root on
+the way is refused, never followed out of the exec root.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import errno
 import os
 import posixpath
-import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hermetic.remote.cas import CasClient, Key, LocalCache, digest_of, digest_of_message, key
+from google.protobuf.message import DecodeError
+
+from hermetic.remote.cas import (
+    Blob,
+    CacheMiss,
+    CasClient,
+    FileBlob,
+    Key,
+    LocalCache,
+    checked_key,
+    digest_of,
+    digest_of_message,
+    hash_fd,
+    key,
+)
 from hermetic.remote.protos import re_pb2
+
+#: Input roots of at least this many files and directories are staged on
+#: STAGE_THREADS threads.
+PARALLEL_FILES = 1000
+STAGE_THREADS = 4
+#: The largest Directory message of an input root.
+MAX_DIRECTORY = 64 << 20
+#: Output files up to this size are read into memory when collected, while
+#: the outputs' total in memory stays under IN_MEMORY; the others stay on
+#: the disk until they are uploaded.
+SMALL_FILE = 64 << 10
+IN_MEMORY = 16 << 20
 
 
 class ExecRootError(ValueError):
@@ -63,25 +101,86 @@ def relative(path: str, *, what: str) -> str:
     return "" if norm == "." else norm
 
 
-def fetch_tree(cas: CasClient, root: Any) -> InputTree:
+def _check_names(rel: str, kinds: tuple[tuple[str, list[str]], ...]) -> None:
+    """The API's rules for a Directory: each list sorted by name (code
+    point, as UTF-8 bytes sort), no name twice in the whole directory, and
+    every name one path component."""
+    where = repr(rel) if rel else "the input root"
+    every: list[str] = []
+    for kind, names in kinds:
+        if names != sorted(names):
+            first = next(b for a, b in zip(names, names[1:], strict=False) if b < a)
+            raise ExecRootError(f"{where} lists its {kind} out of order ({first!r})")
+        every += names
+    if len(set(every)) != len(every):
+        twice = next(n for n, count in collections.Counter(every).items() if count > 1)
+        raise ExecRootError(f"{where} holds the name {twice!r} twice")
+    for name in every:
+        if "/" in name or "\0" in name or name in ("", ".", ".."):
+            raise ExecRootError(f"{where} holds an invalid name: {name!r}")
+
+
+def _read_directories(
+    cas: CasClient, cache: LocalCache | None, keys: list[Key]
+) -> dict[Key, bytes]:
+    if cache is None:
+        return dict(cas.read(keys))
+    wanted = [(k, False) for k in keys]
+    with cache.pinned(wanted):
+        cache.fetch(cas, wanted)
+        out: dict[Key, bytes] = {}
+        for k in keys:
+            fd = os.open(cache.name(k, False), os.O_RDONLY | os.O_CLOEXEC, dir_fd=cache.fd)
+            try:
+                out[k] = os.read(fd, k[1] + 1)
+            finally:
+                os.close(fd)
+        return out
+
+
+def _directory_key(digest: Any, rel: str) -> Key:
+    """A Directory's digest, refused before anything is read when
+    malformed or larger than MAX_DIRECTORY."""
+    k = checked_key(digest, what=repr(rel) if rel else "the input root")
+    if k[1] > MAX_DIRECTORY:
+        raise ExecRootError(f"the Directory of {rel or 'the input root'!r} is too large: {k[1]}")
+    return k
+
+
+def fetch_tree(cas: CasClient, root: Any, cache: LocalCache | None = None) -> InputTree:
     """Every node of the input root ``root`` (a Digest), read level by level
-    (one batch per level), each Directory checked against its digest."""
+    (one batch per level; through ``cache`` when given, so a warm cache
+    asks the farm nothing), each Directory checked against its digest and
+    against the API's rules for its names."""
     tree = InputTree()
-    level: list[tuple[str, Key]] = [("", key(root))]
+    level: list[tuple[str, Key]] = [("", _directory_key(root, ""))]
     while level:
-        blobs = dict(cas.read(k for _, k in level))
+        blobs = _read_directories(cas, cache, sorted({k for _, k in level}))
         following: list[tuple[str, Key]] = []
+        files, dirs, symlinks = tree.files, tree.dirs, tree.symlinks
         for rel, k in level:
-            directory = re_pb2.Directory.FromString(blobs[k])
-            for f in directory.files:
-                path = posixpath.join(rel, _name(f.name))
-                tree.files.append((path, key(f.digest), bool(f.is_executable)))
-            for s in directory.symlinks:
-                tree.symlinks.append((posixpath.join(rel, _name(s.name)), s.target))
-            for d in directory.directories:
-                path = posixpath.join(rel, _name(d.name))
-                tree.dirs.append(path)
-                following.append((path, key(d.digest)))
+            try:
+                directory = re_pb2.Directory.FromString(blobs[k])
+            except DecodeError:
+                raise ExecRootError(
+                    f"{rel or 'the input root'!r} names a blob that is not a Directory"
+                ) from None
+            fnames = [f.name for f in directory.files]
+            dnames = [d.name for d in directory.directories]
+            snames = [s.name for s in directory.symlinks]
+            _check_names(rel, (("files", fnames), ("directories", dnames), ("symlinks", snames)))
+            prefix = rel + "/" if rel else ""
+            # Digests are checked (checked_key) only where they name a blob
+            # to fetch: one the cache holds was checked when it was fetched.
+            for f, name in zip(directory.files, fnames, strict=True):
+                d = f.digest
+                files.append((prefix + name, (d.hash, d.size_bytes), f.is_executable))
+            for sl, name in zip(directory.symlinks, snames, strict=True):
+                symlinks.append((prefix + name, sl.target))
+            for sub, name in zip(directory.directories, dnames, strict=True):
+                path = prefix + name
+                dirs.append(path)
+                following.append((path, _directory_key(sub.digest, path)))
         level = following
     return tree
 
@@ -101,19 +200,74 @@ def stage(
     sharing nothing with the cache, instead of a hard link.
     """
     outs = tuple(outputs)
-    fetched = cache.fetch(cas, ((k, x) for _, k, x in tree.files))
-    # Parents before children: fetch_tree lists directories by level.
-    for rel in tree.dirs:
-        os.mkdir(os.path.join(exec_root, rel), 0o755)
-    for rel, k, x in tree.files:
-        dest = os.path.join(exec_root, rel)
-        if _within(rel, outs):
-            shutil.copyfile(cache.path(k, x), dest, follow_symlinks=False)
-            os.chmod(dest, 0o755 if x else 0o644)
+    wanted = {(k, x) for _, k, x in tree.files}
+    # Pinned from the fetch until every link is made: eviction (by this
+    # lease's fetch or another's) cannot remove an entry in between.
+    with cache.pinned(wanted):
+        fetched = cache.fetch(cas, wanted)
+        by_dir: dict[str, list[tuple[str, Key, bool]]] = {}
+        for rel, k, x in tree.files:
+            parent, _, name = rel.rpartition("/")
+            by_dir.setdefault(parent, []).append((name, k, x))
+
+        def fill(rel: str) -> int:
+            # The exec root is new and only the worker writes in it until
+            # the action runs; symbolic links are made last, so none is on
+            # the way of a path made here.
+            if rel:
+                os.mkdir(os.path.join(exec_root, rel), 0o755)
+            return _fill_dir(cache, cas, exec_root, rel, by_dir.get(rel, []), outs)
+
+        # Parents before children: fetch_tree lists directories by level.
+        levels: dict[int, list[str]] = {0: [""]}
+        for rel in tree.dirs:
+            levels.setdefault(rel.count("/") + 1, []).append(rel)
+        if len(tree.files) + len(tree.dirs) < PARALLEL_FILES:
+            fetched += sum(fill(rel) for depth in sorted(levels) for rel in levels[depth])
         else:
-            os.link(cache.path(k, x), dest, follow_symlinks=False)
+            # mkdir and linkat are system calls on directories' inodes,
+            # their time mostly in the kernel with the GIL released: the
+            # directories of one level, independent of each other, are
+            # made and filled on a few threads that overlap those waits.
+            with concurrent.futures.ThreadPoolExecutor(STAGE_THREADS) as pool:
+                for depth in sorted(levels):
+                    fetched += sum(pool.map(fill, levels[depth]))
     for rel, target in tree.symlinks:
         os.symlink(target, os.path.join(exec_root, rel))
+    return fetched
+
+
+def _fill_dir(
+    cache: LocalCache,
+    cas: CasClient,
+    exec_root: str,
+    parent: str,
+    entries: list[tuple[str, Key, bool]],
+    outs: tuple[str, ...],
+) -> int:
+    """Link (or copy, within an output) the files of one directory, from
+    one descriptor of it; returns how many blobs had to be fetched again."""
+    fetched = 0
+    if not entries:
+        return 0
+    dir_fd = os.open(
+        os.path.join(exec_root, parent),
+        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+    )
+    try:
+        for name, k, x in entries:
+            if outs and _within(f"{parent}/{name}" if parent else name, outs):
+                cache.copy(k, x, dir_fd, name, 0o755 if x else 0o644)
+                continue
+            try:
+                cache.link(k, x, dir_fd, name)
+            except CacheMiss:
+                # Removed from the disk behind the index's back: fetched
+                # again, once.
+                fetched += cache.fetch(cas, [(k, x)])
+                cache.link(k, x, dir_fd, name)
+    finally:
+        os.close(dir_fd)
     return fetched
 
 
@@ -134,11 +288,45 @@ def output_locations(command: Any) -> list[str]:
 
 def make_output_parents(command: Any, exec_root: str) -> None:
     """Create the directories leading to each output (not the outputs
-    themselves), as the API asks of the worker; and the working directory."""
+    themselves), as the API asks of the worker; and the working directory.
+
+    Each component is made and opened from its parent's descriptor with
+    ``O_NOFOLLOW``: a symbolic link of the input root on the way (say
+    ``out -> /etc``) is refused, so the worker never makes a directory
+    outside the exec root."""
     workdir = relative(command.working_directory, what="working_directory")
-    for rel in [*(posixpath.dirname(o) for o in output_locations(command)), workdir]:
-        if rel:
-            os.makedirs(os.path.join(exec_root, rel), 0o755, exist_ok=True)
+    root_fd = os.open(exec_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for rel in [*(posixpath.dirname(o) for o in output_locations(command)), workdir]:
+            if rel:
+                _make_dirs(root_fd, rel)
+    finally:
+        os.close(root_fd)
+
+
+def _make_dirs(root_fd: int, rel: str) -> None:
+    fd = os.dup(root_fd)
+    try:
+        done = ""
+        for part in rel.split("/"):
+            done = posixpath.join(done, part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                nxt = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ExecRootError(
+                        f"{done!r} is not a directory of the exec root (a symbolic link or "
+                        f"a file), so {rel!r} cannot be made"
+                    ) from e
+                raise
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
 
 
 def _ancestors(path: str) -> Iterable[str]:
@@ -206,62 +394,116 @@ def _parent_fd(root_fd: int, rel: str) -> tuple[int, str]:
     return _open_nofollow(root_fd, parent, os.O_RDONLY | os.O_DIRECTORY), name
 
 
-def _read_regular(fd: int) -> bytes:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise ExecRootError("not a regular file")
-    chunks: list[bytes] = []
-    while True:
-        piece = os.read(fd, 1 << 20)
-        if not piece:
-            return b"".join(chunks)
-        chunks.append(piece)
+def _utf8(name: str, where: str) -> str:
+    """``name`` (from the disk, undecodable bytes as surrogates) when the API
+    can carry it: its strings are UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ExecRootError(
+            f"{where} holds a name that is not UTF-8, which the API cannot carry: "
+            f"{os.fsencode(name)!r}"
+        ) from None
+    return name
 
 
 @dataclass
 class Collected:
-    """What the outputs hold, and every blob to upload for them."""
+    """What the outputs hold, and every blob to upload for them (files as
+    :class:`FileBlob`, opened again from the exec root at upload)."""
 
     files: list[Any] = field(default_factory=list)
     directories: list[Any] = field(default_factory=list)
     symlinks: list[Any] = field(default_factory=list)
-    blobs: dict[Key, bytes] = field(default_factory=dict)
+    blobs: dict[Key, Blob] = field(default_factory=dict)
+    #: Bytes of outputs held in memory (small files, up to IN_MEMORY).
+    in_memory: int = 0
 
 
-def _file_node(dir_fd: int, name: str, blobs: dict[Key, bytes]) -> tuple[Any, bool]:
+def _reopen(exec_root: str, rel: str) -> FileBlob:
+    """A blob of the regular file ``rel`` of the exec root, opened again at
+    upload the way it was found: no link followed, no FIFO waited on."""
+
+    def opener() -> int:
+        root_fd = os.open(exec_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = _open_nofollow(root_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+        finally:
+            os.close(root_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ExecRootError(f"the output {rel!r} is no longer a regular file")
+        return fd
+
+    return FileBlob(opener)
+
+
+def _file_node(
+    dir_fd: int, name: str, rel: str, exec_root: str, out: Collected
+) -> tuple[Any, bool] | None:
+    """The digest and executable bit of the regular file ``name``; None when
+    it is not a regular file (any more).  A small file is read into memory
+    while the outputs' total in memory stays under IN_MEMORY; any other is
+    hashed in chunks and read again from the disk at upload."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        data = _read_regular(fd)
-        executable = bool(os.fstat(fd).st_mode & 0o111)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        blob: Blob
+        if st.st_size <= SMALL_FILE and out.in_memory + st.st_size <= IN_MEMORY:
+            data = _read_at_most(fd, SMALL_FILE)
+            out.in_memory += len(data)
+            digest, blob = digest_of(data), data
+        else:
+            digest, blob = hash_fd(fd), _reopen(exec_root, rel)
     finally:
         os.close(fd)
-    digest = digest_of(data)
-    blobs[key(digest)] = data
-    return digest, executable
+    out.blobs.setdefault(key(digest), blob)
+    return digest, bool(st.st_mode & 0o111)
 
 
-def _directory(fd: int, blobs: dict[Key, bytes], children: list[Any]) -> Any:
-    """The Directory message of the open directory ``fd``, its descendants
-    appended to ``children``; special files (FIFOs, sockets) are left out."""
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """What ``fd`` holds, when it is at most ``limit`` bytes (a file that
+    grew since its size was read is refused)."""
+    chunks: list[bytes] = []
+    got = 0
+    while True:
+        piece = os.read(fd, limit + 1 - got)
+        if not piece:
+            return b"".join(chunks)
+        chunks.append(piece)
+        got += len(piece)
+        if got > limit:
+            raise ExecRootError("an output grew while it was collected")
+
+
+def _directory(fd: int, rel: str, exec_root: str, out: Collected, children: list[Any]) -> Any:
+    """The Directory message of the open directory ``fd`` (``rel`` in the
+    exec root), its descendants appended to ``children``; special files
+    (FIFOs, sockets, device nodes) are left out."""
     directory = re_pb2.Directory()
-    for name in sorted(os.listdir(fd)):
+    for name in sorted(os.listdir(fd), key=os.fsencode):
+        _utf8(name, repr(rel))
+        path = f"{rel}/{name}"
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(name, dir_fd=fd)
+            target = _utf8(os.readlink(name, dir_fd=fd), f"the symbolic link {path!r}")
             directory.symlinks.add(name=name, target=target)
         elif stat.S_ISDIR(st.st_mode):
             sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             try:
-                child = _directory(sub, blobs, children)
+                child = _directory(sub, path, exec_root, out, children)
             finally:
                 os.close(sub)
             children.append(child)
             digest, data = digest_of_message(child)
-            blobs[key(digest)] = data
+            out.blobs[key(digest)] = data
             directory.directories.add(name=name, digest=digest)
         elif stat.S_ISREG(st.st_mode):
-            digest, executable = _file_node(fd, name, blobs)
-            directory.files.add(name=name, digest=digest, is_executable=executable)
+            node = _file_node(fd, name, path, exec_root, out)
+            if node is not None:
+                directory.files.add(name=name, digest=node[0], is_executable=node[1])
     return directory
 
 
@@ -283,6 +525,8 @@ def collect(command: Any, exec_root: str) -> Collected:
     try:
         for name, kind in wanted:
             rel = relative(posixpath.join(workdir, name), what="an output path")
+            if not rel:
+                continue  # the exec root itself is no output
             try:
                 parent, leaf = _parent_fd(root_fd, rel)
             except OSError as e:
@@ -290,7 +534,7 @@ def collect(command: Any, exec_root: str) -> Collected:
                     continue
                 raise
             try:
-                _collect_one(out, parent, leaf, name, kind)
+                _collect_one(out, parent, leaf, rel, exec_root, name, kind)
             finally:
                 os.close(parent)
     finally:
@@ -298,19 +542,21 @@ def collect(command: Any, exec_root: str) -> Collected:
     return out
 
 
-def _collect_one(out: Collected, parent: int, leaf: str, name: str, kind: str | None) -> None:
+def _collect_one(
+    out: Collected, parent: int, leaf: str, rel: str, exec_root: str, name: str, kind: str | None
+) -> None:
     try:
         st = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return
     if stat.S_ISLNK(st.st_mode):
-        target = os.readlink(leaf, dir_fd=parent)
+        target = _utf8(os.readlink(leaf, dir_fd=parent), f"the symbolic link {name!r}")
         out.symlinks.append(re_pb2.OutputSymlink(path=name, target=target))
     elif stat.S_ISDIR(st.st_mode) and kind != "file":
         fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
         try:
             children: list[Any] = []
-            root = _directory(fd, out.blobs, children)
+            root = _directory(fd, rel, exec_root, out, children)
         finally:
             os.close(fd)
         tree = re_pb2.Tree(root=root, children=children)
@@ -320,5 +566,6 @@ def _collect_one(out: Collected, parent: int, leaf: str, name: str, kind: str | 
         out.blobs[key(root_digest)] = root_data
         out.directories.append(re_pb2.OutputDirectory(path=name, tree_digest=digest))
     elif stat.S_ISREG(st.st_mode) and kind != "dir":
-        digest, executable = _file_node(parent, leaf, out.blobs)
-        out.files.append(re_pb2.OutputFile(path=name, digest=digest, is_executable=executable))
+        node = _file_node(parent, leaf, rel, exec_root, out)
+        if node is not None:
+            out.files.append(re_pb2.OutputFile(path=name, digest=node[0], is_executable=node[1]))

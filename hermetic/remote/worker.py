@@ -53,7 +53,14 @@ from hermetic import (
     Streams,
 )
 from hermetic.remote import execroot
-from hermetic.remote.cas import CasClient, CasError, LocalCache, digest_of, key
+from hermetic.remote.cas import (
+    DEFAULT_CACHE_SIZE,
+    CasClient,
+    CasError,
+    LocalCache,
+    file_blob,
+    key,
+)
 from hermetic.remote.protos import (
     bots_pb2,
     bots_pb2_grpc,
@@ -88,6 +95,7 @@ class WorkerConfig:
     bot_id: str = ""
     concurrency: int = 1
     platform: tuple[tuple[str, str], ...] = ()
+    cache_size: int = DEFAULT_CACHE_SIZE
 
     def target(self) -> str:
         """The gRPC target of ``--server`` (``grpc://HOST:PORT`` or ``unix:PATH``)."""
@@ -230,7 +238,7 @@ def _execute(
     command = re_pb2.Command.FromString(cas.read_one(action.command_digest))
     if not command.arguments:
         raise execroot.ExecRootError("the command has no arguments")
-    tree = execroot.fetch_tree(cas, action.input_root_digest)
+    tree = execroot.fetch_tree(cas, action.input_root_digest, cache)
     outputs = execroot.output_locations(command)
     execroot.stage(tree, cache, cas, exec_root, outputs)
     execroot.make_output_parents(command, exec_root)
@@ -297,13 +305,13 @@ def _execute(
     )
     _add_symlinks(result, command, collected.symlinks)
     for name, path in (("stdout", out_path), ("stderr", err_path)):
-        with open(path, "rb") as f:
-            data = f.read()
-        digest = digest_of(data)
-        collected.blobs[key(digest)] = data
+        # Hashed in chunks and uploaded from the file: never whole in memory.
+        digest, blob = file_blob(path)
+        collected.blobs[key(digest)] = blob
         getattr(result, f"{name}_digest").CopyFrom(digest)
-        if len(data) <= INLINE_OUTPUT:
-            setattr(result, f"{name}_raw", data)
+        if digest.size_bytes <= INLINE_OUTPUT:
+            with open(path, "rb") as f:
+                setattr(result, f"{name}_raw", f.read(INLINE_OUTPUT))
     cas.upload(collected.blobs)
     meta.output_upload_completed_timestamp.CopyFrom(_now())
     # hermetic's resource usage of the whole sandbox (wall, CPU, peak memory,
@@ -561,7 +569,7 @@ def serve(
     """Run ``config.concurrency`` bots until SIGTERM/SIGINT (or ``stop``); 0."""
     stop = stop or threading.Event()
     work_dir = prepare_work_dir(config.work_dir)
-    cache = LocalCache(os.path.join(work_dir, "cas"))
+    cache = LocalCache(os.path.join(work_dir, "cas"), config.cache_size)
     channel = grpc.insecure_channel(
         config.target(),
         options=[
@@ -611,6 +619,7 @@ def serve(
             if t.is_alive():
                 t.join()
         channel.close()
+        cache.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
@@ -632,7 +641,7 @@ def parse_platform(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 
 def main(ns: Any) -> int:
-    """``hermetic worker``: the command line's entry (hermetic/cli.py)."""
+    """``hermetic worker``: the command line's entry (hermetic/cli/remote.py)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = WorkerConfig(
         server=ns.server,
@@ -641,10 +650,17 @@ def main(ns: Any) -> int:
         bot_id=ns.bot_id or "",
         concurrency=ns.concurrency,
         platform=parse_platform(ns.platform or ()),
+        cache_size=_cache_size(getattr(ns, "cache_size", None)),
     )
     if config.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}")
+    if config.cache_size < 0:
+        raise ValueError(f"--cache-size must be at least 0, got {config.cache_size}")
     return serve(config)
+
+
+def _cache_size(given: int | None) -> int:
+    return DEFAULT_CACHE_SIZE if given is None else given
 
 
 def default_work_dir(environ: Mapping[str, str] = os.environ) -> str:

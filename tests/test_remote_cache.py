@@ -1,0 +1,283 @@
+"""The worker's local CAS cache: bounded, least recently used out first,
+safe for exec roots that are staged from it, and fast to stage from.
+
+The farm's CAS is held in memory behind an in-process gRPC server
+(tests/memory_cas.py), read by the worker's own CasClient.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import IN_CI
+
+pytestmark = pytest.mark.linux
+
+try:
+    import buildgrid.common  # noqa: F401
+except ImportError as e:  # a skip where the extra is not installed; under CI a failure
+    if IN_CI:
+        pytest.fail(f"required under CI: the 'remote' extra ({e})", pytrace=False)
+    pytest.skip(f"needs the 'remote' extra: {e}", allow_module_level=True)
+
+from memory_cas import MemoryCas, input_root  # noqa: E402
+
+from hermetic.remote import execroot  # noqa: E402
+from hermetic.remote.cas import (  # noqa: E402
+    DEFAULT_CACHE_SIZE,
+    LOW_WATER,
+    MAX_BATCH_BLOB,
+    CasClient,
+    LocalCache,
+    digest_of,
+    key,
+)
+
+
+@pytest.fixture
+def cas():
+    store = MemoryCas()
+    channel = store.channel()
+    try:
+        yield store, CasClient(channel, "")
+    finally:
+        channel.close()
+        store.close()
+
+
+def _blob(i: int, size: int = 1000) -> bytes:
+    return (f"{i:08}".encode() * (size // 8 + 1))[:size]
+
+
+def _fill(cache: LocalCache, n: int, size: int = 1000) -> list:
+    keys = []
+    for i in range(n):
+        data = _blob(i, size)
+        k = key(digest_of(data))
+        cache.put(k, data, False)
+        keys.append(k)
+    return keys
+
+
+def test_a_cache_over_its_size_shrinks_least_recently_used_first(tmp_path, cas):
+    store, client = cas
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=10_000)
+    keys = _fill(cache, 10)
+    assert cache.size == 10_000 and len(cache) == 10
+    # Use the oldest entry again: it becomes the most recently used.
+    assert cache.fetch(client, [(keys[0], False)]) == 0
+    new = _blob(10)
+    cache.put(key(digest_of(new)), new, False)
+    # Over 10,000 bytes: evicted down to LOW_WATER of the bound, oldest first.
+    assert cache.size <= 10_000 * LOW_WATER
+    assert cache.has(keys[0], False), "a recently used entry was evicted"
+    assert not cache.has(keys[1], False) and not os.path.exists(cache.path(keys[1], False))
+    assert cache.has(key(digest_of(new)), False)
+    # The directory holds exactly what the index says.
+    assert sorted(os.listdir(cache.root)) == sorted(
+        cache.name(k, False) for k in [*keys, key(digest_of(new))] if cache.has(k, False)
+    )
+    cache.close()
+
+
+def test_the_index_is_read_again_at_start(tmp_path):
+    root = str(tmp_path / "cas")
+    cache = LocalCache(root, max_bytes=100_000)
+    keys = _fill(cache, 5)
+    cache.close()
+    # Half a fetch of a worker that was killed, and a stranger's file.
+    (tmp_path / "cas" / f"{keys[0][0]}_1000.abc.tmp").write_bytes(b"half")
+    again = LocalCache(root, max_bytes=100_000)
+    assert again.size == 5000 and all(again.has(k, False) for k in keys)
+    assert not any(n.endswith(".tmp") for n in os.listdir(root))
+    again.close()
+    # Restarted with a smaller bound: shrinks at once.
+    small = LocalCache(root, max_bytes=2000)
+    assert small.size <= 2000 and len(os.listdir(root)) == len(small)
+    small.close()
+
+
+def test_a_staged_exec_root_survives_eviction(tmp_path, cas):
+    """Evicting an entry removes the cache's name for its inode; the exec
+    root's hard link keeps the inode, its bytes and its read-only mode."""
+    store, client = cas
+    files = {f"src/f{i}.h": (_blob(i), i % 2 == 0) for i in range(20)}
+    root = input_root(store, files)
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=1 << 20)
+    tree = execroot.fetch_tree(client, root, cache)
+    exec_root = tmp_path / "root"
+    exec_root.mkdir()
+    assert execroot.stage(tree, cache, client, str(exec_root)) == len(files)
+    cache.max_bytes = 0
+    cache.evict()
+    assert len(cache) == 0 and cache.size == 0 and os.listdir(cache.root) == []
+    for rel, (data, x) in files.items():
+        staged = exec_root / rel
+        assert staged.read_bytes() == data
+        assert os.stat(staged).st_mode & 0o777 == (0o555 if x else 0o444)
+        assert os.stat(staged).st_nlink == 1  # the cache's link is gone, the file is not
+    cache.close()
+
+
+def test_pinned_entries_are_not_evicted(tmp_path):
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=5000)
+    keys = _fill(cache, 5)
+    with cache.pinned([(keys[0], False), (keys[1], False)]):
+        _fill(cache, 10, size=999)  # other blobs: far over the bound
+        assert cache.has(keys[0], False) and cache.has(keys[1], False)
+    cache.evict()
+    assert cache.size <= 5000
+    cache.close()
+
+
+def test_concurrent_leases_stage_from_a_cache_smaller_than_their_inputs(tmp_path, cas):
+    """Eight leases at once, each with 50 inputs of its own and 50 shared,
+    through a cache that holds a fraction of them: every exec root is
+    whole (pinning keeps an entry from its fetch to its link), and the
+    cache ends under its bound."""
+    store, client = cas
+    shared = {f"shared/s{i}": (_blob(10_000 + i), False) for i in range(50)}
+    roots = []
+    for n in range(8):
+        own = {f"own/o{i}": (_blob(n * 100 + i), i % 3 == 0) for i in range(50)}
+        roots.append((input_root(store, {**shared, **own}), {**shared, **own}))
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=30_000)
+    errors: list[BaseException] = []
+
+    def lease(n: int) -> None:
+        try:
+            for round_ in range(3):
+                root, files = roots[n]
+                exec_root = tmp_path / f"root-{n}-{round_}"
+                exec_root.mkdir()
+                tree = execroot.fetch_tree(client, root, cache)
+                execroot.stage(tree, cache, client, str(exec_root))
+                for rel, (data, _) in files.items():
+                    assert (exec_root / rel).read_bytes() == data, rel
+        except BaseException as e:  # reported below, with the thread's error
+            errors.append(e)
+
+    threads = [threading.Thread(target=lease, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert cache.size <= 30_000 and cache.evicted > 0
+    # Nothing half-written left, and the disk holds what the index says.
+    assert len(os.listdir(cache.root)) == len(cache)
+    cache.close()
+
+
+def test_an_entry_removed_by_hand_is_fetched_again(tmp_path, cas):
+    store, client = cas
+    files = {"a.txt": (b"alpha", False), "b.txt": (b"beta", True)}
+    root = input_root(store, files)
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = execroot.fetch_tree(client, root, cache)
+    first = tmp_path / "first"
+    first.mkdir()
+    execroot.stage(tree, cache, client, str(first))
+    os.unlink(cache.path(key(digest_of(b"alpha")), False))
+    second = tmp_path / "second"
+    second.mkdir()
+    assert execroot.stage(tree, cache, client, str(second)) == 1
+    assert (second / "a.txt").read_bytes() == b"alpha"
+    cache.close()
+
+
+def test_an_inode_with_too_many_links_is_copied(tmp_path, cas, monkeypatch):
+    """EMLINK (one input staged as often as the filesystem allows links):
+    a read-only copy of its own instead of one more link."""
+    store, client = cas
+    root = input_root(store, {"a.txt": (b"alpha", False)})
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = execroot.fetch_tree(client, root, cache)
+    real_link = os.link
+
+    def full(src, dst, **kw):
+        if kw.get("src_dir_fd") == cache.fd and kw.get("dst_dir_fd") != cache.fd:
+            raise OSError(errno.EMLINK, "Too many links")
+        return real_link(src, dst, **kw)
+
+    monkeypatch.setattr(os, "link", full)
+    exec_root = tmp_path / "root"
+    exec_root.mkdir()
+    execroot.stage(tree, cache, client, str(exec_root))
+    staged = exec_root / "a.txt"
+    assert staged.read_bytes() == b"alpha"
+    assert os.stat(staged).st_mode & 0o777 == 0o444
+    assert os.stat(staged).st_ino != os.stat(cache.path(key(digest_of(b"alpha")), False)).st_ino
+    cache.close()
+
+
+def test_a_large_blob_goes_from_bytestream_to_its_file(tmp_path, cas):
+    store, client = cas
+    data = os.urandom(MAX_BATCH_BLOB * 3 + 5)
+    root = input_root(store, {"big.bin": (data, False), "small": (b"s", False)})
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = execroot.fetch_tree(client, root, cache)
+    exec_root = tmp_path / "root"
+    exec_root.mkdir()
+    execroot.stage(tree, cache, client, str(exec_root))
+    assert (exec_root / "big.bin").read_bytes() == data
+    assert store.stats["Read"] == 1
+    cache.close()
+
+
+def test_a_warm_cache_asks_the_farm_nothing(tmp_path, cas):
+    """Directories too come from the cache once fetched: a second lease of
+    the same input root makes no call to the CAS."""
+    store, client = cas
+    files = {f"d{d}/f{f}": (_blob(d * 10 + f), False) for d in range(5) for f in range(10)}
+    root = input_root(store, files)
+    cache = LocalCache(str(tmp_path / "cas"))
+    first = tmp_path / "first"
+    first.mkdir()
+    assert execroot.stage(execroot.fetch_tree(client, root, cache), cache, client, str(first)) == 50
+    calls = sum(store.stats.values())
+    tree = execroot.fetch_tree(client, root, cache)
+    exec_root = tmp_path / "root"
+    exec_root.mkdir()
+    assert execroot.stage(tree, cache, client, str(exec_root)) == 0
+    assert sum(store.stats.values()) == calls
+    assert (exec_root / "d4" / "f9").read_bytes() == _blob(49)
+    cache.close()
+
+
+def test_the_cache_size_option(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "hermetic", "worker", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert "--cache-size" in out and "10 GiB" in out
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hermetic",
+            "worker",
+            "--server",
+            "grpc://127.0.0.1:1",
+            "--instance",
+            "x",
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--cache-size",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode != 0 and "--cache-size must be at least 0" in bad.stderr
+    assert DEFAULT_CACHE_SIZE == 10 << 30
