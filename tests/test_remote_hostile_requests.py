@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-from typing import Any
 
 import pytest
 
@@ -94,20 +93,14 @@ def test_an_action_or_command_digest_that_is_no_sha256_is_refused(w):
     _refused(w.run(the_lease), code_pb2.INVALID_ARGUMENT, "invalid digest")
 
 
-def _swap_for_link(cache: LocalCache, k: Any, executable: bool, target: str) -> str:
-    """Replace a cache entry behind the index's back with a symbolic link
-    (as a local account able to write there could)."""
-    path = cache.path(k, executable)
-    os.unlink(path)
-    os.symlink(target, path)
-    return path
-
-
+@pytest.mark.parametrize("swap", ["link", "other size"])
 @pytest.mark.parametrize("inside_output", [False, True])
-def test_a_cache_entry_swapped_for_a_link_is_never_used_nor_chmodded(w, tmp_path, inside_output):
+def test_a_cache_entry_swapped_behind_the_index_is_never_used(w, tmp_path, inside_output, swap):
     """The entry is checked (lstat: a regular file of the worker's, of its
-    size) before it is linked or copied: the link is dropped and the blob
-    fetched again, the link's target neither staged nor chmodded."""
+    size) before it is linked or copied: a link put in its place (as a
+    local account able to write there could), or a file of another size,
+    is dropped and the blob fetched again; the link's target is neither
+    staged nor chmodded."""
     data = b"the real input\n"
     victim = tmp_path / "victim"
     victim.write_bytes(b"x" * len(data))
@@ -115,15 +108,21 @@ def test_a_cache_entry_swapped_for_a_link_is_never_used_nor_chmodded(w, tmp_path
     files = {"out/in.txt" if inside_output else "in.txt": (data, False)}
     outputs = {"output_directories": ("out",)} if inside_output else {}
     _ok(w.sh("true", files, **outputs))
-    k = key(digest_of(data))
-    _swap_for_link(w.cache, k, False, str(victim))
+    entry = w.cache.path(key(digest_of(data)), False)
+    os.unlink(entry)
+    if swap == "link":
+        os.symlink(victim, entry)
+    else:
+        with open(entry, "wb") as f:
+            f.write(b"other bytes, another size\n")
     path = "out/in.txt" if inside_output else "in.txt"
     result = _ok(w.sh(f"cat {path}", files, **outputs))
     assert w.stdout(result) == data
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert victim.read_bytes() == b"x" * len(data)
-    entry = w.cache.path(k, False)
     assert stat.S_ISREG(os.lstat(entry).st_mode)
+    with open(entry, "rb") as f:
+        assert f.read() == data
 
 
 def test_entries_a_cache_did_not_write_are_dropped_when_it_starts(w, tmp_path):
