@@ -301,3 +301,20 @@ def test_an_action_without_a_timeout_gets_the_default(w, monkeypatch):
     outcome = w.sh("sleep 600")
     assert outcome.status.code == code_pb2.DEADLINE_EXCEEDED, outcome.status
     assert "1.0 s" in outcome.status.message
+
+
+def test_a_missing_digest_the_cas_was_not_asked_about_is_ignored(w):
+    """FindMissingBlobs answering with a digest it was not asked about (a
+    path-like hash among them) sends nothing for it and fails nothing."""
+    find = w.client._cas.FindMissingBlobs
+
+    def lying(request, **kw):
+        reply = find(request, **kw)
+        reply.missing_blob_digests.add(hash="../" * 8 + "etc/passwd", size_bytes=5)
+        reply.missing_blob_digests.add(hash="0" * 64, size_bytes=2 << 20)
+        return reply
+
+    w.client._cas.FindMissingBlobs = lying
+    result = _ok(w.sh("echo out > out.txt", output_paths=("out.txt",)))
+    assert [f.path for f in result.output_files] == ["out.txt"]
+    assert ("0" * 64, 2 << 20) not in w.store.streamed

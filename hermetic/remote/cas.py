@@ -298,7 +298,8 @@ class CasClient:
             )
             reply = self._cas.FindMissingBlobs(request, timeout=self._timeout)
             missing.update(key(d) for d in reply.missing_blob_digests)
-        return missing
+        # Only what was asked: a digest the CAS adds names nothing to send.
+        return missing.intersection(wanted)
 
     def upload(self, blobs: dict[Key, Blob]) -> None:
         """Store what the CAS lacks of ``blobs`` (a file is read again as it
