@@ -424,6 +424,64 @@ def test_a_request_the_runner_cannot_run_is_an_error_status(served: Served) -> N
         assert info.value.code() == code, (what, info.value.details())
 
 
+def test_the_build_directory_itself_is_no_input_root_or_temporary_directory(
+    served: Served,
+) -> None:
+    """Either would hand the Run every other action's files: as inputs to
+    read, or (a temporary directory) writable."""
+    base = served.action("a", {"x": "a's input\n"})
+    served.action("b", {"in.txt": "b's input\n"})
+    for fields in (
+        {"input_root_directory": ""},
+        {"input_root_directory": "."},
+        {"temporary_directory": "."},
+        {"temporary_directory": "./"},
+    ):
+        name = next(iter(fields.values())) or "empty"
+        logs = {"stdout_path": "a/o", "stderr_path": "a/e"}
+        argv = ["/bin/sh", "-c", "echo changed > b/root/in.txt"]
+        with pytest.raises(grpc.RpcError) as info:
+            served.run("a", argv, **logs, **fields)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, fields)
+        assert "the build directory itself" in (info.value.details() or ""), fields
+        for log in ("o", "e"):
+            if os.path.exists(os.path.join(base, log)):
+                os.unlink(os.path.join(base, log))
+    assert served.read("b", "root/in.txt") == "b's input\n"
+
+
+def test_an_input_root_or_temporary_directory_through_a_link_is_refused(
+    served: Served,
+) -> None:
+    """A link an earlier action left in its outputs, to another action's
+    directory inside the build directory: never followed."""
+    base = served.action("a", {"x": ""}, empty=("out",))
+    served.action("b", {"in.txt": "b's input\n"})
+    os.symlink(os.path.join(served.build, "b"), os.path.join(base, "root", "out", "to_b"))
+    os.symlink("../b", os.path.join(served.build, "link_b"))
+    served.give(base)
+    for fields in (
+        {"input_root_directory": "a/root/out/to_b/root"},
+        {"input_root_directory": "link_b/root"},
+        {"temporary_directory": "a/root/out/to_b/root"},
+        {"temporary_directory": "link_b"},
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            served.run(
+                "a",
+                ["/bin/sh", "-c", "echo changed > in.txt"],
+                stdout_path="a/o",
+                stderr_path="a/e",
+                **fields,
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+        assert "symbolic link" in (info.value.details() or ""), fields
+        for log in ("o", "e"):
+            if os.path.exists(os.path.join(base, log)):
+                os.unlink(os.path.join(base, log))
+    assert served.read("b", "root/in.txt") == "b's input\n"
+
+
 def test_the_command_line_refuses_what_it_cannot_serve(scratch: str) -> None:
     """Exit 123 (a bad command line or spec) with the reason, nothing left."""
     taken = os.path.join(scratch, "taken")

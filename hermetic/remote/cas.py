@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import re
+import stat
 import threading
 import uuid
 from collections import Counter, OrderedDict
@@ -52,10 +53,14 @@ Key = tuple[str, int]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
+#: The largest blob a digest may name: a size above it is refused as
+#: invalid before anything is asked of the CAS or the disk.
+MAX_BLOB = 1 << 40
+
 
 class DigestError(ValueError):
     """A digest the action gave is not a SHA-256 digest: not 64 lowercase
-    hex digits, or a negative size."""
+    hex digits, or a size below 0 or above MAX_BLOB."""
 
 
 def key(digest: Any) -> Key:
@@ -66,9 +71,11 @@ def key(digest: Any) -> Key:
 def checked_key(digest: Any, *, what: str) -> Key:
     """``key(digest)`` of a digest the action gave, refused when it cannot
     name a blob: the worker would otherwise ask the CAS for nonsense, or
-    make a cache file name of it."""
+    make a cache file name of it (a hash of ``../`` components would name
+    a file of the host).  SHA-256 is the only function the worker computes,
+    so a hash is exactly 64 lowercase hex digits."""
     k = key(digest)
-    if not _SHA256.fullmatch(k[0]) or k[1] < 0:
+    if not _SHA256.fullmatch(k[0]) or not 0 <= k[1] <= MAX_BLOB:
         raise DigestError(f"{what} has an invalid digest: {k[0]!r}/{k[1]}")
     return k
 
@@ -291,7 +298,8 @@ class CasClient:
             )
             reply = self._cas.FindMissingBlobs(request, timeout=self._timeout)
             missing.update(key(d) for d in reply.missing_blob_digests)
-        return missing
+        # Only what was asked: a digest the CAS adds names nothing to send.
+        return missing.intersection(wanted)
 
     def upload(self, blobs: dict[Key, Blob]) -> None:
         """Store what the CAS lacks of ``blobs`` (a file is read again as it
@@ -418,9 +426,14 @@ class LocalCache:
                         os.unlink(entry.name, dir_fd=self.fd)
                     continue
                 m = _ENTRY.fullmatch(entry.name)
-                if m and entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
+                st = entry.stat(follow_symlinks=False)
+                if m and _is_entry(st, int(m.group(2))):
                     found.append((st.st_mtime, entry.name, int(m.group(2))))
+                elif m:
+                    # Named like an entry but not one the cache wrote (a
+                    # link, another owner's, a size that lies): never used.
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.name, dir_fd=self.fd)
         # Oldest first: what was written longest ago is evicted first until
         # this worker's own use orders the entries.
         for _, name, size in sorted(found):
@@ -431,6 +444,25 @@ class LocalCache:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def open_entry(self, k: Key, executable: bool) -> int:
+        """A read descriptor of the entry of ``k``, opened without following
+        a link and checked (fstat) to be what the cache wrote: a regular
+        file of the worker's, of the digest's size.  Anything else is
+        forgotten and raises CacheMiss (the caller fetches it again)."""
+        name = self.name(k, executable)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ELOOP):
+                raise
+            self._forget(name)
+            raise CacheMiss(e.errno, "a cache entry is gone", name) from e
+        if not _is_entry(os.fstat(fd), k[1]):
+            os.close(fd)
+            self._forget(name)
+            raise CacheMiss(errno.ESTALE, "a cache entry is not the file the cache wrote", name)
+        return fd
 
     # -- names and the index ----------------------------------------------
 
@@ -513,7 +545,9 @@ class LocalCache:
             # lease fetched it) stays the same inode its links share.
             os.link(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
         except FileExistsError:
-            pass
+            if not _is_entry(os.stat(name, dir_fd=self.fd, follow_symlinks=False), k[1]):
+                # Not an entry the cache wrote: replaced, never used.
+                os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         with self._lock:
             self._add_locked(name, k[1])
 
@@ -548,7 +582,7 @@ class LocalCache:
 
     def _copy_entry(self, k: Key, src_x: bool) -> None:
         """The entry of ``k`` with the other mode, copied from ``src_x``'s."""
-        src = os.open(self.name(k, src_x), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+        src = self.open_entry(k, src_x)
         try:
             self._write(k, not src_x, lambda fd: _copy_fd(src, fd, k[1]))
         finally:
@@ -601,23 +635,32 @@ class LocalCache:
         input staged that many times) is copied instead: the copy has the
         entry's read-only mode and shares nothing with the cache."""
         entry = self.name(k, executable)
+        # Checked first (lstat semantics): only a regular file of the
+        # worker's, of the digest's size, is linked; linkat itself never
+        # follows a link either.
+        try:
+            st = os.stat(entry, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError as e:
+            self._forget(entry)
+            raise CacheMiss(errno.ENOENT, "a cache entry is gone", entry) from e
+        if not _is_entry(st, k[1]):
+            self._forget(entry)
+            raise CacheMiss(errno.ESTALE, "a cache entry is not the file the cache wrote", entry)
         try:
             os.link(entry, name, src_dir_fd=self.fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError as e:
-            try:
-                os.stat(entry, dir_fd=self.fd, follow_symlinks=False)
-            except FileNotFoundError:
-                self._forget(entry)
-                raise CacheMiss(errno.ENOENT, "a cache entry is gone", entry) from e
-            raise
+            self._forget(entry)
+            raise CacheMiss(errno.ENOENT, "a cache entry is gone", entry) from e
         except OSError as e:
             if e.errno != errno.EMLINK:
                 raise
             self.copy(k, executable, dir_fd, name, 0o555 if executable else 0o444)
 
     def copy(self, k: Key, executable: bool, dir_fd: int, name: str, mode: int) -> None:
-        """A copy of the entry, its own inode, as ``name`` in ``dir_fd``."""
-        src = os.open(self.name(k, executable), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+        """A copy of the entry, its own inode, as ``name`` in ``dir_fd``: made
+        with O_EXCL|O_NOFOLLOW and its mode set with fchmod, so nothing a
+        link could redirect is ever written or chmodded by path."""
+        src = self.open_entry(k, executable)
         try:
             dst = os.open(
                 name,
@@ -632,6 +675,12 @@ class LocalCache:
                 os.close(dst)
         finally:
             os.close(src)
+
+
+def _is_entry(st: os.stat_result, size: int) -> bool:
+    """Whether ``st`` (lstat) is a cache entry the worker wrote: a regular
+    file it owns, of the size its name says."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_size == size
 
 
 def _read_to(cas: CasClient, k: Key, fd: int) -> None:

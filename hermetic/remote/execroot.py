@@ -34,6 +34,7 @@ import collections
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import os
 import posixpath
 import stat
@@ -43,6 +44,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from hermetic.core.tree import Trail, walk
 from hermetic.remote.cas import (
     Blob,
     CacheMiss,
@@ -69,6 +71,29 @@ MAX_DIRECTORY = 64 << 20
 #: the disk until they are uploaded.
 SMALL_FILE = 64 << 10
 IN_MEMORY = 16 << 20
+
+
+#: Bounds on what one lease's outputs may hold (past one, the lease
+#: completes with RESOURCE_EXHAUSTED, which the farm does not retry): the
+#: depth of an output directory below itself, the entries of all outputs
+#: (each held in memory as a Tree node), and the bytes of all output files
+#: with stdout and stderr (each hashed, and uploaded).
+MAX_OUTPUT_DEPTH = 512
+MAX_OUTPUT_ENTRIES = 100_000
+MAX_OUTPUT_BYTES = 16 << 30
+
+
+#: The most read-only mounts an action's inputs may need inside its exec
+#: root (see read_only_paths): past it the lease completes with
+#: RESOURCE_EXHAUSTED before the action runs.
+MAX_INPUT_MOUNTS = 4096
+
+
+class LimitError(Exception):
+    """A lease is past one of the bounds above: its outputs deeper, with
+    more entries, or larger; its inputs in need of too many mounts.  Not a
+    ValueError (the request is valid) nor an OSError (no failure of the
+    worker's that a retry could mend)."""
 
 
 class ExecRootError(ValueError):
@@ -130,7 +155,11 @@ def _read_directories(
         cache.fetch(cas, wanted)
         out: dict[Key, bytes] = {}
         for k in keys:
-            fd = os.open(cache.name(k, False), os.O_RDONLY | os.O_CLOEXEC, dir_fd=cache.fd)
+            try:
+                fd = cache.open_entry(k, False)
+            except CacheMiss:
+                cache.fetch(cas, [(k, False)])
+                fd = cache.open_entry(k, False)
             try:
                 out[k] = os.read(fd, k[1] + 1)
             finally:
@@ -170,11 +199,11 @@ def fetch_tree(cas: CasClient, root: Any, cache: LocalCache | None = None) -> In
             snames = [s.name for s in directory.symlinks]
             _check_names(rel, (("files", fnames), ("directories", dnames), ("symlinks", snames)))
             prefix = rel + "/" if rel else ""
-            # Digests are checked (checked_key) only where they name a blob
-            # to fetch: one the cache holds was checked when it was fetched.
+            # Every digest is checked where it enters, before it names a
+            # cache entry or a request to the CAS.
             for f, name in zip(directory.files, fnames, strict=True):
-                d = f.digest
-                files.append((prefix + name, (d.hash, d.size_bytes), f.is_executable))
+                path = prefix + name
+                files.append((path, checked_key(f.digest, what=repr(path)), f.is_executable))
             for sl, name in zip(directory.symlinks, snames, strict=True):
                 symlinks.append((prefix + name, sl.target))
             for sub, name in zip(directory.directories, dnames, strict=True):
@@ -257,15 +286,16 @@ def _fill_dir(
     try:
         for name, k, x in entries:
             if outs and _within(f"{parent}/{name}" if parent else name, outs):
-                cache.copy(k, x, dir_fd, name, 0o755 if x else 0o644)
-                continue
+                place = functools.partial(cache.copy, k, x, dir_fd, name, 0o755 if x else 0o644)
+            else:
+                place = functools.partial(cache.link, k, x, dir_fd, name)
             try:
-                cache.link(k, x, dir_fd, name)
+                place()
             except CacheMiss:
-                # Removed from the disk behind the index's back: fetched
-                # again, once.
+                # Removed or replaced behind the index's back (and dropped
+                # from it): fetched again, once.
                 fetched += cache.fetch(cas, [(k, x)])
-                cache.link(k, x, dir_fd, name)
+                place()
     finally:
         os.close(dir_fd)
     return fetched
@@ -366,6 +396,14 @@ def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> 
         # A file within an output is a copy of the action's own (stage()).
         if writable_here(posixpath.dirname(rel)) and not _within(rel, outs):
             declared.append(rel)
+    if len(declared) > MAX_INPUT_MOUNTS:
+        # Each is a bind mount: their cost grows faster than their number,
+        # and the kernel's fs.mount-max would refuse them past it anyway.
+        raise LimitError(
+            f"{len(declared)} inputs sit in the directories of outputs, each a read-only "
+            f"mount; at most {MAX_INPUT_MOUNTS} are made (put the inputs in directories "
+            "that hold no output)"
+        )
     return [os.path.join(exec_root, rel) for rel in sorted(declared)]
 
 
@@ -418,6 +456,18 @@ class Collected:
     blobs: dict[Key, Blob] = field(default_factory=dict)
     #: Bytes of outputs held in memory (small files, up to IN_MEMORY).
     in_memory: int = 0
+    #: Entries (files, directories, symbolic links) of every output so far.
+    entries: int = 0
+    #: Bytes of every output file so far, and of stdout and stderr.
+    size: int = 0
+
+
+def add_output_bytes(out: Collected, size: int, what: str) -> None:
+    """Count ``size`` more bytes of output; past MAX_OUTPUT_BYTES the
+    lease's outputs are refused."""
+    out.size += size
+    if out.size > MAX_OUTPUT_BYTES:
+        raise LimitError(f"the outputs are larger than {MAX_OUTPUT_BYTES} bytes (at {what!r})")
 
 
 def _reopen(exec_root: str, rel: str) -> FileBlob:
@@ -450,6 +500,9 @@ def _file_node(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
+        # Counted before a byte is read: a huge (or sparse) file past the
+        # bound is refused without hashing it.
+        add_output_bytes(out, st.st_size, rel)
         blob: Blob
         if st.st_size <= SMALL_FILE and out.in_memory + st.st_size <= IN_MEMORY:
             data = _read_at_most(fd, SMALL_FILE)
@@ -478,33 +531,58 @@ def _read_at_most(fd: int, limit: int) -> bytes:
             raise ExecRootError("an output grew while it was collected")
 
 
-def _directory(fd: int, rel: str, exec_root: str, out: Collected, children: list[Any]) -> Any:
-    """The Directory message of the open directory ``fd`` (``rel`` in the
-    exec root), its descendants appended to ``children``; special files
-    (FIFOs, sockets, device nodes) are left out."""
-    directory = re_pb2.Directory()
-    for name in sorted(os.listdir(fd), key=os.fsencode):
-        _utf8(name, repr(rel))
-        path = f"{rel}/{name}"
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):
-            target = _utf8(os.readlink(name, dir_fd=fd), f"the symbolic link {path!r}")
-            directory.symlinks.add(name=name, target=target)
-        elif stat.S_ISDIR(st.st_mode):
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            try:
-                child = _directory(sub, path, exec_root, out, children)
-            finally:
-                os.close(sub)
-            children.append(child)
-            digest, data = digest_of_message(child)
+def _tree(fd: int, rel: str, exec_root: str, out: Collected) -> tuple[Any, list[Any]]:
+    """The Directory of the open directory ``fd`` (``rel`` in the exec root)
+    and those of its descendants; special files (FIFOs, sockets, device
+    nodes) are left out.
+
+    The walk is hermetic/core/tree.py's: iterative and descriptor-relative,
+    so no depth the action makes can exhaust the stack, and no link it
+    planted is followed.  It is given the directory as ``/proc/self/fd/N/.``:
+    the exact inode already opened, never a path the action could swap.
+    A Directory is finished when the walk leaves it (the next entry is no
+    deeper), its digest added to its parent's."""
+    root = re_pb2.Directory()
+    # [i]: the name and the Directory being filled at depth i (0: the output).
+    open_dirs: list[tuple[str, Any]] = [("", root)]
+    children: list[Any] = []
+    trail = Trail(rel)
+
+    def finish(depth: int) -> None:
+        while len(open_dirs) > depth:
+            name, done = open_dirs.pop()
+            children.append(done)
+            digest, data = digest_of_message(done)
             out.blobs[key(digest)] = data
-            directory.directories.add(name=name, digest=digest)
+            open_dirs[-1][1].directories.add(name=name, digest=digest)
+
+    for depth, name, dir_fd, st in walk(f"/proc/self/fd/{fd}/."):
+        if dir_fd is None:
+            continue  # the output directory itself
+        finish(depth)
+        trail.visit(depth, name, st)
+        if depth > MAX_OUTPUT_DEPTH:
+            raise LimitError(f"the output {rel!r} is deeper than {MAX_OUTPUT_DEPTH} directories")
+        _count(out, rel)
+        _utf8(name, repr(rel))
+        parent = open_dirs[-1][1]
+        if stat.S_ISLNK(st.st_mode):
+            where = f"the symbolic link {trail.path(depth, name)!r}"
+            parent.symlinks.add(name=name, target=_utf8(os.readlink(name, dir_fd=dir_fd), where))
+        elif stat.S_ISDIR(st.st_mode):
+            open_dirs.append((name, re_pb2.Directory()))
         elif stat.S_ISREG(st.st_mode):
-            node = _file_node(fd, name, path, exec_root, out)
+            node = _file_node(dir_fd, name, trail.path(depth, name), exec_root, out)
             if node is not None:
-                directory.files.add(name=name, digest=node[0], is_executable=node[1])
-    return directory
+                parent.files.add(name=name, digest=node[0], is_executable=node[1])
+    finish(1)
+    return root, children
+
+
+def _count(out: Collected, rel: str) -> None:
+    out.entries += 1
+    if out.entries > MAX_OUTPUT_ENTRIES:
+        raise LimitError(f"the outputs hold more than {MAX_OUTPUT_ENTRIES} entries (at {rel!r})")
 
 
 def collect(command: Any, exec_root: str) -> Collected:
@@ -550,13 +628,14 @@ def _collect_one(
     except FileNotFoundError:
         return
     if stat.S_ISLNK(st.st_mode):
+        _count(out, rel)
         target = _utf8(os.readlink(leaf, dir_fd=parent), f"the symbolic link {name!r}")
         out.symlinks.append(re_pb2.OutputSymlink(path=name, target=target))
     elif stat.S_ISDIR(st.st_mode) and kind != "file":
         fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
         try:
-            children: list[Any] = []
-            root = _directory(fd, rel, exec_root, out, children)
+            _count(out, rel)
+            root, children = _tree(fd, rel, exec_root, out)
         finally:
             os.close(fd)
         tree = re_pb2.Tree(root=root, children=children)
@@ -566,6 +645,7 @@ def _collect_one(
         out.blobs[key(root_digest)] = root_data
         out.directories.append(re_pb2.OutputDirectory(path=name, tree_digest=digest))
     elif stat.S_ISREG(st.st_mode) and kind != "dir":
+        _count(out, rel)
         node = _file_node(parent, leaf, rel, exec_root, out)
         if node is not None:
             out.files.append(re_pb2.OutputFile(path=name, digest=node[0], is_executable=node[1]))

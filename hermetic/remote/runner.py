@@ -117,6 +117,55 @@ def _directory(base: str, path: str, what: str) -> str:
     return real
 
 
+def _beneath(base: str, path: str, what: str) -> str:
+    """The path of the directory ``path`` below ``base`` (the build
+    directory), a strict descendant of it, resolved without following any
+    symbolic link: each component is opened with O_NOFOLLOW from its
+    parent's descriptor, which with no ``..`` (``_relative``) is what
+    openat2's RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS gives.  A link on the way,
+    one an earlier action planted in its outputs say, is refused, never
+    followed (even to a place inside the build directory: another action's
+    directory is there).  The build directory itself is refused: it holds
+    every other action's directories, which a Run may neither see whole
+    (an input root) nor make writable (a temporary directory)."""
+    parts = _relative(path, what)
+    if not parts:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} {path!r} is the build directory itself, which holds every other action's "
+            "files: it must be a directory below it",
+        )
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(base, flags)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                nxt = os.open(part, flags, dir_fd=fd)
+            except OSError as e:
+                at = "/".join(parts[: i + 1])
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise RequestError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{what} {path!r}: {at!r} is not a directory (a symbolic link or a file)",
+                    ) from None
+                if e.errno == errno.ENOENT:
+                    raise RequestError(
+                        grpc.StatusCode.NOT_FOUND, f"{what} {path!r}: {at!r} does not exist"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = nxt
+        found = os.path.join(base, *parts)
+        st, now = os.fstat(fd), os.lstat(found)
+        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{what} {path!r} changed while it was resolved"
+            )
+        return found
+    finally:
+        os.close(fd)
+
+
 def _open_log(build_fd: int, path: str, what: str) -> int:
     """A new file at ``path`` below the build directory, open for writing:
     each directory on the way opened with O_NOFOLLOW, the file created with
@@ -251,12 +300,12 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if self.not_ready is not None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, self.not_ready)
         build = self.build_directory
-        root = _directory(build, request.input_root_directory, "input_root_directory")
+        root = _beneath(build, request.input_root_directory, "input_root_directory")
         cwd = _directory(root, request.working_directory, "working_directory")
         temps = list(self.base.temps)
         tmp = None
         if request.temporary_directory:
-            tmp = _directory(build, request.temporary_directory, "temporary_directory")
+            tmp = _beneath(build, request.temporary_directory, "temporary_directory")
             temps.append(tmp)
         writable = list(_empty_directories(root, tmp))
         inputs = list(self.base.inputs)

@@ -27,11 +27,8 @@ import dataclasses
 import logging
 import os
 import platform
-import shutil
 import signal
 import socket
-import stat
-import sys
 import tempfile
 import threading
 import types
@@ -52,6 +49,7 @@ from hermetic import (
     SandboxSpec,
     Streams,
 )
+from hermetic.core.tree import remove_tree
 from hermetic.remote import execroot
 from hermetic.remote.cas import (
     DEFAULT_CACHE_SIZE,
@@ -80,6 +78,10 @@ INLINE_OUTPUT = 1 << 10
 IDLE_POLL = 30.0
 #: How often a running lease is reported ACTIVE (and a cancellation seen).
 HEARTBEAT = 1.0
+#: The timeout of an action without Action.timeout, in seconds: 30 minutes,
+#: the default Buildbarn's example deployment gives its scheduler
+#: (defaultExecutionTimeout: 1800s).
+DEFAULT_TIMEOUT = 1800.0
 #: Reconnecting: the first wait, and the longest.
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -168,27 +170,9 @@ def _add_symlinks(result: Any, command: Any, symlinks: Sequence[Any]) -> None:
 
 
 def _remove_tree(path: str) -> None:
-    """Remove what an action left, whatever modes it set on its directories."""
-
-    def fix(func: Callable[..., Any], failed: str, exc: BaseException) -> None:
-        parent = os.path.dirname(failed)
-        try:
-            os.chmod(parent, stat.S_IRWXU)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, stat.S_IRWXU)
-        except OSError:
-            pass
-        func(failed)
-
-    def onerror(func: Callable[..., Any], failed: str, info: Any) -> None:
-        fix(func, failed, info[1])
-
-    if not os.path.lexists(path):
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=fix)
-    else:
-        shutil.rmtree(path, onerror=onerror)
+    """Remove what an action left, whatever modes and depth it gave its
+    directories (iterative, never following a link: hermetic/core/tree.py)."""
+    remove_tree(path)
 
 
 def execute_lease(
@@ -208,6 +192,9 @@ def execute_lease(
     private = tempfile.mkdtemp(prefix="lease-", dir=os.path.join(work_dir, "leases"))
     try:
         return _execute(lease, cas, cache, exec_root, private, meta, cancel)
+    except execroot.LimitError as e:
+        # Not INTERNAL or UNAVAILABLE: the farm would run the action again.
+        return LeaseOutcome(_status(code_pb2.RESOURCE_EXHAUSTED, str(e)))
     except (execroot.ExecRootError, HermeticError, ValueError) as e:
         return LeaseOutcome(_status(code_pb2.INVALID_ARGUMENT, str(e)))
     except CasError as e:
@@ -259,9 +246,9 @@ def _execute(
         environment=EnvSet(vars=tuple((v.name, v.value) for v in command.environment_variables)),
         resources=ResourceLimits.hermetic(),
     )
-    timeout: float | None = None
+    timeout = DEFAULT_TIMEOUT
     if action.HasField("timeout"):
-        timeout = action.timeout.ToTimedelta().total_seconds() or None
+        timeout = action.timeout.ToTimedelta().total_seconds() or DEFAULT_TIMEOUT
     made = HermeticExecutor.create(spec, max_concurrency=1)
     if isinstance(made, Err):
         return LeaseOutcome(
@@ -306,6 +293,7 @@ def _execute(
     _add_symlinks(result, command, collected.symlinks)
     for name, path in (("stdout", out_path), ("stderr", err_path)):
         # Hashed in chunks and uploaded from the file: never whole in memory.
+        execroot.add_output_bytes(collected, os.stat(path).st_size, name)
         digest, blob = file_blob(path)
         collected.blobs[key(digest)] = blob
         getattr(result, f"{name}_digest").CopyFrom(digest)
