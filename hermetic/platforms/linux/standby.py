@@ -52,7 +52,7 @@ from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.platforms.linux.memory import STACKS, native
 from hermetic.platforms.linux.netns import POOL as NETNS
 from hermetic.platforms.linux.reap import reap
-from hermetic.platforms.linux.template import Identity, identity
+from hermetic.platforms.linux.template import Identity, Recorded, identity
 from hermetic.platforms.linux.workers import POOL as WORKERS
 
 #: Every standby not yet reaped and released: it runs in this process's
@@ -84,6 +84,7 @@ class Standby:
         self.leases = leases
         self.identity = ident
         self.paths = tuple(entry[0] for entry in ident)
+        self.recorded = Recorded(ident)
         #: Its action's working directory, entered while it had capabilities.
         self.cwd = cwd
         self.worker = worker
@@ -333,7 +334,7 @@ class StandbySlot:
                 self._drop_later(sb)
                 _forget(into, sb)
                 return None
-            current = sb.owner == os.getpid() and sb.alive() and identity(sb.paths) == sb.identity
+            current = sb.owner == os.getpid() and sb.alive() and sb.recorded.unchanged()
         except BaseException:
             sb.drop()
             raise
