@@ -292,6 +292,8 @@ int hm_notify_wait(int target, int listener, int timeout_ms, struct hm_notice *o
                    int *count, const char *roots);
 const char *hm_syscall_name(int nr);
 long hm_dir_snapshot(const char *path, char *out, unsigned long cap, unsigned long *need);
+int hm_outputs_plain(const char *roots, int max_depth, long max_entries);
+int hm_identity_same(const char *paths, const unsigned long long *expect, int n);
 int hm_seccomp_denied(const char **names, int *nrs, int max);
 int hm_probe_landlock_abi(void);
 int hm_probe_clone3(void);

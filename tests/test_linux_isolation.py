@@ -466,6 +466,22 @@ def test_pid1_reaps_orphans(runner):
     assert out.text.strip() == "0"
 
 
+def test_what_the_main_process_leaves_running_ends_with_it(runner):
+    # As the main process exits, pid 1 kills and reaps whatever it left: a
+    # background sleep, and an orphaned one (adopted by pid 1), do not hold
+    # the run.  (When nothing is left, as after most actions, pid 1 skips
+    # the kill.)  The timeout only bounds the test: it must not fire.
+    marker = f"1000.{os.getpid()}2"
+    out = runner.run(
+        spec_for(),
+        ["sh", "-c", f"sleep {marker} & (sleep {marker} &); echo started"],
+        timeout=60,
+    )
+    assert out.error is None and not out.timed_out and out.exit_code == 0, out
+    assert out.stdout == b"started\n"
+    assert _processes_with(f"sleep {marker}") == []
+
+
 def test_gcc_compiles_and_links_into_output(fs_runner, scratch):
     runner = fs_runner
     if not os.path.exists("/usr/bin/gcc"):

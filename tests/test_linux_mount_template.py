@@ -414,3 +414,49 @@ def test_a_descriptor_leaves_the_list_before_it_is_closed(scratch, monkeypatch):
     # (Other threads may close files meanwhile: only these count.)
     assert sorted(fd for fd in closed if fd in built) == sorted(built) and len(built) == 2
     assert templates[0].descriptors() == templates[1].descriptors() == 0
+
+
+def test_a_recorded_identity_sees_every_change_identity_sees(scratch):
+    # A standby's paths are checked before each use by one C call
+    # (Recorded.unchanged, csrc/linux/identity.c); it must agree with
+    # comparing identity() again: a path replaced, removed, turned into a
+    # link or another kind of file is a change, a path left alone is not.
+    from hermetic.platforms.linux.template import Recorded, identity
+
+    d = os.path.join(scratch, "d")
+    f = os.path.join(scratch, "f")
+    os.mkdir(d)
+    with open(f, "w"):
+        pass
+    paths = (d, f, "/usr")
+    ident = identity(paths)
+    assert ident is not None
+    recorded = Recorded(ident)
+    assert recorded.identity == ident
+    assert recorded.unchanged()
+    assert Recorded(()).unchanged()
+
+    def agree() -> bool:
+        now = recorded.unchanged()
+        assert now == (identity(paths) == ident)
+        return now
+
+    os.utime(f)  # a change of content or times is not one of identity
+    assert agree()
+    os.rename(f, f + ".old")
+    with open(f, "w"):  # another inode under the same name
+        pass
+    assert not agree()
+    os.unlink(f)
+    os.rename(f + ".old", f)
+    assert agree()
+    os.rename(f, f + ".old")
+    os.symlink(f + ".old", f)  # a link to the same inode: not followed
+    assert not agree()
+    os.unlink(f)
+    assert not agree()  # missing
+    os.rename(f + ".old", f)
+    assert agree()
+    os.rename(d, d + ".old")  # (kept: a freed inode number may come back)
+    os.mkdir(d)
+    assert not agree()

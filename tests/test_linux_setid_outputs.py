@@ -13,6 +13,8 @@ import json
 import os
 import stat
 import struct
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -142,6 +144,94 @@ def test_scan_bounds(scratch: str, monkeypatch: pytest.MonkeyPatch) -> None:
         _file(os.path.join(wide, f"f{i}"), 0o644)
     [v] = outputs.scan([wide])
     assert v.decision == "left" and "more than 10 entries" in (v.observed or "")
+
+
+def _plain(*roots: str, depth: int = 32, entries: int = 100_000) -> int:
+    """hm_outputs_plain (csrc/linux/outputs.c) over ``roots``."""
+    from hermetic._native import lib
+
+    packed = b"".join(os.fsencode(r) + b"\0" for r in roots) + b"\0"
+    return int(lib.hm_outputs_plain(packed, depth, entries))
+
+
+def test_the_quick_look_says_plain_only_when_the_scan_would_find_nothing(scratch: str) -> None:
+    # Before each scan the run asks hm_outputs_plain whether any regular
+    # file under the roots has a set-id or execute bit; only "no" (1) skips
+    # the scan, every other answer (0) runs it.
+    out = os.path.join(scratch, "out")
+    os.makedirs(os.path.join(out, "a", "b"))
+    _file(os.path.join(out, "a", "b", "obj.o"), 0o644)
+    _file(os.path.join(out, "a", "data"), 0o600)
+    os.mkfifo(os.path.join(out, "fifo"))
+    host = os.path.join(scratch, "host")
+    os.mkdir(host)
+    tool = _file(os.path.join(host, "tool"), 0o755)
+    # Links are never followed: to an executable file, to a directory of one.
+    os.symlink(tool, os.path.join(out, "a", "link"))
+    os.symlink(host, os.path.join(out, "linkdir"))
+    empty = os.path.join(scratch, "empty")
+    os.mkdir(empty)
+    missing = os.path.join(scratch, "missing")
+    assert _plain(out, empty, missing) == 1
+    assert _plain(os.path.join(out, "a", "data")) == 1  # a file root
+    assert _plain(os.path.join(out, "linkdir")) == 1  # a link root: not followed
+    assert _plain(tool) == 0
+    assert _plain(host) == 0
+    assert _plain(out, host) == 0
+    # Any of the bits, at any level it looks at.
+    for mode in (0o4644, 0o2644, 0o744, 0o654, 0o645):
+        f = _file(os.path.join(out, "a", "b", "x"), 0o644)
+        os.chmod(f, mode)
+        assert _plain(out) == 0, oct(mode)
+        os.unlink(f)
+    assert _plain(out) == 1
+    # Its bounds leave the answer to the scan: deeper than it looks, more
+    # entries than it counts.
+    assert _plain(out, depth=1) == 0
+    assert _plain(out, depth=2) == 1
+    assert _plain(out, entries=3) == 0
+    assert _plain(out, depth=-1) == 0
+
+
+def test_the_quick_look_cannot_vouch_for_what_it_cannot_read(scratch: str) -> None:
+    # A directory it may not list: no answer.  Root lists any directory
+    # (CAP_DAC_READ_SEARCH), so as root the look runs as another user.
+    out = os.path.join(scratch, "out")
+    os.makedirs(os.path.join(out, "closed"))
+    os.chmod(os.path.join(out, "closed"), 0)
+    code = (
+        "import os, sys\n"
+        "from hermetic._native import lib\n"
+        "sys.exit(10 + lib.hm_outputs_plain(os.fsencode(sys.argv[1]) + b'\\0\\0', 32, 1000))\n"
+    )
+    argv = [sys.executable, "-c", code, out]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    try:
+        r = subprocess.run(argv, cwd="/", capture_output=True)
+        assert r.returncode == 10, r
+    finally:
+        os.chmod(os.path.join(out, "closed"), 0o755)
+    assert _plain(out) == 1
+
+
+def test_a_set_id_file_deeper_than_the_quick_look_is_stripped(fs_runner: Any, scratch: str) -> None:
+    _needs_root()
+    from hermetic.platforms.linux.run import QUICK_SCAN_DEPTH
+
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    fs_runner.own(out)
+    deep = os.path.join(out, *["d"] * (QUICK_SCAN_DEPTH + 2))
+    os.makedirs(deep)
+    seeded = _file(os.path.join(deep, "seeded"), 0o644)
+    fs_runner.own(seeded)
+    os.chmod(seeded, 0o4755)
+    r = fs_runner.run(_spec(out), ["true"])
+    assert r.error is None and r.exit_code == 0, r
+    assert _mode(seeded) == 0o755
+    [v] = _setid_records(r.raw).values()
+    assert v["decision"] == "stripped" and v["attempted"].startswith(seeded + ": ")
 
 
 def _spec(out: str) -> SandboxSpec:

@@ -51,14 +51,18 @@ __attribute__((noreturn)) void hm__init_run(struct hm_proc *proc, long action, l
     HM_SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &wanted, 0, HM_SIGSET_SIZE);
     int status = 0, st;
     int main_done = 0, ending = 0;
+    /* No child left, not even a zombie, as the main process was reaped. */
+    int emptied = 0;
     siginfo_t info;
     while (!main_done && !ending) {
         long sig = HM_SYS4(SYS_rt_sigtimedwait, &wanted, &info, 0, HM_SIGSET_SIZE);
         if (sig == SIGCHLD) {
             for (;;) {
                 long pid = HM_SYS4(SYS_wait4, -1, &st, WNOHANG | __WALL, 0);
-                if (pid <= 0)
+                if (pid <= 0) {
+                    emptied = pid == -ECHILD && main_done;
                     break;
+                }
                 if (pid == action) {
                     status = st;
                     main_done = 1;
@@ -78,16 +82,25 @@ __attribute__((noreturn)) void hm__init_run(struct hm_proc *proc, long action, l
     }
     /* The main process is done, or the caller ends the sandbox: nothing
      * may outlive it.  Reaping everything here, rather than dying, lets the
-     * caller's reap of pid 1 (hm_reap) account for every process. */
-    signal_sandbox(group, SIGKILL);
-    long pid;
-    while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {
-        /* An orphan adopted after the kill above is in the group too. */
-        if (no_ns)
-            signal_sandbox(group, SIGKILL);
-        if (pid == action && !main_done) {
-            status = st;
-            main_done = 1;
+     * caller's reap of pid 1 (hm_reap) account for every process.
+     *
+     * In a pid namespace every process but init descends from init (an
+     * orphan is adopted by it), so when init has no child at all, as after
+     * most actions, nobody is left to kill: the kill, which walks every
+     * process of the system to find the namespace's, is skipped.  Without
+     * a pid namespace an orphan is adopted outside, so the kill always
+     * goes; and init's exit ends whatever a pid namespace still holds. */
+    if (!(emptied && group < 0)) {
+        signal_sandbox(group, SIGKILL);
+        long pid;
+        while ((pid = HM_SYS4(SYS_wait4, -1, &st, __WALL, 0)) != -ECHILD) {
+            /* An orphan adopted after the kill above is in the group too. */
+            if (no_ns)
+                signal_sandbox(group, SIGKILL);
+            if (pid == action && !main_done) {
+                status = st;
+                main_done = 1;
+            }
         }
     }
     proc->status = status;

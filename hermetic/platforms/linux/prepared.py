@@ -296,6 +296,11 @@ class Prepared:
         #: Inputs nested in an output or temp: the caller's files, which the
         #: scan leaves alone (the sandbox showed them read-only).
         self.scan_skip = spec.inputs_within_writable()
+        #: The same roots for hm_outputs_plain (csrc/linux/outputs.c), which
+        #: tells whether the scan has anything to look at.
+        self.scan_roots_c = native().ffi.new(
+            "char[]", b"".join(os.fsencode(p) + b"\0" for p in self.scan_roots) + b"\0"
+        )
         seccomp, n_seccomp = self._filter(())
         mem.keep.append(seccomp)
         template = {

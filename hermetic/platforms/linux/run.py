@@ -43,6 +43,10 @@ from hermetic.security.timeout import DEFAULT_KILL_GRACE, Serve, wait_or_kill, w
 
 #: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
 END_WAIT = 1.0
+#: How deep and how many entries hm_outputs_plain looks before it leaves
+#: the answer to the set-id scan (which goes to any depth).
+QUICK_SCAN_DEPTH = 32
+QUICK_SCAN_ENTRIES = 100_000
 
 
 def _fresh_clock_offsets() -> str:
@@ -498,8 +502,12 @@ def _run(
             violations.append(tmp_full)
         if not prepared.limits.output_bytes:
             violations += default_cap_violations(captured)
-        if prepared.scan_roots:
-            # After pid 1 is reaped: nothing of the action's is left to race.
+        # After pid 1 is reaped: nothing of the action's is left to race.
+        # The quick look in C answers only "no regular file with a set-id
+        # or execute bit anywhere"; on any other answer the scan runs.
+        if prepared.scan_roots and (
+            lib.hm_outputs_plain(prepared.scan_roots_c, QUICK_SCAN_DEPTH, QUICK_SCAN_ENTRIES) != 1
+        ):
             violations += scan_outputs(prepared.scan_roots, prepared.scan_skip)
         stdout, stderr = _read_all(out_fd, keep_out), _read_all(err_fd, keep_err)
         return ExecutionResult(

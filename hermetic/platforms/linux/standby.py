@@ -52,7 +52,7 @@ from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.platforms.linux.memory import STACKS, native
 from hermetic.platforms.linux.netns import POOL as NETNS
 from hermetic.platforms.linux.reap import reap
-from hermetic.platforms.linux.template import Identity, identity
+from hermetic.platforms.linux.template import Identity, Recorded, identity
 from hermetic.platforms.linux.workers import POOL as WORKERS
 
 #: Every standby not yet reaped and released: it runs in this process's
@@ -76,6 +76,8 @@ class Standby:
         release: Callable[[Standby], None],
         worker: Any = None,
         group: Any = None,
+        *,
+        recorded: Recorded,
     ) -> None:
         self.plan = plan
         self.keep = keep  # C memory the sandbox reads: alive as long as it is
@@ -84,6 +86,9 @@ class Standby:
         self.leases = leases
         self.identity = ident
         self.paths = tuple(entry[0] for entry in ident)
+        #: The same, packed for the check before its use (made before the
+        #: spawn: nothing may fail here once its pid 1 runs).
+        self.recorded = recorded
         #: Its action's working directory, entered while it had capabilities.
         self.cwd = cwd
         self.worker = worker
@@ -333,7 +338,7 @@ class StandbySlot:
                 self._drop_later(sb)
                 _forget(into, sb)
                 return None
-            current = sb.owner == os.getpid() and sb.alive() and identity(sb.paths) == sb.identity
+            current = sb.owner == os.getpid() and sb.alive() and sb.recorded.unchanged()
         except BaseException:
             sb.drop()
             raise
@@ -558,6 +563,7 @@ def make_standby(prepared: Any, cwd: str) -> Standby | None:
         if ident is None:
             # The handler below ends the leases taken so far.
             raise Unavailable("a bound path or the working directory is missing")
+        recorded = Recorded(ident)
         ffi = native().ffi
         proc = ffi.new("struct hm_proc *")
         proc.notify_fd = proc.proxy_fd = -1
@@ -583,4 +589,6 @@ def make_standby(prepared: Any, cwd: str) -> Standby | None:
         STACKS.give(sb.stack)
 
     keep.append(prepared._mem)
-    return Standby(plan, keep, proc, stack, leases, ident, cwd, release, worker, group)
+    return Standby(
+        plan, keep, proc, stack, leases, ident, cwd, release, worker, group, recorded=recorded
+    )

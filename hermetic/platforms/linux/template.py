@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from hermetic.core.paths import is_within
+from hermetic.platforms.linux.memory import native
 from hermetic.platforms.linux.plan import (
     MAX_GRABS,
     OLDROOT,
@@ -165,6 +166,29 @@ def identity(paths: tuple[str, ...]) -> Identity | None:
             return None
         out.append((p, st.st_dev, st.st_ino, st.st_mode >> 12))
     return tuple(out)
+
+
+class Recorded:
+    """An identity kept to be checked again (a standby's, before each use):
+    packed once for hm_identity_same (csrc/linux/identity.c), so the check
+    on the calling thread is one C call rather than an lstat and a Python
+    object per path."""
+
+    __slots__ = ("_expect", "_n", "_paths", "identity")
+
+    def __init__(self, ident: Identity) -> None:
+        ffi = native().ffi
+        self.identity = ident
+        self._n = len(ident)
+        self._paths = ffi.new("char[]", b"".join(os.fsencode(e[0]) + b"\0" for e in ident) + b"\0")
+        self._expect = ffi.new(
+            "unsigned long long[]", [v for _, dev, ino, kind in ident for v in (dev, ino, kind)]
+        )
+
+    def unchanged(self) -> bool:
+        """Whether every path still is what it was (as ``identity(paths) ==
+        ident``: a path missing or that cannot be looked at is a change)."""
+        return bool(native().lib.hm_identity_same(self._paths, self._expect, self._n) == 1)
 
 
 class _Namespace:
