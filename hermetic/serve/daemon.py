@@ -61,9 +61,9 @@ _TICK = 0.25
 class _Hangup:
     """Set once the launcher's end of ``conn`` closes (Ctrl-C, make's
     SIGTERM) or sends anything more (the protocol has nothing more to
-    send): the executor asks ``is_set()`` every 20 ms while the action
-    runs, and then ends the sandbox.  One non-blocking peek per ask, no
-    thread of its own."""
+    send): the executor asks ``is_set()`` at each periodic check while
+    the action runs (20 to 100 ms apart, docs/limits.md), and then ends
+    the sandbox.  One non-blocking peek per ask, no thread of its own."""
 
     def __init__(self, conn: socket.socket) -> None:
         self._conn = conn
