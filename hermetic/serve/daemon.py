@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -179,11 +180,13 @@ class Daemon:
 
     def _handle(self, conn: socket.socket) -> None:
         fds: list[int] = []
+        exchange = _Exchange(conn)
         try:
             with conn:
-                self._serve(conn, fds)
-        except Exception:  # a bug: logged, never the daemon's end
-            traceback.print_exc(file=sys.stderr)
+                try:
+                    self._serve(exchange, fds)
+                except Exception as e:  # a bug: logged, never the daemon's end
+                    self._fail(exchange, fds, e)
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -193,11 +196,20 @@ class Daemon:
                 self.served += 1
                 self.last_activity = time.monotonic()
 
-    def _serve(self, conn: socket.socket, fds: list[int]) -> None:
+    def _serve(self, exchange: _Exchange, fds: list[int]) -> None:
+        """One request.  An error of the connection's that means the
+        launcher went away (end of stream, EPIPE, ECONNRESET) ends it
+        quietly: nobody is left to answer.  Any other error, of the
+        connection's or not, is the daemon's own: logged, and answered
+        with a status of hermetic's (``_fail``) while the connection
+        still carries one."""
+        conn = exchange.conn
         try:
             head = _recv_head(conn, fds)
-        except (OSError, EOFError):
-            return  # the launcher went away before asking
+        except (OSError, EOFError) as e:
+            if _gone(e):
+                return  # the launcher went away before asking
+            raise
         try:
             magic, length = protocol.parse_header(head[: protocol.HEADER.size])
         except (SpecError, ValueError):
@@ -205,14 +217,14 @@ class Daemon:
         try:
             check_peer(conn)
         except HermeticError as e:
-            self._refuse(conn, fds, e)
+            self._refuse(exchange, fds, e)
             return
         if magic == protocol.STATUS:
-            conn.sendall(protocol.reply(0) + json.dumps(self.status()).encode())
+            exchange.answer(protocol.reply(0) + json.dumps(self.status()).encode())
             return
         if magic == protocol.STOP:
             self.stopping.set()
-            conn.sendall(protocol.reply(0))
+            exchange.answer(protocol.reply(0))
             return
         try:
             payload = head[protocol.HEADER.size :]
@@ -222,14 +234,42 @@ class Daemon:
             request = protocol.parse_run(payload)
             status = self._run(conn, request, fds)
         except HermeticError as e:
-            self._refuse(conn, fds, e)
+            self._refuse(exchange, fds, e)
             return
-        except (OSError, EOFError):
-            return  # the launcher went away
-        with contextlib.suppress(OSError):
-            conn.sendall(protocol.reply(status))
+        except (OSError, EOFError) as e:
+            if _gone(e) and not exchange.usable():
+                return  # the launcher went away
+            raise
+        exchange.answer(protocol.reply(status))
 
-    def _refuse(self, conn: socket.socket, fds: list[int], error: HermeticError) -> None:
+    def _fail(self, exchange: _Exchange, fds: list[int], error: BaseException) -> None:
+        """An error of the daemon's own while serving: into the daemon's
+        log with its traceback, and to the launcher, when it can still be
+        answered, as a setup failure (125) with one line on its stderr, so
+        that it does not take the daemon for dead."""
+        print(
+            f"hermetic serve: unexpected error serving a launcher: {error!r}",
+            file=sys.stderr,
+        )
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        if exchange.answered or not exchange.usable():
+            return
+        what = error.strerror if isinstance(error, OSError) and error.strerror else repr(error)
+        log = os.path.join(self.directory, "serve.log")
+        self._say(fds, f"the daemon could not run the action: {what} (see {log})")
+        exchange.answer(protocol.reply(EXIT_SETUP))
+
+    @staticmethod
+    def _say(fds: list[int], message: str) -> None:
+        """One line on the launcher's stderr, when it sent one."""
+        if len(fds) == 3:
+            line = " ".join(f"hermetic: {message}".split())[:4000] + "\n"
+            with contextlib.suppress(OSError):
+                os.write(fds[2], line.encode("utf-8", "backslashreplace"))
+
+    def _refuse(self, exchange: _Exchange, fds: list[int], error: HermeticError) -> None:
         """Say why on the launcher's stderr, and send hermetic's status."""
         status, message = failure_status(error)
         if isinstance(error, SpecError) and error.field in ("request", "runtime_dir"):
@@ -241,12 +281,8 @@ class Daemon:
                 '"best_effort": true in the spec\'s resources to run weakened, or see '
                 "'hermetic doctor'"
             )
-        if len(fds) == 3:
-            line = " ".join(f"hermetic: {message}".split())[:4000] + "\n"
-            with contextlib.suppress(OSError):
-                os.write(fds[2], line.encode("utf-8", "backslashreplace"))
-        with contextlib.suppress(OSError):
-            conn.sendall(protocol.reply(status))
+        self._say(fds, message)
+        exchange.answer(protocol.reply(status))
 
     def _run(self, conn: socket.socket, request: protocol.Request, fds: list[int]) -> int:
         key, executor = self._take(request.spec_path)
@@ -333,6 +369,46 @@ class Daemon:
             "served": served,
             "specs": specs,
         }
+
+
+#: Errors of a connection that say its other end is gone.
+_GONE_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+
+
+def _gone(error: BaseException) -> bool:
+    """Whether ``error``, met on the launcher's connection, says that the
+    launcher went away (and nobody is left to answer)."""
+    return isinstance(error, EOFError) or (
+        isinstance(error, OSError) and error.errno in _GONE_ERRNOS
+    )
+
+
+class _Exchange:
+    """A launcher's connection and whether it was answered (at most once:
+    the launcher reads one 8-byte reply)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.answered = False
+
+    def usable(self) -> bool:
+        """Whether the launcher's end is still there: no end of stream and
+        no error pending (a peek, which consumes nothing)."""
+        try:
+            self.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # end of stream, or bytes the protocol never sends
+
+    def answer(self, data: bytes) -> None:
+        """Send the reply; a launcher gone meanwhile is not an error."""
+        if self.answered:
+            return
+        self.answered = True
+        with contextlib.suppress(OSError):
+            self.conn.sendall(data)
 
 
 def _ready(fd: int, word: bytes) -> None:
