@@ -325,6 +325,31 @@ def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
     assert p.returncode == 125 and b"NoNewPrivs" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize(
+    ("unshare", "differs"),
+    [(["--net"], b"(net)"), (["--user", "--map-current-user"], b"(user)")],
+)
+def test_a_caller_in_other_namespaces_is_refused(
+    rt: str, spec_file: str, unshare: list[str], differs: bytes
+) -> None:
+    """Each namespace is compared on every connection: a caller that
+    unshared one is refused, the namespaces that differ named."""
+    if unshare[0] == "--net" and os.geteuid() != 0:
+        pytest.skip("a network namespace of its own needs root (a user's would unshare both)")
+    _start(rt)
+    client = (
+        "import socket, sys, struct\n"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
+        f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
+    )
+    p = subprocess.run(
+        ["unshare", *unshare, sys.executable, "-c", client], capture_output=True, timeout=60
+    )
+    assert p.returncode == 125, p.stderr
+    assert b"confined differently" in p.stderr and differs in p.stderr, p.stderr
+
+
 def test_another_user_is_refused_even_through_an_open_socket(
     rt: str, spec_file: str, test_user: Any
 ) -> None:
