@@ -307,6 +307,72 @@ def test_a_launcher_gone_mid_request_is_not_answered_nor_logged(
     assert "unexpected" not in capsys.readouterr().err
 
 
+def _write_spec(path: str, which: str) -> None:
+    spec = json.loads(json.dumps(SPEC))
+    spec["environment"]["vars"]["WHICH"] = which
+    with open(path, "w") as f:
+        json.dump(spec, f)
+
+
+def test_a_spec_file_is_read_again_whenever_it_may_have_changed(
+    rt: str, in_process: daemon.Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon remembers a settled spec file's digest by the file's
+    inode, size, mtime and ctime, and reads it again when any differs:
+    rewritten in place with the same size and its mtime put back, or
+    replaced by another file."""
+    reads: list[str] = []
+    real_open = daemon.open_regular
+
+    def counted(path: str, what: str, limit: int) -> int:
+        reads.append(path)
+        return real_open(path, what, limit)
+
+    monkeypatch.setattr(daemon, "open_regular", counted)
+    monkeypatch.setattr(daemon, "SPEC_SETTLED_NS", 0)  # every file settled at once
+    path = os.path.join(rt, "spec.json")
+    _write_spec(path, "first")
+    echo = ["sh", "-c", 'echo "$WHICH"']
+    assert _launch(rt, path, echo)[:2] == (0, b"first\n")
+    assert _launch(rt, path, echo)[:2] == (0, b"first\n")
+    assert len(reads) == 1  # the second request found it unchanged
+
+    before = os.stat(path)
+    _write_spec(path, "secnd")  # the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+    assert _launch(rt, path, echo)[:2] == (0, b"secnd\n")
+    assert len(reads) == 2
+
+    other = os.path.join(rt, "other.json")
+    _write_spec(other, "third")
+    os.replace(other, path)
+    assert _launch(rt, path, echo)[:2] == (0, b"third\n")
+    assert len(reads) == 3
+
+
+def test_a_spec_file_just_written_is_read_on_every_request(
+    rt: str, in_process: daemon.Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not settled (its ctime within SPEC_SETTLED_NS of the read): a change
+    in the same tick of the file system's clock could keep its ctime, so
+    its digest is not remembered."""
+    reads: list[str] = []
+    real_open = daemon.open_regular
+
+    def counted(path: str, what: str, limit: int) -> int:
+        reads.append(path)
+        return real_open(path, what, limit)
+
+    monkeypatch.setattr(daemon, "open_regular", counted)
+    monkeypatch.setattr(daemon, "SPEC_SETTLED_NS", 3600 * 10**9)
+    path = os.path.join(rt, "spec.json")
+    _write_spec(path, "first")
+    for _ in range(3):
+        assert _launch(rt, path, ["true"])[0] == 0
+    assert len(reads) == 3
+
+
 def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
     """A caller under no_new_privs (as inside a sandbox) would gain the
     daemon's freedom: refused, with the reason on its stderr."""

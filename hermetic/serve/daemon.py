@@ -29,13 +29,14 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
 import traceback
 from typing import Any
 
-from hermetic.core.bounded import read_regular
+from hermetic.core.bounded import chunks, open_regular
 from hermetic.core.errors import HermeticError, SpecError, UnsupportedError
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams
@@ -55,6 +56,11 @@ MAX_EXECUTORS = 8
 SERVING_THREADS = max(16, 4 * (os.cpu_count() or 1))
 #: A spec file larger than this is refused (a spec is a few kilobytes).
 MAX_SPEC_BYTES = 16 << 20
+#: Spec files whose digest is remembered by their identity (``_known_digest``).
+MAX_SPEC_DIGESTS = 64
+#: How much older than its read a spec file's ctime must be for its digest
+#: to be remembered: far more than a file system clock's tick.
+SPEC_SETTLED_NS = 2_000_000_000
 #: How often the accept loop looks at the idle time and at a stop request.
 _TICK = 0.25
 
@@ -98,6 +104,10 @@ class Daemon:
         self._lock = threading.Lock()
         #: spec digest -> [executor, actions using it, spec path last seen]
         self._executors: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        #: spec path -> (the file's identity when read, its content's digest)
+        self._digests: collections.OrderedDict[str, tuple[tuple[int, ...], str]] = (
+            collections.OrderedDict()
+        )
 
     # -- the loop ---------------------------------------------------------
 
@@ -304,15 +314,15 @@ class Daemon:
 
     def _take(self, spec_path: str) -> tuple[str, HermeticExecutor]:
         """The warm executor for the spec file's content, made if needed."""
-        data = read_regular(spec_path, "spec file", MAX_SPEC_BYTES)
-        key = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            entry = self._executors.get(key)
-            if entry is not None:
-                entry[1] += 1
-                entry[2] = spec_path
-                self._executors.move_to_end(key)
-                return key, entry[0]
+        key = self._known_digest(spec_path)
+        if key is not None:
+            found = self._lease(key, spec_path)
+            if found is not None:
+                return key, found
+        data, key = self._read_spec(spec_path)
+        found = self._lease(key, spec_path)
+        if found is not None:
+            return key, found
         try:
             spec = SandboxSpec.from_json(data)
         except SpecError as e:
@@ -336,6 +346,57 @@ class Daemon:
         for ex in evicted:
             ex.close()
         return key, entry[0]
+
+    def _lease(self, key: str, spec_path: str) -> HermeticExecutor | None:
+        """The warm executor for this digest, now counted as in use; None
+        when there is none."""
+        with self._lock:
+            entry = self._executors.get(key)
+            if entry is None:
+                return None
+            entry[1] += 1
+            entry[2] = spec_path
+            self._executors.move_to_end(key)
+            executor: HermeticExecutor = entry[0]
+            return executor
+
+    def _known_digest(self, spec_path: str) -> str | None:
+        """The digest of the spec file's content when the file is the one
+        read before, unchanged since: the same inode, size, mtime and ctime
+        (which every write and chmod sets to now, and which no one can set
+        back).  One stat instead of an open, three reads and a hash on
+        every request.  None: read it."""
+        try:
+            st = os.stat(spec_path)
+        except (OSError, ValueError):
+            return None  # reading it says why
+        with self._lock:
+            known = self._digests.get(spec_path)
+        if known is None or known[0] != _file_identity(st) or not stat.S_ISREG(st.st_mode):
+            return None
+        return known[1]
+
+    def _read_spec(self, spec_path: str) -> tuple[bytes, str]:
+        """The spec file's content and its digest, remembered for
+        ``_known_digest`` once the file is settled: its ctime at least
+        SPEC_SETTLED_NS older than the read.  A file changed in the same
+        tick of the file system's clock as it was read could otherwise
+        keep its ctime (the racy-file problem git's index has): a change
+        after the read of a settled file always gives a later ctime."""
+        fd = open_regular(spec_path, "spec file", MAX_SPEC_BYTES)
+        try:
+            data = b"".join(chunks(fd, spec_path, "spec file", MAX_SPEC_BYTES))
+            st = os.fstat(fd)  # after the read: a change during it shows
+        finally:
+            os.close(fd)
+        digest = hashlib.sha256(data).hexdigest()
+        if st.st_ctime_ns < time.time_ns() - SPEC_SETTLED_NS:
+            with self._lock:
+                self._digests[spec_path] = (_file_identity(st), digest)
+                self._digests.move_to_end(spec_path)
+                while len(self._digests) > MAX_SPEC_DIGESTS:
+                    self._digests.popitem(last=False)
+        return data, digest
 
     def _give(self, key: str) -> None:
         with self._lock:
@@ -409,6 +470,10 @@ class _Exchange:
         self.answered = True
         with contextlib.suppress(OSError):
             self.conn.sendall(data)
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _ready(fd: int, word: bytes) -> None:
