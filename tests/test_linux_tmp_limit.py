@@ -72,7 +72,7 @@ def test_a_write_beyond_the_private_tmp_gets_enospc_and_is_recorded(runner):
 #: sandbox runs.
 FILL_AND_EXIT = """
 import errno, os, time
-time.sleep(0.15)
+time.sleep(0.5)
 fd = os.open("/tmp/fill", os.O_WRONLY | os.O_CREAT, 0o600)
 block, err = b"x" * (1 << 20), "none"
 for _ in range(64):
