@@ -15,11 +15,20 @@ in the output directory, in one session:
 The spec is the full spec of the other groups (conftest.make_spec),
 written to a file for the launcher and ``hermetic run``.  Every round's
 exit status is checked after the timed loop; nothing asserts on speed.
+
+Besides the times, each row's ``extra_info`` has ``cpu_ms_per_action``:
+the CPU time of the process started per round and of its children (the
+launcher, bwrap and the sandbox, the interpreter), over the timed rounds;
+the launcher's row also ``daemon_cpu_ms_per_action``: the daemon's own
+(all its threads, from their schedstat; its actions run in processes of
+their own).  Both are read between rounds, outside the timed calls.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -28,7 +37,7 @@ from typing import Any
 
 import pytest
 from conftest import PATH, Scratch, make_spec
-from test_spawn import TRUE, _all_ok, _bwrap, _measure, needs_bwrap
+from test_spawn import TRUE, _all_ok, _bwrap, needs_bwrap
 
 LAUNCHER = os.path.join(os.path.dirname(sys.executable), "hermetic-launch")
 needs_launcher = pytest.mark.skipif(
@@ -82,6 +91,74 @@ def runtime_dir(scratch: Scratch) -> Iterator[str]:
             assert not _alive(pid), f"daemon {pid} still running"
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _threads_cpu(pid: int) -> float:
+    """Seconds of CPU of every thread of ``pid`` (schedstat: nanoseconds)."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def _daemon_pid(runtime_dir: str) -> int | None:
+    try:
+        with open(os.path.join(runtime_dir, "serve.lock")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _measure_cpu(
+    benchmark: Any,
+    fn: Callable[[], Any],
+    *,
+    method: str,
+    baseline: bool,
+    rounds: int,
+    warmup: int,
+    daemon_dir: str | None = None,
+) -> list[Any]:
+    """test_spawn._measure, with the CPU per action (see the module's
+    docstring) in ``extra_info``: snapshots taken by pytest-benchmark's
+    ``setup``, which runs before each round, untimed."""
+    benchmark.extra_info["method"] = method
+    benchmark.extra_info["baseline"] = baseline
+    results: list[Any] = []
+    snapshots: list[tuple[float, float]] = []
+
+    def snapshot() -> tuple[float, float]:
+        pid = _daemon_pid(daemon_dir) if daemon_dir is not None else None
+        return _children_cpu(), _threads_cpu(pid) if pid is not None else 0.0
+
+    def setup() -> None:
+        snapshots.append(snapshot())
+
+    benchmark.pedantic(
+        lambda: results.append(fn()),
+        setup=setup,
+        rounds=rounds,
+        iterations=1,
+        warmup_rounds=warmup,
+    )
+    assert len(results) == rounds + warmup
+    # snapshots[warmup] is taken before the first timed round.
+    (child0, daemon0), (child1, daemon1) = snapshots[warmup], snapshot()
+    benchmark.extra_info["cpu_ms_per_action"] = round((child1 - child0) / rounds * 1e3, 3)
+    if daemon_dir is not None:
+        benchmark.extra_info["daemon_cpu_ms_per_action"] = round(
+            (daemon1 - daemon0) / rounds * 1e3, 3
+        )
+    return results
+
+
 def _process(argv: list[str], cwd: str, env: dict[str, str]) -> Callable[[], Any]:
     return lambda: subprocess.run(argv, capture_output=True, cwd=cwd, env=env)
 
@@ -89,7 +166,7 @@ def _process(argv: list[str], cwd: str, env: dict[str, str]) -> Callable[[], Any
 @pytest.mark.benchmark(group="launch")
 def test_launch_direct(benchmark: Any, scratch: Scratch) -> None:
     _all_ok(
-        _measure(
+        _measure_cpu(
             benchmark,
             _process([TRUE], scratch.out, _env()),
             method="direct",
@@ -107,13 +184,14 @@ def test_launch_hermetic_launch(
 ) -> None:
     """The first warm-up round starts the daemon; the timed ones find it."""
     env = _env({"HERMETIC_RUNTIME_DIR": runtime_dir, "HERMETIC_SPEC": spec_file})
-    results = _measure(
+    results = _measure_cpu(
         benchmark,
         _process([LAUNCHER, "--", TRUE], scratch.out, env),
         method="hermetic-launch",
         baseline=False,
         rounds=LAUNCH_ROUNDS,
         warmup=LAUNCH_WARMUP,
+        daemon_dir=runtime_dir,
     )
     for r in results:
         assert r.returncode == 0, r.stderr
@@ -123,7 +201,7 @@ def test_launch_hermetic_launch(
 @pytest.mark.benchmark(group="launch")
 def test_launch_bwrap(benchmark: Any, scratch: Scratch) -> None:
     _all_ok(
-        _measure(
+        _measure_cpu(
             benchmark,
             _process(_bwrap(scratch, [TRUE]), scratch.out, _env()),
             method="bwrap",
@@ -139,7 +217,7 @@ def test_launch_hermetic_run(benchmark: Any, scratch: Scratch, spec_file: str) -
     """An interpreter per action, from the installed package (run outside
     the checkout, as the ``cli`` group's row)."""
     argv = [sys.executable, "-m", "hermetic", "run", "--spec", spec_file, "--", TRUE]
-    results = _measure(
+    results = _measure_cpu(
         benchmark,
         _process(argv, scratch.out, _env()),
         method="hermetic run",

@@ -231,6 +231,46 @@ def test_version_and_help(caller: Caller, rt: str) -> None:
     assert _daemon_pid(rt) is None
 
 
+def _elf_program_headers(path: str) -> tuple[int, list[int]]:
+    """An ELF64 little-endian file's type (e_type) and its program headers' types."""
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "not a 64-bit LSB ELF"
+    e_type = int.from_bytes(data[16:18], "little")
+    phoff = int.from_bytes(data[32:40], "little")
+    phentsize = int.from_bytes(data[54:56], "little")
+    phnum = int.from_bytes(data[56:58], "little")
+    types = [
+        int.from_bytes(data[phoff + i * phentsize : phoff + i * phentsize + 4], "little")
+        for i in range(phnum)
+    ]
+    return e_type, types
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or sys.byteorder != "little" or sys.maxsize < 2**32,
+    reason="reads a 64-bit little-endian ELF file",
+)
+def test_the_launcher_is_a_static_pie_where_the_toolchain_allows() -> None:
+    """No dynamic loader at each start (it was 0.17 ms of 0.6 ms), and still
+    position-independent, so ASLR places it.  setup.py falls back to a
+    dynamic link where the C library has no static archive."""
+    if not os.access(LAUNCHER, os.X_OK):
+        unavailable(f"{LAUNCHER} is missing: the package was installed without its launcher")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    archive = ""
+    if cc is not None:
+        archive = subprocess.run(
+            [cc, "-print-file-name=libc.a"], capture_output=True, text=True
+        ).stdout.strip()
+    if not os.path.isabs(archive) or not os.path.exists(archive):
+        pytest.skip("the C library has no static archive here: the launcher is linked dynamically")
+    e_type, types = _elf_program_headers(LAUNCHER)
+    pt_interp, et_dyn = 3, 3
+    assert pt_interp not in types, "the launcher asks for a dynamic loader"
+    assert e_type == et_dyn, f"the launcher is not position-independent (e_type {e_type})"
+
+
 def test_the_spec_from_the_option_else_the_environment(caller: Caller, rt: str, specs: str) -> None:
     first, second = (os.path.join(specs, n) for n in ("first.json", "second.json"))
     echo = ["sh", "-c", 'echo "$WHICH"']

@@ -54,13 +54,45 @@ def test_a_write_beyond_the_private_tmp_gets_enospc_and_is_recorded(runner):
     spec = _spec(ResourceLimits(max_tmp_bytes=8 * MiB))
     # The action waits to be ended: the timeout ends it.  It need only cover
     # the interpreter's start and an 8 MiB write, then the periodic check
-    # (every 20 ms) sees /tmp full.
+    # (at most 100 ms apart, docs/limits.md) sees /tmp full.
     out = runner.run(spec, [PY, "-c", textwrap.dedent(FILL), "64"], timeout=2)
     assert out.error is None, out.error
     err, written = out.text.split()
     assert err == "ENOSPC"
     assert int(written) <= 8 * MiB
     assert out.timed_out
+    tmp = [v for v in _resource_violations(out.raw) if "/tmp" in v["attempted"]]
+    assert len(tmp) == 1, out.raw["violations"]
+    assert tmp[0]["decision"] == "denied"
+    assert tmp[0]["limit"] == f"max_tmp_bytes={8 * MiB}"
+
+
+#: Waits a moment (so that the periodic check has run), fills /tmp until a
+#: write fails, and exits at once: no check need see /tmp full while the
+#: sandbox runs.
+FILL_AND_EXIT = """
+import errno, os, time
+time.sleep(0.5)
+fd = os.open("/tmp/fill", os.O_WRONLY | os.O_CREAT, 0o600)
+block, err = b"x" * (1 << 20), "none"
+for _ in range(64):
+    try:
+        os.write(fd, block)
+    except OSError as e:
+        err = errno.errorcode.get(e.errno, str(e.errno))
+        break
+print(err, flush=True)
+"""
+
+
+def test_a_private_tmp_left_full_at_exit_is_recorded(runner):
+    # The check keeps the tmpfs open once it has seen it, and looks once
+    # more after the sandbox is gone.
+    spec = _spec(ResourceLimits(max_tmp_bytes=8 * MiB))
+    out = runner.run(spec, [PY, "-c", textwrap.dedent(FILL_AND_EXIT)], timeout=60)
+    assert out.error is None, out.error
+    assert out.text.split() == ["ENOSPC"]
+    assert not out.timed_out and out.exit_code == 0
     tmp = [v for v in _resource_violations(out.raw) if "/tmp" in v["attempted"]]
     assert len(tmp) == 1, out.raw["violations"]
     assert tmp[0]["decision"] == "denied"

@@ -8,6 +8,7 @@ runtime directory, and every daemon it starts is stopped and checked gone.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import _as_user_cmd, _user_env, process_gone, wait_for
 
-from hermetic.serve import protocol
+from hermetic.serve import daemon, protocol
 
 pytestmark = pytest.mark.linux
 
@@ -195,6 +196,183 @@ def test_a_malformed_request_is_refused(rt: str, spec_file: str) -> None:
         os.close(w)
 
 
+@pytest.fixture
+def in_process(rt: str) -> Iterator[daemon.Daemon]:
+    """A daemon serving ``rt`` from a thread of this process, so that a
+    test can put a fault where it wants; stopped afterwards."""
+    served = daemon.Daemon(rt, idle=600)
+    thread = threading.Thread(target=served.run, name="test-daemon")
+    thread.start()
+    try:
+        assert wait_for(lambda: os.path.exists(os.path.join(rt, "serve.sock")))
+        yield served
+    finally:
+        served.stopping.set()
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+class _FailingExecutor:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (OSError(errno.EMFILE, "Too many open files"), b"Too many open files"),
+        (ValueError("a bug"), b"ValueError('a bug')"),
+    ],
+)
+def test_an_unexpected_error_is_logged_and_answered_125(
+    rt: str,
+    spec_file: str,
+    in_process: daemon.Daemon,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+    says: bytes,
+) -> None:
+    """Not the launcher gone: the daemon's own failure.  The launcher gets
+    125 and one line naming it and the log, not a connection closed as if
+    the daemon had died; the log gets the traceback; the daemon serves on."""
+    monkeypatch.setattr(in_process, "_take", lambda path: ("k", _FailingExecutor(error)))
+    status, out, err = _launch(rt, spec_file, ["true"])
+    assert status == 125, err
+    assert err.startswith(b"hermetic: the daemon could not run the action: "), err
+    assert err.count(b"\n") == 1 and says in err, err
+    assert os.path.join(rt, "serve.log").encode() in err
+    logged = capsys.readouterr().err
+    assert "hermetic serve: unexpected error serving a launcher" in logged
+    assert "Traceback" in logged and type(error).__name__ in logged
+    monkeypatch.undo()
+    assert _launch(rt, spec_file, ["sh", "-c", "echo again"])[:2] == (0, b"again\n")
+
+
+def test_an_unexpected_error_of_the_connections_is_answered_125(
+    rt: str,
+    spec_file: str,
+    in_process: daemon.Daemon,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An error reading the request that does not say the launcher went
+    away (here ENOMEM): answered, since the connection still works."""
+
+    def failing(conn: socket.socket, n: int) -> bytes:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(daemon, "_recv_exactly", failing)
+    # A payload in a second write, so that the daemon reads it apart.
+    payload = _request(spec_file, ["true"])
+    r, w = os.pipe()
+    try:
+        with _connect(rt) as sock:
+            socket.send_fds(sock, [payload[:8]], [r, w, w])
+            assert _reply(sock) == 125
+        assert b"Cannot allocate memory" in os.read(r, 1000)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert "Cannot allocate memory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [EOFError("closed"), ConnectionResetError(errno.ECONNRESET, "")])
+def test_a_launcher_gone_mid_request_is_not_answered_nor_logged(
+    rt: str,
+    spec_file: str,
+    in_process: daemon.Daemon,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+) -> None:
+    def gone(conn: socket.socket, n: int) -> bytes:
+        conn.shutdown(socket.SHUT_RDWR)  # as the launcher's end closing would
+        raise error
+
+    monkeypatch.setattr(daemon, "_recv_exactly", gone)
+    payload = _request(spec_file, ["true"])
+    r, w = os.pipe()
+    try:
+        with _connect(rt) as sock:
+            socket.send_fds(sock, [payload[:8]], [r, w, w])
+            assert _reply(sock) is None  # closed without a word
+    finally:
+        os.close(r)
+        os.close(w)
+    assert wait_for(lambda: in_process.running == 0)
+    assert "unexpected" not in capsys.readouterr().err
+
+
+def _write_spec(path: str, which: str) -> None:
+    spec = json.loads(json.dumps(SPEC))
+    spec["environment"]["vars"]["WHICH"] = which
+    with open(path, "w") as f:
+        json.dump(spec, f)
+
+
+def test_a_spec_file_is_read_again_whenever_it_may_have_changed(
+    rt: str, in_process: daemon.Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon remembers a settled spec file's digest by the file's
+    inode, size, mtime and ctime, and reads it again when any differs:
+    rewritten in place with the same size and its mtime put back, or
+    replaced by another file."""
+    reads: list[str] = []
+    real_open = daemon.open_regular
+
+    def counted(path: str, what: str, limit: int) -> int:
+        reads.append(path)
+        return real_open(path, what, limit)
+
+    monkeypatch.setattr(daemon, "open_regular", counted)
+    monkeypatch.setattr(daemon, "SPEC_SETTLED_NS", 0)  # every file settled at once
+    path = os.path.join(rt, "spec.json")
+    _write_spec(path, "first")
+    echo = ["sh", "-c", 'echo "$WHICH"']
+    assert _launch(rt, path, echo)[:2] == (0, b"first\n")
+    assert _launch(rt, path, echo)[:2] == (0, b"first\n")
+    assert len(reads) == 1  # the second request found it unchanged
+
+    before = os.stat(path)
+    _write_spec(path, "secnd")  # the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+    assert _launch(rt, path, echo)[:2] == (0, b"secnd\n")
+    assert len(reads) == 2
+
+    other = os.path.join(rt, "other.json")
+    _write_spec(other, "third")
+    os.replace(other, path)
+    assert _launch(rt, path, echo)[:2] == (0, b"third\n")
+    assert len(reads) == 3
+
+
+def test_a_spec_file_just_written_is_read_on_every_request(
+    rt: str, in_process: daemon.Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not settled (its ctime within SPEC_SETTLED_NS of the read): a change
+    in the same tick of the file system's clock could keep its ctime, so
+    its digest is not remembered."""
+    reads: list[str] = []
+    real_open = daemon.open_regular
+
+    def counted(path: str, what: str, limit: int) -> int:
+        reads.append(path)
+        return real_open(path, what, limit)
+
+    monkeypatch.setattr(daemon, "open_regular", counted)
+    monkeypatch.setattr(daemon, "SPEC_SETTLED_NS", 3600 * 10**9)
+    path = os.path.join(rt, "spec.json")
+    _write_spec(path, "first")
+    for _ in range(3):
+        assert _launch(rt, path, ["true"])[0] == 0
+    assert len(reads) == 3
+
+
 def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
     """A caller under no_new_privs (as inside a sandbox) would gain the
     daemon's freedom: refused, with the reason on its stderr."""
@@ -211,6 +389,31 @@ def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
         timeout=60,
     )
     assert p.returncode == 125 and b"NoNewPrivs" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize(
+    ("unshare", "differs"),
+    [(["--net"], b"(net)"), (["--user", "--map-current-user"], b"(user)")],
+)
+def test_a_caller_in_other_namespaces_is_refused(
+    rt: str, spec_file: str, unshare: list[str], differs: bytes
+) -> None:
+    """Each namespace is compared on every connection: a caller that
+    unshared one is refused, the namespaces that differ named."""
+    if unshare[0] == "--net" and os.geteuid() != 0:
+        pytest.skip("a network namespace of its own needs root (a user's would unshare both)")
+    _start(rt)
+    client = (
+        "import socket, sys, struct\n"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
+        f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
+    )
+    p = subprocess.run(
+        ["unshare", *unshare, sys.executable, "-c", client], capture_output=True, timeout=60
+    )
+    assert p.returncode == 125, p.stderr
+    assert b"confined differently" in p.stderr and differs in p.stderr, p.stderr
 
 
 def test_another_user_is_refused_even_through_an_open_socket(

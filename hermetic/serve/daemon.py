@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
 import traceback
 from typing import Any
 
-from hermetic.core.bounded import read_regular
+from hermetic.core.bounded import chunks, open_regular
 from hermetic.core.errors import HermeticError, SpecError, UnsupportedError
 from hermetic.core.spec import SandboxSpec
 from hermetic.core.streams import Streams
@@ -54,6 +56,11 @@ MAX_EXECUTORS = 8
 SERVING_THREADS = max(16, 4 * (os.cpu_count() or 1))
 #: A spec file larger than this is refused (a spec is a few kilobytes).
 MAX_SPEC_BYTES = 16 << 20
+#: Spec files whose digest is remembered by their identity (``_known_digest``).
+MAX_SPEC_DIGESTS = 64
+#: How much older than its read a spec file's ctime must be for its digest
+#: to be remembered: far more than a file system clock's tick.
+SPEC_SETTLED_NS = 2_000_000_000
 #: How often the accept loop looks at the idle time and at a stop request.
 _TICK = 0.25
 
@@ -61,9 +68,9 @@ _TICK = 0.25
 class _Hangup:
     """Set once the launcher's end of ``conn`` closes (Ctrl-C, make's
     SIGTERM) or sends anything more (the protocol has nothing more to
-    send): the executor asks ``is_set()`` every 20 ms while the action
-    runs, and then ends the sandbox.  One non-blocking peek per ask, no
-    thread of its own."""
+    send): the executor asks ``is_set()`` at each periodic check while
+    the action runs (20 to 100 ms apart, docs/limits.md), and then ends
+    the sandbox.  One non-blocking peek per ask, no thread of its own."""
 
     def __init__(self, conn: socket.socket) -> None:
         self._conn = conn
@@ -97,6 +104,10 @@ class Daemon:
         self._lock = threading.Lock()
         #: spec digest -> [executor, actions using it, spec path last seen]
         self._executors: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        #: spec path -> (the file's identity when read, its content's digest)
+        self._digests: collections.OrderedDict[str, tuple[tuple[int, ...], str]] = (
+            collections.OrderedDict()
+        )
 
     # -- the loop ---------------------------------------------------------
 
@@ -179,11 +190,13 @@ class Daemon:
 
     def _handle(self, conn: socket.socket) -> None:
         fds: list[int] = []
+        exchange = _Exchange(conn)
         try:
             with conn:
-                self._serve(conn, fds)
-        except Exception:  # a bug: logged, never the daemon's end
-            traceback.print_exc(file=sys.stderr)
+                try:
+                    self._serve(exchange, fds)
+                except Exception as e:  # a bug: logged, never the daemon's end
+                    self._fail(exchange, fds, e)
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -193,11 +206,20 @@ class Daemon:
                 self.served += 1
                 self.last_activity = time.monotonic()
 
-    def _serve(self, conn: socket.socket, fds: list[int]) -> None:
+    def _serve(self, exchange: _Exchange, fds: list[int]) -> None:
+        """One request.  An error of the connection's that means the
+        launcher went away (end of stream, EPIPE, ECONNRESET) ends it
+        quietly: nobody is left to answer.  Any other error, of the
+        connection's or not, is the daemon's own: logged, and answered
+        with a status of hermetic's (``_fail``) while the connection
+        still carries one."""
+        conn = exchange.conn
         try:
             head = _recv_head(conn, fds)
-        except (OSError, EOFError):
-            return  # the launcher went away before asking
+        except (OSError, EOFError) as e:
+            if _gone(e):
+                return  # the launcher went away before asking
+            raise
         try:
             magic, length = protocol.parse_header(head[: protocol.HEADER.size])
         except (SpecError, ValueError):
@@ -205,14 +227,14 @@ class Daemon:
         try:
             check_peer(conn)
         except HermeticError as e:
-            self._refuse(conn, fds, e)
+            self._refuse(exchange, fds, e)
             return
         if magic == protocol.STATUS:
-            conn.sendall(protocol.reply(0) + json.dumps(self.status()).encode())
+            exchange.answer(protocol.reply(0) + json.dumps(self.status()).encode())
             return
         if magic == protocol.STOP:
             self.stopping.set()
-            conn.sendall(protocol.reply(0))
+            exchange.answer(protocol.reply(0))
             return
         try:
             payload = head[protocol.HEADER.size :]
@@ -222,14 +244,42 @@ class Daemon:
             request = protocol.parse_run(payload)
             status = self._run(conn, request, fds)
         except HermeticError as e:
-            self._refuse(conn, fds, e)
+            self._refuse(exchange, fds, e)
             return
-        except (OSError, EOFError):
-            return  # the launcher went away
-        with contextlib.suppress(OSError):
-            conn.sendall(protocol.reply(status))
+        except (OSError, EOFError) as e:
+            if _gone(e) and not exchange.usable():
+                return  # the launcher went away
+            raise
+        exchange.answer(protocol.reply(status))
 
-    def _refuse(self, conn: socket.socket, fds: list[int], error: HermeticError) -> None:
+    def _fail(self, exchange: _Exchange, fds: list[int], error: BaseException) -> None:
+        """An error of the daemon's own while serving: into the daemon's
+        log with its traceback, and to the launcher, when it can still be
+        answered, as a setup failure (125) with one line on its stderr, so
+        that it does not take the daemon for dead."""
+        print(
+            f"hermetic serve: unexpected error serving a launcher: {error!r}",
+            file=sys.stderr,
+        )
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        if exchange.answered or not exchange.usable():
+            return
+        what = error.strerror if isinstance(error, OSError) and error.strerror else repr(error)
+        log = os.path.join(self.directory, "serve.log")
+        self._say(fds, f"the daemon could not run the action: {what} (see {log})")
+        exchange.answer(protocol.reply(EXIT_SETUP))
+
+    @staticmethod
+    def _say(fds: list[int], message: str) -> None:
+        """One line on the launcher's stderr, when it sent one."""
+        if len(fds) == 3:
+            line = " ".join(f"hermetic: {message}".split())[:4000] + "\n"
+            with contextlib.suppress(OSError):
+                os.write(fds[2], line.encode("utf-8", "backslashreplace"))
+
+    def _refuse(self, exchange: _Exchange, fds: list[int], error: HermeticError) -> None:
         """Say why on the launcher's stderr, and send hermetic's status."""
         status, message = failure_status(error)
         if isinstance(error, SpecError) and error.field in ("request", "runtime_dir"):
@@ -241,12 +291,8 @@ class Daemon:
                 '"best_effort": true in the spec\'s resources to run weakened, or see '
                 "'hermetic doctor'"
             )
-        if len(fds) == 3:
-            line = " ".join(f"hermetic: {message}".split())[:4000] + "\n"
-            with contextlib.suppress(OSError):
-                os.write(fds[2], line.encode("utf-8", "backslashreplace"))
-        with contextlib.suppress(OSError):
-            conn.sendall(protocol.reply(status))
+        self._say(fds, message)
+        exchange.answer(protocol.reply(status))
 
     def _run(self, conn: socket.socket, request: protocol.Request, fds: list[int]) -> int:
         key, executor = self._take(request.spec_path)
@@ -268,15 +314,15 @@ class Daemon:
 
     def _take(self, spec_path: str) -> tuple[str, HermeticExecutor]:
         """The warm executor for the spec file's content, made if needed."""
-        data = read_regular(spec_path, "spec file", MAX_SPEC_BYTES)
-        key = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            entry = self._executors.get(key)
-            if entry is not None:
-                entry[1] += 1
-                entry[2] = spec_path
-                self._executors.move_to_end(key)
-                return key, entry[0]
+        key = self._known_digest(spec_path)
+        if key is not None:
+            found = self._lease(key, spec_path)
+            if found is not None:
+                return key, found
+        data, key = self._read_spec(spec_path)
+        found = self._lease(key, spec_path)
+        if found is not None:
+            return key, found
         try:
             spec = SandboxSpec.from_json(data)
         except SpecError as e:
@@ -300,6 +346,57 @@ class Daemon:
         for ex in evicted:
             ex.close()
         return key, entry[0]
+
+    def _lease(self, key: str, spec_path: str) -> HermeticExecutor | None:
+        """The warm executor for this digest, now counted as in use; None
+        when there is none."""
+        with self._lock:
+            entry = self._executors.get(key)
+            if entry is None:
+                return None
+            entry[1] += 1
+            entry[2] = spec_path
+            self._executors.move_to_end(key)
+            executor: HermeticExecutor = entry[0]
+            return executor
+
+    def _known_digest(self, spec_path: str) -> str | None:
+        """The digest of the spec file's content when the file is the one
+        read before, unchanged since: the same inode, size, mtime and ctime
+        (which every write and chmod sets to now, and which no one can set
+        back).  One stat instead of an open, three reads and a hash on
+        every request.  None: read it."""
+        try:
+            st = os.stat(spec_path)
+        except (OSError, ValueError):
+            return None  # reading it says why
+        with self._lock:
+            known = self._digests.get(spec_path)
+        if known is None or known[0] != _file_identity(st) or not stat.S_ISREG(st.st_mode):
+            return None
+        return known[1]
+
+    def _read_spec(self, spec_path: str) -> tuple[bytes, str]:
+        """The spec file's content and its digest, remembered for
+        ``_known_digest`` once the file is settled: its ctime at least
+        SPEC_SETTLED_NS older than the read.  A file changed in the same
+        tick of the file system's clock as it was read could otherwise
+        keep its ctime (the racy-file problem git's index has): a change
+        after the read of a settled file always gives a later ctime."""
+        fd = open_regular(spec_path, "spec file", MAX_SPEC_BYTES)
+        try:
+            data = b"".join(chunks(fd, spec_path, "spec file", MAX_SPEC_BYTES))
+            st = os.fstat(fd)  # after the read: a change during it shows
+        finally:
+            os.close(fd)
+        digest = hashlib.sha256(data).hexdigest()
+        if st.st_ctime_ns < time.time_ns() - SPEC_SETTLED_NS:
+            with self._lock:
+                self._digests[spec_path] = (_file_identity(st), digest)
+                self._digests.move_to_end(spec_path)
+                while len(self._digests) > MAX_SPEC_DIGESTS:
+                    self._digests.popitem(last=False)
+        return data, digest
 
     def _give(self, key: str) -> None:
         with self._lock:
@@ -333,6 +430,50 @@ class Daemon:
             "served": served,
             "specs": specs,
         }
+
+
+#: Errors of a connection that say its other end is gone.
+_GONE_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+
+
+def _gone(error: BaseException) -> bool:
+    """Whether ``error``, met on the launcher's connection, says that the
+    launcher went away (and nobody is left to answer)."""
+    return isinstance(error, EOFError) or (
+        isinstance(error, OSError) and error.errno in _GONE_ERRNOS
+    )
+
+
+class _Exchange:
+    """A launcher's connection and whether it was answered (at most once:
+    the launcher reads one 8-byte reply)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.answered = False
+
+    def usable(self) -> bool:
+        """Whether the launcher's end is still there: no end of stream and
+        no error pending (a peek, which consumes nothing)."""
+        try:
+            self.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # end of stream, or bytes the protocol never sends
+
+    def answer(self, data: bytes) -> None:
+        """Send the reply; a launcher gone meanwhile is not an error."""
+        if self.answered:
+            return
+        self.answered = True
+        with contextlib.suppress(OSError):
+            self.conn.sendall(data)
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _ready(fd: int, word: bytes) -> None:

@@ -30,8 +30,11 @@ _STATUS_FIELDS = (b"NoNewPrivs", b"Seccomp")
 def _identity(pid: int | str) -> dict[str, object]:
     found: dict[str, object] = {}
     for ns in _NAMESPACES:
-        st = os.stat(f"/proc/{pid}/ns/{ns}")
-        found[ns] = (st.st_dev, st.st_ino)
+        # "user:[4026531837]": the namespace's type and inode number.  All
+        # namespaces are inodes of the one nsfs (Linux 3.8 on), so this
+        # names the namespace as (st_dev, st_ino) would, and readlink makes
+        # no nsfs dentry: a third of a stat's cost, on every connection.
+        found[ns] = os.readlink(f"/proc/{pid}/ns/{ns}")
     fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
     try:
         text = os.read(fd, 1 << 16)

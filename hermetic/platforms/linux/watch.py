@@ -1,24 +1,177 @@
 """The periodic check while a sandbox runs: which limit, if any, it has broken.
 
-Called every 20 ms by the wait (hermetic/security/timeout.py) when the
-spec has a limit that needs a live figure; returns the name of the broken
-limit, and the wait then ends the sandbox.  See limits.py for which
-limit is checked here and why.
+Called by the wait (hermetic/security/timeout.py) when the spec has a
+limit that needs a live figure, every 20 ms during the action's first
+100 ms, then at a fifth of its age, at most every 100 ms
+(``timeout.check_interval``; docs/limits.md has the guarantees); returns
+the name of the broken limit, and the wait then ends the sandbox.  See
+limits.py for which limit is checked here and why.
+
+A check runs for as long as the action does, in the caller's (or the
+launcher's daemon's) thread, so it reads what it can through descriptors
+kept open: opening a /proc file costs a path walk and a permission check
+of the process (30-90 us here), reading an open one a few microseconds.
+``_Tree`` keeps them per process of the sandbox, as
+hermetic/monitoring/proctree.py reads them by path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from hermetic.core.outcome import Violation, ViolationKind
-from hermetic.monitoring import proctree
 from hermetic.monitoring.cgroup_v1 import V1Slot
 from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.platforms.linux.limits import LimitPlan
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_READ = os.O_RDONLY | os.O_CLOEXEC
+
+
+def _pread(fd: int) -> bytes:
+    return os.pread(fd, 4096, 0)
+
+
+class _Proc:
+    """One process's /proc files, open.  The descriptors name that very
+    process: once it has exited, reading them fails (ESRCH) or gives
+    nothing, even if its pid number was given to another process since."""
+
+    def __init__(self, pid: int, statm: bool) -> None:
+        self.fds: list[int] = []
+        try:
+            base = f"/proc/{pid}"
+            self.stat = self._open(f"{base}/stat")
+            self.children = self._open(f"{base}/task/{pid}/children")
+            self.io = self._open(f"{base}/io")
+            self.statm = self._open(f"{base}/statm") if statm else -1
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: str) -> int:
+        fd = os.open(path, _READ)
+        self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def _fields(stat: bytes) -> list[bytes]:
+    """/proc/PID/stat's fields after the command's name (which may hold
+    spaces and parentheses): [0] is the state, [17] the thread count."""
+    return stat.rsplit(b")", 1)[-1].split()
+
+
+class _Tree:
+    """The sandbox's processes, found from pid 1 down each check (as
+    proctree.processes does), with their files kept open between checks.
+
+    A pid that shows up in a parent's children while the files kept under
+    that number are an exited process's (the pid was reused) has them
+    reopened: a kept file that cannot be read is never trusted, and one
+    that reads as a zombie's is reopened once, so a new process under an
+    old number is read, not the old one's last figures."""
+
+    def __init__(self, pid1: int, statm: bool) -> None:
+        self.pid1 = pid1
+        self.statm = statm
+        self.procs: dict[int, _Proc] = {}
+
+    def _stat(self, pid: int) -> tuple[_Proc, list[bytes]] | None:
+        """The process's kept files and its stat fields; None once gone."""
+        for attempt in (0, 1):
+            proc = self.procs.get(pid)
+            if proc is None:
+                try:
+                    proc = self.procs[pid] = _Proc(pid, self.statm)
+                except OSError:
+                    return None  # gone already
+            try:
+                fields = _fields(_pread(proc.stat))
+                if fields and (attempt or fields[0] not in (b"Z", b"X")):
+                    return proc, fields
+            except OSError:
+                pass
+            proc.close()
+            del self.procs[pid]
+        return None
+
+    def _children(self, pid: int, proc: _Proc, threads: int) -> list[int]:
+        if threads <= 1:
+            text = _pread(proc.children)
+        else:
+            # Children hang off the thread that forked them; a process
+            # with threads is rare in a build (and read by path).
+            text = b""
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError):
+                        fd = os.open(f"/proc/{pid}/task/{tid}/children", _READ)
+                        try:
+                            text += b" " + _pread(fd)
+                        finally:
+                            os.close(fd)
+        return [int(c) for c in text.split()]
+
+    def walk(self) -> list[tuple[int, _Proc]]:
+        """pid 1 and every live descendant, with their files."""
+        found: list[tuple[int, _Proc]] = []
+        todo = [self.pid1]
+        seen: set[int] = set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            got = self._stat(pid)
+            if got is None:
+                continue
+            proc, fields = got
+            found.append((pid, proc))
+            try:
+                threads = int(fields[17])
+                todo.extend(self._children(pid, proc, threads))
+            except (OSError, ValueError, IndexError):
+                pass
+        for pid in [p for p in self.procs if p not in seen]:
+            self.procs.pop(pid).close()  # exited: its descriptors go
+        return found
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.close()
+        self.procs.clear()
+
+
+def _io_bytes(proc: _Proc) -> int:
+    """Bytes read from and written to storage (reaped children's included)."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in _pread(proc.io).splitlines():
+            key, _, value = line.partition(b":")
+            if key in (b"read_bytes", b"write_bytes"):
+                total += int(value)
+    return total
+
+
+def _resident(proc: _Proc) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(_pread(proc.statm).split()[1]) * _PAGE
+    return 0
+
 
 class Watch:
-    """State of the checks for one action; ``pid1`` is set once it runs."""
+    """State of the checks for one action; ``pid1`` is set once it runs.
+
+    The descriptors it keeps are closed by ``tmp_violation()``, which the
+    caller asks once the sandbox is reaped, and at the latest when the
+    object goes."""
 
     def __init__(
         self,
@@ -42,6 +195,11 @@ class Watch:
         self.tmp_bytes = tmp_bytes
         self.tmp_limit = tmp_limit
         self.tmp_full = False
+        #: The private /tmp's root, opened (O_PATH) at the first check
+        #: through pid 1's root; -1 before, or when it could not be.
+        self._tmp_fd = -1
+        self._tmp_tried = False
+        self._tree: _Tree | None = None
 
     def __call__(self) -> str | None:
         plan, slot = self.plan, self.slot
@@ -57,36 +215,86 @@ class Watch:
             if size > plan.output_bytes:
                 self.observed["output"] = size
                 return "output"
-        tmp_used = 0
-        if self.tmp_bytes and self.pid1 > 0:
-            seen = proctree.private_tmp(self.pid1)
-            if seen is not None:
-                tmp_used, full = seen
-                self.observed["tmp"] = max(self.observed.get("tmp", 0), tmp_used)
-                self.tmp_full = self.tmp_full or full
+        tmp_used = self._sample_tmp() if self.pid1 > 0 else 0
         if (plan.disk_io or plan.sampled_memory) and self.pid1 > 0:
-            pids = proctree.processes(self.pid1)
+            if self._tree is None:
+                self._tree = _Tree(self.pid1, bool(plan.sampled_memory))
+            procs = self._tree.walk()
             # pid 1 is hermetic's, not the action's.
-            count = len(pids) - 1
+            count = sum(1 for pid, _ in procs if pid != self.pid1)
             self.peak_processes = max(self.peak_processes or 0, count)
             if plan.disk_io:
-                io = proctree.io_bytes(pids)
+                io = sum(_io_bytes(proc) for _, proc in procs)
                 if io > plan.disk_io:
                     self.observed["disk_io"] = io
                     return "disk_io"
             if plan.sampled_memory:
                 # The private /tmp is memory too, which no process's
-                # resident size shows (a cgroup charges it by itself).
-                rss = proctree.resident_bytes(pids, exclude=self.pid1) + tmp_used
+                # resident size shows.  (A memory cgroup charges its pages
+                # to the group by itself: checked on cgroup v1 here, where
+                # a 48 MB file in /tmp raised the group's peak by 48 MB;
+                # sampling is for hosts without one.)  pid 1 shares the
+                # caller's memory: left out.
+                rss = sum(_resident(proc) for pid, proc in procs if pid != self.pid1)
+                rss += tmp_used
                 self.observed["memory"] = max(self.observed.get("memory", 0), rss)
                 if rss > plan.sampled_memory:
                     return "memory"
         return None
 
+    def _sample_tmp(self) -> int:
+        """The bytes the private /tmp holds now (0 when there is none or it
+        cannot be seen), noting whether it is full."""
+        if not self.tmp_bytes:
+            return 0
+        if not self._tmp_tried:
+            self._tmp_tried = True
+            # O_PATH: nothing of the action's is opened for reading (a FIFO
+            # cannot block us), and O_NOFOLLOW|O_DIRECTORY: /tmp itself,
+            # never a link the action put there.  Kept, it also holds the
+            # tmpfs for one last look once the sandbox is gone.
+            with contextlib.suppress(OSError):
+                self._tmp_fd = os.open(
+                    f"/proc/{self.pid1}/root/tmp",
+                    os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                )
+        if self._tmp_fd < 0:
+            return 0
+        try:
+            st = os.fstatvfs(self._tmp_fd)
+        except OSError:
+            return 0
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        self.observed["tmp"] = max(self.observed.get("tmp", 0), used)
+        # No block or no inode left: a write got ENOSPC.
+        self.tmp_full = self.tmp_full or st.f_bfree == 0 or st.f_ffree == 0
+        return used
+
+    def close(self) -> None:
+        """Close the kept descriptors (again: nothing)."""
+        if self._tmp_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._tmp_fd)
+            self._tmp_fd = -1
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
+
+    def __del__(self) -> None:
+        self.close()
+
     def tmp_violation(self) -> Violation | None:
         """The private /tmp seen full: a write got ENOSPC.  Seen by the
-        periodic check, so a /tmp filled and emptied again between two
-        checks goes unrecorded (the write was refused all the same)."""
+        periodic checks and by one last look here, after the sandbox is
+        gone (the kept descriptor holds the tmpfs), so a /tmp left full is
+        recorded whenever any check ran; one filled and emptied again
+        between two checks goes unrecorded (the write was refused all the
+        same).  Closes what the checks kept open."""
+        try:
+            if self._tmp_fd >= 0:
+                self._sample_tmp()
+        finally:
+            self.close()
         if not self.tmp_full:
             return None
         return Violation(
