@@ -165,9 +165,28 @@ def caller(request: pytest.FixtureRequest) -> Caller:
 
 
 @pytest.fixture
+def root() -> Caller:
+    """Root, for what only root can do (drop capabilities, change its
+    groups, run as another uid)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs the suite to run as root")
+    return Caller(None)
+
+
+@pytest.fixture
 def work(caller: Caller) -> Iterator[str]:
     """A world-readable directory: the spec, the helper scripts, and the
     runtime directory ``rt`` (0700, the caller's)."""
+    yield from _work(caller)
+
+
+@pytest.fixture
+def root_work(root: Caller) -> Iterator[str]:
+    """``work`` for root."""
+    yield from _work(root)
+
+
+def _work(caller: Caller) -> Iterator[str]:
     path = os.path.realpath(tempfile.mkdtemp(prefix="hermetic-test-peer-"))
     os.chmod(path, 0o755)
     for name, text in (
@@ -261,9 +280,11 @@ def test_a_caller_in_a_landlock_domain_is_refused_by_the_kernel(caller: Caller, 
     _stop(caller, rt, NNP)
 
 
-def test_a_caller_without_the_daemons_capabilities_is_refused(caller: Caller, work: str) -> None:
-    if caller.user is not None or os.geteuid() != 0:
-        pytest.skip("a normal user has no capability to drop (root's daemon only)")
+@pytest.mark.root
+def test_a_caller_without_the_daemons_capabilities_is_refused(root: Caller, root_work: str) -> None:
+    """Root's daemon; the caller is root with an empty bounding set (a normal
+    user has no capability to drop)."""
+    caller, work = root, root_work
     rt = os.path.join(work, "rt")
     _start(caller, rt)
     p = _launch(caller, work, ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"))
@@ -283,9 +304,9 @@ def test_a_caller_under_one_more_seccomp_filter_is_refused(caller: Caller, work:
     _stop(caller, rt, NNP)
 
 
-def test_a_caller_with_other_groups_is_refused(caller: Caller, work: str) -> None:
-    if caller.user is not None or os.geteuid() != 0:
-        pytest.skip("a normal user cannot change its groups (root's daemon only)")
+@pytest.mark.root
+def test_a_caller_with_other_groups_is_refused(root: Caller, root_work: str) -> None:
+    caller, work = root, root_work
     rt = os.path.join(work, "rt")
     groups = ("setpriv", "--groups=0,1", "--")
     _start(caller, rt, groups)
@@ -348,16 +369,13 @@ def test_idle_connections_do_not_hold_the_daemon(caller: Caller, work: str) -> N
             idle.wait()
 
 
-def test_another_user_is_refused_before_it_sends_anything(caller: Caller, work: str) -> None:
+@pytest.mark.root
+def test_another_user_is_refused_before_it_sends_anything(
+    root: Caller, root_work: str, test_user: pwd.struct_passwd
+) -> None:
     """The peer is checked as its connection is accepted: the refusal
     arrives though the client has sent nothing."""
-    if caller.user is not None or os.geteuid() != 0:
-        pytest.skip("needs root's daemon and the test user as the other uid")
-    import pwd as _pwd
-
-    from conftest import TEST_USER
-
-    user = _pwd.getpwnam(TEST_USER)
+    caller, work, user = root, root_work, test_user
     rt = os.path.join(work, "rt")
     _start(caller, rt)
     os.chmod(rt, 0o711)  # opened up by mistake: SO_PEERCRED still refuses
@@ -385,14 +403,13 @@ def test_another_user_is_refused_before_it_sends_anything(caller: Caller, work: 
 # -- D3: the launcher checks who listens -----------------------------------------
 
 
-def test_the_launcher_refuses_a_listener_of_another_uid(caller: Caller, work: str) -> None:
+@pytest.mark.root
+def test_the_launcher_refuses_a_listener_of_another_uid(
+    root: Caller, root_work: str, test_user: pwd.struct_passwd
+) -> None:
     """Root's launcher pointed at a socket on which a process of the test
     user listens: one line, 125, and nothing sent to that listener."""
-    if caller.user is not None or os.geteuid() != 0:
-        pytest.skip("needs root's launcher and the test user as the other uid")
-    from conftest import TEST_USER
-
-    user = pwd.getpwnam(TEST_USER)
+    caller, work, user = root, root_work, test_user
     rt = os.path.join(work, "rt")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(os.path.join(rt, "serve.sock"))  # root binds; the test user listens
@@ -465,9 +482,35 @@ def test_without_xdg_runtime_dir_the_runtime_directory_is_below_home(
             os.rmdir(squatted)
 
 
-def test_without_any_runtime_directory_variable_the_launcher_says_so(
-    caller: Caller, work: str
+@pytest.mark.unprivileged
+def test_without_home_the_runtime_directory_is_below_the_passwd_home(
+    test_user: pwd.struct_passwd | None,
 ) -> None:
-    p = caller.run([LAUNCHER, "--spec", os.path.join(work, "spec.json"), "true"], {})
+    """HOME unset (a scrubbed environment): the home directory /etc/passwd
+    gives, the same for the launcher and the daemon.  The test user's does
+    not exist here, so the launcher cannot make the directory and says so,
+    naming it."""
+    caller = Caller(test_user)
+    user = caller.user or pwd.getpwuid(os.geteuid())
+    rt = os.path.join(user.pw_dir, ".cache", "hermetic", "run")
+    if os.path.lexists(user.pw_dir):
+        pytest.skip(f"{user.pw_name}'s home {user.pw_dir} exists: the test would write there")
+    code = "from hermetic.serve import protocol; print(protocol.runtime_dir())"
+    py = caller.run([sys.executable, "-c", code], {})
+    assert py.returncode == 0 and py.stdout.decode().strip() == rt, py
+    p = caller.run([LAUNCHER, "--spec", "/x.json", "true"], {})
+    assert p.returncode == 125, p.stderr
+    line = _one_line(p.stderr)
+    assert f"cannot create the runtime directory {rt}:" in line, line
+
+
+@pytest.mark.root
+def test_without_home_nor_an_account_the_launcher_says_what_to_set(
+    root: Caller, root_work: str
+) -> None:
+    """A uid /etc/passwd does not know, without HOME: one line naming the
+    variables that give a runtime directory."""
+    argv = ["setpriv", "--reuid=54321", "--regid=54321", "--clear-groups", "--"]
+    p = root.run([*argv, LAUNCHER, "--spec", os.path.join(root_work, "spec.json"), "true"], {})
     assert p.returncode == 125, p.stderr
     assert "set XDG_RUNTIME_DIR, HERMETIC_RUNTIME_DIR or HOME" in _one_line(p.stderr)

@@ -97,7 +97,8 @@ static const char USAGE[] =
     "  --help           print this help and exit\n"
     "\n"
     "The daemon's socket is DIR/serve.sock, DIR being $HERMETIC_RUNTIME_DIR, else\n"
-    "$XDG_RUNTIME_DIR/hermetic, else $HOME/.cache/hermetic/run.\n"
+    "$XDG_RUNTIME_DIR/hermetic, else HOME/.cache/hermetic/run (HOME: $HOME, else\n"
+    "the account's home in /etc/passwd).\n"
     "\n"
     "Exit status: the action's own; 128+N when signal N ended it; 123 bad command\n"
     "line or spec, 124 timeout, 125 setup failure or no daemon, 126 not executable,\n"
@@ -424,6 +425,58 @@ static int join(char *dst, size_t size, const char *a, const char *b)
     return 0;
 }
 
+/* The home directory /etc/passwd gives uid, for a launcher started without
+ * HOME (a scrubbed environment).  The file itself, not getpwuid: the
+ * launcher may be linked statically, where NSS would need the shared
+ * libraries of the system's C library; the daemon reads the same file. */
+static int passwd_home(uid_t uid, char *out, size_t size)
+{
+    static char text[1 << 20];
+    int fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, text + len, sizeof text - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    text[len] = '\0';
+    /* name:password:UID:GID:gecos:HOME:shell, one account a line. */
+    for (char *line = text, *next; line != NULL && *line != '\0'; line = next) {
+        next = strchr(line, '\n');
+        if (next != NULL)
+            *next++ = '\0';
+        char *field[7];
+        int n = 0;
+        for (char *p = line; n < 7; n++) {
+            field[n] = p;
+            p = strchr(p, ':');
+            if (p == NULL) {
+                n++;
+                break;
+            }
+            *p++ = '\0';
+        }
+        if (n < 6 || field[2][0] == '\0')
+            continue;
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(field[2], &end, 10);
+        if (errno != 0 || *end != '\0' || v != (unsigned long)uid)
+            continue;
+        if (strlen(field[5]) + 1 > size)
+            return -ENAMETOOLONG;
+        memcpy(out, field[5], strlen(field[5]) + 1);
+        return 0;
+    }
+    return -ENOENT;
+}
+
 /* DIR as the protocol defines it.  Exits on an error. */
 static void runtime_dir(struct runtime *rt)
 {
@@ -440,7 +493,11 @@ static void runtime_dir(struct runtime *rt)
          * name in the shared /tmp (/tmp/hermetic-UID) can be taken first by
          * another user, who would then refuse this user's launcher for
          * good (the sticky /tmp keeps the owner's directory). */
+        static char from_passwd[PATH_MAX];
         const char *home = getenv("HOME");
+        if ((home == NULL || home[0] != '/') &&
+            passwd_home(geteuid(), from_passwd, sizeof from_passwd) == 0)
+            home = from_passwd;
         if (home == NULL || home[0] != '/') {
             say("no runtime directory: set XDG_RUNTIME_DIR, HERMETIC_RUNTIME_DIR or HOME", NULL);
             exit(EXIT_SETUP);

@@ -96,6 +96,21 @@ def parse_run(payload: bytes) -> Request:
 HOME_RUNTIME_DIR = ".cache/hermetic/run"
 
 
+def _passwd_home(uid: int) -> str:
+    """The home directory /etc/passwd gives ``uid`` ("" if none): the file
+    itself, as the launcher reads it (it cannot rely on NSS)."""
+    try:
+        with open("/etc/passwd", "rb") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return ""
+    for line in text.split(b"\n"):
+        fields = line.split(b":")
+        if len(fields) >= 6 and fields[2].isdigit() and int(fields[2]) == uid:
+            return os.fsdecode(fields[5])
+    return ""
+
+
 def runtime_dir() -> str:
     """Where the daemon's socket and lock live (docs/launch-protocol.md).
     Without XDG_RUNTIME_DIR, a directory below $HOME (as gpg-agent falls
@@ -108,6 +123,8 @@ def runtime_dir() -> str:
     if xdg:
         return os.path.join(xdg, "hermetic")
     home = os.environ.get("HOME", "")
+    if not home.startswith("/"):
+        home = _passwd_home(os.geteuid())
     if not home.startswith("/"):
         raise SpecError(
             "no runtime directory: set XDG_RUNTIME_DIR, HERMETIC_RUNTIME_DIR or HOME",
