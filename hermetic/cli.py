@@ -727,6 +727,20 @@ def _say_check(title: str, check: dict[str, Any]) -> None:
         _say(f"  {name:22} {limit['value']:>12}  {how}")
 
 
+def _launcher_note() -> str | None:
+    """Why hermetic-launch cannot work here, if it cannot: Yama's ptrace
+    scope 2 or 3 refuses the write that proves a caller to its daemon."""
+    from hermetic.serve.peer import yama_scope
+
+    scope = yama_scope()
+    if scope is None or scope < 2:
+        return None
+    return (
+        f"kernel.yama.ptrace_scope is {scope}: no caller can prove itself to the daemon, "
+        "so every launch fails with 125 (docs/launch-protocol.md)"
+    )
+
+
 def _cmd_doctor(ns: argparse.Namespace) -> int:
     from hermetic.platforms import current
 
@@ -752,6 +766,9 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
                 _say(f"{'cgroup_v2':24} {v2}")
         for key, note in caps.notes:
             _say(f"note: {key}: {note}")
+        launcher = _launcher_note()
+        if launcher is not None:
+            _say(f"note: hermetic-launch: {launcher}")
         _say_check("default spec", mine)
         if other is not None and not other["checked"]:
             _say(f"{'as ' + other['user']:24} {other['error']}")
@@ -797,7 +814,8 @@ def _serve_control(ns: argparse.Namespace, daemon: Any, protocol: Any) -> int:
         return 1 if ns.status else 0
     status, body = answer
     if status != 0:
-        return _fail("the daemon refused the request", EXIT_SETUP)
+        why = " ".join(body.decode("utf-8", "replace").split())
+        return _fail(f"the daemon refused the request{': ' + why if why else ''}", EXIT_SETUP)
     if ns.status:
         print(json.dumps(json.loads(body), indent=2))
         return 0

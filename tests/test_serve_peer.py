@@ -514,3 +514,21 @@ def test_without_home_nor_an_account_the_launcher_says_what_to_set(
     p = root.run([*argv, LAUNCHER, "--spec", os.path.join(root_work, "spec.json"), "true"], {})
     assert p.returncode == 125, p.stderr
     assert "set XDG_RUNTIME_DIR, HERMETIC_RUNTIME_DIR or HOME" in _one_line(p.stderr)
+
+
+# -- Yama ---------------------------------------------------------------------------
+
+
+def test_doctor_names_a_yama_scope_that_stops_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This kernel has no Yama: the scope is stood in for.  Scope 2 and 3
+    refuse every write into another process's memory; 0, 1 and no Yama
+    leave the launcher usable (with 1 the daemon sets PR_SET_PTRACER_ANY)."""
+    from hermetic import cli
+    from hermetic.serve import peer
+
+    for scope, says in ((None, False), (0, False), (1, False), (2, True), (3, True)):
+        monkeypatch.setattr(peer, "yama_scope", lambda scope=scope: scope)
+        note = cli._launcher_note()
+        assert (note is not None) == says, (scope, note)
+        if note is not None:
+            assert f"kernel.yama.ptrace_scope is {scope}" in note
