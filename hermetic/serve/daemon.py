@@ -242,8 +242,9 @@ class Daemon:
             except HermeticError as e:
                 # Before anything is read: the caller's streams have not come,
                 # so the reason goes on the connection, after the status.
+                why = e.reason if isinstance(e, UnsupportedError) else str(e)
                 with contextlib.suppress(OSError):
-                    conn.send(protocol.reply(EXIT_SETUP) + f"{e}\n".encode()[:4000])
+                    conn.send(protocol.reply(EXIT_SETUP) + f"{why}\n".encode()[:4000])
                 conn.close()
                 continue
             except OSError:
