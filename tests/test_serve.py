@@ -215,12 +215,23 @@ def in_process(rt: str) -> Iterator[daemon.Daemon]:
     thread = threading.Thread(target=served.run, name="test-daemon")
     thread.start()
     try:
-        assert wait_for(lambda: os.path.exists(os.path.join(rt, "serve.sock")))
+        # Listening, not only bound: a connection is accepted (and, never
+        # proven, closed by the daemon after its handshake's timeout).
+        assert wait_for(lambda: _listening(os.path.join(rt, "serve.sock")))
         yield served
     finally:
         served.stopping.set()
         thread.join(60)
         assert not thread.is_alive()
+
+
+def _listening(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 class _FailingExecutor:

@@ -411,7 +411,7 @@ struct runtime {
     char dir[PATH_MAX];
     struct sockaddr_un addr; /* DIR/serve.sock, for messages and the length check */
     int dirfd;               /* DIR, opened once and checked (check_runtime_dir) */
-    struct sockaddr_un via;  /* the socket's name through dirfd (connect_at_dir) */
+    struct sockaddr_un via;  /* the socket's name through dirfd (try_connect) */
     int from_home;           /* DIR is below $HOME: its parents may need making */
 };
 
@@ -634,7 +634,7 @@ static void check_runtime_dir(struct runtime *rt)
     (void)join(prefix, sizeof prefix, "/proc/self/fd/", num + n);
     (void)join(rt->via.sun_path, sizeof rt->via.sun_path, prefix, "/serve.sock");
 #else
-    /* No /proc: connect_at_dir fchdirs to the descriptor and connects to
+    /* No /proc: try_connect fchdirs to the descriptor and connects to
      * the relative name (there is no connectat). */
     (void)join(rt->via.sun_path, sizeof rt->via.sun_path, "serve.sock", "");
 #endif
@@ -1038,7 +1038,7 @@ static void prove(int sock, const struct runtime *rt, pid_t pid)
     if (n == NONCE_BYTES)
         return;
     int e = n < 0 ? errno : EIO;
-    if (e == EPERM) {
+    if (e == EPERM || e == EACCES) { /* EACCES: an LSM's refusal */
         char scope[8] = "";
         int fd = open("/proc/sys/kernel/yama/ptrace_scope", O_RDONLY | O_CLOEXEC);
         if (fd >= 0) {
