@@ -205,8 +205,10 @@ def _work(caller: Caller) -> Iterator[str]:
     try:
         yield path
     finally:
-        _stop(caller, rt)
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            _stop(caller, rt)
+        finally:  # also when the daemon would not stop: nothing left in /tmp
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _daemon_pid(rt: str) -> int | None:
