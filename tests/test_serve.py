@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import _as_user_cmd, _user_env, process_gone, wait_for
 
-from hermetic.serve import daemon, protocol
+from hermetic.serve import daemon, peer, protocol
 
 pytestmark = pytest.mark.linux
 
@@ -87,8 +87,10 @@ def spec_file() -> Iterator[str]:
 
 
 def _connect(rt: str) -> socket.socket:
+    """A connection that has passed the daemon's proof step."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(os.path.join(rt, "serve.sock"))
+    assert peer.prove(sock) is None
     return sock
 
 
@@ -97,6 +99,15 @@ def _request(spec: str, argv: Sequence[str], cwd: str = "/", env: Sequence[str] 
     records += [b"A" + a.encode() for a in argv] + [b"E" + e.encode() for e in env]
     payload = b"".join(r + b"\0" for r in records)
     return protocol.HEADER.pack(protocol.RUN, len(payload)) + payload
+
+
+#: A client's proof step, in a client run as another process: a refusal
+#: is printed on its stderr and is its exit status.
+_PROVE_OR_EXIT = (
+    "from hermetic.serve.peer import prove\n"
+    "refused = prove(s)\n"
+    "if refused: sys.stderr.buffer.write(refused[1]); sys.exit(refused[0])\n"
+)
 
 
 def _reply(sock: socket.socket) -> int | None:
@@ -204,12 +215,23 @@ def in_process(rt: str) -> Iterator[daemon.Daemon]:
     thread = threading.Thread(target=served.run, name="test-daemon")
     thread.start()
     try:
-        assert wait_for(lambda: os.path.exists(os.path.join(rt, "serve.sock")))
+        # Listening, not only bound: a connection is accepted (and, never
+        # proven, closed by the daemon after its handshake's timeout).
+        assert wait_for(lambda: _listening(os.path.join(rt, "serve.sock")))
         yield served
     finally:
         served.stopping.set()
         thread.join(60)
         assert not thread.is_alive()
+
+
+def _listening(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 class _FailingExecutor:
@@ -380,7 +402,8 @@ def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
     client = (
         "import socket, sys, struct\n"
         f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
-        f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        + _PROVE_OR_EXIT
+        + f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
         "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
     )
     p = subprocess.run(
@@ -406,7 +429,8 @@ def test_a_caller_in_other_namespaces_is_refused(
     client = (
         "import socket, sys, struct\n"
         f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
-        f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        + _PROVE_OR_EXIT
+        + f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
         "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
     )
     p = subprocess.run(
@@ -428,7 +452,8 @@ def test_another_user_is_refused_even_through_an_open_socket(
     client = (
         "import socket, sys, struct\n"
         f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
-        f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        + _PROVE_OR_EXIT
+        + f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
         "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
     )
     p = subprocess.run(

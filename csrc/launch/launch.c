@@ -50,6 +50,7 @@
 #endif
 #ifdef __linux__
 #include <sys/syscall.h>
+#include <sys/uio.h> /* process_vm_writev: the proof step */
 #endif
 
 #ifndef HERMETIC_VERSION
@@ -65,6 +66,12 @@
 #define START_TIMEOUT_NS (10LL * 1000000000LL)
 /* Between two attempts to connect while a daemon starts. */
 #define RETRY_NS (5LL * 1000000LL)
+/* How long the client waits for the daemon's challenge (the daemon sends it
+ * as it accepts; far more than that takes on a loaded machine). */
+#define CHALLENGE_TIMEOUT_MS 10000
+/* The challenge: magic, the address of the daemon's buffer, the nonce. */
+#define NONCE_BYTES 16
+#define CHALLENGE_BYTES (4 + 8 + NONCE_BYTES)
 
 #ifdef MSG_NOSIGNAL
 /* A daemon that went away turns a write into EPIPE, reported as one line,
@@ -90,7 +97,8 @@ static const char USAGE[] =
     "  --help           print this help and exit\n"
     "\n"
     "The daemon's socket is DIR/serve.sock, DIR being $HERMETIC_RUNTIME_DIR, else\n"
-    "$XDG_RUNTIME_DIR/hermetic, else /tmp/hermetic-UID.\n"
+    "$XDG_RUNTIME_DIR/hermetic, else HOME/.cache/hermetic/run (HOME: $HOME, else\n"
+    "the account's home in /etc/passwd).\n"
     "\n"
     "Exit status: the action's own; 128+N when signal N ended it; 123 bad command\n"
     "line or spec, 124 timeout, 125 setup failure or no daemon, 126 not executable,\n"
@@ -359,7 +367,7 @@ static struct buf build_request(const struct request_args *r)
         say("out of memory", NULL);
         exit(EXIT_SETUP);
     }
-    memcpy(b.data, "HML1", 4);
+    memcpy(b.data, "HML2", 4);
     for (int k = 0; k < 4; k++) /* little-endian, whatever the host's order */
         b.data[4 + k] = (char)((need >> (8 * k)) & 0xff);
     put_record(&b, 'S', spec_dir, spec_sep, r->spec);
@@ -401,7 +409,10 @@ static int fill_stdio(void)
 
 struct runtime {
     char dir[PATH_MAX];
-    struct sockaddr_un addr; /* DIR/serve.sock */
+    struct sockaddr_un addr; /* DIR/serve.sock, for messages and the length check */
+    int dirfd;               /* DIR, opened once and checked (check_runtime_dir) */
+    struct sockaddr_un via;  /* the socket's name through dirfd (try_connect) */
+    int from_home;           /* DIR is below $HOME: its parents may need making */
 };
 
 static int join(char *dst, size_t size, const char *a, const char *b)
@@ -412,6 +423,58 @@ static int join(char *dst, size_t size, const char *a, const char *b)
     memcpy(dst, a, la);
     memcpy(dst + la, b, lb + 1);
     return 0;
+}
+
+/* The home directory /etc/passwd gives uid, for a launcher started without
+ * HOME (a scrubbed environment).  The file itself, not getpwuid: the
+ * launcher may be linked statically, where NSS would need the shared
+ * libraries of the system's C library; the daemon reads the same file. */
+static int passwd_home(uid_t uid, char *out, size_t size)
+{
+    static char text[1 << 20];
+    int fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, text + len, sizeof text - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    text[len] = '\0';
+    /* name:password:UID:GID:gecos:HOME:shell, one account a line. */
+    for (char *line = text, *next; line != NULL && *line != '\0'; line = next) {
+        next = strchr(line, '\n');
+        if (next != NULL)
+            *next++ = '\0';
+        char *field[7];
+        int n = 0;
+        for (char *p = line; n < 7; n++) {
+            field[n] = p;
+            p = strchr(p, ':');
+            if (p == NULL) {
+                n++;
+                break;
+            }
+            *p++ = '\0';
+        }
+        if (n < 6 || field[2][0] == '\0')
+            continue;
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(field[2], &end, 10);
+        if (errno != 0 || *end != '\0' || v != (unsigned long)uid)
+            continue;
+        if (strlen(field[5]) + 1 > size)
+            return -ENAMETOOLONG;
+        memcpy(out, field[5], strlen(field[5]) + 1);
+        return 0;
+    }
+    return -ENOENT;
 }
 
 /* DIR as the protocol defines it.  Exits on an error. */
@@ -426,15 +489,21 @@ static void runtime_dir(struct runtime *rt)
     } else if (xdg != NULL && xdg[0] != '\0') {
         err = join(rt->dir, sizeof rt->dir, xdg, "/hermetic");
     } else {
-        char uid[32];
-        unsigned long v = (unsigned long)geteuid();
-        size_t n = sizeof uid - 1;
-        uid[n] = '\0';
-        do {
-            uid[--n] = (char)('0' + v % 10);
-            v /= 10;
-        } while (v != 0);
-        err = join(rt->dir, sizeof rt->dir, "/tmp/hermetic-", uid + n);
+        /* Below $HOME, as gpg-agent falls back to its home directory: a
+         * name in the shared /tmp (/tmp/hermetic-UID) can be taken first by
+         * another user, who would then refuse this user's launcher for
+         * good (the sticky /tmp keeps the owner's directory). */
+        static char from_passwd[PATH_MAX];
+        const char *home = getenv("HOME");
+        if ((home == NULL || home[0] != '/') &&
+            passwd_home(geteuid(), from_passwd, sizeof from_passwd) == 0)
+            home = from_passwd;
+        if (home == NULL || home[0] != '/') {
+            say("no runtime directory: set XDG_RUNTIME_DIR, HERMETIC_RUNTIME_DIR or HOME", NULL);
+            exit(EXIT_SETUP);
+        }
+        err = join(rt->dir, sizeof rt->dir, home, "/.cache/hermetic/run");
+        rt->from_home = 1;
     }
     if (err == 0 && rt->dir[0] != '/') {
         /* Relative, it would name another directory in every working
@@ -472,47 +541,103 @@ static void check_runtime_stat(const struct runtime *rt, const struct stat *st)
     }
 }
 
-/* Creates DIR when it is missing, then checks it as the protocol says: with
- * lstat (a symbolic link is refused, not followed), a directory owned by our
- * effective uid with no permission bit for group or others.  So only this
- * user reaches the socket, and a directory planted by someone else (in /tmp,
- * say) is never trusted with the action's descriptors.  Exits on an error,
- * naming DIR. */
-static void check_runtime_dir(const struct runtime *rt)
+/* Makes the parents of a DIR below $HOME (~/.cache, ~/.cache/hermetic),
+ * 0700 as the XDG base directory specification asks; existing ones are
+ * left as they are (DIR itself is what is checked). */
+static void make_home_parents(const struct runtime *rt)
+{
+    char path[PATH_MAX];
+    size_t len = strlen(rt->dir);
+    memcpy(path, rt->dir, len + 1);
+    for (int level = 0; level < 2; level++) {
+        char *slash = strrchr(path, '/');
+        if (slash == NULL || slash == path)
+            return;
+        *slash = '\0';
+    }
+    /* path is ~/.cache now; then ~/.cache/hermetic. */
+    for (int level = 0; level < 2; level++) {
+        if (mkdir(path, 0700) < 0 && errno != EEXIST)
+            return; /* opening DIR says why */
+        path[strlen(path)] = '/';
+    }
+}
+
+/* Creates DIR when it is missing, then opens it once, with O_NOFOLLOW (a
+ * symbolic link is refused, not followed), and checks what it opened: a
+ * directory owned by our effective uid with no permission bit for group or
+ * others.  The socket is then reached through that descriptor, never by
+ * DIR's name again: a directory renamed into DIR's place after the check
+ * (by whoever owns DIR's parent) is not the one connected to.  So only this
+ * user reaches the socket, and a directory planted by someone else is never
+ * trusted with the action's descriptors.  Exits on an error, naming DIR. */
+static void check_runtime_dir(struct runtime *rt)
 {
     struct stat st;
+#ifdef O_PATH
+    /* Only a handle (Linux): the socket's lookup below needs search
+     * permission on DIR, not read permission. */
+    int flags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+#else
+    int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+#endif
 
-    /* It exists on every call but the first: lstat first spares the
-     * mkdir (EEXIST) there.  Either way lstat judges what is there. */
-    if (lstat(rt->dir, &st) == 0) {
-        check_runtime_stat(rt, &st);
-        return;
-    }
-    if (errno != ENOENT) {
-        int e = errno;
-        say("cannot examine the runtime directory ", rt->dir, ": ", strerror(e), NULL);
-        exit(EXIT_SETUP);
-    }
-    if (mkdir(rt->dir, 0700) == 0) {
-        /* A restrictive umask could have left us without access to our own
-         * directory; chmod only widens it to 0700, never beyond. */
-        if (chmod(rt->dir, 0700) < 0) {
+    /* It exists on every call but the first: open first spares the mkdir
+     * (EEXIST) there. */
+    rt->dirfd = open(rt->dir, flags);
+    if (rt->dirfd < 0 && errno == ENOENT) {
+        if (rt->from_home)
+            make_home_parents(rt);
+        if (mkdir(rt->dir, 0700) == 0) {
+            /* A restrictive umask could have left us without access to our
+             * own directory; chmod only widens it to 0700, never beyond. */
+            if (chmod(rt->dir, 0700) < 0) {
+                int e = errno;
+                say("cannot set the mode of the runtime directory ", rt->dir, ": ",
+                    strerror(e), NULL);
+                exit(EXIT_SETUP);
+            }
+        } else if (errno != EEXIST) {
             int e = errno;
-            say("cannot set the mode of the runtime directory ", rt->dir, ": ", strerror(e),
-                NULL);
+            say("cannot create the runtime directory ", rt->dir, ": ", strerror(e), NULL);
             exit(EXIT_SETUP);
         }
-    } else if (errno != EEXIST) {
+        rt->dirfd = open(rt->dir, flags);
+    }
+    if (rt->dirfd < 0) {
         int e = errno;
-        say("cannot create the runtime directory ", rt->dir, ": ", strerror(e), NULL);
+        /* A link (ELOOP) or not a directory (ENOTDIR): lstat names which. */
+        if (lstat(rt->dir, &st) == 0)
+            check_runtime_stat(rt, &st);
+        say("cannot open the runtime directory ", rt->dir, ": ", strerror(e), NULL);
         exit(EXIT_SETUP);
     }
-    if (lstat(rt->dir, &st) < 0) {
+    if (fstat(rt->dirfd, &st) < 0) {
         int e = errno;
         say("cannot examine the runtime directory ", rt->dir, ": ", strerror(e), NULL);
         exit(EXIT_SETUP);
     }
     check_runtime_stat(rt, &st);
+
+    rt->via.sun_family = AF_UNIX;
+#ifdef __linux__
+    /* /proc/self/fd/N resolves to the very directory opened above. */
+    char num[16];
+    size_t n = sizeof num - 1;
+    unsigned v = (unsigned)rt->dirfd;
+    num[n] = '\0';
+    do {
+        num[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    char prefix[32];
+    (void)join(prefix, sizeof prefix, "/proc/self/fd/", num + n);
+    (void)join(rt->via.sun_path, sizeof rt->via.sun_path, prefix, "/serve.sock");
+#else
+    /* No /proc: try_connect fchdirs to the descriptor and connects to
+     * the relative name (there is no connectat). */
+    (void)join(rt->via.sun_path, sizeof rt->via.sun_path, "serve.sock", "");
+#endif
 }
 
 /* -- connecting, and starting the daemon ------------------------------------- */
@@ -564,7 +689,14 @@ static int try_connect(const struct runtime *rt)
             err = -errno;
     }
 #endif
-    while (err == 0 && connect(fd, (const struct sockaddr *)&rt->addr, sizeof rt->addr) < 0) {
+#ifndef __linux__
+    /* The launcher is single-threaded: nothing else resolves a relative
+     * name while the working directory is DIR (the request, which names
+     * the caller's working directory, was built before). */
+    if (err == 0 && fchdir(rt->dirfd) < 0)
+        err = -errno;
+#endif
+    while (err == 0 && connect(fd, (const struct sockaddr *)&rt->via, sizeof rt->via) < 0) {
         /* An interrupted connect goes on in the background, and a second
          * call cannot tell how it ended: start again on a fresh socket. */
         err = -errno;
@@ -776,6 +908,165 @@ static int connect_daemon(const struct runtime *rt)
     }
 }
 
+/* -- whom we talk to ---------------------------------------------------------- */
+
+/* The listener's credentials: the same uid as ours, else one line and exit
+ * 125.  The directory check already keeps others from DIR; this also holds
+ * when the socket was reached some other way.  *pid: the daemon's, which
+ * the proof writes to (0 where the system does not say). */
+static void check_server(int sock, const struct runtime *rt, pid_t *pid)
+{
+    uid_t uid;
+    *pid = 0;
+#if defined(__linux__)
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        int e = errno;
+        say("cannot learn who listens at ", rt->addr.sun_path, ": ", strerror(e), NULL);
+        exit(EXIT_SETUP);
+    }
+    uid = cred.uid;
+    *pid = cred.pid;
+#else
+    gid_t gid;
+    if (getpeereid(sock, &uid, &gid) < 0) {
+        int e = errno;
+        say("cannot learn who listens at ", rt->addr.sun_path, ": ", strerror(e), NULL);
+        exit(EXIT_SETUP);
+    }
+#endif
+    if (uid != geteuid()) {
+        say("refusing the daemon at ", rt->addr.sun_path,
+            ": it runs as another user, not as this one", NULL);
+        exit(EXIT_SETUP);
+    }
+}
+
+/* Reads exactly len bytes, waiting at most until deadline (ms from now for
+ * the whole); the count read (short at the end of the stream), or -errno
+ * (-ETIMEDOUT). */
+static ssize_t read_within(int sock, unsigned char *buf, size_t len, int timeout_ms)
+{
+    size_t got = 0;
+    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
+    while (got < len) {
+        int64_t left = deadline - now_ns();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        struct pollfd p = {sock, POLLIN, 0};
+        int r = poll(&p, 1, (int)(left / 1000000LL) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (r == 0)
+            continue;
+        ssize_t n = recv(sock, buf + got, len - got, 0);
+        if (n < 0) {
+            int e = errno;
+            if (e == EINTR || e == EAGAIN)
+                continue;
+            return -e;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+/* The proof step (docs/launch-protocol.md): the daemon's challenge names a
+ * buffer in its memory and a nonce; writing the nonce there with
+ * process_vm_writev shows the kernel lets this caller write the daemon's
+ * memory (the same uids, a superset of its capabilities, a Landlock domain
+ * no narrower than its, what the LSMs and Yama say): a caller that could
+ * make the daemon do anything already.  A refusal of the daemon's (its
+ * status, then one line) is said and exited with.  Exits on any failure. */
+static void prove(int sock, const struct runtime *rt, pid_t pid)
+{
+    unsigned char c[CHALLENGE_BYTES];
+    ssize_t got = read_within(sock, c, sizeof c, CHALLENGE_TIMEOUT_MS);
+    if (got >= 8 && memcmp(c, "HMR1", 4) == 0) {
+        char why[1024];
+        size_t n = (size_t)got - 8;
+        memcpy(why, c + 8, n);
+        for (;;) {
+            ssize_t more = n < sizeof why - 1 ? recv(sock, why + n, sizeof why - 1 - n, 0) : 0;
+            if (more < 0 && errno == EINTR)
+                continue;
+            if (more <= 0)
+                break;
+            n += (size_t)more;
+        }
+        while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == '\r'))
+            n--;
+        why[n] = '\0';
+        for (size_t k = 0; k < n; k++)
+            if (why[k] == '\n' || why[k] == '\r')
+                why[k] = ' '; /* one line */
+        uint32_t raw = (uint32_t)c[4] | (uint32_t)c[5] << 8 | (uint32_t)c[6] << 16 |
+                       (uint32_t)c[7] << 24;
+        say("the daemon refused this caller: ", why, NULL);
+        exit(raw > 0 && raw <= 255 ? (int)raw : EXIT_SETUP);
+    }
+    if (got == -ETIMEDOUT) {
+        say("the daemon at ", rt->addr.sun_path,
+            " sent no challenge within 10 s (a daemon of an older hermetic? it exits when idle)",
+            NULL);
+        exit(EXIT_SETUP);
+    }
+    if (got < 0) {
+        say("cannot read the daemon's challenge: ", errstr((int)got), NULL);
+        exit(EXIT_SETUP);
+    }
+    if ((size_t)got < sizeof c) {
+        say("the daemon closed the connection before its challenge (it may have died)", NULL);
+        exit(EXIT_SETUP);
+    }
+    if (memcmp(c, "HMP2", 4) != 0) {
+        say("the daemon's challenge is not of this protocol (no HMP2)", NULL);
+        exit(EXIT_SETUP);
+    }
+#if defined(__linux__)
+    uint64_t address = 0;
+    for (int k = 7; k >= 0; k--) /* little-endian, whatever the host's order */
+        address = address << 8 | c[4 + k];
+    struct iovec local = {c + 12, NONCE_BYTES};
+    struct iovec remote = {(void *)(uintptr_t)address, NONCE_BYTES};
+    ssize_t n = process_vm_writev(pid, &local, 1, &remote, 1, 0);
+    if (n == NONCE_BYTES)
+        return;
+    int e = n < 0 ? errno : EIO;
+    if (e == EPERM || e == EACCES) { /* EACCES: an LSM's refusal */
+        char scope[8] = "";
+        int fd = open("/proc/sys/kernel/yama/ptrace_scope", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t r = read(fd, scope, sizeof scope - 1);
+            scope[r > 0 ? r : 0] = '\0';
+            close(fd);
+        }
+        if (scope[0] >= '2' && scope[0] <= '9') {
+            scope[1] = '\0';
+            say("kernel.yama.ptrace_scope is ", scope,
+                ": no process may write the daemon's memory, which is how a caller proves it "
+                "may use the daemon (docs/launch-protocol.md)", NULL);
+            exit(EXIT_SETUP);
+        }
+        say("this caller may not use the daemon: it may not write the daemon's memory (it is "
+            "confined more tightly: Landlock, fewer capabilities, an LSM); give it a daemon "
+            "of its own (HERMETIC_RUNTIME_DIR)", NULL);
+        exit(EXIT_SETUP);
+    }
+    say("cannot prove to the daemon that this caller may use it: ", strerror(e), NULL);
+    exit(EXIT_SETUP);
+#else
+    (void)pid;
+    say("the daemon's proof step needs process_vm_writev, which this system lacks", NULL);
+    exit(EXIT_SETUP);
+#endif
+}
+
 /* -- the exchange ------------------------------------------------------------ */
 
 /* The request, its first sendmsg carrying the three descriptors as one
@@ -863,6 +1154,9 @@ int main(int argc, char **argv)
     runtime_dir(&rt);
     check_runtime_dir(&rt);
     int sock = connect_daemon(&rt);
+    pid_t daemon_pid;
+    check_server(sock, &rt, &daemon_pid);
+    prove(sock, &rt, daemon_pid);
 
     const int stdio[3] = {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO};
     err = send_request(sock, &request, stdio);

@@ -123,6 +123,20 @@ def _say_check(title: str, check: dict[str, Any]) -> None:
         _say(f"  {name:22} {limit['value']:>12}  {how}")
 
 
+def _launcher_note() -> str | None:
+    """Why hermetic-launch cannot work here, if it cannot: Yama's ptrace
+    scope 2 or 3 refuses the write that proves a caller to its daemon."""
+    from hermetic.serve.peer import yama_scope
+
+    scope = yama_scope()
+    if scope is None or scope < 2:
+        return None
+    return (
+        f"kernel.yama.ptrace_scope is {scope}: no caller can prove itself to the daemon, "
+        "so every launch fails with 125 (docs/launch-protocol.md)"
+    )
+
+
 def _cmd_doctor(ns: argparse.Namespace) -> int:
     from hermetic.platforms import current
 
@@ -148,6 +162,9 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
                 _say(f"{'cgroup_v2':24} {v2}")
         for key, note in caps.notes:
             _say(f"note: {key}: {note}")
+        launcher = _launcher_note()
+        if launcher is not None:
+            _say(f"note: hermetic-launch: {launcher}")
         _say_check("default spec", mine)
         if other is not None and not other["checked"]:
             _say(f"{'as ' + other['user']:24} {other['error']}")

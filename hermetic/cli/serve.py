@@ -68,7 +68,8 @@ def _serve_control(ns: argparse.Namespace, daemon: Any, protocol: Any) -> int:
         return 1 if ns.status else 0
     status, body = answer
     if status != 0:
-        return _fail("the daemon refused the request", EXIT_SETUP)
+        why = " ".join(body.decode("utf-8", "replace").split())
+        return _fail(f"the daemon refused the request{': ' + why if why else ''}", EXIT_SETUP)
     if ns.status:
         print(json.dumps(json.loads(body), indent=2))
         return 0

@@ -8,9 +8,11 @@ cgroup slots, the standby sandbox, the mount template) it reuses across
 launchers too; that is the whole point: a launcher costs a connection, not
 an interpreter.
 
-A fixed set of threads each accept a connection and run its action
-(waiting in the C core with the GIL released); the sandbox's periodic
-check ends an action whose launcher went away (Ctrl-C, make's SIGTERM).
+One thread accepts connections, checks each peer and takes it through
+its handshake (the proof, then the header); a fixed set of threads run
+the actions (waiting in the C core with the GIL released); the sandbox's
+periodic check ends an action whose launcher went away (Ctrl-C, make's
+SIGTERM).
 The daemon exits after ``idle`` seconds without a connection, on
 ``hermetic serve --stop``, or on SIGTERM/SIGINT, letting running actions
 finish.
@@ -22,11 +24,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
 import os
+import queue
+import selectors
 import signal
 import socket
 import stat
@@ -43,17 +48,19 @@ from hermetic.core.streams import Streams
 from hermetic.executor import HermeticExecutor
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC, EXIT_TIMEOUT, failure_status
 from hermetic.serve import protocol
-from hermetic.serve.peer import check_peer
+from hermetic.serve.peer import Challenge, allow_proofs, check_peer, prove
 
 #: Seconds without a connection after which the daemon exits (as sccache's
 #: server does after 600 s); HERMETIC_SERVE_IDLE or --idle-timeout change it.
 DEFAULT_IDLE = 600.0
 #: Executors kept warm, one per spec; the least recently used idle one goes.
 MAX_EXECUTORS = 8
-#: Threads accepting and running actions; more connections at once wait
-#: their turn in the listen queue.  make -j and ninja run about one action
-#: per core.
+#: Threads running actions; more requests at once wait their turn.  make -j
+#: and ninja run about one action per core.
 SERVING_THREADS = max(16, 4 * (os.cpu_count() or 1))
+#: Connections at most in their handshake at once; beyond, the oldest is
+#: closed (each costs a descriptor until its HANDSHAKE_TIMEOUT).
+MAX_HANDSHAKES = 256
 #: A spec file larger than this is refused (a spec is a few kilobytes).
 MAX_SPEC_BYTES = 16 << 20
 #: Spec files whose digest is remembered by their identity (``_known_digest``).
@@ -124,6 +131,7 @@ class Daemon:
             except BlockingIOError:
                 _ready(ready_fd, b"0")
                 return 0
+            allow_proofs()
             os.ftruncate(lock_fd, 0)
             os.write(lock_fd, f"{os.getpid()}\n".encode())
             with contextlib.suppress(FileNotFoundError):
@@ -144,57 +152,137 @@ class Daemon:
         return 0
 
     def _accept(self, listener: socket.socket) -> None:
-        """Threads that each accept and serve a connection (the kernel hands
-        each connection to one of them: no hand-off between threads on the
-        way to the action); this thread watches the idle time and stops."""
-        listener.settimeout(None)
+        """This thread accepts every connection, checks its peer at once
+        (before anything is read from it) and sends it its challenge; a
+        connection whose request has begun to arrive goes to one of the
+        serving threads.  Connections still in their handshake wait here in
+        one selector, not in a serving thread, each for at most
+        HANDSHAKE_TIMEOUT seconds: idle or slow peers, however many, never
+        hold a thread that a good launcher needs."""
+        listener.setblocking(False)
+        ready: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         workers = [
             threading.Thread(
-                target=self._work, args=(listener,), name=f"hermetic-serve-{i}", daemon=True
+                target=self._work, args=(ready,), name=f"hermetic-serve-{i}", daemon=True
             )
             for i in range(SERVING_THREADS)
         ]
         for worker in workers:
             worker.start()
-        while not self.stopping.wait(_TICK):
-            with self._lock:
-                quiet = self.running == 0
-                idle_for = time.monotonic() - self.last_activity
-            if quiet and idle_for >= self.idle:
-                break
-        # No new connection from here on (a blocked accept() returns
-        # EINVAL); running actions finish.
+        pending: dict[socket.socket, _Pending] = {}  # oldest first
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            try:
+                while not self.stopping.is_set():
+                    now = time.monotonic()
+                    wait = _TICK
+                    if pending:
+                        wait = min(wait, max(0.0, next(iter(pending.values())).deadline - now))
+                    for key, _ in selector.select(wait):
+                        if key.fileobj is listener:
+                            self._greet_all(listener, selector, pending)
+                            continue
+                        conn = key.fileobj
+                        assert isinstance(conn, socket.socket)
+                        waiting = pending[conn]
+                        done = _receive_head(waiting)
+                        if done is None:
+                            continue  # more of the header to come
+                        selector.unregister(conn)
+                        del pending[conn]
+                        if not done:
+                            waiting.close()
+                            continue
+                        with self._lock:
+                            self.running += 1
+                            self.last_activity = time.monotonic()
+                        ready.put(waiting)
+                    now = time.monotonic()
+                    for conn, waiting in list(pending.items()):
+                        if waiting.deadline > now:
+                            break
+                        selector.unregister(conn)
+                        del pending[conn]
+                        waiting.close()  # no request in time
+                    with self._lock:
+                        quiet = self.running == 0 and not pending
+                        idle_for = time.monotonic() - self.last_activity
+                    if quiet and idle_for >= self.idle:
+                        break
+            finally:
+                for waiting in pending.values():
+                    waiting.close()
+        # No new connection from here on; running actions finish.
         with contextlib.suppress(OSError):
             listener.shutdown(socket.SHUT_RDWR)
+        for _ in workers:
+            ready.put(None)
         for worker in workers:
             worker.join()
         self._close_executors()
 
-    def _work(self, listener: socket.socket) -> None:
-        while not self.stopping.is_set():
+    def _greet_all(
+        self,
+        listener: socket.socket,
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, _Pending],
+    ) -> None:
+        """Accepts what is waiting; checks each peer and sends it its
+        challenge, or its refusal."""
+        while True:
             try:
                 conn, _ = listener.accept()
-            except InterruptedError:
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # shut down, or out of descriptors: the next round retries
+            conn.setblocking(False)
+            try:
+                check_peer(conn)
+            except HermeticError as e:
+                # Before anything is read: the caller's streams have not come,
+                # so the reason goes on the connection, after the status.
+                why = e.reason if isinstance(e, UnsupportedError) else str(e)
+                with contextlib.suppress(OSError):
+                    conn.send(protocol.reply(EXIT_SETUP) + f"{why}\n".encode()[:4000])
+                conn.close()
                 continue
             except OSError:
-                return  # shut down
+                conn.close()
+                continue
+            waiting = _Pending(conn, Challenge(), time.monotonic() + protocol.HANDSHAKE_TIMEOUT)
+            try:
+                conn.send(waiting.challenge.message())  # a few bytes into an empty buffer
+            except OSError:
+                conn.close()
+                continue
+            if len(pending) >= MAX_HANDSHAKES:  # the oldest goes: it had the most time
+                oldest = next(iter(pending))
+                selector.unregister(oldest)
+                pending.pop(oldest).close()
+            pending[conn] = waiting
+            selector.register(conn, selectors.EVENT_READ)
             with self._lock:
-                if self.stopping.is_set():
-                    conn.close()
-                    return
-                self.running += 1
                 self.last_activity = time.monotonic()
-            self._handle(conn)
+
+    def _work(self, ready: queue.SimpleQueue[_Pending | None]) -> None:
+        while True:
+            waiting = ready.get()
+            if waiting is None:
+                return
+            self._handle(waiting)
 
     # -- one connection ---------------------------------------------------
 
-    def _handle(self, conn: socket.socket) -> None:
-        fds: list[int] = []
+    def _handle(self, waiting: _Pending) -> None:
+        conn = waiting.conn
+        fds = waiting.fds
         exchange = _Exchange(conn)
         try:
             with conn:
                 try:
-                    self._serve(exchange, fds)
+                    conn.setblocking(True)
+                    self._serve(exchange, fds, waiting.head)
                 except Exception as e:  # a bug: logged, never the daemon's end
                     self._fail(exchange, fds, e)
         finally:
@@ -206,28 +294,17 @@ class Daemon:
                 self.served += 1
                 self.last_activity = time.monotonic()
 
-    def _serve(self, exchange: _Exchange, fds: list[int]) -> None:
-        """One request.  An error of the connection's that means the
-        launcher went away (end of stream, EPIPE, ECONNRESET) ends it
-        quietly: nobody is left to answer.  Any other error, of the
-        connection's or not, is the daemon's own: logged, and answered
-        with a status of hermetic's (``_fail``) while the connection
-        still carries one."""
+    def _serve(self, exchange: _Exchange, fds: list[int], head: bytes) -> None:
+        """One request from a proven caller, its header read.  An error of
+        the connection's that means the launcher went away (end of stream,
+        EPIPE, ECONNRESET) ends it quietly: nobody is left to answer.  Any
+        other error, of the connection's or not, is the daemon's own:
+        logged, and answered with a status of hermetic's (``_fail``) while
+        the connection still carries one."""
         conn = exchange.conn
-        try:
-            head = _recv_head(conn, fds)
-        except (OSError, EOFError) as e:
-            if _gone(e):
-                return  # the launcher went away before asking
-            raise
         try:
             magic, length = protocol.parse_header(head[: protocol.HEADER.size])
         except (SpecError, ValueError):
-            return
-        try:
-            check_peer(conn)
-        except HermeticError as e:
-            self._refuse(exchange, fds, e)
             return
         if magic == protocol.STATUS:
             exchange.answer(protocol.reply(0) + json.dumps(self.status()).encode())
@@ -444,6 +521,25 @@ def _gone(error: BaseException) -> bool:
     )
 
 
+@dataclasses.dataclass
+class _Pending:
+    """A connection in its handshake: its challenge, until when it may take
+    to send its request's header, and what has arrived of it."""
+
+    conn: socket.socket
+    challenge: Challenge
+    deadline: float
+    head: bytes = b""
+    fds: list[int] = dataclasses.field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+        self.conn.close()
+
+
 class _Exchange:
     """A launcher's connection and whether it was answered (at most once:
     the launcher reads one 8-byte reply)."""
@@ -483,19 +579,35 @@ def _ready(fd: int, word: bytes) -> None:
         os.close(fd)
 
 
-def _recv_head(conn: socket.socket, fds: list[int]) -> bytes:
-    """At least the header's bytes, with the descriptors that ride them
-    (appended to ``fds`` as they arrive, so the caller closes them)."""
-    data = b""
-    while len(data) < protocol.HEADER.size:
-        chunk, got, flags, _ = socket.recv_fds(conn, 65536, 3)
-        fds.extend(got)
-        if flags & getattr(socket, "MSG_CTRUNC", 0x8):
-            raise EOFError("more descriptors than a request carries")
-        if not chunk:
-            raise EOFError("the launcher closed the connection")
-        data += chunk
-    return data
+def _receive_head(waiting: _Pending) -> bool | None:
+    """What has arrived of a connection's header, with the descriptors
+    that ride it, without waiting (the handshake thread reads every
+    connection): None while it is incomplete; False when the connection is
+    to be dropped (closed, too many descriptors, or a header sent before
+    the caller wrote the challenge into our memory: the proof is checked
+    before the request is even parsed); True when it is whole and proven."""
+    while len(waiting.head) < protocol.HEADER.size:
+        try:
+            chunk, got, flags, _ = socket.recv_fds(waiting.conn, 65536, 3)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return False
+        waiting.fds.extend(got)
+        if flags & getattr(socket, "MSG_CTRUNC", 0x8) or not chunk:
+            return False
+        waiting.head += chunk
+    if not waiting.challenge.proven():
+        # Said on the connection, not on the caller's stderr: a write to a
+        # pipe it chose could block this thread.
+        with contextlib.suppress(OSError):
+            waiting.conn.send(
+                protocol.reply(EXIT_SETUP)
+                + b"the caller did not prove that it may use the daemon (the challenge "
+                b"was not written into the daemon's memory)\n"
+            )
+        return False
+    return True
 
 
 def _recv_exactly(conn: socket.socket, n: int) -> bytes:
@@ -586,6 +698,14 @@ def control(magic: bytes) -> tuple[int, bytes] | None:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             return None
+        try:
+            refused = prove(sock)
+        except OSError as e:
+            raise SpecError(
+                f"cannot prove to the daemon that this caller may use it: {e}"
+            ) from None
+        if refused is not None:
+            return refused[0], refused[1]
         sock.sendall(protocol.HEADER.pack(magic, 0))
         data = b""
         while True:

@@ -13,16 +13,27 @@ from dataclasses import dataclass
 from hermetic.core.errors import SpecError
 
 #: A request to run an action; its payload follows, the three stdio
-#: descriptors ride the first bytes.
-RUN = b"HML1"
+#: descriptors ride the first bytes.  The digit is the protocol's version:
+#: 2 added the daemon's challenge (PROVE).
+RUN = b"HML2"
 #: Control requests, with an empty payload.
-STATUS = b"HMS1"
-STOP = b"HMQ1"
+STATUS = b"HMS2"
+STOP = b"HMQ2"
 #: The reply: this, then the exit status (int32, little-endian).
 REPLY = b"HMR1"
 #: The header: a magic and the payload's length (uint32, little-endian).
 HEADER = struct.Struct("<4sI")
 STATUS_WORD = struct.Struct("<4si")
+#: The daemon's first message on every connection: this magic, the address
+#: of a buffer in the daemon's memory (uint64, little-endian) and a nonce
+#: the client must write there (process_vm_writev) before it sends its
+#: request.  A refused caller gets a REPLY word instead, then one line.
+PROVE = b"HMP2"
+NONCE_BYTES = 16
+CHALLENGE = struct.Struct(f"<4sQ{NONCE_BYTES}s")
+#: Seconds a client has, from its connection's accept, to prove itself
+#: and send its request's header.
+HANDSHAKE_TIMEOUT = 1.0
 #: A payload larger than this is refused (Linux's own limit on a command
 #: line and its environment is 2 MiB by default, 6 MiB at most).
 MAX_PAYLOAD = 16 << 20
@@ -81,15 +92,45 @@ def parse_run(payload: bytes) -> Request:
     return Request(spec_path, cwd, tuple(fields["A"]), env)
 
 
+#: Below $HOME, the runtime directory when XDG_RUNTIME_DIR is unset.
+HOME_RUNTIME_DIR = ".cache/hermetic/run"
+
+
+def _passwd_home(uid: int) -> str:
+    """The home directory /etc/passwd gives ``uid`` ("" if none): the file
+    itself, as the launcher reads it (it cannot rely on NSS)."""
+    try:
+        with open("/etc/passwd", "rb") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return ""
+    for line in text.split(b"\n"):
+        fields = line.split(b":")
+        if len(fields) >= 6 and fields[2].isdigit() and int(fields[2]) == uid:
+            return os.fsdecode(fields[5])
+    return ""
+
+
 def runtime_dir() -> str:
-    """Where the daemon's socket and lock live (docs/launch-protocol.md)."""
+    """Where the daemon's socket and lock live (docs/launch-protocol.md).
+    Without XDG_RUNTIME_DIR, a directory below $HOME (as gpg-agent falls
+    back to its home directory): a name in the shared /tmp could be taken
+    first by another user, and the launcher refused for good."""
     given = os.environ.get("HERMETIC_RUNTIME_DIR")
     if given:
         return given
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return os.path.join(xdg, "hermetic")
-    return f"/tmp/hermetic-{os.geteuid()}"
+    home = os.environ.get("HOME", "")
+    if not home.startswith("/"):
+        home = _passwd_home(os.geteuid())
+    if not home.startswith("/"):
+        raise SpecError(
+            "no runtime directory: set XDG_RUNTIME_DIR, HERMETIC_RUNTIME_DIR or HOME",
+            field="runtime_dir",
+        )
+    return os.path.join(home, HOME_RUNTIME_DIR)
 
 
 def checked_runtime_dir(create: bool = True) -> str:
@@ -103,6 +144,8 @@ def checked_runtime_dir(create: bool = True) -> str:
         raise SpecError(f"runtime directory {path!r} is not absolute", field="runtime_dir")
     if create:
         try:
+            if not os.environ.get("HERMETIC_RUNTIME_DIR") and not os.environ.get("XDG_RUNTIME_DIR"):
+                os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)  # below $HOME
             os.mkdir(path, 0o700)
         except FileExistsError:
             pass
