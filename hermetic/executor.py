@@ -263,8 +263,9 @@ class HermeticExecutor:
         it this process's own, as a shell would.
 
         ``cancel``, a ``threading.Event`` (or anything with ``is_set()``,
-        asked every 20 ms), ends the sandbox (all its processes) once set;
-        the result then shows the action killed (SIGKILL).
+        asked at each periodic check, 20-100 ms apart), ends the sandbox
+        (all its processes) once set; the result then shows the action
+        killed (SIGKILL).
         """
         return self._execute(
             argv,

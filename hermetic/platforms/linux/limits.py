@@ -9,8 +9,9 @@
   ``max_memory_bytes`` (memory.limit_in_bytes; an action that reaches it
   is killed when the group reports under_oom), ``max_processes`` for root
   (pids.max), ``max_cpu_time_ms`` summed over the sandbox (cpuacct.usage,
-  checked every 20 ms), ``cpu_shares`` (cpu.shares).
-- the caller's wait loop, every 20 ms: ``max_disk_io`` (storage bytes read
+  checked at each periodic check), ``cpu_shares`` (cpu.shares).
+- the caller's wait loop, at each periodic check (every 20 ms at first, at
+  most 100 ms apart later: hermetic/security/timeout.py): ``max_disk_io`` (storage bytes read
   and written, summed through /proc: hermetic/monitoring/proctree.py) and
   ``max_output_bytes`` (the size of the captured stdout and stderr).
 - the network namespace: ``max_network_io`` needs nothing while the
@@ -136,7 +137,7 @@ def plan_limits(
         how = {
             "max_processes": "RLIMIT_NPROC, from which the kernel exempts root",
             "max_cpu_time_ms": "per process (RLIMIT_CPU), not summed",
-            "max_memory_bytes": "sampled every 20 ms, not a hard limit",
+            "max_memory_bytes": "sampled 20-100 ms apart, not a hard limit",
             "cpu_shares": "not applied",
         }
         weak += [(name, f"{how[name]} ({cgroup_unavailable})") for name in needs_cgroup]

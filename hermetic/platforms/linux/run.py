@@ -200,7 +200,8 @@ def execute(
 
     ``env``: the action's own variables, over the prepared environment
     (platforms/base.py's action_environment says how; validated by the
-    caller).  ``cancel``, once set, ends the sandbox (SIGKILL) within 20 ms.
+    caller).  ``cancel``, once set, ends the sandbox (SIGKILL) at the next
+    periodic check (20-100 ms apart: hermetic/security/timeout.py).
     ``profile``, a dict, receives the seconds each stage took (pid 1 stamps
     its stages: see enum hm_stamp; benchmarks/profile_stages.py).
     ``streams``: the caller's descriptors for stdin, stdout, stderr (-1:
