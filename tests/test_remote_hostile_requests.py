@@ -21,31 +21,21 @@ import textwrap
 import pytest
 
 # First: it skips (or, under CI, fails) where the 'remote' extra is missing.
+import test_remote_hostile  # isort: skip
 from test_remote_hostile import SH, Worker, _ok, _refused  # isort: skip
 
-from memory_cas import MemoryCas, lease
+from memory_cas import lease
 
 from hermetic.remote import execroot, worker
-from hermetic.remote.cas import MAX_BLOB, CasClient, LocalCache, digest_of, key
+from hermetic.remote.cas import MAX_BLOB, LocalCache, digest_of, key
 from hermetic.remote.protos import code_pb2, re_pb2
 
 pytestmark = pytest.mark.linux
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-@pytest.fixture
-def w(tmp_path):
-    store = MemoryCas()
-    channel = store.channel()
-    work = worker.prepare_work_dir(str(tmp_path / "work"))
-    cache = LocalCache(os.path.join(work, "cas"))
-    try:
-        yield Worker(store, CasClient(channel, ""), cache, work)
-    finally:
-        cache.close()
-        channel.close()
-        store.close()
+#: A worker of an in-memory CAS, the fixture of that file.
+w = test_remote_hostile.w
 
 
 def _exec_roots(w: Worker) -> list[str]:

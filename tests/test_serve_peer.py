@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import _as_user_cmd, _user_env, process_alive, unavailable, wait_for
+from conftest import _as_user_cmd, _runner_for, _user_env, process_alive, unavailable, wait_for
 
 from hermetic.serve import protocol
 
@@ -154,14 +154,7 @@ class Caller:
 def caller(request: pytest.FixtureRequest) -> Caller:
     if not os.access(LAUNCHER, os.X_OK):
         unavailable(f"{LAUNCHER} is missing: the package was installed without its launcher")
-    if request.param == "root":
-        if os.geteuid() != 0:
-            pytest.skip("the root mode needs the suite to run as root")
-        return Caller(None)
-    if os.geteuid() != 0:
-        return Caller(None)  # the suite's own user is the unprivileged one
-    user: pwd.struct_passwd = request.getfixturevalue("test_user")
-    return Caller(user)
+    return Caller(_runner_for(request.param, request).user)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import textwrap
 
@@ -79,6 +80,10 @@ def test_streams_as_the_test_user(test_user) -> None:
     _check(json.loads(p.stdout))
 
 
+def _never_open() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def test_stream_arguments_are_checked() -> None:
     ex = HermeticExecutor.create(SandboxSpec(inputs=TOOLS)).unwrap()
     r, w = os.pipe()
@@ -88,7 +93,10 @@ def test_stream_arguments_are_checked() -> None:
             "may not both": dict(stdin=b"x", streams=Streams(stdin=r)),
             "must be a Streams": dict(streams=(0, 1, 2)),
             "must be a file descriptor": dict(streams=Streams(stdout="out.txt")),
-            "is not open": dict(streams=Streams(stdout=w)),
+            # Not the pipe's closed end: another thread (a standby being
+            # made) may be given that number again at any time.  A number
+            # at the descriptor limit is never open.
+            "is not open": dict(streams=Streams(stdout=_never_open())),
         }
         for needle, kw in cases.items():
             err = ex.execute(["true"], **kw).unwrap_err()
