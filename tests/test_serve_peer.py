@@ -188,6 +188,7 @@ def _work(caller: Caller) -> Iterator[str]:
         ("seccomp.py", SECCOMP),
         ("idle.py", IDLE),
         ("no_proof.py", NO_PROOF),
+        ("flood.py", FLOOD),
     ):
         with open(os.path.join(path, name), "w") as f:
             f.write(text)
@@ -362,6 +363,77 @@ def test_idle_connections_do_not_hold_the_daemon(caller: Caller, work: str) -> N
         if idle.poll() is None:
             idle.kill()
             idle.wait()
+
+
+#: Connects to SOCKET in a loop and never proves itself, holding what the
+#: daemon lets it hold, until stdin closes; prints how many it was refused.
+FLOOD = """
+import collections, socket, sys, threading
+path = sys.argv[1]
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+held, refused = collections.deque(), 0
+def count(s):
+    global refused
+    s.setblocking(False)
+    try:
+        refused += s.recv(4096).startswith(b"HMR1")  # a reply, not a challenge
+    except OSError:
+        pass
+    s.close()
+print("ready", flush=True)
+while not stop.is_set():
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+    while len(held) > 400:
+        count(held.popleft())
+while held:
+    count(held.popleft())
+print(refused, flush=True)
+"""
+
+
+def test_a_process_flooding_the_handshake_does_not_lock_launchers_out(
+    caller: Caller, work: str
+) -> None:
+    """A process that connects in a loop and never proves itself (as a
+    confined one that the proof refuses could) holds at most
+    MAX_HANDSHAKES_PER_PEER handshakes: past that it is refused at once,
+    and every launcher meanwhile still runs."""
+    rt = os.path.join(work, "rt")
+    _start(caller, rt)
+    flood = subprocess.Popen(
+        caller.cmd(
+            [sys.executable, os.path.join(work, "flood.py"), os.path.join(rt, "serve.sock")]
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=caller.env({}),
+        cwd="/",
+    )
+    try:
+        assert flood.stdout is not None and flood.stdin is not None
+        assert flood.stdout.readline() == b"ready\n"
+        for _ in range(5):
+            p = subprocess.run(
+                caller.cmd([LAUNCHER, "--spec", os.path.join(work, "spec.json"), "echo", "served"]),
+                capture_output=True,
+                env=caller.env({"HERMETIC_RUNTIME_DIR": rt}),
+                cwd="/",
+                timeout=60,
+            )
+            assert (p.returncode, p.stdout) == (0, b"served\n"), p.stderr
+        out, _ = flood.communicate(b"", timeout=120)
+        assert int(out) > 0, "the flood was never refused"
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+            flood.wait()
 
 
 @pytest.mark.root

@@ -48,7 +48,7 @@ from hermetic.core.streams import Streams
 from hermetic.executor import HermeticExecutor
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC, EXIT_TIMEOUT, failure_status
 from hermetic.serve import protocol
-from hermetic.serve.peer import Challenge, allow_proofs, check_peer, prove
+from hermetic.serve.peer import Challenge, allow_proofs, check_peer, peer_pid, prove
 
 #: Seconds without a connection after which the daemon exits (as sccache's
 #: server does after 600 s); HERMETIC_SERVE_IDLE or --idle-timeout change it.
@@ -58,9 +58,17 @@ MAX_EXECUTORS = 8
 #: Threads running actions; more requests at once wait their turn.  make -j
 #: and ninja run about one action per core.
 SERVING_THREADS = max(16, 4 * (os.cpu_count() or 1))
-#: Connections at most in their handshake at once; beyond, the oldest is
-#: closed (each costs a descriptor until its HANDSHAKE_TIMEOUT).
+#: Connections at most in their handshake at once, and from one process
+#: (a launcher makes one); beyond either, the new connection is refused at
+#: once.  Refusing the newest, not closing the oldest: a process that
+#: connects in a loop and never proves itself would otherwise push every
+#: launcher out before its proof arrives.  Each costs a descriptor until
+#: its HANDSHAKE_TIMEOUT.
 MAX_HANDSHAKES = 256
+MAX_HANDSHAKES_PER_PEER = 4
+#: Connections accepted in one round of the handshake loop, before the
+#: connections already in their handshake are read again.
+ACCEPTS_PER_ROUND = 32
 #: A spec file larger than this is refused (a spec is a few kilobytes).
 MAX_SPEC_BYTES = 16 << 20
 #: Spec files whose digest is remembered by their identity (``_known_digest``).
@@ -227,9 +235,11 @@ class Daemon:
         selector: selectors.BaseSelector,
         pending: dict[socket.socket, _Pending],
     ) -> None:
-        """Accepts what is waiting; checks each peer and sends it its
+        """Accepts what is waiting, at most ACCEPTS_PER_ROUND at a time (so
+        that a process connecting in a loop cannot keep the other
+        handshakes from being read); checks each peer and sends it its
         challenge, or its refusal."""
-        while True:
+        for _ in range(ACCEPTS_PER_ROUND):
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -238,6 +248,16 @@ class Daemon:
                 return  # shut down, or out of descriptors: the next round retries
             conn.setblocking(False)
             try:
+                # Counted before the peer's /proc is read: a refusal here
+                # costs the daemon next to nothing.
+                pid = peer_pid(conn)
+                held = sum(1 for waiting in pending.values() if waiting.pid == pid)
+                if held >= MAX_HANDSHAKES_PER_PEER or len(pending) >= MAX_HANDSHAKES:
+                    raise UnsupportedError(
+                        "launcher",
+                        f"too many connections in their handshake ({len(pending)}; "
+                        f"{held} from pid {pid}): try again",
+                    )
                 check_peer(conn)
             except HermeticError as e:
                 # Before anything is read: the caller's streams have not come,
@@ -250,16 +270,14 @@ class Daemon:
             except OSError:
                 conn.close()
                 continue
-            waiting = _Pending(conn, Challenge(), time.monotonic() + protocol.HANDSHAKE_TIMEOUT)
+            waiting = _Pending(
+                conn, Challenge(), time.monotonic() + protocol.HANDSHAKE_TIMEOUT, pid=pid
+            )
             try:
                 conn.send(waiting.challenge.message())  # a few bytes into an empty buffer
             except OSError:
                 conn.close()
                 continue
-            if len(pending) >= MAX_HANDSHAKES:  # the oldest goes: it had the most time
-                oldest = next(iter(pending))
-                selector.unregister(oldest)
-                pending.pop(oldest).close()
             pending[conn] = waiting
             selector.register(conn, selectors.EVENT_READ)
             with self._lock:
@@ -529,6 +547,7 @@ class _Pending:
     conn: socket.socket
     challenge: Challenge
     deadline: float
+    pid: int = 0  # the peer's, from SO_PEERCRED
     head: bytes = b""
     fds: list[int] = dataclasses.field(default_factory=list)
 

@@ -77,11 +77,18 @@ def _own() -> dict[str, object]:
     return _OWN
 
 
-def check_peer(conn: socket.socket) -> None:
-    """Raise UnsupportedError unless the peer may use this daemon, as far
-    as /proc tells (the proof tells the rest)."""
+def peer_pid(conn: socket.socket) -> int:
+    """The peer's pid, as SO_PEERCRED gives it."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
+
+
+def check_peer(conn: socket.socket) -> int:
+    """The peer's pid; raise UnsupportedError unless the peer may use this
+    daemon, as far as /proc tells (the proof tells the rest)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", creds)
+    pid = int(pid)
     if uid != os.geteuid():
         raise UnsupportedError("launcher", f"the daemon serves uid {os.geteuid()} only, not {uid}")
     pidfd = -1
@@ -105,6 +112,7 @@ def check_peer(conn: socket.socket) -> None:
     finally:
         if pidfd >= 0:
             os.close(pidfd)
+    return pid
 
 
 class _IoVec(ctypes.Structure):
