@@ -208,6 +208,55 @@ def test_a_work_dir_of_other_files_is_refused(tmp_path):
     assert os.stat(fresh).st_mode & 0o777 == 0o700
 
 
+def test_a_work_dir_others_could_replace_is_refused(tmp_path):
+    """Whoever could rename an entry on the way to the work directory could
+    put a directory (or a link) of theirs where the worker writes as its
+    user: a parent writable by others and not sticky is refused, and so is a
+    work directory that is a link.  Nothing is made in either."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ValueError, match="writable by others"):
+        worker.prepare_work_dir(str(shared / "w"))
+    assert os.listdir(shared) == []
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot rename what is not theirs
+    assert worker.prepare_work_dir(str(shared / "w")) == str(shared / "w")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match="a link is refused"):
+        worker.prepare_work_dir(str(tmp_path / "link"))
+    assert os.listdir(tmp_path / "real") == []
+
+
+@pytest.mark.root
+def test_a_work_dir_or_cache_of_another_user_is_refused(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to make directories of another user")
+    nobody = 65534
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, nobody, nobody)
+    with pytest.raises(ValueError, match="owned by uid 65534"):
+        worker.prepare_work_dir(str(theirs))
+    parent = tmp_path / "parent"
+    parent.mkdir(mode=0o755)
+    os.chown(parent, nobody, nobody)
+    with pytest.raises(ValueError, match="owned by uid 65534, neither root nor this user"):
+        worker.prepare_work_dir(str(parent / "w"))
+    assert os.listdir(parent) == []
+    work = worker.prepare_work_dir(str(tmp_path / "w"))
+    cas = os.path.join(work, "cas")
+    os.mkdir(cas)
+    os.chown(cas, nobody, nobody)
+    with pytest.raises(ValueError, match="owned by uid 65534"):
+        LocalCache(cas)
+    os.rmdir(cas)
+    os.symlink(str(theirs), cas)
+    with pytest.raises(OSError):  # ELOOP: never through a link
+        LocalCache(cas)
+    assert os.stat(theirs).st_mode & 0o777 == 0o755
+
+
 def test_the_command_line_says_what_is_missing():
     done = subprocess.run(
         [sys.executable, "-m", "hermetic", "worker", "--server", "grpc://127.0.0.1:1"],

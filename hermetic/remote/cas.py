@@ -405,10 +405,21 @@ class LocalCache:
         self.root = root
         self.max_bytes = max_bytes
         os.makedirs(root, mode=0o700, exist_ok=True)
-        # Only the worker: actions never get this directory, and other
-        # users of the host have no business in it either.
-        os.chmod(root, 0o700)
-        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Never through a link, and only a directory of the worker's own:
+        # one another user made first would stay theirs to change.
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            owner = os.fstat(self.fd).st_uid
+            if owner != os.geteuid():
+                raise ValueError(
+                    f"the cache {root} is owned by uid {owner}, not by this user ({os.geteuid()})"
+                )
+            # Only the worker: actions never get this directory, and other
+            # users of the host have no business in it either.
+            os.fchmod(self.fd, 0o700)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, int] = OrderedDict()
         self._pins: Counter[str] = Counter()

@@ -23,12 +23,14 @@ with exponential backoff; a session it no longer knows is created anew.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import platform
 import signal
 import socket
+import stat
 import tempfile
 import threading
 import types
@@ -525,20 +527,63 @@ class Bot:
 MARKER = ".hermetic-worker"
 
 
+def _only_ours(path: str) -> None:
+    """Refuse ``path`` and every directory above it unless each is root's
+    or this user's, and none but a sticky one (/tmp) is writable by others:
+    whoever could rename an entry on the way could put their own directory
+    (or a link to one) where the worker writes as its user."""
+    me = os.geteuid()
+    at = path
+    while True:
+        st = os.stat(at)
+        if st.st_uid not in (0, me):
+            raise ValueError(
+                f"--work-dir {path}: {at} is owned by uid {st.st_uid}, "
+                f"neither root nor this user ({me})"
+            )
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise ValueError(
+                f"--work-dir {path}: {at} is writable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):o}) and not sticky"
+            )
+        if at == "/":
+            return
+        at = os.path.dirname(at)
+
+
 def prepare_work_dir(work_dir: str) -> str:
     """The work directory: the cache, exec roots and per-lease files, only
     the worker's (0700).  A directory that is neither new, empty, nor marked
-    as a worker's is refused: the worker removes what it finds in it."""
+    as a worker's is refused: the worker removes what it finds in it.  So
+    is one another user owns or could replace (see _only_ours)."""
     work_dir = os.path.abspath(work_dir)
-    os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    parent = os.path.dirname(work_dir)
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    parent = os.path.realpath(parent)
+    _only_ours(parent)
+    work_dir = os.path.join(parent, os.path.basename(work_dir))
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(work_dir, 0o700)
+    st = os.lstat(work_dir)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"--work-dir {work_dir} is not a directory (a link is refused)")
+    if st.st_uid != os.geteuid():
+        raise ValueError(
+            f"--work-dir {work_dir} is owned by uid {st.st_uid}, not by this user "
+            f"({os.geteuid()}): give a new directory or one of this user's"
+        )
     entries = os.listdir(work_dir)
     if entries and MARKER not in entries:
         raise ValueError(
             f"--work-dir {work_dir} holds files and is not a hermetic worker's directory "
             f"(no {MARKER}): give a new or empty directory"
         )
-    with open(os.path.join(work_dir, MARKER), "a"):
-        pass
+    marker = os.open(
+        os.path.join(work_dir, MARKER),
+        os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    os.close(marker)
     os.chmod(work_dir, 0o700)
     for sub in ("exec", "leases"):
         path = os.path.join(work_dir, sub)
