@@ -254,6 +254,7 @@ def test_the_cache_size_option(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run(
         [sys.executable, "-m", "hermetic", "worker", "--help"],
+        cwd="/",  # not the checkout: its hermetic/ has no compiled core
         capture_output=True,
         text=True,
         env=env,
@@ -275,6 +276,7 @@ def test_the_cache_size_option(tmp_path):
             "--cache-size",
             "-1",
         ],
+        cwd="/",
         capture_output=True,
         text=True,
         env=env,

@@ -244,6 +244,7 @@ def test_a_sparse_gigabyte_output_keeps_the_worker_small(tmp_path):
     script = SPARSE.format(tests=os.path.join(ROOT, "tests"), work=str(tmp_path / "work"))
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
+        cwd="/",  # not the checkout: its hermetic/ has no compiled core
         capture_output=True,
         text=True,
         timeout=600,

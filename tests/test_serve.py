@@ -408,6 +408,7 @@ def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
     )
     p = subprocess.run(
         ["setpriv", "--no-new-privs", sys.executable, "-c", client],
+        cwd="/",  # not the checkout: its hermetic/ has no compiled core
         capture_output=True,
         timeout=60,
     )
@@ -434,7 +435,10 @@ def test_a_caller_in_other_namespaces_is_refused(
         "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
     )
     p = subprocess.run(
-        ["unshare", *unshare, sys.executable, "-c", client], capture_output=True, timeout=60
+        ["unshare", *unshare, sys.executable, "-c", client],
+        cwd="/",  # not the checkout: its hermetic/ has no compiled core
+        capture_output=True,
+        timeout=60,
     )
     assert p.returncode == 125, p.stderr
     assert b"confined differently" in p.stderr and differs in p.stderr, p.stderr
