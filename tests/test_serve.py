@@ -395,19 +395,24 @@ def test_a_spec_file_just_written_is_read_on_every_request(
     assert len(reads) == 3
 
 
-def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
-    """A caller under no_new_privs (as inside a sandbox) would gain the
-    daemon's freedom: refused, with the reason on its stderr."""
-    _start(rt)
-    client = (
+def _client(rt: str, spec_file: str) -> str:
+    """A client that proves itself and asks the daemon in ``rt`` to run
+    ``true``; it exits with the daemon's status."""
+    return (
         "import socket, sys, struct\n"
         f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
         + _PROVE_OR_EXIT
         + f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
         "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
     )
+
+
+def test_a_confined_caller_is_refused(rt: str, spec_file: str) -> None:
+    """A caller under no_new_privs (as inside a sandbox) would gain the
+    daemon's freedom: refused, with the reason on its stderr."""
+    _start(rt)
     p = subprocess.run(
-        ["setpriv", "--no-new-privs", sys.executable, "-c", client],
+        ["setpriv", "--no-new-privs", sys.executable, "-c", _client(rt, spec_file)],
         cwd="/",  # not the checkout: its hermetic/ has no compiled core
         capture_output=True,
         timeout=60,
@@ -427,15 +432,8 @@ def test_a_caller_in_other_namespaces_is_refused(
     if unshare[0] == "--net" and os.geteuid() != 0:
         pytest.skip("a network namespace of its own needs root (a user's would unshare both)")
     _start(rt)
-    client = (
-        "import socket, sys, struct\n"
-        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
-        + _PROVE_OR_EXIT
-        + f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
-        "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
-    )
     p = subprocess.run(
-        ["unshare", *unshare, sys.executable, "-c", client],
+        ["unshare", *unshare, sys.executable, "-c", _client(rt, spec_file)],
         cwd="/",  # not the checkout: its hermetic/ has no compiled core
         capture_output=True,
         timeout=60,
@@ -453,15 +451,8 @@ def test_another_user_is_refused_even_through_an_open_socket(
     # A runtime directory opened up after the start: SO_PEERCRED still refuses.
     os.chmod(rt, 0o711)
     os.chmod(os.path.join(rt, "serve.sock"), 0o666)
-    client = (
-        "import socket, sys, struct\n"
-        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
-        + _PROVE_OR_EXIT
-        + f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
-        "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
-    )
     p = subprocess.run(
-        _as_user_cmd(test_user, [sys.executable, "-c", client]),
+        _as_user_cmd(test_user, [sys.executable, "-c", _client(rt, spec_file)]),
         capture_output=True,
         env=_user_env(),
         cwd="/",
