@@ -27,7 +27,7 @@ from hermetic.core.errors import (
 from hermetic.core.outcome import ExecutionResult
 from hermetic.core.policies import EnvSet
 from hermetic.core.result import Err, Ok, Result
-from hermetic.core.spec import SandboxSpec, check_argv, check_cwd
+from hermetic.core.spec import SandboxSpec, check_argv, check_cwd, check_read_only
 from hermetic.core.streams import Streams, check_streams
 from hermetic.core.verify import ReproducibilityReport, compare
 from hermetic.monitoring.monitor import Observer, ResourceMonitor
@@ -178,6 +178,7 @@ class HermeticExecutor:
         collect_outputs: bool = False,
         env: Mapping[str, str] | None = None,
         streams: Streams | None = None,
+        read_only: Sequence[str] = (),
     ) -> Result[ExecutionResult]:
         """``execute`` for asyncio: at most ``max_concurrency`` actions run at
         once, on a pool of threads (the C core and the waits release the
@@ -203,6 +204,7 @@ class HermeticExecutor:
             cancel=cancel,
             env=env,
             streams=streams,
+            read_only=read_only,
         )
         future = asyncio.get_running_loop().run_in_executor(pool, call)
         try:
@@ -239,6 +241,7 @@ class HermeticExecutor:
         env: Mapping[str, str] | None = None,
         streams: Streams | None = None,
         cancel: Cancel | None = None,
+        read_only: Sequence[str] = (),
     ) -> Result[ExecutionResult]:
         """Run ``argv`` in a fresh sandbox.
 
@@ -266,6 +269,17 @@ class HermeticExecutor:
         asked at each periodic check, 20-100 ms apart), ends the sandbox
         (all its processes) once set; the result then shows the action
         killed (SIGKILL).
+
+        ``read_only`` names paths at or below the spec's outputs and temps
+        that this action sees read-only (their whole subtree): inputs staged
+        into a writable exec root, as a build farm's worker stages each
+        action's, on one executor reused across actions.  Each is a bind
+        mount of the path onto itself in the action's own mount namespace,
+        resolved without following symlinks (a missing path or one reached
+        through a symlink fails the setup, naming it); at most
+        MAX_READ_ONLY_PATHS.  Where the sandbox has no mount namespace
+        (Landlock alone) they cannot be applied, and the action does not
+        run (UnsupportedError).
         """
         return self._execute(
             argv,
@@ -277,6 +291,7 @@ class HermeticExecutor:
             env=env,
             streams=streams,
             cancel=cancel,
+            read_only=read_only,
         )
 
     def _execute(
@@ -291,9 +306,11 @@ class HermeticExecutor:
         cancel: Cancel | None = None,
         env: Mapping[str, str] | None = None,
         streams: Streams | None = None,
+        read_only: Sequence[str] = (),
     ) -> Result[ExecutionResult]:
         try:
             seconds, data = _checked(timeout, stdin)
+            islands = check_read_only(read_only, self._spec)
             fds = check_streams(streams, data, self._spec.resources)
             cwd = check_cwd(cwd)
             action_env = _checked_env(env)
@@ -320,6 +337,7 @@ class HermeticExecutor:
                 cancel=cancel,
                 env=action_env,
                 streams=fds if streams is not None else None,
+                read_only=islands,
             )
         except HermeticError as e:
             return Err(e)
@@ -331,7 +349,7 @@ class HermeticExecutor:
         if collect_outputs:
             try:
                 entries = manifest.collect(
-                    self._spec.outputs, skip=self._spec.inputs_within_writable()
+                    self._spec.outputs, skip=(*self._spec.inputs_within_writable(), *islands)
                 )
             except OSError as e:
                 return Err(_unreadable_outputs(e, "listing the outputs"))

@@ -32,7 +32,15 @@ from hermetic.core.policies import (
 )
 from hermetic.core.result import Err, Ok, Result
 
-__all__ = ["SPEC_VERSION", "SandboxSpec", "check_argv", "check_cwd", "process_limit"]
+__all__ = [
+    "MAX_READ_ONLY_PATHS",
+    "SPEC_VERSION",
+    "SandboxSpec",
+    "check_argv",
+    "check_cwd",
+    "check_read_only",
+    "process_limit",
+]
 
 #: 2: ProcessPolicy.max_children is enforced (version 1 files said 32 by
 #: default and nothing applied it; they are read with it unset).
@@ -496,6 +504,61 @@ def check_cwd(cwd: object) -> str | None:
         )
     check_encodable(cwd, "cwd", field="cwd")
     return cwd
+
+
+#: Paths one execution may make read-only (``execute(read_only=...)``):
+#: each is a bind mount in the action's mount namespace, whose cost grows
+#: with their number, and the kernel's fs.mount-max caps them anyway.
+MAX_READ_ONLY_PATHS = 4096
+
+
+def check_read_only(paths: object, spec: SandboxSpec) -> tuple[str, ...]:
+    """``paths`` (an execution's read-only islands in its writable
+    directories) sorted and without repeats, or SpecError naming the bad
+    one: each must be an absolute, normalised ``str`` path without NUL
+    bytes, at or below one of the spec's outputs or temps (inputs anywhere
+    else are the spec's to declare)."""
+    if paths is None:
+        return ()
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+        raise SpecError(
+            f"read_only must be a sequence of paths, got {type(paths).__name__}: {paths!r}",
+            field="read_only",
+            value=paths,
+        )
+    writable = (*spec.outputs, *spec.temps)
+    found: set[str] = set()
+    for p in paths:
+        if isinstance(p, os.PathLike):
+            p = os.fspath(p)
+        if not isinstance(p, str) or "\0" in p or not p.startswith("/"):
+            raise SpecError(
+                f"read_only: {p!r} must be an absolute str path without NUL bytes",
+                field="read_only",
+                value=p,
+            )
+        check_encodable(p, "read_only", field="read_only")
+        if os.path.normpath(p) != p or p.startswith("//"):
+            raise SpecError(
+                f"read_only: {p!r} is not a normalised path (no '.', '..', '//' or trailing '/')",
+                field="read_only",
+                value=p,
+            )
+        if not any(is_within(p, w) for w in writable):
+            raise SpecError(
+                f"read_only: {p!r} lies in no output or temp of the spec (an input "
+                "elsewhere is declared in the spec's inputs)",
+                field="read_only",
+                value=p,
+            )
+        found.add(p)
+        if len(found) > MAX_READ_ONLY_PATHS:
+            raise SpecError(
+                f"read_only: more than {MAX_READ_ONLY_PATHS} paths (each is a mount)",
+                field="read_only",
+                value=len(found),
+            )
+    return tuple(sorted(found))
 
 
 # -- parsing helpers ---------------------------------------------------------

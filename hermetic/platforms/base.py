@@ -188,4 +188,5 @@ class Backend(Protocol[P]):
         profile: dict[str, float] | None = None,
         env: Mapping[str, str] | None = None,
         streams: tuple[int, int, int] | None = None,
+        read_only: tuple[str, ...] = (),
     ) -> ExecutionResult: ...

@@ -53,6 +53,7 @@ def refusing_backend(
         profile: dict[str, float] | None = None,
         env: Mapping[str, str] | None = None,
         streams: tuple[int, int, int] | None = None,
+        read_only: tuple[str, ...] = (),
     ) -> ExecutionResult:
         raise UnsupportedError("sandbox", reason)
 

@@ -518,6 +518,20 @@ def build_ops(
     return tuple(ops)
 
 
+def read_only_ops(paths: tuple[str, ...]) -> tuple[Op, ...]:
+    """One execution's read-only paths (``execute(read_only=...)``), each
+    bound onto itself read-only, nosuid and nodev once the root is there.
+    The source is the sandbox's own view of the path (the output bound
+    there), so the ops serve a root built from the host's and a prepared
+    one copied alike; both ends are resolved without symlinks, so a path
+    reached through one fails rather than leads elsewhere.  Sorted, so an
+    enclosing path comes before the paths within it."""
+    return tuple(
+        Op(OP_BIND, p, src=p, flags=BIND_RDONLY, origin=f"read-only path {p!r} of this execution")
+        for p in sorted(paths)
+    )
+
+
 def _seal_tmp_holders(ops: list[Op]) -> list[Op]:
     """The op list with each directory made on the private /tmp to hold a
     declared path bound read-only onto itself, so that a write there fails

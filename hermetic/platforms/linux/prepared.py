@@ -39,7 +39,7 @@ from hermetic.platforms.linux.probe import (
 )
 from hermetic.platforms.linux.setup_errors import setup_error
 from hermetic.platforms.linux.standby import KEEPER, StandbySlot, make_standby
-from hermetic.security.syscalls import SyscallAudit
+from hermetic.security.syscalls import Roots, SyscallAudit
 
 HOSTNAME = "localhost"
 DOMAINNAME = "localdomain"
@@ -387,6 +387,14 @@ class Prepared:
         if not env:
             return None
         return action_environment(self.spec, self.env, env, self.own_env)
+
+    def audit_roots_with(self, read_only: tuple[str, ...]) -> Roots:
+        """The audit's roots for an execution with read-only paths of its
+        own (``execute(read_only=...)``): a write there is refused like one
+        to an input."""
+        if not read_only:
+            return self.audit_roots
+        return SyscallAudit.roots(self.writable, (*self.spec.inputs, *read_only))
 
     def new_plan(
         self, workdir: str, arg0: str, env: Mapping[str, str] | None = None

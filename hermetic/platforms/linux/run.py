@@ -195,6 +195,7 @@ def execute(
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
     streams: tuple[int, int, int] | None = None,
+    read_only: tuple[str, ...] = (),
 ) -> ExecutionResult:
     """Run one action in a fresh sandbox and return its result.
 
@@ -225,6 +226,12 @@ def execute(
         or cwd == "/"
     ):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
+    if read_only and prepared.isolation != "namespaces":
+        raise UnsupportedError(
+            "read-only paths",
+            "an execution's own read-only paths are bind mounts, and this sandbox has no "
+            "mount namespace (Landlock alone cannot take back a write it grants)",
+        )
     run = functools.partial(
         _run,
         prepared,
@@ -238,8 +245,11 @@ def execute(
         profile=profile,
         env=prepared.action_env(env),
         streams=streams or (-1, -1, -1),
+        read_only=read_only,
     )
-    if prepared.standby is None:
+    # A standby's mounts are made before the action is known: an execution
+    # with read-only paths of its own starts afresh.
+    if prepared.standby is None or read_only:
         return _execute_fresh(prepared, run)
     with prepared.standby.running():
         # The standby is in ``held`` from before it leaves the slot: a
@@ -315,6 +325,7 @@ def _run(
     profile: dict[str, float] | None = None,
     env: dict[str, str] | None = None,
     streams: tuple[int, int, int] = (-1, -1, -1),
+    read_only: tuple[str, ...] = (),
 ) -> ExecutionResult:
     nat = native()
     ffi, lib = nat.ffi, nat.lib
@@ -329,6 +340,13 @@ def _run(
         keep = prepared.fill_action(plan, workdir, args[0], env)
     else:
         plan, keep = prepared.new_plan(workdir, args[0], env)
+    ops = prepared.action_ops
+    if read_only:
+        # After every op of the plan (the root is built, or the prepared one
+        # copied): each path bound onto itself, read-only, nosuid, nodev.
+        ops = ops + linux_plan.read_only_ops(read_only)
+        plan.ops = mem.ops(ops)
+        plan.n_ops = len(ops)
     if group is not None:
         plan.cgroup_fd = group.fd
     plan.argv = mem.strv(args)
@@ -379,7 +397,7 @@ def _run(
             proc = ffi.new("struct hm_proc *")
             proc.notify_fd = proc.proxy_fd = -1
         error = ffi.new("struct hm_error *")
-        audit = SyscallAudit(prepared.audit_roots) if prepared.notify else None
+        audit = SyscallAudit(prepared.audit_roots_with(read_only)) if prepared.notify else None
         with contextlib.ExitStack() as lease:
             # A standby holds its own leases; execute() ends them.
             if standby is None and prepared.pooled_network:
@@ -419,7 +437,7 @@ def _run(
                         # outside) before its go.  Not this action's fault.
                         raise _StandbyLost
                     search = prepared.search_path(env) if env is not None else None
-                    raise setup_error(prepared, args, workdir, error, search=search)
+                    raise setup_error(prepared, args, workdir, error, ops, search=search)
                 if standby is None and profile is None:
                     _want_next(prepared, workdir)
                 watch.pid1 = proc.pid
@@ -509,7 +527,7 @@ def _run(
         if prepared.scan_roots and (
             lib.hm_outputs_plain(prepared.scan_roots_c, QUICK_SCAN_DEPTH, QUICK_SCAN_ENTRIES) != 1
         ):
-            violations += scan_outputs(prepared.scan_roots, prepared.scan_skip)
+            violations += scan_outputs(prepared.scan_roots, prepared.scan_skip + read_only)
         stdout, stderr = _read_all(out_fd, keep_out), _read_all(err_fd, keep_err)
         return ExecutionResult(
             argv=args,

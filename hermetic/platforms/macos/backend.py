@@ -360,11 +360,18 @@ def execute(
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
     streams: tuple[int, int, int] | None = None,
+    read_only: tuple[str, ...] = (),
 ) -> ExecutionResult:
     """Run one action under the spec's profile and return its result
     (``env``: the action's own variables, platforms/base.py's rule;
     ``streams``: the caller's descriptors, -1 for a captured one)."""
     args = check_argv(argv)
+    if read_only:
+        raise UnsupportedError(
+            "read-only paths",
+            "an execution's own read-only paths are mounts in its mount namespace, "
+            "which macOS's sandbox has not",
+        )
     spec = prepared.spec
     workdir = macos_path(cwd or prepared.workdir)
     # The proxy's variables, set below, win over these.

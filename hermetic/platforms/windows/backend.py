@@ -175,6 +175,7 @@ def execute(
     profile: dict[str, float] | None = None,
     env: Mapping[str, str] | None = None,
     streams: tuple[int, int, int] | None = None,
+    read_only: tuple[str, ...] = (),
 ) -> ExecutionResult:
     """Run one action in a fresh job object and return its result
     (``env``: the action's own variables, platforms/base.py's rule;
@@ -186,6 +187,12 @@ def execute(
     set_inheritable: Any = getattr(os, "set_handle_inheritable")  # noqa: B009
 
     args = check_argv(argv)
+    if read_only:
+        raise UnsupportedError(
+            "read-only paths",
+            "an execution's own read-only paths are mounts in its mount namespace, "
+            "which Windows's sandbox has not",
+        )
     nat = _native()
     ffi, lib = nat.ffi, nat.lib
     spec = prepared.spec
