@@ -11,12 +11,16 @@ what the CAS lacks, build the ActionResult.
 - ``worker-gcc``: ``gcc -c`` of a small C file that includes three headers
   (``-pipe``: no temporary files, so /tmp is not part of the comparison),
   once with the command run by ``subprocess`` instead of the sandbox (the
-  baseline: the same staging, collection and upload), once sandboxed
-  (``HermeticExecutor.create`` for the lease's spec, ``execute``,
-  ``close``, as the worker does for every lease), and the command alone
-  (``subprocess``, no worker: what the worker adds around the command is
-  the baseline's difference to it).  The rows run in turn, a round of
-  each, so a slow stretch of a shared machine slows every row alike;
+  baseline: the same staging, collection and upload, in a slot of its
+  own), sandboxed as the worker runs it (``hermetic``: one slot reused
+  lease after lease, hermetic/remote/sandboxes.py: its executor's
+  ``execute`` with the staged inputs as read-only paths, the exec root
+  emptied afterwards), sandboxed in a slot made and closed for the lease
+  (``hermetic-new-slot``: ``HermeticExecutor.create`` and ``close`` every
+  lease), and the command alone (``subprocess``, no worker: what the
+  worker adds around the command is the baseline's difference to it).
+  The rows run in turn, a round of each, so a slow stretch of a shared
+  machine slows every row alike;
   ``paired_ratio`` is the median of the rounds' ratios to the baseline's.
   ``extra_info`` also holds the median of every stage from the result's
   ``ExecutedActionMetadata``: ``fetch`` (Command, input tree, staging),
@@ -36,6 +40,7 @@ asserts on speed.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -59,9 +64,10 @@ pytest.importorskip(
 from memory_cas import MemoryCas, input_root, lease  # noqa: E402
 
 from hermetic import ExecutionResult, Ok  # noqa: E402
-from hermetic.remote import execroot, worker  # noqa: E402
+from hermetic.remote import execroot, sandboxes, worker  # noqa: E402
 from hermetic.remote.cas import CasClient, LocalCache  # noqa: E402
 from hermetic.remote.protos import code_pb2  # noqa: E402
+from hermetic.remote.sandboxes import Sandboxes  # noqa: E402
 
 GCC = "/usr/bin/gcc"
 GCC_ROUNDS, GCC_WARMUP = 30, 3
@@ -99,26 +105,35 @@ class Direct:
     its output in the worker's files.  Everything else of the lease is the
     worker's own code."""
 
-    def __init__(self, spec: Any) -> None:
-        self._env = dict(spec.environment.vars)
-
     @classmethod
     def create(cls, spec: Any, **_: Any) -> Any:
-        return Ok(cls(spec))
+        return Ok(cls())
 
     def execute(
-        self, argv: list[str], *, cwd: str, timeout: float | None, streams: Any, cancel: Any
+        self,
+        argv: list[str],
+        *,
+        cwd: str,
+        timeout: float | None,
+        streams: Any,
+        cancel: Any,
+        env: dict[str, str],
+        read_only: Any,
     ) -> Any:
         start = time.monotonic()
-        p = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=self._env,
-            stdout=streams.stdout,
-            stderr=streams.stderr,
-            timeout=timeout,
-            check=False,
-        )
+        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=streams.stdout, stderr=streams.stderr)
+        # Waited for on a pidfd: subprocess's own wait with a timeout polls,
+        # sleeping up to 50 ms between looks, which would add its own delay
+        # to the baseline.
+        pidfd = os.pidfd_open(p.pid)
+        try:
+            waiter = select.poll()
+            waiter.register(pidfd, select.POLLIN)
+            if not waiter.poll(None if timeout is None else timeout * 1e3):
+                p.kill()
+        finally:
+            os.close(pidfd)
+        p.wait()
         return Ok(
             ExecutionResult(
                 argv=tuple(argv),
@@ -144,8 +159,10 @@ class Bench:
         self.work = os.path.realpath(tempfile.mkdtemp(prefix="hermetic-bench-worker-"))
         worker.prepare_work_dir(self.work)
         self.cache = LocalCache(os.path.join(self.work, "cas"))
+        self.slots = Sandboxes(os.path.join(self.work, "exec"))
 
-    def run(self, the_lease: Any) -> Any:
+    def run(self, the_lease: Any, slots: Sandboxes | None = None) -> Any:
+        """One lease; ``slots``: the reused ones, None for a slot of its own."""
         return worker.execute_lease(
             the_lease,
             cas=self.client,
@@ -153,9 +170,11 @@ class Bench:
             work_dir=self.work,
             bot_id="bench",
             cancel=threading.Event(),
+            sandboxes=slots,
         )
 
     def close(self) -> None:
+        self.slots.close()
         self.cache.close()
         self.channel.close()
         self.cas.close()
@@ -203,7 +222,7 @@ def _gcc_lease(cas: MemoryCas) -> Any:
 
 
 #: The worker-gcc rows, timed in turn round after round.
-GCC_ROWS = ("unsandboxed", "hermetic", "gcc-alone")
+GCC_ROWS = ("unsandboxed", "hermetic", "hermetic-new-slot", "gcc-alone")
 
 
 def _paired_ratio(durations: list[float], base: list[float]) -> float:
@@ -224,6 +243,8 @@ def gcc_rounds() -> Iterator[dict[str, tuple[list[float], dict[str, float]]]]:
         pytest.skip(f"{GCC} is missing: install gcc (apt-get install gcc) for the worker-gcc group")
     b = Bench()
     alone = tempfile.mkdtemp(prefix="alone-", dir=os.path.join(b.work, "exec"))
+    # The baseline's own slots (their executors are Direct ones).
+    direct = Sandboxes(os.path.join(b.work, "exec"))
     try:
         the_lease = _gcc_lease(b.cas)
         os.makedirs(os.path.join(alone, "out"))
@@ -244,10 +265,12 @@ def gcc_rounds() -> Iterator[dict[str, tuple[list[float], dict[str, float]]]]:
                     p = subprocess.run(argv, cwd=alone, env=env, stdout=null, stderr=null)
                 assert p.returncode == 0
                 return time.perf_counter() - start
-            with pytest.MonkeyPatch.context() as mp:
-                if row == "unsandboxed":
-                    mp.setattr(worker, "HermeticExecutor", Direct)
-                outcome = b.run(the_lease)
+            if row == "unsandboxed":
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(sandboxes, "HermeticExecutor", Direct)
+                    outcome = b.run(the_lease, direct)
+            else:
+                outcome = b.run(the_lease, b.slots if row == "hermetic" else None)
             took = time.perf_counter() - start
             assert outcome.status.code == code_pb2.OK, outcome.status
             assert outcome.result.exit_code == 0, outcome.result
@@ -268,6 +291,7 @@ def gcc_rounds() -> Iterator[dict[str, tuple[list[float], dict[str, float]]]]:
             for row in GCC_ROWS
         }
     finally:
+        direct.close()
         b.close()
 
 

@@ -37,6 +37,7 @@ from memory_cas import MemoryCas, input_root, lease  # noqa: E402
 from hermetic.remote import execroot, worker  # noqa: E402
 from hermetic.remote.cas import CHUNK, CasClient, LocalCache, digest_of, key  # noqa: E402
 from hermetic.remote.protos import code_pb2, re_pb2  # noqa: E402
+from hermetic.remote.sandboxes import Sandboxes  # noqa: E402
 
 SH = "/bin/sh"
 
@@ -47,6 +48,8 @@ class Worker:
     client: CasClient
     cache: LocalCache
     work: str
+    #: Reused lease after lease, as ``hermetic worker`` reuses them.
+    sandboxes: Sandboxes
 
     def run(self, the_lease: Any) -> Any:
         return worker.execute_lease(
@@ -56,6 +59,7 @@ class Worker:
             work_dir=self.work,
             bot_id="hostile",
             cancel=threading.Event(),
+            sandboxes=self.sandboxes,
         )
 
     def sh(self, script: str, files: dict[str, tuple[bytes, bool]] | None = None, **kw: Any) -> Any:
@@ -76,9 +80,11 @@ def w(tmp_path):
     channel = store.channel()
     work = worker.prepare_work_dir(str(tmp_path / "work"))
     cache = LocalCache(os.path.join(work, "cas"))
+    sandboxes = Sandboxes(os.path.join(work, "exec"))
     try:
-        yield Worker(store, CasClient(channel, ""), cache, work)
+        yield Worker(store, CasClient(channel, ""), cache, work, sandboxes)
     finally:
+        sandboxes.close()
         cache.close()
         channel.close()
         store.close()
@@ -419,3 +425,109 @@ def test_a_directory_digest_too_large_to_read_is_refused_unread(w):
     reads = w.store.stats["Read"]
     _refused(w.run(the_lease), code_pb2.INVALID_ARGUMENT, "'huge'", "too large")
     assert w.store.stats["Read"] == reads
+
+
+# -- one slot, lease after lease ----------------------------------------------------
+
+#: What a lease left that the next could see: the exec root's listing, mode
+#: and extended attributes.
+LOOK = (
+    "ls -A; stat -c %a .; "
+    "/usr/bin/python3 -c 'import os; print(sorted(os.listxattr(\".\")))'; "
+    "echo changed > src/a.h && echo wrote-a.h"
+)
+
+
+def test_the_next_lease_on_a_slot_finds_nothing_of_the_last(w, tmp_path):
+    """A slot's exec root is emptied, made 0700 and stripped of extended
+    attributes between leases, and the staged inputs are read-only only for
+    the lease that staged them; the slot (its executor) is reused."""
+    first = w.sh(
+        "mkdir -p d/e && echo x > d/e/f && chmod 000 d/e d; mkfifo fifo; "
+        "ln src/a.h hard 2>/dev/null; echo ln=$?; chmod 777 .; "
+        '/usr/bin/python3 -c \'import os; os.setxattr(".", "user.left", b"1")\'; echo xattr=$?; '
+        "echo changed > src/a.h; echo write=$?",
+        {"src/a.h": (b"#define A\n", False)},
+    )
+    assert _ok(first).exit_code == 0
+    # The staged input was read-only for the first lease: its write failed,
+    # and so did a hard link to it (its inode is the cache's) in a writable
+    # place (EXDEV: the link would cross the read-only mount).  Extended
+    # attributes are refused by the sandbox's filter (the slot strips any
+    # left on its exec root all the same).
+    assert w.stdout(_ok(first)).decode().split() == ["ln=1", "xattr=1", "write=2"]
+    second = _ok(w.sh(LOOK, output_paths=("src/a.h",)))
+    assert second.exit_code == 0, w.stdout(second)
+    # Nothing of the first lease; the second may write src/a.h, an output now.
+    assert w.stdout(second).decode().split() == ["src", "700", "[]", "wrote-a.h"]
+    assert len(os.listdir(tmp_path / "work" / "exec")) == 1  # one slot, reused
+    with open(w.cache.path(key(digest_of(b"#define A\n")), False), "rb") as f:
+        assert f.read() == b"#define A\n"
+
+
+def test_leases_at_once_get_slots_of_their_own(w, tmp_path):
+    """Two leases running together are in two slots, neither seeing the
+    other's exec root; afterwards both slots wait for the next leases."""
+    slots = tmp_path / "work" / "exec"
+    cancel = threading.Event()
+    outcomes: list[Any] = []
+    the_lease = lease(
+        w.store,
+        [SH, "-c", "echo first > mine; sleep 60"],
+        input_root(w.store, {}),
+        output_paths=("mine",),
+    )
+
+    def run_first() -> None:
+        outcomes.append(
+            worker.execute_lease(
+                the_lease,
+                cas=w.client,
+                cache=w.cache,
+                work_dir=w.work,
+                bot_id="first",
+                cancel=cancel,
+                sandboxes=w.sandboxes,
+            )
+        )
+
+    first = threading.Thread(target=run_first)
+    first.start()
+    try:
+        for _ in range(1200):  # until the first lease's action runs
+            mine = [s / "mine" for s in slots.iterdir() if (s / "mine").exists()]
+            if mine:
+                break
+            cancel.wait(0.05)
+        assert mine
+        second = _ok(w.sh("ls -A; ls -A ..", output_paths=("x",)))
+    finally:
+        cancel.set()  # the first lease's action is killed
+        first.join()
+    assert outcomes[0].status.code == code_pb2.CANCELLED, outcomes[0].status
+    assert "mine" not in w.stdout(second).decode()
+    assert len(os.listdir(slots)) == 2
+    assert [os.listdir(s) for s in slots.iterdir()] == [[], []]
+
+
+def test_a_slot_that_cannot_be_emptied_is_not_reused(w, tmp_path, monkeypatch):
+    """Where the exec root cannot be emptied (a file system error), the
+    slot's executor is closed and the next lease gets a new slot.  (The
+    failure is injected: an action cannot make its exec root unremovable.)"""
+    from hermetic.remote import sandboxes
+
+    real = sandboxes._empty
+    calls = []
+
+    def failing(path: str) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error", path)
+        real(path)
+
+    monkeypatch.setattr(sandboxes, "_empty", failing)
+    assert _ok(w.sh("echo one > f", output_paths=("f",))).exit_code == 0
+    assert _ok(w.sh("ls -A", output_paths=("f",))).exit_code == 0
+    # Two slots were used, and only the second is left.
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert os.listdir(tmp_path / "work" / "exec") == [os.path.basename(calls[1])]

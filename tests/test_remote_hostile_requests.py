@@ -39,7 +39,9 @@ w = test_remote_hostile.w
 
 
 def _exec_roots(w: Worker) -> list[str]:
-    return os.listdir(os.path.join(w.work, "exec"))
+    """What the slots' exec roots still hold (emptied after each lease)."""
+    top = os.path.join(w.work, "exec")
+    return [f"{s}/{e}" for s in os.listdir(top) for e in os.listdir(os.path.join(top, s))]
 
 
 # -- W1: digests are checked where they enter, cache entries before use --------------

@@ -189,17 +189,20 @@ def _writable(fd: int) -> None:
             pass  # not ours: the unlink that needs it reports the failure
 
 
-def remove_tree(path: str) -> None:
+def remove_tree(path: str, *, keep: bool = False) -> None:
     """Remove ``path`` and everything below it, never following a link.
 
     Directories the action left unreadable or unwritable are made 0700
     through their own descriptors first.  Raises OSError when something
-    cannot be removed; a missing ``path`` is not an error.
+    cannot be removed; a missing ``path`` is not an error.  ``keep``: the
+    directory ``path`` itself stays, emptied.
     """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    if keep and not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
@@ -237,7 +240,8 @@ def remove_tree(path: str) -> None:
             pending = os.listdir(fd)
     finally:
         os.close(fd)
-    os.rmdir(path)
+    if not keep:
+        os.rmdir(path)
 
 
 def open_long(path: str | bytes, flags: int) -> int:

@@ -7,10 +7,12 @@ work while idle and, while a lease runs, say it is ACTIVE every second
 (the answer tells the bot when the server dropped the lease: a cancelled
 lease kills its action).  A lease's payload is ``Any(Action)`` or
 ``Any(Digest)`` of one.  Per lease (:func:`execute_lease`): fetch the
-Command and the input root into the local cache, stage a fresh exec root,
-run the command with :class:`hermetic.HermeticExecutor` (the exec root is
-its only output, the staged inputs are read-only inside it, the
-environment is exactly the Command's, ``Action.timeout`` its timeout),
+Command and the input root into the local cache, stage them into the exec
+root of a sandbox slot (hermetic/remote/sandboxes.py: an executor reused
+lease after lease, its exec root emptied between them), run the command
+there (the exec root is its only output, the staged inputs are read-only
+for this action, the environment is exactly the Command's,
+``Action.timeout`` its timeout),
 collect and upload the outputs, and complete the lease with
 ``Any(ActionResult)``.  A timeout completes with DEADLINE_EXCEEDED.
 
@@ -40,15 +42,10 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from hermetic import (
-    EnvSet,
     Err,
     HermeticError,
-    HermeticExecutor,
-    HermeticSpecBuilder,
-    PathSet,
-    ResourceLimits,
     SandboxError,
-    SandboxSpec,
+    SpecError,
     Streams,
 )
 from hermetic.core.tree import remove_tree
@@ -70,6 +67,7 @@ from hermetic.remote.protos import (
     status_pb2,
     worker_pb2,
 )
+from hermetic.remote.sandboxes import Sandboxes, Slot, SlotError
 
 LOG = logging.getLogger("hermetic.remote.worker")
 
@@ -185,15 +183,21 @@ def execute_lease(
     work_dir: str,
     bot_id: str,
     cancel: threading.Event,
+    sandboxes: Sandboxes | None = None,
 ) -> LeaseOutcome:
     """Run one lease to its outcome; never raises for what the action or
-    the farm did (that becomes the lease's status)."""
+    the farm did (that becomes the lease's status).  ``sandboxes``: the
+    worker's reused slots (hermetic/remote/sandboxes.py); without them the
+    lease gets a slot of its own, made and closed here."""
     meta = re_pb2.ExecutedActionMetadata(worker=bot_id)
     meta.worker_start_timestamp.CopyFrom(_now())
-    exec_root = tempfile.mkdtemp(prefix="root-", dir=os.path.join(work_dir, "exec"))
+    pool = sandboxes or Sandboxes(os.path.join(work_dir, "exec"))
     private = tempfile.mkdtemp(prefix="lease-", dir=os.path.join(work_dir, "leases"))
     try:
-        return _execute(lease, cas, cache, exec_root, private, meta, cancel)
+        with pool.slot() as slot:
+            return _execute(lease, cas, cache, slot, private, meta, cancel)
+    except SlotError as e:
+        return LeaseOutcome(_status(code_pb2.INTERNAL, str(e)))
     except execroot.LimitError as e:
         # Not INTERNAL or UNAVAILABLE: the farm would run the action again.
         return LeaseOutcome(_status(code_pb2.RESOURCE_EXHAUSTED, str(e)))
@@ -209,19 +213,21 @@ def execute_lease(
     except OSError as e:
         return LeaseOutcome(_status(code_pb2.INTERNAL, f"the worker failed: {e}"))
     finally:
-        _remove_tree(exec_root)
         _remove_tree(private)
+        if pool is not sandboxes:
+            pool.close()
 
 
 def _execute(
     lease: Any,
     cas: CasClient,
     cache: LocalCache,
-    exec_root: str,
+    slot: Slot,
     private: str,
     meta: Any,
     cancel: threading.Event,
 ) -> LeaseOutcome:
+    exec_root = slot.exec_root
     meta.input_fetch_start_timestamp.CopyFrom(_now())
     action = _action_of(lease, cas)
     command = re_pb2.Command.FromString(cas.read_one(action.command_digest))
@@ -232,45 +238,31 @@ def _execute(
     execroot.stage(tree, cache, cas, exec_root, outputs)
     execroot.make_output_parents(command, exec_root)
     workdir = execroot.relative(command.working_directory, what="working_directory")
+    # Every staged hard link shares its inode with the cache: read-only for
+    # this action (bind mounts in its own mount namespace).  The exec root
+    # is its one writable place; nothing else of the worker (the cache,
+    # other slots) is declared in the slot's spec, so nothing else of it
+    # exists inside the sandbox.
+    read_only = execroot.read_only_paths(tree, outputs, exec_root)
+    env = {v.name: v.value for v in command.environment_variables}
     meta.input_fetch_completed_timestamp.CopyFrom(_now())
 
-    spec = SandboxSpec(
-        inputs=PathSet(
-            (
-                *HermeticSpecBuilder.toolchain_inputs(),
-                *execroot.read_only_paths(tree, outputs, exec_root),
-            )
-        ),
-        # The exec root is the action's one writable place; nothing else of
-        # the worker (the cache, other exec roots) is declared, so nothing
-        # else of it exists inside the sandbox.
-        outputs=PathSet((exec_root,)),
-        environment=EnvSet(vars=tuple((v.name, v.value) for v in command.environment_variables)),
-        resources=ResourceLimits.hermetic(),
-    )
     timeout = DEFAULT_TIMEOUT
     if action.HasField("timeout"):
         timeout = action.timeout.ToTimedelta().total_seconds() or DEFAULT_TIMEOUT
-    made = HermeticExecutor.create(spec, max_concurrency=1)
-    if isinstance(made, Err):
-        return LeaseOutcome(
-            _status(code_pb2.INTERNAL, f"the sandbox cannot be prepared: {made.error}")
-        )
-    executor = made.unwrap()
     out_path, err_path = os.path.join(private, "stdout"), os.path.join(private, "stderr")
-    try:
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            meta.execution_start_timestamp.CopyFrom(_now())
-            ran = executor.execute(
-                list(command.arguments),
-                cwd=os.path.join(exec_root, workdir) if workdir else exec_root,
-                timeout=timeout,
-                streams=Streams(stdout=out, stderr=err),
-                cancel=cancel,
-            )
-            meta.execution_completed_timestamp.CopyFrom(_now())
-    finally:
-        executor.close()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        meta.execution_start_timestamp.CopyFrom(_now())
+        ran = slot.executor.execute(
+            list(command.arguments),
+            cwd=os.path.join(exec_root, workdir) if workdir else exec_root,
+            timeout=timeout,
+            streams=Streams(stdout=out, stderr=err),
+            cancel=cancel,
+            env=env,
+            read_only=read_only,
+        )
+        meta.execution_completed_timestamp.CopyFrom(_now())
     if isinstance(ran, Err):
         error = ran.error
         if isinstance(error, SandboxError) and error.stage == "exec":
@@ -280,6 +272,9 @@ def _execute(
             return LeaseOutcome(
                 _status(code_pb2.INVALID_ARGUMENT, f"the command cannot be executed: {detail}")
             )
+        if isinstance(error, SpecError):
+            # The Command's own (an environment variable the sandbox refuses).
+            return LeaseOutcome(_status(code_pb2.INVALID_ARGUMENT, str(error)))
         return LeaseOutcome(_status(code_pb2.INTERNAL, f"the action could not run: {error}"))
     res = ran.unwrap()
     if cancel.is_set():
@@ -611,6 +606,7 @@ def serve(
         ],
     )
     cas = CasClient(channel, config.instance)
+    sandboxes = Sandboxes(os.path.join(work_dir, "exec"))
     base = config.bot_id or f"{socket.gethostname()}-{os.getpid()}"
     properties = config.platform or default_platform()
     previous: dict[signal.Signals, Any] = {}
@@ -627,7 +623,13 @@ def serve(
 
         def run(lease: Any, cancel: threading.Event, bot_id: str = bot_id) -> LeaseOutcome:
             return execute_lease(
-                lease, cas=cas, cache=cache, work_dir=work_dir, bot_id=bot_id, cancel=cancel
+                lease,
+                cas=cas,
+                cache=cache,
+                work_dir=work_dir,
+                bot_id=bot_id,
+                cancel=cancel,
+                sandboxes=sandboxes,
             )
 
         bots.append(Bot(channel, config.instance, bot_id, properties, run, stop))
@@ -652,6 +654,7 @@ def serve(
             if t.is_alive():
                 t.join()
         channel.close()
+        sandboxes.close()
         cache.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -438,7 +438,10 @@ def _run(
                         raise _StandbyLost
                     search = prepared.search_path(env) if env is not None else None
                     raise setup_error(prepared, args, workdir, error, ops, search=search)
-                if standby is None and profile is None:
+                if standby is None and profile is None and not read_only:
+                    # (An execution with read-only paths of its own cannot
+                    # use a standby, and its caller's next one likely has
+                    # some too: none is made for it.)
                     _want_next(prepared, workdir)
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
