@@ -56,8 +56,17 @@ class Bazel:
 
     def argv(self, command: str, *args: str) -> list[str]:
         # The system rc (/etc/bazel/bazelrc) names Debian's install base and
-        # is kept; a user's ~/.bazelrc is not read.
-        return [BAZEL, f"--output_user_root={self.user_root}", "--nohome_rc", command, *args]
+        # is kept; a user's ~/.bazelrc is not read.  The server's JVM keeps
+        # no performance data file (/tmp/hsperfdata_USER, which it would
+        # leave behind).
+        return [
+            BAZEL,
+            f"--output_user_root={self.user_root}",
+            "--nohome_rc",
+            "--host_jvm_args=-XX:-UsePerfData",
+            command,
+            *args,
+        ]
 
     def env(self) -> dict[str, str]:
         return {
