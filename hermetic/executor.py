@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hermetic.core import manifest, verify
+from hermetic.core import manifest, tree, verify
 from hermetic.core.errors import (
     ExecutionTimeout,
     HermeticError,
@@ -326,6 +326,12 @@ class HermeticExecutor:
         # Every started monitor, and ``monitor``, counts this execution.
         observer = Observer(monitor)
         result: ExecutionResult | None = None
+        # The manifest leaves out what was read-only, identified now.
+        skip = (
+            tree.identities((*self._spec.inputs_within_writable(), *islands))
+            if collect_outputs
+            else frozenset()
+        )
         try:
             result = self._backend.execute(
                 self._prepared,
@@ -348,9 +354,7 @@ class HermeticExecutor:
         result = self._record(result)
         if collect_outputs:
             try:
-                entries = manifest.collect(
-                    self._spec.outputs, skip=(*self._spec.inputs_within_writable(), *islands)
-                )
+                entries = manifest.collect(self._spec.outputs, skip=skip)
             except OSError as e:
                 return Err(_unreadable_outputs(e, "listing the outputs"))
             result = dataclasses.replace(result, outputs=entries)
@@ -500,6 +504,7 @@ class HermeticExecutor:
                     for p, fresh in remap.items()
                     for made in verify.mount_points(fresh, p, nested)
                 ]
+                skip = tree.identities(points)
                 prepared = self._backend.prepare(_applied(self._spec), remap=remap)
                 try:
                     result = self._backend.execute(
@@ -511,7 +516,7 @@ class HermeticExecutor:
                 roots = [remap[p] for p in self._spec.outputs]
                 shown = {remap[p]: p for p in self._spec.outputs}
                 try:
-                    entries = manifest.collect(roots, shown_as=shown, skip=points)
+                    entries = manifest.collect(roots, shown_as=shown, skip=skip)
                 except OSError as e:
                     raise _unreadable_outputs(
                         e, f"reading what run {run} left in its outputs"

@@ -239,3 +239,38 @@ def test_an_error_names_the_read_only_path(scratch):
         err = ex.execute(["/bin/true"], read_only=[f"{root}/gone"]).error
     assert isinstance(err, SandboxError), err
     assert err.path == f"{root}/gone" and "read-only path" in (err.detail or ""), err
+
+
+@pytest.mark.parametrize("declared", ["read_only", "spec"])
+def test_a_read_only_path_swapped_by_the_action_is_still_scanned(scratch, declared):
+    """The host-side scan leaves alone what was read-only, identified before
+    the run: an action that renames the writable directory around a
+    read-only file and puts a directory of its own at that path does not
+    get that directory skipped (a set-uid file moved into it is found)."""
+    if os.geteuid() != 0:
+        pytest.skip("a set-uid file in the outputs before the run needs root")
+    root = os.path.join(scratch, "root")
+    for d in ("src", "out"):
+        os.makedirs(os.path.join(root, d))
+    header = os.path.join(root, "src", "a.h")
+    with open(header, "w") as f:
+        f.write("#define A 1\n")
+    tool = os.path.join(root, "out", "tool")
+    with open(tool, "w") as f:
+        f.write("#!/bin/sh\n")
+    os.chmod(tool, 0o4755)  # left in the output before this run
+    script = "mv src src.old && mkdir -p src/a.h && mv out/tool src/a.h/tool"
+    spec = spec_for(outputs=[root], inputs=[header] if declared == "spec" else [])
+    with HermeticExecutor.create(spec).unwrap() as ex:
+        r = ex.execute(
+            ["/bin/sh", "-c", script],
+            cwd=root,
+            read_only=[header] if declared == "read_only" else [],
+            collect_outputs=True,
+        ).unwrap()
+    assert r.exit_code == 0, r.stderr
+    moved = os.path.join(root, "src", "a.h", "tool")
+    assert stat.S_IMODE(os.lstat(moved).st_mode) == 0o755
+    assert [v.attempted for v in r.violations if "tool" in v.attempted], r.violations
+    # The manifest lists it too: it is the action's, not a skipped input.
+    assert moved in [e.path for e in r.outputs]

@@ -116,16 +116,17 @@ def collect(
     *,
     digest: bool = True,
     shown_as: dict[str, str] | None = None,
-    skip: Iterable[str] = (),
+    skip: Collection[tuple[int, int]] = frozenset(),
 ) -> tuple[OutputEntry, ...]:
     """Every entry under ``roots``, sorted by path.
 
     ``shown_as`` maps a root to the path the action saw it at, when the two
-    differ (the fresh copies of a reproducibility check).  ``skip``: paths
-    below the roots left out with all they hold (inputs nested in an
-    output are the caller's, not the action's).
+    differ (the fresh copies of a reproducibility check).  ``skip``: the
+    identities (tree.identities) of what is left out with all it holds
+    (inputs nested in an output are the caller's, not the action's), taken
+    before the action ran, as security/outputs.py's scan takes them.
     """
-    idents = tree.identities(skip)
+    idents = skip
     out: list[OutputEntry] = []
     for root in roots:
         shown = (shown_as or {}).get(root, root)

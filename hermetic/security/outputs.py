@@ -89,13 +89,16 @@ class _Report:
         return out
 
 
-def scan(roots: Iterable[str], skip: Iterable[str] = ()) -> list[Violation]:
+def scan(roots: Iterable[str], skip: Collection[tuple[int, int]] = frozenset()) -> list[Violation]:
     """Clear set-id bits and file capabilities under ``roots`` (host paths,
     each a directory or a file); one violation per file found (see the
-    module docstring).  ``skip``: paths below the roots left alone with all
-    they hold (inputs nested in an output: the caller's files)."""
+    module docstring).  ``skip``: the identities (tree.identities) of what
+    is left alone with all it holds, inputs nested in an output (the
+    caller's files), taken before the action ran: looked up afterwards, a
+    path could name what the action put there instead (it may rename the
+    writable directory around a read-only input)."""
     report = _Report()
-    idents = tree.identities(skip)
+    idents = skip
     for root in roots:
         try:
             st = os.lstat(root)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from hermetic.core import tree
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
 from hermetic.core.paths import is_within
@@ -340,6 +341,9 @@ def _run(
         keep = prepared.fill_action(plan, workdir, args[0], env)
     else:
         plan, keep = prepared.new_plan(workdir, args[0], env)
+    # What the set-id scan leaves alone, identified before the action runs
+    # (see security/outputs.py's scan).
+    skip = tree.identities((*prepared.scan_skip, *read_only)) if prepared.scan_roots else ()
     ops = prepared.action_ops
     if read_only:
         # After every op of the plan (the root is built, or the prepared one
@@ -530,7 +534,7 @@ def _run(
         if prepared.scan_roots and (
             lib.hm_outputs_plain(prepared.scan_roots_c, QUICK_SCAN_DEPTH, QUICK_SCAN_ENTRIES) != 1
         ):
-            violations += scan_outputs(prepared.scan_roots, prepared.scan_skip + read_only)
+            violations += scan_outputs(prepared.scan_roots, skip)
         stdout, stderr = _read_all(out_fd, keep_out), _read_all(err_fd, keep_err)
         return ExecutionResult(
             argv=args,
