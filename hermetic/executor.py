@@ -277,7 +277,10 @@ class HermeticExecutor:
         mount of the path onto itself in the action's own mount namespace,
         resolved without following symlinks (a missing path or one reached
         through a symlink fails the setup, naming it); at most
-        MAX_READ_ONLY_PATHS.  Where the sandbox has no mount namespace
+        MAX_READ_ONLY_PATHS.  Only this execution sees them read-only: an
+        action running at the same time in the same directories could write
+        them (one exec root per running action).  Where the sandbox has no
+        mount namespace
         (Landlock alone) they cannot be applied, and the action does not
         run (UnsupportedError).
         """

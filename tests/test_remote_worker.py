@@ -21,7 +21,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import IN_CI, TEST_USER, _as_user_cmd, _user_env, unavailable
+from conftest import FORBID_USERNS, IN_CI, TEST_USER, _as_user_cmd, _user_env, unavailable
 from google.protobuf import struct_pb2
 
 try:
@@ -71,6 +71,30 @@ def test_remote_imports_only_the_public_api():
                 ):
                     below.add((path.name, name))
     assert below == set()
+
+
+def test_a_worker_without_user_namespaces_refuses_to_start(tmp_path):
+    """With Landlock alone the staged inputs could not be kept read-only:
+    the worker says so and exits instead of failing every lease."""
+    if shutil.which("unshare") is None:
+        unavailable("unshare (util-linux) is needed to forbid user namespaces")
+    cmd = [
+        *FORBID_USERNS,
+        sys.executable,
+        "-m",
+        "hermetic",
+        "worker",
+        "--server",
+        "grpc://127.0.0.1:1",
+        "--instance",
+        "x",
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=120)
+    assert p.returncode == 123, (p.returncode, p.stderr)
+    assert "needs mount namespaces" in p.stderr and "read-only" in p.stderr, p.stderr
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.parametrize("bad", ["/etc/passwd", "..", "../x", "a/../../x", "a\0b"])

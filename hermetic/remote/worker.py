@@ -47,6 +47,7 @@ from hermetic import (
     SandboxError,
     SpecError,
     Streams,
+    capabilities,
 )
 from hermetic.core.tree import remove_tree
 from hermetic.remote import execroot
@@ -595,6 +596,16 @@ def serve(
     handle_signals: bool = True,
 ) -> int:
     """Run ``config.concurrency`` bots until SIGTERM/SIGINT (or ``stop``); 0."""
+    caps = capabilities()
+    if not caps.user_namespaces:
+        # Landlock alone cannot take back the write it grants on the exec
+        # root: every lease with inputs would fail.  Refused at the start
+        # rather than lease by lease, with a status the farm would retry.
+        why = dict(caps.notes).get("user_namespaces", "user namespaces are unavailable")
+        raise ValueError(
+            "hermetic worker needs mount namespaces to keep each lease's staged inputs "
+            f"read-only, and here {why}"
+        )
     stop = stop or threading.Event()
     work_dir = prepare_work_dir(config.work_dir)
     cache = LocalCache(os.path.join(work_dir, "cas"), config.cache_size)

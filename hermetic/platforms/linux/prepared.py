@@ -47,6 +47,14 @@ DOMAINNAME = "localdomain"
 SECCOMP_MAX = 4096  # BPF_MAXINSNS
 #: PATH searched for argv[0] when the spec's environment has none (execvp's).
 DEFAULT_SEARCH_PATH = "/bin:/usr/bin"
+#: The longest file name (a command name longer than this exists nowhere).
+NAME_MAX = 255
+#: PATH's directories searched for a command, at most.
+MAX_SEARCH_DIRS = 4096
+#: What an executor keeps of its actions' environments, PATHs and command
+#: names (see Prepared._cache_room): in all, and for one entry.
+CACHE_BYTES = 16 << 20
+CACHE_ENTRY_BYTES = 256 << 10
 #: Root callers build each spec's root once and copy it per action
 #: (hermetic/platforms/linux/template.py).  False builds it per action, as
 #: for unprivileged callers (benchmarks compare both).
@@ -205,6 +213,9 @@ class Prepared:
         #: The private /tmp's size (0: none), watched while the action runs.
         self.tmp_bytes = linux_plan.private_tmp(spec, self.ops)
         self._exec_cache: dict[tuple[str, str], tuple[str, ...]] = {}
+        #: What both caches hold, in bytes of the strings they were made from.
+        self._cache_bytes = 0
+        self._c_lock = threading.Lock()
         self._host_paths: dict[str, str | None] = {}
 
         mem = CMemory()
@@ -331,7 +342,6 @@ class Prepared:
         self._template = ffi.new("struct hm_plan *", template)
         self._plan_size = ffi.sizeof("struct hm_plan")
         self._c_cache: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
-        self._c_lock = threading.Lock()
         #: The next action's sandbox, set up ahead once the spec is reused.
         self.standby: StandbySlot | None = None
         if (
@@ -482,8 +492,11 @@ class Prepared:
                 rules, n_rules = self._exec_rules(key, workdir or "/", mem, search)
                 value = (paths, prog, length, rules, n_rules)
         found = (value, mem)
+        size = len(entry[1]) + len(search or "")
+        if kind != "cwd" and kind != "envp":
+            size += len(key) * len(self.exec_candidates(key, search))
         with self._c_lock:
-            if len(self._c_cache) < 1024:
+            if self._cache_room(size):
                 self._c_cache[entry] = found
         return found
 
@@ -544,10 +557,36 @@ class Prepared:
             if "/" in arg0:
                 found = (arg0,)
             else:
-                found = tuple(os.path.join(d or ".", arg0) for d in search.split(":"))
-            if len(self._exec_cache) < 1024:
-                self._exec_cache[(search, arg0)] = found
+                # Each directory once (a repeat finds nothing new); past
+                # NAME_MAX no name can exist, and the first candidate fails
+                # with ENAMETOOLONG as execvp's would: no product of a long
+                # PATH and a long name is ever built.
+                dirs = list(dict.fromkeys(search.split(":")))
+                if len(arg0.encode(errors="surrogateescape")) > NAME_MAX:
+                    dirs = dirs[:1]
+                if len(dirs) > MAX_SEARCH_DIRS:
+                    raise SpecError(
+                        f"PATH has {len(dirs)} directories; at most {MAX_SEARCH_DIRS} are "
+                        "searched for the command",
+                        field="env",
+                        value=len(dirs),
+                    )
+                found = tuple(os.path.join(d or ".", arg0) for d in dirs)
+            size = len(search) + len(arg0) * (len(found) + 1)
+            with self._c_lock:
+                if self._cache_room(size):
+                    self._exec_cache[(search, arg0)] = found
         return found
+
+    def _cache_room(self, size: int) -> bool:
+        """Whether an entry of about ``size`` bytes may be kept (the caller
+        holds _c_lock): the caches hold what actions give (environments,
+        PATHs, command names), so they are bounded by bytes, not only by
+        entries, and an entry too large for them is made every time."""
+        if size > CACHE_ENTRY_BYTES or self._cache_bytes + size > CACHE_BYTES:
+            return False
+        self._cache_bytes += size
+        return True
 
 
 def _outermost(paths: Iterable[str]) -> tuple[str, ...]:

@@ -227,6 +227,8 @@ def execute(
         or cwd == "/"
     ):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
+    action_env = prepared.action_env(env)
+    _check_exec_size(args, prepared.env if action_env is None else action_env)
     if read_only and prepared.isolation != "namespaces":
         raise UnsupportedError(
             "read-only paths",
@@ -244,7 +246,7 @@ def execute(
         observer=observer,
         cancel=cancel,
         profile=profile,
-        env=prepared.action_env(env),
+        env=action_env,
         streams=streams or (-1, -1, -1),
         read_only=read_only,
     )
@@ -274,6 +276,49 @@ def execute(
                     # fresh one.
                     sb.done()
         return _execute_fresh(prepared, run)
+
+
+#: execve's bound on one argument or environment string, its NUL included
+#: (MAX_ARG_STRLEN: 32 pages).
+MAX_ARG_STRLEN = 32 * 4096
+
+
+def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
+    """SpecError unless execve can pass ``args`` and ``env``: one string
+    over MAX_ARG_STRLEN, or all of them (with their pointers) over ARG_MAX,
+    fails it with E2BIG.  Checked before anything is built from them, so a
+    hostile command line costs nothing kept (an executor caches what it
+    makes of an environment and a command name).  A variable is named,
+    never shown: values may be secrets."""
+    total = 0
+    for i, a in enumerate(args):
+        n = len(a.encode(errors="surrogateescape")) + 1
+        if n > MAX_ARG_STRLEN:
+            raise SpecError(
+                f"argv[{i}] is {n - 1} bytes: execve passes at most "
+                f"{MAX_ARG_STRLEN - 1} per argument",
+                field=f"argv[{i}]",
+                value=n - 1,
+            )
+        total += n + 8
+    for k, v in env.items():
+        n = len(k.encode(errors="surrogateescape")) + len(v.encode(errors="surrogateescape")) + 2
+        if n > MAX_ARG_STRLEN:
+            raise SpecError(
+                f"environment variable {k!r} is {n - 1} bytes with its name: execve passes "
+                f"at most {MAX_ARG_STRLEN - 1} per variable",
+                field="env",
+                value=k,
+            )
+        total += n + 8
+    limit = os.sysconf("SC_ARG_MAX")
+    if total > limit:
+        raise SpecError(
+            f"argv and the environment are {total} bytes: more than execve passes here "
+            f"(ARG_MAX {limit})",
+            field="argv",
+            value=total,
+        )
 
 
 class _StandbyLost(Exception):

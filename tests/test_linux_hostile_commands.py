@@ -1,0 +1,96 @@
+"""Hostile command lines against a long-lived executor (a farm worker's,
+the launcher daemon's): what an action's argv and environment cost must be
+bounded before anything is built from them, and what the executor keeps of
+them bounded in bytes.
+
+An environment or argument execve would refuse (E2BIG) is refused first,
+naming it; a PATH's directories are searched once each and at most
+MAX_SEARCH_DIRS of them; a command name longer than any file name is not
+multiplied by the PATH; the caches of environments and command names stay
+within CACHE_BYTES whatever the actions give.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_linux_isolation import spec_for
+
+from hermetic import HermeticExecutor, SandboxError, SpecError
+from hermetic.platforms.linux import prepared as linux_prepared
+from hermetic.platforms.linux.run import MAX_ARG_STRLEN
+
+pytestmark = pytest.mark.linux
+
+
+@pytest.fixture
+def ex(scratch):
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    with HermeticExecutor.create(spec_for(outputs=[out])).unwrap() as executor:
+        yield executor
+
+
+def test_an_environment_execve_would_refuse_is_refused_naming_the_variable(ex):
+    secret = "s" * MAX_ARG_STRLEN
+    r = ex.execute(["/bin/true"], env={"BIG": secret})
+    assert isinstance(r.error, SpecError), r
+    assert "'BIG'" in str(r.error) and secret not in str(r.error)
+    # Under the bound per variable, over ARG_MAX together.
+    many = {
+        f"V{i}": "v" * (MAX_ARG_STRLEN - 100)
+        for i in range(os.sysconf("SC_ARG_MAX") // MAX_ARG_STRLEN + 2)
+    }
+    r = ex.execute(["/bin/true"], env=many)
+    assert isinstance(r.error, SpecError) and "ARG_MAX" in str(r.error), r
+    r = ex.execute(["/bin/echo", "a" * MAX_ARG_STRLEN])
+    assert isinstance(r.error, SpecError) and r.error.field == "argv[1]", r
+    # The largest that fits runs.
+    ok = ex.execute(["/bin/sh", "-c", "echo ${#BIG}"], env={"BIG": "b" * (MAX_ARG_STRLEN - 6)})
+    assert ok.unwrap().stdout == f"{MAX_ARG_STRLEN - 6}\n".encode()
+
+
+def test_a_long_command_name_is_not_multiplied_by_the_path(ex):
+    """20,000 empty PATH entries and a 20,000-byte command name were 400 MB
+    of candidate paths per action; now one directory is searched once, and
+    the name fails as execvp's would."""
+    name = "x" * 20_000
+    r = ex.execute([name], env={"PATH": ":" * 20_000 + "/usr/bin"})
+    assert isinstance(r.error, SandboxError) and r.error.stage == "exec", r
+    prepared = ex._prepared
+    assert len(prepared.exec_candidates(name, ":" * 20_000 + "/usr/bin")) == 1
+    # Repeated directories are searched once; order is kept.
+    assert prepared.exec_candidates("true", "/bin::/bin:/usr/bin::") == (
+        "/bin/true",
+        "./true",
+        "/usr/bin/true",
+    )
+
+
+def test_a_path_of_too_many_directories_is_refused(ex):
+    dirs = ":".join(f"/d{i}" for i in range(linux_prepared.MAX_SEARCH_DIRS + 1))
+    r = ex.execute(["true"], env={"PATH": dirs})
+    assert isinstance(r.error, SpecError) and "PATH has" in str(r.error), r
+    fits = ":".join(f"/d{i}" for i in range(linux_prepared.MAX_SEARCH_DIRS - 1))
+    ok = ex.execute(["true"], env={"PATH": fits + ":/bin"})
+    assert ok.unwrap().exit_code == 0
+
+
+def test_what_an_executor_keeps_of_its_actions_is_bounded_in_bytes(ex, monkeypatch):
+    """Each distinct environment is marshalled for C and kept for the next
+    action that has it, up to a budget: actions that each bring a new large
+    environment do not grow the executor past it."""
+    monkeypatch.setattr(linux_prepared, "CACHE_BYTES", 400 << 10)
+    prepared = ex._prepared
+    for i in range(12):
+        env = {"PATH": "/usr/bin:/bin", "N": str(i), "PAD": "p" * (100 << 10)}
+        assert ex.execute(["/bin/true"], env=env).unwrap().exit_code == 0
+    assert prepared._cache_bytes <= 400 << 10
+    kept = [e for e in prepared._c_cache if e[0] == "envp"]
+    assert 1 <= len(kept) <= 3, len(kept)
+    # An environment larger than one entry's share is never kept.
+    before = dict(prepared._c_cache)
+    huge = {f"H{i}": "h" * (100 << 10) for i in range(4)}
+    assert ex.execute(["/bin/true"], env={"PATH": "/bin", **huge}).unwrap().exit_code == 0
+    assert [e for e in prepared._c_cache if e not in before and e[0] == "envp"] == []
