@@ -36,6 +36,7 @@ except ImportError as e:  # a skip where the extra is not installed; under CI a 
         pytest.fail(f"required under CI: the 'remote' extra ({e})", pytrace=False)
     pytest.skip(f"needs the 'remote' extra: {e}", allow_module_level=True)
 
+from google.protobuf import struct_pb2  # noqa: E402
 from remote import bazel_workspace as workspace  # noqa: E402
 from remote.bazel import BAZEL, Bazel  # noqa: E402
 from remote.client import Worker, completed_results  # noqa: E402
@@ -195,19 +196,32 @@ def _median(values: list[float]) -> float:
 
 
 def _report_overhead(results: list[object]) -> None:
-    """The worker's own time per action: worker_start..worker_completed
-    minus execution_start..execution_completed, with each stage's median."""
+    """The worker's own time per action, with each stage's median.
+
+    BuildGrid writes worker_start and worker_completed itself (when it
+    assigns the lease, and when it takes the completion: its scheduler
+    overwrites the worker's), so the worker's own time is
+    input_fetch_start..output_upload_completed without the execution; the
+    first and last stages are BuildGrid's hand-over and take-back."""
     stages = [_stages_ms(r.result.execution_metadata) for r in results]  # type: ignore[attr-defined]
     assert all(t >= 0 for s in stages for t in s), stages
-    own = sorted(sum(s) - s[3] for s in stages)
+    own = sorted(sum(s[1:-1]) - s[3] for s in stages)
+    cpu = []
+    for r in results:
+        (aux,) = r.result.execution_metadata.auxiliary_metadata  # type: ignore[attr-defined]
+        usage = struct_pb2.Struct()
+        assert aux.Unpack(usage)
+        cpu.append(usage["hermetic_worker_cpu_ms"])
     names = [f"{a}..{b}" for a, b in zip(STAGES, STAGES[1:], strict=False)]
     medians = ", ".join(
         f"{n} {_median([s[i] for s in stages]):.1f}" for i, n in enumerate(names) if i != 3
     )
     print(
-        f"{len(results)} actions; the worker's own time per action: median "
+        f"{len(results)} actions; the worker's own time per action (fetch to upload, "
+        "without the action): median "
         f"{_median(own):.1f} ms, p90 {own[len(own) * 9 // 10]:.1f} ms (stage medians, ms: "
-        f"{medians}); the actions' own median {_median([s[3] for s in stages]):.1f} ms"
+        f"{medians}); the actions' own median {_median([s[3] for s in stages]):.1f} ms; "
+        f"the CPU of the worker's thread per lease: median {_median(cpu):.1f} ms"
     )
 
 

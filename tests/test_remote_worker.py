@@ -388,6 +388,8 @@ def test_a_command_s_output_and_an_output_file_come_back(farm, root_worker, tmp_
     usage = struct_pb2.Struct()
     assert aux.Unpack(usage)
     assert usage["hermetic_usage"]["wall_time"] > 0
+    worker_ms = (times[-1] - times[0]) / 1e6
+    assert 0 < usage["hermetic_worker_cpu_ms"] <= worker_ms, (usage, worker_ms)
 
 
 def test_a_failing_command_s_exit_code_comes_back(farm, root_worker, tmp_path):
