@@ -159,7 +159,7 @@ class Bench:
         self.work = os.path.realpath(tempfile.mkdtemp(prefix="hermetic-bench-worker-"))
         worker.prepare_work_dir(self.work)
         self.cache = LocalCache(os.path.join(self.work, "cas"))
-        self.slots = Sandboxes(os.path.join(self.work, "exec"))
+        self.slots = Sandboxes(self.work)
 
     def run(self, the_lease: Any, slots: Sandboxes | None = None) -> Any:
         """One lease; ``slots``: the reused ones, None for a slot of its own."""
@@ -244,7 +244,7 @@ def gcc_rounds() -> Iterator[dict[str, tuple[list[float], dict[str, float]]]]:
     b = Bench()
     alone = tempfile.mkdtemp(prefix="alone-", dir=os.path.join(b.work, "exec"))
     # The baseline's own slots (their executors are Direct ones).
-    direct = Sandboxes(os.path.join(b.work, "exec"))
+    direct = Sandboxes(b.work)
     try:
         the_lease = _gcc_lease(b.cas)
         os.makedirs(os.path.join(alone, "out"))

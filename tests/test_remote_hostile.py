@@ -80,7 +80,7 @@ def w(tmp_path):
     channel = store.channel()
     work = worker.prepare_work_dir(str(tmp_path / "work"))
     cache = LocalCache(os.path.join(work, "cas"))
-    sandboxes = Sandboxes(os.path.join(work, "exec"))
+    sandboxes = Sandboxes(work)
     try:
         yield Worker(store, CasClient(channel, ""), cache, work, sandboxes)
     finally:
@@ -519,11 +519,11 @@ def test_a_slot_that_cannot_be_emptied_is_not_reused(w, tmp_path, monkeypatch):
     real = sandboxes._empty
     calls = []
 
-    def failing(path: str) -> None:
+    def failing(path: str, private: str) -> None:
         calls.append(path)
         if len(calls) == 1:
             raise OSError(5, "Input/output error", path)
-        real(path)
+        real(path, private)
 
     monkeypatch.setattr(sandboxes, "_empty", failing)
     assert _ok(w.sh("echo one > f", output_paths=("f",))).exit_code == 0

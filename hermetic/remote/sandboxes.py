@@ -47,12 +47,15 @@ class SlotError(Exception):
 
 
 class Slot:
-    """One lease at a time: an exec root and the executor that runs in it."""
+    """One lease at a time: an exec root, the executor that runs in it, and
+    a directory of the worker's own for the lease's stdout and stderr
+    files (``private``: never declared, so not in the sandbox)."""
 
-    __slots__ = ("executor", "exec_root")
+    __slots__ = ("executor", "exec_root", "private")
 
-    def __init__(self, exec_root: str, executor: HermeticExecutor) -> None:
+    def __init__(self, exec_root: str, private: str, executor: HermeticExecutor) -> None:
         self.exec_root = exec_root
+        self.private = private
         self.executor = executor
 
 
@@ -68,8 +71,10 @@ def slot_spec(exec_root: str) -> SandboxSpec:
     )
 
 
-def _empty(exec_root: str) -> None:
-    """Leave ``exec_root`` as a new one: empty, 0700, no extended attributes."""
+def _empty(exec_root: str, private: str) -> None:
+    """Leave ``exec_root`` as a new one: empty, 0700, no extended attributes;
+    and ``private`` empty (what the worker wrote there, only the worker's)."""
+    remove_tree(private, keep=True)
     remove_tree(exec_root, keep=True)
     fd = os.open(exec_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -84,8 +89,12 @@ class Sandboxes:
     """The slots of one worker, made as leases need them (at most as many
     as run at once) and closed with :meth:`close`."""
 
-    def __init__(self, exec_dir: str) -> None:
-        self._exec_dir = exec_dir
+    def __init__(self, work_dir: str) -> None:
+        """The slots' exec roots go in ``work_dir``/exec, their private
+        directories in ``work_dir``/leases (hermetic/remote/worker.py's
+        prepare_work_dir makes both)."""
+        self._exec_dir = os.path.join(work_dir, "exec")
+        self._private_dir = os.path.join(work_dir, "leases")
         self._free: list[Slot] = []
         self._all: list[Slot] = []
         self._lock = threading.Lock()
@@ -109,21 +118,28 @@ class Sandboxes:
     def _make(self) -> Slot:
         exec_root = tempfile.mkdtemp(prefix="slot-", dir=self._exec_dir)  # 0700
         try:
-            made = HermeticExecutor.create(slot_spec(exec_root), max_concurrency=1)
+            private = tempfile.mkdtemp(prefix="slot-", dir=self._private_dir)
         except BaseException:
             os.rmdir(exec_root)
             raise
+        try:
+            made = HermeticExecutor.create(slot_spec(exec_root), max_concurrency=1)
+        except BaseException:
+            os.rmdir(exec_root)
+            os.rmdir(private)
+            raise
         if isinstance(made, Err):
             os.rmdir(exec_root)
+            os.rmdir(private)
             raise SlotError(f"the sandbox cannot be prepared: {made.error}")
-        made_slot = Slot(exec_root, made.unwrap())
+        made_slot = Slot(exec_root, private, made.unwrap())
         with self._lock:
             self._all.append(made_slot)
         return made_slot
 
     def _release(self, slot: Slot) -> None:
         try:
-            _empty(slot.exec_root)
+            _empty(slot.exec_root, slot.private)
         except OSError as e:
             # Never reused; the next lease gets a new slot.
             LOG.warning("exec root %s cannot be emptied (%s): slot closed", slot.exec_root, e)
@@ -140,8 +156,9 @@ class Sandboxes:
             if slot in self._all:
                 self._all.remove(slot)
         slot.executor.close()
-        with contextlib.suppress(OSError, HermeticError):
-            remove_tree(slot.exec_root)
+        for path in (slot.exec_root, slot.private):
+            with contextlib.suppress(OSError, HermeticError):
+                remove_tree(path)
 
     def close(self) -> None:
         """Close every slot not in use now (one in use is closed when its

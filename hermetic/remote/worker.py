@@ -33,7 +33,6 @@ import platform
 import signal
 import socket
 import stat
-import tempfile
 import threading
 import time
 import types
@@ -194,11 +193,10 @@ def execute_lease(
     meta = re_pb2.ExecutedActionMetadata(worker=bot_id)
     meta.worker_start_timestamp.CopyFrom(_now())
     cpu_start = time.thread_time()
-    pool = sandboxes or Sandboxes(os.path.join(work_dir, "exec"))
-    private = tempfile.mkdtemp(prefix="lease-", dir=os.path.join(work_dir, "leases"))
+    pool = sandboxes or Sandboxes(work_dir)
     try:
         with pool.slot() as slot:
-            return _execute(lease, cas, cache, slot, private, meta, cancel, cpu_start)
+            return _execute(lease, cas, cache, slot, meta, cancel, cpu_start)
     except SlotError as e:
         return LeaseOutcome(_status(code_pb2.INTERNAL, str(e)))
     except execroot.LimitError as e:
@@ -216,7 +214,6 @@ def execute_lease(
     except OSError as e:
         return LeaseOutcome(_status(code_pb2.INTERNAL, f"the worker failed: {e}"))
     finally:
-        _remove_tree(private)
         if pool is not sandboxes:
             pool.close()
 
@@ -226,7 +223,6 @@ def _execute(
     cas: CasClient,
     cache: LocalCache,
     slot: Slot,
-    private: str,
     meta: Any,
     cancel: threading.Event,
     cpu_start: float,
@@ -254,7 +250,8 @@ def _execute(
     timeout = DEFAULT_TIMEOUT
     if action.HasField("timeout"):
         timeout = action.timeout.ToTimedelta().total_seconds() or DEFAULT_TIMEOUT
-    out_path, err_path = os.path.join(private, "stdout"), os.path.join(private, "stderr")
+    out_path = os.path.join(slot.private, "stdout")
+    err_path = os.path.join(slot.private, "stderr")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         meta.execution_start_timestamp.CopyFrom(_now())
         ran = slot.executor.execute(
@@ -623,7 +620,7 @@ def serve(
         ],
     )
     cas = CasClient(channel, config.instance)
-    sandboxes = Sandboxes(os.path.join(work_dir, "exec"))
+    sandboxes = Sandboxes(work_dir)
     base = config.bot_id or f"{socket.gethostname()}-{os.getpid()}"
     properties = config.platform or default_platform()
     previous: dict[signal.Signals, Any] = {}
