@@ -190,10 +190,12 @@ def test_too_many_read_only_paths_are_refused(scratch):
     assert ok.exit_code == 0
 
 
-def test_the_host_side_leaves_read_only_paths_alone(scratch):
+@pytest.mark.parametrize("declared", ["read_only", "spec"])
+def test_the_host_side_leaves_read_only_paths_alone(scratch, declared):
     """The set-id scan and the output manifest walk the outputs on the
-    host: what an execution saw read-only is the caller's, neither changed
-    nor listed as the action's."""
+    host: what an execution saw read-only (its own read-only path, or an
+    input the spec nests in an output) is the caller's, neither changed nor
+    listed as the action's."""
     if os.geteuid() != 0:
         pytest.skip("making a set-uid file needs root")
     root = os.path.join(scratch, "root")
@@ -203,9 +205,12 @@ def test_the_host_side_leaves_read_only_paths_alone(scratch):
     with open(tool, "w") as f:
         f.write("#!/bin/sh\n")
     os.chmod(tool, 0o4755)
-    with HermeticExecutor.create(spec_for(outputs=[root])).unwrap() as ex:
+    spec = spec_for(outputs=[root], inputs=[inp] if declared == "spec" else [])
+    with HermeticExecutor.create(spec).unwrap() as ex:
         r = ex.execute(
-            ["sh", "-c", f"echo made > {root}/made"], read_only=[inp], collect_outputs=True
+            ["sh", "-c", f"echo made > {root}/made"],
+            read_only=[inp] if declared == "read_only" else [],
+            collect_outputs=True,
         ).unwrap()
     assert r.exit_code == 0, r.stderr
     assert stat.S_IMODE(os.stat(tool).st_mode) == 0o4755

@@ -26,6 +26,7 @@ except ImportError as e:  # a skip where the extra is not installed; under CI a 
     pytest.skip(f"needs the 'remote' extra: {e}", allow_module_level=True)
 
 from memory_cas import MemoryCas, input_root  # noqa: E402
+from remote.client import worker_argv  # noqa: E402
 
 from hermetic.remote import execroot  # noqa: E402
 from hermetic.remote.cas import (  # noqa: E402
@@ -262,20 +263,7 @@ def test_the_cache_size_option(tmp_path):
     ).stdout
     assert "--cache-size" in out and "10 GiB" in out
     bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hermetic",
-            "worker",
-            "--server",
-            "grpc://127.0.0.1:1",
-            "--instance",
-            "x",
-            "--work-dir",
-            str(tmp_path / "w"),
-            "--cache-size",
-            "-1",
-        ],
+        worker_argv("grpc://127.0.0.1:1", "x", str(tmp_path / "w"), "--cache-size", "-1"),
         cwd="/",
         capture_output=True,
         text=True,

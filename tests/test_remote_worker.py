@@ -31,7 +31,7 @@ except ImportError as e:  # a skip where the extra is not installed; under CI a 
         pytest.fail(f"required under CI: the 'remote' extra ({e})", pytrace=False)
     pytest.skip(f"needs the 'remote' extra: {e}", allow_module_level=True)
 
-from remote.client import Worker, blob, execute, execute_response  # noqa: E402
+from remote.client import Worker, blob, execute, execute_response, worker_argv  # noqa: E402
 from remote.farm import INSTANCE, Farm, FarmUnavailable  # noqa: E402
 
 from hermetic.remote import execroot, worker  # noqa: E402
@@ -78,19 +78,7 @@ def test_a_worker_without_user_namespaces_refuses_to_start(tmp_path):
     the worker says so and exits instead of failing every lease."""
     if shutil.which("unshare") is None:
         unavailable("unshare (util-linux) is needed to forbid user namespaces")
-    cmd = [
-        *FORBID_USERNS,
-        sys.executable,
-        "-m",
-        "hermetic",
-        "worker",
-        "--server",
-        "grpc://127.0.0.1:1",
-        "--instance",
-        "x",
-        "--work-dir",
-        str(tmp_path / "work"),
-    ]
+    cmd = [*FORBID_USERNS, *worker_argv("grpc://127.0.0.1:1", "x", str(tmp_path / "work"))]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=120)
     assert p.returncode == 123, (p.returncode, p.stderr)
     assert "needs mount namespaces" in p.stderr and "read-only" in p.stderr, p.stderr

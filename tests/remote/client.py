@@ -18,6 +18,24 @@ from hermetic.remote.cas import CasClient, digest_of_message, key
 from hermetic.remote.protos import grpc, re_grpc, re_pb2
 
 
+def worker_argv(url: str, instance: str, work_dir: str, *options: str) -> list[str]:
+    """``hermetic worker`` run by this interpreter: its three required
+    options, then ``options``."""
+    return [
+        sys.executable,
+        "-m",
+        "hermetic",
+        "worker",
+        "--server",
+        url,
+        "--instance",
+        instance,
+        "--work-dir",
+        work_dir,
+        *options,
+    ]
+
+
 class Worker:
     """``hermetic worker`` in a process of its own, stopped by its pid."""
 
@@ -38,20 +56,9 @@ class Worker:
         self.log = os.path.join(os.path.dirname(work_dir), f"{bot_id}.log")
         argv = [
             *wrap,
-            sys.executable,
-            "-m",
-            "hermetic",
-            "worker",
-            "--server",
-            url,
-            "--instance",
-            instance,
-            "--work-dir",
-            work_dir,
-            "--bot-id",
-            bot_id,
-            "--concurrency",
-            str(concurrency),
+            *worker_argv(
+                url, instance, work_dir, "--bot-id", bot_id, "--concurrency", str(concurrency)
+            ),
         ]
         for p in platform:
             argv += ["--platform", p]
