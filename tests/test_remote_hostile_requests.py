@@ -311,3 +311,16 @@ def test_a_missing_digest_the_cas_was_not_asked_about_is_ignored(w):
     result = _ok(w.sh("echo out > out.txt", output_paths=("out.txt",)))
     assert [f.path for f in result.output_files] == ["out.txt"]
     assert ("0" * 64, 2 << 20) not in w.store.streamed
+
+
+def test_an_input_path_longer_than_the_kernel_takes_is_refused(w):
+    """No retry could stage it: INVALID_ARGUMENT naming it, not INTERNAL
+    (which a farm retries)."""
+    deep = "/".join(["d" * 200] * 21) + "/f"  # 4,221 bytes
+    outcome = w.sh("true", {deep: (b"x", False)})
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "longer than a path can be")
+    assert _exec_roots(w) == []
+    # Just within the bound, relative to the exec root, it is staged.
+    room = 4095 - len(os.fsencode(os.path.join(w.work, "exec", "slot-xxxxxxxx"))) - 1
+    fits = "/".join(["e" * 200] * (room // 201)) + "/f"
+    assert _ok(w.sh(f"cat {fits}", {fits: (b"ok", False)})).exit_code == 0

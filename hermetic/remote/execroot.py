@@ -229,6 +229,7 @@ def stage(
     sharing nothing with the cache, instead of a hard link.
     """
     outs = tuple(outputs)
+    _check_lengths(tree, exec_root)
     wanted = {(k, x) for _, k, x in tree.files}
     # Pinned from the fetch until every link is made: eviction (by this
     # lease's fetch or another's) cannot remove an entry in between.
@@ -264,6 +265,22 @@ def stage(
     for rel, target in tree.symlinks:
         os.symlink(target, os.path.join(exec_root, rel))
     return fetched
+
+
+#: The longest path the kernel takes (PATH_MAX, its NUL included).
+PATH_MAX = 4096
+
+
+def _check_lengths(tree: InputTree, exec_root: str) -> None:
+    """ExecRootError for an input whose path in this exec root is longer
+    than the kernel takes: no retry could stage it."""
+    room = PATH_MAX - 1 - len(os.fsencode(exec_root)) - 1
+    for rel in (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)):
+        if len(rel.encode(errors="surrogateescape")) > room:
+            raise ExecRootError(
+                f"the input {rel[:60]!r}... is {len(rel)} bytes long: with the exec root "
+                f"that is longer than a path can be ({PATH_MAX - 1} bytes)"
+            )
 
 
 def _fill_dir(
