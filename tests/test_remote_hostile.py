@@ -13,6 +13,7 @@ completes the lease with INVALID_ARGUMENT and a message naming why.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -32,6 +33,7 @@ except ImportError as e:  # a skip where the extra is not installed; under CI a 
         pytest.fail(f"required under CI: the 'remote' extra ({e})", pytrace=False)
     pytest.skip(f"needs the 'remote' extra: {e}", allow_module_level=True)
 
+from google.protobuf import struct_pb2  # noqa: E402
 from memory_cas import MemoryCas, input_root, lease  # noqa: E402
 
 from hermetic.remote import execroot, worker  # noqa: E402
@@ -531,3 +533,46 @@ def test_a_slot_that_cannot_be_emptied_is_not_reused(w, tmp_path, monkeypatch):
     # Two slots were used, and only the second is left.
     assert len(calls) == 2 and calls[0] != calls[1]
     assert os.listdir(tmp_path / "work" / "exec") == [os.path.basename(calls[1])]
+
+
+# -- what the sandbox stopped ---------------------------------------------------------
+
+
+def _aux(result: Any) -> Any:
+    (aux,) = result.execution_metadata.auxiliary_metadata
+    usage = struct_pb2.Struct()
+    assert aux.Unpack(usage)
+    return usage
+
+
+def test_a_lease_s_violations_are_in_its_result_and_the_audit_log(tmp_path, monkeypatch):
+    """Every write the sandbox refused is recorded: in the result's
+    auxiliary metadata (up to a bound, with the total) and, given
+    --audit-log, in the audit log, naming the staged input."""
+    store = MemoryCas()
+    channel = store.channel()
+    work = worker.prepare_work_dir(str(tmp_path / "work"))
+    cache = LocalCache(os.path.join(work, "cas"))
+    log = tmp_path / "audit.jsonl"
+    sandboxes = Sandboxes(work, audit_log=str(log))
+    w = Worker(store, CasClient(channel, ""), cache, work, sandboxes)
+    monkeypatch.setattr(worker, "MAX_REPORTED_VIOLATIONS", 2)
+    try:
+        files = {f"src/{n}.h": (b"#define X\n", False) for n in "abc"}
+        script = "for f in src/*.h; do echo x >> $f; done 2>/dev/null; echo made > out.txt"
+        result = _ok(w.sh(script, files, output_paths=("out.txt",)))
+    finally:
+        sandboxes.close()
+        cache.close()
+        channel.close()
+        store.close()
+    usage = _aux(result)
+    reported = [v["attempted"] for v in usage["hermetic_violations"]]
+    assert len(reported) == 2 and usage["hermetic_violations_total"] == 3, usage
+    assert all("src/" in a for a in reported), reported
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(r["attempted"].rsplit("/", 2)[-2:][1] for r in records) == [
+        "a.h",
+        "b.h",
+        "c.h",
+    ], records

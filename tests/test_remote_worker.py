@@ -85,6 +85,19 @@ def test_a_worker_without_user_namespaces_refuses_to_start(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+def test_an_audit_log_the_worker_cannot_use_is_said_before_any_lease(tmp_path):
+    p = subprocess.run(
+        worker_argv("grpc://127.0.0.1:1", "x", str(tmp_path / "work"), "--audit-log", "/tmp"),
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
+    assert p.returncode == 123, (p.returncode, p.stderr)
+    assert "audit" in p.stderr and "/tmp" in p.stderr, p.stderr
+    assert os.listdir(tmp_path / "work" / "exec") == []
+
+
 @pytest.mark.parametrize("bad", ["/etc/passwd", "..", "../x", "a/../../x", "a\0b"])
 def test_paths_that_leave_the_exec_root_are_refused(bad):
     with pytest.raises(execroot.ExecRootError):

@@ -104,6 +104,12 @@ def add_worker(sub: Subcommands) -> None:
         help="the local CAS cache's bound; least recently used files are evicted "
         "(default 10737418240, 10 GiB)",
     )
+    worker.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append every violation of every lease to FILE as JSON Lines "
+        "(docs/audit-log.md); each lease's result carries them too",
+    )
     worker.set_defaults(func=_cmd_worker, cmd_parser=worker)
 
 

@@ -89,10 +89,12 @@ class Sandboxes:
     """The slots of one worker, made as leases need them (at most as many
     as run at once) and closed with :meth:`close`."""
 
-    def __init__(self, work_dir: str) -> None:
+    def __init__(self, work_dir: str, *, audit_log: str | None = None) -> None:
         """The slots' exec roots go in ``work_dir``/exec, their private
         directories in ``work_dir``/leases (hermetic/remote/worker.py's
-        prepare_work_dir makes both)."""
+        prepare_work_dir makes both).  ``audit_log``: every slot's executor
+        appends its violations there (hermetic/security/audit.py)."""
+        self._audit_log = audit_log
         self._exec_dir = os.path.join(work_dir, "exec")
         self._private_dir = os.path.join(work_dir, "leases")
         self._free: list[Slot] = []
@@ -115,6 +117,13 @@ class Sandboxes:
         finally:
             self._release(taken)
 
+    def warm(self) -> None:
+        """Make one slot now (a worker's first lease then finds it ready);
+        SlotError when no sandbox can be prepared, said before any lease."""
+        made = self._make()
+        with self._lock:
+            self._free.append(made)
+
     def _make(self) -> Slot:
         exec_root = tempfile.mkdtemp(prefix="slot-", dir=self._exec_dir)  # 0700
         try:
@@ -123,7 +132,9 @@ class Sandboxes:
             os.rmdir(exec_root)
             raise
         try:
-            made = HermeticExecutor.create(slot_spec(exec_root), max_concurrency=1)
+            made = HermeticExecutor.create(
+                slot_spec(exec_root), max_concurrency=1, audit_log=self._audit_log
+            )
         except BaseException:
             os.rmdir(exec_root)
             os.rmdir(private)

@@ -74,6 +74,9 @@ LOG = logging.getLogger("hermetic.remote.worker")
 
 #: stdout and stderr up to this size are also inlined in the ActionResult.
 INLINE_OUTPUT = 1 << 10
+#: The violations of one lease its result carries, at most (all of them go
+#: to --audit-log; the result says how many there were).
+MAX_REPORTED_VIOLATIONS = 100
 #: The long poll's deadline while idle: the server answers before it with a
 #: lease, or when it runs out (BuildGrid holds a poll for 80% of it).
 IDLE_POLL = 30.0
@@ -99,6 +102,7 @@ class WorkerConfig:
     concurrency: int = 1
     platform: tuple[tuple[str, str], ...] = ()
     cache_size: int = DEFAULT_CACHE_SIZE
+    audit_log: str | None = None
 
     def target(self) -> str:
         """The gRPC target of ``--server`` (``grpc://HOST:PORT`` or ``unix:PATH``)."""
@@ -302,6 +306,7 @@ def _execute(
     meta.output_upload_completed_timestamp.CopyFrom(_now())
     # hermetic's resource usage of the whole sandbox (wall, CPU, peak memory,
     # I/O, processes; None where unknown), for whoever reads the metadata;
+    # every violation the sandbox stopped (up to a bound, and their number);
     # and the CPU the worker's own thread used for the lease (in ms, up to
     # here), which tells its own work from waiting for a CPU.
     usage = struct_pb2.Struct()
@@ -310,6 +315,8 @@ def _execute(
             "hermetic_usage": {
                 k: v for k, v in res.usage.to_dict().items() if k != "sources" and v is not None
             },
+            "hermetic_violations": [v.to_dict() for v in res.violations[:MAX_REPORTED_VIOLATIONS]],
+            "hermetic_violations_total": len(res.violations),
             "hermetic_worker_cpu_ms": round((time.thread_time() - cpu_start) * 1e3, 3),
         }
     )
@@ -612,6 +619,12 @@ def serve(
     stop = stop or threading.Event()
     work_dir = prepare_work_dir(config.work_dir)
     cache = LocalCache(os.path.join(work_dir, "cas"), config.cache_size)
+    sandboxes = Sandboxes(work_dir, audit_log=config.audit_log)
+    try:
+        sandboxes.warm()  # a sandbox that cannot be prepared is said now
+    except SlotError as e:
+        cache.close()
+        raise ValueError(str(e)) from None
     channel = grpc.insecure_channel(
         config.target(),
         options=[
@@ -620,7 +633,6 @@ def serve(
         ],
     )
     cas = CasClient(channel, config.instance)
-    sandboxes = Sandboxes(work_dir)
     base = config.bot_id or f"{socket.gethostname()}-{os.getpid()}"
     properties = config.platform or default_platform()
     previous: dict[signal.Signals, Any] = {}
@@ -701,6 +713,7 @@ def main(ns: Any) -> int:
         concurrency=ns.concurrency,
         platform=parse_platform(ns.platform or ()),
         cache_size=_cache_size(getattr(ns, "cache_size", None)),
+        audit_log=getattr(ns, "audit_log", None),
     )
     if config.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}")
