@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import filecmp
+import json
 import os
 import signal
 import socket
@@ -56,6 +57,7 @@ class Served:
     proc: subprocess.Popen[bytes]
     socket: str
     user: Any
+    audit_log: str
 
     def give(self, path: str) -> None:
         """Make ``path`` (and what is below it) the runner's user's, as
@@ -148,6 +150,8 @@ def served(fs_runner: Runner, scratch: str) -> Iterator[Served]:
         f"unix:{sock}",
         "--build-directory",
         build,
+        "--audit-log",
+        os.path.join(run_dir, "audit.jsonl"),
     ]
     user = runner.user
     if user is not None:
@@ -168,7 +172,14 @@ def served(fs_runner: Runner, scratch: str) -> Iterator[Served]:
             _, err = proc.communicate()
             pytest.fail(f"the runner did not listen: {err.decode(errors='replace')[-2000:]}")
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
-        yield Served(runner_pb2_grpc.RunnerStub(channel), build, proc, sock, user)
+        yield Served(
+            runner_pb2_grpc.RunnerStub(channel),
+            build,
+            proc,
+            sock,
+            user,
+            os.path.join(run_dir, "audit.jsonl"),
+        )
     finally:
         channel.close()
         if proc.poll() is None:
@@ -300,6 +311,12 @@ def test_only_the_outputs_parents_and_the_temporary_directory_are_writable(
     assert not os.path.exists("/usr/outside.txt")
     assert served.read("a", "root/out/made.txt") == "new\n"
     assert served.read("a", "tmp/scratch.txt") == "new\n"
+    # The refused writes are in the runner's audit log (the protocol has no
+    # field for them).
+    with open(served.audit_log) as f:
+        attempted = [json.loads(line)["attempted"] for line in f]
+    assert any("src/in.txt" in a for a in attempted), attempted
+    assert any("stray.txt" in a for a in attempted), attempted
 
 
 def test_readiness(served: Served) -> None:
@@ -366,7 +383,8 @@ def test_a_cancelled_run_leaves_no_process(served: Served) -> None:
     )
     started = os.path.join(served.build, "a", "root", "out", "started")
     _wait(lambda: os.path.exists(started), "the action starting")
-    assert _processes_with(marker)
+    # touch runs before the exec: the sleep shows up a moment later.
+    _wait(lambda: bool(_processes_with(marker)), "the action's sleep running")
     call.cancel()
     _wait(lambda: not _processes_with(marker), "the cancelled action ending")
     assert call.cancelled()

@@ -55,6 +55,11 @@ def add_runner(sub: Subcommands) -> None:
     runner.add_argument(
         "--concurrency", type=int, metavar="N", help="actions at once (default: CPUs)"
     )
+    runner.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append every violation of every Run to FILE as JSON Lines (docs/audit-log.md)",
+    )
     runner.set_defaults(func=_cmd_runner, cmd_parser=runner)
 
 
@@ -65,7 +70,13 @@ def _cmd_runner(ns: argparse.Namespace) -> int:
         return _without_the_extra("runner", e)
     try:
         base = SandboxSpec.from_json(_read_spec(ns.spec)) if ns.spec else _default_spec(True)
-        return runner.serve(ns.listen, ns.build_directory, base, concurrency=ns.concurrency)
+        return runner.serve(
+            ns.listen,
+            ns.build_directory,
+            base,
+            concurrency=ns.concurrency,
+            audit_log=ns.audit_log,
+        )
     except SpecError as e:
         return _fail(str(e), EXIT_SPEC)
 

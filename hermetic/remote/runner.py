@@ -241,7 +241,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     """The Runner service over ``build_directory``, each Run under ``base``
     extended with the request's paths and environment."""
 
-    def __init__(self, build_directory: str, base: SandboxSpec) -> None:
+    def __init__(
+        self, build_directory: str, base: SandboxSpec, *, audit_log: str | None = None
+    ) -> None:
         real = os.path.realpath(build_directory)
         if not os.path.isdir(real):
             raise SpecError(
@@ -252,14 +254,18 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         base.validate()
         self.build_directory = real
         self.base = base
+        self.audit_log = audit_log
         self.not_ready = self._prepare_once()
 
     def _prepare_once(self) -> str | None:
         """Why no action can run here, or None: the base spec prepared on
         this host (every isolation layer it asks for is available)."""
-        created = HermeticExecutor.create(self.base)
+        created = HermeticExecutor.create(self.base, audit_log=self.audit_log)
         if not created.is_ok():
-            return f"the sandbox cannot run here: {created.unwrap_err()}"
+            error = created.unwrap_err()
+            if isinstance(error, SpecError) and error.field == "audit_log":
+                raise error  # the runner's own option: said at its start
+            return f"the sandbox cannot run here: {error}"
         created.unwrap().close()
         return None
 
@@ -342,7 +348,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         finally:
             os.close(build_fd)
         try:
-            created = HermeticExecutor.create(spec)
+            created = HermeticExecutor.create(spec, audit_log=self.audit_log)
             if not created.is_ok():
                 raise _status_of(created.unwrap_err())
             with created.unwrap() as executor:
@@ -418,11 +424,14 @@ def serve(
     base: SandboxSpec,
     *,
     concurrency: int | None = None,
+    audit_log: str | None = None,
 ) -> int:
     """Serve the Runner protocol on ``listen`` (``unix:PATH``) until SIGTERM
     or SIGINT; running actions are then cancelled and the socket removed.
     The socket is made with mode 0660: bb_worker runs as this user or in its
-    group (the directory holding the socket decides who else reaches it)."""
+    group (the directory holding the socket decides who else reaches it).
+    ``audit_log``: every Run's violations are appended there (the protocol
+    has no field for them)."""
     path = socket_path(listen)
     if concurrency is not None and concurrency < 1:
         raise SpecError(
@@ -430,7 +439,7 @@ def serve(
             field="concurrency",
             value=concurrency,
         )
-    service = RunnerService(build_directory, base)
+    service = RunnerService(build_directory, base, audit_log=audit_log)
     workers = concurrency or os.cpu_count() or 1
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hermetic-runner"),
