@@ -556,6 +556,26 @@ def test_a_socket_left_by_a_runner_that_is_gone_is_replaced(scratch: str) -> Non
     assert os.listdir(scratch) == []
 
 
+@pytest.mark.parametrize("where", ["build/audit.jsonl", "build", "."])
+def test_an_audit_log_actions_could_write_is_refused_at_the_start(scratch: str, where: str) -> None:
+    if MISSING is not None:
+        unavailable(MISSING)
+    build = os.path.join(scratch, "build")
+    os.makedirs(build)
+    log = os.path.normpath(os.path.join(scratch, where))
+    sock = os.path.join(scratch, "runner.sock")
+    p = subprocess.run(
+        [sys.executable, "-m", "hermetic", "runner", "--listen", f"unix:{sock}"]
+        + ["--build-directory", build, "--audit-log", log],
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        cwd="/",
+    )
+    assert p.returncode == 123 and "audit_log" in p.stderr, (p.returncode, p.stderr)
+    assert not os.path.exists(sock)
+
+
 def test_the_generated_modules_regenerate_alike(tmp_path: Any) -> None:
     try:
         import grpc_tools  # noqa: F401

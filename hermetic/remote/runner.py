@@ -254,6 +254,16 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         base.validate()
         self.build_directory = real
         self.base = base
+        if audit_log is not None:
+            where = os.path.realpath(audit_log)
+            if where == real or where.startswith(real + "/") or real.startswith(where + "/"):
+                # Every Run may write somewhere in there.
+                raise SpecError(
+                    f"audit_log {audit_log!r} is in or above the build directory {real!r}, "
+                    "which actions write",
+                    field="audit_log",
+                    value=audit_log,
+                )
         self.audit_log = audit_log
         self.not_ready = self._prepare_once()
 
