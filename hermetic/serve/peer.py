@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import hmac
 import os
+import re
 import signal
 import socket
 import struct
@@ -40,55 +41,76 @@ from hermetic.serve import protocol
 
 SO_PEERPIDFD = 77  # <linux/socket.h>, Linux 6.5
 _NAMESPACES = ("user", "mnt", "net", "pid")
-_STATUS_FIELDS = (b"NoNewPrivs", b"Seccomp", b"Seccomp_filters", b"Uid", b"Gid", b"Groups")
+#: The lines of /proc/PID/status compared, found in one pass over the text
+#: (in C): the connection's check runs on every action, and splitting the
+#: whole file into lines in Python cost more than reading it.
+_STATUS_LINES = re.compile(
+    rb"^(NoNewPrivs|Seccomp|Seccomp_filters|Uid|Gid|Groups):[ \t]*(.*?)[ \t]*$", re.M
+)
+_CREDS = struct.Struct("3i")
 #: <linux/prctl.h>: Yama's exception for ptrace_scope 1.
 _PR_SET_PTRACER = 0x59616D61
 _PR_SET_PTRACER_ANY = ctypes.c_ulong(-1)
 _YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
 
+#: What is compared: the namespaces' links, then the status lines as
+#: (name, value) pairs, in the file's order.
+_Identity = tuple[tuple[str, ...], list[tuple[bytes, bytes]]]
 
-def _identity(pid: int | str) -> dict[str, object]:
-    found: dict[str, object] = {}
-    for ns in _NAMESPACES:
-        # "user:[4026531837]": the namespace's type and inode number.  All
-        # namespaces are inodes of the one nsfs (Linux 3.8 on), so this
-        # names the namespace as (st_dev, st_ino) would, and readlink makes
-        # no nsfs dentry: a third of a stat's cost, on every connection.
-        found[ns] = os.readlink(f"/proc/{pid}/ns/{ns}")
-    fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+
+def _identity(pid: int | str) -> _Identity:
+    proc = f"/proc/{pid}/"
+    # "user:[4026531837]": the namespace's type and inode number.  All
+    # namespaces are inodes of the one nsfs (Linux 3.8 on), so this names
+    # the namespace as (st_dev, st_ino) would, and readlink makes no nsfs
+    # dentry: a third of a stat's cost, on every connection.
+    links = tuple(os.readlink(f"{proc}ns/{ns}") for ns in _NAMESPACES)
+    fd = os.open(f"{proc}status", os.O_RDONLY | os.O_CLOEXEC)
     try:
         text = os.read(fd, 1 << 16)
     finally:
         os.close(fd)
-    for line in text.split(b"\n"):
-        name, _, value = line.partition(b":")
-        if name in _STATUS_FIELDS:
-            found[name.decode()] = b" ".join(value.split())
-    return found
+    # Both texts come from the same kernel, which formats equal values
+    # alike: the raw values compare as the fields do.
+    return links, _STATUS_LINES.findall(text)
 
 
-_OWN: dict[str, object] | None = None
+def _differences(own: _Identity, theirs: _Identity) -> list[str]:
+    """The names of what differs (for the refusal's message)."""
+    names = [ns for ns, a, b in zip(_NAMESPACES, own[0], theirs[0], strict=True) if a != b]
+    mine, their = dict(own[1]), dict(theirs[1])
+    names += [k.decode() for k, v in mine.items() if their.get(k) != v]
+    return sorted(names)
 
 
-def _own() -> dict[str, object]:
+_OWN: _Identity | None = None
+
+
+def _own() -> _Identity:
     global _OWN
     if _OWN is None:
         _OWN = _identity("self")
     return _OWN
 
 
+def peer_creds(conn: socket.socket) -> tuple[int, int]:
+    """The peer's pid and effective uid, as SO_PEERCRED gives them."""
+    pid, uid, _gid = _CREDS.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    )
+    return int(pid), int(uid)
+
+
 def peer_pid(conn: socket.socket) -> int:
     """The peer's pid, as SO_PEERCRED gives it."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[0])
+    return peer_creds(conn)[0]
 
 
-def check_peer(conn: socket.socket) -> int:
+def check_peer(conn: socket.socket, creds: tuple[int, int] | None = None) -> int:
     """The peer's pid; raise UnsupportedError unless the peer may use this
-    daemon, as far as /proc tells (the proof tells the rest)."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    pid = int(pid)
+    daemon, as far as /proc tells (the proof tells the rest).  ``creds``:
+    what ``peer_creds(conn)`` gave, when the caller has it already."""
+    pid, uid = creds if creds is not None else peer_creds(conn)
     if uid != os.geteuid():
         raise UnsupportedError("launcher", f"the daemon serves uid {os.geteuid()} only, not {uid}")
     pidfd = -1
@@ -101,13 +123,13 @@ def check_peer(conn: socket.socket) -> int:
                 signal.pidfd_send_signal(pidfd, 0)  # still the same process
         except OSError as e:
             raise UnsupportedError("launcher", f"cannot inspect the caller: {e}") from None
-        differs = sorted(k for k, v in _own().items() if theirs.get(k) != v)
-        if differs:
+        own = _own()
+        if theirs != own:
             raise UnsupportedError(
                 "launcher",
                 "the caller is confined differently from the daemon "
-                f"({', '.join(differs)}): it would run actions with more rights than the "
-                "caller has; give it a daemon of its own (HERMETIC_RUNTIME_DIR)",
+                f"({', '.join(_differences(own, theirs))}): it would run actions with more "
+                "rights than the caller has; give it a daemon of its own (HERMETIC_RUNTIME_DIR)",
             )
     finally:
         if pidfd >= 0:
