@@ -8,11 +8,12 @@ cgroup slots, the standby sandbox, the mount template) it reuses across
 launchers too; that is the whole point: a launcher costs a connection, not
 an interpreter.
 
-One thread accepts connections, checks each peer and takes it through
-its handshake (the proof, then the header); a fixed set of threads run
-the actions (waiting in the C core with the GIL released); the sandbox's
-periodic check ends an action whose launcher went away (Ctrl-C, make's
-SIGTERM).
+A fixed set of threads serves: one at a time leads, accepting
+connections, checking each peer and taking it through its handshake (the
+proof, then the header), and the leader that receives a whole request runs
+it (waiting in the C core with the GIL released) while another leads; the
+sandbox's periodic check ends an action whose launcher went away (Ctrl-C,
+make's SIGTERM).
 The daemon exits after ``idle`` seconds without a connection, on
 ``hermetic serve --stop``, or on SIGTERM/SIGINT, letting running actions
 finish.
@@ -30,7 +31,6 @@ import fcntl
 import hashlib
 import json
 import os
-import queue
 import selectors
 import signal
 import socket
@@ -48,14 +48,14 @@ from hermetic.core.streams import Streams
 from hermetic.executor import HermeticExecutor
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC, EXIT_TIMEOUT, failure_status
 from hermetic.serve import protocol
-from hermetic.serve.peer import Challenge, allow_proofs, check_peer, peer_pid, prove
+from hermetic.serve.peer import Challenge, allow_proofs, check_peer, peer_creds, prove
 
 #: Seconds without a connection after which the daemon exits (as sccache's
 #: server does after 600 s); HERMETIC_SERVE_IDLE or --idle-timeout change it.
 DEFAULT_IDLE = 600.0
 #: Executors kept warm, one per spec; the least recently used idle one goes.
 MAX_EXECUTORS = 8
-#: Threads running actions; more requests at once wait their turn.  make -j
+#: Actions run at once; more requests at once wait their turn.  make -j
 #: and ninja run about one action per core.
 SERVING_THREADS = max(16, 4 * (os.cpu_count() or 1))
 #: Connections at most in their handshake at once, and from one process
@@ -117,6 +117,10 @@ class Daemon:
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        #: Requests received while every other thread ran an action, and
+        #: the threads waiting for the lead (``_next``); under ``_lock``.
+        self._queued: collections.deque[_Pending] = collections.deque()
+        self._followers = 0
         #: spec digest -> [executor, actions using it, spec path last seen]
         self._executors: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         #: spec path -> (the file's identity when read, its content's digest)
@@ -160,74 +164,110 @@ class Daemon:
         return 0
 
     def _accept(self, listener: socket.socket) -> None:
-        """This thread accepts every connection, checks its peer at once
-        (before anything is read from it) and sends it its challenge; a
-        connection whose request has begun to arrive goes to one of the
-        serving threads.  Connections still in their handshake wait here in
-        one selector, not in a serving thread, each for at most
-        HANDSHAKE_TIMEOUT seconds: idle or slow peers, however many, never
-        hold a thread that a good launcher needs."""
+        """Serve the listener with SERVING_THREADS threads (``_work``) until
+        idle or stopped, then let running actions finish."""
         listener.setblocking(False)
-        ready: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        workers = [
-            threading.Thread(
-                target=self._work, args=(ready,), name=f"hermetic-serve-{i}", daemon=True
-            )
-            for i in range(SERVING_THREADS)
-        ]
-        for worker in workers:
-            worker.start()
-        pending: dict[socket.socket, _Pending] = {}  # oldest first
         with selectors.DefaultSelector() as selector:
             selector.register(listener, selectors.EVENT_READ)
-            try:
-                while not self.stopping.is_set():
-                    now = time.monotonic()
-                    wait = _TICK
-                    if pending:
-                        wait = min(wait, max(0.0, next(iter(pending.values())).deadline - now))
-                    for key, _ in selector.select(wait):
-                        if key.fileobj is listener:
-                            self._greet_all(listener, selector, pending)
-                            continue
-                        conn = key.fileobj
-                        assert isinstance(conn, socket.socket)
-                        waiting = pending[conn]
-                        done = _receive_head(waiting)
-                        if done is None:
-                            continue  # more of the header to come
-                        selector.unregister(conn)
-                        del pending[conn]
-                        if not done:
-                            waiting.close()
-                            continue
-                        with self._lock:
-                            self.running += 1
-                            self.last_activity = time.monotonic()
-                        ready.put(waiting)
-                    now = time.monotonic()
-                    for conn, waiting in list(pending.items()):
-                        if waiting.deadline > now:
-                            break
-                        selector.unregister(conn)
-                        del pending[conn]
-                        waiting.close()  # no request in time
-                    with self._lock:
-                        quiet = self.running == 0 and not pending
-                        idle_for = time.monotonic() - self.last_activity
-                    if quiet and idle_for >= self.idle:
-                        break
-            finally:
-                for waiting in pending.values():
-                    waiting.close()
-        # No new connection from here on; running actions finish.
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        for _ in workers:
-            ready.put(None)
-        for worker in workers:
-            worker.join()
+            hs = _Handshakes(listener, selector)
+            threads = [
+                threading.Thread(
+                    target=self._work, args=(hs,), name=f"hermetic-serve-{i}", daemon=True
+                )
+                for i in range(SERVING_THREADS + 1)  # one leads while the others run
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if not hs.ended:  # every thread failed (a bug, logged by threading)
+                hs.end()
         self._close_executors()
+
+    def _work(self, hs: _Handshakes) -> None:
+        """One serving thread: it runs the requests it receives while it
+        leads (``_next``), until the daemon ends."""
+        while True:
+            waiting = self._next(hs)
+            if waiting is None:
+                return
+            self._handle(waiting)
+
+    def _next(self, hs: _Handshakes) -> _Pending | None:
+        """The next request this thread runs, None once the daemon ends.
+
+        One thread at a time leads: it accepts, checks each peer and takes
+        it through its handshake (``_receive``); the others wait for the
+        lead or run actions.  The leader that receives a whole, proven
+        request hands the lead to a waiting thread and runs the request
+        itself: no second thread to wake before the action starts (on two
+        cores such a wake-up was a tenth of a launcher's overhead).  When
+        every other thread runs an action, it queues the request for the
+        first to finish and goes on leading, so connections are always
+        accepted and answered.  Connections still in their handshake wait
+        in the leader's one selector, each for at most HANDSHAKE_TIMEOUT
+        seconds, never in a thread of their own: idle or slow peers,
+        however many, never hold a thread that a good launcher needs."""
+        with self._lock:
+            if self._queued:
+                return self._queued.popleft()
+            self._followers += 1
+        with hs.lead:
+            with self._lock:
+                self._followers -= 1
+            while not hs.ended:
+                waiting = self._receive(hs)
+                if waiting is None:
+                    hs.end()
+                    break
+                with self._lock:
+                    if self._followers:
+                        return waiting  # the lead passes as this thread lets it go
+                    self._queued.append(waiting)
+        return None
+
+    def _receive(self, hs: _Handshakes) -> _Pending | None:
+        """The leader's loop: the next whole, proven request, or None when
+        the daemon is to end (idle, or stopping).  Only the leader calls
+        it, so ``hs`` is never touched by two threads at once."""
+        pending, selector, listener = hs.pending, hs.selector, hs.listener
+        while not self.stopping.is_set():
+            wait = _TICK
+            if pending:
+                first = next(iter(pending.values()))
+                wait = min(wait, max(0.0, first.deadline - time.monotonic()))
+            for key, _ in selector.select(wait):
+                if key.fileobj is listener:
+                    self._greet_all(listener, selector, pending)
+                    continue
+                conn = key.fileobj
+                assert isinstance(conn, socket.socket)
+                waiting = pending[conn]
+                done = _receive_head(waiting)
+                if done is None:
+                    continue  # more of the header to come
+                selector.unregister(conn)
+                del pending[conn]
+                if not done:
+                    waiting.close()
+                    continue
+                with self._lock:
+                    self.running += 1
+                    self.last_activity = time.monotonic()
+                return waiting  # the others' events are still there next time
+            now = time.monotonic()
+            for conn, waiting in list(pending.items()):
+                if waiting.deadline > now:
+                    break
+                selector.unregister(conn)
+                del pending[conn]
+                waiting.close()  # no request in time
+            with self._lock:
+                quiet = self.running == 0 and not pending
+                idle_for = now - self.last_activity
+            if quiet and idle_for >= self.idle:
+                return None
+        return None
 
     def _greet_all(
         self,
@@ -238,7 +278,8 @@ class Daemon:
         """Accepts what is waiting, at most ACCEPTS_PER_ROUND at a time (so
         that a process connecting in a loop cannot keep the other
         handshakes from being read); checks each peer and sends it its
-        challenge, or its refusal."""
+        challenge, or its refusal.  The connections stay blocking: the
+        handshake's reads and writes ask not to wait (MSG_DONTWAIT)."""
         for _ in range(ACCEPTS_PER_ROUND):
             try:
                 conn, _ = listener.accept()
@@ -246,11 +287,11 @@ class Daemon:
                 return
             except OSError:
                 return  # shut down, or out of descriptors: the next round retries
-            conn.setblocking(False)
             try:
                 # Counted before the peer's /proc is read: a refusal here
                 # costs the daemon next to nothing.
-                pid = peer_pid(conn)
+                creds = peer_creds(conn)
+                pid = creds[0]
                 held = sum(1 for waiting in pending.values() if waiting.pid == pid)
                 if held >= MAX_HANDSHAKES_PER_PEER or len(pending) >= MAX_HANDSHAKES:
                     raise UnsupportedError(
@@ -258,13 +299,16 @@ class Daemon:
                         f"too many connections in their handshake ({len(pending)}; "
                         f"{held} from pid {pid}): try again",
                     )
-                check_peer(conn)
+                check_peer(conn, creds)
             except HermeticError as e:
                 # Before anything is read: the caller's streams have not come,
                 # so the reason goes on the connection, after the status.
                 why = e.reason if isinstance(e, UnsupportedError) else str(e)
                 with contextlib.suppress(OSError):
-                    conn.send(protocol.reply(EXIT_SETUP) + f"{why}\n".encode()[:4000])
+                    conn.send(
+                        protocol.reply(EXIT_SETUP) + f"{why}\n".encode()[:4000],
+                        socket.MSG_DONTWAIT,
+                    )
                 conn.close()
                 continue
             except OSError:
@@ -274,7 +318,8 @@ class Daemon:
                 conn, Challenge(), time.monotonic() + protocol.HANDSHAKE_TIMEOUT, pid=pid
             )
             try:
-                conn.send(waiting.challenge.message())  # a few bytes into an empty buffer
+                # A few bytes into an empty buffer.
+                conn.send(waiting.challenge.message(), socket.MSG_DONTWAIT)
             except OSError:
                 conn.close()
                 continue
@@ -282,13 +327,6 @@ class Daemon:
             selector.register(conn, selectors.EVENT_READ)
             with self._lock:
                 self.last_activity = time.monotonic()
-
-    def _work(self, ready: queue.SimpleQueue[_Pending | None]) -> None:
-        while True:
-            waiting = ready.get()
-            if waiting is None:
-                return
-            self._handle(waiting)
 
     # -- one connection ---------------------------------------------------
 
@@ -299,7 +337,6 @@ class Daemon:
         try:
             with conn:
                 try:
-                    conn.setblocking(True)
                     self._serve(exchange, fds, waiting.head)
                 except Exception as e:  # a bug: logged, never the daemon's end
                     self._fail(exchange, fds, e)
@@ -539,6 +576,30 @@ def _gone(error: BaseException) -> bool:
     )
 
 
+class _Handshakes:
+    """What the leading thread works on (``Daemon._next``): the listener,
+    the selector and the connections in their handshake, oldest first.
+    ``lead`` is held by the one thread that leads."""
+
+    def __init__(self, listener: socket.socket, selector: selectors.BaseSelector) -> None:
+        self.listener = listener
+        self.selector = selector
+        self.pending: dict[socket.socket, _Pending] = {}
+        self.lead = threading.Lock()
+        self.ended = False
+
+    def end(self) -> None:
+        """No new connection from here on (running actions finish); those
+        still in their handshake are closed."""
+        self.ended = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        for conn, waiting in self.pending.items():
+            self.selector.unregister(conn)
+            waiting.close()
+        self.pending.clear()
+
+
 @dataclasses.dataclass
 class _Pending:
     """A connection in its handshake: its challenge, until when it may take
@@ -607,7 +668,7 @@ def _receive_head(waiting: _Pending) -> bool | None:
     before the request is even parsed); True when it is whole and proven."""
     while len(waiting.head) < protocol.HEADER.size:
         try:
-            chunk, got, flags, _ = socket.recv_fds(waiting.conn, 65536, 3)
+            chunk, got, flags, _ = socket.recv_fds(waiting.conn, 65536, 3, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
@@ -623,7 +684,8 @@ def _receive_head(waiting: _Pending) -> bool | None:
             waiting.conn.send(
                 protocol.reply(EXIT_SETUP)
                 + b"the caller did not prove that it may use the daemon (the challenge "
-                b"was not written into the daemon's memory)\n"
+                b"was not written into the daemon's memory)\n",
+                socket.MSG_DONTWAIT,
             )
         return False
     return True
