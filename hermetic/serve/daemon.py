@@ -23,6 +23,7 @@ docs/launch-protocol.md is the contract with the launcher.
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import dataclasses
@@ -31,7 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
-import selectors
+import select
 import signal
 import socket
 import stat
@@ -48,7 +49,15 @@ from hermetic.core.streams import Streams
 from hermetic.executor import HermeticExecutor
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC, EXIT_TIMEOUT, failure_status
 from hermetic.serve import protocol
-from hermetic.serve.peer import Challenge, allow_proofs, check_peer, peer_creds, prove
+from hermetic.serve.peer import (
+    Challenge,
+    Challenges,
+    allow_proofs,
+    check_proc,
+    check_uid,
+    peer_creds,
+    prove,
+)
 
 #: Seconds without a connection after which the daemon exits (as sccache's
 #: server does after 600 s); HERMETIC_SERVE_IDLE or --idle-timeout change it.
@@ -121,6 +130,8 @@ class Daemon:
         #: the threads waiting for the lead (``_next``); under ``_lock``.
         self._queued: collections.deque[_Pending] = collections.deque()
         self._followers = 0
+        #: The leader's state while the daemon serves (tests look at it).
+        self._handshakes: _Handshakes | None = None
         #: spec digest -> [executor, actions using it, spec path last seen]
         self._executors: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         #: spec path -> (the file's identity when read, its content's digest)
@@ -167,9 +178,8 @@ class Daemon:
         """Serve the listener with SERVING_THREADS threads (``_work``) until
         idle or stopped, then let running actions finish."""
         listener.setblocking(False)
-        with selectors.DefaultSelector() as selector:
-            selector.register(listener, selectors.EVENT_READ)
-            hs = _Handshakes(listener, selector)
+        hs = self._handshakes = _Handshakes(listener)
+        try:
             threads = [
                 threading.Thread(
                     target=self._work, args=(hs,), name=f"hermetic-serve-{i}", daemon=True
@@ -182,6 +192,8 @@ class Daemon:
                 thread.join()
             if not hs.ended:  # every thread failed (a bug, logged by threading)
                 hs.end()
+        finally:
+            hs.epoll.close()
         self._close_executors()
 
     def _work(self, hs: _Handshakes) -> None:
@@ -229,38 +241,47 @@ class Daemon:
     def _receive(self, hs: _Handshakes) -> _Pending | None:
         """The leader's loop: the next whole, proven request, or None when
         the daemon is to end (idle, or stopping).  Only the leader calls
-        it, so ``hs`` is never touched by two threads at once."""
-        pending, selector, listener = hs.pending, hs.selector, hs.listener
+        it, so ``hs`` is never touched by two threads at once.
+
+        A connection in its handshake is watched with EPOLLONESHOT: its
+        event disarms it, so a request whose header has come needs no
+        system call to stop watching it (the connection's close removes
+        it).  Events not yet handled when a request is returned wait in
+        ``hs.events`` for the next leader: disarmed, they would not come
+        again."""
+        pending, listener_fd = hs.pending, hs.listener.fileno()
         while not self.stopping.is_set():
-            wait = _TICK
-            if pending:
-                first = next(iter(pending.values()))
-                wait = min(wait, max(0.0, first.deadline - time.monotonic()))
-            for key, _ in selector.select(wait):
-                if key.fileobj is listener:
-                    self._greet_all(listener, selector, pending)
+            if not hs.events:
+                wait = _TICK
+                if pending:
+                    first = next(iter(pending.values()))
+                    wait = min(wait, max(0.0, first.deadline - time.monotonic()))
+                hs.events.extend(hs.epoll.poll(wait))
+            while hs.events:
+                fd, _ = hs.events.popleft()
+                if fd == listener_fd:
+                    self._greet_all(hs)
                     continue
-                conn = key.fileobj
-                assert isinstance(conn, socket.socket)
-                waiting = pending[conn]
+                waiting = pending.get(fd)
+                if waiting is None:
+                    continue  # closed meanwhile
                 done = _receive_head(waiting)
-                if done is None:
-                    continue  # more of the header to come
-                selector.unregister(conn)
-                del pending[conn]
+                if done is None:  # more of the header to come
+                    hs.epoll.modify(fd, _ONE_READ)
+                    continue
+                del pending[fd]
                 if not done:
                     waiting.close()
                     continue
                 with self._lock:
                     self.running += 1
                     self.last_activity = time.monotonic()
-                return waiting  # the others' events are still there next time
+                return waiting
             now = time.monotonic()
-            for conn, waiting in list(pending.items()):
+            for fd, waiting in list(pending.items()):
                 if waiting.deadline > now:
                     break
-                selector.unregister(conn)
-                del pending[conn]
+                del pending[fd]
                 waiting.close()  # no request in time
             with self._lock:
                 quiet = self.running == 0 and not pending
@@ -269,37 +290,21 @@ class Daemon:
                 return None
         return None
 
-    def _greet_all(
-        self,
-        listener: socket.socket,
-        selector: selectors.BaseSelector,
-        pending: dict[socket.socket, _Pending],
-    ) -> None:
+    def _greet_all(self, hs: _Handshakes) -> None:
         """Accepts what is waiting, at most ACCEPTS_PER_ROUND at a time (so
         that a process connecting in a loop cannot keep the other
-        handshakes from being read); checks each peer and sends it its
-        challenge, or its refusal.  The connections stay blocking: the
+        handshakes from being read), and takes each through the start of
+        its handshake (``_greet``).  The connections stay blocking: the
         handshake's reads and writes ask not to wait (MSG_DONTWAIT)."""
         for _ in range(ACCEPTS_PER_ROUND):
             try:
-                conn, _ = listener.accept()
+                conn, _ = hs.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # shut down, or out of descriptors: the next round retries
             try:
-                # Counted before the peer's /proc is read: a refusal here
-                # costs the daemon next to nothing.
-                creds = peer_creds(conn)
-                pid = creds[0]
-                held = sum(1 for waiting in pending.values() if waiting.pid == pid)
-                if held >= MAX_HANDSHAKES_PER_PEER or len(pending) >= MAX_HANDSHAKES:
-                    raise UnsupportedError(
-                        "launcher",
-                        f"too many connections in their handshake ({len(pending)}; "
-                        f"{held} from pid {pid}): try again",
-                    )
-                check_peer(conn, creds)
+                waiting = self._greet(hs, conn)
             except HermeticError as e:
                 # Before anything is read: the caller's streams have not come,
                 # so the reason goes on the connection, after the status.
@@ -314,19 +319,45 @@ class Daemon:
             except OSError:
                 conn.close()
                 continue
-            waiting = _Pending(
-                conn, Challenge(), time.monotonic() + protocol.HANDSHAKE_TIMEOUT, pid=pid
-            )
-            try:
-                # A few bytes into an empty buffer.
-                conn.send(waiting.challenge.message(), socket.MSG_DONTWAIT)
-            except OSError:
-                conn.close()
-                continue
-            pending[conn] = waiting
-            selector.register(conn, selectors.EVENT_READ)
+            hs.pending[conn.fileno()] = waiting
+            hs.epoll.register(conn.fileno(), _ONE_READ)
             with self._lock:
                 self.last_activity = time.monotonic()
+
+    @staticmethod
+    def _greet(hs: _Handshakes, conn: socket.socket) -> _Pending:
+        """The start of a connection's handshake, before anything is read
+        from it: its uid (SO_PEERCRED) and its count of handshakes are
+        checked, it gets its challenge, and then, while the caller writes
+        the challenge into our memory and sends its request, the rest of
+        the peer is compared from /proc.  A peer of another uid, or one
+        past the bounds, gets no challenge.  Raises HermeticError to
+        refuse it (the challenge then ends with the connection)."""
+        pid, uid = peer_creds(conn)
+        check_uid(uid)
+        # Counted before the peer's /proc is read: a refusal here costs the
+        # daemon next to nothing.
+        held = sum(1 for waiting in hs.pending.values() if waiting.pid == pid)
+        challenge = None
+        if held < MAX_HANDSHAKES_PER_PEER and len(hs.pending) < MAX_HANDSHAKES:
+            challenge = hs.challenges.take()
+        if challenge is None:
+            raise UnsupportedError(
+                "launcher",
+                f"too many connections in their handshake ({len(hs.pending)}; "
+                f"{held} from pid {pid}): try again",
+            )
+        waiting = _Pending(conn, challenge, time.monotonic() + protocol.HANDSHAKE_TIMEOUT, pid)
+        try:
+            # A few bytes into an empty buffer.
+            conn.send(challenge.message(), socket.MSG_DONTWAIT)
+            # The caller's round trip overlaps this comparison; nothing is
+            # read from the connection before it passes.
+            check_proc(conn, pid)
+        except BaseException:
+            challenge.end()
+            raise
+        return waiting
 
     # -- one connection ---------------------------------------------------
 
@@ -576,15 +607,28 @@ def _gone(error: BaseException) -> bool:
     )
 
 
+#: Room for the three descriptors of a request's first bytes, as
+#: socket.recv_fds asks for them; more are cut (MSG_CTRUNC), and refused.
+_FDS_SPACE = socket.CMSG_LEN(3 * array.array("i").itemsize)
+#: How a connection in its handshake is watched (``Daemon._receive``).
+_ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
+
+
 class _Handshakes:
     """What the leading thread works on (``Daemon._next``): the listener,
-    the selector and the connections in their handshake, oldest first.
-    ``lead`` is held by the one thread that leads."""
+    one epoll for it and the connections in their handshake (by
+    descriptor, oldest first), events read but not yet handled, and the
+    challenges' buffers.  ``lead`` is held by the one thread that leads."""
 
-    def __init__(self, listener: socket.socket, selector: selectors.BaseSelector) -> None:
+    def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
-        self.selector = selector
-        self.pending: dict[socket.socket, _Pending] = {}
+        self.epoll = select.epoll()
+        self.epoll.register(listener.fileno(), select.EPOLLIN)
+        self.pending: dict[int, _Pending] = {}
+        self.events: collections.deque[tuple[int, int]] = collections.deque()
+        # One buffer more than the handshakes at once: a buffer freed by a
+        # connection that ended is reused as late as possible.
+        self.challenges = Challenges(2 * MAX_HANDSHAKES)
         self.lead = threading.Lock()
         self.ended = False
 
@@ -594,10 +638,10 @@ class _Handshakes:
         self.ended = True
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)
-        for conn, waiting in self.pending.items():
-            self.selector.unregister(conn)
+        for waiting in self.pending.values():
             waiting.close()
         self.pending.clear()
+        self.events.clear()
 
 
 @dataclasses.dataclass
@@ -613,6 +657,7 @@ class _Pending:
     fds: list[int] = dataclasses.field(default_factory=list)
 
     def close(self) -> None:
+        self.challenge.end()
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -661,23 +706,34 @@ def _ready(fd: int, word: bytes) -> None:
 
 def _receive_head(waiting: _Pending) -> bool | None:
     """What has arrived of a connection's header, with the descriptors
-    that ride it, without waiting (the handshake thread reads every
-    connection): None while it is incomplete; False when the connection is
-    to be dropped (closed, too many descriptors, or a header sent before
+    that ride it, without waiting (the leader reads every connection):
+    None while it is incomplete; False when the connection is to be
+    dropped (closed, too many descriptors, or a header sent before
     the caller wrote the challenge into our memory: the proof is checked
     before the request is even parsed); True when it is whole and proven."""
     while len(waiting.head) < protocol.HEADER.size:
         try:
-            chunk, got, flags, _ = socket.recv_fds(waiting.conn, 65536, 3, socket.MSG_DONTWAIT)
+            # recvmsg itself: socket.recv_fds drops its flags before Python
+            # 3.12, and this socket is blocking (a wait here would hold the
+            # leader, and every other handshake, for this peer).
+            chunk, ancillary, flags, _ = waiting.conn.recvmsg(
+                65536, _FDS_SPACE, socket.MSG_DONTWAIT
+            )
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
             return False
-        waiting.fds.extend(got)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(data[: len(data) - len(data) % got.itemsize])
+                waiting.fds.extend(got)
         if flags & getattr(socket, "MSG_CTRUNC", 0x8) or not chunk:
             return False
         waiting.head += chunk
-    if not waiting.challenge.proven():
+    proven = waiting.challenge.proven()
+    waiting.challenge.end()
+    if not proven:
         # Said on the connection, not on the caller's stderr: a write to a
         # pipe it chose could block this thread.
         with contextlib.suppress(OSError):
@@ -787,7 +843,10 @@ def control(magic: bytes) -> tuple[int, bytes] | None:
             ) from None
         if refused is not None:
             return refused[0], refused[1]
-        sock.sendall(protocol.HEADER.pack(magic, 0))
+        # A caller refused after its challenge may find the connection
+        # closed: the refusal is read all the same.
+        with contextlib.suppress(OSError):
+            sock.sendall(protocol.HEADER.pack(magic, 0))
         data = b""
         while True:
             chunk = sock.recv(65536)

@@ -12,8 +12,10 @@ Landlock domain that is the daemon's or an ancestor of it, and whatever
 Yama, SELinux or AppArmor add.  A caller able to write the daemon's memory
 could make the daemon do anything already.
 
-What ptrace does not judge, and a caller cannot undo, is compared first,
-from /proc/PID before anything is read from the connection (``check_peer``):
+What ptrace does not judge, and a caller cannot undo, is compared before
+anything is read from the connection: the effective uid as it is accepted
+(``check_uid``), before the challenge; then, while the caller answers the
+challenge, from /proc/PID (``check_proc``):
 the user, mount, network and pid namespaces; NoNewPrivs; the seccomp mode
 and the number of seccomp filters (each filter only ever adds refusals, and
 none can be removed); the real, effective, saved and file-system uids and
@@ -27,6 +29,7 @@ as any build daemon's actions are (docs/threat-model.md).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import hmac
@@ -106,13 +109,22 @@ def peer_pid(conn: socket.socket) -> int:
     return peer_creds(conn)[0]
 
 
-def check_peer(conn: socket.socket, creds: tuple[int, int] | None = None) -> int:
-    """The peer's pid; raise UnsupportedError unless the peer may use this
-    daemon, as far as /proc tells (the proof tells the rest).  ``creds``:
-    what ``peer_creds(conn)`` gave, when the caller has it already."""
-    pid, uid = creds if creds is not None else peer_creds(conn)
-    if uid != os.geteuid():
-        raise UnsupportedError("launcher", f"the daemon serves uid {os.geteuid()} only, not {uid}")
+_EUID: int | None = None
+
+
+def check_uid(uid: int) -> None:
+    """Raise UnsupportedError unless ``uid`` (SO_PEERCRED's) is ours."""
+    global _EUID
+    if _EUID is None:
+        _EUID = os.geteuid()  # the daemon never changes it
+    if uid != _EUID:
+        raise UnsupportedError("launcher", f"the daemon serves uid {_EUID} only, not {uid}")
+
+
+def check_proc(conn: socket.socket, pid: int) -> None:
+    """Raise UnsupportedError unless the peer ``pid`` of ``conn`` is
+    confined as the daemon is, as far as /proc tells (the proof tells the
+    rest)."""
     pidfd = -1
     with contextlib.suppress(OSError):
         pidfd = struct.unpack("i", conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
@@ -134,6 +146,16 @@ def check_peer(conn: socket.socket, creds: tuple[int, int] | None = None) -> int
     finally:
         if pidfd >= 0:
             os.close(pidfd)
+
+
+def check_peer(conn: socket.socket, creds: tuple[int, int] | None = None) -> int:
+    """The peer's pid; raise UnsupportedError unless the peer may use this
+    daemon, as far as SO_PEERCRED and /proc tell (the proof tells the
+    rest).  ``creds``: what ``peer_creds(conn)`` gave, when the caller has
+    it already."""
+    pid, uid = creds if creds is not None else peer_creds(conn)
+    check_uid(uid)
+    check_proc(conn, pid)
     return pid
 
 
@@ -144,20 +166,69 @@ class _IoVec(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+class Challenges:
+    """The daemon's challenge buffers: ``slots`` buffers of NONCE_BYTES in
+    one allocation made once, for the daemon's life.
+
+    A buffer whose connection has ended may still be written by a caller
+    that proved itself late (stopped, then continued, after its
+    handshake's timeout): the write must never land in memory the
+    interpreter has given to anything else, so a buffer is only ever
+    reused for another challenge, and the least recently freed first
+    (a late write then at worst spoils one later proof, which is refused).
+    Nonces are drawn from the system's random source in batches.  Used
+    by one thread at a time (the daemon's leader)."""
+
+    def __init__(self, slots: int) -> None:
+        self._buffers = ctypes.create_string_buffer(slots * protocol.NONCE_BYTES)
+        self._base = ctypes.addressof(self._buffers)
+        self._free = collections.deque(range(slots))
+        self._random = b""
+
+    def take(self) -> Challenge | None:
+        """A new challenge, None when every buffer is in use."""
+        if not self._free:
+            return None
+        slot = self._free.popleft()
+        if len(self._random) < protocol.NONCE_BYTES:
+            self._random = os.urandom(protocol.NONCE_BYTES * 64)
+        nonce, self._random = (
+            self._random[: protocol.NONCE_BYTES],
+            self._random[protocol.NONCE_BYTES :],
+        )
+        address = self._base + slot * protocol.NONCE_BYTES
+        ctypes.memset(address, 0, protocol.NONCE_BYTES)
+        return Challenge(self, slot, address, nonce)
+
+    def _give_back(self, slot: int) -> None:
+        self._free.append(slot)
+
+
 class Challenge:
     """One connection's proof: a buffer of the daemon's that only a caller
-    able to write the daemon's memory can fill with the nonce.  Kept alive
-    (with its buffer) until ``proven()`` has been asked."""
+    able to write the daemon's memory can fill with the nonce.  ``end()``
+    gives the buffer back once the proof is checked or the connection
+    closed."""
 
-    def __init__(self) -> None:
-        self.nonce = os.urandom(protocol.NONCE_BYTES)
-        self._buffer = ctypes.create_string_buffer(protocol.NONCE_BYTES)
+    def __init__(self, pool: Challenges, slot: int, address: int, nonce: bytes) -> None:
+        self._pool: Challenges | None = pool
+        self._slot = slot
+        self._address = address
+        self.nonce = nonce
 
     def message(self) -> bytes:
-        return protocol.CHALLENGE.pack(protocol.PROVE, ctypes.addressof(self._buffer), self.nonce)
+        return protocol.CHALLENGE.pack(protocol.PROVE, self._address, self.nonce)
 
     def proven(self) -> bool:
-        return hmac.compare_digest(self._buffer.raw, self.nonce)
+        if self._pool is None:
+            return False
+        written = ctypes.string_at(self._address, protocol.NONCE_BYTES)
+        return hmac.compare_digest(written, self.nonce)
+
+    def end(self) -> None:
+        if self._pool is not None:
+            self._pool._give_back(self._slot)
+            self._pool = None
 
 
 def allow_proofs() -> None:
@@ -224,5 +295,16 @@ def prove(sock: socket.socket, timeout: float = 10.0) -> tuple[int, bytes] | Non
     )
     if done != len(nonce):
         e = ctypes.get_errno()
+        # The daemon may have refused us from /proc meanwhile, for a
+        # reason it names: half-closed, the connection brings that
+        # refusal, or its end.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+            rest = b""
+            while chunk := sock.recv(4096):
+                rest += chunk
+            if rest[:4] == protocol.REPLY and len(rest) > protocol.STATUS_WORD.size:
+                status = protocol.STATUS_WORD.unpack(rest[: protocol.STATUS_WORD.size])[1]
+                return status, rest[protocol.STATUS_WORD.size :]
         raise OSError(e, f"cannot write the daemon's memory: {os.strerror(e)}")
     return None

@@ -14,21 +14,27 @@ from hermetic.core.errors import SpecError
 
 #: A request to run an action; its payload follows, the three stdio
 #: descriptors ride the first bytes.  The digit is the protocol's version:
-#: 2 added the daemon's challenge (PROVE).
-RUN = b"HML2"
+#: 2 added the daemon's challenge (PROVE); 3 sends the challenge before the
+#: peer's /proc is compared, so that a refusal from that comparison comes
+#: after the challenge, as a REPLY word and one line.
+RUN = b"HML3"
 #: Control requests, with an empty payload.
-STATUS = b"HMS2"
-STOP = b"HMQ2"
-#: The reply: this, then the exit status (int32, little-endian).
+STATUS = b"HMS3"
+STOP = b"HMQ3"
+#: The reply: this, then the exit status (int32, little-endian).  After
+#: the challenge, a refused caller gets this word with status 125, then one
+#: line saying why; the reply to a request that ran is these 8 bytes alone.
 REPLY = b"HMR1"
 #: The header: a magic and the payload's length (uint32, little-endian).
 HEADER = struct.Struct("<4sI")
 STATUS_WORD = struct.Struct("<4si")
-#: The daemon's first message on every connection: this magic, the address
-#: of a buffer in the daemon's memory (uint64, little-endian) and a nonce
-#: the client must write there (process_vm_writev) before it sends its
-#: request.  A refused caller gets a REPLY word instead, then one line.
-PROVE = b"HMP2"
+#: The daemon's first message on a connection from its own uid: this
+#: magic, the address of a buffer in the daemon's memory (uint64,
+#: little-endian) and a nonce the client must write there
+#: (process_vm_writev) before it sends its request.  A caller refused
+#: before it (another uid, too many handshakes) gets a REPLY word instead,
+#: then one line.
+PROVE = b"HMP3"
 NONCE_BYTES = 16
 CHALLENGE = struct.Struct(f"<4sQ{NONCE_BYTES}s")
 #: Seconds a client has, from its connection's accept, to prove itself
