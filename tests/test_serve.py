@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import _as_user_cmd, _user_env, process_gone, wait_for
 
+from hermetic.core.errors import SpecError
 from hermetic.serve import daemon, peer, protocol
 
 pytestmark = pytest.mark.linux
@@ -760,3 +761,25 @@ def test_the_peer_check_compares_namespaces_and_status_lines() -> None:
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         assert peer.check_peer(a) == os.getpid()
+
+
+def test_a_run_payload_is_parsed_record_by_record() -> None:
+    """Records split at their NULs: any bytes but NUL in a string (decoded
+    as file names are), an offset in the error for a bad record, and a
+    payload that does not end in a NUL refused."""
+    payload = b"S/s.json\0C/w\0Acc\0A-c\0A\xffx.c\0ESOURCE_DATE_EPOCH=1\0EA==b\0"
+    r = protocol.parse_run(payload)
+    assert (r.spec_path, r.cwd) == ("/s.json", "/w")
+    assert r.argv == ("cc", "-c", os.fsdecode(b"\xffx.c"))
+    assert r.env == {"SOURCE_DATE_EPOCH": "1", "A": "=b"}
+    for bad, at in ((b"S/s\0Xy\0", 4), (b"S/s\0C/\0Atrue", 7), (b"S/s\0\0", 4)):
+        with pytest.raises(SpecError, match=f"malformed request record at byte {at}$"):
+            protocol.parse_run(bad)
+    with pytest.raises(SpecError, match="one spec path"):
+        protocol.parse_run(b"")
+    with pytest.raises(SpecError, match="no command"):
+        protocol.parse_run(b"S/s\0C/\0")
+    with pytest.raises(SpecError, match="NAME=VALUE"):
+        protocol.parse_run(b"S/s\0C/\0Atrue\0Enovalue\0")
+    with pytest.raises(SpecError, match="must be absolute"):
+        protocol.parse_run(b"Srel\0C/\0Atrue\0")

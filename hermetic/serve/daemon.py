@@ -319,8 +319,12 @@ class Daemon:
             except OSError:
                 conn.close()
                 continue
+            try:
+                hs.epoll.register(conn.fileno(), _ONE_READ)
+            except OSError:  # out of memory or of the user's epoll watches
+                waiting.close()
+                continue
             hs.pending[conn.fileno()] = waiting
-            hs.epoll.register(conn.fileno(), _ONE_READ)
             with self._lock:
                 self.last_activity = time.monotonic()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import sys
 from dataclasses import dataclass
 
 from hermetic.core.errors import SpecError
@@ -69,33 +70,49 @@ def parse_header(data: bytes) -> tuple[bytes, int]:
     return magic, length
 
 
+#: How os.fsdecode decodes, looked up once (parse_run decodes every string).
+_FS_DECODE = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
 def parse_run(payload: bytes) -> Request:
-    """A RUN payload's records: tag byte, then a NUL-terminated string."""
-    fields: dict[str, list[str]] = {"S": [], "C": [], "A": [], "E": []}
-    at = 0
-    while at < len(payload):
-        tag = chr(payload[at])
-        end = payload.find(b"\0", at + 1)
-        if tag not in fields or end < 0:
-            raise SpecError(f"malformed request record at byte {at}", field="request")
-        fields[tag].append(os.fsdecode(payload[at + 1 : end]))
-        at = end + 1
-    for tag, name in (("S", "spec path"), ("C", "working directory")):
+    """A RUN payload's records: tag byte, then a NUL-terminated string.
+    The payload is split at its NULs in one call: a compiler's command line
+    is dozens of records, read on every action."""
+    fields: dict[bytes, list[bytes]] = {b"S": [], b"C": [], b"A": [], b"E": []}
+    if payload:
+        records = payload.split(b"\0")
+        tail = records.pop()  # what follows the last NUL: nothing, when well formed
+        for i, record in enumerate(records):
+            found = fields.get(record[:1])
+            if found is None:
+                raise _malformed(records, i)
+            found.append(record[1:])
+        if tail:
+            raise _malformed(records, len(records))
+    for tag, name in ((b"S", "spec path"), (b"C", "working directory")):
         if len(fields[tag]) != 1:
             raise SpecError(f"the request must name one {name}", field="request")
-    if not fields["A"]:
+    if not fields[b"A"]:
         raise SpecError("the request names no command", field="request")
     env: dict[str, str] = {}
-    for item in fields["E"]:
-        name, sep, value = item.partition("=")
+    for item in fields[b"E"]:
+        name, sep, value = item.decode(*_FS_DECODE).partition("=")
         if not sep or not name:
             raise SpecError(f"passed variable {name!r} is not NAME=VALUE", field="env")
         env[name] = value
-    spec_path, cwd = fields["S"][0], fields["C"][0]
+    spec_path, cwd = fields[b"S"][0].decode(*_FS_DECODE), fields[b"C"][0].decode(*_FS_DECODE)
     for what, path in (("spec path", spec_path), ("working directory", cwd)):
         if not path.startswith("/"):
             raise SpecError(f"the {what} must be absolute: {path!r}", field="request")
-    return Request(spec_path, cwd, tuple(fields["A"]), env)
+    argv = tuple(arg.decode(*_FS_DECODE) for arg in fields[b"A"])
+    return Request(spec_path, cwd, argv, env)
+
+
+def _malformed(records: list[bytes], i: int) -> SpecError:
+    """The error for record ``i`` (its offset: the records before it, each
+    with its NUL)."""
+    at = sum(len(record) + 1 for record in records[:i])
+    return SpecError(f"malformed request record at byte {at}", field="request")
 
 
 #: Below $HOME, the runtime directory when XDG_RUNTIME_DIR is unset.
