@@ -260,7 +260,9 @@ class Daemon:
             while hs.events:
                 fd, _ = hs.events.popleft()
                 if fd == listener_fd:
-                    self._greet_all(hs)
+                    arrived = self._greet_all(hs)
+                    if arrived is not None:
+                        return arrived  # the listener is watched level-triggered
                     continue
                 waiting = pending.get(fd)
                 if waiting is None:
@@ -290,19 +292,25 @@ class Daemon:
                 return None
         return None
 
-    def _greet_all(self, hs: _Handshakes) -> None:
+    def _greet_all(self, hs: _Handshakes) -> _Pending | None:
         """Accepts what is waiting, at most ACCEPTS_PER_ROUND at a time (so
         that a process connecting in a loop cannot keep the other
         handshakes from being read), and takes each through the start of
         its handshake (``_greet``).  The connections stay blocking: the
-        handshake's reads and writes ask not to wait (MSG_DONTWAIT)."""
+        handshake's reads and writes ask not to wait (MSG_DONTWAIT).
+
+        A launcher answers its challenge while the daemon compares it from
+        /proc, so its request has usually come by the time the comparison
+        passes: it is read then, and returned (counted as running) with no
+        round of the leader's loop, the connections still waiting being
+        accepted by the next round.  Else the connection is watched."""
         for _ in range(ACCEPTS_PER_ROUND):
             try:
                 conn, _ = hs.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return None
             except OSError:
-                return  # shut down, or out of descriptors: the next round retries
+                return None  # shut down, or out of descriptors: the next round retries
             try:
                 waiting = self._greet(hs, conn)
             except HermeticError as e:
@@ -319,6 +327,15 @@ class Daemon:
             except OSError:
                 conn.close()
                 continue
+            done = _receive_head(waiting)
+            if done is False:
+                waiting.close()
+                continue
+            if done:
+                with self._lock:
+                    self.running += 1
+                    self.last_activity = time.monotonic()
+                return waiting
             try:
                 hs.epoll.register(conn.fileno(), _ONE_READ)
             except OSError:  # out of memory or of the user's epoll watches
@@ -327,6 +344,7 @@ class Daemon:
             hs.pending[conn.fileno()] = waiting
             with self._lock:
                 self.last_activity = time.monotonic()
+        return None
 
     @staticmethod
     def _greet(hs: _Handshakes, conn: socket.socket) -> _Pending:
