@@ -706,8 +706,8 @@ def test_a_caller_refused_from_proc_gets_its_challenge_then_the_reason(
 ) -> None:
     """The uid is checked before the challenge; the rest is compared from
     /proc while the caller answers it, and a caller that differs gets the
-    reply word and the reason after its challenge, nothing being read from
-    it (this one sends nothing)."""
+    refusal's word and the reason after its challenge, nothing being read
+    from it (this one sends nothing)."""
     _start(rt)
     client = (
         "import socket, sys\n"
@@ -726,7 +726,7 @@ def test_a_caller_refused_from_proc_gets_its_challenge_then_the_reason(
     assert p.returncode == 0, p.stderr
     challenge, rest = p.stdout[: protocol.CHALLENGE.size], p.stdout[protocol.CHALLENGE.size :]
     assert challenge.startswith(protocol.PROVE), p.stdout
-    assert rest.startswith(protocol.reply(125)) and b"NoNewPrivs" in rest, p.stdout
+    assert rest.startswith(protocol.refusal(125)) and b"NoNewPrivs" in rest, p.stdout
 
 
 def test_challenges_reuse_their_buffers_least_recently_freed_first() -> None:

@@ -338,7 +338,7 @@ def test_a_client_that_skips_the_proof_is_refused_before_its_request(
         {},
     )
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith(protocol.PROVE + b" " + protocol.reply(125)), p.stdout
+    assert p.stdout.startswith(protocol.PROVE + b" " + protocol.refusal(125)), p.stdout
     assert b"did not prove" in p.stdout, p.stdout
 
 

@@ -987,11 +987,11 @@ static ssize_t read_within(int sock, unsigned char *buf, size_t len, int timeout
 
 static int read_reply(int sock, unsigned char reply[8], size_t *got);
 
-/* The daemon's refusal: its status word (8 bytes, "HMR1" and the status),
- * of which `got` bytes are in `word` with `extra` bytes of its line after
- * them, then the rest of the line until the daemon closes the connection.
- * Said as one line and exited with; returns when there is no line (the
- * reply of an action that ran). */
+/* The daemon's refusal: its status word (8 bytes: "HMR1" before the
+ * challenge, "HMN3" after it, then the status) and one line until the
+ * daemon closes the connection.  `word` holds the `got` bytes read so far
+ * (the word, perhaps the start of the line).  Said as one line and exited
+ * with; returns when no line came. */
 static void exit_if_refused(int sock, const unsigned char *word, size_t got)
 {
     char why[1024];
@@ -1075,7 +1075,7 @@ static void prove(int sock, const struct runtime *rt, pid_t pid)
     (void)shutdown(sock, SHUT_WR);
     unsigned char word[8];
     size_t got8;
-    if (read_reply(sock, word, &got8) == 0 && got8 == 8 && memcmp(word, "HMR1", 4) == 0)
+    if (read_reply(sock, word, &got8) == 0 && got8 == 8 && memcmp(word, "HMN3", 4) == 0)
         exit_if_refused(sock, word, 8);
     if (e == EPERM || e == EACCES) { /* EACCES: an LSM's refusal */
         char scope[8] = "";
@@ -1205,7 +1205,7 @@ int main(int argc, char **argv)
          * still there to read. */
         unsigned char word[8];
         size_t n;
-        if (read_reply(sock, word, &n) == 0 && n == 8 && memcmp(word, "HMR1", 4) == 0)
+        if (read_reply(sock, word, &n) == 0 && n == 8 && memcmp(word, "HMN3", 4) == 0)
             exit_if_refused(sock, word, n);
         say("cannot send the request to the daemon at ", rt.addr.sun_path, ": ", errstr(err),
             NULL);
@@ -1224,15 +1224,18 @@ int main(int argc, char **argv)
         say("the daemon closed the connection before it replied (it may have died)", NULL);
         return EXIT_SETUP;
     }
+    /* A refusal after the challenge (compared from /proc) has a word of
+     * its own and one line after it; the reply of an action that ran is
+     * these 8 bytes alone, and nothing more is read. */
+    if (memcmp(reply, "HMN3", 4) == 0) {
+        exit_if_refused(sock, reply, 8);
+        say("the daemon refused this caller without saying why", NULL);
+        return EXIT_SETUP;
+    }
     if (memcmp(reply, "HMR1", 4) != 0) {
         say("the daemon's reply is not of this protocol (no HMR1)", NULL);
         return EXIT_SETUP;
     }
-    /* The reply of an action that ran is these 8 bytes alone; a refusal
-     * after the challenge (125) has one line after them.  Only 125 can be
-     * one, so only then is the rest read. */
-    if (reply[4] == EXIT_SETUP && reply[5] == 0 && reply[6] == 0 && reply[7] == 0)
-        exit_if_refused(sock, reply, 8);
     uint32_t raw = (uint32_t)reply[4] | (uint32_t)reply[5] << 8 | (uint32_t)reply[6] << 16 |
                    (uint32_t)reply[7] << 24;
     int32_t status = (int32_t)raw;

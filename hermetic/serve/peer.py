@@ -303,7 +303,7 @@ def prove(sock: socket.socket, timeout: float = 10.0) -> tuple[int, bytes] | Non
             rest = b""
             while chunk := sock.recv(4096):
                 rest += chunk
-            if rest[:4] == protocol.REPLY and len(rest) > protocol.STATUS_WORD.size:
+            if rest[:4] == protocol.REFUSED and len(rest) > protocol.STATUS_WORD.size:
                 status = protocol.STATUS_WORD.unpack(rest[: protocol.STATUS_WORD.size])[1]
                 return status, rest[protocol.STATUS_WORD.size :]
         raise OSError(e, f"cannot write the daemon's memory: {os.strerror(e)}")

@@ -17,15 +17,20 @@ from hermetic.core.errors import SpecError
 #: descriptors ride the first bytes.  The digit is the protocol's version:
 #: 2 added the daemon's challenge (PROVE); 3 sends the challenge before the
 #: peer's /proc is compared, so that a refusal from that comparison comes
-#: after the challenge, as a REPLY word and one line.
+#: after the challenge (REFUSED).
 RUN = b"HML3"
 #: Control requests, with an empty payload.
 STATUS = b"HMS3"
 STOP = b"HMQ3"
-#: The reply: this, then the exit status (int32, little-endian).  After
-#: the challenge, a refused caller gets this word with status 125, then one
-#: line saying why; the reply to a request that ran is these 8 bytes alone.
+#: The reply: this, then the exit status (int32, little-endian).  A caller
+#: refused before its challenge gets this word (status 125), then one line
+#: saying why; the reply to a request that ran is these 8 bytes alone.
 REPLY = b"HMR1"
+#: A refusal after the challenge (the comparison from /proc, or a request
+#: sent without the proof): this, the status (125), then one line saying
+#: why, until the connection's end.  A word of its own, so that a client
+#: reads on after it, never after a REPLY.
+REFUSED = b"HMN3"
 #: The header: a magic and the payload's length (uint32, little-endian).
 HEADER = struct.Struct("<4sI")
 STATUS_WORD = struct.Struct("<4si")
@@ -58,6 +63,10 @@ class Request:
 
 def reply(status: int) -> bytes:
     return STATUS_WORD.pack(REPLY, status)
+
+
+def refusal(status: int) -> bytes:
+    return STATUS_WORD.pack(REFUSED, status)
 
 
 def parse_header(data: bytes) -> tuple[bytes, int]:
