@@ -783,3 +783,39 @@ def test_a_run_payload_is_parsed_record_by_record() -> None:
         protocol.parse_run(b"S/s\0C/\0Atrue\0Enovalue\0")
     with pytest.raises(SpecError, match="must be absolute"):
         protocol.parse_run(b"Srel\0C/\0Atrue\0")
+
+
+def test_stop_ends_a_daemon_of_protocol_2(rt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade can leave a daemon of version 2 running: ``hermetic serve
+    --stop`` proves itself to its challenge and sends it version 2's stop.
+    The daemon here is a stand-in in this process, speaking version 2."""
+    import ctypes
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.path.join(rt, "serve.sock"))
+    listener.listen(1)
+    buffer = ctypes.create_string_buffer(16)
+    nonce = os.urandom(16)
+    got: list[bytes] = []
+
+    def old_daemon() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(protocol.CHALLENGE.pack(b"HMP2", ctypes.addressof(buffer), nonce))
+            header = b""
+            while len(header) < protocol.HEADER.size:
+                header += conn.recv(protocol.HEADER.size - len(header))
+            got.append(header)
+            got.append(buffer.raw)
+            conn.sendall(protocol.reply(0))
+
+    thread = threading.Thread(target=old_daemon)
+    thread.start()
+    monkeypatch.setenv("HERMETIC_RUNTIME_DIR", rt)
+    try:
+        assert daemon.control(protocol.STOP) == (0, b"")
+    finally:
+        thread.join(30)
+        listener.close()
+        os.unlink(os.path.join(rt, "serve.sock"))
+    assert got == [protocol.HEADER.pack(b"HMQ2", 0), nonce]

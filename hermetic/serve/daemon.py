@@ -870,8 +870,9 @@ def control(magic: bytes) -> tuple[int, bytes] | None:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             return None
+        seen: list[bytes] = []
         try:
-            refused = prove(sock)
+            refused = prove(sock, accept=(protocol.PROVE, *protocol.OLDER_CONTROL), seen=seen)
         except OSError as e:
             raise SpecError(
                 f"cannot prove to the daemon that this caller may use it: {e}"
@@ -880,8 +881,9 @@ def control(magic: bytes) -> tuple[int, bytes] | None:
             return refused[0], refused[1]
         # A caller refused after its challenge may find the connection
         # closed: the refusal is read all the same.
+        word = protocol.OLDER_CONTROL.get(seen[0], {}).get(magic, magic) if seen else magic
         with contextlib.suppress(OSError):
-            sock.sendall(protocol.HEADER.pack(magic, 0))
+            sock.sendall(protocol.HEADER.pack(word, 0))
         data = b""
         while True:
             chunk = sock.recv(65536)

@@ -260,10 +260,17 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def prove(sock: socket.socket, timeout: float = 10.0) -> tuple[int, bytes] | None:
+def prove(
+    sock: socket.socket,
+    timeout: float = 10.0,
+    accept: tuple[bytes, ...] = (protocol.PROVE,),
+    seen: list[bytes] | None = None,
+) -> tuple[int, bytes] | None:
     """The client's side of the proof on a connected socket: None once the
     nonce is written into the daemon, or the daemon's refusal (its status
-    and its line).  OSError when the write is not allowed."""
+    and its line).  OSError when the write is not allowed.  ``accept``: the
+    challenges' magics taken (their layout is the same); the one met is
+    appended to ``seen``."""
     previous = sock.gettimeout()
     sock.settimeout(timeout)
     try:
@@ -276,8 +283,10 @@ def prove(sock: socket.socket, timeout: float = 10.0) -> tuple[int, bytes] | Non
         while chunk := sock.recv(4096):
             rest += chunk
         return status, rest
-    if len(head) < protocol.CHALLENGE.size or head[:4] != protocol.PROVE:
+    if len(head) < protocol.CHALLENGE.size or head[:4] not in accept:
         raise OSError(0, "the daemon sent no challenge of this protocol")
+    if seen is not None:
+        seen.append(head[:4])
     _, address, nonce = protocol.CHALLENGE.unpack(head)
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid = struct.unpack("3i", creds)[0]

@@ -41,6 +41,10 @@ STATUS_WORD = struct.Struct("<4si")
 #: before it (another uid, too many handshakes) gets a REPLY word instead,
 #: then one line.
 PROVE = b"HMP3"
+#: Protocol 2's challenge, and its control requests (STATUS, STOP) for
+#: ours: ``hermetic serve --status`` and ``--stop`` still speak to a daemon
+#: of version 2, which an upgrade can leave running until its idle time.
+OLDER_CONTROL = {b"HMP2": {b"HMS3": b"HMS2", b"HMQ3": b"HMQ2"}}
 NONCE_BYTES = 16
 CHALLENGE = struct.Struct(f"<4sQ{NONCE_BYTES}s")
 #: Seconds a client has, from its connection's accept, to prove itself
