@@ -628,25 +628,12 @@ static void check_runtime_dir(struct runtime *rt)
     }
     check_runtime_stat(rt, &st);
 
+    /* try_connect fchdirs to the descriptor and connects to the relative
+     * name (there is no connectat).  On Linux /proc/self/fd/N/serve.sock
+     * would do without the fchdir, but its lookup through a new process's
+     * /proc cost about 15 us more on every action. */
     rt->via.sun_family = AF_UNIX;
-#ifdef __linux__
-    /* /proc/self/fd/N resolves to the very directory opened above. */
-    char num[16];
-    size_t n = sizeof num - 1;
-    unsigned v = (unsigned)rt->dirfd;
-    num[n] = '\0';
-    do {
-        num[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    char prefix[32];
-    (void)join(prefix, sizeof prefix, "/proc/self/fd/", num + n);
-    (void)join(rt->via.sun_path, sizeof rt->via.sun_path, prefix, "/serve.sock");
-#else
-    /* No /proc: try_connect fchdirs to the descriptor and connects to
-     * the relative name (there is no connectat). */
     (void)join(rt->via.sun_path, sizeof rt->via.sun_path, "serve.sock", "");
-#endif
 }
 
 /* -- connecting, and starting the daemon ------------------------------------- */
@@ -698,13 +685,14 @@ static int try_connect(const struct runtime *rt)
             err = -errno;
     }
 #endif
-#ifndef __linux__
     /* The launcher is single-threaded: nothing else resolves a relative
-     * name while the working directory is DIR (the request, which names
-     * the caller's working directory, was built before). */
+     * name while the working directory is DIR.  It stays there: the
+     * request, which names the caller's working directory, was built
+     * before, and nothing after this opens a relative name (the daemon
+     * it may start runs from /; a relative entry of PATH, should it look
+     * for `hermetic` there, is taken from DIR). */
     if (err == 0 && fchdir(rt->dirfd) < 0)
         err = -errno;
-#endif
     while (err == 0 && connect(fd, (const struct sockaddr *)&rt->via, sizeof rt->via) < 0) {
         /* An interrupted connect goes on in the background, and a second
          * call cannot tell how it ended: start again on a fresh socket. */
