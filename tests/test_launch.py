@@ -427,6 +427,9 @@ def test_the_callers_streams_and_the_actions_status(caller: Caller, rt: str, spe
     assert (p.returncode, p.stderr) == (128 + signal.SIGKILL, b"")
     p = caller.launch(rt, ["no-such-tool-here"], env=env)
     assert p.returncode == 127 and p.stderr.startswith(b"hermetic: "), p.stderr
+    # The action's own 125 is a reply like any other: no refusal's line.
+    p = caller.launch(rt, ["sh", "-c", "exit 125"], env=env)
+    assert (p.returncode, p.stderr) == (125, b"")
 
 
 @pytest.mark.parametrize("closed", [0, 1, 2])

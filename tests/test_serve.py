@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import _as_user_cmd, _user_env, process_gone, wait_for
 
+from hermetic.core.errors import SpecError
 from hermetic.serve import daemon, peer, protocol
 
 pytestmark = pytest.mark.linux
@@ -397,13 +398,21 @@ def test_a_spec_file_just_written_is_read_on_every_request(
 
 def _client(rt: str, spec_file: str) -> str:
     """A client that proves itself and asks the daemon in ``rt`` to run
-    ``true``; it exits with the daemon's status."""
+    ``true``; it exits with the daemon's status, and prints the line of a
+    refusal that comes after the challenge (the connection may be closed
+    by then: the refusal is read all the same)."""
     return (
         "import socket, sys, struct\n"
         f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
         + _PROVE_OR_EXIT
-        + f"socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
-        "sys.exit(struct.unpack('<4si', s.recv(8))[1])\n"
+        + "try:\n"
+        f"    socket.send_fds(s, [{_request(spec_file, ['true'])!r}], [0, 1, 2])\n"
+        "except OSError:\n"
+        "    pass\n"
+        "data = b''\n"
+        "while chunk := s.recv(4096): data += chunk\n"
+        "sys.stderr.buffer.write(data[8:])\n"
+        "sys.exit(struct.unpack('<4si', data[:8])[1])\n"
     )
 
 
@@ -610,3 +619,203 @@ def test_the_test_user_has_a_daemon_of_its_own(spec_file: str, test_user: Any) -
         assert process_gone(pid)
     finally:
         _remove(rt)
+
+
+# -- the handshake's and the threads' details -------------------------------------
+
+
+def test_a_header_in_pieces_is_waited_for(
+    rt: str, spec_file: str, in_process: daemon.Daemon
+) -> None:
+    """A header that arrives in two writes: the leader reads what has come
+    without waiting for the rest (others are served meanwhile), and
+    watches the connection again (it is watched one event at a time)."""
+    payload = _request(spec_file, ["sh", "-c", "echo pieces"])
+    with tempfile.TemporaryFile() as out:
+        r, w = os.pipe()
+        try:
+            with _connect(rt) as sock:
+                socket.send_fds(sock, [payload[:3]], [r, out.fileno(), w])
+                # The first piece is read before the rest is sent, and the
+                # leader does not wait for the rest: another action runs.
+                assert wait_for(lambda: _head_read(in_process, 3))
+                assert _launch(rt, spec_file, ["true"])[0] == 0
+                sock.sendall(payload[3:])
+                assert _reply(sock) == 0
+        finally:
+            os.close(r)
+            os.close(w)
+        out.seek(0)
+        assert out.read() == b"pieces\n"
+
+
+def _head_read(served: daemon.Daemon, n: int) -> bool:
+    hs = served._handshakes
+    try:
+        return hs is not None and any(len(w.head) == n for w in list(hs.pending.values()))
+    except RuntimeError:  # changed while read: ask again
+        return False
+
+
+def test_a_request_is_queued_while_every_thread_runs_an_action(
+    rt: str, spec_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one serving thread (and so two threads: one leads, one runs),
+    a second request while the first runs still gets its challenge at once
+    and runs when the first ends: the leader queues it and goes on
+    leading."""
+    monkeypatch.setattr(daemon, "SERVING_THREADS", 1)
+    served = daemon.Daemon(rt, idle=600)
+    thread = threading.Thread(target=served.run, name="test-daemon")
+    thread.start()
+    gate_r, gate_w = os.pipe()
+    try:
+        assert wait_for(lambda: _listening(os.path.join(rt, "serve.sock")))
+        with tempfile.TemporaryFile() as err:
+            first = _connect(rt)
+            # The first action reads its stdin until it closes: it runs until
+            # this test lets it end.
+            socket.send_fds(
+                first, [_request(spec_file, ["cat"])], [gate_r, err.fileno(), err.fileno()]
+            )
+            assert wait_for(lambda: served.running == 1)
+            second = _connect(rt)  # its challenge came while the first runs
+            socket.send_fds(
+                second, [_request(spec_file, ["true"])], [gate_r, err.fileno(), err.fileno()]
+            )
+            assert wait_for(lambda: served.running == 2 and len(served._queued) == 1)
+            third = _connect(rt)  # and still another connection is taken in
+            third.close()
+            os.close(gate_w)
+            gate_w = -1
+            assert _reply(first) == 0
+            assert _reply(second) == 0
+            first.close()
+            second.close()
+    finally:
+        if gate_w >= 0:
+            os.close(gate_w)
+        os.close(gate_r)
+        served.stopping.set()
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def test_a_caller_refused_from_proc_gets_its_challenge_then_the_reason(
+    rt: str, spec_file: str
+) -> None:
+    """The uid is checked before the challenge; the rest is compared from
+    /proc while the caller answers it, and a caller that differs gets the
+    refusal's word and the reason after its challenge, nothing being read
+    from it (this one sends nothing)."""
+    _start(rt)
+    client = (
+        "import socket, sys\n"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
+        "s.settimeout(30)\n"
+        "data = b''\n"
+        "while chunk := s.recv(4096): data += chunk\n"
+        "sys.stdout.buffer.write(data)\n"
+    )
+    p = subprocess.run(
+        ["setpriv", "--no-new-privs", sys.executable, "-c", client],
+        cwd="/",
+        capture_output=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    challenge, rest = p.stdout[: protocol.CHALLENGE.size], p.stdout[protocol.CHALLENGE.size :]
+    assert challenge.startswith(protocol.PROVE), p.stdout
+    assert rest.startswith(protocol.refusal(125)) and b"NoNewPrivs" in rest, p.stdout
+
+
+def test_challenges_reuse_their_buffers_least_recently_freed_first() -> None:
+    """The challenges' buffers are one allocation for the daemon's life: a
+    caller writing late never writes into memory used for anything else."""
+    pool = peer.Challenges(2)
+    a, b = pool.take(), pool.take()
+    assert a is not None and b is not None and pool.take() is None
+    addresses = [protocol.CHALLENGE.unpack(c.message())[1] for c in (a, b)]
+    assert addresses[1] - addresses[0] == protocol.NONCE_BYTES
+    assert a.nonce != b.nonce
+    a.end()
+    b.end()
+    c = pool.take()
+    assert c is not None
+    assert protocol.CHALLENGE.unpack(c.message())[1] == addresses[0]  # freed first
+    assert not c.proven()  # cleared, and never the old nonce
+    assert not a.proven()  # ended: nothing proves it any more
+
+
+def test_the_peer_check_compares_namespaces_and_status_lines() -> None:
+    links, lines = peer._identity(os.getpid())
+    assert [link.split(":")[0] for link in links] == ["user", "mnt", "net", "pid"]
+    assert {name for name, _ in lines} == {
+        b"NoNewPrivs",
+        b"Seccomp",
+        b"Seccomp_filters",
+        b"Uid",
+        b"Gid",
+        b"Groups",
+    }
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert peer.check_peer(a) == os.getpid()
+
+
+def test_a_run_payload_is_parsed_record_by_record() -> None:
+    """Records split at their NULs: any bytes but NUL in a string (decoded
+    as file names are), an offset in the error for a bad record, and a
+    payload that does not end in a NUL refused."""
+    payload = b"S/s.json\0C/w\0Acc\0A-c\0A\xffx.c\0ESOURCE_DATE_EPOCH=1\0EA==b\0"
+    r = protocol.parse_run(payload)
+    assert (r.spec_path, r.cwd) == ("/s.json", "/w")
+    assert r.argv == ("cc", "-c", os.fsdecode(b"\xffx.c"))
+    assert r.env == {"SOURCE_DATE_EPOCH": "1", "A": "=b"}
+    for bad, at in ((b"S/s\0Xy\0", 4), (b"S/s\0C/\0Atrue", 7), (b"S/s\0\0", 4)):
+        with pytest.raises(SpecError, match=f"malformed request record at byte {at}$"):
+            protocol.parse_run(bad)
+    with pytest.raises(SpecError, match="one spec path"):
+        protocol.parse_run(b"")
+    with pytest.raises(SpecError, match="no command"):
+        protocol.parse_run(b"S/s\0C/\0")
+    with pytest.raises(SpecError, match="NAME=VALUE"):
+        protocol.parse_run(b"S/s\0C/\0Atrue\0Enovalue\0")
+    with pytest.raises(SpecError, match="must be absolute"):
+        protocol.parse_run(b"Srel\0C/\0Atrue\0")
+
+
+def test_stop_ends_a_daemon_of_protocol_2(rt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade can leave a daemon of version 2 running: ``hermetic serve
+    --stop`` proves itself to its challenge and sends it version 2's stop.
+    The daemon here is a stand-in in this process, speaking version 2."""
+    import ctypes
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.path.join(rt, "serve.sock"))
+    listener.listen(1)
+    buffer = ctypes.create_string_buffer(16)
+    nonce = os.urandom(16)
+    got: list[bytes] = []
+
+    def old_daemon() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(protocol.CHALLENGE.pack(b"HMP2", ctypes.addressof(buffer), nonce))
+            header = b""
+            while len(header) < protocol.HEADER.size:
+                header += conn.recv(protocol.HEADER.size - len(header))
+            got.append(header)
+            got.append(buffer.raw)
+            conn.sendall(protocol.reply(0))
+
+    thread = threading.Thread(target=old_daemon)
+    thread.start()
+    monkeypatch.setenv("HERMETIC_RUNTIME_DIR", rt)
+    try:
+        assert daemon.control(protocol.STOP) == (0, b"")
+    finally:
+        thread.join(30)
+        listener.close()
+        os.unlink(os.path.join(rt, "serve.sock"))
+    assert got == [protocol.HEADER.pack(b"HMQ2", 0), nonce]

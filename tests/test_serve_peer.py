@@ -112,7 +112,7 @@ s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 challenge = s.recv(28)
 payload = b"S" + sys.argv[2].encode() + b"\\0C/\\0Atrue\\0"
-socket.send_fds(s, [struct.pack("<4sI", b"HML2", len(payload)) + payload], [0, 1, 2])
+socket.send_fds(s, [struct.pack("<4sI", b"HML3", len(payload)) + payload], [0, 1, 2])
 reply = b""
 while chunk := s.recv(4096):
     reply += chunk
@@ -300,6 +300,21 @@ def test_a_caller_under_one_more_seccomp_filter_is_refused(caller: Caller, work:
     _stop(caller, rt, NNP)
 
 
+def test_a_caller_in_another_user_namespace_hears_the_daemons_reason(
+    caller: Caller, work: str
+) -> None:
+    """The kernel refuses its write into the daemon's memory; meanwhile the
+    daemon compared it from /proc and refused it after its challenge: the
+    launcher, having half-closed the connection, reads that refusal and
+    says what differs, rather than only that its write failed."""
+    rt = os.path.join(work, "rt")
+    _start(caller, rt)
+    p = _launch(caller, work, ("unshare", "--user", "--map-current-user", "--"))
+    assert p.returncode == 125, p.stderr
+    line = _one_line(p.stderr)
+    assert "confined differently" in line and "(user)" in line, line
+
+
 @pytest.mark.root
 def test_a_caller_with_other_groups_is_refused(root: Caller, root_work: str) -> None:
     caller, work = root, root_work
@@ -323,7 +338,7 @@ def test_a_client_that_skips_the_proof_is_refused_before_its_request(
         {},
     )
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith(b"HMP2 " + protocol.reply(125)), p.stdout
+    assert p.stdout.startswith(protocol.PROVE + b" " + protocol.refusal(125)), p.stdout
     assert b"did not prove" in p.stdout, p.stdout
 
 

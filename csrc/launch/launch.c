@@ -367,7 +367,7 @@ static struct buf build_request(const struct request_args *r)
         say("out of memory", NULL);
         exit(EXIT_SETUP);
     }
-    memcpy(b.data, "HML2", 4);
+    memcpy(b.data, "HML3", 4);
     for (int k = 0; k < 4; k++) /* little-endian, whatever the host's order */
         b.data[4 + k] = (char)((need >> (8 * k)) & 0xff);
     put_record(&b, 'S', spec_dir, spec_sep, r->spec);
@@ -391,8 +391,17 @@ static struct buf build_request(const struct request_args *r)
  * stdio. */
 static int fill_stdio(void)
 {
+    /* One poll says which of the three is closed (POLLNVAL): a system
+     * call instead of three, on every action. */
+    struct pollfd p[3] = {{0, 0, 0}, {1, 0, 0}, {2, 0, 0}};
+    int r;
+    do
+        r = poll(p, 3, 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -errno;
     for (int fd = 0; fd <= 2; fd++) {
-        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+        if (!(p[fd].revents & POLLNVAL))
             continue;
         int got = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
         if (got < 0)
@@ -619,25 +628,12 @@ static void check_runtime_dir(struct runtime *rt)
     }
     check_runtime_stat(rt, &st);
 
+    /* try_connect fchdirs to the descriptor and connects to the relative
+     * name (there is no connectat).  On Linux /proc/self/fd/N/serve.sock
+     * would do without the fchdir, but its lookup through a new process's
+     * /proc cost about 15 us more on every action. */
     rt->via.sun_family = AF_UNIX;
-#ifdef __linux__
-    /* /proc/self/fd/N resolves to the very directory opened above. */
-    char num[16];
-    size_t n = sizeof num - 1;
-    unsigned v = (unsigned)rt->dirfd;
-    num[n] = '\0';
-    do {
-        num[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    char prefix[32];
-    (void)join(prefix, sizeof prefix, "/proc/self/fd/", num + n);
-    (void)join(rt->via.sun_path, sizeof rt->via.sun_path, prefix, "/serve.sock");
-#else
-    /* No /proc: try_connect fchdirs to the descriptor and connects to
-     * the relative name (there is no connectat). */
     (void)join(rt->via.sun_path, sizeof rt->via.sun_path, "serve.sock", "");
-#endif
 }
 
 /* -- connecting, and starting the daemon ------------------------------------- */
@@ -689,13 +685,14 @@ static int try_connect(const struct runtime *rt)
             err = -errno;
     }
 #endif
-#ifndef __linux__
     /* The launcher is single-threaded: nothing else resolves a relative
-     * name while the working directory is DIR (the request, which names
-     * the caller's working directory, was built before). */
+     * name while the working directory is DIR.  It stays there: the
+     * request, which names the caller's working directory, was built
+     * before, and nothing after this opens a relative name (the daemon
+     * it may start runs from /; a relative entry of PATH, should it look
+     * for `hermetic` there, is taken from DIR). */
     if (err == 0 && fchdir(rt->dirfd) < 0)
         err = -errno;
-#endif
     while (err == 0 && connect(fd, (const struct sockaddr *)&rt->via, sizeof rt->via) < 0) {
         /* An interrupted connect goes on in the background, and a second
          * call cannot tell how it ended: start again on a fresh socket. */
@@ -976,6 +973,42 @@ static ssize_t read_within(int sock, unsigned char *buf, size_t len, int timeout
     return (ssize_t)got;
 }
 
+static int read_reply(int sock, unsigned char reply[8], size_t *got);
+
+/* The daemon's refusal: its status word (8 bytes: "HMR1" before the
+ * challenge, "HMN3" after it, then the status) and one line until the
+ * daemon closes the connection.  `word` holds the `got` bytes read so far
+ * (the word, perhaps the start of the line).  Said as one line and exited
+ * with; returns when no line came. */
+static void exit_if_refused(int sock, const unsigned char *word, size_t got)
+{
+    char why[1024];
+    size_t n = got > 8 ? got - 8 : 0;
+    if (n > sizeof why - 1)
+        n = sizeof why - 1;
+    memcpy(why, word + 8, n);
+    for (;;) {
+        ssize_t more = n < sizeof why - 1 ? recv(sock, why + n, sizeof why - 1 - n, 0) : 0;
+        if (more < 0 && errno == EINTR)
+            continue;
+        if (more <= 0)
+            break;
+        n += (size_t)more;
+    }
+    while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == '\r'))
+        n--;
+    if (n == 0)
+        return;
+    why[n] = '\0';
+    for (size_t k = 0; k < n; k++)
+        if (why[k] == '\n' || why[k] == '\r')
+            why[k] = ' '; /* one line */
+    uint32_t raw = (uint32_t)word[4] | (uint32_t)word[5] << 8 | (uint32_t)word[6] << 16 |
+                   (uint32_t)word[7] << 24;
+    say("the daemon refused this caller: ", why, NULL);
+    exit(raw > 0 && raw <= 255 ? (int)raw : EXIT_SETUP);
+}
+
 /* The proof step (docs/launch-protocol.md): the daemon's challenge names a
  * buffer in its memory and a nonce; writing the nonce there with
  * process_vm_writev shows the kernel lets this caller write the daemon's
@@ -988,27 +1021,10 @@ static void prove(int sock, const struct runtime *rt, pid_t pid)
     unsigned char c[CHALLENGE_BYTES];
     ssize_t got = read_within(sock, c, sizeof c, CHALLENGE_TIMEOUT_MS);
     if (got >= 8 && memcmp(c, "HMR1", 4) == 0) {
-        char why[1024];
-        size_t n = (size_t)got - 8;
-        memcpy(why, c + 8, n);
-        for (;;) {
-            ssize_t more = n < sizeof why - 1 ? recv(sock, why + n, sizeof why - 1 - n, 0) : 0;
-            if (more < 0 && errno == EINTR)
-                continue;
-            if (more <= 0)
-                break;
-            n += (size_t)more;
-        }
-        while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == '\r'))
-            n--;
-        why[n] = '\0';
-        for (size_t k = 0; k < n; k++)
-            if (why[k] == '\n' || why[k] == '\r')
-                why[k] = ' '; /* one line */
-        uint32_t raw = (uint32_t)c[4] | (uint32_t)c[5] << 8 | (uint32_t)c[6] << 16 |
-                       (uint32_t)c[7] << 24;
-        say("the daemon refused this caller: ", why, NULL);
-        exit(raw > 0 && raw <= 255 ? (int)raw : EXIT_SETUP);
+        /* Refused before its challenge: another uid, too many handshakes. */
+        exit_if_refused(sock, c, (size_t)got);
+        say("the daemon refused this caller without saying why", NULL);
+        exit(EXIT_SETUP);
     }
     if (got == -ETIMEDOUT) {
         say("the daemon at ", rt->addr.sun_path,
@@ -1024,8 +1040,10 @@ static void prove(int sock, const struct runtime *rt, pid_t pid)
         say("the daemon closed the connection before its challenge (it may have died)", NULL);
         exit(EXIT_SETUP);
     }
-    if (memcmp(c, "HMP2", 4) != 0) {
-        say("the daemon's challenge is not of this protocol (no HMP2)", NULL);
+    if (memcmp(c, "HMP3", 4) != 0) {
+        say("the daemon's challenge is not of this protocol (no HMP3; a daemon of another "
+            "hermetic? `hermetic serve --stop` ends it)",
+            NULL);
         exit(EXIT_SETUP);
     }
 #if defined(__linux__)
@@ -1038,6 +1056,15 @@ static void prove(int sock, const struct runtime *rt, pid_t pid)
     if (n == NONCE_BYTES)
         return;
     int e = n < 0 ? errno : EIO;
+    /* The daemon compares this caller from /proc while it proves itself,
+     * and may have refused it for a reason it names (another namespace,
+     * no_new_privs...).  Half-closing says that no request comes: the
+     * daemon then sends that refusal, or closes without a word. */
+    (void)shutdown(sock, SHUT_WR);
+    unsigned char word[8];
+    size_t got8;
+    if (read_reply(sock, word, &got8) == 0 && got8 == 8 && memcmp(word, "HMN3", 4) == 0)
+        exit_if_refused(sock, word, 8);
     if (e == EPERM || e == EACCES) { /* EACCES: an LSM's refusal */
         char scope[8] = "";
         int fd = open("/proc/sys/kernel/yama/ptrace_scope", O_RDONLY | O_CLOEXEC);
@@ -1161,6 +1188,13 @@ int main(int argc, char **argv)
     const int stdio[3] = {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO};
     err = send_request(sock, &request, stdio);
     if (err < 0) {
+        /* A caller that the daemon refused after its challenge (compared
+         * from /proc) may find the connection closed: the refusal is
+         * still there to read. */
+        unsigned char word[8];
+        size_t n;
+        if (read_reply(sock, word, &n) == 0 && n == 8 && memcmp(word, "HMN3", 4) == 0)
+            exit_if_refused(sock, word, n);
         say("cannot send the request to the daemon at ", rt.addr.sun_path, ": ", errstr(err),
             NULL);
         return EXIT_SETUP;
@@ -1176,6 +1210,14 @@ int main(int argc, char **argv)
     }
     if (got < 8) {
         say("the daemon closed the connection before it replied (it may have died)", NULL);
+        return EXIT_SETUP;
+    }
+    /* A refusal after the challenge (compared from /proc) has a word of
+     * its own and one line after it; the reply of an action that ran is
+     * these 8 bytes alone, and nothing more is read. */
+    if (memcmp(reply, "HMN3", 4) == 0) {
+        exit_if_refused(sock, reply, 8);
+        say("the daemon refused this caller without saying why", NULL);
         return EXIT_SETUP;
     }
     if (memcmp(reply, "HMR1", 4) != 0) {

@@ -8,11 +8,12 @@ cgroup slots, the standby sandbox, the mount template) it reuses across
 launchers too; that is the whole point: a launcher costs a connection, not
 an interpreter.
 
-One thread accepts connections, checks each peer and takes it through
-its handshake (the proof, then the header); a fixed set of threads run
-the actions (waiting in the C core with the GIL released); the sandbox's
-periodic check ends an action whose launcher went away (Ctrl-C, make's
-SIGTERM).
+A fixed set of threads serves: one at a time leads, accepting
+connections, checking each peer and taking it through its handshake (the
+proof, then the header), and the leader that receives a whole request runs
+it (waiting in the C core with the GIL released) while another leads; the
+sandbox's periodic check ends an action whose launcher went away (Ctrl-C,
+make's SIGTERM).
 The daemon exits after ``idle`` seconds without a connection, on
 ``hermetic serve --stop``, or on SIGTERM/SIGINT, letting running actions
 finish.
@@ -22,6 +23,7 @@ docs/launch-protocol.md is the contract with the launcher.
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import dataclasses
@@ -30,8 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
-import queue
-import selectors
+import select
 import signal
 import socket
 import stat
@@ -48,14 +49,22 @@ from hermetic.core.streams import Streams
 from hermetic.executor import HermeticExecutor
 from hermetic.exits import EXIT_SETUP, EXIT_SPEC, EXIT_TIMEOUT, failure_status
 from hermetic.serve import protocol
-from hermetic.serve.peer import Challenge, allow_proofs, check_peer, peer_pid, prove
+from hermetic.serve.peer import (
+    Challenge,
+    Challenges,
+    allow_proofs,
+    check_proc,
+    check_uid,
+    peer_creds,
+    prove,
+)
 
 #: Seconds without a connection after which the daemon exits (as sccache's
 #: server does after 600 s); HERMETIC_SERVE_IDLE or --idle-timeout change it.
 DEFAULT_IDLE = 600.0
 #: Executors kept warm, one per spec; the least recently used idle one goes.
 MAX_EXECUTORS = 8
-#: Threads running actions; more requests at once wait their turn.  make -j
+#: Actions run at once; more requests at once wait their turn.  make -j
 #: and ninja run about one action per core.
 SERVING_THREADS = max(16, 4 * (os.cpu_count() or 1))
 #: Connections at most in their handshake at once, and from one process
@@ -117,6 +126,12 @@ class Daemon:
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        #: Requests received while every other thread ran an action, and
+        #: the threads waiting for the lead (``_next``); under ``_lock``.
+        self._queued: collections.deque[_Pending] = collections.deque()
+        self._followers = 0
+        #: The leader's state while the daemon serves (tests look at it).
+        self._handshakes: _Handshakes | None = None
         #: spec digest -> [executor, actions using it, spec path last seen]
         self._executors: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         #: spec path -> (the file's identity when read, its content's digest)
@@ -160,135 +175,214 @@ class Daemon:
         return 0
 
     def _accept(self, listener: socket.socket) -> None:
-        """This thread accepts every connection, checks its peer at once
-        (before anything is read from it) and sends it its challenge; a
-        connection whose request has begun to arrive goes to one of the
-        serving threads.  Connections still in their handshake wait here in
-        one selector, not in a serving thread, each for at most
-        HANDSHAKE_TIMEOUT seconds: idle or slow peers, however many, never
-        hold a thread that a good launcher needs."""
+        """Serve the listener with SERVING_THREADS threads (``_work``) until
+        idle or stopped, then let running actions finish."""
         listener.setblocking(False)
-        ready: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        workers = [
-            threading.Thread(
-                target=self._work, args=(ready,), name=f"hermetic-serve-{i}", daemon=True
-            )
-            for i in range(SERVING_THREADS)
-        ]
-        for worker in workers:
-            worker.start()
-        pending: dict[socket.socket, _Pending] = {}  # oldest first
-        with selectors.DefaultSelector() as selector:
-            selector.register(listener, selectors.EVENT_READ)
-            try:
-                while not self.stopping.is_set():
-                    now = time.monotonic()
-                    wait = _TICK
-                    if pending:
-                        wait = min(wait, max(0.0, next(iter(pending.values())).deadline - now))
-                    for key, _ in selector.select(wait):
-                        if key.fileobj is listener:
-                            self._greet_all(listener, selector, pending)
-                            continue
-                        conn = key.fileobj
-                        assert isinstance(conn, socket.socket)
-                        waiting = pending[conn]
-                        done = _receive_head(waiting)
-                        if done is None:
-                            continue  # more of the header to come
-                        selector.unregister(conn)
-                        del pending[conn]
-                        if not done:
-                            waiting.close()
-                            continue
-                        with self._lock:
-                            self.running += 1
-                            self.last_activity = time.monotonic()
-                        ready.put(waiting)
-                    now = time.monotonic()
-                    for conn, waiting in list(pending.items()):
-                        if waiting.deadline > now:
-                            break
-                        selector.unregister(conn)
-                        del pending[conn]
-                        waiting.close()  # no request in time
-                    with self._lock:
-                        quiet = self.running == 0 and not pending
-                        idle_for = time.monotonic() - self.last_activity
-                    if quiet and idle_for >= self.idle:
-                        break
-            finally:
-                for waiting in pending.values():
-                    waiting.close()
-        # No new connection from here on; running actions finish.
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        for _ in workers:
-            ready.put(None)
-        for worker in workers:
-            worker.join()
+        hs = self._handshakes = _Handshakes(listener)
+        try:
+            threads = [
+                threading.Thread(
+                    target=self._work, args=(hs,), name=f"hermetic-serve-{i}", daemon=True
+                )
+                for i in range(SERVING_THREADS + 1)  # one leads while the others run
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if not hs.ended:  # every thread failed (a bug, logged by threading)
+                hs.end()
+        finally:
+            hs.epoll.close()
         self._close_executors()
 
-    def _greet_all(
-        self,
-        listener: socket.socket,
-        selector: selectors.BaseSelector,
-        pending: dict[socket.socket, _Pending],
-    ) -> None:
-        """Accepts what is waiting, at most ACCEPTS_PER_ROUND at a time (so
-        that a process connecting in a loop cannot keep the other
-        handshakes from being read); checks each peer and sends it its
-        challenge, or its refusal."""
-        for _ in range(ACCEPTS_PER_ROUND):
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # shut down, or out of descriptors: the next round retries
-            conn.setblocking(False)
-            try:
-                # Counted before the peer's /proc is read: a refusal here
-                # costs the daemon next to nothing.
-                pid = peer_pid(conn)
-                held = sum(1 for waiting in pending.values() if waiting.pid == pid)
-                if held >= MAX_HANDSHAKES_PER_PEER or len(pending) >= MAX_HANDSHAKES:
-                    raise UnsupportedError(
-                        "launcher",
-                        f"too many connections in their handshake ({len(pending)}; "
-                        f"{held} from pid {pid}): try again",
-                    )
-                check_peer(conn)
-            except HermeticError as e:
-                # Before anything is read: the caller's streams have not come,
-                # so the reason goes on the connection, after the status.
-                why = e.reason if isinstance(e, UnsupportedError) else str(e)
-                with contextlib.suppress(OSError):
-                    conn.send(protocol.reply(EXIT_SETUP) + f"{why}\n".encode()[:4000])
-                conn.close()
-                continue
-            except OSError:
-                conn.close()
-                continue
-            waiting = _Pending(
-                conn, Challenge(), time.monotonic() + protocol.HANDSHAKE_TIMEOUT, pid=pid
-            )
-            try:
-                conn.send(waiting.challenge.message())  # a few bytes into an empty buffer
-            except OSError:
-                conn.close()
-                continue
-            pending[conn] = waiting
-            selector.register(conn, selectors.EVENT_READ)
-            with self._lock:
-                self.last_activity = time.monotonic()
-
-    def _work(self, ready: queue.SimpleQueue[_Pending | None]) -> None:
+    def _work(self, hs: _Handshakes) -> None:
+        """One serving thread: it runs the requests it receives while it
+        leads (``_next``), until the daemon ends."""
         while True:
-            waiting = ready.get()
+            waiting = self._next(hs)
             if waiting is None:
                 return
             self._handle(waiting)
+
+    def _next(self, hs: _Handshakes) -> _Pending | None:
+        """The next request this thread runs, None once the daemon ends.
+
+        One thread at a time leads: it accepts, checks each peer and takes
+        it through its handshake (``_receive``); the others wait for the
+        lead or run actions.  The leader that receives a whole, proven
+        request hands the lead to a waiting thread and runs the request
+        itself: no second thread to wake before the action starts (that
+        hand-over took about 0.07 ms on the 2-core test machine).  When
+        every other thread runs an action, it queues the request for the
+        first to finish and goes on leading, so connections are always
+        accepted and answered.  Connections still in their handshake wait
+        in the leader's one epoll, each for at most HANDSHAKE_TIMEOUT
+        seconds, never in a thread of their own: idle or slow peers,
+        however many, never hold a thread that a good launcher needs."""
+        with self._lock:
+            if self._queued:
+                return self._queued.popleft()
+            self._followers += 1
+        with hs.lead:
+            with self._lock:
+                self._followers -= 1
+            while not hs.ended:
+                waiting = self._receive(hs)
+                if waiting is None:
+                    hs.end()
+                    break
+                with self._lock:
+                    if self._followers:
+                        return waiting  # the lead passes as this thread lets it go
+                    self._queued.append(waiting)
+        return None
+
+    def _receive(self, hs: _Handshakes) -> _Pending | None:
+        """The leader's loop: the next whole, proven request, or None when
+        the daemon is to end (idle, or stopping).  Only the leader calls
+        it, so ``hs`` is never touched by two threads at once.
+
+        A connection in its handshake is watched with EPOLLONESHOT: its
+        event disarms it, so a request whose header has come needs no
+        system call to stop watching it (the connection's close removes
+        it).  Events not yet handled when a request is returned wait in
+        ``hs.events`` for the next leader: disarmed, they would not come
+        again."""
+        pending, listener_fd = hs.pending, hs.listener.fileno()
+        while not self.stopping.is_set():
+            if not hs.events:
+                wait = _TICK
+                if pending:
+                    first = next(iter(pending.values()))
+                    wait = min(wait, max(0.0, first.deadline - time.monotonic()))
+                hs.events.extend(hs.epoll.poll(wait))
+            while hs.events:
+                fd, _ = hs.events.popleft()
+                if fd == listener_fd:
+                    arrived = self._greet_all(hs)
+                    if arrived is not None:
+                        return arrived  # the listener is watched level-triggered
+                    continue
+                waiting = pending.get(fd)
+                if waiting is None:
+                    continue  # closed meanwhile
+                done = _receive_head(waiting)
+                if done is None:  # more of the header to come
+                    hs.epoll.modify(fd, _ONE_READ)
+                    continue
+                del pending[fd]
+                if not done:
+                    waiting.close()
+                    continue
+                with self._lock:
+                    self.running += 1
+                    self.last_activity = time.monotonic()
+                return waiting
+            now = time.monotonic()
+            for fd, waiting in list(pending.items()):
+                if waiting.deadline > now:
+                    break
+                del pending[fd]
+                waiting.close()  # no request in time
+            with self._lock:
+                quiet = self.running == 0 and not pending
+                idle_for = now - self.last_activity
+            if quiet and idle_for >= self.idle:
+                return None
+        return None
+
+    def _greet_all(self, hs: _Handshakes) -> _Pending | None:
+        """Accepts what is waiting, at most ACCEPTS_PER_ROUND at a time (so
+        that a process connecting in a loop cannot keep the other
+        handshakes from being read), and takes each through the start of
+        its handshake (``_greet``).  The connections stay blocking: the
+        handshake's reads and writes ask not to wait (MSG_DONTWAIT).
+
+        A launcher answers its challenge while the daemon compares it from
+        /proc, so its request has usually come by the time the comparison
+        passes: it is read then, and returned (counted as running) with no
+        round of the leader's loop, the connections still waiting being
+        accepted by the next round.  Else the connection is watched."""
+        for _ in range(ACCEPTS_PER_ROUND):
+            try:
+                conn, _ = hs.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                return None  # shut down, or out of descriptors: the next round retries
+            try:
+                waiting = self._greet(hs, conn)
+            except _Refused as refused:
+                # Before anything is read: the caller's streams have not come,
+                # so the reason goes on the connection, after the status.
+                with contextlib.suppress(OSError):
+                    conn.send(refused.word + refused.line, socket.MSG_DONTWAIT)
+                conn.close()
+                continue
+            except OSError:
+                conn.close()
+                continue
+            done = _receive_head(waiting)
+            if done is False:
+                waiting.close()
+                continue
+            if done:
+                with self._lock:
+                    self.running += 1
+                    self.last_activity = time.monotonic()
+                return waiting
+            try:
+                hs.epoll.register(conn.fileno(), _ONE_READ)
+            except OSError:  # out of memory or of the user's epoll watches
+                waiting.close()
+                continue
+            hs.pending[conn.fileno()] = waiting
+            with self._lock:
+                self.last_activity = time.monotonic()
+        return None
+
+    @staticmethod
+    def _greet(hs: _Handshakes, conn: socket.socket) -> _Pending:
+        """The start of a connection's handshake, before anything is read
+        from it: its uid (SO_PEERCRED) and its count of handshakes are
+        checked, it gets its challenge, and then, while the caller writes
+        the challenge into our memory and sends its request, the rest of
+        the peer is compared from /proc.  A peer of another uid, or one
+        past the bounds, gets no challenge.  Raises _Refused to refuse it
+        (the challenge then ends with the connection), OSError when the
+        connection fails."""
+        pid, uid = peer_creds(conn)
+        try:
+            check_uid(uid)
+        except UnsupportedError as e:
+            raise _Refused(protocol.reply(EXIT_SETUP), e.reason) from None
+        # Counted before the peer's /proc is read: a refusal here costs the
+        # daemon next to nothing.
+        held = sum(1 for waiting in hs.pending.values() if waiting.pid == pid)
+        challenge = None
+        if held < MAX_HANDSHAKES_PER_PEER and len(hs.pending) < MAX_HANDSHAKES:
+            challenge = hs.challenges.take()
+        if challenge is None:
+            raise _Refused(
+                protocol.reply(EXIT_SETUP),
+                f"too many connections in their handshake ({len(hs.pending)}; "
+                f"{held} from pid {pid}): try again",
+            )
+        waiting = _Pending(conn, challenge, time.monotonic() + protocol.HANDSHAKE_TIMEOUT, pid)
+        try:
+            # A few bytes into an empty buffer.
+            conn.send(challenge.message(), socket.MSG_DONTWAIT)
+            # The caller's round trip overlaps this comparison; nothing is
+            # read from the connection before it passes.
+            check_proc(conn, pid)
+        except UnsupportedError as e:
+            challenge.end()
+            raise _Refused(protocol.refusal(EXIT_SETUP), e.reason) from None
+        except BaseException:
+            challenge.end()
+            raise
+        return waiting
 
     # -- one connection ---------------------------------------------------
 
@@ -299,7 +393,6 @@ class Daemon:
         try:
             with conn:
                 try:
-                    conn.setblocking(True)
                     self._serve(exchange, fds, waiting.head)
                 except Exception as e:  # a bug: logged, never the daemon's end
                     self._fail(exchange, fds, e)
@@ -539,6 +632,53 @@ def _gone(error: BaseException) -> bool:
     )
 
 
+class _Refused(Exception):
+    """A connection refused in its handshake: the word to send (REPLY
+    before the challenge, REFUSED after it) and the line saying why."""
+
+    def __init__(self, word: bytes, why: str) -> None:
+        super().__init__(why)
+        self.word = word
+        self.line = f"{why}\n".encode()[:4000]
+
+
+#: Room for the three descriptors of a request's first bytes, as
+#: socket.recv_fds asks for them; more are cut (MSG_CTRUNC), and refused.
+_FDS_SPACE = socket.CMSG_LEN(3 * array.array("i").itemsize)
+#: How a connection in its handshake is watched (``Daemon._receive``).
+_ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
+
+
+class _Handshakes:
+    """What the leading thread works on (``Daemon._next``): the listener,
+    one epoll for it and the connections in their handshake (by
+    descriptor, oldest first), events read but not yet handled, and the
+    challenges' buffers.  ``lead`` is held by the one thread that leads."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.epoll = select.epoll()
+        self.epoll.register(listener.fileno(), select.EPOLLIN)
+        self.pending: dict[int, _Pending] = {}
+        self.events: collections.deque[tuple[int, int]] = collections.deque()
+        # One buffer more than the handshakes at once: a buffer freed by a
+        # connection that ended is reused as late as possible.
+        self.challenges = Challenges(2 * MAX_HANDSHAKES)
+        self.lead = threading.Lock()
+        self.ended = False
+
+    def end(self) -> None:
+        """No new connection from here on (running actions finish); those
+        still in their handshake are closed."""
+        self.ended = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        for waiting in self.pending.values():
+            waiting.close()
+        self.pending.clear()
+        self.events.clear()
+
+
 @dataclasses.dataclass
 class _Pending:
     """A connection in its handshake: its challenge, until when it may take
@@ -552,6 +692,7 @@ class _Pending:
     fds: list[int] = dataclasses.field(default_factory=list)
 
     def close(self) -> None:
+        self.challenge.end()
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -600,30 +741,42 @@ def _ready(fd: int, word: bytes) -> None:
 
 def _receive_head(waiting: _Pending) -> bool | None:
     """What has arrived of a connection's header, with the descriptors
-    that ride it, without waiting (the handshake thread reads every
-    connection): None while it is incomplete; False when the connection is
-    to be dropped (closed, too many descriptors, or a header sent before
+    that ride it, without waiting (the leader reads every connection):
+    None while it is incomplete; False when the connection is to be
+    dropped (closed, too many descriptors, or a header sent before
     the caller wrote the challenge into our memory: the proof is checked
     before the request is even parsed); True when it is whole and proven."""
     while len(waiting.head) < protocol.HEADER.size:
         try:
-            chunk, got, flags, _ = socket.recv_fds(waiting.conn, 65536, 3)
+            # recvmsg itself: socket.recv_fds drops its flags before Python
+            # 3.12, and this socket is blocking (a wait here would hold the
+            # leader, and every other handshake, for this peer).
+            chunk, ancillary, flags, _ = waiting.conn.recvmsg(
+                65536, _FDS_SPACE, socket.MSG_DONTWAIT
+            )
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
             return False
-        waiting.fds.extend(got)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got = array.array("i")
+                got.frombytes(data[: len(data) - len(data) % got.itemsize])
+                waiting.fds.extend(got)
         if flags & getattr(socket, "MSG_CTRUNC", 0x8) or not chunk:
             return False
         waiting.head += chunk
-    if not waiting.challenge.proven():
+    proven = waiting.challenge.proven()
+    waiting.challenge.end()
+    if not proven:
         # Said on the connection, not on the caller's stderr: a write to a
         # pipe it chose could block this thread.
         with contextlib.suppress(OSError):
             waiting.conn.send(
-                protocol.reply(EXIT_SETUP)
+                protocol.refusal(EXIT_SETUP)
                 + b"the caller did not prove that it may use the daemon (the challenge "
-                b"was not written into the daemon's memory)\n"
+                b"was not written into the daemon's memory)\n",
+                socket.MSG_DONTWAIT,
             )
         return False
     return True
@@ -717,15 +870,20 @@ def control(magic: bytes) -> tuple[int, bytes] | None:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             return None
+        seen: list[bytes] = []
         try:
-            refused = prove(sock)
+            refused = prove(sock, accept=(protocol.PROVE, *protocol.OLDER_CONTROL), seen=seen)
         except OSError as e:
             raise SpecError(
                 f"cannot prove to the daemon that this caller may use it: {e}"
             ) from None
         if refused is not None:
             return refused[0], refused[1]
-        sock.sendall(protocol.HEADER.pack(magic, 0))
+        # A caller refused after its challenge may find the connection
+        # closed: the refusal is read all the same.
+        word = protocol.OLDER_CONTROL.get(seen[0], {}).get(magic, magic) if seen else magic
+        with contextlib.suppress(OSError):
+            sock.sendall(protocol.HEADER.pack(word, 0))
         data = b""
         while True:
             chunk = sock.recv(65536)

@@ -8,27 +8,43 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import sys
 from dataclasses import dataclass
 
 from hermetic.core.errors import SpecError
 
 #: A request to run an action; its payload follows, the three stdio
 #: descriptors ride the first bytes.  The digit is the protocol's version:
-#: 2 added the daemon's challenge (PROVE).
-RUN = b"HML2"
+#: 2 added the daemon's challenge (PROVE); 3 sends the challenge before the
+#: peer's /proc is compared, so that a refusal from that comparison comes
+#: after the challenge (REFUSED).
+RUN = b"HML3"
 #: Control requests, with an empty payload.
-STATUS = b"HMS2"
-STOP = b"HMQ2"
-#: The reply: this, then the exit status (int32, little-endian).
+STATUS = b"HMS3"
+STOP = b"HMQ3"
+#: The reply: this, then the exit status (int32, little-endian).  A caller
+#: refused before its challenge gets this word (status 125), then one line
+#: saying why; the reply to a request that ran is these 8 bytes alone.
 REPLY = b"HMR1"
+#: A refusal after the challenge (the comparison from /proc, or a request
+#: sent without the proof): this, the status (125), then one line saying
+#: why, until the connection's end.  A word of its own, so that a client
+#: reads on after it, never after a REPLY.
+REFUSED = b"HMN3"
 #: The header: a magic and the payload's length (uint32, little-endian).
 HEADER = struct.Struct("<4sI")
 STATUS_WORD = struct.Struct("<4si")
-#: The daemon's first message on every connection: this magic, the address
-#: of a buffer in the daemon's memory (uint64, little-endian) and a nonce
-#: the client must write there (process_vm_writev) before it sends its
-#: request.  A refused caller gets a REPLY word instead, then one line.
-PROVE = b"HMP2"
+#: The daemon's first message on a connection from its own uid: this
+#: magic, the address of a buffer in the daemon's memory (uint64,
+#: little-endian) and a nonce the client must write there
+#: (process_vm_writev) before it sends its request.  A caller refused
+#: before it (another uid, too many handshakes) gets a REPLY word instead,
+#: then one line.
+PROVE = b"HMP3"
+#: Protocol 2's challenge, and its control requests (STATUS, STOP) for
+#: ours: ``hermetic serve --status`` and ``--stop`` still speak to a daemon
+#: of version 2, which an upgrade can leave running until its idle time.
+OLDER_CONTROL = {b"HMP2": {b"HMS3": b"HMS2", b"HMQ3": b"HMQ2"}}
 NONCE_BYTES = 16
 CHALLENGE = struct.Struct(f"<4sQ{NONCE_BYTES}s")
 #: Seconds a client has, from its connection's accept, to prove itself
@@ -53,6 +69,10 @@ def reply(status: int) -> bytes:
     return STATUS_WORD.pack(REPLY, status)
 
 
+def refusal(status: int) -> bytes:
+    return STATUS_WORD.pack(REFUSED, status)
+
+
 def parse_header(data: bytes) -> tuple[bytes, int]:
     """(magic, payload length) from the first 8 bytes; SpecError if bad."""
     magic, length = HEADER.unpack(data[: HEADER.size])
@@ -63,33 +83,49 @@ def parse_header(data: bytes) -> tuple[bytes, int]:
     return magic, length
 
 
+#: How os.fsdecode decodes, looked up once (parse_run decodes every string).
+_FS_DECODE = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
 def parse_run(payload: bytes) -> Request:
-    """A RUN payload's records: tag byte, then a NUL-terminated string."""
-    fields: dict[str, list[str]] = {"S": [], "C": [], "A": [], "E": []}
-    at = 0
-    while at < len(payload):
-        tag = chr(payload[at])
-        end = payload.find(b"\0", at + 1)
-        if tag not in fields or end < 0:
-            raise SpecError(f"malformed request record at byte {at}", field="request")
-        fields[tag].append(os.fsdecode(payload[at + 1 : end]))
-        at = end + 1
-    for tag, name in (("S", "spec path"), ("C", "working directory")):
+    """A RUN payload's records: tag byte, then a NUL-terminated string.
+    The payload is split at its NULs in one call: a compiler's command line
+    is dozens of records, read on every action."""
+    fields: dict[bytes, list[bytes]] = {b"S": [], b"C": [], b"A": [], b"E": []}
+    if payload:
+        records = payload.split(b"\0")
+        tail = records.pop()  # what follows the last NUL: nothing, when well formed
+        for i, record in enumerate(records):
+            found = fields.get(record[:1])
+            if found is None:
+                raise _malformed(records, i)
+            found.append(record[1:])
+        if tail:
+            raise _malformed(records, len(records))
+    for tag, name in ((b"S", "spec path"), (b"C", "working directory")):
         if len(fields[tag]) != 1:
             raise SpecError(f"the request must name one {name}", field="request")
-    if not fields["A"]:
+    if not fields[b"A"]:
         raise SpecError("the request names no command", field="request")
     env: dict[str, str] = {}
-    for item in fields["E"]:
-        name, sep, value = item.partition("=")
+    for item in fields[b"E"]:
+        name, sep, value = item.decode(*_FS_DECODE).partition("=")
         if not sep or not name:
             raise SpecError(f"passed variable {name!r} is not NAME=VALUE", field="env")
         env[name] = value
-    spec_path, cwd = fields["S"][0], fields["C"][0]
+    spec_path, cwd = fields[b"S"][0].decode(*_FS_DECODE), fields[b"C"][0].decode(*_FS_DECODE)
     for what, path in (("spec path", spec_path), ("working directory", cwd)):
         if not path.startswith("/"):
             raise SpecError(f"the {what} must be absolute: {path!r}", field="request")
-    return Request(spec_path, cwd, tuple(fields["A"]), env)
+    argv = tuple(arg.decode(*_FS_DECODE) for arg in fields[b"A"])
+    return Request(spec_path, cwd, argv, env)
+
+
+def _malformed(records: list[bytes], i: int) -> SpecError:
+    """The error for record ``i`` (its offset: the records before it, each
+    with its NUL)."""
+    at = sum(len(record) + 1 for record in records[:i])
+    return SpecError(f"malformed request record at byte {at}", field="request")
 
 
 #: Below $HOME, the runtime directory when XDG_RUNTIME_DIR is unset.
