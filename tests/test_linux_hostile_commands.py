@@ -12,12 +12,13 @@ within CACHE_BYTES whatever the actions give.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 from test_linux_isolation import spec_for
 
-from hermetic import HermeticExecutor, SandboxError, SpecError
+from hermetic import HermeticExecutor, ProcessPolicy, SandboxError, SpecError
 from hermetic.platforms.linux import prepared as linux_prepared
 from hermetic.platforms.linux.run import MAX_ARG_STRLEN
 
@@ -84,13 +85,50 @@ def test_what_an_executor_keeps_of_its_actions_is_bounded_in_bytes(ex, monkeypat
     monkeypatch.setattr(linux_prepared, "CACHE_BYTES", 400 << 10)
     prepared = ex._prepared
     for i in range(12):
-        env = {"PATH": "/usr/bin:/bin", "N": str(i), "PAD": "p" * (100 << 10)}
+        env = {"PATH": "/usr/bin:/bin", "N": str(i), "PAD": "p" * (40 << 10)}
         assert ex.execute(["/bin/true"], env=env).unwrap().exit_code == 0
     assert prepared._cache_bytes <= 400 << 10
     kept = [e for e in prepared._c_cache if e[0] == "envp"]
-    assert 1 <= len(kept) <= 3, len(kept)
+    assert 1 <= len(kept) <= 2, len(kept)
     # An environment larger than one entry's share is never kept.
     before = dict(prepared._c_cache)
     huge = {f"H{i}": "h" * (100 << 10) for i in range(4)}
     assert ex.execute(["/bin/true"], env={"PATH": "/bin", **huge}).unwrap().exit_code == 0
     assert [e for e in prepared._c_cache if e not in before and e[0] == "envp"] == []
+
+
+def test_many_small_variables_are_counted_at_what_they_take(ex, monkeypatch):
+    """Each string costs its object besides its characters: environments of
+    many tiny distinct variables are counted at that, not at their length."""
+    monkeypatch.setattr(linux_prepared, "CACHE_BYTES", 400 << 10)
+    prepared = ex._prepared
+    for i in range(8):
+        env = {"PATH": "/bin", **{f"V{j}_{i}": "x" for j in range(600)}}
+        assert ex.execute(["/bin/true"], env=env).unwrap().exit_code == 0
+    assert prepared._cache_bytes <= 400 << 10
+    kept = [e for e in prepared._c_cache if e[0] == "envp"]
+    assert len(kept) <= 2, len(kept)
+
+
+def test_a_program_per_command_is_counted_at_its_size(scratch, monkeypatch):
+    """Under allow_exec=False each command gets a seccomp program and
+    Landlock rules of its own, kept for the next action that runs it: each
+    is counted at what it takes (the program's own length, not a 32 KiB
+    buffer)."""
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    for i in range(3):
+        os.mkdir(os.path.join(out, f"d{i}"))
+        os.symlink("/bin/true", os.path.join(out, f"d{i}", "gen"))
+    spec = dataclasses.replace(spec_for(outputs=[out]), process=ProcessPolicy(allow_exec=False))
+    with HermeticExecutor.create(spec).unwrap() as executor:
+        prepared = executor._prepared
+        before = prepared._cache_bytes
+        for i in range(3):
+            r = executor.execute(["./gen"], cwd=os.path.join(out, f"d{i}")).unwrap()
+            assert r.exit_code == 0, r.stderr
+        entries = [v for k, v in prepared._c_cache.items() if k[0] == "exec+filter"]
+        assert len(entries) == 3
+        for (_, prog, length, _, _), _mem in entries:
+            assert len(bytes(prog)) == 8 * length < 8 * linux_prepared.SECCOMP_MAX
+        assert prepared._cache_bytes - before >= sum(m.cost for _, m in entries)

@@ -320,6 +320,14 @@ def test_an_input_path_longer_than_the_kernel_takes_is_refused(w):
     outcome = w.sh("true", {deep: (b"x", False)})
     _refused(outcome, code_pb2.INVALID_ARGUMENT, "longer than a path can be")
     assert _exec_roots(w) == []
+    # So is a working directory or an output that long (no chdir or collection
+    # could reach it).
+    far = "/".join(["w" * 200] * 21)
+    outcome = w.sh("true", working_directory=far)
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "working directory", "longer than a path")
+    outcome = w.sh("true", output_paths=(far + "/o",))
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "output", "longer than a path")
+    assert _exec_roots(w) == []
     # Just within the bound, relative to the exec root, it is staged.
     room = 4095 - len(os.fsencode(os.path.join(w.work, "exec", "slot-xxxxxxxx"))) - 1
     fits = "/".join(["e" * 200] * (room // 201)) + "/f"

@@ -229,7 +229,11 @@ def stage(
     sharing nothing with the cache, instead of a hard link.
     """
     outs = tuple(outputs)
-    _check_lengths(tree, exec_root)
+    check_lengths(
+        exec_root,
+        (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)),
+        what="input",
+    )
     wanted = {(k, x) for _, k, x in tree.files}
     # Pinned from the fetch until every link is made: eviction (by this
     # lease's fetch or another's) cannot remove an entry in between.
@@ -271,14 +275,15 @@ def stage(
 PATH_MAX = 4096
 
 
-def _check_lengths(tree: InputTree, exec_root: str) -> None:
-    """ExecRootError for an input whose path in this exec root is longer
-    than the kernel takes: no retry could stage it."""
+def check_lengths(exec_root: str, rels: Iterable[str], *, what: str) -> None:
+    """ExecRootError for a path (an input, the working directory, an
+    output) whose place in this exec root is longer than the kernel takes:
+    no retry could stage, enter or collect it."""
     room = PATH_MAX - 1 - len(os.fsencode(exec_root)) - 1
-    for rel in (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)):
+    for rel in rels:
         if len(rel.encode(errors="surrogateescape")) > room:
             raise ExecRootError(
-                f"the input {rel[:60]!r}... is {len(rel)} bytes long: with the exec root "
+                f"the {what} {rel[:60]!r}... is {len(rel)} bytes long: with the exec root "
                 f"that is longer than a path can be ({PATH_MAX - 1} bytes)"
             )
 

@@ -239,9 +239,11 @@ def _execute(
         raise execroot.ExecRootError("the command has no arguments")
     tree = execroot.fetch_tree(cas, action.input_root_digest, cache)
     outputs = execroot.output_locations(command)
+    workdir = execroot.relative(command.working_directory, what="working_directory")
+    execroot.check_lengths(exec_root, [workdir], what="working directory")
+    execroot.check_lengths(exec_root, outputs, what="output")
     execroot.stage(tree, cache, cas, exec_root, outputs)
     execroot.make_output_parents(command, exec_root)
-    workdir = execroot.relative(command.working_directory, what="working_directory")
     # Every staged hard link shares its inode with the cache: read-only for
     # this action (bind mounts in its own mount namespace).  The exec root
     # is its one writable place; nothing else of the worker (the cache,

@@ -17,8 +17,17 @@ def native() -> Any:
     return _native
 
 
+#: What one C string or array costs besides its bytes: its cffi object, its
+#: allocation's header, its key in CMemory's table (measured: about 200).
+OBJECT_COST = 256
+
+
 class CMemory:
-    """C strings and arrays that must outlive every spawn that uses them."""
+    """C strings and arrays that must outlive every spawn that uses them.
+
+    ``cost`` is about what they take, in bytes (what a cache of them counts
+    against its bound); ``charge`` adds what was allocated elsewhere and
+    kept here."""
 
     def __init__(self) -> None:
         self.ffi = native().ffi
@@ -26,13 +35,19 @@ class CMemory:
         # One C copy per distinct string (the C side never writes them): a
         # plan names most of its paths twice or more.
         self._strings: dict[str, Any] = {}
+        self.cost = 0
+
+    def charge(self, size: int) -> None:
+        self.cost += size + OBJECT_COST
 
     def cstr(self, s: str | None) -> Any:
         if s is None:
             return self.ffi.NULL
         c = self._strings.get(s)
         if c is None:
-            c = self._strings[s] = self.ffi.new("char[]", os.fsencode(s))
+            data = os.fsencode(s)
+            c = self._strings[s] = self.ffi.new("char[]", data)
+            self.cost += len(data) + len(s) + OBJECT_COST
         return c
 
     def ops(self, ops: Sequence[linux_plan.Op]) -> Any:
@@ -45,6 +60,7 @@ class CMemory:
             [(op.kind, op.flags, op.mode, cstr(op.src), cstr(op.dst), cstr(op.data)) for op in ops],
         )
         self.keep.append(arr)
+        self.charge(self.ffi.sizeof(arr))
         return arr
 
     def strv(self, items: Sequence[str]) -> Any:
@@ -53,6 +69,7 @@ class CMemory:
             arr[i] = self.cstr(s)
         arr[len(items)] = self.ffi.NULL
         self.keep.append(arr)
+        self.charge(self.ffi.sizeof(arr))
         return arr
 
 

@@ -389,7 +389,11 @@ class Prepared:
         n = lib.hm_seccomp_build(prog, SECCOMP_MAX, opts)
         if n < 0:
             raise UnsupportedError("seccomp", "the filter does not fit its buffer")
-        return prog, n
+        # Kept as long as its program is used (per action's command under
+        # allow_exec=False): its own length, not the buffer's 32 KiB.
+        kept = ffi.new("unsigned char[]", 8 * n)
+        ffi.memmove(kept, prog, 8 * n)
+        return kept, n
 
     def action_env(self, env: Mapping[str, str] | None) -> dict[str, str] | None:
         """The environment of an action given ``execute(..., env=env)``
@@ -489,12 +493,12 @@ class Prepared:
                     [int(ffi.cast("uintptr_t", paths[i])) for i in range(n)]
                 )
                 mem.keep.append(prog)
+                mem.charge(ffi.sizeof(prog))
                 rules, n_rules = self._exec_rules(key, workdir or "/", mem, search)
                 value = (paths, prog, length, rules, n_rules)
         found = (value, mem)
-        size = len(entry[1]) + len(search or "")
-        if kind != "cwd" and kind != "envp":
-            size += len(key) * len(self.exec_candidates(key, search))
+        # What the entry takes: its C copies, and its key (Python strings).
+        size = mem.cost + 2 * (len(entry[1]) + len(search or ""))
         with self._c_lock:
             if self._cache_room(size):
                 self._c_cache[entry] = found
@@ -530,6 +534,7 @@ class Prepared:
             arr[i].path = mem.cstr(rule.path)
             arr[i].access = rule.access
         mem.keep.append(arr)
+        mem.charge(mem.ffi.sizeof(arr))
         return arr, len(rules)
 
     def host_path(self, path: str) -> str | None:
@@ -572,7 +577,8 @@ class Prepared:
                         value=len(dirs),
                     )
                 found = tuple(os.path.join(d or ".", arg0) for d in dirs)
-            size = len(search) + len(arg0) * (len(found) + 1)
+            # Python strings: about 60 bytes each besides their characters.
+            size = 2 * (len(search) + len(arg0)) + sum(len(c) + 64 for c in found)
             with self._c_lock:
                 if self._cache_room(size):
                     self._exec_cache[(search, arg0)] = found
