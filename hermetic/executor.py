@@ -331,7 +331,7 @@ class HermeticExecutor:
         result: ExecutionResult | None = None
         # The manifest leaves out what was read-only, identified now.
         skip = (
-            tree.identities((*self._spec.inputs_within_writable(), *islands))
+            tree.places((*self._spec.inputs_within_writable(), *islands))
             if collect_outputs
             else frozenset()
         )
@@ -507,7 +507,7 @@ class HermeticExecutor:
                     for p, fresh in remap.items()
                     for made in verify.mount_points(fresh, p, nested)
                 ]
-                skip = tree.identities(points)
+                skip = tree.places(points)
                 prepared = self._backend.prepare(_applied(self._spec), remap=remap)
                 try:
                     result = self._backend.execute(

@@ -279,3 +279,29 @@ def test_a_read_only_path_swapped_by_the_action_is_still_scanned(scratch, declar
     assert [v.attempted for v in r.violations if "tool" in v.attempted], r.violations
     # The manifest lists it too: it is the action's, not a skipped input.
     assert moved in [e.path for e in r.outputs]
+
+
+def test_another_link_to_a_read_only_file_is_walked_as_the_action_s(scratch):
+    """The host side skips a read-only path at its place (its directory and
+    name, and itself), not every hard link to its file: a caller that also
+    put a link to it in a writable part of the output sees the action's
+    write through that link in the manifest.  (read_only protects a path,
+    not an inode: the write goes through.)"""
+    root = os.path.join(scratch, "root")
+    for d in ("src", "out"):
+        os.makedirs(os.path.join(root, d))
+    header = os.path.join(root, "src", "a.h")
+    with open(header, "w") as f:
+        f.write("int good;\n")
+    os.link(header, os.path.join(root, "out", "copy.h"))
+    with HermeticExecutor.create(spec_for(outputs=[root])).unwrap() as ex:
+        r = ex.execute(
+            ["/bin/sh", "-c", "echo 'int more;' >> out/copy.h"],
+            cwd=root,
+            read_only=[header],
+            collect_outputs=True,
+        ).unwrap()
+    assert r.exit_code == 0, r.stderr
+    listed = [e.path for e in r.outputs]
+    assert os.path.join(root, "out", "copy.h") in listed, listed
+    assert header not in listed, listed

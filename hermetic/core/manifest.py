@@ -90,7 +90,7 @@ def _entry(
 
 
 def _walk(
-    real: str, shown: str, digest: bool, skip: Collection[tuple[int, int]]
+    real: str, shown: str, digest: bool, skip: Collection[tree.Place]
 ) -> Iterator[OutputEntry]:
     # prefix[d] is the shown path of the directory entries of depth d + 1 are in.
     prefix = [shown]
@@ -116,13 +116,13 @@ def collect(
     *,
     digest: bool = True,
     shown_as: dict[str, str] | None = None,
-    skip: Collection[tuple[int, int]] = frozenset(),
+    skip: Collection[tree.Place] = frozenset(),
 ) -> tuple[OutputEntry, ...]:
     """Every entry under ``roots``, sorted by path.
 
     ``shown_as`` maps a root to the path the action saw it at, when the two
     differ (the fresh copies of a reproducibility check).  ``skip``: the
-    identities (tree.identities) of what is left out with all it holds
+    places (tree.places) of what is left out with all it holds
     (inputs nested in an output are the caller's, not the action's), taken
     before the action ran, as security/outputs.py's scan takes them.
     """

@@ -28,7 +28,7 @@ import os
 import stat
 from collections.abc import Callable, Collection, Iterable, Iterator
 
-__all__ = ["Trail", "open_dir", "open_long", "remove_tree", "walk"]
+__all__ = ["Place", "Trail", "open_dir", "open_long", "places", "remove_tree", "walk"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Paths up to this length are opened in one call; longer ones in runs of
@@ -40,13 +40,22 @@ def _ident(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def identities(paths: Iterable[str]) -> frozenset[tuple[int, int]]:
-    """The (device, inode) of each of ``paths`` that exists (lstat): what
-    :func:`walk`'s ``skip`` takes."""
+#: Where an entry is: its directory's (device, inode), its name there, and
+#: its own (device, inode).
+Place = tuple[tuple[int, int], str, tuple[int, int]]
+
+
+def places(paths: Iterable[str]) -> frozenset[Place]:
+    """The place of each of ``paths`` that exists (lstat, its directory
+    included): what :func:`walk`'s ``skip`` takes.  Both the entry and its
+    directory must match: taken before an action runs, a place names that
+    entry where it was and nothing put in its stead (a new directory at its
+    path), and not another hard link to the same file elsewhere."""
     found = set()
     for path in paths:
+        parent, name = os.path.split(path)
         try:
-            found.add(_ident(os.lstat(path)))
+            found.add((_ident(os.lstat(parent or "/")), name, _ident(os.lstat(path))))
         except OSError:
             continue
     return frozenset(found)
@@ -89,7 +98,7 @@ def _parent(fd: int, expected: tuple[int, int]) -> int:
 def walk(
     root: str,
     onerror: Callable[[OSError, int, str], None] | None = None,
-    skip: Collection[tuple[int, int]] = (),
+    skip: Collection[Place] = (),
 ) -> Iterator[tuple[int, str, int | None, os.stat_result]]:
     """Every entry of the tree at ``root``, parents before children, each
     directory's entries in sorted order, as ``(depth, name, dir_fd, st)``.
@@ -104,8 +113,8 @@ def walk(
     ``st`` is the entry's own status (lstat).  An entry removed during the
     walk is left out; a missing root raises FileNotFoundError.
 
-    ``skip``: the (device, inode) of entries below the root to leave out
-    with all they hold (the caller's inputs nested in an output).
+    ``skip``: the places (:func:`places`) of entries below the root to
+    leave out with all they hold (the caller's inputs nested in an output).
     """
     st = os.lstat(root)
     yield 0, root, None, st
@@ -130,7 +139,7 @@ def walk(
                 cst = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if skip and _ident(cst) in skip:
+            if skip and (idents[-1], name, _ident(cst)) in skip:
                 continue
             yield len(idents), name, fd, cst
             if not stat.S_ISDIR(cst.st_mode):

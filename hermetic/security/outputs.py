@@ -89,10 +89,10 @@ class _Report:
         return out
 
 
-def scan(roots: Iterable[str], skip: Collection[tuple[int, int]] = frozenset()) -> list[Violation]:
+def scan(roots: Iterable[str], skip: Collection[tree.Place] = frozenset()) -> list[Violation]:
     """Clear set-id bits and file capabilities under ``roots`` (host paths,
     each a directory or a file); one violation per file found (see the
-    module docstring).  ``skip``: the identities (tree.identities) of what
+    module docstring).  ``skip``: the places (tree.places) of what
     is left alone with all it holds, inputs nested in an output (the
     caller's files), taken before the action ran: looked up afterwards, a
     path could name what the action put there instead (it may rename the
@@ -135,7 +135,7 @@ def _check_root_file(root: str, report: _Report) -> None:
         os.close(pfd)
 
 
-def _walk(root: str, report: _Report, skip: Collection[tuple[int, int]]) -> None:
+def _walk(root: str, report: _Report, skip: Collection[tree.Place]) -> None:
     """Every regular file below the directory ``root`` that may need it is
     checked, at any depth (hermetic/core/tree.py: one descriptor at a time,
     never through a link); a directory that cannot be entered is reported

@@ -388,7 +388,7 @@ def _run(
         plan, keep = prepared.new_plan(workdir, args[0], env)
     # What the set-id scan leaves alone, identified before the action runs
     # (see security/outputs.py's scan).
-    skip = tree.identities((*prepared.scan_skip, *read_only)) if prepared.scan_roots else ()
+    skip = tree.places((*prepared.scan_skip, *read_only)) if prepared.scan_roots else ()
     ops = prepared.action_ops
     if read_only:
         # After every op of the plan (the root is built, or the prepared one
