@@ -36,8 +36,12 @@ from hermetic.remote.cas import (  # noqa: E402
     CasClient,
     LocalCache,
     digest_of,
+    entry_cost,
     key,
 )
+
+#: What one of _fill's 1,000-byte entries counts against the bound.
+C = entry_cost(1000)
 
 
 @pytest.fixture
@@ -67,15 +71,15 @@ def _fill(cache: LocalCache, n: int, size: int = 1000) -> list:
 
 def test_a_cache_over_its_size_shrinks_least_recently_used_first(tmp_path, cas):
     store, client = cas
-    cache = LocalCache(str(tmp_path / "cas"), max_bytes=10_000)
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=10 * C)
     keys = _fill(cache, 10)
-    assert cache.size == 10_000 and len(cache) == 10
+    assert cache.size == 10 * C and len(cache) == 10
     # Use the oldest entry again: it becomes the most recently used.
     assert cache.fetch(client, [(keys[0], False)]) == 0
     new = _blob(10)
     cache.put(key(digest_of(new)), new, False)
-    # Over 10,000 bytes: evicted down to LOW_WATER of the bound, oldest first.
-    assert cache.size <= 10_000 * LOW_WATER
+    # Over the bound: evicted down to LOW_WATER of it, oldest first.
+    assert cache.size <= 10 * C * LOW_WATER
     assert cache.has(keys[0], False), "a recently used entry was evicted"
     assert not cache.has(keys[1], False) and not os.path.exists(cache.path(keys[1], False))
     assert cache.has(key(digest_of(new)), False)
@@ -88,18 +92,18 @@ def test_a_cache_over_its_size_shrinks_least_recently_used_first(tmp_path, cas):
 
 def test_the_index_is_read_again_at_start(tmp_path):
     root = str(tmp_path / "cas")
-    cache = LocalCache(root, max_bytes=100_000)
+    cache = LocalCache(root, max_bytes=100 * C)
     keys = _fill(cache, 5)
     cache.close()
     # Half a fetch of a worker that was killed, and a stranger's file.
     (tmp_path / "cas" / f"{keys[0][0]}_1000.abc.tmp").write_bytes(b"half")
-    again = LocalCache(root, max_bytes=100_000)
-    assert again.size == 5000 and all(again.has(k, False) for k in keys)
+    again = LocalCache(root, max_bytes=100 * C)
+    assert again.size == 5 * C and all(again.has(k, False) for k in keys)
     assert not any(n.endswith(".tmp") for n in os.listdir(root))
     again.close()
     # Restarted with a smaller bound: shrinks at once.
-    small = LocalCache(root, max_bytes=2000)
-    assert small.size <= 2000 and len(os.listdir(root)) == len(small)
+    small = LocalCache(root, max_bytes=2 * C)
+    assert small.size <= 2 * C and len(os.listdir(root)) == len(small)
     small.close()
 
 
@@ -126,13 +130,13 @@ def test_a_staged_exec_root_survives_eviction(tmp_path, cas):
 
 
 def test_pinned_entries_are_not_evicted(tmp_path):
-    cache = LocalCache(str(tmp_path / "cas"), max_bytes=5000)
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=5 * C)
     keys = _fill(cache, 5)
     with cache.pinned([(keys[0], False), (keys[1], False)]):
         _fill(cache, 10, size=999)  # other blobs: far over the bound
         assert cache.has(keys[0], False) and cache.has(keys[1], False)
     cache.evict()
-    assert cache.size <= 5000
+    assert cache.size <= 5 * C
     cache.close()
 
 
@@ -147,7 +151,7 @@ def test_concurrent_leases_stage_from_a_cache_smaller_than_their_inputs(tmp_path
     for n in range(8):
         own = {f"own/o{i}": (_blob(n * 100 + i), i % 3 == 0) for i in range(50)}
         roots.append((input_root(store, {**shared, **own}), {**shared, **own}))
-    cache = LocalCache(str(tmp_path / "cas"), max_bytes=30_000)
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=30 * C)
     errors: list[BaseException] = []
 
     def lease(n: int) -> None:
@@ -169,7 +173,7 @@ def test_concurrent_leases_stage_from_a_cache_smaller_than_their_inputs(tmp_path
     for t in threads:
         t.join()
     assert errors == []
-    assert cache.size <= 30_000 and cache.evicted > 0
+    assert cache.size <= 30 * C and cache.evicted > 0
     # Nothing half-written left, and the disk holds what the index says.
     assert len(os.listdir(cache.root)) == len(cache)
     cache.close()
@@ -271,3 +275,20 @@ def test_the_cache_size_option(tmp_path):
     )
     assert bad.returncode != 0 and "--cache-size must be at least 0" in bad.stderr
     assert DEFAULT_CACHE_SIZE == 10 << 30
+
+
+def test_small_files_count_at_what_they_take_on_disk(tmp_path, monkeypatch):
+    """An entry counts its whole blocks and one more (its inode, name and
+    index entry), and the cache holds at most MAX_ENTRIES files: many tiny
+    blobs cannot fill the disk's inodes under a bound of gigabytes."""
+    from hermetic.remote import cas as cas_module
+
+    assert entry_cost(0) == entry_cost(8) - 4096 == 4096
+    assert entry_cost(4096) == 8192 and entry_cost(4097) == 12288
+    cache = LocalCache(str(tmp_path / "cas"), max_bytes=100 * C)
+    _fill(cache, 150, size=8)
+    assert cache.size <= 100 * C and len(cache) <= 200 and len(cache) < 150
+    monkeypatch.setattr(cas_module, "MAX_ENTRIES", 40)
+    _fill(cache, 50, size=9)
+    assert len(cache) <= 40 and len(os.listdir(cache.root)) == len(cache)
+    cache.close()

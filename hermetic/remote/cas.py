@@ -374,9 +374,26 @@ class CacheMiss(OSError):
     hand): the caller fetches it again."""
 
 
+#: The unit of a file's space on disk.
+BLOCK = 4096
+#: The entries the cache holds at most, whatever their size: each is an
+#: inode on the disk and about 250 bytes of the index in memory.
+MAX_ENTRIES = 400_000
+
+
+def entry_cost(size: int) -> int:
+    """What an entry of ``size`` bytes counts against the cache's bound:
+    its whole blocks, and one block more for its inode, its name and its
+    index entry.  Counted by content bytes alone, 20,000 files of 8 bytes
+    were 160 KB against a bound of gigabytes while they took 80 MB of disk
+    and 20,000 inodes."""
+    return (size + BLOCK - 1) // BLOCK * BLOCK + BLOCK
+
+
 class LocalCache:
     """Files by digest, in a directory only the worker reaches, at most
-    ``max_bytes`` of them, the least recently used evicted first.
+    ``max_bytes`` of them (each counted by entry_cost) and MAX_ENTRIES
+    files, the least recently used evicted first.
 
     A file is kept read-only (0444, or 0555 when executable: one inode per
     digest and mode, since staged copies are hard links and share it).
@@ -448,8 +465,8 @@ class LocalCache:
         # Oldest first: what was written longest ago is evicted first until
         # this worker's own use orders the entries.
         for _, name, size in sorted(found):
-            self._entries[name] = size
-            self._size += size
+            self._entries[name] = entry_cost(size)
+            self._size += entry_cost(size)
         with self._lock:
             self._evict_locked()
 
@@ -497,8 +514,8 @@ class LocalCache:
 
     def _add_locked(self, name: str, size: int) -> None:
         if name not in self._entries:
-            self._entries[name] = size
-            self._size += size
+            self._entries[name] = entry_cost(size)
+            self._size += entry_cost(size)
         self._entries.move_to_end(name)
 
     def _forget(self, name: str) -> None:
@@ -508,11 +525,12 @@ class LocalCache:
                 self._size -= size
 
     def _evict_locked(self) -> None:
-        if self._size <= self.max_bytes:
+        if self._size <= self.max_bytes and len(self._entries) <= MAX_ENTRIES:
             return
         goal = int(self.max_bytes * LOW_WATER)
+        goal_entries = int(MAX_ENTRIES * LOW_WATER)
         for name in list(self._entries):
-            if self._size <= goal:
+            if self._size <= goal and len(self._entries) <= goal_entries:
                 break
             if self._pins[name]:
                 continue
