@@ -53,8 +53,8 @@ NAME_MAX = 255
 MAX_SEARCH_DIRS = 4096
 #: What an executor keeps of its actions' environments, PATHs and command
 #: names (see Prepared._cache_room): in all, and for one entry.
-CACHE_BYTES = 16 << 20
-CACHE_ENTRY_BYTES = 256 << 10
+CACHE_BYTES = 16 * 1024 * 1024
+CACHE_ENTRY_BYTES = 256 * 1024
 #: Root callers build each spec's root once and copy it per action
 #: (hermetic/platforms/linux/template.py).  False builds it per action, as
 #: for unprivileged callers (benchmarks compare both).
