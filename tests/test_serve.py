@@ -8,6 +8,7 @@ runtime directory, and every daemon it starts is stopped and checked gone.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -819,3 +820,65 @@ def test_stop_ends_a_daemon_of_protocol_2(rt: str, monkeypatch: pytest.MonkeyPat
         listener.close()
         os.unlink(os.path.join(rt, "serve.sock"))
     assert got == [protocol.HEADER.pack(b"HMQ2", 0), nonce]
+
+
+def test_a_refusal_never_waits_on_the_callers_stderr(rt: str, spec_file: str) -> None:
+    """A caller whose stderr is a pipe it filled (and whose reading end it
+    passed as stdin, so the daemon holds the only reader) gets its status;
+    the line that does not fit is dropped.  Before, a daemon thread waited
+    in that write for good, and enough such callers left no thread."""
+    _start(rt)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(w, b"x" * 65536)
+    os.set_blocking(w, True)
+    try:
+        for _ in range(daemon.SERVING_THREADS + 2):
+            with _connect(rt) as sock:
+                sock.settimeout(30)  # a bound proving the answer came, not a timing
+                socket.send_fds(sock, [_request("/nonexistent-hm.json", ["true"])], [r, w, w])
+                assert _reply(sock) == 123
+        # The daemon still serves, and stops when asked.
+        status, _, _ = _launch(rt, spec_file, ["true"])
+        assert status == 0
+    finally:
+        os.close(r)
+        os.close(w)
+    assert _cli(rt, "serve", "--stop").returncode == 0
+
+
+def test_bytes_past_the_declared_length_are_refused(rt: str, spec_file: str) -> None:
+    _start(rt)
+    good = _request(spec_file, ["/bin/sh", "-c", "echo ran"])
+    r, w = os.pipe()
+    try:
+        with _connect(rt) as sock:
+            socket.send_fds(sock, [good + b"Aextra\0"], [r, w, w])
+            assert _reply(sock) == 123
+        said = os.read(r, 1000)
+        assert b"past its declared length" in said and b"ran" not in said, said
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_request_that_stalls_is_refused_after_the_handshake_bound(
+    rt: str, spec_file: str
+) -> None:
+    """A header and then nothing holds a thread for HANDSHAKE_TIMEOUT, not
+    for good: the caller gets 123, and the daemon goes on serving."""
+    _start(rt)
+    head = _request(spec_file, ["true"])[: protocol.HEADER.size + 3]
+    r, w = os.pipe()
+    try:
+        with _connect(rt) as sock:
+            socket.send_fds(sock, [head], [r, w, w])
+            assert _reply(sock) == 123
+        assert b"did not arrive" in os.read(r, 1000)
+    finally:
+        os.close(r)
+        os.close(w)
+    status, _, _ = _launch(rt, spec_file, ["true"])
+    assert status == 0

@@ -426,6 +426,13 @@ class Daemon:
             return
         try:
             payload = head[protocol.HEADER.size :]
+            if len(payload) > length:
+                # Parsed as declared or not at all: bytes past the length
+                # would become part of the request.
+                raise SpecError(
+                    f"the request has {len(payload) - length} bytes past its declared length",
+                    field="request",
+                )
             payload += _recv_exactly(conn, length - len(payload))
             if len(fds) != 3:
                 raise SpecError(f"the request carries {len(fds)} descriptors, not 3")
@@ -461,11 +468,12 @@ class Daemon:
 
     @staticmethod
     def _say(fds: list[int], message: str) -> None:
-        """One line on the launcher's stderr, when it sent one."""
+        """One line on the launcher's stderr, when it sent one, never
+        waiting for it (_write_now)."""
         if len(fds) == 3:
             line = " ".join(f"hermetic: {message}".split())[:4000] + "\n"
             with contextlib.suppress(OSError):
-                os.write(fds[2], line.encode("utf-8", "backslashreplace"))
+                _write_now(fds[2], line.encode("utf-8", "backslashreplace"))
 
     def _refuse(self, exchange: _Exchange, fds: list[int], error: HermeticError) -> None:
         """Say why on the launcher's stderr, and send hermetic's status."""
@@ -782,14 +790,69 @@ def _receive_head(waiting: _Pending) -> bool | None:
     return True
 
 
+def _write_now(fd: int, data: bytes) -> None:
+    """Write ``data`` (at most PIPE_BUF bytes) to a caller's descriptor
+    without waiting: a caller whose stderr is a pipe it filled, or holds
+    the reading end of itself, must not hold a daemon thread for good.  A
+    pipe or terminal is written through a description of the daemon's own
+    with O_NONBLOCK (setting it on the caller's would change the caller's
+    descriptor too), a socket with MSG_DONTWAIT; a file or another device
+    does not wait on a reader.  What cannot be written at once is dropped
+    (the status still says the action did not run)."""
+    st = os.fstat(fd)
+    if stat.S_ISSOCK(st.st_mode):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        finally:
+            sock.close()
+        return
+    if stat.S_ISFIFO(st.st_mode) or os.isatty(fd):
+        try:
+            own = os.open(
+                f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            )
+        except OSError:
+            # Not ours to open again (a pipe another user made): written
+            # only when it has room now.  For a pipe, room for one more
+            # buffer takes a write of up to PIPE_BUF bytes whole.
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if poller.poll(0):
+                os.write(fd, data[:4096])
+            return
+        try:
+            os.write(own, data)
+        finally:
+            os.close(own)
+        return
+    os.write(fd, data)
+
+
 def _recv_exactly(conn: socket.socket, n: int) -> bytes:
+    """``n`` bytes of the request, all within HANDSHAKE_TIMEOUT: a caller
+    that sends a header and then stalls holds a thread that long, not for
+    good."""
     parts = []
-    while n > 0:
-        chunk = conn.recv(min(n, 1 << 20))
-        if not chunk:
-            raise EOFError("the launcher closed the connection")
-        parts.append(chunk)
-        n -= len(chunk)
+    before = conn.gettimeout()
+    conn.settimeout(protocol.HANDSHAKE_TIMEOUT)
+    deadline = time.monotonic() + protocol.HANDSHAKE_TIMEOUT
+    try:
+        while n > 0:
+            conn.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                chunk = conn.recv(min(n, 1 << 20))
+            except TimeoutError:
+                raise SpecError(
+                    f"the request did not arrive within {protocol.HANDSHAKE_TIMEOUT:g} s",
+                    field="request",
+                ) from None
+            if not chunk:
+                raise EOFError("the launcher closed the connection")
+            parts.append(chunk)
+            n -= len(chunk)
+    finally:
+        conn.settimeout(before)
     return b"".join(parts)
 
 
