@@ -882,3 +882,29 @@ def test_a_request_that_stalls_is_refused_after_the_handshake_bound(
         os.close(w)
     status, _, _ = _launch(rt, spec_file, ["true"])
     assert status == 0
+
+
+def _cgroup_dirs_of(pid: int) -> list[str]:
+    """The cgroup directories hermetic made for process ``pid`` below this
+    process's own groups (hermetic-PID in each hierarchy)."""
+    found = []
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            names = [c for c in controllers.split(",") if c and not c.startswith("name=")]
+            base = "/sys/fs/cgroup/unified" if not controllers else None
+            for name in names or ([] if base is None else [""]):
+                top = base or os.path.join("/sys/fs/cgroup", name)
+                where = os.path.join(top, path.lstrip("/"), f"hermetic-{pid}")
+                if os.path.exists(where):
+                    found.append(where)
+    return found
+
+
+def test_a_stopped_daemon_leaves_no_cgroup(rt: str, spec_file: str) -> None:
+    """The daemon ends with os._exit (it is a detached child): the exit
+    handlers that remove its sandboxes' cgroup slots run first."""
+    pid = _start(rt)
+    assert _launch(rt, spec_file, ["true"])[0] == 0
+    _stop(rt)
+    assert _cgroup_dirs_of(pid) == []

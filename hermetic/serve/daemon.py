@@ -24,6 +24,7 @@ docs/launch-protocol.md is the contract with the launcher.
 from __future__ import annotations
 
 import array
+import atexit
 import collections
 import contextlib
 import dataclasses
@@ -889,6 +890,10 @@ def serve(*, idle: float | None = None, detach: bool = False) -> int:
             _quiet_stdio(os.path.join(directory, "serve.log"))
             code = _serving(Daemon(directory, seconds), ready_w)
         finally:
+            # os._exit skips the interpreter's exit handlers, which remove
+            # what the sandboxes' pools made (the cgroup v1 slots): run them.
+            with contextlib.suppress(BaseException):
+                atexit._run_exitfuncs()
             os._exit(code)
     os.close(ready_w)
     os.waitpid(pid, 0)
