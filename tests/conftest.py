@@ -367,6 +367,19 @@ def wait_for(predicate: Any, within: float = 30) -> bool:
     return False
 
 
+def socket_reader(path: str) -> str:
+    """A program that connects to the Unix socket ``path``, sends nothing,
+    and prints all it receives until the other end closes (30 s at most)."""
+    return (
+        "import socket, sys\n"
+        f"s = socket.socket(socket.AF_UNIX); s.connect({path!r})\n"
+        "s.settimeout(30)\n"
+        "data = b''\n"
+        "while chunk := s.recv(4096): data += chunk\n"
+        "sys.stdout.buffer.write(data)\n"
+    )
+
+
 def process_gone(pid: int, within: float = 30) -> bool:
     """Waits until ``pid`` has ended, at most ``within`` seconds."""
     return wait_for(lambda: not process_alive(pid), within)

@@ -246,6 +246,17 @@ def test_an_error_names_the_read_only_path(scratch):
     assert err.path == f"{root}/gone" and "read-only path" in (err.detail or ""), err
 
 
+def _src_and_out(scratch: str, text: str) -> tuple[str, str]:
+    """root/{src/a.h, out/} in ``scratch``: the root and the header."""
+    root = os.path.join(scratch, "root")
+    for d in ("src", "out"):
+        os.makedirs(os.path.join(root, d))
+    header = os.path.join(root, "src", "a.h")
+    with open(header, "w") as f:
+        f.write(text)
+    return root, header
+
+
 @pytest.mark.parametrize("declared", ["read_only", "spec"])
 def test_a_read_only_path_swapped_by_the_action_is_still_scanned(scratch, declared):
     """The host-side scan leaves alone what was read-only, identified before
@@ -254,12 +265,7 @@ def test_a_read_only_path_swapped_by_the_action_is_still_scanned(scratch, declar
     get that directory skipped (a set-uid file moved into it is found)."""
     if os.geteuid() != 0:
         pytest.skip("a set-uid file in the outputs before the run needs root")
-    root = os.path.join(scratch, "root")
-    for d in ("src", "out"):
-        os.makedirs(os.path.join(root, d))
-    header = os.path.join(root, "src", "a.h")
-    with open(header, "w") as f:
-        f.write("#define A 1\n")
+    root, header = _src_and_out(scratch, "#define A 1\n")
     tool = os.path.join(root, "out", "tool")
     with open(tool, "w") as f:
         f.write("#!/bin/sh\n")
@@ -287,12 +293,7 @@ def test_another_link_to_a_read_only_file_is_walked_as_the_action_s(scratch):
     put a link to it in a writable part of the output sees the action's
     write through that link in the manifest.  (read_only protects a path,
     not an inode: the write goes through.)"""
-    root = os.path.join(scratch, "root")
-    for d in ("src", "out"):
-        os.makedirs(os.path.join(root, d))
-    header = os.path.join(root, "src", "a.h")
-    with open(header, "w") as f:
-        f.write("int good;\n")
+    root, header = _src_and_out(scratch, "int good;\n")
     os.link(header, os.path.join(root, "out", "copy.h"))
     with HermeticExecutor.create(spec_for(outputs=[root])).unwrap() as ex:
         r = ex.execute(

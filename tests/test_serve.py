@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import _as_user_cmd, _user_env, process_gone, wait_for
+from conftest import _as_user_cmd, _user_env, process_gone, socket_reader, wait_for
 
 from hermetic.core.errors import SpecError
 from hermetic.serve import daemon, peer, protocol
@@ -195,18 +195,27 @@ def test_hermetics_own_failures_say_why_on_stderr(rt: str, spec_file: str) -> No
         assert err.startswith(b"hermetic: ") and err.count(b"\n") == 1 and needle in err, err
 
 
-def test_a_malformed_request_is_refused(rt: str, spec_file: str) -> None:
-    _start(rt)
-    bad = protocol.HEADER.pack(protocol.RUN, 5) + b"Xabc\0"
+def _raw(rt: str, data: bytes) -> tuple[int | None, bytes]:
+    """``data`` sent as a request by a proven client, a pipe as its three
+    streams: the status, and what the daemon said on the pipe."""
     r, w = os.pipe()
     try:
         with _connect(rt) as sock:
-            socket.send_fds(sock, [bad], [r, w, w])
-            assert _reply(sock) == 123
-        assert b"malformed" in os.read(r, 1000)
+            socket.send_fds(sock, [data], [r, w, w])
+            status = _reply(sock)
+        os.set_blocking(r, False)
+        with contextlib.suppress(BlockingIOError):
+            return status, os.read(r, 1000)
+        return status, b""
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_malformed_request_is_refused(rt: str, spec_file: str) -> None:
+    _start(rt)
+    status, said = _raw(rt, protocol.HEADER.pack(protocol.RUN, 5) + b"Xabc\0")
+    assert status == 123 and b"malformed" in said, said
 
 
 @pytest.fixture
@@ -710,14 +719,7 @@ def test_a_caller_refused_from_proc_gets_its_challenge_then_the_reason(
     refusal's word and the reason after its challenge, nothing being read
     from it (this one sends nothing)."""
     _start(rt)
-    client = (
-        "import socket, sys\n"
-        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
-        "s.settimeout(30)\n"
-        "data = b''\n"
-        "while chunk := s.recv(4096): data += chunk\n"
-        "sys.stdout.buffer.write(data)\n"
-    )
+    client = socket_reader(os.path.join(rt, "serve.sock"))
     p = subprocess.run(
         ["setpriv", "--no-new-privs", sys.executable, "-c", client],
         cwd="/",
@@ -852,16 +854,9 @@ def test_a_refusal_never_waits_on_the_callers_stderr(rt: str, spec_file: str) ->
 def test_bytes_past_the_declared_length_are_refused(rt: str, spec_file: str) -> None:
     _start(rt)
     good = _request(spec_file, ["/bin/sh", "-c", "echo ran"])
-    r, w = os.pipe()
-    try:
-        with _connect(rt) as sock:
-            socket.send_fds(sock, [good + b"Aextra\0"], [r, w, w])
-            assert _reply(sock) == 123
-        said = os.read(r, 1000)
-        assert b"past its declared length" in said and b"ran" not in said, said
-    finally:
-        os.close(r)
-        os.close(w)
+    status, said = _raw(rt, good + b"Aextra\0")
+    assert status == 123, said
+    assert b"past its declared length" in said and b"ran" not in said, said
 
 
 def test_a_request_that_stalls_is_refused_after_the_handshake_bound(
@@ -870,16 +865,8 @@ def test_a_request_that_stalls_is_refused_after_the_handshake_bound(
     """A header and then nothing holds a thread for HANDSHAKE_TIMEOUT, not
     for good: the caller gets 123, and the daemon goes on serving."""
     _start(rt)
-    head = _request(spec_file, ["true"])[: protocol.HEADER.size + 3]
-    r, w = os.pipe()
-    try:
-        with _connect(rt) as sock:
-            socket.send_fds(sock, [head], [r, w, w])
-            assert _reply(sock) == 123
-        assert b"did not arrive" in os.read(r, 1000)
-    finally:
-        os.close(r)
-        os.close(w)
+    status, said = _raw(rt, _request(spec_file, ["true"])[: protocol.HEADER.size + 3])
+    assert status == 123 and b"did not arrive" in said, said
     status, _, _ = _launch(rt, spec_file, ["true"])
     assert status == 0
 

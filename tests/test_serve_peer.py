@@ -35,7 +35,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import _as_user_cmd, _runner_for, _user_env, process_alive, unavailable, wait_for
+from conftest import (
+    _as_user_cmd,
+    _runner_for,
+    _user_env,
+    process_alive,
+    socket_reader,
+    unavailable,
+    wait_for,
+)
 
 from hermetic.serve import protocol
 
@@ -462,14 +470,7 @@ def test_another_user_is_refused_before_it_sends_anything(
     _start(caller, rt)
     os.chmod(rt, 0o711)  # opened up by mistake: SO_PEERCRED still refuses
     os.chmod(os.path.join(rt, "serve.sock"), 0o666)
-    client = (
-        "import socket, sys\n"
-        f"s = socket.socket(socket.AF_UNIX); s.connect({os.path.join(rt, 'serve.sock')!r})\n"
-        "s.settimeout(30)\n"
-        "data = b''\n"
-        "while chunk := s.recv(4096): data += chunk\n"
-        "sys.stdout.buffer.write(data)\n"
-    )
+    client = socket_reader(os.path.join(rt, "serve.sock"))
     p = subprocess.run(
         _as_user_cmd(user, [sys.executable, "-c", client]),
         capture_output=True,
