@@ -347,21 +347,30 @@ def _write_spec(path: str, which: str) -> None:
         json.dump(spec, f)
 
 
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The spec files the in-process daemon opens, in order."""
+    opened: list[str] = []
+    real_open = daemon.open_regular
+
+    def counted(path: str, what: str, limit: int) -> int:
+        opened.append(path)
+        return real_open(path, what, limit)
+
+    monkeypatch.setattr(daemon, "open_regular", counted)
+    return opened
+
+
 def test_a_spec_file_is_read_again_whenever_it_may_have_changed(
-    rt: str, in_process: daemon.Daemon, monkeypatch: pytest.MonkeyPatch
+    rt: str,
+    in_process: daemon.Daemon,
+    monkeypatch: pytest.MonkeyPatch,
+    reads: list[str],
 ) -> None:
     """The daemon remembers a settled spec file's digest by the file's
     inode, size, mtime and ctime, and reads it again when any differs:
     rewritten in place with the same size and its mtime put back, or
     replaced by another file."""
-    reads: list[str] = []
-    real_open = daemon.open_regular
-
-    def counted(path: str, what: str, limit: int) -> int:
-        reads.append(path)
-        return real_open(path, what, limit)
-
-    monkeypatch.setattr(daemon, "open_regular", counted)
     monkeypatch.setattr(daemon, "SPEC_SETTLED_NS", 0)  # every file settled at once
     path = os.path.join(rt, "spec.json")
     _write_spec(path, "first")
@@ -385,19 +394,14 @@ def test_a_spec_file_is_read_again_whenever_it_may_have_changed(
 
 
 def test_a_spec_file_just_written_is_read_on_every_request(
-    rt: str, in_process: daemon.Daemon, monkeypatch: pytest.MonkeyPatch
+    rt: str,
+    in_process: daemon.Daemon,
+    monkeypatch: pytest.MonkeyPatch,
+    reads: list[str],
 ) -> None:
     """Not settled (its ctime within SPEC_SETTLED_NS of the read): a change
     in the same tick of the file system's clock could keep its ctime, so
     its digest is not remembered."""
-    reads: list[str] = []
-    real_open = daemon.open_regular
-
-    def counted(path: str, what: str, limit: int) -> int:
-        reads.append(path)
-        return real_open(path, what, limit)
-
-    monkeypatch.setattr(daemon, "open_regular", counted)
     monkeypatch.setattr(daemon, "SPEC_SETTLED_NS", 3600 * 10**9)
     path = os.path.join(rt, "spec.json")
     _write_spec(path, "first")
