@@ -70,7 +70,7 @@ from hermetic.remote.protos import code_pb2  # noqa: E402
 from hermetic.remote.sandboxes import Sandboxes  # noqa: E402
 
 GCC = "/usr/bin/gcc"
-GCC_ROUNDS, GCC_WARMUP = 30, 3
+GCC_ROUNDS, GCC_WARMUP = 100, 5
 STAGING_ROUNDS, STAGING_WARMUP = 10, 2
 STAGING_DIRS, STAGING_FILES_PER_DIR = 100, 100
 

@@ -163,10 +163,24 @@ struct hm_plan {
     const char *timens_offsets;      /* non-NULL: the action gets a time namespace with
                                         these /proc/self/timens_offsets lines */
     int profile;                     /* pid 1 stamps its stages into hm_proc.stamps */
-    int standby;                     /* the action stops after seccomp, reports
+    int standby;                     /* HM_STANDBY_*: the action reports
                                         HM_MSG_READY and waits for hm_activate(): its
                                         stdio arrive then, and only then are argv
-                                        and exec_paths read (cwd is not changed) */
+                                        and exec_paths read (and, if late, cwd,
+                                        late_ops and the steps after them) */
+    const struct hm_op *late_ops;    /* HM_STANDBY_LATE: ops the action runs at its
+                                        go, before its working directory; their
+                                        failures report op_index n_ops + i */
+    int n_late_ops;
+};
+
+/* Where a standby action waits for its go (hm_plan.standby). */
+enum hm_standby {
+    HM_STANDBY_NONE = 0,
+    HM_STANDBY_SET_UP = 1, /* after seccomp: the go only starts the exec */
+    HM_STANDBY_LATE = 2    /* before its working directory, while it may still
+                              mount: the go brings late_ops (an execution's own
+                              read-only paths), then every step after them */
 };
 
 /* Stage stamps (CLOCK_MONOTONIC, ns) pid 1 records when plan.profile is set. */

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import shutil
+import subprocess
 import sys
 import textwrap
 import threading
@@ -442,3 +443,89 @@ def test_a_standby_taken_as_a_signal_handler_raises_is_not_lost(monkeypatch):
     assert _inits() == []
     assert not [sb for sb in linux_standby._LIVE if not sb.used]
     ex.close()
+
+
+#: One executor, executions with and without read-only paths of their own,
+#: all in one working directory inside them; prints what each saw and how
+#: many started in a standby.  argv: the exec root.
+LATE = textwrap.dedent(
+    """
+    import json, os, sys
+    from hermetic import *
+    from hermetic.platforms.linux.standby import KEEPER
+
+    root = sys.argv[1]
+    spec = SandboxSpec(
+        inputs=PathSet(HermeticSpecBuilder.toolchain_inputs()),
+        outputs=PathSet([root]),
+        environment=EnvSet.minimal().with_var("PATH", "/usr/bin:/bin"),
+        resources=ResourceLimits.defaults(),
+    )
+    probe = (
+        "for f in lib.h ../top.h sub/deep.h ../made; do "
+        "( : >> $f ) 2>/dev/null && echo ok || echo no; done; rm -f ../made; pwd; "
+        "grep -c '^Cap...:.0000000000000000$' /proc/self/status; "
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '[:space:]'; echo"
+    )
+    rounds = [["in"], ["in"], ["in", "top.h"], [], ["in/sub"], ["in"], ["nope"], ["in"]]
+    seen = []
+    with HermeticExecutor.create(spec).unwrap() as ex:
+        for ro in rounds:
+            r = ex.execute(
+                ["sh", "-c", probe],
+                cwd=os.path.join(root, "in"),
+                read_only=[os.path.join(root, p) for p in ro],
+            )
+            seen.append(
+                r.unwrap().stdout.decode().split()
+                if r.is_ok()
+                else f"{type(r.error).__name__}: {r.error}"
+            )
+            KEEPER.flush()
+        taken = ex._prepared.standby.taken
+    print(json.dumps({"seen": seen, "taken": taken}))
+    """
+)
+
+
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_executions_with_read_only_paths_use_late_standbys(who, test_user, scratch):
+    # A late standby waits before its working directory, with its
+    # capabilities: each execution's own read-only paths are mounted at its
+    # go, then the working directory (inside one of them) is entered and
+    # every privilege dropped as in any sandbox.
+    if who == "user" and test_user is None:
+        pytest.skip("needs root to run as the unprivileged user")
+    root = os.path.join(scratch, "root")
+    os.makedirs(os.path.join(root, "in", "sub"))
+    for rel in ("in/lib.h", "in/sub/deep.h", "top.h"):
+        with open(os.path.join(root, rel), "w") as f:
+            f.write("x\n")
+    if who == "user":
+        for d, dirs, files in os.walk(root):
+            for name in [d, *(os.path.join(d, n) for n in dirs + files)]:
+                os.lchown(name, test_user.pw_uid, test_user.pw_gid)
+        code = f"import sys; sys.path[:0] = {sys.path!r}; sys.argv[1:] = [{root!r}]\n" + LATE
+        p = python_as(test_user, code)
+    else:
+        p = subprocess.run(
+            [sys.executable, "-c", LATE, root], capture_output=True, text=True, timeout=120
+        )
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads(p.stdout)
+    seen = data["seen"]
+    tail = [os.path.join(root, "in"), "5", "NoNewPrivs:1Seccomp:2"]
+    # lib.h, ../top.h, sub/deep.h, ../made
+    assert seen[0] == seen[1] == seen[5] == seen[7] == ["no", "ok", "no", "ok", *tail], seen
+    assert seen[2] == ["no", "no", "no", "ok", *tail], seen
+    assert seen[3] == ["ok", "ok", "ok", "ok", *tail], seen
+    assert seen[4] == ["ok", "ok", "no", "ok", *tail], seen
+    # A missing path fails the setup, naming it, in a standby as afresh.
+    assert "SandboxError" in seen[6] and os.path.join(root, "nope") in seen[6], seen[6]
+    # From the third on, each started in a standby, bar the one after an
+    # execution without read-only paths (its standby was set up past them).
+    assert data["taken"] >= 5, data
+    for rel in ("in/lib.h", "in/sub/deep.h", "top.h"):
+        with open(os.path.join(root, rel)) as f:
+            assert f.read() == "x\n"
+    assert sorted(os.listdir(root)) == ["in", "top.h"]

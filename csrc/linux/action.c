@@ -2,7 +2,8 @@
  * action.c: the action's process, cloned by pid 1 with CLONE_VM|CLONE_VFORK:
  * its last steps (parent-death signal, session, working directory, umask,
  * rlimits, no_new_privs, capabilities, Landlock, seccomp), a standby's
- * wait for the caller's go, and the execve.
+ * wait for the caller's go (after them, or before them for a late standby,
+ * which mounts the execution's own read-only paths first), and the execve.
  *
  * Like every child-side file (see child.c), this one runs in the caller's
  * memory: raw system calls over buffers the caller formatted, no libc.
@@ -123,8 +124,22 @@ int hm__action_main(void *arg)
     r = HM_SYS0(SYS_setsid);
     if (r < 0)
         action_fail(a, HM_STAGE_SETSID, -1, r);
+    if (p->standby == HM_STANDBY_LATE) {
+        /* Waits with every capability it was born with: what the go
+         * brings (an execution's own read-only paths) is mounted here, in
+         * the sandbox's namespace, before anything below resolves a path.
+         * No code but this runs in the sandbox yet: pid 1 waits for this
+         * process's exec. */
+        r = await_go();
+        if (r < 0)
+            action_fail(a, HM_STAGE_FDS, -1, r);
+        struct hm_fail f = {0, -1, 0};
+        if (hm__run_ops(p->late_ops, p->n_late_ops, p->n_ops, &f) < 0)
+            action_fail(a, f.stage, f.op_index, f.err);
+    }
     /* Before the capabilities go, as always: a standby is only used for an
-     * execution with this same working directory. */
+     * execution with this same working directory (a late one enters it
+     * only now, after the execution's own mounts). */
     r = HM_SYS1(SYS_chdir, p->cwd);
     if (r < 0)
         action_fail(a, HM_STAGE_CHDIR, -1, r);
@@ -170,7 +185,7 @@ int hm__action_main(void *arg)
                 action_fail(a, HM_STAGE_NOTIFY, -1, r);
         }
     }
-    if (p->standby) {
+    if (p->standby == HM_STANDBY_SET_UP) {
         /* Everything above is the spec's (and the working directory's);
          * what belongs to one execution (stdio, argv) comes with the go. */
         r = await_go();

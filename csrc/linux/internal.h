@@ -175,6 +175,7 @@ long hm__write_file(const char *path, const char *text);
 
 /* mounts.c: the op executor and the root. */
 long hm__open_nofollow(const char *path);
+int hm__run_ops(const struct hm_op *ops, int n, int first, struct hm_fail *f);
 int hm__build_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail *f);
 int hm__copy_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail *f);
 

@@ -138,8 +138,10 @@ static long run_op(const struct hm_op *op, long *slots)
     return -EINVAL;
 }
 
-/* The op list in order; copies still held when one fails are dropped. */
-static int run_ops(const struct hm_op *ops, int n, struct hm_fail *f)
+/* The op list in order; copies still held when one fails are dropped.
+ * A failure names op first + i (first: where this list sits in the whole,
+ * see hm_plan.late_ops). */
+int hm__run_ops(const struct hm_op *ops, int n, int first, struct hm_fail *f)
 {
     long slots[HM_MAX_GRABS];
     for (int i = 0; i < HM_MAX_GRABS; i++)
@@ -148,7 +150,7 @@ static int run_ops(const struct hm_op *ops, int n, struct hm_fail *f)
     for (int i = 0; i < n && rc == 0; i++) {
         long r = run_op(&ops[i], slots);
         if (r < 0)
-            rc = hm__failed(f, HM_STAGE_OP, i, r);
+            rc = hm__failed(f, HM_STAGE_OP, first + i, r);
     }
     for (int i = 0; i < HM_MAX_GRABS; i++)
         if (slots[i] >= 0)
@@ -181,7 +183,7 @@ int hm__build_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail
         r = HM_SYS1(SYS_chdir, "/");
     if (r < 0)
         return hm__failed(f, HM_STAGE_PIVOT_ROOT, -1, r);
-    if (run_ops(p->ops, p->n_ops, f) < 0)
+    if (hm__run_ops(p->ops, p->n_ops, 0, f) < 0)
         return -1;
     if (proc)
         hm__stamp(proc, p->profile, HM_STAMP_OPS);
@@ -210,7 +212,7 @@ int hm__copy_root(const struct hm_plan *p, struct hm_proc *proc, struct hm_fail 
     HM_SYS1(SYS_close, HM_FD_MNTNS);
     if (r < 0)
         return hm__failed(f, HM_STAGE_MNTNS, -1, r);
-    if (run_ops(p->ops, p->n_ops, f) < 0)
+    if (hm__run_ops(p->ops, p->n_ops, 0, f) < 0)
         return -1;
     hm__stamp(proc, p->profile, HM_STAMP_OPS);
     return 0;

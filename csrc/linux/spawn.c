@@ -408,9 +408,10 @@ int hm_spawn(const struct hm_plan *plan, struct hm_proc *proc, struct hm_error *
 
 /* Start a standby sandbox's action (see hm_plan.standby): its stdio go
  * over the report channel, then the same report as hm_spawn() waits for.
- * argv and exec_paths of the plan it was spawned with must be filled in
- * before; its working directory is the one it was spawned with.  0 once the action has exec'd; else -errno, error filled in
- * and the sandbox ended and released. */
+ * argv and exec_paths of the plan it was spawned with (and a late one's
+ * late_ops) must be filled in before; its working directory is the one it
+ * was spawned with.  0 once the action has exec'd; else -errno, error
+ * filled in and the sandbox ended and released. */
 int hm_activate(struct hm_proc *proc, int stdin_fd, int stdout_fd, int stderr_fd,
                 struct hm_error *error)
 {

@@ -250,16 +250,18 @@ def execute(
         streams=streams or (-1, -1, -1),
         read_only=read_only,
     )
-    # A standby's mounts are made before the action is known: an execution
-    # with read-only paths of its own starts afresh.
-    if prepared.standby is None or read_only:
+    if prepared.standby is None:
         return _execute_fresh(prepared, run)
     with prepared.standby.running():
         # The standby is in ``held`` from before it leaves the slot: a
         # signal handler raising anywhere from here on cannot lose it.
         held: list[Standby] = []
         try:
-            standby = prepared.standby.take(workdir, into=held) if profile is None else None
+            standby = (
+                prepared.standby.take(workdir, into=held, late=bool(read_only))
+                if profile is None
+                else None
+            )
             if standby is None:
                 return _execute_fresh(prepared, run)
             try:
@@ -346,13 +348,14 @@ def _execute_fresh(prepared: Prepared, run: Callable[..., ExecutionResult]) -> E
     return run()
 
 
-def _want_next(prepared: Prepared, workdir: str) -> None:
-    """Ask for the next standby (see StandbySlot.want), never at the cost of
-    the action being started (a thread that cannot start).  Nothing broader
-    is caught: what a signal handler raises here must reach the caller."""
+def _want_next(prepared: Prepared, workdir: str, late: bool) -> None:
+    """Ask for the next standby (see StandbySlot.want; ``late``: for an
+    execution with read-only paths of its own), never at the cost of the
+    action being started (a thread that cannot start).  Nothing broader is
+    caught: what a signal handler raises here must reach the caller."""
     if prepared.standby is not None:
         with contextlib.suppress(RuntimeError, OSError):
-            prepared.standby.want(workdir)
+            prepared.standby.want(workdir, late)
 
 
 def _run(
@@ -393,9 +396,16 @@ def _run(
     if read_only:
         # After every op of the plan (the root is built, or the prepared one
         # copied): each path bound onto itself, read-only, nosuid, nodev.
-        ops = ops + linux_plan.read_only_ops(read_only)
-        plan.ops = mem.ops(ops)
-        plan.n_ops = len(ops)
+        # A late standby's action makes them at its go (op_index n_ops + i
+        # on failure, as here).
+        own = linux_plan.read_only_ops(read_only)
+        ops = ops + own
+        if standby is not None:
+            plan.late_ops = mem.ops(own)
+            plan.n_late_ops = len(own)
+        else:
+            plan.ops = mem.ops(ops)
+            plan.n_ops = len(ops)
     if group is not None:
         plan.cgroup_fd = group.fd
     plan.argv = mem.strv(args)
@@ -475,7 +485,7 @@ def _run(
                     # its setup has the whole action to catch up (measured:
                     # ready in time, about 10 % less per action than asking
                     # once the exec is done).
-                    _want_next(prepared, workdir)
+                    _want_next(prepared, workdir, bool(read_only))
                     rc = lib.hm_activate(proc, given[0], given[1], given[2], error)
                 else:
                     rc = spawn(plan, proc, error)
@@ -487,11 +497,8 @@ def _run(
                         raise _StandbyLost
                     search = prepared.search_path(env) if env is not None else None
                     raise setup_error(prepared, args, workdir, error, ops, search=search)
-                if standby is None and profile is None and not read_only:
-                    # (An execution with read-only paths of its own cannot
-                    # use a standby, and its caller's next one likely has
-                    # some too: none is made for it.)
-                    _want_next(prepared, workdir)
+                if standby is None and profile is None:
+                    _want_next(prepared, workdir, bool(read_only))
                 watch.pid1 = proc.pid
                 if proc.proxy_fd >= 0:
                     from hermetic.security.proxy import EgressProxy

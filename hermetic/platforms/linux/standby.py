@@ -12,6 +12,15 @@ fills in argv and the candidate paths of argv[0]; the action execs.  The
 setup then overlaps the previous action instead of preceding the next one,
 on a machine with a core to spare.
 
+An execution with read-only paths of its own (``execute(read_only=...)``)
+needs mounts no standby can have ahead: its standby is a late one
+(``HM_STANDBY_LATE``), whose action stops before its working directory, with
+its capabilities; the go brings the mounts, which it makes, and then it
+takes every step after them (working directory, rlimits, capabilities,
+Landlock, seccomp) before the exec.  Pid 1, its namespaces and the mounts
+of the spec are still ready ahead.  A late standby serves an execution
+without read-only paths too; a set-up one serves only those.
+
 The action enters its working directory while it still has capabilities,
 as every sandbox's does, so a standby serves only an execution with that
 same directory: it is made for the directory of the execution that asked
@@ -78,8 +87,12 @@ class Standby:
         group: Any = None,
         *,
         recorded: Recorded,
+        late: bool = False,
     ) -> None:
         self.plan = plan
+        #: Waits before its working directory and takes read-only paths at
+        #: its go (hm_plan.standby HM_STANDBY_LATE).
+        self.late = late
         self.keep = keep  # C memory the sandbox reads: alive as long as it is
         self.proc = proc
         self.stack = stack
@@ -267,13 +280,13 @@ class Unavailable(Exception):
 class StandbySlot:
     """At most one standby for one prepared spec.
 
-    ``make(owner, cwd)`` sets one up for working directory ``cwd`` (None
+    ``make(owner, cwd, late)`` sets one up for working directory ``cwd`` (None
     when it cannot: the next execute then spawns directly and reports any
     error itself; after three such failures in a row no more are made).
     It raises Unavailable when a path is missing, which is not counted.
     """
 
-    def __init__(self, owner: object, make: Callable[[Any, str], Standby | None]) -> None:
+    def __init__(self, owner: object, make: Callable[[Any, str, bool], Standby | None]) -> None:
         self._owner = weakref.ref(owner)
         self._make = make
         # Reentrant: a collection on a thread holding it runs _collected().
@@ -282,6 +295,7 @@ class StandbySlot:
         self._standby: Standby | None = None
         self._pending = False
         self._pending_cwd = ""
+        self._pending_late = False
         self._claimed = False
         # The working directory of the last execution (see want()), and
         # standbys handed to the keeper to drop (see close()).
@@ -296,10 +310,16 @@ class StandbySlot:
         _SLOTS.add(self)
 
     def take(
-        self, cwd: str, wait: float = WAIT_FOR_PENDING, into: list[Standby] | None = None
+        self,
+        cwd: str,
+        wait: float = WAIT_FOR_PENDING,
+        into: list[Standby] | None = None,
+        *,
+        late: bool = False,
     ) -> Standby | None:
         """The standby, if there is one still current for working directory
-        ``cwd``; it is the caller's now.
+        ``cwd`` (and a late one if ``late``: the execution has read-only
+        paths of its own); it is the caller's now.
 
         One being made is waited for (up to ``wait`` seconds, by one caller
         at a time): its setup has started, so finishing it is quicker than
@@ -313,6 +333,7 @@ class StandbySlot:
                 self._standby is None
                 and self._pending
                 and self._pending_cwd == cwd
+                and (self._pending_late or not late)
                 and not self._claimed
             ):
                 self._claimed = True
@@ -332,9 +353,10 @@ class StandbySlot:
                 into.append(sb)
             self._standby = None
         try:
-            if sb.cwd != cwd:
-                # Made for the working directory of the executions before:
-                # off this execution's path (here if the keeper cannot).
+            if sb.cwd != cwd or (late and not sb.late):
+                # Made for the working directory of the executions before,
+                # or set up past the mounts this one needs: off this
+                # execution's path (here if the keeper cannot).
                 self._drop_later(sb)
                 _forget(into, sb)
                 return None
@@ -380,11 +402,12 @@ class StandbySlot:
             drop()  # (one the keeper started meanwhile is waited for)
             raise
 
-    def want(self, cwd: str) -> None:
+    def want(self, cwd: str, late: bool = False) -> None:
         """An action has started in ``cwd``: once the spec is being reused,
         prepare the next, for the same working directory, if the execution
         before used it too (one that changes every time would only make
-        standbys to drop).
+        standbys to drop); a late one if ``late`` (this execution had
+        read-only paths of its own, so the next likely has too).
 
         Not while other executions of this spec run: concurrent callers keep
         the CPUs busy already, and a standby would only take its share.
@@ -405,7 +428,8 @@ class StandbySlot:
                     return  # the sandbox keeps failing to set up: stop trying
                 self._pending = claimed = True
                 self._pending_cwd = cwd
-            KEEPER.submit(functools.partial(self.fill, cwd))
+                self._pending_late = late
+            KEEPER.submit(functools.partial(self.fill, cwd, late))
             submitted = True
         except BaseException:
             if claimed and not submitted:
@@ -418,14 +442,14 @@ class StandbySlot:
                     self._filled.notify_all()
             raise
 
-    def fill(self, cwd: str) -> None:
+    def fill(self, cwd: str, late: bool = False) -> None:
         """Make the standby for ``cwd`` (on the keeper thread)."""
         owner = self._owner()
         sb = None
         unavailable = False
         try:
             if owner is not None:
-                sb = self._make(owner, cwd)
+                sb = self._make(owner, cwd, late)
         except Unavailable:
             unavailable = True
         except Exception:
@@ -514,9 +538,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def make_standby(prepared: Any, cwd: str) -> Standby | None:
+def make_standby(prepared: Any, cwd: str, late: bool = False) -> Standby | None:
     """A sandbox for ``prepared`` set up to its action's exec in working
-    directory ``cwd`` (on the keeper thread); None when setup failed (the
+    directory ``cwd`` (on the keeper thread), or, if ``late``, to the
+    action's wait before that directory; None when setup failed (the
     next execute spawns directly and reports the error).  Raises
     Unavailable when a path it would bind or enter is missing."""
     lib = native().lib
@@ -546,7 +571,7 @@ def make_standby(prepared: Any, cwd: str) -> Standby | None:
         at = prepared.host_path(cwd)
         extra = (at,) if at is not None and at not in sources else ()
         plan, keep = prepared.new_plan(cwd, "/")
-        plan.standby = 1
+        plan.standby = lib.HM_STANDBY_LATE if late else lib.HM_STANDBY_SET_UP
         plan.stdin_fd = plan.stdout_fd = plan.stderr_fd = -1
         if group is not None:
             plan.cgroup_fd = group.fd
@@ -590,5 +615,16 @@ def make_standby(prepared: Any, cwd: str) -> Standby | None:
 
     keep.append(prepared._mem)
     return Standby(
-        plan, keep, proc, stack, leases, ident, cwd, release, worker, group, recorded=recorded
+        plan,
+        keep,
+        proc,
+        stack,
+        leases,
+        ident,
+        cwd,
+        release,
+        worker,
+        group,
+        recorded=recorded,
+        late=late,
     )
