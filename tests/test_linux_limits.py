@@ -203,6 +203,40 @@ def test_disk_io_limit_stops_the_action(scratch):
     assert r.usage.peak_processes is not None and r.usage.source("peak_processes") == "sampled"
 
 
+def test_checks_read_only_what_could_have_been_broken_by_now(monkeypatch):
+    # CPU time grows by at most a second per second on each CPU, storage
+    # I/O by at most IO_BYTES_PER_CPU_SECOND: a check does not read the
+    # group's CPU counter, nor walk the processes for their I/O, before the
+    # limit is within reach.  Limits that need ten seconds or more at those
+    # rates, and an action of 0.3 s: neither is read.  The same action with
+    # a disk I/O limit in reach at once is walked at every check.
+    from hermetic.platforms.linux import watch
+
+    read = {"walk": 0, "cpu": 0}
+
+    def counted(name, real):
+        def call(*a, **k):
+            read[name] += 1
+            return real(*a, **k)
+
+        return call
+
+    monkeypatch.setattr(watch._Tree, "walk", counted("walk", watch._Tree.walk))
+    from hermetic.monitoring.cgroup_v1 import V1Slot
+    from hermetic.monitoring.cgroup_v2 import V2Group
+
+    for cls in (V1Slot, V2Group):
+        monkeypatch.setattr(cls, "cpu_ns", counted("cpu", cls.cpu_ns))
+    cpus = os.cpu_count() or 1
+    far = spec(max_disk_io=10 * cpus * watch.IO_BYTES_PER_CPU_SECOND, max_cpu_time_ms=10_000 * cpus)
+    assert run(far, "import time; time.sleep(0.3)").success
+    assert read == {"walk": 0, "cpu": 0}
+    near = spec(max_disk_io=256 << 20, max_cpu_time_ms=10_000 * cpus)
+    r = run(near, "import time; time.sleep(0.3)")
+    assert r.success and read["walk"] >= 5 and read["cpu"] == 0, read
+    assert r.usage.peak_processes == 1
+
+
 def _on_block_device(path: str) -> bool:
     dev = os.stat(path).st_dev
     return os.path.exists(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from dataclasses import dataclass
 
 from hermetic.core.policies import ResourceLimits
@@ -69,6 +70,7 @@ class V1Slot:
         self.dirs = dirs
         self._base: dict[str, int] = {}
         self._written: dict[str, str] = {}
+        self.since = 0.0  # see prepare()
         self._fds: dict[str, int] = {}
         try:
             for key, controller, name, writable in self.FILES:
@@ -123,6 +125,8 @@ class V1Slot:
 
     def prepare(self, limits: ResourceLimits) -> None:
         """Set this action's limits and take the counters' baselines."""
+        # (monotonic) No CPU that cpu_ns() counts was used before this.
+        self.since = time.monotonic()
         mem = str(limits.max_memory_bytes or UNLIMITED)
         if self._written.get("limit", str(UNLIMITED)) != mem:
             # Unknown until all three writes are done: a failed one makes

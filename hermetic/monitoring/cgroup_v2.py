@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 
 from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.cgroup_v1 import SlotUsage
@@ -146,6 +147,8 @@ class V2Group:
 
     def __init__(self, path: str, parent: V2Parent) -> None:
         self.path = path
+        #: (monotonic) Before the group existed: no CPU it counts was used before.
+        self.since = time.monotonic()
         self._parent = parent
         self._open: list[int] = []
         self.fd = -1
