@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -710,6 +712,101 @@ def test_a_request_is_queued_while_every_thread_runs_an_action(
         if gate_w >= 0:
             os.close(gate_w)
         os.close(gate_r)
+        served.stopping.set()
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def test_no_connection_is_taken_in_while_the_queue_is_full(
+    rt: str, spec_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One serving thread and room for one waiting request: while a
+    request runs and another waits, a third connection is left in the
+    listen backlog (no challenge, nothing held by the daemon), and is taken
+    in, proven and run once the queue has room again."""
+    monkeypatch.setattr(daemon, "SERVING_THREADS", 1)
+    monkeypatch.setattr(daemon, "MAX_QUEUED", 1)
+    served = daemon.Daemon(rt, idle=600)
+    thread = threading.Thread(target=served.run, name="test-daemon")
+    thread.start()
+    gate_r, gate_w = os.pipe()
+    try:
+        assert wait_for(lambda: _listening(os.path.join(rt, "serve.sock")))
+        with tempfile.TemporaryFile() as err:
+            streams = [gate_r, err.fileno(), err.fileno()]
+            first = _connect(rt)
+            socket.send_fds(first, [_request(spec_file, ["cat"])], streams)
+            assert wait_for(lambda: served.running == 1)
+            second = _connect(rt)
+            socket.send_fds(second, [_request(spec_file, ["cat"])], streams)
+            assert wait_for(lambda: len(served._queued) == 1)
+            third = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            third.connect(os.path.join(rt, "serve.sock"))
+            assert select.select([third], [], [], 0.5)[0] == []  # no challenge
+            assert served._handshakes is not None and not served._handshakes.pending
+            os.close(gate_w)  # both cats end
+            gate_w = -1
+            assert _reply(first) == 0 and _reply(second) == 0
+            assert peer.prove(third) is None  # its challenge came
+            socket.send_fds(third, [_request(spec_file, ["true"])], streams)
+            assert _reply(third) == 0
+            for sock in (first, second, third):
+                sock.close()
+    finally:
+        if gate_w >= 0:
+            os.close(gate_w)
+        os.close(gate_r)
+        served.stopping.set()
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def test_an_accept_without_descriptors_pauses_the_listener(
+    rt: str, spec_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """accept() failing for want of descriptors leaves the connection in
+    the backlog, and the listener readable: the leader pauses instead of
+    asking again at once (a spin of one core), and serves it afterwards."""
+    calls: list[float] = []
+    failing = threading.Event()
+    failing.set()
+
+    class Listener:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def shutdown(self, how: int) -> None:
+            self.sock.shutdown(how)
+
+        def accept(self) -> Any:
+            calls.append(time.monotonic())
+            if failing.is_set():
+                raise OSError(errno.EMFILE, "Too many open files")
+            return self.sock.accept()
+
+    real = daemon._Handshakes
+    monkeypatch.setattr(daemon, "_Handshakes", lambda sock: real(Listener(sock)))
+    served = daemon.Daemon(rt, idle=600)
+    thread = threading.Thread(target=served.run, name="test-daemon")
+    thread.start()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        assert wait_for(lambda: os.path.exists(os.path.join(rt, "serve.sock")))
+        sock.connect(os.path.join(rt, "serve.sock"))
+        time.sleep(0.5)
+        failing.clear()
+        # At most one try per pause (and a few around it), not thousands.
+        assert 0 < len(calls) <= 0.5 / daemon.PAUSE + 10, len(calls)
+        assert peer.prove(sock) is None
+        with tempfile.TemporaryFile() as err:
+            socket.send_fds(sock, [_request(spec_file, ["true"])], [err.fileno()] * 3)
+        assert _reply(sock) == 0
+        sock.close()
+    finally:
+        failing.clear()
         served.stopping.set()
         thread.join(60)
         assert not thread.is_alive()

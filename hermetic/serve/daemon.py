@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -79,6 +80,17 @@ MAX_HANDSHAKES_PER_PEER = 4
 #: Connections accepted in one round of the handshake loop, before the
 #: connections already in their handshake are read again.
 ACCEPTS_PER_ROUND = 32
+#: Proven requests waiting for a thread at most (each holds its connection
+#: and the caller's three streams), and at most an eighth of the
+#: descriptors the daemon may open.  While that many wait, no connection is
+#: accepted: launchers wait in the listen backlog (and in connect() once it
+#: is full), as for any busy server, instead of the daemon running out of
+#: descriptors or memory.  The same pause follows an accept() that fails
+#: for want of descriptors or memory, which would otherwise return at once
+#: again and again.
+MAX_QUEUED = 1024
+#: Seconds between two looks at whether accepting can resume.
+PAUSE = 0.01
 #: A spec file larger than this is refused (a spec is a few kilobytes).
 MAX_SPEC_BYTES = 16 << 20
 #: Spec files whose digest is remembered by their identity (``_known_digest``).
@@ -130,6 +142,7 @@ class Daemon:
         #: Requests received while every other thread ran an action, and
         #: the threads waiting for the lead (``_next``); under ``_lock``.
         self._queued: collections.deque[_Pending] = collections.deque()
+        self._max_queued = MAX_QUEUED
         self._followers = 0
         #: The leader's state while the daemon serves (tests look at it).
         self._handshakes: _Handshakes | None = None
@@ -146,6 +159,7 @@ class Daemon:
         """Serve until idle or stopped; 0.  ``ready_fd`` gets one byte once
         the socket listens (b"1"), or when another daemon holds the lock
         (b"0": it serves, and this one exits)."""
+        self._max_queued = max(1, min(MAX_QUEUED, _open_files() // 8))
         lock_fd = os.open(
             self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
         )
@@ -252,8 +266,16 @@ class Daemon:
         again."""
         pending, listener_fd = hs.pending, hs.listener.fileno()
         while not self.stopping.is_set():
+            with self._lock:
+                room = len(self._queued) < self._max_queued
+            accept = room and time.monotonic() >= hs.paused_until
+            if accept != hs.accepting:
+                # Level-triggered: a listener left watched while nothing
+                # is taken from it would wake this loop at once, forever.
+                hs.epoll.modify(listener_fd, select.EPOLLIN if accept else 0)
+                hs.accepting = accept
             if not hs.events:
-                wait = _TICK
+                wait = _TICK if accept else PAUSE
                 if pending:
                     first = next(iter(pending.values()))
                     wait = min(wait, max(0.0, first.deadline - time.monotonic()))
@@ -310,8 +332,10 @@ class Daemon:
                 conn, _ = hs.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return None
-            except OSError:
-                return None  # shut down, or out of descriptors: the next round retries
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    hs.paused_until = time.monotonic() + PAUSE
+                return None  # shut down, or out of resources: a later round retries
             try:
                 waiting = self._greet(hs, conn)
             except _Refused as refused:
@@ -675,6 +699,10 @@ class _Handshakes:
         self.challenges = Challenges(2 * MAX_HANDSHAKES)
         self.lead = threading.Lock()
         self.ended = False
+        #: Whether the listener is watched (see MAX_QUEUED), and until when
+        #: accepting waits after it failed for want of resources.
+        self.accepting = True
+        self.paused_until = 0.0
 
     def end(self) -> None:
         """No new connection from here on (running actions finish); those
@@ -998,3 +1026,9 @@ def wait_stopped(limit: float = 60.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def _open_files() -> int:
+    """The descriptors this process may open: its soft RLIMIT_NOFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
