@@ -220,22 +220,32 @@ def test_a_malformed_request_is_refused(rt: str, spec_file: str) -> None:
     assert status == 123 and b"malformed" in said, said
 
 
-@pytest.fixture
-def in_process(rt: str) -> Iterator[daemon.Daemon]:
-    """A daemon serving ``rt`` from a thread of this process, so that a
-    test can put a fault where it wants; stopped afterwards."""
+@contextlib.contextmanager
+def _serving(rt: str, *, connect: bool = True) -> Iterator[daemon.Daemon]:
+    """A daemon serving ``rt`` from a thread of this process (with the
+    module's constants as the test set them), stopped afterwards.  Waited
+    for until it listens: with ``connect``, until a connection is accepted
+    (never proven, the daemon closes it after its handshake's timeout),
+    else until its socket exists."""
     served = daemon.Daemon(rt, idle=600)
     thread = threading.Thread(target=served.run, name="test-daemon")
     thread.start()
+    sock = os.path.join(rt, "serve.sock")
     try:
-        # Listening, not only bound: a connection is accepted (and, never
-        # proven, closed by the daemon after its handshake's timeout).
-        assert wait_for(lambda: _listening(os.path.join(rt, "serve.sock")))
+        assert wait_for(lambda: _listening(sock) if connect else os.path.exists(sock))
         yield served
     finally:
         served.stopping.set()
         thread.join(60)
         assert not thread.is_alive()
+
+
+@pytest.fixture
+def in_process(rt: str) -> Iterator[daemon.Daemon]:
+    """A daemon serving ``rt`` from a thread of this process, so that a
+    test can put a fault where it wants."""
+    with _serving(rt) as served:
+        yield served
 
 
 def _listening(path: str) -> bool:
@@ -673,6 +683,26 @@ def _head_read(served: daemon.Daemon, n: int) -> bool:
         return False
 
 
+class _Gate:
+    """A pipe whose read end, an action's stdin, keeps ``cat`` running
+    until ``open()`` closes the write end."""
+
+    def __init__(self) -> None:
+        self.r, self._w = os.pipe()
+
+    def open(self) -> None:
+        if self._w >= 0:
+            os.close(self._w)
+            self._w = -1
+
+    def __enter__(self) -> _Gate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.open()
+        os.close(self.r)
+
+
 def test_a_request_is_queued_while_every_thread_runs_an_action(
     rt: str, spec_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -681,40 +711,23 @@ def test_a_request_is_queued_while_every_thread_runs_an_action(
     and runs when the first ends: the leader queues it and goes on
     leading."""
     monkeypatch.setattr(daemon, "SERVING_THREADS", 1)
-    served = daemon.Daemon(rt, idle=600)
-    thread = threading.Thread(target=served.run, name="test-daemon")
-    thread.start()
-    gate_r, gate_w = os.pipe()
-    try:
-        assert wait_for(lambda: _listening(os.path.join(rt, "serve.sock")))
-        with tempfile.TemporaryFile() as err:
-            first = _connect(rt)
-            # The first action reads its stdin until it closes: it runs until
-            # this test lets it end.
-            socket.send_fds(
-                first, [_request(spec_file, ["cat"])], [gate_r, err.fileno(), err.fileno()]
-            )
-            assert wait_for(lambda: served.running == 1)
-            second = _connect(rt)  # its challenge came while the first runs
-            socket.send_fds(
-                second, [_request(spec_file, ["true"])], [gate_r, err.fileno(), err.fileno()]
-            )
-            assert wait_for(lambda: served.running == 2 and len(served._queued) == 1)
-            third = _connect(rt)  # and still another connection is taken in
-            third.close()
-            os.close(gate_w)
-            gate_w = -1
-            assert _reply(first) == 0
-            assert _reply(second) == 0
-            first.close()
-            second.close()
-    finally:
-        if gate_w >= 0:
-            os.close(gate_w)
-        os.close(gate_r)
-        served.stopping.set()
-        thread.join(60)
-        assert not thread.is_alive()
+    with _Gate() as gate, _serving(rt) as served, tempfile.TemporaryFile() as err:
+        streams = [gate.r, err.fileno(), err.fileno()]
+        first = _connect(rt)
+        # The first action reads its stdin until it closes: it runs until
+        # this test lets it end.
+        socket.send_fds(first, [_request(spec_file, ["cat"])], streams)
+        assert wait_for(lambda: served.running == 1)
+        second = _connect(rt)  # its challenge came while the first runs
+        socket.send_fds(second, [_request(spec_file, ["true"])], streams)
+        assert wait_for(lambda: served.running == 2 and len(served._queued) == 1)
+        third = _connect(rt)  # and still another connection is taken in
+        third.close()
+        gate.open()
+        assert _reply(first) == 0
+        assert _reply(second) == 0
+        first.close()
+        second.close()
 
 
 def test_no_connection_is_taken_in_while_the_queue_is_full(
@@ -726,39 +739,25 @@ def test_no_connection_is_taken_in_while_the_queue_is_full(
     in, proven and run once the queue has room again."""
     monkeypatch.setattr(daemon, "SERVING_THREADS", 1)
     monkeypatch.setattr(daemon, "MAX_QUEUED", 1)
-    served = daemon.Daemon(rt, idle=600)
-    thread = threading.Thread(target=served.run, name="test-daemon")
-    thread.start()
-    gate_r, gate_w = os.pipe()
-    try:
-        assert wait_for(lambda: _listening(os.path.join(rt, "serve.sock")))
-        with tempfile.TemporaryFile() as err:
-            streams = [gate_r, err.fileno(), err.fileno()]
-            first = _connect(rt)
-            socket.send_fds(first, [_request(spec_file, ["cat"])], streams)
-            assert wait_for(lambda: served.running == 1)
-            second = _connect(rt)
-            socket.send_fds(second, [_request(spec_file, ["cat"])], streams)
-            assert wait_for(lambda: len(served._queued) == 1)
-            third = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            third.connect(os.path.join(rt, "serve.sock"))
-            assert select.select([third], [], [], 0.5)[0] == []  # no challenge
-            assert served._handshakes is not None and not served._handshakes.pending
-            os.close(gate_w)  # both cats end
-            gate_w = -1
-            assert _reply(first) == 0 and _reply(second) == 0
-            assert peer.prove(third) is None  # its challenge came
-            socket.send_fds(third, [_request(spec_file, ["true"])], streams)
-            assert _reply(third) == 0
-            for sock in (first, second, third):
-                sock.close()
-    finally:
-        if gate_w >= 0:
-            os.close(gate_w)
-        os.close(gate_r)
-        served.stopping.set()
-        thread.join(60)
-        assert not thread.is_alive()
+    with _Gate() as gate, _serving(rt) as served, tempfile.TemporaryFile() as err:
+        streams = [gate.r, err.fileno(), err.fileno()]
+        first = _connect(rt)
+        socket.send_fds(first, [_request(spec_file, ["cat"])], streams)
+        assert wait_for(lambda: served.running == 1)
+        second = _connect(rt)
+        socket.send_fds(second, [_request(spec_file, ["cat"])], streams)
+        assert wait_for(lambda: len(served._queued) == 1)
+        third = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        third.connect(os.path.join(rt, "serve.sock"))
+        assert select.select([third], [], [], 0.5)[0] == []  # no challenge
+        assert served._handshakes is not None and not served._handshakes.pending
+        gate.open()  # both cats end
+        assert _reply(first) == 0 and _reply(second) == 0
+        assert peer.prove(third) is None  # its challenge came
+        socket.send_fds(third, [_request(spec_file, ["true"])], streams)
+        assert _reply(third) == 0
+        for sock in (first, second, third):
+            sock.close()
 
 
 def test_an_accept_without_descriptors_pauses_the_listener(
@@ -789,27 +788,20 @@ def test_an_accept_without_descriptors_pauses_the_listener(
 
     real = daemon._Handshakes
     monkeypatch.setattr(daemon, "_Handshakes", lambda sock: real(Listener(sock)))
-    served = daemon.Daemon(rt, idle=600)
-    thread = threading.Thread(target=served.run, name="test-daemon")
-    thread.start()
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        assert wait_for(lambda: os.path.exists(os.path.join(rt, "serve.sock")))
-        sock.connect(os.path.join(rt, "serve.sock"))
-        time.sleep(0.5)
-        failing.clear()
-        # At most one try per pause (and a few around it), not thousands.
-        assert 0 < len(calls) <= 0.5 / daemon.PAUSE + 10, len(calls)
-        assert peer.prove(sock) is None
-        with tempfile.TemporaryFile() as err:
+        with _serving(rt, connect=False), tempfile.TemporaryFile() as err:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(os.path.join(rt, "serve.sock"))
+            time.sleep(0.5)
+            failing.clear()
+            # At most one try per pause (and a few around it), not thousands.
+            assert 0 < len(calls) <= 0.5 / daemon.PAUSE + 10, len(calls)
+            assert peer.prove(sock) is None
             socket.send_fds(sock, [_request(spec_file, ["true"])], [err.fileno()] * 3)
-        assert _reply(sock) == 0
-        sock.close()
+            assert _reply(sock) == 0
+            sock.close()
     finally:
         failing.clear()
-        served.stopping.set()
-        thread.join(60)
-        assert not thread.is_alive()
 
 
 def test_a_caller_refused_from_proc_gets_its_challenge_then_the_reason(
