@@ -336,6 +336,24 @@ def _runner_for(mode: str, request: pytest.FixtureRequest) -> Runner:
     return Runner("unprivileged", request.getfixturevalue("test_user"))
 
 
+#: hermetic-launch, as the package installs it beside this interpreter.
+LAUNCHER = os.path.join(os.path.dirname(sys.executable), "hermetic-launch")
+#: The launcher tests' modes, marked so that ``-m root`` or ``-m
+#: unprivileged`` picks them (a ``caller`` fixture's params).
+LAUNCHER_MODES = [
+    pytest.param("root", marks=pytest.mark.root),
+    pytest.param("unprivileged", marks=pytest.mark.unprivileged),
+]
+
+
+def launcher_user(request: pytest.FixtureRequest) -> pwd.struct_passwd | None:
+    """Who a launcher test of mode ``request.param`` runs as (None: this
+    process's user); unavailable without the launcher."""
+    if not os.access(LAUNCHER, os.X_OK):
+        unavailable(f"{LAUNCHER} is missing: the package was installed without its launcher")
+    return _runner_for(request.param, request).user
+
+
 @pytest.fixture(params=["root", "unprivileged", "landlock"])
 def fs_runner(request: pytest.FixtureRequest) -> Runner:
     """The runner modes plus Landlock-only, for the filesystem isolation tests."""

@@ -36,13 +36,21 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import _as_user_cmd, _runner_for, _user_env, process_alive, unavailable, wait_for
+from conftest import (
+    LAUNCHER,
+    LAUNCHER_MODES,
+    _as_user_cmd,
+    _user_env,
+    launcher_user,
+    process_alive,
+    unavailable,
+    wait_for,
+)
 
 pytestmark = pytest.mark.linux
 
 #: The launcher of the environment under test: pip installs it beside the
 #: interpreter, as it does the ``hermetic`` command.
-LAUNCHER = os.path.join(os.path.dirname(sys.executable), "hermetic-launch")
 
 #: Seconds a daemon started here waits idle before it exits by itself: a
 #: net under the explicit stop of every test.
@@ -110,16 +118,9 @@ class Caller:
         )
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("root", marks=pytest.mark.root),
-        pytest.param("unprivileged", marks=pytest.mark.unprivileged),
-    ]
-)
+@pytest.fixture(params=LAUNCHER_MODES)
 def caller(request: pytest.FixtureRequest) -> Caller:
-    if not os.access(LAUNCHER, os.X_OK):
-        unavailable(f"{LAUNCHER} is missing: the package was installed without its launcher")
-    return Caller(_runner_for(request.param, request).user)
+    return Caller(launcher_user(request))
 
 
 def _daemon_pid(rt: str) -> int | None:

@@ -36,12 +36,13 @@ from typing import Any
 
 import pytest
 from conftest import (
+    LAUNCHER,
+    LAUNCHER_MODES,
     _as_user_cmd,
-    _runner_for,
     _user_env,
+    launcher_user,
     process_alive,
     socket_reader,
-    unavailable,
     wait_for,
 )
 
@@ -49,7 +50,6 @@ from hermetic.serve import protocol
 
 pytestmark = pytest.mark.linux
 
-LAUNCHER = os.path.join(os.path.dirname(sys.executable), "hermetic-launch")
 SPEC = (
     '{"inputs": ["/usr", "/bin", "/lib", "/lib64"], '
     '"environment": {"vars": {"PATH": "/usr/bin:/bin"}}}'
@@ -153,16 +153,9 @@ class Caller:
         )
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("root", marks=pytest.mark.root),
-        pytest.param("unprivileged", marks=pytest.mark.unprivileged),
-    ]
-)
+@pytest.fixture(params=LAUNCHER_MODES)
 def caller(request: pytest.FixtureRequest) -> Caller:
-    if not os.access(LAUNCHER, os.X_OK):
-        unavailable(f"{LAUNCHER} is missing: the package was installed without its launcher")
-    return Caller(_runner_for(request.param, request).user)
+    return Caller(launcher_user(request))
 
 
 @pytest.fixture

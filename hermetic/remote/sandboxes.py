@@ -125,24 +125,21 @@ class Sandboxes:
             self._free.append(made)
 
     def _make(self) -> Slot:
-        exec_root = tempfile.mkdtemp(prefix="slot-", dir=self._exec_dir)  # 0700
+        made_dirs: list[str] = []
         try:
+            exec_root = tempfile.mkdtemp(prefix="slot-", dir=self._exec_dir)  # 0700
+            made_dirs.append(exec_root)
             private = tempfile.mkdtemp(prefix="slot-", dir=self._private_dir)
-        except BaseException:
-            os.rmdir(exec_root)
-            raise
-        try:
+            made_dirs.append(private)
             made = HermeticExecutor.create(
                 slot_spec(exec_root), max_concurrency=1, audit_log=self._audit_log
             )
+            if isinstance(made, Err):
+                raise SlotError(f"the sandbox cannot be prepared: {made.error}")
         except BaseException:
-            os.rmdir(exec_root)
-            os.rmdir(private)
+            for path in made_dirs:
+                os.rmdir(path)
             raise
-        if isinstance(made, Err):
-            os.rmdir(exec_root)
-            os.rmdir(private)
-            raise SlotError(f"the sandbox cannot be prepared: {made.error}")
         made_slot = Slot(exec_root, private, made.unwrap())
         with self._lock:
             self._all.append(made_slot)
