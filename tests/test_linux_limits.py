@@ -227,7 +227,7 @@ def test_checks_read_only_what_could_have_been_broken_by_now(monkeypatch):
 
     for cls in (V1Slot, V2Group):
         monkeypatch.setattr(cls, "cpu_ns", counted("cpu", cls.cpu_ns))
-    cpus = os.cpu_count() or 1
+    cpus = watch._CPUS
     far = spec(max_disk_io=10 * cpus * watch.IO_BYTES_PER_CPU_SECOND, max_cpu_time_ms=10_000 * cpus)
     assert run(far, "import time; time.sleep(0.3)").success
     assert read == {"walk": 0, "cpu": 0}

@@ -34,8 +34,10 @@ _READ = os.O_RDONLY | os.O_CLOEXEC
 #: Until a sandbox's processes could have moved ``max_disk_io`` at this rate
 #: on every CPU, the checks do not walk them for it.
 IO_BYTES_PER_CPU_SECOND = 32 * 1024**3
-#: CPUs the sandbox's processes may run on at most: the machine's.
-_CPUS = os.cpu_count() or 1
+#: CPUs the sandbox's processes may run on at most: every CPU the machine
+#: may ever bring online, from the C library (os.cpu_count() can be lowered
+#: by the interpreter's options, and counts only those online now).
+_CPUS = max(os.sysconf("SC_NPROCESSORS_CONF"), os.cpu_count() or 1)
 
 
 def _pread(fd: int) -> bytes:
