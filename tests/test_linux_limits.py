@@ -235,6 +235,15 @@ def test_checks_read_only_what_could_have_been_broken_by_now(monkeypatch):
     r = run(near, "import time; time.sleep(0.3)")
     assert r.success and read["walk"] >= 5 and read["cpu"] == 0, read
     assert r.usage.peak_processes == 1
+    # In reach after 0.25 s, and again 0.25 s after each walk that found
+    # (next to) nothing: about four walks in a second, not one per check
+    # (about fifteen from 0.25 s on).
+    read["walk"] = 0
+    quarter = spec(
+        max_disk_io=cpus * watch.IO_BYTES_PER_CPU_SECOND // 4, max_cpu_time_ms=10_000 * cpus
+    )
+    assert run(quarter, "import time; time.sleep(1)").success
+    assert 2 <= read["walk"] <= 5, read
 
 
 def _on_block_device(path: str) -> bool:

@@ -216,13 +216,19 @@ class Watch:
         #: (a few directory blocks at most), so every byte the walk could
         #: count against ``max_disk_io`` moved after it.
         self.started = time.monotonic()
+        #: The last reading of the group's CPU and of the processes' I/O:
+        #: (when, before it was read; what it read).
+        self._cpu_read: tuple[float, int] | None = None
+        self._io_read = (self.started, 0)
 
-    def _may_exceed(self, limit: int, rate: float, since: float) -> bool:
-        """Whether a figure that grows by at most ``rate`` per second on each
-        CPU from ``since`` could have passed ``limit`` by now: a check that
-        cannot show a breach is not made (for an action shorter than that,
-        none is)."""
-        return (time.monotonic() - since) * rate * _CPUS >= limit
+    @staticmethod
+    def _may_exceed(limit: int, rate: float, read: tuple[float, int]) -> bool:
+        """Whether a figure read as ``read[1]`` at ``read[0]``, growing by at
+        most ``rate`` per second on each CPU, could have passed ``limit`` by
+        now: a reading that cannot show a breach is not taken (none, for an
+        action shorter than that; one at most every so often after)."""
+        since, seen = read
+        return (time.monotonic() - since) * rate * _CPUS >= limit - seen
 
     def __call__(self) -> str | None:
         plan, slot = self.plan, self.slot
@@ -230,11 +236,16 @@ class Watch:
             return "memory"
         # CPU time grows by at most a second per second on each CPU: the
         # group's counter is read only once the limit is within reach.
-        if plan.cpu_ns and slot is not None and self._may_exceed(plan.cpu_ns, 1e9, slot.since):
-            used = slot.cpu_ns()
-            if used is not None and used > plan.cpu_ns:
-                self.observed["cpu"] = used
-                return "cpu"
+        if plan.cpu_ns and slot is not None:
+            cpu_read = self._cpu_read or (slot.since, 0)
+            if self._may_exceed(plan.cpu_ns, 1e9, cpu_read):
+                now = time.monotonic()
+                used = slot.cpu_ns()
+                if used is not None:
+                    self._cpu_read = (now, used)
+                if used is not None and used > plan.cpu_ns:
+                    self.observed["cpu"] = used
+                    return "cpu"
         if plan.output_bytes:
             size = os.fstat(self.out_fd).st_size + os.fstat(self.err_fd).st_size
             if size > plan.output_bytes:
@@ -242,8 +253,9 @@ class Watch:
                 return "output"
         tmp_used = self._sample_tmp() if self.pid1 > 0 else 0
         disk_io = plan.disk_io and self._may_exceed(
-            plan.disk_io, IO_BYTES_PER_CPU_SECOND, self.started
+            plan.disk_io, IO_BYTES_PER_CPU_SECOND, self._io_read
         )
+        walked = time.monotonic()
         if (disk_io or plan.sampled_memory) and self.pid1 > 0:
             if self._tree is None:
                 self._tree = _Tree(self.pid1, bool(plan.sampled_memory))
@@ -253,6 +265,7 @@ class Watch:
             self.peak_processes = max(self.peak_processes or 0, count)
             if disk_io:
                 io = sum(_io_bytes(proc) for _, proc in procs)
+                self._io_read = (walked, io)
                 if io > plan.disk_io:
                     self.observed["disk_io"] = io
                     return "disk_io"
