@@ -246,6 +246,37 @@ def test_checks_read_only_what_could_have_been_broken_by_now(monkeypatch):
     assert 2 <= read["walk"] <= 5, read
 
 
+def test_checks_come_every_100_ms_while_nothing_could_be_overshot(monkeypatch, scratch):
+    # Memory in a cgroup waits at its limit, CPU time and disk I/O out of
+    # reach, stdout and stderr the caller's: nothing watched could go past
+    # its limit between two checks, which come 100 ms apart (three in
+    # 0.35 s).  Captured with max_output_bytes, a writer could: every 20 ms
+    # at first (about ten).
+    from hermetic import Streams
+    from hermetic.platforms.linux import watch
+
+    checks: list[float] = []
+    real = watch.Watch.__call__
+
+    def counted(self):
+        checks.append(time.monotonic())
+        return real(self)
+
+    monkeypatch.setattr(watch.Watch, "__call__", counted)
+    cpus = watch._CPUS
+    far = {"max_disk_io": 10 * cpus * watch.IO_BYTES_PER_CPU_SECOND}
+    far["max_cpu_time_ms"] = 10_000 * cpus
+    with HermeticExecutor.create(spec(**far, max_output_bytes=0)).unwrap() as ex:
+        with open(os.path.join(scratch, "out"), "w") as out:
+            streams = Streams(stdout=out, stderr=out)
+            r = ex.execute(["sleep", "0.35"], streams=streams).unwrap()
+    assert r.success and 2 <= len(checks) <= r.duration / 0.1 + 1, (checks, r.duration)
+    checks.clear()
+    with HermeticExecutor.create(spec(**far, max_output_bytes=1 << 20)).unwrap() as ex:
+        assert ex.execute(["sleep", "0.35"]).unwrap().success
+    assert len(checks) >= 6, checks
+
+
 def _on_block_device(path: str) -> bool:
     dev = os.stat(path).st_dev
     return os.path.exists(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")

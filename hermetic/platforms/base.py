@@ -123,8 +123,8 @@ def fit_rlimits(
 
 
 class Cancel(Protocol):
-    """Asked at each periodic check while an action runs (Linux: every 20 ms
-    at first, at most 100 ms apart later): once true, the sandbox ends.
+    """Asked at each periodic check while an action runs (Linux: 20 to
+    100 ms apart, docs/limits.md): once true, the sandbox ends.
     A ``threading.Event`` is one; so is anything with ``is_set()``."""
 
     def is_set(self) -> bool: ...

@@ -76,12 +76,14 @@ def wait_or_kill(
     grace: float = DEFAULT_KILL_GRACE,
     check: Callable[[], str | None] | None = None,
     serve: Serve | None = None,
+    interval: Callable[[float], float] = check_interval,
 ) -> tuple[bool, str | None]:
     """Wait until the process behind ``pidfd`` has exited.
 
     Returns ``(timed_out, breach)``: breach is what ``check()`` returned
-    when it asked to end the sandbox; it is asked at ``check_interval`` of
-    the time waited so far.  ``send(sig)`` delivers a signal to the
+    when it asked to end the sandbox; it is asked ``interval(age)`` seconds
+    after the last time, ``age`` the time waited so far (by default
+    ``check_interval``).  ``send(sig)`` delivers a signal to the
     sandbox's pid 1.  A pidfd becomes readable when its process exits, so
     there is no SIGCHLD handler, and without a check no polling loop.
     """
@@ -91,7 +93,7 @@ def wait_or_kill(
         now = time.monotonic()
         wait = None if deadline is None else max(0.0, deadline - now)
         if check is not None:
-            every = check_interval(now - start)
+            every = interval(now - start)
             wait = every if wait is None else min(wait, every)
         if wait_readable(pidfd, wait, serve):
             return False, None

@@ -10,8 +10,8 @@
   is killed when the group reports under_oom), ``max_processes`` for root
   (pids.max), ``max_cpu_time_ms`` summed over the sandbox (cpuacct.usage,
   checked at each periodic check), ``cpu_shares`` (cpu.shares).
-- the caller's wait loop, at each periodic check (every 20 ms at first, at
-  most 100 ms apart later: hermetic/security/timeout.py): ``max_disk_io`` (storage bytes read
+- the caller's wait loop, at each periodic check (20 to 100 ms apart:
+  platforms/linux/watch.py): ``max_disk_io`` (storage bytes read
   and written, summed through /proc: hermetic/monitoring/proctree.py) and
   ``max_output_bytes`` (the size of the captured stdout and stderr).
 - the network namespace: ``max_network_io`` needs nothing while the

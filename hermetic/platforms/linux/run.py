@@ -40,7 +40,13 @@ from hermetic.platforms.linux.workers import POOL as WORKERS
 from hermetic.platforms.linux.workers import Worker
 from hermetic.security.outputs import scan as scan_outputs
 from hermetic.security.syscalls import SyscallAudit
-from hermetic.security.timeout import DEFAULT_KILL_GRACE, Serve, wait_or_kill, wait_readable
+from hermetic.security.timeout import (
+    DEFAULT_KILL_GRACE,
+    Serve,
+    check_interval,
+    wait_or_kill,
+    wait_readable,
+)
 
 #: Seconds pid 1 gets to kill and reap everything before it is SIGKILLed.
 END_WAIT = 1.0
@@ -85,7 +91,12 @@ def _read_all(fd: int, size: int) -> bytes:
 
 
 def _wait(
-    proc: Any, timeout: float | None, grace: float, check: Any, serve: Serve | None = None
+    proc: Any,
+    timeout: float | None,
+    grace: float,
+    check: Any,
+    serve: Serve | None = None,
+    interval: Callable[[float], float] = check_interval,
 ) -> tuple[bool, str | None, int | None, Any]:
     """Wait for the sandbox's pid 1 and reap it: (timed_out, breach, status, rusage).
 
@@ -102,7 +113,7 @@ def _wait(
                 return
         signal.pidfd_send_signal(pidfd, sig)
 
-    timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check, serve)
+    timed_out, breach = wait_or_kill(pidfd, timeout, send, grace, check, serve, interval)
     try:
         status, ru = _reap(pidfd)
     except ChildProcessError:
@@ -443,11 +454,13 @@ def _run(
             err_fd,
             prepared.tmp_bytes,
             linux_plan.private_tmp_limit(prepared.spec),
+            captured=streams[1] < 0 or streams[2] < 0,
         )
         # The private /tmp is always watched: the first check comes after
         # an interval, so a short action costs nothing more.
-        watched = prepared.limits.watched or prepared.tmp_bytes
-        check = watch if watched or (slot and limits.max_memory_bytes) else None
+        watched = bool(prepared.limits.watched or prepared.tmp_bytes)
+        watched = watched or bool(slot and limits.max_memory_bytes)
+        check = watch if watched else None
         if cancel is not None:
             check = _cancellable(check, cancel)
         if standby is not None:
@@ -509,7 +522,14 @@ def _run(
                 serve: Serve | None = None
                 if audit is not None and proc.notify_fd >= 0:
                     serve = audit.attach(proc.notify_fd)
-                timed_out, breach, status, ru = _wait(proc, timeout, kill_grace, check, serve)
+                timed_out, breach, status, ru = _wait(
+                    proc,
+                    timeout,
+                    kill_grace,
+                    check,
+                    serve,
+                    watch.interval if watched else check_interval,
+                )
                 reaped = True
                 if profile is not None:
                     _stages(profile, proc, called, returned, time.monotonic_ns())

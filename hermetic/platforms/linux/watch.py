@@ -1,9 +1,10 @@
 """The periodic check while a sandbox runs: which limit, if any, it has broken.
 
 Called by the wait (hermetic/security/timeout.py) when the spec has a
-limit that needs a live figure, every 20 ms during the action's first
-100 ms, then at a fifth of its age, at most every 100 ms
-(``timeout.check_interval``; docs/limits.md has the guarantees); returns
+limit that needs a live figure: while one could be overshot between two
+checks, every 20 ms during the action's first 100 ms, then at a fifth of
+its age, at most every 100 ms (``timeout.check_interval``); else every
+100 ms (``Watch.interval``; docs/limits.md has the guarantees); returns
 the name of the broken limit, and the wait then ends the sandbox.  See
 limits.py for which limit is checked here and why.
 
@@ -25,6 +26,7 @@ from hermetic.core.outcome import Violation, ViolationKind
 from hermetic.monitoring.cgroup_v1 import V1Slot
 from hermetic.monitoring.cgroup_v2 import V2Group
 from hermetic.platforms.linux.limits import LimitPlan
+from hermetic.security.timeout import CHECK_INTERVAL, CHECK_INTERVAL_MAX, check_interval
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _READ = os.O_RDONLY | os.O_CLOEXEC
@@ -193,12 +195,16 @@ class Watch:
         err_fd: int,
         tmp_bytes: int = 0,
         tmp_limit: str = "",
+        captured: bool = True,
     ) -> None:
         self.plan = plan
         self.memory_in_slot = memory_in_slot
         self.slot = slot
         self.out_fd = out_fd
         self.err_fd = err_fd
+        #: Whether the action's stdout or stderr goes to out_fd or err_fd
+        #: (else both are the caller's, and nothing is captured).
+        self.captured = captured
         self.pid1 = 0
         self.observed: dict[str, int] = {}
         self.peak_processes: int | None = None
@@ -220,6 +226,28 @@ class Watch:
         #: (when, before it was read; what it read).
         self._cpu_read: tuple[float, int] | None = None
         self._io_read = (self.started, 0)
+
+    def interval(self, age: float) -> float:
+        """Seconds from this check to the next (``wait_or_kill``'s
+        ``interval``).  While a watched limit could be overshot between two
+        checks (memory sampled without a cgroup, a captured output's
+        ``max_output_bytes``, ``max_disk_io`` once within reach) the checks
+        follow ``check_interval``: 20 ms apart at first, so the overshoot
+        stays in proportion.  Otherwise what they watch is held meanwhile
+        (memory in a cgroup waits at its limit, a full ``/tmp`` refuses the
+        write) or cannot be reached sooner: 100 ms apart, or as soon as
+        ``max_disk_io`` comes within reach."""
+        plan = self.plan
+        if plan.sampled_memory or (plan.output_bytes and self.captured):
+            return check_interval(age)
+        if not plan.disk_io:
+            return CHECK_INTERVAL_MAX
+        since, seen = self._io_read
+        reach = (plan.disk_io - seen) / (IO_BYTES_PER_CPU_SECOND * _CPUS)
+        left = since + reach - time.monotonic()
+        if left <= 0:
+            return check_interval(age)
+        return min(CHECK_INTERVAL_MAX, max(CHECK_INTERVAL, left))
 
     @staticmethod
     def _may_exceed(limit: int, rate: float, read: tuple[float, int]) -> bool:
