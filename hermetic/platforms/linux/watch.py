@@ -162,6 +162,16 @@ class _Tree:
         self.procs.clear()
 
 
+def _left(limit: int, rate: float, read: tuple[float, int]) -> float:
+    """Seconds until a figure read as ``read[1]`` at ``read[0]``, growing by
+    at most ``rate`` per second on each CPU, could pass ``limit`` (<= 0:
+    it could have by now).  A reading that cannot show a breach is not
+    taken: none for an action shorter than that, and one at most every so
+    often after."""
+    since, seen = read
+    return since + (limit - seen) / (rate * _CPUS) - time.monotonic()
+
+
 def _io_bytes(proc: _Proc) -> int:
     """Bytes read from and written to storage (reaped children's included)."""
     total = 0
@@ -231,32 +241,26 @@ class Watch:
         """Seconds from this check to the next (``wait_or_kill``'s
         ``interval``).  While a watched limit could be overshot between two
         checks (memory sampled without a cgroup, a captured output's
-        ``max_output_bytes``, ``max_disk_io`` once within reach) the checks
-        follow ``check_interval``: 20 ms apart at first, so the overshoot
-        stays in proportion.  Otherwise what they watch is held meanwhile
-        (memory in a cgroup waits at its limit, a full ``/tmp`` refuses the
-        write) or cannot be reached sooner: 100 ms apart, or as soon as
-        ``max_disk_io`` comes within reach."""
-        plan = self.plan
+        ``max_output_bytes``, ``max_cpu_time_ms`` or ``max_disk_io`` once
+        within reach) the checks follow ``check_interval``: 20 ms apart at
+        first, so the overshoot stays in proportion.  Otherwise what they
+        watch is held meanwhile (memory in a cgroup waits at its limit, a
+        full ``/tmp`` refuses the write) or cannot be reached sooner: 100 ms
+        apart, or as soon as a limit comes within reach."""
+        plan, slot = self.plan, self.slot
         if plan.sampled_memory or (plan.output_bytes and self.captured):
             return check_interval(age)
-        if not plan.disk_io:
+        lefts = []
+        if plan.disk_io:
+            lefts.append(_left(plan.disk_io, IO_BYTES_PER_CPU_SECOND, self._io_read))
+        if plan.cpu_ns and slot is not None:
+            lefts.append(_left(plan.cpu_ns, 1e9, self._cpu_read or (slot.since, 0)))
+        if not lefts:
             return CHECK_INTERVAL_MAX
-        since, seen = self._io_read
-        reach = (plan.disk_io - seen) / (IO_BYTES_PER_CPU_SECOND * _CPUS)
-        left = since + reach - time.monotonic()
+        left = min(lefts)
         if left <= 0:
             return check_interval(age)
         return min(CHECK_INTERVAL_MAX, max(CHECK_INTERVAL, left))
-
-    @staticmethod
-    def _may_exceed(limit: int, rate: float, read: tuple[float, int]) -> bool:
-        """Whether a figure read as ``read[1]`` at ``read[0]``, growing by at
-        most ``rate`` per second on each CPU, could have passed ``limit`` by
-        now: a reading that cannot show a breach is not taken (none, for an
-        action shorter than that; one at most every so often after)."""
-        since, seen = read
-        return (time.monotonic() - since) * rate * _CPUS >= limit - seen
 
     def __call__(self) -> str | None:
         plan, slot = self.plan, self.slot
@@ -266,7 +270,7 @@ class Watch:
         # group's counter is read only once the limit is within reach.
         if plan.cpu_ns and slot is not None:
             cpu_read = self._cpu_read or (slot.since, 0)
-            if self._may_exceed(plan.cpu_ns, 1e9, cpu_read):
+            if _left(plan.cpu_ns, 1e9, cpu_read) <= 0:
                 now = time.monotonic()
                 used = slot.cpu_ns()
                 if used is not None:
@@ -280,8 +284,8 @@ class Watch:
                 self.observed["output"] = size
                 return "output"
         tmp_used = self._sample_tmp() if self.pid1 > 0 else 0
-        disk_io = plan.disk_io and self._may_exceed(
-            plan.disk_io, IO_BYTES_PER_CPU_SECOND, self._io_read
+        disk_io = plan.disk_io and (
+            _left(plan.disk_io, IO_BYTES_PER_CPU_SECOND, self._io_read) <= 0
         )
         walked = time.monotonic()
         if (disk_io or plan.sampled_memory) and self.pid1 > 0:
