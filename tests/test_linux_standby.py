@@ -509,7 +509,11 @@ def test_executions_with_read_only_paths_use_late_standbys(who, test_user, scrat
         p = python_as(test_user, code)
     else:
         p = subprocess.run(
-            [sys.executable, "-c", LATE, root], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", LATE, root],
+            capture_output=True,
+            text=True,
+            cwd="/",  # not a source tree: the installed package is imported
+            timeout=120,
         )
     assert p.returncode == 0, p.stderr[-2000:]
     data = json.loads(p.stdout)
