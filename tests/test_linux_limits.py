@@ -309,9 +309,13 @@ def test_no_group_remains_after_200_limited_executions():
     assert kinds == {"ok": 160, "oom": 20, "timeout": 20}
     ex.close()  # drops the standby sandbox and its slot or group
     if VERSION == 1:
-        # Two workers served them all: one cloning the action, one the
-        # standby sandbox for the next; one slot per controller each.
-        assert 1 <= POOL.size() <= 2
+        # Two workers serve them all: one cloning the action, one the
+        # standby sandbox for the next; one slot per controller each.  A
+        # third when another executor's standby (one the collector freed,
+        # dropped on the standby thread) still held its worker meanwhile:
+        # seen once in a full run under load.  What matters here is that
+        # every one of them and its groups goes with close().
+        assert 1 <= POOL.size() <= 3
         assert len(_slot_dirs()) == POOL.size() * len(set(cgroups.v1_dirs().values()))
         POOL.close()
         assert _slot_dirs() == []
