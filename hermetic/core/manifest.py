@@ -126,10 +126,9 @@ def collect(
     (inputs nested in an output are the caller's, not the action's), taken
     before the action ran, as security/outputs.py's scan takes them.
     """
-    idents = skip
     out: list[OutputEntry] = []
     for root in roots:
         shown = (shown_as or {}).get(root, root)
-        out.extend(_walk(root, shown, digest, idents))
+        out.extend(_walk(root, shown, digest, skip))
     out.sort(key=lambda e: e.path)
     return tuple(out)

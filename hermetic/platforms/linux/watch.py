@@ -254,7 +254,7 @@ class Watch:
         if plan.disk_io:
             lefts.append(_left(plan.disk_io, IO_BYTES_PER_CPU_SECOND, self._io_read))
         if plan.cpu_ns and slot is not None:
-            lefts.append(_left(plan.cpu_ns, 1e9, self._cpu_read or (slot.since, 0)))
+            lefts.append(_left(plan.cpu_ns, 1e9, self._cpu_reading(slot)))
         if not lefts:
             return CHECK_INTERVAL_MAX
         left = min(lefts)
@@ -262,20 +262,26 @@ class Watch:
             return check_interval(age)
         return min(CHECK_INTERVAL_MAX, max(CHECK_INTERVAL, left))
 
+    def _cpu_reading(self, slot: V1Slot | V2Group) -> tuple[float, int]:
+        """The last reading of the group's CPU, or none yet: 0 at its baseline."""
+        return self._cpu_read or (slot.since, 0)
+
     def __call__(self) -> str | None:
         plan, slot = self.plan, self.slot
         if slot is not None and self.memory_in_slot and slot.under_oom():
             return "memory"
         # CPU time grows by at most a second per second on each CPU: the
         # group's counter is read only once the limit is within reach.
-        if plan.cpu_ns and slot is not None:
-            cpu_read = self._cpu_read or (slot.since, 0)
-            if _left(plan.cpu_ns, 1e9, cpu_read) <= 0:
-                now = time.monotonic()
-                used = slot.cpu_ns()
-                if used is not None:
-                    self._cpu_read = (now, used)
-                if used is not None and used > plan.cpu_ns:
+        if (
+            plan.cpu_ns
+            and slot is not None
+            and _left(plan.cpu_ns, 1e9, self._cpu_reading(slot)) <= 0
+        ):
+            now = time.monotonic()
+            used = slot.cpu_ns()
+            if used is not None:
+                self._cpu_read = (now, used)
+                if used > plan.cpu_ns:
                     self.observed["cpu"] = used
                     return "cpu"
         if plan.output_bytes:
@@ -287,8 +293,8 @@ class Watch:
         disk_io = plan.disk_io and (
             _left(plan.disk_io, IO_BYTES_PER_CPU_SECOND, self._io_read) <= 0
         )
-        walked = time.monotonic()
         if (disk_io or plan.sampled_memory) and self.pid1 > 0:
+            walked = time.monotonic()
             if self._tree is None:
                 self._tree = _Tree(self.pid1, bool(plan.sampled_memory))
             procs = self._tree.walk()
