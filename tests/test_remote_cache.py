@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -196,29 +197,93 @@ def test_an_entry_removed_by_hand_is_fetched_again(tmp_path, cas):
     cache.close()
 
 
-def test_an_inode_with_too_many_links_is_copied(tmp_path, cas, monkeypatch):
-    """EMLINK (one input staged as often as the filesystem allows links):
-    a read-only copy of its own instead of one more link."""
+def _plant_symlink(path: str, tmp_path) -> None:
+    host = tmp_path / "host-file"
+    host.write_bytes(b"alpha")  # the right size: only the check of the kind stops it
+    os.symlink(host, path)
+
+
+def _plant_wrong_size(path: str, tmp_path) -> None:
+    with open(path, "wb") as f:
+        f.write(b"alpha, and more")
+
+
+def _plant_other_owner(path: str, tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give the cache a file of another user")
+    with open(path, "wb") as f:
+        f.write(b"alpha")
+    os.chown(path, 65534, 65534)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [_plant_symlink, _plant_wrong_size, _plant_other_owner],
+    ids=["symlink", "wrong-size", "other-owner"],
+)
+def test_an_entry_replaced_behind_the_index_is_fetched_again_never_linked(tmp_path, cas, plant):
+    """What stands under an entry's name and is not the file the cache
+    wrote (a link out, a file of another size or owner) is
+    never linked into an exec root: the entry is fetched again."""
     store, client = cas
-    root = input_root(store, {"a.txt": (b"alpha", False)})
+    files = {f"f{i:02}": (f"file {i}".encode(), False) for i in range(20)}
+    files["m/a.txt"] = (b"alpha", False)
+    files["m/b.txt"] = (b"beta", False)
+    root = input_root(store, files)
     cache = LocalCache(str(tmp_path / "cas"))
     tree = execroot.fetch_tree(client, root, cache)
-    real_link = os.link
+    first = tmp_path / "first"
+    first.mkdir()
+    execroot.stage(tree, cache, client, str(first))
+    entry = cache.path(key(digest_of(b"alpha")), False)
+    os.unlink(entry)
+    plant(entry, tmp_path)
+    planted = os.lstat(entry).st_ino
+    second = tmp_path / "second"
+    second.mkdir()
+    assert execroot.stage(tree, cache, client, str(second)) == 1
+    staged = second / "m" / "a.txt"
+    assert staged.read_bytes() == b"alpha"
+    assert not staged.is_symlink()
+    assert os.lstat(staged).st_ino != planted
+    assert os.lstat(staged).st_uid == os.geteuid()
+    assert (second / "m" / "b.txt").read_bytes() == b"beta"
+    assert sorted(os.listdir(second)) == sorted([*(f"f{i:02}" for i in range(20)), "m"])
+    cache.close()
 
-    def full(src, dst, **kw):
-        if kw.get("src_dir_fd") == cache.fd and kw.get("dst_dir_fd") != cache.fd:
-            raise OSError(errno.EMLINK, "Too many links")
-        return real_link(src, dst, **kw)
 
-    monkeypatch.setattr(os, "link", full)
+def test_an_inode_with_too_many_links_is_copied(tmp_path, cas):
+    """EMLINK, from the kernel (one input staged as often as the
+    filesystem allows links): a read-only copy of its own instead of one
+    more link; the files after it in its directory are linked as usual."""
+    store, client = cas
+    root = input_root(store, {"a.txt": (b"alpha", False), "b.txt": (b"beta", False)})
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = execroot.fetch_tree(client, root, cache)
+    cache.fetch(client, [(key(digest_of(b"alpha")), False), (key(digest_of(b"beta")), False)])
+    entry = cache.path(key(digest_of(b"alpha")), False)
+    links = tmp_path / "links"
+    links.mkdir()
+    for i in range(70_000):
+        try:
+            os.link(entry, links / str(i))
+        except OSError as e:
+            if e.errno != errno.EMLINK:
+                raise
+            break
+    else:
+        pytest.skip(f"{tmp_path}'s filesystem takes over 70,000 links to one inode")
     exec_root = tmp_path / "root"
     exec_root.mkdir()
     execroot.stage(tree, cache, client, str(exec_root))
     staged = exec_root / "a.txt"
     assert staged.read_bytes() == b"alpha"
     assert os.stat(staged).st_mode & 0o777 == 0o444
-    assert os.stat(staged).st_ino != os.stat(cache.path(key(digest_of(b"alpha")), False)).st_ino
+    assert os.stat(staged).st_ino != os.stat(entry).st_ino
+    b_entry = cache.path(key(digest_of(b"beta")), False)
+    assert os.stat(exec_root / "b.txt").st_ino == os.stat(b_entry).st_ino
     cache.close()
+    shutil.rmtree(links)
 
 
 def test_a_large_blob_goes_from_bytestream_to_its_file(tmp_path, cas):

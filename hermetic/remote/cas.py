@@ -685,6 +685,30 @@ class LocalCache:
                 raise
             self.copy(k, executable, dir_fd, name, 0o555 if executable else 0o444)
 
+    def link_all(
+        self, dir_fd: int, entries: Sequence[tuple[str, Key, bool]], start: int = 0
+    ) -> int:
+        """Hard links to the entries of ``entries[start:]`` (name, digest,
+        executable) in the directory ``dir_fd``, checked as :meth:`link`
+        checks one, all in one call of the C core; returns the index of the
+        first entry it did not link (``len(entries)`` when it linked them
+        all).  That entry, and any after it, are the caller's to place with
+        :meth:`link`, which names what is wrong with it and copies an inode
+        that has all the links it can take.  Without the C core it links
+        none."""
+        lib, ffi = _native()
+        rest = entries[start:]
+        if lib is None or not rest:
+            return start
+        packed_entries = b"".join(self.name(k, x).encode() + b"\0" for _, k, x in rest)
+        packed_names = b"".join(os.fsencode(name) + b"\0" for name, _, _ in rest)
+        sizes = ffi.new("long long[]", [k[1] for _, k, _ in rest])
+        err = ffi.new("int *")
+        done = lib.hm_link_entries(
+            self.fd, dir_fd, packed_entries, packed_names, sizes, len(rest), err
+        )
+        return start + int(done)
+
     def copy(self, k: Key, executable: bool, dir_fd: int, name: str, mode: int) -> None:
         """A copy of the entry, its own inode, as ``name`` in ``dir_fd``: made
         with O_EXCL|O_NOFOLLOW and its mode set with fchmod, so nothing a
@@ -704,6 +728,19 @@ class LocalCache:
                 os.close(dst)
         finally:
             os.close(src)
+
+
+@functools.cache
+def _native() -> tuple[Any, Any]:
+    """The C core's library and its ffi, or (None, None) where it lacks
+    hm_link_entries (not Linux)."""
+    try:
+        from hermetic import _native as native
+    except ImportError:
+        return None, None
+    if not hasattr(native.lib, "hm_link_entries"):
+        return None, None
+    return native.lib, native.ffi
 
 
 def _is_entry(st: os.stat_result, size: int) -> bool:

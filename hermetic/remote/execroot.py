@@ -6,8 +6,10 @@ Directory messages (through the local cache), checks each as the API asks
 local cache and builds the exec root from hard links to it (the
 executable bit is the cache entry's mode), symlinks as given, and empty
 directories.  Each directory is made once and its files linked from one
-descriptor of it and one of the cache (``linkat``), with no look-up of the
-disk per file: the cache's index in memory says what it holds.
+descriptor of it and one of the cache: the C core checks each entry (the
+worker's own regular file, of the digest's size) and links it, a whole
+directory per call (``LocalCache.link_all``), and the directories of one
+level are filled on a few threads.
 
 The exec root is the action's writable output, so the staged files would
 be writable through it, and a hard link shares its inode with the cache:
@@ -38,7 +40,7 @@ import functools
 import os
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,21 +308,36 @@ def _fill_dir(
         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
     )
     try:
+        links: list[tuple[str, Key, bool]] = []
         for name, k, x in entries:
             if outs and _within(f"{parent}/{name}" if parent else name, outs):
-                place = functools.partial(cache.copy, k, x, dir_fd, name, 0o755 if x else 0o644)
+                copy = functools.partial(cache.copy, k, x, dir_fd, name, 0o755 if x else 0o644)
+                fetched += _place(cache, cas, k, x, copy)
             else:
-                place = functools.partial(cache.link, k, x, dir_fd, name)
-            try:
-                place()
-            except CacheMiss:
-                # Removed or replaced behind the index's back (and dropped
-                # from it): fetched again, once.
-                fetched += cache.fetch(cas, [(k, x)])
-                place()
+                links.append((name, k, x))
+        # All the links in one call until one fails; that one is placed on
+        # its own (which names the failure or mends it), then the rest.
+        i = cache.link_all(dir_fd, links)
+        while i < len(links):
+            name, k, x = links[i]
+            fetched += _place(cache, cas, k, x, functools.partial(cache.link, k, x, dir_fd, name))
+            i = cache.link_all(dir_fd, links, i + 1)
     finally:
         os.close(dir_fd)
     return fetched
+
+
+def _place(cache: LocalCache, cas: CasClient, k: Key, x: bool, place: Callable[[], None]) -> int:
+    """``place()``, after fetching its entry again if the cache lost it
+    (removed or replaced behind the index's back, and dropped from it);
+    returns how many blobs that fetched."""
+    try:
+        place()
+    except CacheMiss:
+        fetched = cache.fetch(cas, [(k, x)])
+        place()
+        return fetched
+    return 0
 
 
 def output_locations(command: Any) -> list[str]:
