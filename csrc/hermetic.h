@@ -308,7 +308,7 @@ const char *hm_syscall_name(int nr);
 long hm_dir_snapshot(const char *path, char *out, unsigned long cap, unsigned long *need);
 int hm_outputs_plain(const char *roots, int max_depth, long max_entries);
 long hm_link_entries(int cache_fd, int dir_fd, const char *entries, const char *names,
-                     const long long *sizes, long n, int *err);
+                     const long long *sizes, long n, long *failed);
 int hm_identity_same(const char *paths, const unsigned long long *expect, int n);
 int hm_seccomp_denied(const char **names, int *nrs, int max);
 int hm_probe_landlock_abi(void);

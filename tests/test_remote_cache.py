@@ -252,12 +252,17 @@ def test_an_entry_replaced_behind_the_index_is_fetched_again_never_linked(tmp_pa
     cache.close()
 
 
-def test_an_inode_with_too_many_links_is_copied(tmp_path, cas):
+def test_an_inode_with_too_many_links_is_copied(tmp_path, cas, monkeypatch):
     """EMLINK, from the kernel (one input staged as often as the
     filesystem allows links): a read-only copy of its own instead of one
-    more link; the files after it in its directory are linked as usual."""
+    more link; the files after it in its directory are linked as usual.
+    Each directory is handed to the C core once, however many of its
+    files fail there: a lease of thousands of files past the link limit
+    must cost each of them the same, not a walk of all those after it."""
     store, client = cas
-    root = input_root(store, {"a.txt": (b"alpha", False), "b.txt": (b"beta", False)})
+    files = {f"d/a{i:03}.txt": (b"alpha", False) for i in range(300)}
+    files["d/b.txt"] = (b"beta", False)
+    root = input_root(store, files)
     cache = LocalCache(str(tmp_path / "cas"))
     tree = execroot.fetch_tree(client, root, cache)
     cache.fetch(client, [(key(digest_of(b"alpha")), False), (key(digest_of(b"beta")), False)])
@@ -273,17 +278,61 @@ def test_an_inode_with_too_many_links_is_copied(tmp_path, cas):
             break
     else:
         pytest.skip(f"{tmp_path}'s filesystem takes over 70,000 links to one inode")
+    calls = []
+    real = LocalCache.link_all
+
+    def counted(self, dir_fd, entries):
+        calls.append(len(entries))
+        return real(self, dir_fd, entries)
+
+    monkeypatch.setattr(LocalCache, "link_all", counted)
     exec_root = tmp_path / "root"
     exec_root.mkdir()
     execroot.stage(tree, cache, client, str(exec_root))
-    staged = exec_root / "a.txt"
-    assert staged.read_bytes() == b"alpha"
-    assert os.stat(staged).st_mode & 0o777 == 0o444
-    assert os.stat(staged).st_ino != os.stat(entry).st_ino
+    assert calls == [301]
+    inodes = set()
+    for i in range(300):
+        staged = exec_root / "d" / f"a{i:03}.txt"
+        assert staged.read_bytes() == b"alpha"
+        assert os.stat(staged).st_mode & 0o777 == 0o444
+        inodes.add(os.stat(staged).st_ino)
+    assert os.stat(entry).st_ino not in inodes
+    assert len(inodes) == 300
     b_entry = cache.path(key(digest_of(b"beta")), False)
-    assert os.stat(exec_root / "b.txt").st_ino == os.stat(b_entry).st_ino
+    assert os.stat(exec_root / "d" / "b.txt").st_ino == os.stat(b_entry).st_ino
     cache.close()
     shutil.rmtree(links)
+
+
+class _CancelAfter:
+    """A cancellation that is set once it has been looked at ``n`` times."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_staging_stops_at_a_cancellation(tmp_path, cas):
+    """A cancelled lease stops staging before its next directory: no input
+    root, however large, keeps a worker busy past its cancellation."""
+    store, client = cas
+    files = {f"d{d:02}/f{f}": (_blob(d * 10 + f), False) for d in range(20) for f in range(5)}
+    root = input_root(store, files)
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = execroot.fetch_tree(client, root, cache)
+    exec_root = tmp_path / "root"
+    exec_root.mkdir()
+    with pytest.raises(execroot.Cancelled, match="cancelled"):
+        execroot.stage(tree, cache, client, str(exec_root), cancel=_CancelAfter(3))
+    assert len(os.listdir(exec_root)) < 20
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    execroot.stage(tree, cache, client, str(whole), cancel=_CancelAfter(10_000))
+    assert len(os.listdir(whole)) == 20
+    cache.close()
 
 
 def test_a_large_blob_goes_from_bytestream_to_its_file(tmp_path, cas):

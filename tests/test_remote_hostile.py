@@ -512,6 +512,34 @@ def test_leases_at_once_get_slots_of_their_own(w, tmp_path):
     assert [os.listdir(s) for s in slots.iterdir()] == [[], []]
 
 
+def test_a_lease_cancelled_while_staging_ends_cancelled_and_runs_nothing(w, tmp_path):
+    """Staging looks at the cancellation before each directory: a lease
+    cancelled meanwhile ends CANCELLED without its action, and its slot is
+    emptied for the next lease."""
+    cancel = threading.Event()
+    cancel.set()
+    files = {f"d{d}/f": (b"x", False) for d in range(10)}
+    the_lease = lease(
+        w.store,
+        [SH, "-c", "echo ran > mine"],
+        input_root(w.store, files),
+        output_paths=("mine",),
+    )
+    outcome = worker.execute_lease(
+        the_lease,
+        cas=w.client,
+        cache=w.cache,
+        work_dir=w.work,
+        bot_id="cancelled",
+        cancel=cancel,
+        sandboxes=w.sandboxes,
+    )
+    _refused(outcome, code_pb2.CANCELLED, "staged")
+    slots = tmp_path / "work" / "exec"
+    assert [os.listdir(s) for s in slots.iterdir()] == [[]]
+    _ok(w.sh("true", files))
+
+
 def test_a_slot_that_cannot_be_emptied_is_not_reused(w, tmp_path, monkeypatch):
     """Where the exec root cannot be emptied (a file system error), the
     slot's executor is closed and the next lease gets a new slot.  (The

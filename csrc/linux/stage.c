@@ -10,6 +10,12 @@
  * releases the interpreter's lock around it, so the directories of one
  * level are linked on several threads at once.  Per file, Python's own
  * work had cost twice the two system calls.
+ *
+ * An entry that fails does not stop the call: its index goes to failed[]
+ * and the next one is tried, so a directory is packed and walked once
+ * whatever fails in it (a lease whose every input shares one inode past
+ * its link limit fails each with EMLINK).  The caller places the failed
+ * ones one by one, which names the failure or mends it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,26 +27,18 @@
 #include "../hermetic.h"
 
 long hm_link_entries(int cache_fd, int dir_fd, const char *entries, const char *names,
-                     const long long *sizes, long n, int *err)
+                     const long long *sizes, long n, long *failed)
 {
     uid_t uid = geteuid();
+    long n_failed = 0;
     for (long i = 0; i < n; i++) {
         struct stat st;
-        if (fstatat(cache_fd, entries, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-            *err = errno;
-            return i;
-        }
-        if (!S_ISREG(st.st_mode) || st.st_uid != uid || (long long)st.st_size != sizes[i]) {
-            *err = ESTALE;
-            return i;
-        }
-        if (linkat(cache_fd, entries, dir_fd, names, 0) < 0) {
-            *err = errno;
-            return i;
-        }
+        if (fstatat(cache_fd, entries, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+            st.st_uid != uid || (long long)st.st_size != sizes[i] ||
+            linkat(cache_fd, entries, dir_fd, names, 0) < 0)
+            failed[n_failed++] = i;
         entries += strlen(entries) + 1;
         names += strlen(names) + 1;
     }
-    *err = 0;
-    return n;
+    return n_failed;
 }

@@ -685,29 +685,25 @@ class LocalCache:
                 raise
             self.copy(k, executable, dir_fd, name, 0o555 if executable else 0o444)
 
-    def link_all(
-        self, dir_fd: int, entries: Sequence[tuple[str, Key, bool]], start: int = 0
-    ) -> int:
-        """Hard links to the entries of ``entries[start:]`` (name, digest,
-        executable) in the directory ``dir_fd``, checked as :meth:`link`
-        checks one, all in one call of the C core; returns the index of the
-        first entry it did not link (``len(entries)`` when it linked them
-        all).  That entry, and any after it, are the caller's to place with
-        :meth:`link`, which names what is wrong with it and copies an inode
-        that has all the links it can take.  Without the C core it links
-        none."""
+    def link_all(self, dir_fd: int, entries: Sequence[tuple[str, Key, bool]]) -> list[int]:
+        """Hard links to the entries of ``entries`` (name, digest,
+        executable) in the directory ``dir_fd``, each checked as :meth:`link`
+        checks one, all in one call of the C core; returns the indices of
+        those it did not link, in order.  They are the caller's to place
+        with :meth:`link`, which names what is wrong with each or mends it
+        (copies an inode that has all the links it can take).  Without the
+        C core it links none."""
         lib, ffi = _native()
-        rest = entries[start:]
-        if lib is None or not rest:
-            return start
-        packed_entries = b"".join(self.name(k, x).encode() + b"\0" for _, k, x in rest)
-        packed_names = b"".join(os.fsencode(name) + b"\0" for name, _, _ in rest)
-        sizes = ffi.new("long long[]", [k[1] for _, k, _ in rest])
-        err = ffi.new("int *")
-        done = lib.hm_link_entries(
-            self.fd, dir_fd, packed_entries, packed_names, sizes, len(rest), err
+        if lib is None or not entries:
+            return list(range(len(entries)))
+        packed_entries = b"".join(self.name(k, x).encode() + b"\0" for _, k, x in entries)
+        packed_names = b"".join(os.fsencode(name) + b"\0" for name, _, _ in entries)
+        sizes = ffi.new("long long[]", [k[1] for _, k, _ in entries])
+        failed = ffi.new("long[]", len(entries))
+        n = lib.hm_link_entries(
+            self.fd, dir_fd, packed_entries, packed_names, sizes, len(entries), failed
         )
-        return start + int(done)
+        return [int(i) for i in failed[0:n]]
 
     def copy(self, k: Key, executable: bool, dir_fd: int, name: str, mode: int) -> None:
         """A copy of the entry, its own inode, as ``name`` in ``dir_fd``: made

@@ -42,7 +42,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -96,6 +96,26 @@ class LimitError(Exception):
     more entries, or larger; its inputs in need of too many mounts.  Not a
     ValueError (the request is valid) nor an OSError (no failure of the
     worker's that a retry could mend)."""
+
+
+class Cancelled(Exception):
+    """The lease was cancelled while its exec root was staged."""
+
+
+class Cancel(Protocol):
+    """What staging needs of a cancellation (a threading.Event)."""
+
+    def is_set(self) -> bool: ...
+
+
+#: Files placed one by one (copies, and links the C core could not make)
+#: between two looks at the cancellation.
+CANCEL_EVERY = 256
+
+
+def _check(cancel: Cancel | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the lease was cancelled while its inputs were staged")
 
 
 class ExecRootError(ValueError):
@@ -222,9 +242,12 @@ def stage(
     cas: CasClient,
     exec_root: str,
     outputs: Iterable[str] = (),
+    cancel: Cancel | None = None,
 ) -> int:
     """Build the exec root (which must exist and be empty) from ``tree``;
-    returns how many blobs were fetched from the farm.
+    returns how many blobs were fetched from the farm.  Raises Cancelled
+    once ``cancel`` is set (seen before each directory, and every
+    CANCEL_EVERY files placed one by one).
 
     An input at or under an output location (``outputs``, relative to the
     exec root) is the action's to replace: it is a copy, writable and
@@ -250,9 +273,10 @@ def stage(
             # The exec root is new and only the worker writes in it until
             # the action runs; symbolic links are made last, so none is on
             # the way of a path made here.
+            _check(cancel)
             if rel:
                 os.mkdir(os.path.join(exec_root, rel), 0o755)
-            return _fill_dir(cache, cas, exec_root, rel, by_dir.get(rel, []), outs)
+            return _fill_dir(cache, cas, exec_root, rel, by_dir.get(rel, []), outs, cancel)
 
         # Parents before children: fetch_tree lists directories by level.
         levels: dict[int, list[str]] = {0: [""]}
@@ -297,6 +321,7 @@ def _fill_dir(
     parent: str,
     entries: list[tuple[str, Key, bool]],
     outs: tuple[str, ...],
+    cancel: Cancel | None = None,
 ) -> int:
     """Link (or copy, within an output) the files of one directory, from
     one descriptor of it; returns how many blobs had to be fetched again."""
@@ -311,17 +336,19 @@ def _fill_dir(
         links: list[tuple[str, Key, bool]] = []
         for name, k, x in entries:
             if outs and _within(f"{parent}/{name}" if parent else name, outs):
+                _check(cancel)
                 copy = functools.partial(cache.copy, k, x, dir_fd, name, 0o755 if x else 0o644)
                 fetched += _place(cache, cas, k, x, copy)
             else:
                 links.append((name, k, x))
-        # All the links in one call until one fails; that one is placed on
-        # its own (which names the failure or mends it), then the rest.
-        i = cache.link_all(dir_fd, links)
-        while i < len(links):
+        # All the links in one call; those that failed are placed one by
+        # one (which names the failure or mends it).  Each costs the same
+        # however many failed before it.
+        for n, i in enumerate(cache.link_all(dir_fd, links)):
+            if n % CANCEL_EVERY == 0:
+                _check(cancel)
             name, k, x = links[i]
             fetched += _place(cache, cas, k, x, functools.partial(cache.link, k, x, dir_fd, name))
-            i = cache.link_all(dir_fd, links, i + 1)
     finally:
         os.close(dir_fd)
     return fetched

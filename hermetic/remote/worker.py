@@ -203,6 +203,8 @@ def execute_lease(
             return _execute(lease, cas, cache, slot, meta, cancel, cpu_start)
     except SlotError as e:
         return LeaseOutcome(_status(code_pb2.INTERNAL, str(e)))
+    except execroot.Cancelled as e:
+        return LeaseOutcome(_status(code_pb2.CANCELLED, str(e)))
     except execroot.LimitError as e:
         # Not INTERNAL or UNAVAILABLE: the farm would run the action again.
         return LeaseOutcome(_status(code_pb2.RESOURCE_EXHAUSTED, str(e)))
@@ -242,7 +244,7 @@ def _execute(
     workdir = execroot.relative(command.working_directory, what="working_directory")
     execroot.check_lengths(exec_root, [workdir], what="working directory")
     execroot.check_lengths(exec_root, outputs, what="output")
-    execroot.stage(tree, cache, cas, exec_root, outputs)
+    execroot.stage(tree, cache, cas, exec_root, outputs, cancel)
     execroot.make_output_parents(command, exec_root)
     # Every staged hard link shares its inode with the cache: read-only for
     # this action (bind mounts in its own mount namespace).  The exec root
