@@ -296,6 +296,29 @@ def test_an_action_without_a_timeout_gets_the_default(w, monkeypatch):
     assert "1.0 s" in outcome.status.message
 
 
+def test_a_name_longer_than_the_kernel_takes_is_refused(w):
+    """An input, working directory or output with one name over NAME_MAX
+    (255 bytes): INVALID_ARGUMENT naming it, not INTERNAL (which a farm
+    retries); a name of 255 bytes is staged."""
+    long = "n" * 256
+    outcome = w.sh("true", {f"d/{long}": (b"x", False)})
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "input", "256 bytes", "at most 255")
+    outcome = w.sh("true", {f"{long}/f": (b"x", False)})
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "input", "256 bytes")
+    outcome = w.sh("true", working_directory=long)
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "working directory", "256 bytes")
+    outcome = w.sh("true", output_paths=(f"o/{long}",))
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "output", "256 bytes")
+    assert _exec_roots(w) == []
+    fits = "m" * 255
+    assert _ok(w.sh(f"cat d/{fits}", {f"d/{fits}": (b"ok", False)})).exit_code == 0
+    # A symbolic link's target is a path: 1 to 4,095 bytes.
+    for target in ("", "t" * 4096):
+        outcome = w.sh("true", symlinks={"l": target})
+        _refused(outcome, code_pb2.INVALID_ARGUMENT, "symbolic link", f"{len(target)} bytes")
+    assert _exec_roots(w) == []
+
+
 def test_a_missing_digest_the_cas_was_not_asked_about_is_ignored(w):
     """FindMissingBlobs answering with a digest it was not asked about (a
     path-like hash among them) sends nothing for it and fails nothing."""

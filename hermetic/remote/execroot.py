@@ -132,12 +132,6 @@ class InputTree:
     symlinks: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ExecRootError(f"an input node has an invalid name: {name!r}")
-    return name
-
-
 def relative(path: str, *, what: str) -> str:
     """``path`` normalised, relative and inside the exec root ('' for the root)."""
     if "\0" in path or path.startswith("/"):
@@ -259,6 +253,12 @@ def stage(
         (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)),
         what="input",
     )
+    for rel, target in tree.symlinks:
+        if not target or len(target.encode(errors="surrogateescape")) > PATH_MAX - 1:
+            raise ExecRootError(
+                f"the symbolic link {rel!r} has a target of {len(target)} bytes: a target "
+                f"is 1 to {PATH_MAX - 1} bytes"
+            )
     wanted = {(k, x) for _, k, x in tree.files}
     # Pinned from the fetch until every link is made: eviction (by this
     # lease's fetch or another's) cannot remove an entry in between.
@@ -297,21 +297,32 @@ def stage(
     return fetched
 
 
-#: The longest path the kernel takes (PATH_MAX, its NUL included).
+#: The longest path the kernel takes (PATH_MAX, its NUL included), and
+#: the longest name of one component (NAME_MAX).
 PATH_MAX = 4096
+NAME_MAX = 255
 
 
 def check_lengths(exec_root: str, rels: Iterable[str], *, what: str) -> None:
     """ExecRootError for a path (an input, the working directory, an
-    output) whose place in this exec root is longer than the kernel takes:
-    no retry could stage, enter or collect it."""
+    output) whose place in this exec root is longer than the kernel takes,
+    or with a name longer than a name can be: no retry could stage, enter
+    or collect it."""
     room = PATH_MAX - 1 - len(os.fsencode(exec_root)) - 1
     for rel in rels:
-        if len(rel.encode(errors="surrogateescape")) > room:
+        encoded = rel.encode(errors="surrogateescape")
+        if len(encoded) > room:
             raise ExecRootError(
                 f"the {what} {rel[:60]!r}... is {len(rel)} bytes long: with the exec root "
                 f"that is longer than a path can be ({PATH_MAX - 1} bytes)"
             )
+        if len(encoded) > NAME_MAX:
+            longest = max(encoded.split(b"/"), key=len)
+            if len(longest) > NAME_MAX:
+                raise ExecRootError(
+                    f"the {what} {rel[:60]!r}... has a name of {len(longest)} bytes: a name "
+                    f"can be at most {NAME_MAX}"
+                )
 
 
 def _fill_dir(
