@@ -47,6 +47,11 @@ def test_an_environment_execve_would_refuse_is_refused_naming_the_variable(ex):
     assert isinstance(r.error, SpecError) and "ARG_MAX" in str(r.error), r
     r = ex.execute(["/bin/echo", "a" * MAX_ARG_STRLEN])
     assert isinstance(r.error, SpecError) and r.error.field == "argv[1]", r
+    # Counted in bytes, not characters: a quarter as many 4-byte ones.
+    r = ex.execute(["/bin/echo", "\U0001f600" * (MAX_ARG_STRLEN // 4)])
+    assert isinstance(r.error, SpecError) and r.error.field == "argv[1]", r
+    r = ex.execute(["/bin/true"], env={"WIDE": "\u00e9" * (MAX_ARG_STRLEN // 2)})
+    assert isinstance(r.error, SpecError) and "'WIDE'" in str(r.error), r
     # The largest that fits runs.
     ok = ex.execute(["/bin/sh", "-c", "echo ${#BIG}"], env={"BIG": "b" * (MAX_ARG_STRLEN - 6)})
     assert ok.unwrap().stdout == f"{MAX_ARG_STRLEN - 6}\n".encode()

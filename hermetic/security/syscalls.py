@@ -25,6 +25,7 @@ Identical records of one execution are merged, with their count in
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -67,6 +68,16 @@ _BUFFERS: list[Any] = []
 Roots = tuple[tuple[str, bool], ...]
 
 
+@functools.lru_cache(maxsize=64)
+def _packed_writable(roots: Roots) -> Any:
+    """The writable roots for C (NUL-separated, an empty one ends them):
+    where the listener performs metadata calls (Landlock-only mode).  Made
+    once per set of roots (an executor's are the same every execution);
+    C only reads it."""
+    ffi = _native().ffi
+    return ffi.new("char[]", b"".join(os.fsencode(p) + b"\0" for p, w in roots if w) + b"\0")
+
+
 class SyscallAudit:
     """Serves one execution's listener and keeps its violations."""
 
@@ -92,11 +103,7 @@ class SyscallAudit:
         except IndexError:
             self._buf = nat.ffi.new("struct hm_notice[]", _BATCH)
         self._roots = roots
-        #: The writable roots for C (NUL-separated, an empty one ends them):
-        #: where the listener performs metadata calls (Landlock-only mode).
-        self._writable = nat.ffi.new(
-            "char[]", b"".join(os.fsencode(p) + b"\0" for p, w in roots if w) + b"\0"
-        )
+        self._writable = _packed_writable(roots)
         self._seen: dict[tuple[ViolationKind, str, str], int] = {}
         self._shown: dict[tuple[ViolationKind, str, str], str] = {}
         self._dropped = 0

@@ -75,6 +75,10 @@ def _proxy_port() -> int:
     return PROXY_PORT
 
 
+#: Working directories whose visibility a Prepared remembers (Prepared.shows).
+SHOWN = 256
+
+
 class Prepared:
     """A spec made ready to run: validated, planned and marshalled once."""
 
@@ -127,6 +131,8 @@ class Prepared:
         require_exec_layer(spec, caps, namespaces=self.isolation == "namespaces")
         self.spec = spec
         self.workdir = spec.workdir or "/"
+        #: shows()'s answers so far (at most SHOWN of them).
+        self._shown: dict[str, bool] = {}
         namespaces = self.isolation == "namespaces"
         writable = {*spec.outputs, *spec.temps}
         for p in remap or {}:
@@ -394,6 +400,23 @@ class Prepared:
         kept = ffi.new("unsigned char[]", 8 * n)
         ffi.memmove(kept, prog, 8 * n)
         return kept, n
+
+    def shows(self, cwd: str) -> bool:
+        """Whether the sandbox shows the (canonical) directory ``cwd``: one
+        a declared path shows, or within the spec's working directory (the
+        sandbox makes that one) unless it is "/" (all of the host is within
+        that).  The answer depends on the spec alone, so the few working
+        directories of a build are each looked at once."""
+        shown = self._shown.get(cwd)
+        if shown is None:
+            shown = (
+                (self.workdir != "/" and is_within(cwd, self.workdir))
+                or linux_plan.visible(self.spec, cwd)
+                or cwd == "/"
+            )
+            if len(self._shown) < SHOWN:
+                self._shown[cwd] = shown
+        return shown
 
     def action_env(self, env: Mapping[str, str] | None) -> dict[str, str] | None:
         """The environment of an action given ``execute(..., env=env)``

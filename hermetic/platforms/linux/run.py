@@ -15,7 +15,6 @@ from typing import Any
 from hermetic.core import tree
 from hermetic.core.errors import SandboxError, SpecError, UnsupportedError
 from hermetic.core.outcome import ExecutionResult, Violation, ViolationKind
-from hermetic.core.paths import is_within
 from hermetic.core.spec import check_argv
 from hermetic.core.usage import ResourceUsage
 from hermetic.monitoring.cgroup_v1 import SlotUsage, V1Slot
@@ -230,13 +229,7 @@ def execute(
     workdir = cwd or prepared.workdir
     if "\0" in workdir or not workdir.startswith("/"):
         raise SpecError(f"cwd must be an absolute path: {workdir!r}", field="cwd", value=workdir)
-    # Within the spec's working directory counts as visible (the sandbox
-    # makes that one), unless it is "/": all of the host is within that.
-    if cwd is not None and not (
-        (prepared.workdir != "/" and is_within(cwd, prepared.workdir))
-        or linux_plan.visible(prepared.spec, cwd)
-        or cwd == "/"
-    ):
+    if cwd is not None and not prepared.shows(cwd):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
     action_env = prepared.action_env(env)
     _check_exec_size(args, prepared.env if action_env is None else action_env)
@@ -296,6 +289,11 @@ def execute(
 MAX_ARG_STRLEN = 32 * 4096
 
 
+@functools.cache
+def _arg_max() -> int:
+    return os.sysconf("SC_ARG_MAX")
+
+
 def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
     """SpecError unless execve can pass ``args`` and ``env``: one string
     over MAX_ARG_STRLEN, or all of them (with their pointers) over ARG_MAX,
@@ -303,6 +301,16 @@ def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
     hostile command line costs nothing kept (an executor caches what it
     makes of an environment and a command name).  A variable is named,
     never shown: values may be secrets."""
+    limit = _arg_max()
+    # A character is at most 4 bytes in UTF-8 (a surrogate escape is 1):
+    # when even that bound passes, so do the exact counts below.
+    longest = max(map(len, args), default=0)
+    chars = sum(map(len, args))
+    for k, v in env.items():
+        longest = max(longest, len(k) + len(v))
+        chars += len(k) + len(v)
+    if 4 * longest + 2 <= MAX_ARG_STRLEN and 4 * chars + 10 * (len(args) + len(env)) <= limit:
+        return
     total = 0
     for i, a in enumerate(args):
         n = len(a.encode(errors="surrogateescape")) + 1
@@ -324,7 +332,6 @@ def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
                 value=k,
             )
         total += n + 8
-    limit = os.sysconf("SC_ARG_MAX")
     if total > limit:
         raise SpecError(
             f"argv and the environment are {total} bytes: more than execve passes here "

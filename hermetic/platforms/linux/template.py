@@ -42,6 +42,7 @@ unprivileged caller's pid 1 builds its root per action as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import threading
@@ -168,6 +169,19 @@ def identity(paths: tuple[str, ...]) -> Identity | None:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=64)
+def _packed(ident: Identity) -> tuple[Any, Any]:
+    """``ident`` as hm_identity_same reads it (which never writes it): made
+    once per identity, which stays the same standby after standby while no
+    bound path is replaced."""
+    ffi = native().ffi
+    paths = ffi.new("char[]", b"".join(os.fsencode(e[0]) + b"\0" for e in ident) + b"\0")
+    expect = ffi.new(
+        "unsigned long long[]", [v for _, dev, ino, kind in ident for v in (dev, ino, kind)]
+    )
+    return paths, expect
+
+
 class Recorded:
     """An identity kept to be checked again (a standby's, before each use):
     packed once for hm_identity_same (csrc/linux/identity.c), so the check
@@ -177,13 +191,9 @@ class Recorded:
     __slots__ = ("_expect", "_n", "_paths", "identity")
 
     def __init__(self, ident: Identity) -> None:
-        ffi = native().ffi
         self.identity = ident
         self._n = len(ident)
-        self._paths = ffi.new("char[]", b"".join(os.fsencode(e[0]) + b"\0" for e in ident) + b"\0")
-        self._expect = ffi.new(
-            "unsigned long long[]", [v for _, dev, ino, kind in ident for v in (dev, ino, kind)]
-        )
+        self._paths, self._expect = _packed(ident)
 
     def unchanged(self) -> bool:
         """Whether every path still is what it was (as ``identity(paths) ==
