@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 
 import pytest
 from test_linux_isolation import spec_for
@@ -55,6 +56,44 @@ def test_an_environment_execve_would_refuse_is_refused_naming_the_variable(ex):
     # The largest that fits runs.
     ok = ex.execute(["/bin/sh", "-c", "echo ${#BIG}"], env={"BIG": "b" * (MAX_ARG_STRLEN - 6)})
     assert ok.unwrap().stdout == f"{MAX_ARG_STRLEN - 6}\n".encode()
+
+
+def _exact_size(args: list[str], env: dict[str, str]) -> int:
+    """argv and the environment as execve counts them (strings with their
+    NULs, and a pointer each), without the program's path."""
+    size = sum(len(a.encode()) + 1 + 8 for a in args)
+    return size + sum(len(k.encode()) + len(v.encode()) + 2 + 8 for k, v in env.items())
+
+
+def test_what_is_refused_follows_the_stack_limit_and_execve_counts_the_path(ex):
+    """ARG_MAX is a quarter of RLIMIT_STACK, read at each execution: a
+    command line within it before the caller lowers its stack limit gets
+    the clear error after, not execve's E2BIG.  And execve also counts the
+    program's path: a command line that leaves it no room is refused."""
+    env = ex._prepared.env
+    chunk = "c" * (MAX_ARG_STRLEN - 1)
+    args = ["/bin/true", *[chunk] * 4]  # 512 KiB
+    assert ex.execute(args).unwrap().exit_code == 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, hard))  # ARG_MAX 256 KiB
+    try:
+        r = ex.execute(args)
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+    assert isinstance(r.error, SpecError) and "ARG_MAX 262144" in str(r.error), r
+    # Fill ARG_MAX exactly, as argv and the environment count alone: the
+    # program's path no longer fits.
+    arg_max = os.sysconf("SC_ARG_MAX")
+    args = ["/bin/true"]
+    while _exact_size(args, env) + MAX_ARG_STRLEN + 8 < arg_max:
+        args.append(chunk)
+    args.append("l" * (arg_max - _exact_size(args, env) - 1 - 8))
+    assert _exact_size(args, env) == arg_max
+    r = ex.execute(args)
+    assert isinstance(r.error, SpecError) and "program's path" in str(r.error), r
+    # With room for the path and a pointer, it runs.
+    args[-1] = args[-1][: -(4096 + 8)]
+    assert ex.execute(args).unwrap().exit_code == 0
 
 
 def test_a_long_command_name_is_not_multiplied_by_the_path(ex):

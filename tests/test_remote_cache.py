@@ -34,6 +34,7 @@ from hermetic.remote.cas import (  # noqa: E402
     DEFAULT_CACHE_SIZE,
     LOW_WATER,
     MAX_BATCH_BLOB,
+    Cancelled,
     CasClient,
     LocalCache,
     digest_of,
@@ -325,13 +326,67 @@ def test_staging_stops_at_a_cancellation(tmp_path, cas):
     tree = execroot.fetch_tree(client, root, cache)
     exec_root = tmp_path / "root"
     exec_root.mkdir()
-    with pytest.raises(execroot.Cancelled, match="cancelled"):
+    with pytest.raises(Cancelled, match="cancelled"):
         execroot.stage(tree, cache, client, str(exec_root), cancel=_CancelAfter(3))
     assert len(os.listdir(exec_root)) < 20
     whole = tmp_path / "whole"
     whole.mkdir()
     execroot.stage(tree, cache, client, str(whole), cancel=_CancelAfter(10_000))
     assert len(os.listdir(whole)) == 20
+    cache.close()
+
+
+def test_fetching_stops_at_a_cancellation(tmp_path, cas):
+    """A cold cache fetches blob after blob, and a large one piece after
+    piece: a cancellation stops it between two, and leaves no temporary
+    file in the cache; a later lease fetches what is missing."""
+    store, client = cas
+    big = os.urandom(MAX_BATCH_BLOB * 3 + 5)
+    files = {f"f{i:03}": (_blob(i), False) for i in range(50)}
+    files["big.bin"] = (big, False)
+    root = input_root(store, files)
+    for looks in (0, 3, 30, 52, 53):
+        # A cold cache each time: the blob (or piece) it stops at varies.
+        cold = LocalCache(str(tmp_path / f"cas-{looks}"))
+        with pytest.raises(Cancelled):
+            tree = execroot.fetch_tree(client, root, cold, _CancelAfter(looks))
+            exec_root = tmp_path / f"root-{looks}"
+            exec_root.mkdir()
+            execroot.stage(tree, cold, client, str(exec_root), cancel=_CancelAfter(looks))
+        assert not [n for n in os.listdir(cold.root) if n.endswith(".tmp")]
+        cold.close()
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = execroot.fetch_tree(client, root, cache)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    execroot.stage(tree, cache, client, str(whole))
+    assert (whole / "big.bin").read_bytes() == big
+    assert (whole / "f049").read_bytes() == _blob(49)
+    cache.close()
+
+
+def test_copies_are_bounded_before_they_are_written(tmp_path, cas, monkeypatch):
+    """Inputs within an output are copies, bytes on the worker's disk: past
+    the lease's bound on output bytes, staging is refused before anything
+    is fetched or written."""
+    store, client = cas
+    monkeypatch.setattr(execroot, "MAX_OUTPUT_BYTES", 5000)
+    files = {f"out/f{i}": (_blob(i), False) for i in range(6)}  # 6,000 bytes
+    files["src/a"] = (_blob(99), False)
+    root = input_root(store, files)
+    cache = LocalCache(str(tmp_path / "cas"))
+    tree = execroot.fetch_tree(client, root, cache)
+    exec_root = tmp_path / "root"
+    exec_root.mkdir()
+    reads = store.stats.get("BatchReadBlobs", 0)
+    with pytest.raises(execroot.LimitError, match="copy more than 5000 bytes"):
+        execroot.stage(tree, cache, client, str(exec_root), ["out"])
+    assert os.listdir(exec_root) == []
+    assert store.stats.get("BatchReadBlobs", 0) == reads
+    # Within the bound, they are staged.
+    monkeypatch.setattr(execroot, "MAX_OUTPUT_BYTES", 6000)
+    execroot.stage(tree, cache, client, str(exec_root), ["out"])
+    assert (exec_root / "out" / "f5").read_bytes() == _blob(5)
     cache.close()
 
 

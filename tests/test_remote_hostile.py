@@ -53,14 +53,14 @@ class Worker:
     #: Reused lease after lease, as ``hermetic worker`` reuses them.
     sandboxes: Sandboxes
 
-    def run(self, the_lease: Any) -> Any:
+    def run(self, the_lease: Any, cancel: threading.Event | None = None) -> Any:
         return worker.execute_lease(
             the_lease,
             cas=self.client,
             cache=self.cache,
             work_dir=self.work,
             bot_id="hostile",
-            cancel=threading.Event(),
+            cancel=cancel or threading.Event(),
             sandboxes=self.sandboxes,
         )
 
@@ -481,17 +481,7 @@ def test_leases_at_once_get_slots_of_their_own(w, tmp_path):
     )
 
     def run_first() -> None:
-        outcomes.append(
-            worker.execute_lease(
-                the_lease,
-                cas=w.client,
-                cache=w.cache,
-                work_dir=w.work,
-                bot_id="first",
-                cancel=cancel,
-                sandboxes=w.sandboxes,
-            )
-        )
+        outcomes.append(w.run(the_lease, cancel))
 
     first = threading.Thread(target=run_first)
     first.start()
@@ -525,16 +515,7 @@ def test_a_lease_cancelled_while_staging_ends_cancelled_and_runs_nothing(w, tmp_
         input_root(w.store, files),
         output_paths=("mine",),
     )
-    outcome = worker.execute_lease(
-        the_lease,
-        cas=w.client,
-        cache=w.cache,
-        work_dir=w.work,
-        bot_id="cancelled",
-        cancel=cancel,
-        sandboxes=w.sandboxes,
-    )
-    _refused(outcome, code_pb2.CANCELLED, "staged")
+    _refused(w.run(the_lease, cancel), code_pb2.CANCELLED, "staged")
     slots = tmp_path / "work" / "exec"
     assert [os.listdir(s) for s in slots.iterdir()] == [[]]
     _ok(w.sh("true", files))

@@ -302,9 +302,16 @@ def test_a_name_longer_than_the_kernel_takes_is_refused(w):
     retries); a name of 255 bytes is staged."""
     long = "n" * 256
     outcome = w.sh("true", {f"d/{long}": (b"x", False)})
-    _refused(outcome, code_pb2.INVALID_ARGUMENT, "input", "256 bytes", "at most 255")
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "'d' holds", "256 bytes", "at most 255")
     outcome = w.sh("true", {f"{long}/f": (b"x", False)})
-    _refused(outcome, code_pb2.INVALID_ARGUMENT, "input", "256 bytes")
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "256 bytes", "at most 255")
+    # Refused as its Directory is read, before a path is made of it: a
+    # name of a megabyte above 300 files was 300 MB of paths.
+    outcome = w.sh("true", {f"{'h' * (1 << 20)}/f{i}": (b"x", False) for i in range(300)})
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, f"{1 << 20} bytes", "at most 255")
+    wide = "\u00e9" * 128  # 256 bytes in UTF-8
+    outcome = w.sh("true", {f"d/{wide}": (b"x", False)})
+    _refused(outcome, code_pb2.INVALID_ARGUMENT, "256 bytes", "at most 255")
     outcome = w.sh("true", working_directory=long)
     _refused(outcome, code_pb2.INVALID_ARGUMENT, "working directory", "256 bytes")
     outcome = w.sh("true", output_paths=(f"o/{long}",))

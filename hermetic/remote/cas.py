@@ -31,7 +31,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hermetic.remote.protos import bs_grpc, bs_pb2, grpc, re_grpc, re_pb2
 
@@ -194,6 +194,22 @@ def _batches(keys: Sequence[Key]) -> Iterator[list[Key]]:
         yield batch
 
 
+class Cancelled(Exception):
+    """The lease was cancelled while its inputs were fetched or staged."""
+
+
+class Cancel(Protocol):
+    """What fetching and staging need of a cancellation (a threading.Event)."""
+
+    def is_set(self) -> bool: ...
+
+
+def check_cancel(cancel: Cancel | None) -> None:
+    """Raise Cancelled once ``cancel`` is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the lease was cancelled while its inputs were fetched or staged")
+
+
 class CasClient:
     """The farm's CAS for one instance, over one gRPC channel."""
 
@@ -259,12 +275,14 @@ class CasClient:
             raise CasError(f"blob {k[0]}/{k[1]} is too large to read into memory")
         return _check(k, b"".join(self._stream(k)))
 
-    def read_to_file(self, k: Key, fd: int) -> None:
-        """Write blob ``k`` to ``fd`` as it arrives, checked against its digest."""
+    def read_to_file(self, k: Key, fd: int, cancel: Cancel | None = None) -> None:
+        """Write blob ``k`` to ``fd`` as it arrives, checked against its
+        digest; Cancelled, between two pieces, once ``cancel`` is set."""
         h = hashlib.sha256()
         size = 0
         pieces = self._stream(k) if k[1] > MAX_BATCH_BLOB else (d for _, d in self.read([k]))
         for piece in pieces:
+            check_cancel(cancel)
             h.update(piece)
             size += len(piece)
             view = memoryview(piece)
@@ -617,11 +635,14 @@ class LocalCache:
         finally:
             os.close(src)
 
-    def fetch(self, cas: CasClient, wanted: Iterable[tuple[Key, bool]]) -> int:
+    def fetch(
+        self, cas: CasClient, wanted: Iterable[tuple[Key, bool]], cancel: Cancel | None = None
+    ) -> int:
         """Bring every (digest, executable) of ``wanted`` into the cache;
         returns how many blobs came from the farm.  Small blobs come in
         batches; larger ones go from ByteStream to their file as they
-        arrive."""
+        arrive.  Cancelled once ``cancel`` is set (looked at for each blob,
+        and each piece of a large one)."""
         wanted = list(wanted)
         with self._lock:
             missing: set[tuple[Key, bool]] = set()
@@ -642,6 +663,7 @@ class LocalCache:
         fetched = 0
         small = [k for k in modes if k[1] <= MAX_BATCH_BLOB]
         for k, data in cas.read(small):
+            check_cancel(cancel)
             fetched += 1
             for x in modes[k]:
                 self.put(k, data, x)
@@ -649,7 +671,8 @@ class LocalCache:
             if k[1] > MAX_BATCH_BLOB:
                 fetched += 1
                 first, *rest = modes[k]
-                self._write(k, first, functools.partial(_read_to, cas, k))
+                check_cancel(cancel)
+                self._write(k, first, functools.partial(cas.read_to_file, k, cancel=cancel))
                 for _ in rest:
                     self._copy_entry(k, first)
         self.evict()
@@ -743,10 +766,6 @@ def _is_entry(st: os.stat_result, size: int) -> bool:
     """Whether ``st`` (lstat) is a cache entry the worker wrote: a regular
     file it owns, of the size its name says."""
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_size == size
-
-
-def _read_to(cas: CasClient, k: Key, fd: int) -> None:
-    cas.read_to_file(k, fd)
 
 
 def _copy_fd(src: int, dst: int, size: int) -> None:

@@ -40,9 +40,10 @@ import functools
 import os
 import posixpath
 import stat
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -50,10 +51,12 @@ from hermetic.core.tree import Trail, walk
 from hermetic.remote.cas import (
     Blob,
     CacheMiss,
+    Cancel,
     CasClient,
     FileBlob,
     Key,
     LocalCache,
+    check_cancel,
     checked_key,
     digest_of,
     digest_of_message,
@@ -98,24 +101,10 @@ class LimitError(Exception):
     worker's that a retry could mend)."""
 
 
-class Cancelled(Exception):
-    """The lease was cancelled while its exec root was staged."""
-
-
-class Cancel(Protocol):
-    """What staging needs of a cancellation (a threading.Event)."""
-
-    def is_set(self) -> bool: ...
-
-
-#: Files placed one by one (copies, and links the C core could not make)
-#: between two looks at the cancellation.
-CANCEL_EVERY = 256
-
-
-def _check(cancel: Cancel | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("the lease was cancelled while its inputs were staged")
+#: Links made in one call of the C core, between two looks at the
+#: cancellation (which is also looked at before each file placed one by
+#: one: a copy, or a link the C core could not make).
+LINK_BATCH = 4096
 
 
 class ExecRootError(ValueError):
@@ -159,16 +148,23 @@ def _check_names(rel: str, kinds: tuple[tuple[str, list[str]], ...]) -> None:
     for name in every:
         if "/" in name or "\0" in name or name in ("", ".", ".."):
             raise ExecRootError(f"{where} holds an invalid name: {name!r}")
+        # Before any path is made of it: a name of megabytes, times the
+        # files below it, would be the worker's memory.
+        if len(name) > NAME_MAX // 4 and len(name.encode(errors="surrogateescape")) > NAME_MAX:
+            raise ExecRootError(
+                f"{where} holds a name of {len(name.encode(errors='surrogateescape'))} bytes "
+                f"({name[:40]!r}...): a name can be at most {NAME_MAX}"
+            )
 
 
 def _read_directories(
-    cas: CasClient, cache: LocalCache | None, keys: list[Key]
+    cas: CasClient, cache: LocalCache | None, keys: list[Key], cancel: Cancel | None
 ) -> dict[Key, bytes]:
     if cache is None:
         return dict(cas.read(keys))
     wanted = [(k, False) for k in keys]
     with cache.pinned(wanted):
-        cache.fetch(cas, wanted)
+        cache.fetch(cas, wanted, cancel)
         out: dict[Key, bytes] = {}
         for k in keys:
             try:
@@ -192,15 +188,19 @@ def _directory_key(digest: Any, rel: str) -> Key:
     return k
 
 
-def fetch_tree(cas: CasClient, root: Any, cache: LocalCache | None = None) -> InputTree:
+def fetch_tree(
+    cas: CasClient, root: Any, cache: LocalCache | None = None, cancel: Cancel | None = None
+) -> InputTree:
     """Every node of the input root ``root`` (a Digest), read level by level
     (one batch per level; through ``cache`` when given, so a warm cache
     asks the farm nothing), each Directory checked against its digest and
-    against the API's rules for its names."""
+    against the API's rules for its names.  Cancelled once ``cancel`` is
+    set (looked at before each level and each blob fetched)."""
     tree = InputTree()
     level: list[tuple[str, Key]] = [("", _directory_key(root, ""))]
     while level:
-        blobs = _read_directories(cas, cache, sorted({k for _, k in level}))
+        check_cancel(cancel)
+        blobs = _read_directories(cas, cache, sorted({k for _, k in level}), cancel)
         following: list[tuple[str, Key]] = []
         files, dirs, symlinks = tree.files, tree.dirs, tree.symlinks
         for rel, k in level:
@@ -224,6 +224,11 @@ def fetch_tree(cas: CasClient, root: Any, cache: LocalCache | None = None) -> In
                 symlinks.append((prefix + name, sl.target))
             for sub, name in zip(directory.directories, dnames, strict=True):
                 path = prefix + name
+                if len(path) >= PATH_MAX:  # (names are bounded: never far past it)
+                    raise ExecRootError(
+                        f"the input directory {path[:60]!r}... is {len(path)} characters "
+                        f"long: longer than a path can be ({PATH_MAX - 1} bytes)"
+                    )
                 dirs.append(path)
                 following.append((path, _directory_key(sub.digest, path)))
         level = following
@@ -240,14 +245,14 @@ def stage(
 ) -> int:
     """Build the exec root (which must exist and be empty) from ``tree``;
     returns how many blobs were fetched from the farm.  Raises Cancelled
-    once ``cancel`` is set (seen before each directory, and every
-    CANCEL_EVERY files placed one by one).
+    once ``cancel`` is set (seen before each directory, each LINK_BATCH
+    links and each file placed one by one).
 
     An input at or under an output location (``outputs``, relative to the
     exec root) is the action's to replace: it is a copy, writable and
     sharing nothing with the cache, instead of a hard link.
     """
-    outs = tuple(outputs)
+    outs = frozenset(outputs)
     check_lengths(
         exec_root,
         (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)),
@@ -259,11 +264,18 @@ def stage(
                 f"the symbolic link {rel!r} has a target of {len(target)} bytes: a target "
                 f"is 1 to {PATH_MAX - 1} bytes"
             )
+    copies = _Copies()
+    if outs:
+        # Known before anything is fetched or written: the copies within
+        # outputs.
+        within = sum(k[1] for rel, k, _ in tree.files if _within(rel, outs))
+        if within > MAX_OUTPUT_BYTES:
+            copies.charge(within)
     wanted = {(k, x) for _, k, x in tree.files}
     # Pinned from the fetch until every link is made: eviction (by this
     # lease's fetch or another's) cannot remove an entry in between.
     with cache.pinned(wanted):
-        fetched = cache.fetch(cas, wanted)
+        fetched = cache.fetch(cas, wanted, cancel)
         by_dir: dict[str, list[tuple[str, Key, bool]]] = {}
         for rel, k, x in tree.files:
             parent, _, name = rel.rpartition("/")
@@ -273,10 +285,10 @@ def stage(
             # The exec root is new and only the worker writes in it until
             # the action runs; symbolic links are made last, so none is on
             # the way of a path made here.
-            _check(cancel)
+            check_cancel(cancel)
             if rel:
                 os.mkdir(os.path.join(exec_root, rel), 0o755)
-            return _fill_dir(cache, cas, exec_root, rel, by_dir.get(rel, []), outs, cancel)
+            return _fill_dir(cache, cas, exec_root, rel, by_dir.get(rel, []), outs, cancel, copies)
 
         # Parents before children: fetch_tree lists directories by level.
         levels: dict[int, list[str]] = {0: [""]}
@@ -331,8 +343,9 @@ def _fill_dir(
     exec_root: str,
     parent: str,
     entries: list[tuple[str, Key, bool]],
-    outs: tuple[str, ...],
+    outs: frozenset[str],
     cancel: Cancel | None = None,
+    copies: _Copies | None = None,
 ) -> int:
     """Link (or copy, within an output) the files of one directory, from
     one descriptor of it; returns how many blobs had to be fetched again."""
@@ -347,22 +360,50 @@ def _fill_dir(
         links: list[tuple[str, Key, bool]] = []
         for name, k, x in entries:
             if outs and _within(f"{parent}/{name}" if parent else name, outs):
-                _check(cancel)
+                check_cancel(cancel)
+                if copies is not None:
+                    copies.charge(k[1])
                 copy = functools.partial(cache.copy, k, x, dir_fd, name, 0o755 if x else 0o644)
                 fetched += _place(cache, cas, k, x, copy)
             else:
                 links.append((name, k, x))
-        # All the links in one call; those that failed are placed one by
-        # one (which names the failure or mends it).  Each costs the same
-        # however many failed before it.
-        for n, i in enumerate(cache.link_all(dir_fd, links)):
-            if n % CANCEL_EVERY == 0:
-                _check(cancel)
-            name, k, x = links[i]
-            fetched += _place(cache, cas, k, x, functools.partial(cache.link, k, x, dir_fd, name))
+        # The links LINK_BATCH to a call; those that failed are placed one
+        # by one (which names the failure or mends it, a copy at EMLINK).
+        # Each costs the same however many failed before it.
+        for start in range(0, len(links), LINK_BATCH):
+            check_cancel(cancel)
+            batch = links[start : start + LINK_BATCH]
+            for i in cache.link_all(dir_fd, batch):
+                check_cancel(cancel)
+                if copies is not None:
+                    copies.charge(batch[i][1][1])
+                name, k, x = batch[i]
+                link = functools.partial(cache.link, k, x, dir_fd, name)
+                fetched += _place(cache, cas, k, x, link)
     finally:
         os.close(dir_fd)
     return fetched
+
+
+class _Copies:
+    """The bytes staging may copy (inputs within an output, and a link at
+    EMLINK), at most MAX_OUTPUT_BYTES for one lease: each file placed one
+    by one is counted as a copy of its size before it is placed.  Shared
+    by the staging threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.size = 0
+
+    def charge(self, size: int) -> None:
+        with self._lock:
+            self.size += size
+            if self.size > MAX_OUTPUT_BYTES:
+                raise LimitError(
+                    f"staging would copy more than {MAX_OUTPUT_BYTES} bytes of inputs (inputs "
+                    "within an output are copies, and so is an input staged more often than "
+                    "the filesystem allows links to one file)"
+                )
 
 
 def _place(cache: LocalCache, cas: CasClient, k: Key, x: bool, place: Callable[[], None]) -> int:
@@ -442,8 +483,16 @@ def _ancestors(path: str) -> Iterable[str]:
         yield path
 
 
-def _within(path: str, roots: Iterable[str]) -> bool:
-    return any(path == r or path.startswith(r + "/") for r in roots)
+def _within(path: str, roots: frozenset[str] | set[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or lies below one: a look-up
+    per component of ``path``, however many roots a Command names."""
+    while True:
+        if path in roots:
+            return True
+        cut = path.rfind("/")
+        if cut < 0:
+            return False
+        path = path[:cut]
 
 
 def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> list[str]:

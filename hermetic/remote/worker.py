@@ -53,6 +53,7 @@ from hermetic.core.tree import remove_tree
 from hermetic.remote import execroot
 from hermetic.remote.cas import (
     DEFAULT_CACHE_SIZE,
+    Cancelled,
     CasClient,
     CasError,
     LocalCache,
@@ -203,7 +204,7 @@ def execute_lease(
             return _execute(lease, cas, cache, slot, meta, cancel, cpu_start)
     except SlotError as e:
         return LeaseOutcome(_status(code_pb2.INTERNAL, str(e)))
-    except execroot.Cancelled as e:
+    except Cancelled as e:
         return LeaseOutcome(_status(code_pb2.CANCELLED, str(e)))
     except execroot.LimitError as e:
         # Not INTERNAL or UNAVAILABLE: the farm would run the action again.
@@ -239,7 +240,7 @@ def _execute(
     command = re_pb2.Command.FromString(cas.read_one(action.command_digest))
     if not command.arguments:
         raise execroot.ExecRootError("the command has no arguments")
-    tree = execroot.fetch_tree(cas, action.input_root_digest, cache)
+    tree = execroot.fetch_tree(cas, action.input_root_digest, cache, cancel)
     outputs = execroot.output_locations(command)
     workdir = execroot.relative(command.working_directory, what="working_directory")
     execroot.check_lengths(exec_root, [workdir], what="working directory")

@@ -69,13 +69,14 @@ Roots = tuple[tuple[str, bool], ...]
 
 
 @functools.lru_cache(maxsize=64)
-def _packed_writable(roots: Roots) -> Any:
+def _packed_writable(writable: tuple[str, ...]) -> Any:
     """The writable roots for C (NUL-separated, an empty one ends them):
     where the listener performs metadata calls (Landlock-only mode).  Made
-    once per set of roots (an executor's are the same every execution);
-    C only reads it."""
+    once per set (an executor's are the same every execution: an
+    execution's own read-only paths are never among them, so what is kept
+    is bounded by the executors' specs); C only reads it."""
     ffi = _native().ffi
-    return ffi.new("char[]", b"".join(os.fsencode(p) + b"\0" for p, w in roots if w) + b"\0")
+    return ffi.new("char[]", b"".join(os.fsencode(p) + b"\0" for p in writable) + b"\0")
 
 
 class SyscallAudit:
@@ -103,7 +104,7 @@ class SyscallAudit:
         except IndexError:
             self._buf = nat.ffi.new("struct hm_notice[]", _BATCH)
         self._roots = roots
-        self._writable = _packed_writable(roots)
+        self._writable = _packed_writable(tuple(p for p, w in roots if w))
         self._seen: dict[tuple[ViolationKind, str, str], int] = {}
         self._shown: dict[tuple[ViolationKind, str, str], str] = {}
         self._dropped = 0

@@ -285,13 +285,9 @@ def execute(
 
 
 #: execve's bound on one argument or environment string, its NUL included
-#: (MAX_ARG_STRLEN: 32 pages).
+#: (MAX_ARG_STRLEN: 32 pages); the longest path, its NUL included.
 MAX_ARG_STRLEN = 32 * 4096
-
-
-@functools.cache
-def _arg_max() -> int:
-    return os.sysconf("SC_ARG_MAX")
+PATH_MAX = 4096
 
 
 def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
@@ -301,7 +297,11 @@ def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
     hostile command line costs nothing kept (an executor caches what it
     makes of an environment and a command name).  A variable is named,
     never shown: values may be secrets."""
-    limit = _arg_max()
+    # Read each time: it follows RLIMIT_STACK, which the caller may change.
+    # The kernel also counts the program's path as execve gets it (at most
+    # PATH_MAX with its NUL) and a pointer.
+    arg_max = os.sysconf("SC_ARG_MAX")
+    limit = arg_max - PATH_MAX - 8
     # A character is at most 4 bytes in UTF-8 (a surrogate escape is 1):
     # when even that bound passes, so do the exact counts below.
     longest = max(map(len, args), default=0)
@@ -335,7 +335,7 @@ def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
     if total > limit:
         raise SpecError(
             f"argv and the environment are {total} bytes: more than execve passes here "
-            f"(ARG_MAX {limit})",
+            f"(ARG_MAX {arg_max}, less {PATH_MAX + 8} for the program's path)",
             field="argv",
             value=total,
         )

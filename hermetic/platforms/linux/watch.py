@@ -196,6 +196,12 @@ class Watch:
     caller asks once the sandbox is reaped, and at the latest when the
     object goes."""
 
+    # What close() reads, set before __init__ runs: an exception raised
+    # partway through it (a signal handler's) still leaves an object that
+    # can go.
+    _tmp_fd = -1
+    _tree: _Tree | None = None
+
     def __init__(
         self,
         plan: LimitPlan,
