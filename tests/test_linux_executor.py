@@ -380,6 +380,11 @@ def test_pooled_namespaces_are_reused(monkeypatch):
     for _ in range(20):
         ex.execute(["true"]).unwrap()
     ex.close()
+    if os.geteuid() != 0:
+        # Joining one needs CAP_SYS_ADMIN here: an unprivileged caller's
+        # actions each get a fresh namespace, and the pool is never used.
+        assert made == []
+        return
     # At most one held by an action and one by the standby sandbox at once.
     assert len(made) <= 2
     assert POOL.size() >= 1
