@@ -61,6 +61,13 @@ def _blob(i: int, size: int = 1000) -> bytes:
     return (f"{i:08}".encode() * (size // 8 + 1))[:size]
 
 
+def _staged(exec_root, root, cache: LocalCache, client: CasClient):
+    """``exec_root`` (a new directory) staged from the input root ``root``."""
+    exec_root.mkdir()
+    execroot.stage(execroot.fetch_tree(client, root, cache), cache, client, str(exec_root))
+    return exec_root
+
+
 def _fill(cache: LocalCache, n: int, size: int = 1000) -> list:
     keys = []
     for i in range(n):
@@ -356,10 +363,7 @@ def test_fetching_stops_at_a_cancellation(tmp_path, cas):
         assert not [n for n in os.listdir(cold.root) if n.endswith(".tmp")]
         cold.close()
     cache = LocalCache(str(tmp_path / "cas"))
-    tree = execroot.fetch_tree(client, root, cache)
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    execroot.stage(tree, cache, client, str(whole))
+    whole = _staged(tmp_path / "whole", root, cache, client)
     assert (whole / "big.bin").read_bytes() == big
     assert (whole / "f049").read_bytes() == _blob(49)
     cache.close()
@@ -395,10 +399,7 @@ def test_a_large_blob_goes_from_bytestream_to_its_file(tmp_path, cas):
     data = os.urandom(MAX_BATCH_BLOB * 3 + 5)
     root = input_root(store, {"big.bin": (data, False), "small": (b"s", False)})
     cache = LocalCache(str(tmp_path / "cas"))
-    tree = execroot.fetch_tree(client, root, cache)
-    exec_root = tmp_path / "root"
-    exec_root.mkdir()
-    execroot.stage(tree, cache, client, str(exec_root))
+    exec_root = _staged(tmp_path / "root", root, cache, client)
     assert (exec_root / "big.bin").read_bytes() == data
     assert store.stats["Read"] == 1
     cache.close()
