@@ -462,3 +462,25 @@ def test_small_files_count_at_what_they_take_on_disk(tmp_path, monkeypatch):
     _fill(cache, 50, size=9)
     assert len(cache) <= 40 and len(os.listdir(cache.root)) == len(cache)
     cache.close()
+
+
+def test_within_an_output_is_decided_per_directory():
+    """Which inputs are copies: at or below an output, by whole components;
+    the exec root itself ('') counts for itself alone.  Asked in any order,
+    the answers are the same (each directory's is remembered)."""
+    cases = {
+        "a/b": True,
+        "a/b/x/y": True,
+        "a/b/x": True,
+        "c/z": True,
+        "c": True,
+        "": True,
+        "a": False,
+        "a/bc": False,
+        "a/bc/d": False,
+        "d/e": False,
+        "e": False,
+    }
+    for order in (list(cases), list(reversed(cases))):
+        outs = execroot._Outputs(["a/b", "c", ""])
+        assert {p: outs.within(p) for p in order} == cases

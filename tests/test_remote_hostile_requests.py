@@ -326,6 +326,41 @@ def test_a_name_longer_than_the_kernel_takes_is_refused(w):
     assert _exec_roots(w) == []
 
 
+def test_an_input_root_that_expands_past_its_bounds_is_refused(w, monkeypatch):
+    """A Directory may name one child many times: a few hundred KiB can
+    stand for millions of paths.  The tree is counted as it is expanded,
+    each distinct Directory parsed once: past the bound on entries (or on
+    their paths' bytes), RESOURCE_EXHAUSTED, before anything is staged."""
+    monkeypatch.setattr(execroot, "MAX_INPUT_ENTRIES", 1000)
+    # 40 directories with the same 40 files: one digest, named 40 times.
+    same = {f"d{i:02}/f{j:02}": (b"same", False) for i in range(40) for j in range(40)}
+    outcome = w.sh("true", same)
+    _refused(outcome, code_pb2.RESOURCE_EXHAUSTED, "more than 1000 entries")
+    assert _exec_roots(w) == []
+    monkeypatch.setattr(execroot, "MAX_INPUT_ENTRIES", 1_000_000)
+    monkeypatch.setattr(execroot, "MAX_INPUT_PATH_BYTES", 10_000)
+    outcome = w.sh("true", same)
+    _refused(outcome, code_pb2.RESOURCE_EXHAUSTED, "10000 bytes of paths")
+    monkeypatch.setattr(execroot, "MAX_INPUT_PATH_BYTES", 100_000)
+    assert _ok(w.sh("cat d39/f39", same)).exit_code == 0
+
+
+def test_outputs_past_their_bounds_are_refused_before_anything_is_made(w, monkeypatch):
+    """Every component of an output's path is a directory the worker may
+    make: their number is bounded, as is the outputs' (RESOURCE_EXHAUSTED
+    before the exec root is touched)."""
+    monkeypatch.setattr(execroot, "MAX_OUTPUT_COMPONENTS", 100)
+    deep = "/".join(["a"] * 60)
+    outcome = w.sh("true", output_paths=(f"x/{deep}/o", f"y/{deep}/o"))
+    _refused(outcome, code_pb2.RESOURCE_EXHAUSTED, "124 path components", "at most 100")
+    assert _exec_roots(w) == []
+    monkeypatch.setattr(execroot, "MAX_OUTPUTS", 3)
+    outcome = w.sh("true", output_paths=("a", "b", "c", "d"))
+    _refused(outcome, code_pb2.RESOURCE_EXHAUSTED, "4 outputs", "at most 3")
+    result = _ok(w.sh(f"mkdir -p {deep} && echo x > x/{deep}/o", output_paths=(f"x/{deep}/o",)))
+    assert [f.path for f in result.output_files] == [f"x/{deep}/o"]
+
+
 def test_a_missing_digest_the_cas_was_not_asked_about_is_ignored(w):
     """FindMissingBlobs answering with a digest it was not asked about (a
     path-like hash among them) sends nothing for it and fails nothing."""

@@ -92,6 +92,14 @@ MAX_OUTPUT_BYTES = 16 << 30
 #: root (see read_only_paths): past it the lease completes with
 #: RESOURCE_EXHAUSTED before the action runs.
 MAX_INPUT_MOUNTS = 4096
+#: Bounds on an input root as it is expanded (files, directories and
+#: symbolic links; the bytes of their paths, all held in memory), and on a
+#: Command's outputs (their number, and the directories leading to them):
+#: past one, RESOURCE_EXHAUSTED.
+MAX_INPUT_ENTRIES = 1_000_000
+MAX_INPUT_PATH_BYTES = 256 << 20
+MAX_OUTPUTS = 10_000
+MAX_OUTPUT_COMPONENTS = 50_000
 
 
 class LimitError(Exception):
@@ -198,23 +206,42 @@ def fetch_tree(
     set (looked at before each level and each blob fetched)."""
     tree = InputTree()
     level: list[tuple[str, Key]] = [("", _directory_key(root, ""))]
+    # What the tree expands to, counted as it grows: a Directory may name
+    # one child many times, so a few hundred KiB can stand for millions
+    # of paths.
+    entries = path_bytes = 0
     while level:
         check_cancel(cancel)
         blobs = _read_directories(cas, cache, sorted({k for _, k in level}), cancel)
         following: list[tuple[str, Key]] = []
         files, dirs, symlinks = tree.files, tree.dirs, tree.symlinks
+        # Each distinct Directory parsed and checked once per level.
+        parsed: dict[Key, tuple[Any, list[str], list[str], list[str]]] = {}
         for rel, k in level:
-            try:
-                directory = re_pb2.Directory.FromString(blobs[k])
-            except DecodeError:
-                raise ExecRootError(
-                    f"{rel or 'the input root'!r} names a blob that is not a Directory"
-                ) from None
-            fnames = [f.name for f in directory.files]
-            dnames = [d.name for d in directory.directories]
-            snames = [s.name for s in directory.symlinks]
-            _check_names(rel, (("files", fnames), ("directories", dnames), ("symlinks", snames)))
+            check_cancel(cancel)
+            if k not in parsed:
+                try:
+                    directory = re_pb2.Directory.FromString(blobs[k])
+                except DecodeError:
+                    raise ExecRootError(
+                        f"{rel or 'the input root'!r} names a blob that is not a Directory"
+                    ) from None
+                fnames = [f.name for f in directory.files]
+                dnames = [d.name for d in directory.directories]
+                snames = [s.name for s in directory.symlinks]
+                kinds = (("files", fnames), ("directories", dnames), ("symlinks", snames))
+                _check_names(rel, kinds)
+                parsed[k] = (directory, fnames, dnames, snames)
+            directory, fnames, dnames, snames = parsed[k]
             prefix = rel + "/" if rel else ""
+            n = len(fnames) + len(dnames) + len(snames)
+            entries += n
+            path_bytes += n * len(prefix) + sum(map(len, fnames)) + sum(map(len, dnames))
+            if entries > MAX_INPUT_ENTRIES or path_bytes > MAX_INPUT_PATH_BYTES:
+                raise LimitError(
+                    f"the input root holds more than {MAX_INPUT_ENTRIES} entries or "
+                    f"{MAX_INPUT_PATH_BYTES} bytes of paths (at {rel or 'the input root'!r})"
+                )
             # Every digest is checked where it enters, before it names a
             # cache entry or a request to the CAS.
             for f, name in zip(directory.files, fnames, strict=True):
@@ -252,7 +279,7 @@ def stage(
     exec root) is the action's to replace: it is a copy, writable and
     sharing nothing with the cache, instead of a hard link.
     """
-    outs = frozenset(outputs)
+    outs = _Outputs(outputs)
     check_lengths(
         exec_root,
         (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)),
@@ -268,7 +295,7 @@ def stage(
     if outs:
         # Known before anything is fetched or written: the copies within
         # outputs.
-        within = sum(k[1] for rel, k, _ in tree.files if _within(rel, outs))
+        within = sum(k[1] for rel, k, _ in tree.files if outs.within(rel))
         if within > MAX_OUTPUT_BYTES:
             copies.charge(within)
     wanted = {(k, x) for _, k, x in tree.files}
@@ -343,7 +370,7 @@ def _fill_dir(
     exec_root: str,
     parent: str,
     entries: list[tuple[str, Key, bool]],
-    outs: frozenset[str],
+    outs: _Outputs,
     cancel: Cancel | None = None,
     copies: _Copies | None = None,
 ) -> int:
@@ -359,7 +386,7 @@ def _fill_dir(
     try:
         links: list[tuple[str, Key, bool]] = []
         for name, k, x in entries:
-            if outs and _within(f"{parent}/{name}" if parent else name, outs):
+            if outs and outs.within(f"{parent}/{name}" if parent else name):
                 check_cancel(cancel)
                 if copies is not None:
                     copies.charge(k[1])
@@ -428,13 +455,23 @@ def output_locations(command: Any) -> list[str]:
         *command.output_files,
         *command.output_directories,
     ]
-    return [
+    if len(names) > MAX_OUTPUTS:
+        raise LimitError(f"the command names {len(names)} outputs; at most {MAX_OUTPUTS}")
+    outputs = [
         relative(posixpath.join(workdir, relative(n, what="an output path")), what="an output path")
         for n in names
     ]
+    # Each component is a directory the worker may make, and a string kept.
+    components = sum(o.count("/") + 1 for o in outputs)
+    if components > MAX_OUTPUT_COMPONENTS:
+        raise LimitError(
+            f"the command's outputs have {components} path components in all; at most "
+            f"{MAX_OUTPUT_COMPONENTS}"
+        )
+    return outputs
 
 
-def make_output_parents(command: Any, exec_root: str) -> None:
+def make_output_parents(command: Any, exec_root: str, cancel: Cancel | None = None) -> None:
     """Create the directories leading to each output (not the outputs
     themselves), as the API asks of the worker; and the working directory.
 
@@ -445,9 +482,12 @@ def make_output_parents(command: Any, exec_root: str) -> None:
     workdir = relative(command.working_directory, what="working_directory")
     root_fd = os.open(exec_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        made: set[str] = {""}
         for rel in [*(posixpath.dirname(o) for o in output_locations(command)), workdir]:
-            if rel:
+            if rel not in made:
+                check_cancel(cancel)
                 _make_dirs(root_fd, rel)
+                made.add(rel)
     finally:
         os.close(root_fd)
 
@@ -483,16 +523,41 @@ def _ancestors(path: str) -> Iterable[str]:
         yield path
 
 
-def _within(path: str, roots: frozenset[str] | set[str]) -> bool:
-    """Whether ``path`` is one of ``roots`` or lies below one: a look-up
-    per component of ``path``, however many roots a Command names."""
-    while True:
-        if path in roots:
+class _Outputs:
+    """A Command's output locations, and whether a path is one of them or
+    lies below one (the exec root itself, '', counts only for itself).
+    Decided once per directory and remembered: a file costs a look-up or
+    two, however deep it lies and however many outputs there are."""
+
+    def __init__(self, outputs: Iterable[str]) -> None:
+        self.paths = frozenset(outputs)
+        self._dirs: dict[str, bool] = {"": False}
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+    def within(self, path: str) -> bool:
+        if path in self.paths:
             return True
         cut = path.rfind("/")
-        if cut < 0:
-            return False
-        path = path[:cut]
+        return self._dir_within(path[:cut] if cut >= 0 else "")
+
+    def _dir_within(self, d: str) -> bool:
+        chain: list[str] = []
+        while True:
+            known = self._dirs.get(d)
+            if known is not None:
+                break
+            if d in self.paths:
+                known = True
+                self._dirs[d] = True
+                break
+            chain.append(d)
+            cut = d.rfind("/")
+            d = d[:cut] if cut >= 0 else ""
+        for c in chain:
+            self._dirs[c] = known
+        return known
 
 
 def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> list[str]:
@@ -506,12 +571,19 @@ def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> 
     Symbolic links need no declaration: replacing one changes only this
     action's exec root.
     """
-    outs = set(outputs)
-    # The exec root itself ('') is always writable: it is the output.
-    open_dirs = {""} | {a for o in outs for a in _ancestors(o)}
+    outs = _Outputs(outputs)
+    # The exec root itself ('') is always writable: it is the output.  Each
+    # output's ancestors up to one already there (the Command's outputs
+    # share most of theirs).
+    open_dirs = {""}
+    for o in outs.paths:
+        for a in _ancestors(o):
+            if a in open_dirs:
+                break
+            open_dirs.add(a)
 
     def writable_here(rel: str) -> bool:
-        return rel in open_dirs or _within(rel, outs)
+        return rel in open_dirs or outs.within(rel)
 
     declared: list[str] = []
     for rel in tree.dirs:
@@ -520,7 +592,7 @@ def read_only_paths(tree: InputTree, outputs: Iterable[str], exec_root: str) -> 
             declared.append(rel)
     for rel, _, _ in tree.files:
         # A file within an output is a copy of the action's own (stage()).
-        if writable_here(posixpath.dirname(rel)) and not _within(rel, outs):
+        if writable_here(posixpath.dirname(rel)) and not outs.within(rel):
             declared.append(rel)
     if len(declared) > MAX_INPUT_MOUNTS:
         # Each is a bind mount: their cost grows faster than their number,
