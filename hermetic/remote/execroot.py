@@ -391,7 +391,7 @@ def _fill_dir(
                 if copies is not None:
                     copies.charge(k[1])
                 copy = functools.partial(cache.copy, k, x, dir_fd, name, 0o755 if x else 0o644)
-                fetched += _place(cache, cas, k, x, copy)
+                fetched += _place(cache, cas, k, x, copy, cancel)
             else:
                 links.append((name, k, x))
         # The links LINK_BATCH to a call; those that failed are placed one
@@ -406,7 +406,7 @@ def _fill_dir(
                     copies.charge(batch[i][1][1])
                 name, k, x = batch[i]
                 link = functools.partial(cache.link, k, x, dir_fd, name)
-                fetched += _place(cache, cas, k, x, link)
+                fetched += _place(cache, cas, k, x, link, cancel)
     finally:
         os.close(dir_fd)
     return fetched
@@ -433,14 +433,21 @@ class _Copies:
                 )
 
 
-def _place(cache: LocalCache, cas: CasClient, k: Key, x: bool, place: Callable[[], None]) -> int:
+def _place(
+    cache: LocalCache,
+    cas: CasClient,
+    k: Key,
+    x: bool,
+    place: Callable[[], None],
+    cancel: Cancel | None = None,
+) -> int:
     """``place()``, after fetching its entry again if the cache lost it
     (removed or replaced behind the index's back, and dropped from it);
     returns how many blobs that fetched."""
     try:
         place()
     except CacheMiss:
-        fetched = cache.fetch(cas, [(k, x)])
+        fetched = cache.fetch(cas, [(k, x)], cancel)
         place()
         return fetched
     return 0
