@@ -343,6 +343,10 @@ def test_an_input_root_that_expands_past_its_bounds_is_refused(w, monkeypatch):
     _refused(outcome, code_pb2.RESOURCE_EXHAUSTED, "10000 bytes of paths")
     monkeypatch.setattr(execroot, "MAX_INPUT_PATH_BYTES", 100_000)
     assert _ok(w.sh("cat d39/f39", same)).exit_code == 0
+    # A symbolic link's target is held too, each time its Directory is.
+    links = {f"d{i:02}/l": "t" * 4000 for i in range(40)}
+    outcome = w.sh("true", {"f": (b"x", False)}, symlinks=links)
+    _refused(outcome, code_pb2.RESOURCE_EXHAUSTED, "100000 bytes of paths")
 
 
 def test_outputs_past_their_bounds_are_refused_before_anything_is_made(w, monkeypatch):

@@ -216,7 +216,7 @@ def fetch_tree(
         following: list[tuple[str, Key]] = []
         files, dirs, symlinks = tree.files, tree.dirs, tree.symlinks
         # Each distinct Directory parsed and checked once per level.
-        parsed: dict[Key, tuple[Any, list[str], list[str], list[str]]] = {}
+        parsed: dict[Key, tuple[Any, list[str], list[str], list[str], list[str], int]] = {}
         for rel, k in level:
             check_cancel(cancel)
             if k not in parsed:
@@ -231,12 +231,21 @@ def fetch_tree(
                 snames = [s.name for s in directory.symlinks]
                 kinds = (("files", fnames), ("directories", dnames), ("symlinks", snames))
                 _check_names(rel, kinds)
-                parsed[k] = (directory, fnames, dnames, snames)
-            directory, fnames, dnames, snames = parsed[k]
+                targets = [s.target for s in directory.symlinks]
+                for name, target in zip(snames, targets, strict=True):
+                    if not target or len(target.encode(errors="surrogateescape")) >= PATH_MAX:
+                        raise ExecRootError(
+                            f"the symbolic link {posixpath.join(rel, name)!r} has a target of "
+                            f"{len(target)} bytes: a target is 1 to {PATH_MAX - 1} bytes"
+                        )
+                # The names and targets each expansion of it holds.
+                size = sum(map(len, (*fnames, *dnames, *snames, *targets)))
+                parsed[k] = (directory, fnames, dnames, snames, targets, size)
+            directory, fnames, dnames, snames, targets, size = parsed[k]
             prefix = rel + "/" if rel else ""
             n = len(fnames) + len(dnames) + len(snames)
             entries += n
-            path_bytes += n * len(prefix) + sum(map(len, fnames)) + sum(map(len, dnames))
+            path_bytes += n * len(prefix) + size
             if entries > MAX_INPUT_ENTRIES or path_bytes > MAX_INPUT_PATH_BYTES:
                 raise LimitError(
                     f"the input root holds more than {MAX_INPUT_ENTRIES} entries or "
@@ -247,8 +256,8 @@ def fetch_tree(
             for f, name in zip(directory.files, fnames, strict=True):
                 path = prefix + name
                 files.append((path, checked_key(f.digest, what=repr(path)), f.is_executable))
-            for sl, name in zip(directory.symlinks, snames, strict=True):
-                symlinks.append((prefix + name, sl.target))
+            for name, target in zip(snames, targets, strict=True):
+                symlinks.append((prefix + name, target))
             for sub, name in zip(directory.directories, dnames, strict=True):
                 path = prefix + name
                 if len(path) >= PATH_MAX:  # (names are bounded: never far past it)
@@ -285,12 +294,6 @@ def stage(
         (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)),
         what="input",
     )
-    for rel, target in tree.symlinks:
-        if not target or len(target.encode(errors="surrogateescape")) > PATH_MAX - 1:
-            raise ExecRootError(
-                f"the symbolic link {rel!r} has a target of {len(target)} bytes: a target "
-                f"is 1 to {PATH_MAX - 1} bytes"
-            )
     copies = _Copies()
     if outs:
         # Known before anything is fetched or written: the copies within
