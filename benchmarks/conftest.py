@@ -13,13 +13,16 @@ Layout of the scratch directory every benchmark gets::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -42,8 +45,8 @@ class Scratch:
     tmp: str
 
 
-@pytest.fixture
-def scratch() -> Iterator[Scratch]:
+@contextlib.contextmanager
+def make_scratch() -> Iterator[Scratch]:
     """A fresh directory with ``src/``, ``out/`` and ``tmp/``, removed afterwards."""
     root = os.path.realpath(tempfile.mkdtemp(prefix="hermetic-bench-"))
     os.chmod(root, 0o755)
@@ -54,6 +57,72 @@ def scratch() -> Iterator[Scratch]:
         yield Scratch(root, dirs["src"], dirs["out"], dirs["tmp"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch() -> Iterator[Scratch]:
+    with make_scratch() as made:
+        yield made
+
+
+# -- rows timed in turn ---------------------------------------------------------
+
+
+def alternate(
+    rows: dict[str, Callable[[], Any]], rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    """Each row's durations (seconds), a round of every row in turn: on a
+    noisy machine a slow stretch then slows every row of a round, where
+    pytest-benchmark's row after row would put it on one row only.  Each
+    call's result must be an exit status of 0 (an int, a CompletedProcess
+    or an ExecutionResult), checked as it returns."""
+    durations: dict[str, list[float]] = {row: [] for row in rows}
+    for n in range(warmup + rounds):
+        for row, fn in rows.items():
+            start = time.perf_counter()
+            result = fn()
+            took = time.perf_counter() - start
+            code = (
+                result
+                if isinstance(result, int)
+                else getattr(result, "returncode", getattr(result, "exit_code", None))
+            )
+            assert code == 0, f"{row}: a round failed: {result!r}"
+            if n >= warmup:
+                durations[row].append(took)
+    return durations
+
+
+def paired_ratio(durations: list[float], base: list[float]) -> float:
+    """The median of each round's ratio to the same round's baseline: the
+    rows ran in turn, so a slow stretch of the machine slows both sides of
+    a pair."""
+    return statistics.median(d / b for d, b in zip(durations, base, strict=True))
+
+
+def record_rounds(
+    benchmark: Any,
+    durations: list[float],
+    *,
+    method: str,
+    baseline: bool,
+    base: list[float],
+    **extra: Any,
+) -> None:
+    """A row's rounds, timed in turn with other rows', as this benchmark's,
+    with its ``paired_ratio`` to ``base`` in ``extra_info``.
+    pytest-benchmark times only a function it calls itself, one row after
+    the other, so the rounds are recorded the way ``benchmark.pedantic``
+    records its own (one stats entry, a duration per round), through the
+    fixture's internals (pytest-benchmark 4 and 5)."""
+    benchmark.extra_info["method"] = method
+    benchmark.extra_info["baseline"] = baseline
+    benchmark.extra_info["paired_ratio"] = round(paired_ratio(durations, base), 4)
+    benchmark.extra_info.update(extra)
+    benchmark._mode = "alternating rounds"  # the fixture counts as used
+    stats = benchmark._make_stats(1)
+    for d in durations:
+        stats.update(d)
 
 
 def make_spec(scratch: Scratch, *, with_sources: bool = False):  # type: ignore[no-untyped-def]

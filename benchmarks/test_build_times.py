@@ -42,6 +42,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 
 from builds import harness, sources  # noqa: E402
+from conftest import record_rounds  # noqa: E402
 
 #: Rounds of each row, alternating.
 ROUNDS = int(os.environ.get("HERMETIC_BUILD_ROUNDS", "7"))
@@ -187,41 +188,20 @@ def timings(tarballs: dict[str, str]) -> Iterator[dict[tuple[str, str], list[flo
         ws.remove()
 
 
-def _paired_ratio(durations: list[float], plain: list[float]) -> float:
-    """The median of each round's ratio to the same round's plain build:
-    the rounds ran side by side, so a slow stretch of the machine slows
-    both sides of a pair."""
-    return statistics.median(d / p for d, p in zip(durations, plain, strict=True))
-
-
-def _record(
-    benchmark: Any, durations: list[float], row: str, plain: list[float], daemon_cpu: list[float]
-) -> None:
-    """The row's alternating rounds as this benchmark's.  pytest-benchmark
-    times only a function it calls itself, one row after the other; the
-    rounds were timed in turn instead, so they are recorded the way
-    ``benchmark.pedantic`` records its own (one stats entry, a duration per
-    round), through the fixture's internals (pytest-benchmark 4 and 5)."""
-    benchmark.extra_info["method"] = row
-    benchmark.extra_info["baseline"] = row == "plain"
-    benchmark.extra_info["jobs"] = JOBS
-    benchmark.extra_info["paired_ratio"] = round(_paired_ratio(durations, plain), 4)
-    if daemon_cpu:
-        ms = statistics.median(daemon_cpu) * 1e3
-        benchmark.extra_info["daemon_cpu_ms_per_action"] = round(ms, 3)
-    benchmark._mode = "alternating rounds"  # the fixture counts as used
-    stats = benchmark._make_stats(1)
-    for d in durations:
-        stats.update(d)
-
-
 def _row(project: str) -> Callable[[Any, Any, str], None]:
     def test(benchmark: Any, timings: dict[tuple[str, str], list[float]], row: str) -> None:
         durations = timings.get((project, row))
         if durations is None:
             pytest.skip(f"{BWRAP} is missing: install bubblewrap to compare with it")
+        extra: dict[str, Any] = {"jobs": JOBS}
         daemon_cpu = timings.get((project, DAEMON_CPU), []) if row == "hermetic-launch" else []
-        _record(benchmark, durations, row, timings[(project, "plain")], daemon_cpu)
+        if daemon_cpu:
+            ms = statistics.median(daemon_cpu) * 1e3
+            extra["daemon_cpu_ms_per_action"] = round(ms, 3)
+        plain = timings[(project, "plain")]
+        record_rounds(
+            benchmark, durations, method=row, baseline=row == "plain", base=plain, **extra
+        )
 
     return test
 

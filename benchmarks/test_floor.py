@@ -13,6 +13,7 @@ through ctypes; needs root (a pid namespace without a user namespace).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pathlib
@@ -32,8 +33,10 @@ LEVELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def floor_lib() -> Iterator[Any]:
+@contextlib.contextmanager
+def built_floor() -> Iterator[Any]:
+    """floor.c built and loaded (skips where it cannot run: no gcc, not
+    root, or the namespaces refused)."""
     if not os.access(GCC, os.X_OK):
         pytest.skip(f"{GCC} not installed: the floor is built with it")
     if os.geteuid() != 0:
@@ -48,6 +51,12 @@ def floor_lib() -> Iterator[Any]:
         rc = floor.floor_action(LEVELS["init-mounts"][0])
         if rc < 0:
             pytest.skip(f"the floor cannot clone its namespaces here: {os.strerror(-rc)}")
+        yield floor
+
+
+@pytest.fixture(scope="module")
+def floor_lib() -> Iterator[Any]:
+    with built_floor() as floor:
         yield floor
 
 

@@ -61,6 +61,7 @@ pytest.importorskip(
     "buildgrid.common", reason="needs the 'remote' extra (pip install 'hermetic[remote]')"
 )
 
+from conftest import record_rounds  # noqa: E402
 from memory_cas import MemoryCas, input_root, lease  # noqa: E402
 
 from hermetic import ExecutionResult, Ok  # noqa: E402
@@ -225,13 +226,6 @@ def _gcc_lease(cas: MemoryCas) -> Any:
 GCC_ROWS = ("unsandboxed", "hermetic", "hermetic-new-slot", "gcc-alone")
 
 
-def _paired_ratio(durations: list[float], base: list[float]) -> float:
-    """The median of each round's ratio to the same round's baseline: the
-    rows ran in turn, so a slow stretch of the machine slows both sides of
-    a pair."""
-    return statistics.median(d / b for d, b in zip(durations, base, strict=True))
-
-
 @pytest.fixture(scope="module")
 def gcc_rounds() -> Iterator[dict[str, tuple[list[float], dict[str, float]]]]:
     """Every worker-gcc row's durations and stage medians, measured in turn:
@@ -303,16 +297,10 @@ def test_worker_gcc(benchmark: Any, gcc_rounds: Any, row: str) -> None:
     benchmark's, recorded the way ``benchmark.pedantic`` records its own,
     through the fixture's internals (as benchmarks/test_build_times.py)."""
     durations, stages = gcc_rounds[row]
-    benchmark.extra_info["method"] = row
-    benchmark.extra_info["baseline"] = row == "unsandboxed"
-    benchmark.extra_info["paired_ratio"] = round(
-        _paired_ratio(durations, gcc_rounds["unsandboxed"][0]), 4
+    base = gcc_rounds["unsandboxed"][0]
+    record_rounds(
+        benchmark, durations, method=row, baseline=row == "unsandboxed", base=base, **stages
     )
-    benchmark.extra_info.update(stages)
-    benchmark._mode = "alternating rounds"  # the fixture counts as used
-    stats = benchmark._make_stats(1)
-    for d in durations:
-        stats.update(d)
 
 
 # -- staging ----------------------------------------------------------------------
