@@ -481,19 +481,22 @@ def output_locations(command: Any) -> list[str]:
     return outputs
 
 
-def make_output_parents(command: Any, exec_root: str, cancel: Cancel | None = None) -> None:
+def make_output_parents(
+    exec_root: str, outputs: Iterable[str], workdir: str, cancel: Cancel | None = None
+) -> None:
     """Create the directories leading to each output (not the outputs
     themselves), as the API asks of the worker; and the working directory.
+    ``outputs`` and ``workdir`` are relative to the exec root, as
+    ``output_locations`` and ``relative`` give them.
 
     Each component is made and opened from its parent's descriptor with
     ``O_NOFOLLOW``: a symbolic link of the input root on the way (say
     ``out -> /etc``) is refused, so the worker never makes a directory
     outside the exec root."""
-    workdir = relative(command.working_directory, what="working_directory")
     root_fd = os.open(exec_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         made: set[str] = {""}
-        for rel in [*(posixpath.dirname(o) for o in output_locations(command)), workdir]:
+        for rel in [*(posixpath.dirname(o) for o in outputs), workdir]:
             if rel not in made:
                 check_cancel(cancel)
                 _make_dirs(root_fd, rel)

@@ -246,7 +246,7 @@ def _execute(
     execroot.check_lengths(exec_root, [workdir], what="working directory")
     execroot.check_lengths(exec_root, outputs, what="output")
     execroot.stage(tree, cache, cas, exec_root, outputs, cancel)
-    execroot.make_output_parents(command, exec_root, cancel)
+    execroot.make_output_parents(exec_root, outputs, workdir, cancel)
     # Every staged hard link shares its inode with the cache: read-only for
     # this action (bind mounts in its own mount namespace).  The exec root
     # is its one writable place; nothing else of the worker (the cache,
