@@ -16,7 +16,7 @@ builds' groups do.
   The limits row also keeps ``limits_over_none_ms``: the median over rounds
   of its difference to the same round's row without limits.
 - ``gcc-paired``: ``gcc -c`` of a small file directly (the baseline) and
-  through ``execute`` with and without limits.
+  through ``execute`` with and without limits, 100 rounds.
 
 Every round's exit status is checked; nothing here asserts on speed.
 """
@@ -35,7 +35,6 @@ import pytest
 from conftest import PATH, _executor, alternate, make_scratch, make_spec, record_rounds
 from test_floor import LEVELS, built_floor
 from test_spawn import (
-    GCC_ROUNDS,
     GCC_WARMUP,
     TRUE,
     TRUE_ROUNDS,
@@ -46,6 +45,9 @@ from test_spawn import (
     needs_gcc,
 )
 
+#: gcc's rounds: more than the gcc group's 30, whose median moved by 3 %
+#: between runs (a compile's own spread is a few milliseconds).
+PAIRED_GCC_ROUNDS = 100
 #: The rows of each group, the baseline first where it can run.
 TRUE_ROWS = ("floor-init-mounts", "posix_spawn", "hermetic", "hermetic-no-limits")
 GCC_ROWS = ("direct", "hermetic", "hermetic-no-limits")
@@ -105,7 +107,7 @@ def gcc_rounds() -> Iterator[tuple[dict[str, list[float]], str]]:
                 "hermetic": lambda: limited.execute(argv, cwd=scratch.out).unwrap(),
                 "hermetic-no-limits": lambda: unlimited.execute(argv, cwd=scratch.out).unwrap(),
             }
-            durations = alternate(rows, GCC_ROUNDS, GCC_WARMUP)
+            durations = alternate(rows, PAIRED_GCC_ROUNDS, GCC_WARMUP)
             _check_object(obj)
             yield durations, obj
 
