@@ -4,6 +4,9 @@
   of its age, never more than 100 ms (the guarantee docs/limits.md gives).
 - ``wait_or_kill`` asks the check on that schedule: a 1 s action is checked
   about 18 times, not 50.
+- Output is checked against ``max_output_bytes`` only when it is captured:
+  with the caller's own descriptors (a launcher's), the check reads nothing
+  for it.
 - The watch's process tree (``_Tree``) finds what proctree.processes finds
   (children of a thread other than the main one included), reads an exited
   process's pid as gone, and leaves no descriptor open once closed.
@@ -184,3 +187,37 @@ def _comm(pid: int) -> bytes:
 def _children(pid: int) -> list[bytes]:
     with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
         return f.read().split()
+
+
+def test_output_is_checked_only_when_it_is_captured() -> None:
+    from hermetic.platforms.linux.limits import LimitPlan
+
+    plan = LimitPlan(
+        rlimits=(),
+        cgroup=False,
+        cpu_ns=0,
+        sampled_memory=0,
+        disk_io=0,
+        output_bytes=10,
+        unenforced=(),
+    )
+    out = os.memfd_create("out", os.MFD_CLOEXEC)
+    err = os.memfd_create("err", os.MFD_CLOEXEC)
+    try:
+        os.write(out, b"x" * 11)
+        captured = watch.Watch(plan, False, None, out, err, captured=True)
+        assert captured() == "output"
+        assert captured.observed["output"] == 11
+        # Neither stream captured: the files behind the descriptors are
+        # never looked at (closed ones here, which a look would fail on).
+        os.close(out)
+        os.close(err)
+        out = err = -1
+        passed = watch.Watch(plan, False, None, out, err, captured=False)
+        assert passed() is None
+        assert "output" not in passed.observed
+        assert passed.interval(0.0) == timeout.CHECK_INTERVAL_MAX
+    finally:
+        for fd in (out, err):
+            if fd >= 0:
+                os.close(fd)

@@ -290,7 +290,10 @@ class Watch:
                 if used > plan.cpu_ns:
                     self.observed["cpu"] = used
                     return "cpu"
-        if plan.output_bytes:
+        # Only captured output is bounded (the caller's own descriptors are
+        # the caller's business): the capture files are not looked at
+        # otherwise, as interval() does not hurry for them.
+        if plan.output_bytes and self.captured:
             size = os.fstat(self.out_fd).st_size + os.fstat(self.err_fd).st_size
             if size > plan.output_bytes:
                 self.observed["output"] = size
