@@ -156,8 +156,10 @@ def _plain(*roots: str, depth: int = 32, entries: int = 100_000) -> int:
 
 def test_the_quick_look_says_plain_only_when_the_scan_would_find_nothing(scratch: str) -> None:
     # Before each scan the run asks hm_outputs_plain whether any regular
-    # file under the roots has a set-id or execute bit; only "no" (1) skips
-    # the scan, every other answer (0) runs it.
+    # file under the roots has a set-id bit, or is executable with file
+    # capabilities; only "no" (1) skips the scan, every other answer (0)
+    # runs it.  An executable without capabilities (a build's linked
+    # program) is plain.
     out = os.path.join(scratch, "out")
     os.makedirs(os.path.join(out, "a", "b"))
     _file(os.path.join(out, "a", "b", "obj.o"), 0o644)
@@ -175,14 +177,20 @@ def test_the_quick_look_says_plain_only_when_the_scan_would_find_nothing(scratch
     assert _plain(out, empty, missing) == 1
     assert _plain(os.path.join(out, "a", "data")) == 1  # a file root
     assert _plain(os.path.join(out, "linkdir")) == 1  # a link root: not followed
-    assert _plain(tool) == 0
-    assert _plain(host) == 0
-    assert _plain(out, host) == 0
-    # Any of the bits, at any level it looks at.
-    for mode in (0o4644, 0o2644, 0o744, 0o654, 0o645):
+    assert _plain(tool) == 1
+    assert _plain(host) == 1
+    assert _plain(out, host) == 1
+    # A set-id bit, at any level it looks at, executable or not.
+    for mode in (0o4644, 0o2644, 0o4755, 0o2711, 0o6000):
         f = _file(os.path.join(out, "a", "b", "x"), 0o644)
         os.chmod(f, mode)
         assert _plain(out) == 0, oct(mode)
+        os.unlink(f)
+    # Any execute bit alone: plain, each looked at for capabilities.
+    for mode in (0o744, 0o654, 0o645, 0o100):
+        f = _file(os.path.join(out, "a", "b", "x"), 0o644)
+        os.chmod(f, mode)
+        assert _plain(out) == 1, oct(mode)
         os.unlink(f)
     assert _plain(out) == 1
     # Its bounds leave the answer to the scan: deeper than it looks, more
@@ -191,6 +199,26 @@ def test_the_quick_look_says_plain_only_when_the_scan_would_find_nothing(scratch
     assert _plain(out, depth=2) == 1
     assert _plain(out, entries=3) == 0
     assert _plain(out, depth=-1) == 0
+
+
+def test_the_quick_look_sends_an_executable_with_capabilities_to_the_scan(scratch: str) -> None:
+    # Setting security.capability needs CAP_SETFCAP over the file.
+    _needs_root()
+    out = os.path.join(scratch, "out")
+    os.makedirs(os.path.join(out, "bin"))
+    _file(os.path.join(out, "bin", "plain-tool"), 0o755)
+    capped = _file(os.path.join(out, "bin", "capped"), 0o755)
+    os.setxattr(capped, "security.capability", _CAP_NET_RAW)
+    assert _plain(out) == 0
+    assert _plain(capped) == 0  # a file root, too
+    # Not executable: capabilities act only at exec, and the scan leaves it.
+    os.chmod(capped, 0o644)
+    assert _plain(out) == 1
+    assert outputs.scan([out]) == []
+    os.chmod(capped, 0o755)
+    [v] = outputs.scan([out])
+    assert v.decision == "stripped" and "file capabilities" in (v.observed or "")
+    assert _plain(out) == 1
 
 
 def test_the_quick_look_cannot_vouch_for_what_it_cannot_read(scratch: str) -> None:

@@ -10,12 +10,15 @@
  * per empty directory.
  *
  * hm_outputs_plain() answers only "nothing to do": 1 when no root holds a
- * regular file with any of the set-id or execute bits (so no set-id file,
- * and no executable to look for capabilities on), 0 when it found one or
- * could not tell (a directory it cannot open, one nested deeper than
- * max_depth, more than max_entries entries, any error other than a name
- * gone since it was listed).  On 0 the caller runs the full scan, which
- * strips, removes and reports; so every doubt costs time, never a check.
+ * regular file with a set-id bit, nor an executable one with file
+ * capabilities (its security.capability attribute, read as the scan reads
+ * it), 0 when it found one or could not tell (a directory it cannot open,
+ * one nested deeper than max_depth, more than max_entries entries, an
+ * attribute it cannot read, any error other than a name gone since it was
+ * listed).  On 0 the caller runs the full scan, which strips, removes and
+ * reports; so every doubt costs time, never a check.  A build's outputs
+ * hold executables (a linked program, CMake's compiler probes): each is
+ * one lgetxattr here, where it sent every later run to the full scan.
  *
  * Like the scan it never follows a link: the roots are looked at with
  * lstat semantics, every directory is opened relative to its parent's
@@ -29,14 +32,17 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "../hermetic.h"
 
-#define LOOK (S_ISUID | S_ISGID | S_IXUSR | S_IXGRP | S_IXOTH)
+#define SETID (S_ISUID | S_ISGID)
+#define EXEC (S_IXUSR | S_IXGRP | S_IXOTH)
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 /* Bytes of entries read at a time, per directory level (on the stack:
  * max_depth levels at most).  One read lists a small directory. */
@@ -57,6 +63,20 @@ struct budget {
 /* 1: nothing under the directory `fd` to scan; 0: something, or no
  * answer.  Listed with getdents64 directly: opendir's allocation and its
  * fstat and fcntl are three more calls per directory. */
+/* 1: `name` in the directory `fd` has no file capabilities; 0: it has,
+ * or the answer is unknown.  The name itself is never followed: lgetxattr
+ * through /proc/self/fd/N, which is that very directory (as the scan's
+ * _has_caps_at).  No attribute, or a filesystem without attributes: none. */
+static int no_caps_at(int fd, const char *name)
+{
+    char path[64 + 256];
+    if ((size_t)snprintf(path, sizeof path, "/proc/self/fd/%d/%s", fd, name) >= sizeof path)
+        return 0;
+    if (lgetxattr(path, "security.capability", NULL, 0) >= 0)
+        return 0;
+    return errno == ENODATA || errno == ENOTSUP;
+}
+
 static int plain_dir(int fd, int depth, struct budget *b)
 {
     char buf[LISTING] __attribute__((aligned(8)));
@@ -83,7 +103,9 @@ static int plain_dir(int fd, int depth, struct budget *b)
                     return 0;
                 }
                 if (S_ISREG(st.st_mode)) {
-                    if (st.st_mode & LOOK)
+                    if (st.st_mode & SETID)
+                        return 0;
+                    if ((st.st_mode & EXEC) && !no_caps_at(fd, name))
                         return 0;
                     continue;
                 }
@@ -135,7 +157,11 @@ int hm_outputs_plain(const char *roots, int max_depth, long max_entries)
                 continue;
             return 0;
         }
-        if (S_ISREG(st.st_mode) && (st.st_mode & LOOK))
+        if (S_ISREG(st.st_mode) && (st.st_mode & SETID))
+            return 0;
+        if (S_ISREG(st.st_mode) && (st.st_mode & EXEC) &&
+            !(lgetxattr(root, "security.capability", NULL, 0) < 0 &&
+              (errno == ENODATA || errno == ENOTSUP)))
             return 0;
         if (S_ISDIR(st.st_mode))
             return 0; /* a directory again since: no answer */

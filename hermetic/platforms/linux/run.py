@@ -609,7 +609,8 @@ def _run(
             violations += default_cap_violations(captured)
         # After pid 1 is reaped: nothing of the action's is left to race.
         # The quick look in C answers only "no regular file with a set-id
-        # or execute bit anywhere"; on any other answer the scan runs.
+        # bit, nor an executable one with file capabilities, anywhere"; on
+        # any other answer the scan runs.
         if prepared.scan_roots and (
             lib.hm_outputs_plain(prepared.scan_roots_c, QUICK_SCAN_DEPTH, QUICK_SCAN_ENTRIES) != 1
         ):
