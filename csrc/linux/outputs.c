@@ -11,14 +11,15 @@
  *
  * hm_outputs_plain() answers only "nothing to do": 1 when no root holds a
  * regular file with a set-id bit, nor an executable one with file
- * capabilities (its security.capability attribute, read as the scan reads
- * it), 0 when it found one or could not tell (a directory it cannot open,
+ * capabilities (its security.capability attribute, read from the same
+ * inode as its mode), 0 when it found one or could not tell (a directory it cannot open,
  * one nested deeper than max_depth, more than max_entries entries, an
  * attribute it cannot read, any error other than a name gone since it was
  * listed).  On 0 the caller runs the full scan, which strips, removes and
  * reports; so every doubt costs time, never a check.  A build's outputs
  * hold executables (a linked program, CMake's compiler probes): each is
- * one lgetxattr here, where it sent every later run to the full scan.
+ * an open, an fstat and a getxattr here, where it sent every later run to
+ * the full scan.
  *
  * Like the scan it never follows a link: the roots are looked at with
  * lstat semantics, every directory is opened relative to its parent's
@@ -63,18 +64,32 @@ struct budget {
 /* 1: nothing under the directory `fd` to scan; 0: something, or no
  * answer.  Listed with getdents64 directly: opendir's allocation and its
  * fstat and fcntl are three more calls per directory. */
-/* 1: `name` in the directory `fd` has no file capabilities; 0: it has,
- * or the answer is unknown.  The name itself is never followed: lgetxattr
- * through /proc/self/fd/N, which is that very directory (as the scan's
- * _has_caps_at).  No attribute, or a filesystem without attributes: none. */
-static int no_caps_at(int fd, const char *name)
+/* 1: the executable regular file `name` in the directory `fd` (seen as
+ * `seen` by the listing's fstatat) has neither a set-id bit nor file
+ * capabilities; 0: it has, or the answer is unknown (as the scan reads
+ * them: any other error counts as "none" there).  Mode and attribute come
+ * from one inode: the name is opened O_PATH|O_NOFOLLOW, the descriptor's
+ * file must be the one listed, and the attribute is read through
+ * /proc/self/fd/<that descriptor>, which getxattr follows to the inode
+ * itself.  A name swapped since the listing (by an action still running
+ * on the same outputs) gives 0.  No attribute, or a filesystem without
+ * attributes: none.  at: a root given as a path (AT_FDCWD). */
+static int plain_exec_at(int fd, const char *name, const struct stat *seen)
 {
-    char path[64 + 256];
-    if ((size_t)snprintf(path, sizeof path, "/proc/self/fd/%d/%s", fd, name) >= sizeof path)
-        return 0;
-    if (lgetxattr(path, "security.capability", NULL, 0) >= 0)
-        return 0;
-    return errno == ENODATA || errno == ENOTSUP;
+    int p = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (p < 0)
+        return errno == ENOENT; /* gone since listed, as for the listing */
+    struct stat now;
+    int plain = 0;
+    if (fstat(p, &now) == 0 && S_ISREG(now.st_mode) && now.st_dev == seen->st_dev &&
+        now.st_ino == seen->st_ino && !(now.st_mode & SETID)) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", p);
+        plain = getxattr(path, "security.capability", NULL, 0) < 0 &&
+                (errno == ENODATA || errno == ENOTSUP);
+    }
+    close(p);
+    return plain;
 }
 
 static int plain_dir(int fd, int depth, struct budget *b)
@@ -105,7 +120,7 @@ static int plain_dir(int fd, int depth, struct budget *b)
                 if (S_ISREG(st.st_mode)) {
                     if (st.st_mode & SETID)
                         return 0;
-                    if ((st.st_mode & EXEC) && !no_caps_at(fd, name))
+                    if ((st.st_mode & EXEC) && !plain_exec_at(fd, name, &st))
                         return 0;
                     continue;
                 }
@@ -159,9 +174,7 @@ int hm_outputs_plain(const char *roots, int max_depth, long max_entries)
         }
         if (S_ISREG(st.st_mode) && (st.st_mode & SETID))
             return 0;
-        if (S_ISREG(st.st_mode) && (st.st_mode & EXEC) &&
-            !(lgetxattr(root, "security.capability", NULL, 0) < 0 &&
-              (errno == ENODATA || errno == ENOTSUP)))
+        if (S_ISREG(st.st_mode) && (st.st_mode & EXEC) && !plain_exec_at(AT_FDCWD, root, &st))
             return 0;
         if (S_ISDIR(st.st_mode))
             return 0; /* a directory again since: no answer */

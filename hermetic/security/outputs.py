@@ -162,9 +162,6 @@ def _walk(root: str, report: _Report, skip: Collection[tree.Place]) -> None:
 
 
 def _check_file(dfd: int, name: str, path: str, st: os.stat_result, report: _Report) -> None:
-    setid = st.st_mode & _SETID
-    if not setid and not _has_caps_at(dfd, name):
-        return  # an executable without capabilities: one more system call
     try:
         pfd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
     except OSError:
@@ -173,6 +170,12 @@ def _check_file(dfd: int, name: str, path: str, st: os.stat_result, report: _Rep
         now = os.fstat(pfd)
         if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return  # replaced since the listing: not the file seen
+        # The mode and the attribute are read from this descriptor alone,
+        # one inode's, however the name is swapped meanwhile (by an action
+        # still running on the same outputs).
+        setid = now.st_mode & _SETID
+        if not setid and not now.st_mode & _EXEC:
+            return
         caps = False
         if not setid:
             caps = _has_caps(pfd)
@@ -209,17 +212,6 @@ def _describe(st: os.stat_result, caps: bool) -> str:
     if caps:
         kinds.append("file capabilities")
     return f"{' and '.join(kinds)} file, mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}"
-
-
-def _has_caps_at(dfd: int, name: str) -> bool:
-    """Whether ``name`` in the directory open as ``dfd`` has file
-    capabilities, the name itself never followed: one lgetxattr through
-    the directory's descriptor (/proc/self/fd/N is that very directory)."""
-    try:
-        os.getxattr(f"/proc/self/fd/{dfd}/{name}", _FCAPS, follow_symlinks=False)
-    except OSError:
-        return False
-    return True
 
 
 def _has_caps(pfd: int) -> bool:
