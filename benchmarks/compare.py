@@ -4,7 +4,10 @@
     python benchmarks/compare.py /tmp/bench.json [--png chart.png]
 
 Each row gives the median, the interquartile range and the ratio of the
-median to the group's baseline.  The baseline is the entry the benchmark
+median to the group's baseline; in a group whose rows were timed in turn
+(``test_paired.py``, the worker's and the builds' groups) also the
+``paired_ratio`` each row keeps: the median of its rounds' ratios to the
+same rounds of the baseline, the figure to read there.  The baseline is the entry the benchmark
 marked with ``extra_info["baseline"] = True`` (posix_spawn for the ``true``
 groups, the direct run for ``gcc`` and ``cat``); for files without that
 mark, an entry named ``*posix_spawn*`` or ``*direct*``, else the fastest.
@@ -61,20 +64,24 @@ def group_table(name: str, entries: list[Bench]) -> str:
     base = _baseline(entries)
     base_median = base["stats"]["median"]
     rows = sorted(entries, key=lambda b: (b is not base, b["stats"]["median"]))
+    paired = any("paired_ratio" in b.get("extra_info", {}) for b in entries)
     lines = [
         f"### {name}",
         "",
         f"Baseline: `{base['name']}`",
         "",
-        "| name | median (ms) | IQR (ms) | rounds | ratio |",
-        "|---|---:|---:|---:|---:|",
+        "| name | median (ms) | IQR (ms) | rounds | ratio |" + (" paired |" if paired else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|" if paired else ""),
     ]
     for b in rows:
         s = b["stats"]
         ratio = s["median"] / base_median if base_median else float("nan")
-        lines.append(
-            f"| {b['name']} | {_ms(s['median'])} | {_ms(s['iqr'])} | {s['rounds']} | {ratio:.2f}x |"
-        )
+        median, iqr = _ms(s["median"]), _ms(s["iqr"])
+        line = f"| {b['name']} | {median} | {iqr} | {s['rounds']} | {ratio:.2f}x |"
+        if paired:
+            value = b.get("extra_info", {}).get("paired_ratio")
+            line += f" {value:.3f}x |" if isinstance(value, (int, float)) else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
