@@ -12,10 +12,10 @@
  * hm_outputs_plain() answers only "nothing to do": 1 when no root holds a
  * regular file with a set-id bit, nor an executable one with file
  * capabilities (its security.capability attribute, read from the same
- * inode as its mode), 0 when it found one or could not tell (a directory it cannot open,
- * one nested deeper than max_depth, more than max_entries entries, an
- * attribute it cannot read, any error other than a name gone since it was
- * listed).  On 0 the caller runs the full scan, which strips, removes and
+ * inode as its mode), 0 when it found one or could not tell (a directory
+ * it cannot open, one nested deeper than max_depth, more than max_entries
+ * entries, an attribute it cannot read, any error other than a name gone
+ * since it was listed).  On 0 the caller runs the full scan, which strips, removes and
  * reports; so every doubt costs time, never a check.  A build's outputs
  * hold executables (a linked program, CMake's compiler probes): each is
  * an open, an fstat and a getxattr here, where it sent every later run to
@@ -61,9 +61,6 @@ struct budget {
     long entries; /* left to look at */
 };
 
-/* 1: nothing under the directory `fd` to scan; 0: something, or no
- * answer.  Listed with getdents64 directly: opendir's allocation and its
- * fstat and fcntl are three more calls per directory. */
 /* 1: the executable regular file `name` in the directory `fd` (seen as
  * `seen` by the listing's fstatat) has neither a set-id bit nor file
  * capabilities; 0: it has, or the answer is unknown (as the scan reads
@@ -73,7 +70,7 @@ struct budget {
  * /proc/self/fd/<that descriptor>, which getxattr follows to the inode
  * itself.  A name swapped since the listing (by an action still running
  * on the same outputs) gives 0.  No attribute, or a filesystem without
- * attributes: none.  at: a root given as a path (AT_FDCWD). */
+ * attributes: none.  `fd` is AT_FDCWD for a root given as a path. */
 static int plain_exec_at(int fd, const char *name, const struct stat *seen)
 {
     int p = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -92,6 +89,18 @@ static int plain_exec_at(int fd, const char *name, const struct stat *seen)
     return plain;
 }
 
+/* 1: the regular file `name` in `fd`, listed as `st`, needs no scan: no
+ * set-id bit, and not executable or without file capabilities. */
+static int plain_file(int fd, const char *name, const struct stat *st)
+{
+    if (st->st_mode & SETID)
+        return 0;
+    return !(st->st_mode & EXEC) || plain_exec_at(fd, name, st);
+}
+
+/* 1: nothing under the directory `fd` to scan; 0: something, or no
+ * answer.  Listed with getdents64 directly: opendir's allocation and its
+ * fstat and fcntl are three more calls per directory. */
 static int plain_dir(int fd, int depth, struct budget *b)
 {
     char buf[LISTING] __attribute__((aligned(8)));
@@ -118,9 +127,7 @@ static int plain_dir(int fd, int depth, struct budget *b)
                     return 0;
                 }
                 if (S_ISREG(st.st_mode)) {
-                    if (st.st_mode & SETID)
-                        return 0;
-                    if ((st.st_mode & EXEC) && !plain_exec_at(fd, name, &st))
+                    if (!plain_file(fd, name, &st))
                         return 0;
                     continue;
                 }
@@ -172,9 +179,7 @@ int hm_outputs_plain(const char *roots, int max_depth, long max_entries)
                 continue;
             return 0;
         }
-        if (S_ISREG(st.st_mode) && (st.st_mode & SETID))
-            return 0;
-        if (S_ISREG(st.st_mode) && (st.st_mode & EXEC) && !plain_exec_at(AT_FDCWD, root, &st))
+        if (S_ISREG(st.st_mode) && !plain_file(AT_FDCWD, root, &st))
             return 0;
         if (S_ISDIR(st.st_mode))
             return 0; /* a directory again since: no answer */
