@@ -7,10 +7,11 @@ Each row gives the median, the interquartile range and the ratio of the
 median to the group's baseline; in a group whose rows were timed in turn
 (``test_paired.py``, the worker's and the builds' groups) also the
 ``paired_ratio`` each row keeps: the median of its rounds' ratios to the
-same rounds of the baseline, the figure to read there.  The baseline is the entry the benchmark
-marked with ``extra_info["baseline"] = True`` (posix_spawn for the ``true``
-groups, the direct run for ``gcc`` and ``cat``); for files without that
-mark, an entry named ``*posix_spawn*`` or ``*direct*``, else the fastest.
+same rounds of the baseline, the figure to read there.  The baseline is
+the entry the benchmark marked with ``extra_info["baseline"] = True``
+(posix_spawn for the ``true`` groups, the direct run for ``gcc`` and
+``cat``); for files without that mark, an entry named ``*posix_spawn*`` or
+``*direct*``, else the fastest.
 
 A group named ``<base>-<variant>`` (``true-1GiB``) is also compared row by
 row with group ``<base>``, matching entries by ``extra_info["method"]``.

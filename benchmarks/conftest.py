@@ -68,6 +68,14 @@ def scratch() -> Iterator[Scratch]:
 # -- rows timed in turn ---------------------------------------------------------
 
 
+def exit_status(result: Any) -> int | None:
+    """The exit status of a round's result: an exit code, a CompletedProcess
+    or an ExecutionResult."""
+    if isinstance(result, int):
+        return result
+    return getattr(result, "returncode", getattr(result, "exit_code", None))
+
+
 def alternate(
     rows: dict[str, Callable[[], Any]], rounds: int, warmup: int
 ) -> dict[str, list[float]]:
@@ -75,19 +83,14 @@ def alternate(
     noisy machine a slow stretch then slows every row of a round, where
     pytest-benchmark's row after row would put it on one row only.  Each
     call's result must be an exit status of 0 (an int, a CompletedProcess
-    or an ExecutionResult), checked as it returns."""
+    or an ExecutionResult: ``exit_status``), checked as it returns."""
     durations: dict[str, list[float]] = {row: [] for row in rows}
     for n in range(warmup + rounds):
         for row, fn in rows.items():
             start = time.perf_counter()
             result = fn()
             took = time.perf_counter() - start
-            code = (
-                result
-                if isinstance(result, int)
-                else getattr(result, "returncode", getattr(result, "exit_code", None))
-            )
-            assert code == 0, f"{row}: a round failed: {result!r}"
+            assert exit_status(result) == 0, f"{row}: a round failed: {result!r}"
             if n >= warmup:
                 durations[row].append(took)
     return durations
@@ -146,6 +149,23 @@ def make_spec(scratch: Scratch, *, with_sources: bool = False):  # type: ignore[
     )
 
 
+def unlimited(spec: Any) -> Any:
+    """``spec`` without resource limits: no cgroup slot, no rlimits but no core."""
+    import dataclasses
+
+    from hermetic import ResourceLimits
+
+    none = ResourceLimits(max_processes=0, max_file_size=0, max_open_files=0)
+    return dataclasses.replace(spec, resources=none)
+
+
+def sandbox_env() -> dict[str, str]:
+    """The sandbox's environment, so direct and sandboxed runs see the same one."""
+    from hermetic import EnvSet
+
+    return dict(EnvSet.minimal().with_var("PATH", PATH).vars)
+
+
 def _executor(spec, **create: object):  # type: ignore[no-untyped-def]
     from hermetic import HermeticError, HermeticExecutor
 
@@ -172,13 +192,8 @@ def executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def unlimited_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
-    """The full spec without resource limits: no cgroup slot, no rlimits but no core."""
-    import dataclasses
-
-    from hermetic import ResourceLimits
-
-    none = ResourceLimits(max_processes=0, max_file_size=0, max_open_files=0)
-    return _executor(dataclasses.replace(make_spec(scratch), resources=none))
+    """The full spec without resource limits (``unlimited``)."""
+    return _executor(unlimited(make_spec(scratch)))
 
 
 @pytest.fixture
@@ -233,22 +248,14 @@ def source_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def unlimited_source_executor(scratch: Scratch):  # type: ignore[no-untyped-def]
-    """``source_executor`` without resource limits (no cgroup)."""
-    import dataclasses
-
-    from hermetic import ResourceLimits
-
-    none = ResourceLimits(max_processes=0, max_file_size=0, max_open_files=0)
-    spec = make_spec(scratch, with_sources=True)
-    return _executor(dataclasses.replace(spec, resources=none))
+    """``source_executor`` without resource limits (``unlimited``)."""
+    return _executor(unlimited(make_spec(scratch, with_sources=True)))
 
 
 @pytest.fixture
 def direct_env() -> dict[str, str]:
-    """The sandbox's environment, so direct and sandboxed runs see the same one."""
-    from hermetic import EnvSet
-
-    return dict(EnvSet.minimal().with_var("PATH", PATH).vars)
+    """The sandbox's environment (``sandbox_env``)."""
+    return sandbox_env()
 
 
 def _rss_bytes() -> int:

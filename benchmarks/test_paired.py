@@ -24,7 +24,6 @@ Every round's exit status is checked; nothing here asserts on speed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import statistics
 import subprocess
@@ -32,7 +31,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import PATH, _executor, alternate, make_scratch, make_spec, record_rounds
+from conftest import (
+    _executor,
+    alternate,
+    make_scratch,
+    make_spec,
+    record_rounds,
+    sandbox_env,
+    unlimited,
+)
 from test_floor import LEVELS, built_floor
 from test_spawn import (
     GCC_WARMUP,
@@ -53,28 +60,6 @@ TRUE_ROWS = ("floor-init-mounts", "posix_spawn", "hermetic", "hermetic-no-limits
 GCC_ROWS = ("direct", "hermetic", "hermetic-no-limits")
 
 
-def _unlimited(spec: Any) -> Any:
-    from hermetic import ResourceLimits
-
-    none = ResourceLimits(max_processes=0, max_file_size=0, max_open_files=0)
-    return dataclasses.replace(spec, resources=none)
-
-
-def _env() -> dict[str, str]:
-    from hermetic import EnvSet
-
-    return dict(EnvSet.minimal().with_var("PATH", PATH).vars)
-
-
-@contextlib.contextmanager
-def _closing(*executors: Any) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for ex in executors:
-            ex.close()
-
-
 @pytest.fixture(scope="module")
 def true_rounds() -> Iterator[dict[str, list[float]]]:
     with make_scratch() as scratch, contextlib.ExitStack() as stack:
@@ -83,33 +68,30 @@ def true_rounds() -> Iterator[dict[str, list[float]]]:
             floor = stack.enter_context(built_floor())
             level = LEVELS["init-mounts"][0]
             rows["floor-init-mounts"] = lambda: floor.floor_action(level)
-        rows["posix_spawn"] = _posix_spawn_true(_env())
-        limited = _executor(make_spec(scratch))
-        unlimited = _executor(_unlimited(make_spec(scratch)))
-        stack.enter_context(_closing(limited, unlimited))
+        rows["posix_spawn"] = _posix_spawn_true(sandbox_env())
+        limited = stack.enter_context(_executor(make_spec(scratch)))
+        free = stack.enter_context(_executor(unlimited(make_spec(scratch))))
         rows["hermetic"] = lambda: limited.execute([TRUE]).unwrap()
-        rows["hermetic-no-limits"] = lambda: unlimited.execute([TRUE]).unwrap()
+        rows["hermetic-no-limits"] = lambda: free.execute([TRUE]).unwrap()
         yield alternate(rows, TRUE_ROUNDS, TRUE_WARMUP)
 
 
 @pytest.fixture(scope="module")
-def gcc_rounds() -> Iterator[tuple[dict[str, list[float]], str]]:
-    with make_scratch() as scratch:
+def gcc_rounds() -> Iterator[dict[str, list[float]]]:
+    with make_scratch() as scratch, contextlib.ExitStack() as stack:
         argv, obj = _gcc_job(scratch)
-        env = {**_env(), "TMPDIR": scratch.tmp}
-        limited = _executor(make_spec(scratch, with_sources=True))
-        unlimited = _executor(_unlimited(make_spec(scratch, with_sources=True)))
-        with _closing(limited, unlimited):
-            rows: dict[str, Callable[[], Any]] = {
-                "direct": lambda: subprocess.run(
-                    argv, env=env, cwd=scratch.out, capture_output=True
-                ),
-                "hermetic": lambda: limited.execute(argv, cwd=scratch.out).unwrap(),
-                "hermetic-no-limits": lambda: unlimited.execute(argv, cwd=scratch.out).unwrap(),
-            }
-            durations = alternate(rows, PAIRED_GCC_ROUNDS, GCC_WARMUP)
-            _check_object(obj)
-            yield durations, obj
+        env = {**sandbox_env(), "TMPDIR": scratch.tmp}
+        spec = make_spec(scratch, with_sources=True)
+        limited = stack.enter_context(_executor(spec))
+        free = stack.enter_context(_executor(unlimited(spec)))
+        rows: dict[str, Callable[[], Any]] = {
+            "direct": lambda: subprocess.run(argv, env=env, cwd=scratch.out, capture_output=True),
+            "hermetic": lambda: limited.execute(argv, cwd=scratch.out).unwrap(),
+            "hermetic-no-limits": lambda: free.execute(argv, cwd=scratch.out).unwrap(),
+        }
+        durations = alternate(rows, PAIRED_GCC_ROUNDS, GCC_WARMUP)
+        _check_object(obj)
+        yield durations
 
 
 @pytest.mark.benchmark(group="true-paired")
@@ -135,8 +117,8 @@ def test_true_paired(benchmark: Any, true_rounds: dict[str, list[float]], row: s
 @needs_gcc
 @pytest.mark.benchmark(group="gcc-paired")
 @pytest.mark.parametrize("row", GCC_ROWS)
-def test_gcc_paired(benchmark: Any, gcc_rounds: Any, row: str) -> None:
-    durations, _ = gcc_rounds
+def test_gcc_paired(benchmark: Any, gcc_rounds: dict[str, list[float]], row: str) -> None:
+    durations = gcc_rounds
     record_rounds(
         benchmark,
         durations[row],

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import exit_status
 
 TRUE = "/bin/true"
 GCC = "/usr/bin/gcc"
@@ -88,8 +89,7 @@ def _measure(
 def _all_ok(results: list[Any]) -> None:
     """Each entry is an exit code, a CompletedProcess or an ExecutionResult."""
     for r in results:
-        code = r if isinstance(r, int) else getattr(r, "returncode", getattr(r, "exit_code", None))
-        assert code == 0, f"a round failed: {r!r}"
+        assert exit_status(r) == 0, f"a round failed: {r!r}"
 
 
 # -- /bin/true ---------------------------------------------------------------
