@@ -499,3 +499,84 @@ def test_an_executor_whose_memory_limit_the_kernel_refuses_names_it():
     # Too small to start the sandbox at all: said so, with the limit.
     assert "max_memory_bytes=1" in str(err)
     assert "[Errno 0]" not in str(err)
+
+
+#: Holds 4 MiB of clean page cache (a file written and synced) and 16 MiB of
+#: shared memory (a memfd), says so, and waits on stdin without a fault.
+HOLD = """
+import os, sys
+with open(sys.argv[1], "wb") as f:
+    f.write(b"x" * (4 << 20))
+    f.flush()
+    os.fsync(f.fileno())
+fd = os.memfd_create("hold")
+os.posix_fallocate(fd, 0, 16 << 20)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _memory_figures(slot) -> tuple[int, int, int]:
+    """The group's usage, file pages and under_oom, from its control files."""
+    d = slot.dirs["memory"]
+    with open(os.path.join(d, "memory.usage_in_bytes")) as f:
+        usage = int(f.read())
+    with open(os.path.join(d, "memory.stat")) as f:
+        stat = f.read()
+    with open(os.path.join(d, "memory.oom_control")) as f:
+        waiting = cgroups.field(f.read(), "under_oom")
+    file = cgroups.field(stat, "total_inactive_file") + cgroups.field(stat, "total_active_file")
+    return usage, file, waiting
+
+
+@pytest.mark.cgroup_v1
+def test_a_group_at_its_limit_with_nothing_to_reclaim_is_out_of_memory(tmp_path):
+    # A charge made within a system call (the private /tmp's write) fails
+    # with ENOMEM and leaves no task waiting: the group's own figures say it
+    # is out of memory.  A task holding shared memory, which no reclaim can
+    # free here, is placed in the slot's memory group by itself.
+    _v1_only()
+    _idle_pool()
+    page = os.sysconf("SC_PAGE_SIZE")
+    with POOL.lease() as worker:
+        slot = worker.slot
+        tasks = os.path.join(slot.dirs["memory"], "tasks")
+
+        def join() -> None:
+            with open(tasks, "w") as f:
+                f.write("0")
+
+        child = subprocess.Popen(
+            [PY, "-c", textwrap.dedent(HOLD), str(tmp_path / "cache")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=join,
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"ready\n"
+            usage, file, _ = _memory_figures(slot)
+            assert file >= 4 << 20
+            # Within a page of the limit, but the page cache could be reclaimed.
+            slot.prepare(ResourceLimits(max_memory_bytes=(usage // page + 1) * page))
+            assert not slot.under_oom()
+            # A limit below usage makes the kernel reclaim what it can (the
+            # page cache, and kernel caches memory.stat does not show); a
+            # limit a page above what is left holds the group at it.
+            slot.prepare(ResourceLimits(max_memory_bytes=(usage - file) // page * page))
+            usage, _, _ = _memory_figures(slot)
+            slot.prepare(ResourceLimits(max_memory_bytes=(usage // page + 1) * page))
+            usage, file, waiting = _memory_figures(slot)
+            assert waiting == 0, "a task waits: the kernel's own flag would answer"
+            assert slot.under_oom(), (usage, file)
+            # With room to spare, not out of memory.
+            slot.prepare(ResourceLimits(max_memory_bytes=usage + (64 << 20)))
+            assert not slot.under_oom()
+        finally:
+            child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+            if child.stdin is not None:
+                child.stdin.close()
+    POOL.close()

@@ -16,9 +16,10 @@ for it, and its own CPU (the spawn call, microseconds) lands in cpuacct.
 Being a task of the memory group, it would also be a candidate for the
 group's OOM killer, which weighs a task by its address space: the caller's
 whole interpreter.  So the kernel's OOM killer is disabled in the slot
-(memory.oom_control), an action that reaches the limit waits in the
-kernel, and the caller, seeing ``under_oom``, ends the sandbox.  The
-worker's own memory is charged to the caller's group (its address space's
+(memory.oom_control), an action that reaches the limit in a page fault
+waits in the kernel, one that reaches it in a system call gets ENOMEM, and
+the caller, seeing the group out of memory (under_oom()), ends the
+sandbox.  The worker's own memory is charged to the caller's group (its address space's
 owner), never to the slot.
 """
 
@@ -34,6 +35,10 @@ from hermetic.core.policies import ResourceLimits
 from hermetic.monitoring.cgroups import PREFIX, field, remove_stale, remove_tree
 
 UNLIMITED = -1
+
+#: What a charge takes at once (the kernel's batch, 64 pages): a group with
+#: less than this free and reclaimable is out of memory (see _full()).
+HEADROOM = 64 * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class V1Slot:
         ("usage", "memory", "memory.usage_in_bytes", False),
         ("peak", "memory", "memory.max_usage_in_bytes", True),
         ("oom", "memory", "memory.oom_control", True),
+        ("stat", "memory", "memory.stat", False),
         ("pids", "pids", "pids.max", True),
         ("forks", "pids", "pids.events", False),
         ("shares", "cpu", "cpu.shares", True),
@@ -168,16 +174,42 @@ class V1Slot:
         return self._cpu_total() - self._base["cpu"]
 
     def under_oom(self) -> bool:
-        """Whether a task of the group waits for memory the limit does not allow."""
+        """Whether the group is out of memory: a task of it waits for memory
+        the limit does not allow, or it holds its limit with nothing left
+        to reclaim.
+
+        The kernel makes a task wait (``under_oom``) only when the charge
+        comes from its page fault.  A charge made within a system call (a
+        write to the private /tmp, a pipe's buffer) fails with ENOMEM
+        instead, and the action may go on, or sleep, at its limit with no
+        task waiting: _full() sees that state.
+        """
         try:
-            text = self._get("oom")
+            if field(self._get("oom") or "", "under_oom") > 0:
+                return True
+            return self._full()
         except OSError as e:
             if e.errno == errno.ENOMEM:
                 # Reading a control file allocates kernel memory charged to
                 # the reading thread's group, this one: full means out of memory.
                 return True
             raise
-        return field(text or "", "under_oom") > 0
+
+    def _full(self) -> bool:
+        """Whether the group's usage is within HEADROOM of its limit once
+        what reclaim could free (the file pages; no swap beyond the limit,
+        see prepare()) is counted as free.  memory.stat is read only when
+        usage alone is that close."""
+        limit = self._written.get("limit", str(UNLIMITED))
+        usage = self._get("usage")
+        if not limit.isdigit() or not usage:
+            return False
+        free = int(limit) - int(usage)
+        if free > HEADROOM:
+            return False
+        stat = self._get("stat") or ""
+        file = field(stat, "total_inactive_file") + field(stat, "total_active_file")
+        return free + file <= HEADROOM
 
     def usage(self) -> SlotUsage:
         """The counters since prepare(); a figure that cannot be read is None."""
