@@ -179,7 +179,13 @@ def _executor(spec, **create: object):  # type: ignore[no-untyped-def]
     try:
         r = ex.execute(["/bin/true"]).unwrap()
     except HermeticError as e:
+        ex.close()
         pytest.skip(f"the sandbox cannot run on this host: {e}")
+    except BaseException:
+        ex.close()
+        raise
+    if r.exit_code != 0:
+        ex.close()
     assert r.exit_code == 0, r
     return ex
 

@@ -293,6 +293,7 @@ def stage(
         exec_root,
         (*tree.dirs, *(f for f, _, _ in tree.files), *(s for s, _ in tree.symlinks)),
         what="input",
+        names=False,
     )
     copies = _Copies()
     if outs:
@@ -345,11 +346,12 @@ PATH_MAX = 4096
 NAME_MAX = 255
 
 
-def check_lengths(exec_root: str, rels: Iterable[str], *, what: str) -> None:
+def check_lengths(exec_root: str, rels: Iterable[str], *, what: str, names: bool = True) -> None:
     """ExecRootError for a path (an input, the working directory, an
     output) whose place in this exec root is longer than the kernel takes,
-    or with a name longer than a name can be: no retry could stage, enter
-    or collect it."""
+    or (``names``) with a name longer than a name can be: no retry could
+    stage, enter or collect it.  An input tree's names were checked as its
+    Directories were read."""
     room = PATH_MAX - 1 - len(os.fsencode(exec_root)) - 1
     for rel in rels:
         encoded = rel.encode(errors="surrogateescape")
@@ -358,7 +360,7 @@ def check_lengths(exec_root: str, rels: Iterable[str], *, what: str) -> None:
                 f"the {what} {rel[:60]!r}... is {len(rel)} bytes long: with the exec root "
                 f"that is longer than a path can be ({PATH_MAX - 1} bytes)"
             )
-        if len(encoded) > NAME_MAX:
+        if names and len(encoded) > NAME_MAX:
             longest = max(encoded.split(b"/"), key=len)
             if len(longest) > NAME_MAX:
                 raise ExecRootError(
