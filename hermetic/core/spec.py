@@ -518,7 +518,7 @@ def check_read_only(paths: object, spec: SandboxSpec) -> tuple[str, ...]:
     one: each must be an absolute, normalised ``str`` path without NUL
     bytes, at or below one of the spec's outputs or temps (inputs anywhere
     else are the spec's to declare)."""
-    if paths is None:
+    if paths is None or (type(paths) in (tuple, list) and not paths):
         return ()
     if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
         raise SpecError(

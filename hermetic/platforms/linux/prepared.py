@@ -9,6 +9,7 @@ memory; linux/run.py adds the command per action.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -418,6 +419,11 @@ class Prepared:
                 self._shown[cwd] = shown
         return shown
 
+    @functools.cached_property
+    def env_bound(self) -> tuple[int, int]:
+        """``env_bound`` of the prepared environment, computed once."""
+        return env_bound(self.env)
+
     def action_env(self, env: Mapping[str, str] | None) -> dict[str, str] | None:
         """The environment of an action given ``execute(..., env=env)``
         (platforms/base.py's rule); None when it is the prepared one."""
@@ -728,6 +734,17 @@ def _landlock_plan(
         "landlock_rules": arr,
         "n_landlock_rules": len(rules),
     }, rules
+
+
+def env_bound(env: Mapping[str, str]) -> tuple[int, int]:
+    """The longest variable of ``env`` and all of them, in characters of
+    name and value: run.py's quick bound on what execve is passed."""
+    longest = chars = 0
+    for k, v in env.items():
+        n = len(k) + len(v)
+        longest = max(longest, n)
+        chars += n
+    return longest, chars
 
 
 def prepare(

@@ -24,7 +24,7 @@ from hermetic.platforms.base import Cancel, Observer
 from hermetic.platforms.linux import plan as linux_plan
 from hermetic.platforms.linux.memory import STACKS, CMemory, native
 from hermetic.platforms.linux.netns import POOL as NETNS
-from hermetic.platforms.linux.prepared import Prepared
+from hermetic.platforms.linux.prepared import Prepared, env_bound
 from hermetic.platforms.linux.reap import Rusage as _Rusage
 from hermetic.platforms.linux.reap import reap as _reap
 from hermetic.platforms.linux.setup_errors import setup_error
@@ -232,7 +232,10 @@ def execute(
     if cwd is not None and not prepared.shows(cwd):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
     action_env = prepared.action_env(env)
-    _check_exec_size(args, prepared.env if action_env is None else action_env)
+    if action_env is None:
+        _check_exec_size(args, prepared.env, prepared.env_bound)
+    else:
+        _check_exec_size(args, action_env, env_bound(action_env))
     if read_only and prepared.isolation != "namespaces":
         raise UnsupportedError(
             "read-only paths",
@@ -290,13 +293,14 @@ MAX_ARG_STRLEN = 32 * 4096
 PATH_MAX = 4096
 
 
-def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
+def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str], bound: tuple[int, int]) -> None:
     """SpecError unless execve can pass ``args`` and ``env``: one string
     over MAX_ARG_STRLEN, or all of them (with their pointers) over ARG_MAX,
     fails it with E2BIG.  Checked before anything is built from them, so a
     hostile command line costs nothing kept (an executor caches what it
     makes of an environment and a command name).  A variable is named,
-    never shown: values may be secrets."""
+    never shown: values may be secrets.  ``bound`` is ``env_bound(env)``,
+    which an executor computes once for its own environment."""
     # Read each time: it follows RLIMIT_STACK, which the caller may change.
     # The kernel also counts the program's path as execve gets it (at most
     # PATH_MAX with its NUL) and a pointer.
@@ -304,11 +308,8 @@ def _check_exec_size(args: tuple[str, ...], env: Mapping[str, str]) -> None:
     limit = arg_max - PATH_MAX - 8
     # A character is at most 4 bytes in UTF-8 (a surrogate escape is 1):
     # when even that bound passes, so do the exact counts below.
-    longest = max(map(len, args), default=0)
-    chars = sum(map(len, args))
-    for k, v in env.items():
-        longest = max(longest, len(k) + len(v))
-        chars += len(k) + len(v)
+    longest = max(bound[0], max(map(len, args), default=0))
+    chars = bound[1] + sum(map(len, args))
     if 4 * longest + 2 <= MAX_ARG_STRLEN and 4 * chars + 10 * (len(args) + len(env)) <= limit:
         return
     total = 0
