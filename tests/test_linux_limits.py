@@ -101,6 +101,31 @@ def test_fork_loop_is_contained_and_recorded():
     assert out.stdout == b""
 
 
+def test_fork_refusals_are_counted_per_action_on_a_reused_executor():
+    # The slots' counters run on across actions: each action's figure is
+    # its own, whichever slot (and whichever baseline) it ran in.
+    loop = """
+        import os
+        for i in range(40):
+            try:
+                if os.fork() == 0:
+                    os.pause()
+            except OSError:
+                pass
+    """
+    ex = HermeticExecutor.create(spec(max_processes=8)).unwrap()
+    try:
+        for _ in range(3):
+            r = ex.execute([PY, "-c", textwrap.dedent(loop)]).unwrap()
+            [v] = [v for v in r.violations if v.kind.value == "process"]
+            assert v.observed == f"{40 - 7} fork(s) refused", v
+            quiet = ex.execute([PY, "-c", "pass"]).unwrap()
+            assert quiet.exit_code == 0, quiet
+            assert not [v for v in quiet.violations if v.kind.value == "process"], quiet
+    finally:
+        ex.close()
+
+
 def test_cpu_time_is_summed_over_the_sandbox():
     r = run(
         spec(max_cpu_time_ms=500),

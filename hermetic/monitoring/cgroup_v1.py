@@ -76,6 +76,9 @@ class V1Slot:
         self.dirs = dirs
         self._base: dict[str, int] = {}
         self._written: dict[str, str] = {}
+        #: (oom_kill, pids.events max) as usage() last read them; the next
+        #: prepare() takes them as its baselines instead of reading again.
+        self._counted: tuple[int, int] | None = None
         self.since = 0.0  # see prepare()
         self._fds: dict[str, int] = {}
         try:
@@ -154,8 +157,16 @@ class V1Slot:
         self._set("peak", "0")
         usage = self._get("usage")
         self._base["memory"] = int(usage) if usage else 0
-        self._base["forks"] = field(self._get("forks") or "", "max")
-        self._base["oom"] = field(self._get("oom") or "", "oom_kill")
+        # The counters usage() read after the previous action, when it was
+        # the last to use the slot: they cannot have moved since, as no
+        # task of the group but the worker thread (which only clones) is
+        # left once the action's pid 1 is reaped.
+        counted, self._counted = self._counted, None
+        if counted is not None:
+            self._base["oom"], self._base["forks"] = counted
+        else:
+            self._base["forks"] = field(self._get("forks") or "", "max")
+            self._base["oom"] = field(self._get("oom") or "", "oom_kill")
         # Only a CPU limit reads the group's CPU (see cpu_ns).
         if limits.max_cpu_time_ms:
             self._base["cpu"] = self._cpu_total()
@@ -217,8 +228,11 @@ class V1Slot:
         with contextlib.suppress(OSError):
             top = self._get("peak")
             peak = None if top is None else max(0, int(top) - self._base.get("memory", 0))
-        oom = field(self._get("oom") or "", "oom_kill") - self._base.get("oom", 0)
-        forks = field(self._get("forks") or "", "max") - self._base.get("forks", 0)
+        oom_total = field(self._get("oom") or "", "oom_kill")
+        forks_total = field(self._get("forks") or "", "max")
+        self._counted = (oom_total, forks_total)
+        oom = oom_total - self._base.get("oom", 0)
+        forks = forks_total - self._base.get("forks", 0)
         return SlotUsage(peak, oom, forks)
 
     def _close(self) -> None:
