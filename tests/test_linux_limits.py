@@ -526,12 +526,12 @@ def test_an_executor_whose_memory_limit_the_kernel_refuses_names_it():
     assert "[Errno 0]" not in str(err)
 
 
-#: Holds 4 MiB of clean page cache (a file written and synced) and 16 MiB of
-#: shared memory (a memfd), says so, and waits on stdin without a fault.
+#: Holds 16 MiB of clean page cache (a file written and synced) and 16 MiB
+#: of shared memory (a memfd), says so, and waits on stdin without a fault.
 HOLD = """
 import os, sys
 with open(sys.argv[1], "wb") as f:
-    f.write(b"x" * (4 << 20))
+    f.write(b"x" * (16 << 20))
     f.flush()
     os.fsync(f.fileno())
 fd = os.memfd_create("hold")
@@ -581,7 +581,7 @@ def test_a_group_at_its_limit_with_nothing_to_reclaim_is_out_of_memory(tmp_path)
             assert child.stdout is not None
             assert child.stdout.readline() == b"ready\n"
             usage, file, _ = _memory_figures(slot)
-            assert file >= 4 << 20
+            assert file >= 16 << 20
             # Within a page of the limit, but the page cache could be reclaimed.
             slot.prepare(ResourceLimits(max_memory_bytes=(usage // page + 1) * page))
             assert not slot.under_oom()

@@ -37,8 +37,12 @@ from hermetic.monitoring.cgroups import PREFIX, field, remove_stale, remove_tree
 UNLIMITED = -1
 
 #: What a charge takes at once (the kernel's batch, 64 pages): a group with
-#: less than this free and reclaimable is out of memory (see _full()).
+#: less than this free is at its limit (see _full()).
 HEADROOM = 64 * os.sysconf("SC_PAGE_SIZE")
+#: The share of a full group left to kernel memory, which v1's memory.stat
+#: does not show, when its anonymous and shared memory make the rest: out
+#: of memory (see _full()).
+KERNEL_SHARE = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -207,20 +211,26 @@ class V1Slot:
             raise
 
     def _full(self) -> bool:
-        """Whether the group's usage is within HEADROOM of its limit once
-        what reclaim could free (the file pages; no swap beyond the limit,
-        see prepare()) is counted as free.  memory.stat is read only when
-        usage alone is that close."""
+        """Whether the group is at its limit (usage within HEADROOM of it)
+        with its anonymous and shared memory alone within KERNEL_SHARE of
+        it: what reclaim could free (file pages, the kernel's caches) is
+        then too little to matter, and no swap is allowed beyond the limit
+        (see prepare()).  memory.stat is read only when usage is that close.
+
+        v1's memory.stat shows no kernel memory: what the tasks themselves
+        hold there (stacks, page tables) is the part of KERNEL_SHARE that
+        this cannot tell from reclaimable caches.  A group whose tasks hold
+        more is not seen full (it runs on to its timeout); one whose
+        caches hold more is never ended while reclaim could go on."""
         limit = self._written.get("limit", str(UNLIMITED))
         usage = self._get("usage")
         if not limit.isdigit() or not usage:
             return False
-        free = int(limit) - int(usage)
-        if free > HEADROOM:
+        if int(limit) - int(usage) > HEADROOM:
             return False
         stat = self._get("stat") or ""
-        file = field(stat, "total_inactive_file") + field(stat, "total_active_file")
-        return free + file <= HEADROOM
+        held = field(stat, "total_rss") + field(stat, "total_shmem")
+        return held >= int(limit) - KERNEL_SHARE
 
     def usage(self) -> SlotUsage:
         """The counters since prepare(); a figure that cannot be read is None."""
