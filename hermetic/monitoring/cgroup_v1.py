@@ -122,9 +122,9 @@ class V1Slot:
         (once per slot: it writes "0" to each, see csrc/linux/worker.c)."""
         return [os.path.join(path, "tasks") for path in sorted(set(self.dirs.values()))]
 
-    def _get(self, key: str) -> str | None:
+    def _get(self, key: str, size: int = 4096) -> str | None:
         fd = self._fds.get(key)
-        return None if fd is None else os.pread(fd, 4096, 0).decode("ascii")
+        return None if fd is None else os.pread(fd, size, 0).decode("ascii")
 
     def _set(self, key: str, value: str) -> None:
         fd = self._fds.get(key)
@@ -228,7 +228,9 @@ class V1Slot:
             return False
         if int(limit) - int(usage) > HEADROOM:
             return False
-        stat = self._get("stat") or ""
+        # About 1 KiB here, but kernels add fields, and total_rss and
+        # total_shmem come after the group's own figures: read it whole.
+        stat = self._get("stat", 1 << 16) or ""
         held = field(stat, "total_rss") + field(stat, "total_shmem")
         return held >= int(limit) - KERNEL_SHARE
 
