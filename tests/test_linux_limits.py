@@ -556,6 +556,113 @@ def _memory_figures(slot) -> tuple[int, int, int]:
     return usage, file, waiting
 
 
+#: Holds anonymous memory up to ``margin`` MiB below the limit, then reads
+#: the file twice: its page cache fills the group to the limit, which
+#: reclaim keeps freeing.
+NEAR_LIMIT_READ = """
+import sys
+limit, margin, path = int(sys.argv[1]) << 20, int(sys.argv[2]) << 20, sys.argv[3]
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) << 10
+buf = bytearray(1 << 20)
+hold = b"\\x01" * max(0, limit - margin - rss())
+n = 0
+for _ in range(2):
+    with open(path, "rb", buffering=0) as f:
+        while k := f.readinto(buf):
+            n += k
+print(n >> 20, flush=True)
+"""
+
+
+def _memory_violations(r) -> list:
+    return [v for v in r.violations if "max_memory_bytes" in (v.limit or "")]
+
+
+@pytest.mark.cgroup_v1
+def test_a_group_near_its_limit_reading_files_is_not_out_of_memory(scratch):
+    # Page cache fills a v1 group to its limit in the normal course: only
+    # a group with none left to reclaim is out of memory.
+    _v1_only()
+    out = os.path.join(scratch, "out")
+    os.mkdir(out)
+    big = os.path.join(out, "big")
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        # Out of the page cache: read in the sandbox, it is charged there.
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    ex = HermeticExecutor.create(spec([out], max_memory_bytes=64 << 20)).unwrap()
+    try:
+        argv = [PY, "-c", textwrap.dedent(NEAR_LIMIT_READ), "64", "3", big]
+        r = ex.execute(argv, timeout=60).unwrap()
+    finally:
+        ex.close()
+    assert r.exit_code == 0 and r.stdout.split() == [b"128"], r
+    assert not _memory_violations(r), r.violations
+
+
+@pytest.mark.cgroup_v1
+def test_memory_freed_lazily_is_not_held():
+    # MADV_FREE (jemalloc, some runtimes) leaves pages mapped, in total_rss,
+    # but on the file LRU lists, which reclaim empties without swap.
+    _v1_only()
+    r = run(
+        spec(max_memory_bytes=64 << 20),
+        """
+        import mmap
+        M = 1 << 20
+        a = mmap.mmap(-1, 48 * M, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        for i in range(0, 48 * M, 4096):
+            a[i] = 1
+        a.madvise(mmap.MADV_FREE)
+        b = mmap.mmap(-1, 40 * M, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        for i in range(0, 40 * M, 4096):
+            b[i] = 1
+        print("done", flush=True)
+        """,
+        timeout=60,
+    )
+    assert r.exit_code == 0 and r.stdout == b"done\n", r
+    assert not _memory_violations(r), r.violations
+
+
+@pytest.mark.cgroup_v1
+def test_a_group_held_full_by_socket_buffers_is_out_of_memory():
+    # Datagrams queued on socket pairs are kernel memory charged to the
+    # group: the sends stop at the limit (ENOBUFS, no task waiting in a
+    # fault), and the action holds it.  Ended and recorded, not timed out.
+    _v1_only()
+    r = run(
+        spec(max_memory_bytes=32 << 20),
+        """
+        import socket, time
+        buf, pairs = b"x" * 60000, []
+        try:
+            while len(pairs) < 4096:
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                a.setblocking(False)
+                pairs.append((a, b))
+                while True:
+                    try:
+                        a.send(buf)
+                    except BlockingIOError:
+                        break
+        except OSError:
+            pass
+        time.sleep(600)
+        """,
+        timeout=20,
+    )
+    assert not r.timed_out, r
+    [v] = _memory_violations(r)
+    assert v.decision == "killed", v
+
+
 @pytest.mark.cgroup_v1
 def test_a_group_at_its_limit_with_nothing_to_reclaim_is_out_of_memory(tmp_path):
     # A charge made within a system call (the private /tmp's write) fails

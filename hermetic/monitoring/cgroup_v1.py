@@ -37,12 +37,9 @@ from hermetic.monitoring.cgroups import PREFIX, field, remove_stale, remove_tree
 UNLIMITED = -1
 
 #: What a charge takes at once (the kernel's batch, 64 pages): a group with
-#: less than this free is at its limit (see _full()).
+#: less than this free, and as little page cache, is out of memory (see
+#: _full()).
 HEADROOM = 64 * os.sysconf("SC_PAGE_SIZE")
-#: The share of a full group left to kernel memory, which v1's memory.stat
-#: does not show, when its anonymous and shared memory make the rest: out
-#: of memory (see _full()).
-KERNEL_SHARE = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -212,27 +209,30 @@ class V1Slot:
 
     def _full(self) -> bool:
         """Whether the group is at its limit (usage within HEADROOM of it)
-        with its anonymous and shared memory alone within KERNEL_SHARE of
-        it: what reclaim could free (file pages, the kernel's caches) is
-        then too little to matter, and no swap is allowed beyond the limit
-        (see prepare()).  memory.stat is read only when usage is that close.
+        with no file page left to reclaim (the file LRU lists, which also
+        hold anonymous memory freed lazily with MADV_FREE; no swap is
+        allowed beyond the limit, see prepare()).  memory.stat is read only
+        when usage is that close.
 
-        v1's memory.stat shows no kernel memory: what the tasks themselves
-        hold there (stacks, page tables) is the part of KERNEL_SHARE that
-        this cannot tell from reclaimable caches.  A group whose tasks hold
-        more is not seen full (it runs on to its timeout); one whose
-        caches hold more is never ended while reclaim could go on."""
+        The rest of usage is then anonymous and shared memory, which only
+        an exit frees, and kernel memory: pipe and socket buffers, page
+        tables, and caches of names and inodes.  v1 shows no part of kernel
+        memory (memory.kmem.slabinfo is empty on current kernels), so the
+        caches, which reclaim could still shrink, count as held too: a
+        group whose memory is all in them once its page cache is gone is
+        ended as out of memory (docs/limits.md)."""
         limit = self._written.get("limit", str(UNLIMITED))
         usage = self._get("usage")
         if not limit.isdigit() or not usage:
             return False
-        if int(limit) - int(usage) > HEADROOM:
+        free = int(limit) - int(usage)
+        if free > HEADROOM:
             return False
-        # About 1 KiB here, but kernels add fields, and total_rss and
-        # total_shmem come after the group's own figures: read it whole.
+        # About 1 KiB here, but kernels add fields, and the totals come
+        # after the group's own figures: read it whole.
         stat = self._get("stat", 1 << 16) or ""
-        held = field(stat, "total_rss") + field(stat, "total_shmem")
-        return held >= int(limit) - KERNEL_SHARE
+        file = field(stat, "total_inactive_file") + field(stat, "total_active_file")
+        return file <= HEADROOM
 
     def usage(self) -> SlotUsage:
         """The counters since prepare(); a figure that cannot be read is None."""
