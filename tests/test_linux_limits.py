@@ -55,9 +55,9 @@ def spec(outputs=(), **limits) -> SandboxSpec:
     )
 
 
-def run(s: SandboxSpec, code: str, **kw):
+def run(s: SandboxSpec, code: str, *args: str, **kw):
     ex = HermeticExecutor.create(s).unwrap()
-    return ex.execute([PY, "-c", textwrap.dedent(code)], **kw).unwrap()
+    return ex.execute([PY, "-c", textwrap.dedent(code), *args], **kw).unwrap()
 
 
 ALLOC = "b = bytearray({n} << 20); print('allocated', len(b) >> 20)"
@@ -596,12 +596,7 @@ def test_a_group_near_its_limit_reading_files_is_not_out_of_memory(scratch):
         os.fsync(f.fileno())
         # Out of the page cache: read in the sandbox, it is charged there.
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    ex = HermeticExecutor.create(spec([out], max_memory_bytes=64 << 20)).unwrap()
-    try:
-        argv = [PY, "-c", textwrap.dedent(NEAR_LIMIT_READ), "64", "3", big]
-        r = ex.execute(argv, timeout=60).unwrap()
-    finally:
-        ex.close()
+    r = run(spec([out], max_memory_bytes=64 << 20), NEAR_LIMIT_READ, "64", "3", big, timeout=60)
     assert r.exit_code == 0 and r.stdout.split() == [b"128"], r
     assert not _memory_violations(r), r.violations
 

@@ -232,10 +232,9 @@ def execute(
     if cwd is not None and not prepared.shows(cwd):
         raise SpecError(f"cwd {cwd!r} is not visible in the sandbox", field="cwd", value=cwd)
     action_env = prepared.action_env(env)
-    if action_env is None:
-        _check_exec_size(args, prepared.env, prepared.env_bound)
-    else:
-        _check_exec_size(args, action_env, env_bound(action_env))
+    exec_env = prepared.env if action_env is None else action_env
+    bound = prepared.env_bound if action_env is None else env_bound(action_env)
+    _check_exec_size(args, exec_env, bound)
     if read_only and prepared.isolation != "namespaces":
         raise UnsupportedError(
             "read-only paths",
