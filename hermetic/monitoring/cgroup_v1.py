@@ -215,8 +215,9 @@ class V1Slot:
         when usage is that close.
 
         The rest of usage is then anonymous and shared memory, which only
-        an exit frees, and kernel memory: pipe and socket buffers, page
-        tables, and caches of names and inodes.  v1 shows no part of kernel
+        an exit frees, and kernel memory: pipe and Unix socket buffers, page
+        tables, and caches of names and inodes (TCP and UDP buffers are not
+        charged to a v1 group at all).  v1 shows no part of kernel
         memory (memory.kmem.slabinfo is empty on current kernels), so the
         caches, which reclaim could still shrink, count as held too: a
         group whose memory is all in them once its page cache is gone is
